@@ -1,0 +1,607 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+const (
+	// maxRequestTarget is the longest request target (path and query) the
+	// proxy forwards; longer ones get 414 uri_too_long.
+	maxRequestTarget = 16 << 10
+	// bulkBufferSize is the copy buffer of bodies that are not event streams;
+	// it matches the 32 KiB of io.Copy so large downloads need few syscalls.
+	bulkBufferSize = 32 << 10
+	// streamBufferSize is the copy buffer of event streams (SSE, NDJSON).
+	// Such a stream spends most of its life idle inside Read while holding
+	// its buffer; tokens are a few hundred bytes, so 4 KiB is plenty and a
+	// thousand idle streams hold 4 MiB instead of 32 MiB.
+	streamBufferSize = 4 << 10
+	// headerFlushDelay bounds how long the response headers of a
+	// known-length body wait to be sent together with its first bytes. Most
+	// upstreams send both at once, and one write instead of two is what makes
+	// small requests cheaper than a flush-every-write proxy.
+	headerFlushDelay = 2 * time.Millisecond
+)
+
+// proxy is the streaming reverse proxy behind every mapped prefix. It wraps
+// httputil.ReverseProxy: one ReverseProxy value per pooled proxyRequest, so
+// that the copy buffer can be chosen per response (see BufferPool) and the
+// hooks reach per-request state without allocating. Safe for concurrent use.
+type proxy struct {
+	transport http.RoundTripper
+	logger    *slog.Logger
+	errorLog  *log.Logger // ReverseProxy's own messages, at debug level
+	cors      corsPolicy
+	timeout   time.Duration // overall per-request limit; 0 means none
+	routes    *atomic.Pointer[routeTable]
+	observe   func(*requestRecord) // called once per finished request; may be nil
+
+	requests   sync.Pool // *proxyRequest
+	bulkBufs   sync.Pool // *[]byte of bulkBufferSize
+	streamBufs sync.Pool // *[]byte of streamBufferSize
+	active     atomic.Int64
+}
+
+// requestRecord is what the proxy tells its observer about one finished
+// request. It is only valid during the observer call.
+type requestRecord struct {
+	Prefix   string
+	Status   int // upstream status, or the proxy's own; 499 when the client left first
+	ProxyErr string
+	Start    time.Time
+	TTFB     time.Duration // until the first body byte (or headers, for empty bodies); 0 if none
+	Duration time.Duration
+	BytesIn  int64
+	BytesOut int64
+}
+
+// newTransport returns the upstream transport, tuned for many long streams
+// to a few hosts: a large keep-alive pool, HTTP/2 to TLS upstreams, bounded
+// dial and TLS handshake, and no overall or response-header timeout unless
+// configured (a generation may stream for an hour).
+func newTransport(cfg Config) *http.Transport {
+	return &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   cfg.DialTimeout,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout,
+		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          4096,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		// Never add Accept-Encoding nor decode: bodies pass as the upstream
+		// sent them, compressed or not.
+		DisableCompression: true,
+		// The 4 KiB default read and write buffers stay: reads into the
+		// 32 KiB copy buffer bypass bufio, and idle streams stay small.
+	}
+}
+
+func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, routes *atomic.Pointer[routeTable]) *proxy {
+	p := &proxy{
+		transport: transport,
+		logger:    logger,
+		errorLog:  slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		cors:      newCORSPolicy(cfg.CORSOrigins),
+		timeout:   cfg.UpstreamTimeout,
+		routes:    routes,
+	}
+	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
+	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }
+	p.requests.New = func() any { return p.newRequest() }
+	return p
+}
+
+// proxyRequest is the per-request state of one proxied call, pooled. Its
+// ReverseProxy's hooks are method values bound once, when the pooled value is
+// made, so serving a request allocates nothing for them.
+type proxyRequest struct {
+	p     *proxy
+	rp    httputil.ReverseProxy
+	w     proxyWriter
+	body  responseBody
+	in    *http.Request
+	route *route
+	rest  string // escaped path after the prefix, as received
+
+	streaming bool    // the response is an event stream: small buffer, flush per write
+	buf       *[]byte // the copy buffer handed out by Get
+	rec       requestRecord
+}
+
+func (p *proxy) newRequest() *proxyRequest {
+	pr := &proxyRequest{p: p}
+	pr.rp = httputil.ReverseProxy{
+		Rewrite:        pr.rewrite,
+		Transport:      p.transport,
+		BufferPool:     pr,
+		ErrorLog:       p.errorLog,
+		ModifyResponse: pr.modifyResponse,
+		ErrorHandler:   pr.handleError,
+		// 0: known-length bodies are flushed per write by proxyWriter, and
+		// ReverseProxy itself flushes event streams and unknown-length
+		// bodies after every write.
+		FlushInterval: 0,
+	}
+	pr.w.pr = pr
+	pr.w.timer = time.AfterFunc(time.Hour, pr.w.flushHeaders)
+	pr.w.timer.Stop()
+	pr.body.pr = pr
+	return pr
+}
+
+// ServeHTTP proxies req to the upstream of the longest matching prefix.
+// gw is the writer the router hands in; raw is the net/http writer beneath
+// it, used only for 1xx responses, which Gin's writer cannot pass on.
+func (p *proxy) serve(gw, raw http.ResponseWriter, req *http.Request) {
+	if len(req.RequestURI) > maxRequestTarget {
+		writeError(gw, http.StatusRequestURITooLong, "uri_too_long", fmt.Sprintf("request target is longer than %d bytes", maxRequestTarget))
+		return
+	}
+	rawPath := requestPath(req)
+	rt, rest := p.routes.Load().match(rawPath)
+	if rt == nil {
+		writeError(gw, http.StatusNotFound, "no_mapping", "no mapping for path "+truncate(req.URL.Path, 200))
+		return
+	}
+	if hasDotSegment(rest) {
+		writeError(gw, http.StatusBadRequest, "bad_path", `path must not contain "." or ".." segments`)
+		return
+	}
+	if p.cors.isPreflight(req) {
+		p.cors.preflight(gw, req)
+		return
+	}
+	// Without full duplex, net/http closes the request body once the first
+	// response bytes are flushed; a Transport still sending it then aborts
+	// the upstream connection mid-stream ("use of closed network
+	// connection", measured on 1-3 % of short streams).
+	_ = http.NewResponseController(gw).EnableFullDuplex()
+	if req.TransferEncoding != nil && req.ProtoMajor == 1 {
+		// net/http reads a request carrying both Content-Length and
+		// Transfer-Encoding by its chunked framing and silently drops the
+		// Content-Length, so we cannot tell such a request from a plain
+		// chunked one. Closing the connection after any chunked request
+		// means bytes smuggled after the body are never run as a second
+		// request (RFC 9112 §6.1).
+		gw.Header().Set("Connection", "close")
+	}
+
+	orig := req
+	pr := p.requests.Get().(*proxyRequest)
+	pr.in, pr.route, pr.rest = req, rt, rest
+	pr.w.reset(gw, raw)
+	pr.rec = requestRecord{Prefix: rt.prefix, Start: time.Now(), BytesIn: max(req.ContentLength, 0)}
+	var counter *countingBody
+	if req.ContentLength < 0 && req.Body != nil && req.Body != http.NoBody {
+		// The Transport may read the body from its own goroutine after
+		// ServeHTTP returns, so this counter is not pooled.
+		counter = &countingBody{ReadCloser: req.Body}
+		req.Body = counter
+	}
+	if p.timeout > 0 {
+		ctx, cancel := context.WithTimeout(req.Context(), p.timeout)
+		defer cancel()
+		req = req.WithContext(ctx)
+	}
+	p.active.Add(1)
+	completed := false
+	defer func() {
+		p.active.Add(-1)
+		pr.w.stop()
+		pr.rec.Duration = time.Since(pr.rec.Start)
+		if counter != nil {
+			pr.rec.BytesIn = counter.n.Load()
+		}
+		if !completed && pr.rec.ProxyErr == "" {
+			// ReverseProxy aborted the response: the upstream or the
+			// client failed mid-body.
+			pr.rec.ProxyErr = "aborted"
+			if orig.Context().Err() != nil {
+				pr.rec.Status = 499
+			}
+		}
+		if p.observe != nil {
+			p.observe(&pr.rec)
+		}
+		if completed {
+			pr.in, pr.route = nil, nil
+			pr.w.reset(nil, nil)
+			p.requests.Put(pr)
+		}
+	}()
+	pr.rp.ServeHTTP(&pr.w, req)
+	completed = true
+}
+
+// requestPath returns the path of req exactly as the client sent it, still
+// escaped (the request target up to "?"), so that "%2F" stays "%2F".
+func requestPath(req *http.Request) string {
+	u := req.RequestURI
+	if len(u) == 0 || u[0] != '/' {
+		// absolute-form ("GET http://host/path") or HTTP/2: use the parsed URL.
+		return req.URL.EscapedPath()
+	}
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		u = u[:i]
+	}
+	return u
+}
+
+var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// rewrite points the outgoing request at the route's target. The path goes
+// through URL.Opaque, which the Transport writes to the request line as it
+// is: the bytes after the prefix arrive exactly as the client sent them.
+func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
+	rt, out := pr.route, r.Out
+	out.URL.Scheme = rt.scheme
+	out.URL.Host = rt.host
+	out.Host = ""
+	path := rt.rawPath + pr.rest
+	if strings.HasPrefix(path, "//") {
+		// An Opaque starting with "//" would be sent in absolute form with
+		// whatever follows as its authority; Path keeps it a plain path.
+		out.URL.Opaque, out.URL.RawPath = "", ""
+		out.URL.Path = rt.path + strings.TrimPrefix(pr.in.URL.Path, rt.prefix)
+	} else {
+		if path == "" {
+			path = "/"
+		}
+		out.URL.Opaque = path
+	}
+	out.URL.RawQuery = r.In.URL.RawQuery
+	out.URL.ForceQuery = r.In.URL.ForceQuery
+	// Rewrite mode drops these; a transparent proxy passes them as received
+	// and adds none of its own.
+	for _, k := range forwardingHeaders {
+		if v, ok := r.In.Header[k]; ok {
+			out.Header[k] = v
+		}
+	}
+}
+
+// Static header values shared by every response; never modified.
+var (
+	hdrNo      = []string{"no"}
+	hdrNosniff = []string{"nosniff"}
+	hdrDeny    = []string{"DENY"}
+	hdrNoRef   = []string{"no-referrer"}
+	hdrNoIndex = []string{"noindex, nofollow"}
+	hdrStar    = []string{"*"}
+)
+
+// modifyResponse runs once the upstream's headers are in: it adds the
+// proxy's headers where the upstream set none, picks the copy buffer and
+// wraps the body to count it.
+func (pr *proxyRequest) modifyResponse(res *http.Response) error {
+	pr.rec.Status = res.StatusCode
+	h := res.Header
+	addIfAbsent(h, "X-Accel-Buffering", hdrNo)
+	addIfAbsent(h, "X-Content-Type-Options", hdrNosniff)
+	addIfAbsent(h, "X-Frame-Options", hdrDeny)
+	addIfAbsent(h, "Referrer-Policy", hdrNoRef)
+	addIfAbsent(h, "X-Robots-Tag", hdrNoIndex)
+	pr.p.cors.addResponseHeaders(h, pr.in)
+	pr.streaming = isEventStream(h["Content-Type"])
+	pr.w.flushEach = !pr.streaming && res.ContentLength >= 0
+	if res.Body != nil && res.Body != http.NoBody {
+		pr.body.ReadCloser = res.Body
+		res.Body = &pr.body
+	}
+	return nil
+}
+
+func addIfAbsent(h http.Header, key string, v []string) {
+	if _, ok := h[key]; !ok {
+		h[key] = v
+	}
+}
+
+// isEventStream reports whether a response is a token stream that idles
+// between small writes: SSE or newline-delimited JSON.
+func isEventStream(ct []string) bool {
+	if len(ct) == 0 {
+		return false
+	}
+	base, _, _ := strings.Cut(ct[0], ";")
+	switch strings.ToLower(strings.TrimSpace(base)) {
+	case "text/event-stream", "application/x-ndjson", "application/jsonl",
+		"application/json-seq", "application/stream+json":
+		return true
+	}
+	return false
+}
+
+// Get implements httputil.BufferPool: a small buffer for event streams,
+// which idle most of their life, a large one for bulk bodies. ReverseProxy
+// calls it once per response, after modifyResponse.
+func (pr *proxyRequest) Get() []byte {
+	if pr.streaming {
+		pr.buf = pr.p.streamBufs.Get().(*[]byte)
+	} else {
+		pr.buf = pr.p.bulkBufs.Get().(*[]byte)
+	}
+	return *pr.buf
+}
+
+// Put implements httputil.BufferPool. Pools hold *[]byte so that putting a
+// buffer back does not allocate.
+func (pr *proxyRequest) Put([]byte) {
+	if len(*pr.buf) == streamBufferSize {
+		pr.p.streamBufs.Put(pr.buf)
+	} else {
+		pr.p.bulkBufs.Put(pr.buf)
+	}
+	pr.buf = nil
+}
+
+// handleError answers a request that got no upstream response.
+func (pr *proxyRequest) handleError(rw http.ResponseWriter, req *http.Request, err error) {
+	if pr.in.Context().Err() != nil {
+		// The client left first; there is nobody to answer. 499 as nginx
+		// and Caddy count it, apart from upstream errors.
+		pr.rec.Status, pr.rec.ProxyErr = 499, "client_closed"
+		rw.WriteHeader(499)
+		return
+	}
+	status, code, msg := classifyUpstreamError(err)
+	pr.rec.Status, pr.rec.ProxyErr = status, code
+	host := pr.route.host
+	if pr.p.logger.Enabled(req.Context(), slog.LevelWarn) {
+		pr.p.logger.LogAttrs(req.Context(), slog.LevelWarn, "upstream error",
+			slog.String("prefix", pr.route.prefix), slog.String("upstream", host),
+			slog.String("code", code), slog.String("error", sanitizeError(err)))
+	}
+	writeError(rw, status, code, fmt.Sprintf("upstream %s: %s", host, msg))
+}
+
+// classifyUpstreamError maps a RoundTrip error to the proxy's status, code
+// and a short message for the client.
+func classifyUpstreamError(err error) (status int, code, msg string) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout(),
+		strings.Contains(err.Error(), "timeout awaiting response headers"):
+		return http.StatusGatewayTimeout, "upstream_timeout", "timed out"
+	case strings.Contains(err.Error(), "malformed"), strings.Contains(err.Error(), "tried to switch"),
+		strings.Contains(err.Error(), "invalid"):
+		return http.StatusBadGateway, "upstream_bad_response", "sent a malformed response"
+	}
+	reason := "unreachable"
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		reason = "unreachable (connection refused)"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		reason = "closed the connection before answering"
+	case errors.As(err, &dnsErr):
+		reason = "unreachable (host name not found)"
+	case errors.As(err, &certErr):
+		reason = "unreachable (TLS certificate not trusted)"
+	}
+	return http.StatusBadGateway, "upstream_unreachable", reason
+}
+
+// sanitizeError returns err's text for logs. Transport errors carry no URL
+// (ReverseProxy calls RoundTrip, not Client.Do), but a *url.Error-like
+// message could hold a query with an API key (Gemini's ?key=), so anything
+// after a '?' is cut.
+func sanitizeError(err error) string {
+	s := err.Error()
+	if i := strings.IndexByte(s, '?'); i >= 0 {
+		s = s[:i] + "?…"
+	}
+	return s
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// proxyWriter is the ResponseWriter handed to ReverseProxy. For bodies of
+// known length it flushes after every write (each chunk reaches the client
+// as it is read) and sends the headers with the first chunk, or after
+// headerFlushDelay if the body is slow to come.
+type proxyWriter struct {
+	pr        *proxyRequest
+	gw        http.ResponseWriter
+	raw       http.ResponseWriter
+	flushEach bool
+	timer     *time.Timer
+
+	mu            sync.Mutex // held while flushing, so the timer never races a Write
+	headerPending atomic.Bool
+}
+
+func (w *proxyWriter) reset(gw, raw http.ResponseWriter) {
+	w.gw, w.raw, w.flushEach = gw, raw, false
+	w.headerPending.Store(false)
+}
+
+func (w *proxyWriter) Header() http.Header { return w.gw.Header() }
+
+// Unwrap lets http.ResponseController reach Hijack for WebSocket upgrades.
+func (w *proxyWriter) Unwrap() http.ResponseWriter { return w.gw }
+
+func (w *proxyWriter) WriteHeader(code int) {
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		// 1xx (100 Continue, 103 Early Hints): Gin's writer would keep only
+		// the last status, so send these on the net/http writer directly.
+		w.raw.WriteHeader(code)
+		return
+	}
+	w.gw.WriteHeader(code)
+	if w.pr.rec.TTFB == 0 {
+		w.pr.rec.TTFB = time.Since(w.pr.rec.Start)
+	}
+	if w.flushEach {
+		w.headerPending.Store(true)
+		w.timer.Reset(headerFlushDelay)
+	}
+}
+
+func (w *proxyWriter) Write(b []byte) (int, error) {
+	if w.headerPending.Load() {
+		w.stop()
+	}
+	n, err := w.gw.Write(b)
+	if w.flushEach && err == nil {
+		w.gw.(http.Flusher).Flush()
+	}
+	return n, err
+}
+
+func (w *proxyWriter) Flush() {
+	if w.headerPending.Load() {
+		w.stop()
+	}
+	w.gw.(http.Flusher).Flush()
+}
+
+// flushHeaders runs on the timer's goroutine when the body of a
+// known-length response is slow to come.
+func (w *proxyWriter) flushHeaders() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.headerPending.CompareAndSwap(true, false) {
+		w.gw.(http.Flusher).Flush()
+	}
+}
+
+// stop cancels a pending header flush; after it returns the timer will
+// not touch the writer.
+func (w *proxyWriter) stop() {
+	w.mu.Lock()
+	w.headerPending.Store(false)
+	w.mu.Unlock()
+	w.timer.Stop()
+}
+
+// responseBody wraps the upstream body to count bytes and time the first
+// one. Pooled with its proxyRequest; ReverseProxy closes it before
+// ServeHTTP returns.
+type responseBody struct {
+	io.ReadCloser
+	pr *proxyRequest
+}
+
+func (b *responseBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.pr.rec.BytesOut += int64(n)
+	return n, err
+}
+
+// countingBody counts the bytes of a request body of unknown length.
+type countingBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+// corsPolicy answers browser preflights and adds CORS headers to proxied
+// responses for the allowed origins. The zero value allows none.
+type corsPolicy struct {
+	any     bool
+	origins map[string]bool
+}
+
+func newCORSPolicy(origins []string) corsPolicy {
+	c := corsPolicy{origins: make(map[string]bool)}
+	for _, o := range origins {
+		if o == "*" {
+			c.any = true
+		} else {
+			c.origins[strings.ToLower(o)] = true
+		}
+	}
+	return c
+}
+
+func (c corsPolicy) allowed(origin string) bool {
+	return origin != "" && (c.any || c.origins[strings.ToLower(origin)])
+}
+
+// isPreflight reports whether req is a CORS preflight (OPTIONS with Origin
+// and Access-Control-Request-Method); other OPTIONS requests are proxied.
+func (c corsPolicy) isPreflight(req *http.Request) bool {
+	return req.Method == http.MethodOptions && req.Header.Get("Origin") != "" &&
+		req.Header.Get("Access-Control-Request-Method") != ""
+}
+
+// preflight answers a CORS preflight without asking the upstream.
+func (c corsPolicy) preflight(w http.ResponseWriter, req *http.Request) {
+	origin := req.Header.Get("Origin")
+	if !c.allowed(origin) {
+		writeError(w, http.StatusForbidden, "cors_origin_not_allowed", "origin "+truncate(origin, 200)+" is not in CORS_ALLOW_ORIGINS")
+		return
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", c.originValue(origin))
+	if !c.any {
+		h.Set("Vary", "Origin")
+	}
+	h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
+	if rh := req.Header.Values("Access-Control-Request-Headers"); len(rh) > 0 {
+		h.Set("Access-Control-Allow-Headers", strings.Join(rh, ", "))
+	}
+	if req.Header.Get("Access-Control-Request-Private-Network") == "true" {
+		h.Set("Access-Control-Allow-Private-Network", "true")
+	}
+	h.Set("Access-Control-Max-Age", "86400")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (c corsPolicy) originValue(origin string) string {
+	if c.any {
+		return "*"
+	}
+	return origin
+}
+
+// addResponseHeaders adds CORS headers to a proxied response when the
+// request came from an allowed origin and the upstream set none.
+func (c corsPolicy) addResponseHeaders(h http.Header, req *http.Request) {
+	o := req.Header["Origin"]
+	if len(o) == 0 || !c.allowed(o[0]) {
+		return
+	}
+	if _, ok := h["Access-Control-Allow-Origin"]; ok {
+		return
+	}
+	if c.any {
+		h["Access-Control-Allow-Origin"] = hdrStar
+	} else {
+		h["Access-Control-Allow-Origin"] = o[:1:1]
+		h["Vary"] = append(h["Vary"], "Origin")
+	}
+	addIfAbsent(h, "Access-Control-Expose-Headers", hdrStar)
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every test of apiproxy on a fresh Debian machine: installs what the
+# tests need when it is missing (redis-server, Chromium, the e2e npm
+# packages), starts a throwaway redis-server on a spare loopback port, then
+# runs go vet, go test -race and the browser suite. CI (.ci/run) calls this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+workdir=$(mktemp -d)
+redis_pid=""
+cleanup() {
+  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null || true
+  rm -rf "$workdir"
+}
+trap cleanup EXIT
+
+# A spare port: ask the kernel for one, then start redis-server on it.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$workdir" >"$workdir/redis.log" 2>&1 &
+redis_pid=$!
+for _ in $(seq 1 100); do
+  redis-cli -p "$port" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+redis-cli -p "$port" ping >/dev/null
+export APIPROXY_TEST_REDIS_ADDR="127.0.0.1:$port"
+# Tests that need Redis or Chromium fail instead of skipping when this is set.
+export APIPROXY_TEST_STRICT=1
+
+echo "test.sh: go vet"
+go vet ./...
+echo "test.sh: go test -race (redis at $APIPROXY_TEST_REDIS_ADDR)"
+go test -race -count=1 -timeout 20m ./...
+
+if [ -f e2e/package.json ]; then
+  echo "test.sh: browser tests (e2e/)"
+  (cd e2e && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npm test)
+fi
+echo "test.sh: all tests passed"
