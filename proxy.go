@@ -27,9 +27,10 @@ const (
 	bulkBufferSize = 32 << 10
 	// streamBufferSize is the copy buffer of event streams (SSE, NDJSON).
 	// Such a stream spends most of its life idle inside Read while holding
-	// its buffer; tokens are a few hundred bytes, so 4 KiB is plenty and a
-	// thousand idle streams hold 4 MiB instead of 32 MiB.
-	streamBufferSize = 4 << 10
+	// its buffer; an event is a few hundred bytes, so 2 KiB is plenty (a
+	// burst larger than that takes one more read) and a thousand idle
+	// streams hold 2 MiB instead of 32 MiB.
+	streamBufferSize = 2 << 10
 	// headerFlushDelay bounds how long the response headers of a
 	// known-length body wait to be sent together with its first bytes. Most
 	// upstreams send both at once, and one write instead of two is what makes
@@ -261,7 +262,9 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 	if strings.HasPrefix(path, "//") {
 		// An Opaque starting with "//" would be sent in absolute form with
 		// whatever follows as its authority; Path keeps it a plain path.
-		out.URL.Opaque, out.URL.RawPath = "", ""
+		// RawPath keeps the escapes as received ("%2F" stays "%2F") where
+		// it is a valid encoding of Path, as it is for any request path.
+		out.URL.Opaque, out.URL.RawPath = "", path
 		out.URL.Path = rt.path + strings.TrimPrefix(pr.in.URL.Path, rt.prefix)
 	} else {
 		if path == "" {
@@ -290,21 +293,19 @@ var (
 	hdrStar    = []string{"*"}
 )
 
-// modifyResponse runs once the upstream's headers are in: it adds the
-// proxy's headers where the upstream set none, picks the copy buffer and
-// wraps the body to count it.
+// modifyResponse runs once the upstream's headers are in: it picks the
+// copy buffer and the flushing, and wraps the body to count it.
 func (pr *proxyRequest) modifyResponse(res *http.Response) error {
 	pr.rec.Status = res.StatusCode
 	h := res.Header
-	addIfAbsent(h, "X-Accel-Buffering", hdrNo)
-	addIfAbsent(h, "X-Content-Type-Options", hdrNosniff)
-	addIfAbsent(h, "X-Frame-Options", hdrDeny)
-	addIfAbsent(h, "Referrer-Policy", hdrNoRef)
-	addIfAbsent(h, "X-Robots-Tag", hdrNoIndex)
-	pr.p.cors.addResponseHeaders(h, pr.in)
 	pr.streaming = isEventStream(h["Content-Type"])
-	pr.w.flushEach = !pr.streaming && res.ContentLength >= 0
-	if res.Body != nil && res.Body != http.NoBody {
+	// ReverseProxy flushes SSE and unknown-length bodies itself (its
+	// flushInterval); every other body, an NDJSON stream sent with a
+	// Content-Length included, is flushed per write here.
+	pr.w.flushEach = res.ContentLength >= 0 && !isSSE(h["Content-Type"])
+	// A 101's body is the upgraded connection: ReverseProxy needs it to
+	// stay an io.ReadWriteCloser to tunnel a WebSocket, so it is not wrapped.
+	if res.Body != nil && res.Body != http.NoBody && res.StatusCode != http.StatusSwitchingProtocols {
 		pr.body.ReadCloser = res.Body
 		res.Body = &pr.body
 	}
@@ -330,6 +331,16 @@ func isEventStream(ct []string) bool {
 		return true
 	}
 	return false
+}
+
+// isSSE reports whether a response is text/event-stream, which
+// ReverseProxy flushes after every write on its own.
+func isSSE(ct []string) bool {
+	if len(ct) == 0 {
+		return false
+	}
+	base, _, _ := strings.Cut(ct[0], ";")
+	return strings.EqualFold(strings.TrimSpace(base), "text/event-stream")
 }
 
 // Get implements httputil.BufferPool: a small buffer for event streams,
@@ -432,13 +443,16 @@ type proxyWriter struct {
 	raw       http.ResponseWriter
 	flushEach bool
 	timer     *time.Timer
+	// bodyStarted is set by the first Write or Flush; only the handler's
+	// goroutine touches it.
+	bodyStarted bool
 
 	mu            sync.Mutex // held while flushing, so the timer never races a Write
 	headerPending atomic.Bool
 }
 
 func (w *proxyWriter) reset(gw, raw http.ResponseWriter) {
-	w.gw, w.raw, w.flushEach = gw, raw, false
+	w.gw, w.raw, w.flushEach, w.bodyStarted = gw, raw, false, false
 	w.headerPending.Store(false)
 }
 
@@ -454,6 +468,16 @@ func (w *proxyWriter) WriteHeader(code int) {
 		w.raw.WriteHeader(code)
 		return
 	}
+	// The proxy's own headers go in here, after ReverseProxy copied the
+	// upstream's: copying them along with res.Header would allocate a new
+	// slice for each, while these static values are shared.
+	h := w.gw.Header()
+	addIfAbsent(h, "X-Accel-Buffering", hdrNo)
+	addIfAbsent(h, "X-Content-Type-Options", hdrNosniff)
+	addIfAbsent(h, "X-Frame-Options", hdrDeny)
+	addIfAbsent(h, "Referrer-Policy", hdrNoRef)
+	addIfAbsent(h, "X-Robots-Tag", hdrNoIndex)
+	w.pr.p.cors.addResponseHeaders(h, w.pr.in)
 	w.gw.WriteHeader(code)
 	if w.pr.rec.TTFB == 0 {
 		w.pr.rec.TTFB = time.Since(w.pr.rec.Start)
@@ -465,8 +489,13 @@ func (w *proxyWriter) WriteHeader(code int) {
 }
 
 func (w *proxyWriter) Write(b []byte) (int, error) {
-	if w.headerPending.Load() {
-		w.stop()
+	if !w.bodyStarted {
+		w.bodyStarted = true
+		if w.flushEach {
+			// Taking the lock once waits out a header flush in progress on
+			// the timer's goroutine; after it the timer does nothing.
+			w.stop()
+		}
 	}
 	n, err := w.gw.Write(b)
 	if w.flushEach && err == nil {
@@ -476,8 +505,11 @@ func (w *proxyWriter) Write(b []byte) (int, error) {
 }
 
 func (w *proxyWriter) Flush() {
-	if w.headerPending.Load() {
-		w.stop()
+	if !w.bodyStarted {
+		w.bodyStarted = true
+		if w.flushEach {
+			w.stop()
+		}
 	}
 	w.gw.(http.Flusher).Flush()
 }
