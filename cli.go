@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"sort"
+
+	"github.com/redis/go-redis/v9"
 )
 
 const mapUsage = `Usage:
@@ -86,5 +88,73 @@ func runMapCommand(ctx context.Context, getenv func(string) string, args []strin
 		}
 		fmt.Fprintf(stdout, "removed %s\n", args[1])
 	}
+	return nil
+}
+
+const initRedisUsage = `Usage:
+  apiproxy init-redis [-force] [-redis-url URL]
+
+Seeds the default mappings into the Redis of API_PROXY_REDIS_URL (from the
+environment or .env) or -redis-url. A prefix that already exists keeps its
+target unless -force is given. Safe to run again: it only adds what is
+missing. Servers on that Redis pick the changes up at once.
+`
+
+// runInitRedisCommand is `apiproxy init-redis`, which scripts/init_redis.go
+// runs: seed defaultMappings into Redis with the server's own key names,
+// and print what happened to each.
+func runInitRedisCommand(ctx context.Context, getenv func(string) string, args []string, stdout, stderr io.Writer) error {
+	cfg, err := loadConfig(getenv, nil, stderr)
+	if err != nil {
+		return err
+	}
+	fs := flag.NewFlagSet("apiproxy init-redis", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, initRedisUsage) }
+	force := fs.Bool("force", false, "overwrite existing prefixes with the default target")
+	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis URL")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("init-redis: unexpected argument %q", fs.Arg(0))
+	}
+	if cfg.RedisURL == "" {
+		return errors.New("init-redis: API_PROXY_REDIS_URL is not set (environment or .env) and no -redis-url was given")
+	}
+	opts, err := parseRedisURL(cfg.RedisURL)
+	if err != nil {
+		return err
+	}
+	// No snapshot file and no seeding on open: this command is the seeding.
+	store := newRedisStore(redis.NewClient(opts), redisKeyPrefix, "", newLogger(cfg, stderr))
+	defer store.Close()
+	return initRedis(ctx, store, *force, redisDescription(opts), stdout)
+}
+
+// initRedis seeds the defaults into store and prints one line per default
+// and a summary to out.
+func initRedis(ctx context.Context, store *redisStore, force bool, where string, out io.Writer) error {
+	res, err := store.initDefaults(ctx, force)
+	if err != nil {
+		return fmt.Errorf("init-redis: %w", err)
+	}
+	counts := map[string]int{}
+	for _, r := range res {
+		counts[r.Action]++
+		switch r.Action {
+		case "added":
+			fmt.Fprintf(out, "added        %s -> %s\n", r.Prefix, r.Target)
+		case "unchanged":
+			fmt.Fprintf(out, "unchanged    %s -> %s\n", r.Prefix, r.Target)
+		case "overwritten":
+			fmt.Fprintf(out, "overwritten  %s -> %s (was %s)\n", r.Prefix, r.Target, r.Old)
+		case "kept":
+			fmt.Fprintf(out, "kept         %s -> %s (default %s; -force overwrites)\n", r.Prefix, r.Old, r.Target)
+		}
+	}
+	fmt.Fprintf(out, "%s hash %s on %s: %d added, %d overwritten, %d kept, %d already set\n",
+		"init-redis:", store.key(redisMappingsKey), where, counts["added"], counts["overwritten"], counts["kept"], counts["unchanged"])
 	return nil
 }

@@ -37,10 +37,17 @@ func main() {
 	}
 }
 
-// runMain dispatches between serving (the default) and the `map` command.
+// runMain dispatches between serving (the default) and the `map` and
+// `init-redis` commands.
 func runMain(ctx context.Context, getenv func(string) string, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "map" {
 		return runMapCommand(ctx, getenv, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "init-redis" {
+		return runInitRedisCommand(ctx, getenv, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "healthcheck" {
+		return runHealthcheck(ctx, getenv, args[1:], stderr)
 	}
 	cfg, err := loadConfig(getenv, args, stderr)
 	if err != nil {

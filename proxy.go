@@ -68,6 +68,10 @@ type requestRecord struct {
 	Duration time.Duration
 	BytesIn  int64
 	BytesOut int64
+	// Usage is the token usage read from the response body as it passed
+	// (usage.go); Usage.Known is false when there was none, or when stats
+	// are off.
+	Usage tokenUsage
 }
 
 // newTransport returns the upstream transport, tuned for many long streams
@@ -150,33 +154,43 @@ func (p *proxy) newRequest() *proxyRequest {
 	return pr
 }
 
-// ServeHTTP proxies req to the upstream of the longest matching prefix.
-// gw is the writer the router hands in; raw is the net/http writer beneath
-// it, used only for 1xx responses, which Gin's writer cannot pass on.
-func (p *proxy) serve(gw, raw http.ResponseWriter, req *http.Request) {
+// lookup returns the route for req and the escaped rest of its path, or nil
+// when no mapping matches or the request target is too long to proxy.
+func (p *proxy) lookup(req *http.Request) (*route, string) {
 	if len(req.RequestURI) > maxRequestTarget {
-		writeError(gw, http.StatusRequestURITooLong, "uri_too_long", fmt.Sprintf("request target is longer than %d bytes", maxRequestTarget))
+		return nil, ""
+	}
+	return p.routes.Load().match(requestPath(req))
+}
+
+// handleUnrouted answers a request that reached no route at all: 414 when
+// its target is too long to proxy, else 404 no_mapping.
+func (p *proxy) handleUnrouted(w http.ResponseWriter, req *http.Request) {
+	if len(req.RequestURI) > maxRequestTarget {
+		writeError(w, http.StatusRequestURITooLong, "uri_too_long", fmt.Sprintf("request target is longer than %d bytes", maxRequestTarget))
 		return
 	}
-	rawPath := requestPath(req)
-	rt, rest := p.routes.Load().match(rawPath)
-	if rt == nil {
-		writeError(gw, http.StatusNotFound, "no_mapping", "no mapping for path "+truncate(req.URL.Path, 200))
-		return
-	}
+	writeError(w, http.StatusNotFound, "no_mapping", "no mapping for path "+truncate(req.URL.Path, 200))
+}
+
+// serve proxies req to rt's upstream; rest is the escaped path after the
+// prefix, as lookup returned it. w is the net/http ResponseWriter itself,
+// not a router's wrapper: 1xx responses, Hijack and full duplex reach it
+// directly.
+func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest string) {
 	if hasDotSegment(rest) {
-		writeError(gw, http.StatusBadRequest, "bad_path", `path must not contain "." or ".." segments`)
+		writeError(w, http.StatusBadRequest, "bad_path", `path must not contain "." or ".." segments`)
 		return
 	}
 	if p.cors.isPreflight(req) {
-		p.cors.preflight(gw, req)
+		p.cors.preflight(w, req)
 		return
 	}
 	// Without full duplex, net/http closes the request body once the first
 	// response bytes are flushed; a Transport still sending it then aborts
 	// the upstream connection mid-stream ("use of closed network
 	// connection", measured on 1-3 % of short streams).
-	_ = http.NewResponseController(gw).EnableFullDuplex()
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	if req.TransferEncoding != nil && req.ProtoMajor == 1 {
 		// net/http reads a request carrying both Content-Length and
 		// Transfer-Encoding by its chunked framing and silently drops the
@@ -184,13 +198,13 @@ func (p *proxy) serve(gw, raw http.ResponseWriter, req *http.Request) {
 		// chunked one. Closing the connection after any chunked request
 		// means bytes smuggled after the body are never run as a second
 		// request (RFC 9112 §6.1).
-		gw.Header().Set("Connection", "close")
+		w.Header().Set("Connection", "close")
 	}
 
 	orig := req
 	pr := p.requests.Get().(*proxyRequest)
 	pr.in, pr.route, pr.rest = req, rt, rest
-	pr.w.reset(gw, raw)
+	pr.w.reset(w)
 	pr.rec = requestRecord{Prefix: rt.prefix, Start: time.Now(), BytesIn: max(req.ContentLength, 0)}
 	var counter *countingBody
 	if req.ContentLength < 0 && req.Body != nil && req.Body != http.NoBody {
@@ -226,7 +240,7 @@ func (p *proxy) serve(gw, raw http.ResponseWriter, req *http.Request) {
 		}
 		if completed {
 			pr.in, pr.route = nil, nil
-			pr.w.reset(nil, nil)
+			pr.w.reset(nil)
 			p.requests.Put(pr)
 		}
 	}()
@@ -306,7 +320,7 @@ func (pr *proxyRequest) modifyResponse(res *http.Response) error {
 	// A 101's body is the upgraded connection: ReverseProxy needs it to
 	// stay an io.ReadWriteCloser to tunnel a WebSocket, so it is not wrapped.
 	if res.Body != nil && res.Body != http.NoBody && res.StatusCode != http.StatusSwitchingProtocols {
-		pr.body.ReadCloser = res.Body
+		pr.body.reset(res)
 		res.Body = &pr.body
 	}
 	return nil
@@ -439,8 +453,7 @@ func truncate(s string, n int) string {
 // headerFlushDelay if the body is slow to come.
 type proxyWriter struct {
 	pr        *proxyRequest
-	gw        http.ResponseWriter
-	raw       http.ResponseWriter
+	rw        http.ResponseWriter // net/http's own
 	flushEach bool
 	timer     *time.Timer
 	// bodyStarted is set by the first Write or Flush; only the handler's
@@ -451,34 +464,42 @@ type proxyWriter struct {
 	headerPending atomic.Bool
 }
 
-func (w *proxyWriter) reset(gw, raw http.ResponseWriter) {
-	w.gw, w.raw, w.flushEach, w.bodyStarted = gw, raw, false, false
+func (w *proxyWriter) reset(rw http.ResponseWriter) {
+	w.rw, w.flushEach, w.bodyStarted = rw, false, false
 	w.headerPending.Store(false)
 }
 
-func (w *proxyWriter) Header() http.Header { return w.gw.Header() }
+func (w *proxyWriter) Header() http.Header { return w.rw.Header() }
 
 // Unwrap lets http.ResponseController reach Hijack for WebSocket upgrades.
-func (w *proxyWriter) Unwrap() http.ResponseWriter { return w.gw }
+func (w *proxyWriter) Unwrap() http.ResponseWriter { return w.rw }
 
 func (w *proxyWriter) WriteHeader(code int) {
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
-		// 1xx (100 Continue, 103 Early Hints): Gin's writer would keep only
-		// the last status, so send these on the net/http writer directly.
-		w.raw.WriteHeader(code)
+		// 1xx (100 Continue, 103 Early Hints) pass on as they come; the
+		// final status follows.
+		w.rw.WriteHeader(code)
 		return
 	}
 	// The proxy's own headers go in here, after ReverseProxy copied the
 	// upstream's: copying them along with res.Header would allocate a new
 	// slice for each, while these static values are shared.
-	h := w.gw.Header()
+	h := w.rw.Header()
 	addIfAbsent(h, "X-Accel-Buffering", hdrNo)
 	addIfAbsent(h, "X-Content-Type-Options", hdrNosniff)
 	addIfAbsent(h, "X-Frame-Options", hdrDeny)
 	addIfAbsent(h, "Referrer-Policy", hdrNoRef)
 	addIfAbsent(h, "X-Robots-Tag", hdrNoIndex)
 	w.pr.p.cors.addResponseHeaders(h, w.pr.in)
-	w.gw.WriteHeader(code)
+	w.rw.WriteHeader(code)
+	if !w.flushEach {
+		// Event streams and unknown-length bodies: headers go out now.
+		// Writing them here rather than under ReverseProxy's copy loop
+		// also keeps the deep header write within an 8 KiB goroutine
+		// stack: measured, writing them one call level deeper doubled the
+		// stack every held stream keeps (16 KiB).
+		w.rw.(http.Flusher).Flush()
+	}
 	if w.pr.rec.TTFB == 0 {
 		w.pr.rec.TTFB = time.Since(w.pr.rec.Start)
 	}
@@ -497,9 +518,9 @@ func (w *proxyWriter) Write(b []byte) (int, error) {
 			w.stop()
 		}
 	}
-	n, err := w.gw.Write(b)
+	n, err := w.rw.Write(b)
 	if w.flushEach && err == nil {
-		w.gw.(http.Flusher).Flush()
+		w.rw.(http.Flusher).Flush()
 	}
 	return n, err
 }
@@ -511,7 +532,7 @@ func (w *proxyWriter) Flush() {
 			w.stop()
 		}
 	}
-	w.gw.(http.Flusher).Flush()
+	w.rw.(http.Flusher).Flush()
 }
 
 // flushHeaders runs on the timer's goroutine when the body of a
@@ -520,7 +541,7 @@ func (w *proxyWriter) flushHeaders() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.headerPending.CompareAndSwap(true, false) {
-		w.gw.(http.Flusher).Flush()
+		w.rw.(http.Flusher).Flush()
 	}
 }
 
@@ -533,18 +554,45 @@ func (w *proxyWriter) stop() {
 	w.timer.Stop()
 }
 
-// responseBody wraps the upstream body to count bytes and time the first
-// one. Pooled with its proxyRequest; ReverseProxy closes it before
-// ServeHTTP returns.
+// responseBody wraps the upstream body to count its bytes and, when stats
+// are on, to read token usage from them as they pass (a tee into
+// usageParser, which never changes or holds them back). Pooled with its
+// proxyRequest; ReverseProxy closes it before ServeHTTP returns.
 type responseBody struct {
 	io.ReadCloser
-	pr *proxyRequest
+	pr    *proxyRequest
+	usage usageParser // reused across requests; see reset
+}
+
+// reset wraps res's body for a new response.
+func (b *responseBody) reset(res *http.Response) {
+	b.ReadCloser = res.Body
+	if b.pr.p.observe != nil {
+		b.usage.reset(res.Header)
+	} else {
+		b.usage.mode = usageOff
+	}
 }
 
 func (b *responseBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.pr.rec.BytesOut += int64(n)
+	if b.usage.active() {
+		b.usage.feed(p[:n])
+		if err != nil {
+			b.pr.rec.Usage = b.usage.finish()
+		}
+	}
 	return n, err
+}
+
+// Close also ends usage parsing of a body that was not read to its end
+// (the client left, or the upstream broke): what was seen counts.
+func (b *responseBody) Close() error {
+	if b.usage.active() {
+		b.pr.rec.Usage = b.usage.finish()
+	}
+	return b.ReadCloser.Close()
 }
 
 // countingBody counts the bytes of a request body of unknown length.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,27 @@ type Server struct {
 	reloadMu sync.Mutex // serialises route reloads so an older read never wins
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup // background loops
+
+	// Admin API (admin.go). adminTokenHash is the SHA-256 of the admin
+	// token, nil until it could be read from the store.
+	adminTokenHash atomic.Pointer[[sha256.Size]byte]
+	adminTokenMu   sync.Mutex // serialises late token resolution
+	authFailures   *authLimiter
+}
+
+// offlineStore is a Store that keeps a local copy of the mappings for when
+// it cannot be reached: the Redis store's snapshot file. offlineMappings
+// returns a map the caller owns, when it was read, and false if there is
+// no copy.
+type offlineStore interface {
+	offlineMappings() (m map[string]string, readAt time.Time, ok bool)
+}
+
+// watchingStore is a Store whose changes come from outside this process
+// and must be listened for: watch runs until ctx is done, signalling
+// Changes (the Redis store's Pub/Sub listener).
+type watchingStore interface {
+	watch(ctx context.Context)
 }
 
 // newServer builds a Server on store and loads the first route snapshot.
@@ -38,11 +60,32 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	if transport == nil {
 		transport = newTransport(cfg)
 	}
-	s := &Server{cfg: cfg, logger: logger, store: store, started: time.Now()}
+	s := &Server{cfg: cfg, logger: logger, store: store, started: time.Now(), authFailures: newAuthLimiter()}
 	s.routes.Store(&routeTable{byPrefix: map[string]*route{}})
 	s.proxy = newProxy(cfg, logger, transport, &s.routes)
-	if err := s.reloadRoutes(context.Background()); err != nil {
-		return nil, err
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.reloadRoutes(ctx); err != nil {
+		// A store that is down at start (Redis) still leaves us its last
+		// known mappings, so the proxy starts and routes; watch catches up
+		// when the store is back.
+		off, ok := store.(offlineStore)
+		if !ok || !errors.Is(err, errStoreUnavailable) {
+			return nil, err
+		}
+		m, readAt, ok := off.offlineMappings()
+		t, _ := newRouteTable(m)
+		s.routes.Store(t)
+		if ok {
+			logger.Warn("store unreachable at start; routing with the local snapshot until it is back",
+				"mappings", len(t.byPrefix), "snapshot_time", readAt.UTC().Format(time.RFC3339), "error", err)
+		} else {
+			logger.Warn("store unreachable at start and no local snapshot; no mappings until it is back", "error", err)
+		}
+	}
+	if _, err := s.resolveAdminToken(ctx); err != nil {
+		// The admin API answers 503 and retries on its next call.
+		logger.Warn("admin token not available yet; the admin API answers 503 until the store is reachable", "error", err)
 	}
 	s.engine = s.newRouter()
 	return s, nil
@@ -65,21 +108,52 @@ func (s *Server) newRouter() *gin.Engine {
 	e.GET("/readyz", s.handleReadyz)
 	e.GET("/robots.txt", s.handleRobots)
 
-	e.NoRoute(s.handleProxy)
+	// Web pages and their embedded assets (static.go).
+	for _, m := range []string{http.MethodGet, http.MethodHead} {
+		e.Handle(m, "/", s.handleIndex)
+		e.Handle(m, "/index.html", s.handleIndex)
+		e.Handle(m, "/admin", s.handleAdminPage)
+		e.Handle(m, "/static/*filepath", s.handleStatic)
+		e.Handle(m, "/favicon.ico", s.handleFavicon)
+	}
+
+	// Admin REST API (SPEC §6). The catch-all holds nested prefixes:
+	// /api/mappings/a/b and /api/mappings/a%2Fb both name /a/b.
+	api := e.Group("/api/mappings", s.requireAdmin)
+	api.GET("", s.handleListMappings)
+	api.POST("", s.handleCreateMapping)
+	api.GET("/*prefix", s.handleGetMapping)
+	api.PUT("/*prefix", s.handleUpdateMapping)
+	api.DELETE("/*prefix", s.handleDeleteMapping)
+	for _, m := range []string{http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		api.Handle(m, "", methodNotAllowed("GET, POST"))
+	}
+	for _, m := range []string{http.MethodPost, http.MethodPatch} {
+		api.Handle(m, "/*prefix", methodNotAllowed("GET, PUT, DELETE"))
+	}
+
+	e.NoRoute(s.handleUnrouted)
 	return e
 }
 
-// ServeHTTP makes the Server the http.Handler of the listener.
+// ServeHTTP makes the Server the http.Handler of the listener. A request
+// under a mapped prefix goes straight to the proxy; Gin routes the rest.
+// No mapping can shadow a route of the server's own (validatePrefix refuses
+// the reserved prefixes), so this is what a Gin NoRoute handler would do,
+// minus Gin's cost on the hot path: measured, Gin's frames pushed the
+// stack of every held stream from 8 KiB to 16 KiB (the response header
+// write is deep), and its writer wrapper cost CPU on every request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if rt, rest := s.proxy.lookup(req); rt != nil {
+		s.proxy.serve(w, req, rt, rest)
+		return
+	}
 	s.engine.ServeHTTP(w, req)
 }
 
-func (s *Server) handleProxy(c *gin.Context) {
-	raw := http.ResponseWriter(c.Writer)
-	if u, ok := c.Writer.(interface{ Unwrap() http.ResponseWriter }); ok {
-		raw = u.Unwrap()
-	}
-	s.proxy.serve(c.Writer, raw, c.Request)
+// handleUnrouted answers what neither the server nor a mapping routes.
+func (s *Server) handleUnrouted(c *gin.Context) {
+	s.proxy.handleUnrouted(c.Writer, c.Request)
 }
 
 func (s *Server) handleHealthz(c *gin.Context) {
@@ -154,21 +228,47 @@ func (s *Server) Start() {
 		defer s.wg.Done()
 		s.watchMappings(ctx)
 	}()
+	if w, ok := s.store.(watchingStore); ok {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			w.watch(ctx)
+		}()
+	}
 }
 
+// reloadRetryMax bounds the wait between retries of a failed route reload.
+const reloadRetryMax = 30 * time.Second
+
 // watchMappings swaps in a fresh route snapshot whenever the store reports
-// a change.
+// a change. A reload that fails is retried, after 1 s doubling up to
+// reloadRetryMax, until one succeeds: the signal that caused it (a Redis
+// reconnect, say) may not come again, and go-redis keeps failing fast for
+// a moment after Redis is back.
 func (s *Server) watchMappings(ctx context.Context) {
 	changes := s.store.Changes()
+	retry := time.NewTimer(reloadRetryMax)
+	retry.Stop()
+	defer retry.Stop()
+	var backoff time.Duration
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-changes:
-			if err := s.reloadRoutes(ctx); err != nil && ctx.Err() == nil {
-				s.logger.Warn("route reload failed; keeping the last mappings", "error", err)
-			}
+		case <-retry.C:
 		}
+		if err := s.reloadRoutes(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			backoff = min(max(2*backoff, time.Second), reloadRetryMax)
+			s.logger.Warn("route reload failed; keeping the last mappings", "error", err, "retry_in", backoff.String())
+			retry.Reset(backoff)
+			continue
+		}
+		backoff = 0
+		retry.Stop()
 	}
 }
 
@@ -186,7 +286,7 @@ func (s *Server) Close() error {
 // is set, else the embedded bbolt store under DATA_DIR.
 func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (Store, error) {
 	if cfg.RedisURL != "" {
-		return nil, errors.New("API_PROXY_REDIS_URL is set but the Redis store is not available in this build")
+		return openRedisStore(ctx, cfg, logger)
 	}
 	return openBoltStore(cfg.DataDir)
 }

@@ -1,0 +1,514 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+)
+
+const (
+	// maxAdminBody bounds an admin request body (SPEC §6); a mapping is a
+	// few hundred bytes.
+	maxAdminBody = 64 << 10
+	// adminStoreTimeout bounds the store calls of one admin request, so a
+	// Redis that stopped answering gives a 503 instead of a hung page.
+	adminStoreTimeout = 10 * time.Second
+	// authMaxFailures failed authentications from one client address within
+	// authWindow block that address for authWindow (SPEC §6: at most 10
+	// failures a minute).
+	authMaxFailures = 10
+	authWindow      = time.Minute
+	// authMaxTracked bounds the failure table; past it, addresses whose
+	// window is over are forgotten first.
+	authMaxTracked = 10000
+)
+
+// mappingJSON is a mapping in requests and responses of the admin API.
+type mappingJSON struct {
+	Prefix string `json:"prefix"`
+	Target string `json:"target"`
+}
+
+// updateJSON is the body of PUT /api/mappings/{prefix}. Prefix is optional;
+// when present it must name the same mapping as the path.
+type updateJSON struct {
+	Prefix *string `json:"prefix"`
+	Target string  `json:"target"`
+}
+
+// generateAdminToken returns a new random admin token: 26 base32
+// characters holding 128 bits from crypto/rand, one word that a
+// double-click selects.
+func generateAdminToken() (string, error) { return rand.Text(), nil }
+
+// resolveAdminToken sets the token the admin API accepts: ADMIN_TOKEN if
+// set, else the one kept in the store (generated there on first use). A
+// token from the store is logged, alone as a word on its own line, at every
+// start, so the operator can always find it; no other line or response
+// ever holds it. Only its SHA-256 is kept on Server.
+func (s *Server) resolveAdminToken(ctx context.Context) (*[sha256.Size]byte, error) {
+	token := s.cfg.AdminToken
+	if token == "" {
+		t, err := s.store.AdminToken(ctx, generateAdminToken)
+		if err != nil {
+			return nil, fmt.Errorf("load admin token: %w", err)
+		}
+		if t == "" {
+			return nil, errors.New("load admin token: the stored token is empty")
+		}
+		token = t
+		// Written whatever LOG_LEVEL says: without it nobody can log in.
+		msg := "admin token: " + token + " (kept in the store; set ADMIN_TOKEN to use your own)"
+		s.logger.Handler().Handle(ctx, slog.NewRecord(time.Now(), slog.LevelInfo, msg, 0))
+	}
+	h := sha256.Sum256([]byte(token))
+	s.adminTokenHash.Store(&h)
+	return &h, nil
+}
+
+// adminToken returns the SHA-256 of the admin token, resolving it first if
+// the store could not be read before (Redis down at start).
+func (s *Server) adminToken(ctx context.Context) (*[sha256.Size]byte, error) {
+	if h := s.adminTokenHash.Load(); h != nil {
+		return h, nil
+	}
+	s.adminTokenMu.Lock()
+	defer s.adminTokenMu.Unlock()
+	if h := s.adminTokenHash.Load(); h != nil {
+		return h, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, adminStoreTimeout)
+	defer cancel()
+	return s.resolveAdminToken(ctx)
+}
+
+// requireAdmin is the middleware of /api/mappings: a bearer token equal to
+// the admin token, compared in constant time (of equal-length digests, so
+// not even the length leaks). A client address with authMaxFailures recent
+// failures gets 429 until its block ends, whatever it sends.
+func (s *Server) requireAdmin(c *gin.Context) {
+	req := c.Request
+	addr := clientAddr(req)
+	if wait := s.authFailures.blocked(addr); wait > 0 {
+		c.Header("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		writeError(c.Writer, http.StatusTooManyRequests, "too_many_auth_failures",
+			"too many failed admin authentications from this address; retry later")
+		c.Abort()
+		return
+	}
+	want, err := s.adminToken(req.Context())
+	if err != nil {
+		s.logger.Warn("admin API unavailable: no admin token", "error", err)
+		writeAPIError(c.Writer, err)
+		c.Abort()
+		return
+	}
+	got := sha256.Sum256([]byte(bearerToken(req.Header.Get("Authorization"))))
+	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+		if s.authFailures.fail(addr) {
+			s.logger.Warn("admin API: too many failed authentications; blocking address", "client", addr, "for", authWindow.String())
+		}
+		c.Header("WWW-Authenticate", `Bearer realm="apiproxy admin"`)
+		writeError(c.Writer, http.StatusUnauthorized, "unauthorized",
+			"missing or wrong admin token: send the header Authorization: Bearer followed by ADMIN_TOKEN (or the generated token that the server log prints at start)")
+		c.Abort()
+		return
+	}
+	s.authFailures.succeed(addr)
+	c.Header("Cache-Control", "no-store")
+	c.Next()
+}
+
+// bearerToken returns the token of an "Authorization: Bearer <token>"
+// header value, or "" (the scheme is case-insensitive, RFC 9110 §11.1).
+func bearerToken(h string) string {
+	scheme, token, ok := strings.Cut(strings.TrimSpace(h), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(token)
+}
+
+// clientAddr is the address that auth failures are counted against: the
+// peer's IP, or its /64 for IPv6, where one client usually holds the whole
+// block. X-Forwarded-For is not trusted: a client could pick a fresh
+// address for every guess.
+func clientAddr(req *http.Request) string {
+	host, _, err := net.SplitHostPort(req.RemoteAddr)
+	if err != nil {
+		host = req.RemoteAddr
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	ip = ip.Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.String()
+	}
+	return ip.String()
+}
+
+func (s *Server) handleListMappings(c *gin.Context) {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
+	defer cancel()
+	m, err := s.store.Mappings(ctx)
+	if err != nil {
+		s.writeStoreError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"mappings": m, "count": len(m)})
+}
+
+// handleGetMapping answers one mapping; /api/mappings/ is the list.
+func (s *Server) handleGetMapping(c *gin.Context) {
+	prefix := c.Param("prefix")
+	if prefix == "/" {
+		s.handleListMappings(c)
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
+	defer cancel()
+	m, err := s.store.Mappings(ctx)
+	if err != nil {
+		s.writeStoreError(c, err)
+		return
+	}
+	target, ok := m[prefix]
+	if !ok {
+		writeAPIError(c.Writer, errMappingNotFound)
+		return
+	}
+	c.JSON(http.StatusOK, mappingJSON{Prefix: prefix, Target: target})
+}
+
+func (s *Server) handleCreateMapping(c *gin.Context) {
+	var body mappingJSON
+	if err := decodeJSONBody(c.Writer, c.Request, &body); err != nil {
+		writeAPIError(c.Writer, err)
+		return
+	}
+	if err := validatePrefix(body.Prefix); err != nil {
+		writeAPIError(c.Writer, err)
+		return
+	}
+	if err := validateTarget(body.Target); err != nil {
+		writeAPIError(c.Writer, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
+	defer cancel()
+	if err := s.store.CreateMapping(ctx, body.Prefix, body.Target); err != nil {
+		s.writeStoreError(c, err)
+		return
+	}
+	s.logger.Info("mapping created", "prefix", body.Prefix, "target", body.Target, "client", clientAddr(c.Request))
+	s.reloadAfterWrite(ctx)
+	c.Header("Location", "/api/mappings"+body.Prefix)
+	c.JSON(http.StatusCreated, body)
+}
+
+func (s *Server) handleUpdateMapping(c *gin.Context) {
+	prefix, ok := pathPrefix(c)
+	if !ok {
+		return
+	}
+	if err := validatePrefix(prefix); err != nil {
+		writeAPIError(c.Writer, err)
+		return
+	}
+	var body updateJSON
+	if err := decodeJSONBody(c.Writer, c.Request, &body); err != nil {
+		writeAPIError(c.Writer, err)
+		return
+	}
+	if body.Prefix != nil && *body.Prefix != prefix {
+		writeError(c.Writer, http.StatusBadRequest, "invalid_prefix", fmt.Sprintf(
+			"prefix in the body (%q) differs from the one in the path (%q); to rename a mapping, create the new one and delete the old one",
+			*body.Prefix, prefix))
+		return
+	}
+	if err := validateTarget(body.Target); err != nil {
+		writeAPIError(c.Writer, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
+	defer cancel()
+	if err := s.store.UpdateMapping(ctx, prefix, body.Target); err != nil {
+		s.writeStoreError(c, err)
+		return
+	}
+	s.logger.Info("mapping updated", "prefix", prefix, "target", body.Target, "client", clientAddr(c.Request))
+	s.reloadAfterWrite(ctx)
+	c.JSON(http.StatusOK, mappingJSON{Prefix: prefix, Target: body.Target})
+}
+
+// handleDeleteMapping removes a mapping. The prefix is not validated, so
+// that an invalid entry put into Redis by hand (which routing skips) can
+// still be removed here.
+func (s *Server) handleDeleteMapping(c *gin.Context) {
+	prefix, ok := pathPrefix(c)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
+	defer cancel()
+	if err := s.store.DeleteMapping(ctx, prefix); err != nil {
+		s.writeStoreError(c, err)
+		return
+	}
+	s.logger.Info("mapping deleted", "prefix", prefix, "client", clientAddr(c.Request))
+	s.reloadAfterWrite(ctx)
+	c.JSON(http.StatusOK, gin.H{"prefix": prefix, "deleted": true})
+}
+
+// pathPrefix returns the mapping prefix of /api/mappings/{prefix}: the
+// catch-all parameter, which keeps the leading slash and is already
+// unescaped (so a%2Fb and a/b both name /a/b). An empty one is answered
+// with 400 here.
+func pathPrefix(c *gin.Context) (string, bool) {
+	prefix := c.Param("prefix")
+	if prefix == "/" || prefix == "" {
+		writeError(c.Writer, http.StatusBadRequest, "invalid_prefix",
+			"prefix is required in the path: /api/mappings/{prefix without its leading slash}, e.g. /api/mappings/openai")
+		return "", false
+	}
+	return prefix, true
+}
+
+// methodNotAllowed answers a method that a route of the admin API does not
+// have, listing those it does.
+func methodNotAllowed(allow string) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		c.Header("Allow", allow)
+		writeError(c.Writer, http.StatusMethodNotAllowed, "method_not_allowed",
+			fmt.Sprintf("method %s is not allowed here; allowed: %s", c.Request.Method, allow))
+	}
+}
+
+// reloadAfterWrite publishes the change to this instance's routes before
+// the admin call returns, so the very next request routes by it. Failing
+// to reload does not undo the write: the watch loops retry.
+func (s *Server) reloadAfterWrite(ctx context.Context) {
+	if err := s.reloadRoutes(ctx); err != nil {
+		s.logger.Warn("route reload after an admin change failed; it applies at the next reload", "error", err)
+	}
+}
+
+// writeStoreError answers a store error and logs what the client does not
+// see: the cause of a 503 or 500. Expected answers (404, 409) are not
+// logged.
+func (s *Server) writeStoreError(c *gin.Context, err error) {
+	switch {
+	case errors.Is(err, errMappingNotFound), errors.Is(err, errMappingExists):
+	case errors.Is(err, errStoreUnavailable):
+		s.logger.Warn("admin API: store unavailable", "method", c.Request.Method, "path", c.Request.URL.Path, "error", err)
+	default:
+		s.logger.Error("admin API: store error", "method", c.Request.Method, "path", c.Request.URL.Path, "error", err)
+	}
+	writeAPIError(c.Writer, err)
+}
+
+// decodeJSONBody reads the request body as one JSON object into dst, a
+// pointer to a struct. Each way a body can be wrong gets its own 400 message
+// naming the field where there is one: not JSON, not an object, a field
+// of the wrong type, an unknown field (a typo such as "traget"), data after
+// the object. A body over maxAdminBody is 413.
+func decodeJSONBody(w http.ResponseWriter, req *http.Request, dst any) error {
+	tooLarge := &apiError{Status: http.StatusRequestEntityTooLarge, Code: "body_too_large",
+		Message: fmt.Sprintf("request body must be at most %d KiB", maxAdminBody>>10)}
+	if req.ContentLength > maxAdminBody {
+		return tooLarge
+	}
+	bad := func(msg string) error {
+		return &apiError{Status: http.StatusBadRequest, Code: "invalid_json", Message: msg}
+	}
+	fields := jsonFieldNames(dst)
+	example := "a JSON object with the fields " + fields
+	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(dst)
+	if err == nil {
+		// One value only: "{...} {...}" or "{...}x" is not what was meant.
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errTrailingData
+			var mbe *http.MaxBytesError
+			if errors.As(terr, &mbe) {
+				err = terr
+			}
+		}
+	}
+	var (
+		syntaxErr *json.SyntaxError
+		typeErr   *json.UnmarshalTypeError
+		maxErr    *http.MaxBytesError
+	)
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &maxErr):
+		return tooLarge
+	case errors.Is(err, io.EOF):
+		return bad("request body is empty; send " + example)
+	case errors.Is(err, errTrailingData):
+		return bad("request body must hold a single JSON object; found more data after it")
+	case errors.As(err, &syntaxErr):
+		return bad(fmt.Sprintf("request body is not valid JSON (at byte %d): %s", syntaxErr.Offset, strings.TrimPrefix(syntaxErr.Error(), "json: ")))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return bad("request body is not valid JSON: it ends before the object is complete")
+	case errors.As(err, &typeErr):
+		if typeErr.Field == "" {
+			return bad(fmt.Sprintf("request body must be %s, not %s", example, withArticle(typeErr.Value)))
+		}
+		return bad(fmt.Sprintf("field %q must be a JSON %s, not %s", typeErr.Field, jsonKind(typeErr.Type), withArticle(typeErr.Value)))
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		// encoding/json has no typed error for this one.
+		name := strings.TrimPrefix(err.Error(), "json: unknown field ")
+		return bad(fmt.Sprintf("unknown field %s; the allowed fields are %s", name, fields))
+	}
+	return bad("request body is not valid JSON: " + strings.TrimPrefix(err.Error(), "json: "))
+}
+
+var errTrailingData = errors.New("data after the JSON value")
+
+// jsonFieldNames lists the JSON names of the fields of *struct dst, for
+// messages: `"prefix" and "target"`.
+func jsonFieldNames(dst any) string {
+	t := reflect.TypeOf(dst).Elem()
+	var names []string
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		names = append(names, strconv.Quote(name))
+	}
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
+}
+
+// withArticle turns the JSON type named in a json.UnmarshalTypeError
+// ("number", "bool", "object", …) into words: "a number", "an object".
+func withArticle(value string) string {
+	if value == "bool" {
+		value = "boolean"
+	}
+	if value != "" && strings.ContainsRune("aeiou", rune(value[0])) {
+		return "an " + value
+	}
+	return "a " + value
+}
+
+// jsonKind names the JSON type that decodes into t.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "string"
+	case reflect.Bool:
+		return "boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		return "number"
+	case reflect.Slice, reflect.Array:
+		return "array"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return "object"
+}
+
+// authLimiter counts failed admin authentications per client address and
+// blocks an address that failed authMaxFailures times within authWindow,
+// for authWindow. Memory stays bounded (authMaxTracked). Safe for
+// concurrent use.
+type authLimiter struct {
+	now func() time.Time // time.Now; tests replace it
+
+	mu      sync.Mutex
+	clients map[string]*authRecord
+}
+
+type authRecord struct {
+	failures     int
+	windowStart  time.Time // of the current counting window
+	blockedUntil time.Time // zero unless blocked
+}
+
+func newAuthLimiter() *authLimiter {
+	return &authLimiter{now: time.Now, clients: make(map[string]*authRecord)}
+}
+
+// blocked returns how long addr stays blocked; 0 if it is not.
+func (l *authLimiter) blocked(addr string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := l.clients[addr]
+	if r == nil || r.blockedUntil.IsZero() {
+		return 0
+	}
+	if wait := r.blockedUntil.Sub(l.now()); wait > 0 {
+		return wait
+	}
+	delete(l.clients, addr) // the block is over: start afresh
+	return 0
+}
+
+// fail counts a failure of addr and reports whether it blocked addr.
+func (l *authLimiter) fail(addr string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	r := l.clients[addr]
+	if r == nil {
+		if len(l.clients) >= authMaxTracked {
+			l.sweep(now)
+		}
+		r = &authRecord{windowStart: now}
+		l.clients[addr] = r
+	}
+	if now.Sub(r.windowStart) >= authWindow {
+		r.failures, r.windowStart = 0, now
+	}
+	r.failures++
+	if r.failures >= authMaxFailures && r.blockedUntil.IsZero() {
+		r.blockedUntil = now.Add(authWindow)
+		return true
+	}
+	return false
+}
+
+// succeed forgets the failures of addr.
+func (l *authLimiter) succeed(addr string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.clients, addr)
+}
+
+// sweep drops the records that no longer count: window over, not blocked.
+// If every record still counts (many addresses failing at once), the
+// table grows past authMaxTracked rather than letting anyone through.
+func (l *authLimiter) sweep(now time.Time) {
+	for addr, r := range l.clients {
+		if now.Sub(r.windowStart) >= authWindow && !now.Before(r.blockedUntil) {
+			delete(l.clients, addr)
+		}
+	}
+}

@@ -1,0 +1,618 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const testAdminToken = "test-admin-token-0123456789"
+
+// adminRequest sends an admin API call with the test token to front and
+// returns the response and its body.
+func adminRequest(t testing.TB, front *httptest.Server, method, path, body string) (*http.Response, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, front.URL+path, rd)
+	if err != nil {
+		t.Fatalf("new request: %v", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testAdminToken)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := front.Client().Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	return res, readAll(t, res)
+}
+
+// adminCall serves one admin API request on s directly, from client
+// address remote, with the header Authorization: auth (none if "").
+func adminCall(t testing.TB, s *Server, method, target, body, auth, remote string) (*http.Response, []byte) {
+	t.Helper()
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	req.RemoteAddr = remote
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, req)
+	res := rec.Result()
+	return res, readAll(t, res)
+}
+
+const bearer = "Bearer " + testAdminToken
+
+// newAdminTestServer is a Server on the embedded store with ADMIN_TOKEN set
+// and exactly mappings.
+func newAdminTestServer(t *testing.T, mappings map[string]string) (*Server, *httptest.Server) {
+	t.Helper()
+	return newTestServerConfig(t, testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken}), mappings)
+}
+
+func storedMappings(t testing.TB, s *Server) map[string]string {
+	t.Helper()
+	m, err := s.store.Mappings(context.Background())
+	if err != nil {
+		t.Fatalf("Mappings: %v", err)
+	}
+	return m
+}
+
+func TestAdminAuth(t *testing.T) {
+	s, _ := newAdminTestServer(t, map[string]string{"/a": "https://a.example"})
+	tests := []struct {
+		name string
+		auth string
+		want int
+	}{
+		{"no header", "", http.StatusUnauthorized},
+		{"wrong token", "Bearer wrong-token-0123456789", http.StatusUnauthorized},
+		{"token prefix", "Bearer " + testAdminToken[:10], http.StatusUnauthorized},
+		{"token with more", bearer + "x", http.StatusUnauthorized},
+		{"basic scheme", "Basic " + testAdminToken, http.StatusUnauthorized},
+		{"bare token", testAdminToken, http.StatusUnauthorized},
+		{"empty bearer", "Bearer ", http.StatusUnauthorized},
+		{"right token", bearer, http.StatusOK},
+		{"scheme is case-insensitive", "bearer " + testAdminToken, http.StatusOK},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// A client address per case, so the throttle stays out of it.
+			res, body := adminCall(t, s, "GET", "/api/mappings", "", tt.auth, fmt.Sprintf("198.51.100.%d:4000", i+1))
+			if tt.want == http.StatusOK {
+				if res.StatusCode != http.StatusOK {
+					t.Errorf("status = %d, want 200 (body %s)", res.StatusCode, body)
+				}
+				return
+			}
+			wantProxyError(t, res, body, http.StatusUnauthorized, "unauthorized")
+			if got := res.Header.Get("WWW-Authenticate"); !strings.HasPrefix(got, "Bearer") {
+				t.Errorf("WWW-Authenticate = %q, want a Bearer challenge", got)
+			}
+			if strings.Contains(string(body), testAdminToken) {
+				t.Errorf("401 body holds the token: %s", body)
+			}
+		})
+	}
+}
+
+func TestAdminAuthThrottle(t *testing.T) {
+	s, _ := newAdminTestServer(t, nil)
+	now := time.Unix(1_700_000_000, 0)
+	s.authFailures.now = func() time.Time { return now }
+	const attacker, other = "203.0.113.7:5000", "203.0.113.8:5000"
+	wrong := "Bearer guess-0123456789abcdef"
+
+	for i := 1; i <= authMaxFailures; i++ {
+		res, body := adminCall(t, s, "GET", "/api/mappings", "", wrong, attacker)
+		if res.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("failure %d: status %d, want 401 (body %s)", i, res.StatusCode, body)
+		}
+	}
+	res, body := adminCall(t, s, "GET", "/api/mappings", "", wrong, attacker)
+	wantProxyError(t, res, body, http.StatusTooManyRequests, "too_many_auth_failures")
+	if ra, err := strconv.Atoi(res.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 60 {
+		t.Errorf("Retry-After = %q, want 1..60 seconds", res.Header.Get("Retry-After"))
+	}
+	// Blocked means blocked: even the right token is refused, so guessing
+	// cannot go on.
+	if res, _ := adminCall(t, s, "GET", "/api/mappings", "", bearer, attacker); res.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("right token from the blocked address: status %d, want 429", res.StatusCode)
+	}
+	if res, _ := adminCall(t, s, "GET", "/api/mappings", "", bearer, other); res.StatusCode != http.StatusOK {
+		t.Errorf("another address with the right token: status %d, want 200", res.StatusCode)
+	}
+	if res, _ := adminCall(t, s, "GET", "/api/mappings", "", wrong, other); res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("another address with a wrong token: status %d, want 401", res.StatusCode)
+	}
+
+	now = now.Add(30 * time.Second)
+	res, _ = adminCall(t, s, "GET", "/api/mappings", "", bearer, attacker)
+	if ra, _ := strconv.Atoi(res.Header.Get("Retry-After")); res.StatusCode != http.StatusTooManyRequests || ra != 30 {
+		t.Errorf("30 s into the block: status %d Retry-After %q, want 429 and 30", res.StatusCode, res.Header.Get("Retry-After"))
+	}
+	now = now.Add(31 * time.Second)
+	if res, _ := adminCall(t, s, "GET", "/api/mappings", "", bearer, attacker); res.StatusCode != http.StatusOK {
+		t.Errorf("after the block: status %d, want 200", res.StatusCode)
+	}
+
+	t.Run("failures older than the window do not count", func(t *testing.T) {
+		const addr = "203.0.113.9:1"
+		for i := 1; i < authMaxFailures; i++ {
+			adminCall(t, s, "GET", "/api/mappings", "", wrong, addr)
+		}
+		now = now.Add(authWindow)
+		for i := 1; i < authMaxFailures; i++ {
+			if res, _ := adminCall(t, s, "GET", "/api/mappings", "", wrong, addr); res.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("failure %d of a new window: status %d, want 401", i, res.StatusCode)
+			}
+		}
+	})
+	t.Run("a success forgets the failures", func(t *testing.T) {
+		const addr = "203.0.113.10:1"
+		for i := 1; i < authMaxFailures; i++ {
+			adminCall(t, s, "GET", "/api/mappings", "", wrong, addr)
+		}
+		adminCall(t, s, "GET", "/api/mappings", "", bearer, addr)
+		for i := 1; i < authMaxFailures; i++ {
+			if res, _ := adminCall(t, s, "GET", "/api/mappings", "", wrong, addr); res.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("failure %d after a success: status %d, want 401", i, res.StatusCode)
+			}
+		}
+	})
+	t.Run("IPv6 counts per /64", func(t *testing.T) {
+		for i := 1; i <= authMaxFailures; i++ {
+			adminCall(t, s, "GET", "/api/mappings", "", wrong, fmt.Sprintf("[2001:db8:1:2::%x]:443", i))
+		}
+		if res, _ := adminCall(t, s, "GET", "/api/mappings", "", bearer, "[2001:db8:1:2::ffff]:443"); res.StatusCode != http.StatusTooManyRequests {
+			t.Errorf("same /64: status %d, want 429", res.StatusCode)
+		}
+		if res, _ := adminCall(t, s, "GET", "/api/mappings", "", bearer, "[2001:db8:1:3::1]:443"); res.StatusCode != http.StatusOK {
+			t.Errorf("another /64: status %d, want 200", res.StatusCode)
+		}
+	})
+}
+
+func TestAdminListAndGet(t *testing.T) {
+	m := map[string]string{"/a": "https://a.example", "/b/c": "https://b.example/v1"}
+	s, _ := newAdminTestServer(t, m)
+	for _, target := range []string{"/api/mappings", "/api/mappings/"} {
+		res, body := adminCall(t, s, "GET", target, "", bearer, "192.0.2.1:1")
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", target, res.StatusCode, body)
+		}
+		var got struct {
+			Mappings map[string]string `json:"mappings"`
+			Count    int               `json:"count"`
+		}
+		if err := json.Unmarshal(body, &got); err != nil || !maps.Equal(got.Mappings, m) || got.Count != 2 {
+			t.Errorf("GET %s = %s (%v), want mappings %v and count 2", target, body, err, m)
+		}
+		if cc := res.Header.Get("Cache-Control"); cc != "no-store" {
+			t.Errorf("Cache-Control = %q, want no-store", cc)
+		}
+	}
+	for _, target := range []string{"/api/mappings/b/c", "/api/mappings/b%2Fc", "/api/mappings/b%2fc"} {
+		res, body := adminCall(t, s, "GET", target, "", bearer, "192.0.2.1:1")
+		if res.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != `{"prefix":"/b/c","target":"https://b.example/v1"}` {
+			t.Errorf("GET %s = %d %s, want the /b/c mapping", target, res.StatusCode, body)
+		}
+	}
+	res, body := adminCall(t, s, "GET", "/api/mappings/nope", "", bearer, "192.0.2.1:1")
+	wantProxyError(t, res, body, http.StatusNotFound, "not_found")
+}
+
+func TestAdminCreate(t *testing.T) {
+	up := newUpstream(t, nil)
+	s, front := newAdminTestServer(t, nil)
+
+	res, body := adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"/new","target":"`+up.URL+`"}`)
+	if res.StatusCode != http.StatusCreated {
+		t.Fatalf("create: %d %s", res.StatusCode, body)
+	}
+	if want := `{"prefix":"/new","target":"` + up.URL + `"}`; strings.TrimSpace(string(body)) != want {
+		t.Errorf("create body = %s, want %s", body, want)
+	}
+	if loc := res.Header.Get("Location"); loc != "/api/mappings/new" {
+		t.Errorf("Location = %q, want /api/mappings/new", loc)
+	}
+	// The very next request routes by it: no watch loop runs in this test.
+	if code, body := getStatus(t, front.Client(), front.URL+"/new/v1/models"); code != http.StatusOK {
+		t.Errorf("GET /new/v1/models right after the create = %d %s, want 200", code, body)
+	}
+
+	res, body = adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"/new","target":"https://other.example"}`)
+	wantProxyError(t, res, body, http.StatusConflict, "conflict")
+	if got := storedMappings(t, s)["/new"]; got != up.URL {
+		t.Errorf("after a 409, /new = %q, want it unchanged", got)
+	}
+
+	// The admin is trusted: local models and sidecars are valid targets.
+	for i, target := range []string{"http://127.0.0.1:11434", "http://localhost:8080/v1", "http://10.0.0.5:8000", "http://192.168.1.20", "http://[::1]:9000/api", "https://api.groq.com/openai/"} {
+		prefix := fmt.Sprintf("/local%d", i)
+		res, body := adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"`+prefix+`","target":"`+target+`"}`)
+		if res.StatusCode != http.StatusCreated {
+			t.Errorf("create %s -> %s: %d %s, want 201", prefix, target, res.StatusCode, body)
+		}
+	}
+	// Nested prefixes.
+	if res, body := adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"/team/a.b_c~d-e","target":"https://x.example"}`); res.StatusCode != http.StatusCreated {
+		t.Errorf("create a nested prefix: %d %s", res.StatusCode, body)
+	}
+}
+
+// TestAdminValidation: every rule of SPEC §6 has its own 400 naming the
+// field and the rule, and nothing invalid is stored.
+func TestAdminValidation(t *testing.T) {
+	s, _ := newAdminTestServer(t, map[string]string{"/a": "https://a.example"})
+	before := storedMappings(t, s)
+	const okTarget = "https://ok.example"
+	tests := []struct {
+		name, prefix, target string
+		code, msg            string // msg: a part of the message
+	}{
+		{"prefix missing", "", okTarget, "invalid_prefix", "prefix is required"},
+		{"prefix without leading slash", "openai2", okTarget, "invalid_prefix", `prefix must start with "/"`},
+		{"prefix root", "/", okTarget, "invalid_prefix", "reserved"},
+		{"prefix trailing slash", "/x/", okTarget, "invalid_prefix", `must not end with "/"`},
+		{"prefix double slash", "/x//y", okTarget, "invalid_prefix", `must not contain "//"`},
+		{"prefix space", "/x y", okTarget, "invalid_prefix", "may only hold"},
+		{"prefix percent", "/x%20y", okTarget, "invalid_prefix", "may only hold"},
+		{"prefix query", "/x?y", okTarget, "invalid_prefix", "may only hold"},
+		{"prefix non-ascii", "/ü", okTarget, "invalid_prefix", "may only hold"},
+		{"prefix dot segment", "/x/../y", okTarget, "invalid_prefix", `"." or ".."`},
+		{"prefix single dot", "/.", okTarget, "invalid_prefix", `"." or ".."`},
+		{"prefix too long", "/" + strings.Repeat("a", 128), okTarget, "invalid_prefix", "at most 128 bytes"},
+		{"prefix reserved api", "/api", okTarget, "invalid_prefix", `"/api" is reserved`},
+		{"prefix under reserved", "/api/x", okTarget, "invalid_prefix", `"/api" is reserved`},
+		{"prefix reserved stats", "/stats", okTarget, "invalid_prefix", "reserved"},
+		{"prefix reserved admin any case", "/Admin", okTarget, "invalid_prefix", "reserved"},
+		{"prefix reserved healthz", "/healthz", okTarget, "invalid_prefix", "reserved"},
+		{"prefix reserved static", "/static/js", okTarget, "invalid_prefix", "reserved"},
+		{"target missing", "/t", "", "invalid_target", "target is required"},
+		{"target without scheme", "/t", "api.openai.com", "invalid_target", "http or https"},
+		{"target ftp", "/t", "ftp://files.example", "invalid_target", "http or https"},
+		{"target without host", "/t", "https://", "invalid_target", "with a host"},
+		{"target path only", "/t", "https:///v1", "invalid_target", "with a host"},
+		{"target user info", "/t", "https://user:pw@api.example", "invalid_target", "user info"},
+		{"target query", "/t", "https://api.example/v1?key=1", "invalid_target", "query"},
+		{"target empty query", "/t", "https://api.example/v1?", "invalid_target", "query"},
+		{"target fragment", "/t", "https://api.example/#x", "invalid_target", "fragment"},
+		{"target bad port", "/t", "https://api.example:99999", "invalid_target", "port"},
+		{"target dot segment", "/t", "https://api.example/a/../b", "invalid_target", `"." or ".."`},
+		{"target space", "/t", "https://api.example/a b", "invalid_target", "spaces"},
+		{"target too long", "/t", "https://api.example/" + strings.Repeat("a", 2048), "invalid_target", "at most 2048 bytes"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			body, _ := json.Marshal(map[string]string{"prefix": tt.prefix, "target": tt.target})
+			res, resBody := adminCall(t, s, "POST", "/api/mappings", string(body), bearer, fmt.Sprintf("192.0.2.%d:1", i+1))
+			wantProxyError(t, res, resBody, http.StatusBadRequest, tt.code)
+			var env errorBody
+			json.Unmarshal(resBody, &env)
+			if !strings.Contains(env.Error.Message, tt.msg) {
+				t.Errorf("message = %q, want it to contain %q", env.Error.Message, tt.msg)
+			}
+			field := strings.TrimPrefix(tt.code, "invalid_")
+			if !strings.HasPrefix(env.Error.Message, field+" ") {
+				t.Errorf("message = %q, want it to name the field %q first", env.Error.Message, field)
+			}
+		})
+	}
+	t.Run("update", func(t *testing.T) {
+		res, body := adminCall(t, s, "PUT", "/api/mappings/a", `{"target":"https://user:pw@x.example"}`, bearer, "192.0.2.200:1")
+		wantProxyError(t, res, body, http.StatusBadRequest, "invalid_target")
+		res, body = adminCall(t, s, "PUT", "/api/mappings/api", `{"target":"https://x.example"}`, bearer, "192.0.2.200:1")
+		wantProxyError(t, res, body, http.StatusBadRequest, "invalid_prefix")
+		res, body = adminCall(t, s, "PUT", "/api/mappings/a%20b", `{"target":"https://x.example"}`, bearer, "192.0.2.200:1")
+		wantProxyError(t, res, body, http.StatusBadRequest, "invalid_prefix")
+	})
+	if got := storedMappings(t, s); !maps.Equal(got, before) {
+		t.Errorf("after invalid requests the store holds %v, want %v", got, before)
+	}
+}
+
+// TestAdminMalformedJSON: what is not one JSON object of the right fields
+// and types is 400 invalid_json, naming the field where there is one.
+func TestAdminMalformedJSON(t *testing.T) {
+	s, _ := newAdminTestServer(t, map[string]string{"/a": "https://a.example"})
+	before := storedMappings(t, s)
+	tests := []struct {
+		name, method, target, body string
+		msg                        string
+	}{
+		{"empty", "POST", "/api/mappings", ``, "empty"},
+		{"not JSON", "POST", "/api/mappings", `prefix=/x&target=https://x.example`, "not valid JSON"},
+		{"cut short", "POST", "/api/mappings", `{"prefix":"/x","target":"https://x.exa`, "not valid JSON"},
+		{"trailing comma", "POST", "/api/mappings", `{"prefix":"/x","target":"https://x.example",}`, "not valid JSON"},
+		{"trailing data", "POST", "/api/mappings", `{"prefix":"/x","target":"https://x.example"} x`, "more data after it"},
+		{"two objects", "POST", "/api/mappings", `{"prefix":"/x","target":"https://x.example"}{"prefix":"/y","target":"https://y.example"}`, "more data after it"},
+		{"closing bracket after", "POST", "/api/mappings", `{"prefix":"/x","target":"https://x.example"}]`, "more data after it"},
+		{"prefix a number", "POST", "/api/mappings", `{"prefix":1,"target":"https://x.example"}`, `field "prefix" must be a JSON string, not a number`},
+		{"target a boolean", "POST", "/api/mappings", `{"prefix":"/x","target":true}`, `field "target" must be a JSON string, not a boolean`},
+		{"target an object", "POST", "/api/mappings", `{"prefix":"/x","target":{"url":"https://x.example"}}`, `field "target" must be a JSON string, not an object`},
+		{"typo traget", "POST", "/api/mappings", `{"prefix":"/x","traget":"https://x.example"}`, `unknown field "traget"`},
+		{"extra field", "POST", "/api/mappings", `{"prefix":"/x","target":"https://x.example","enabled":true}`, `unknown field "enabled"`},
+		{"array", "POST", "/api/mappings", `[{"prefix":"/x","target":"https://x.example"}]`, "must be a JSON object"},
+		{"string", "POST", "/api/mappings", `"/x"`, "must be a JSON object"},
+		{"update typo", "PUT", "/api/mappings/a", `{"traget":"https://x.example"}`, `unknown field "traget"`},
+		{"update target a number", "PUT", "/api/mappings/a", `{"target":42}`, `field "target" must be a JSON string, not a number`},
+		{"update trailing data", "PUT", "/api/mappings/a", `{"target":"https://x.example"}{}`, "more data after it"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, body := adminCall(t, s, tt.method, tt.target, tt.body, bearer, fmt.Sprintf("192.0.2.%d:1", i+1))
+			wantProxyError(t, res, body, http.StatusBadRequest, "invalid_json")
+			var env errorBody
+			json.Unmarshal(body, &env)
+			if !strings.Contains(env.Error.Message, tt.msg) {
+				t.Errorf("message = %q, want it to contain %q", env.Error.Message, tt.msg)
+			}
+		})
+	}
+	if got := storedMappings(t, s); !maps.Equal(got, before) {
+		t.Errorf("after malformed requests the store holds %v, want %v", got, before)
+	}
+}
+
+func TestAdminBodyLimit(t *testing.T) {
+	s, front := newAdminTestServer(t, nil)
+	big := `{"prefix":"/big","target":"https://x.example/` + strings.Repeat("a", maxAdminBody) + `"}`
+
+	res, body := adminRequest(t, front, "POST", "/api/mappings", big)
+	wantProxyError(t, res, body, http.StatusRequestEntityTooLarge, "body_too_large")
+
+	// Without a Content-Length the limit holds while reading.
+	req := httptest.NewRequest("POST", "/api/mappings", io.MultiReader(strings.NewReader(big)))
+	req.ContentLength = -1
+	req.Header.Set("Authorization", bearer)
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, req)
+	wantProxyError(t, rec.Result(), rec.Body.Bytes(), http.StatusRequestEntityTooLarge, "body_too_large")
+
+	// Trailing whitespace past the limit is still past the limit.
+	padded := `{"prefix":"/big","target":"https://x.example"}` + strings.Repeat(" ", maxAdminBody)
+	res, body = adminRequest(t, front, "POST", "/api/mappings", padded)
+	wantProxyError(t, res, body, http.StatusRequestEntityTooLarge, "body_too_large")
+
+	// Exactly 64 KiB is allowed.
+	exact := `{"prefix":"/big","target":"https://x.example"}`
+	exact += strings.Repeat(" ", maxAdminBody-len(exact))
+	if res, body := adminRequest(t, front, "POST", "/api/mappings", exact); res.StatusCode != http.StatusCreated {
+		t.Errorf("a body of exactly 64 KiB: %d %s, want 201", res.StatusCode, body)
+	}
+}
+
+func TestAdminUpdate(t *testing.T) {
+	up1 := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "one") })
+	up2 := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "two") })
+	s, front := newAdminTestServer(t, map[string]string{"/a": up1.URL, "/b/c": up1.URL})
+
+	res, body := adminRequest(t, front, "PUT", "/api/mappings/a", `{"target":"`+up2.URL+`"}`)
+	if res.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != `{"prefix":"/a","target":"`+up2.URL+`"}` {
+		t.Fatalf("update /a: %d %s", res.StatusCode, body)
+	}
+	if code, body := getStatus(t, front.Client(), front.URL+"/a/x"); code != http.StatusOK || string(body) != "two" {
+		t.Errorf("GET /a/x right after the update = %d %q, want 200 \"two\"", code, body)
+	}
+
+	for _, path := range []string{"/api/mappings/b/c", "/api/mappings/b%2Fc"} {
+		if res, body := adminRequest(t, front, "PUT", path, `{"target":"`+up2.URL+`"}`); res.StatusCode != http.StatusOK {
+			t.Errorf("PUT %s: %d %s, want 200", path, res.StatusCode, body)
+		}
+	}
+	// The prefix may be repeated in the body, but must agree with the path.
+	if res, body := adminRequest(t, front, "PUT", "/api/mappings/a", `{"prefix":"/a","target":"`+up1.URL+`"}`); res.StatusCode != http.StatusOK {
+		t.Errorf("PUT with the same prefix in the body: %d %s, want 200", res.StatusCode, body)
+	}
+	res, body = adminRequest(t, front, "PUT", "/api/mappings/a", `{"prefix":"/z","target":"`+up1.URL+`"}`)
+	wantProxyError(t, res, body, http.StatusBadRequest, "invalid_prefix")
+
+	res, body = adminRequest(t, front, "PUT", "/api/mappings/missing", `{"target":"https://x.example"}`)
+	wantProxyError(t, res, body, http.StatusNotFound, "not_found")
+	if _, ok := storedMappings(t, s)["/missing"]; ok {
+		t.Errorf("PUT of a missing prefix created it")
+	}
+	res, body = adminRequest(t, front, "PUT", "/api/mappings/", `{"target":"https://x.example"}`)
+	wantProxyError(t, res, body, http.StatusBadRequest, "invalid_prefix")
+}
+
+func TestAdminDelete(t *testing.T) {
+	up := newUpstream(t, nil)
+	s, front := newAdminTestServer(t, map[string]string{"/a": up.URL, "/b/c": up.URL})
+
+	res, body := adminRequest(t, front, "DELETE", "/api/mappings/a", "")
+	if res.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != `{"deleted":true,"prefix":"/a"}` {
+		t.Fatalf("delete /a: %d %s", res.StatusCode, body)
+	}
+	code, body := getStatus(t, front.Client(), front.URL+"/a/x")
+	if code != http.StatusNotFound {
+		t.Errorf("GET /a/x right after the delete = %d %s, want 404", code, body)
+	}
+	res, body = adminRequest(t, front, "DELETE", "/api/mappings/a", "")
+	wantProxyError(t, res, body, http.StatusNotFound, "not_found")
+
+	if res, body := adminRequest(t, front, "DELETE", "/api/mappings/b%2Fc", ""); res.StatusCode != http.StatusOK {
+		t.Errorf("DELETE /api/mappings/b%%2Fc: %d %s, want 200", res.StatusCode, body)
+	}
+	if got := storedMappings(t, s); len(got) != 0 {
+		t.Errorf("after deleting both, the store holds %v", got)
+	}
+	res, body = adminRequest(t, front, "DELETE", "/api/mappings/", "")
+	wantProxyError(t, res, body, http.StatusBadRequest, "invalid_prefix")
+}
+
+func TestAdminMethodNotAllowed(t *testing.T) {
+	s, _ := newAdminTestServer(t, nil)
+	tests := []struct{ method, target, allow string }{
+		{"PATCH", "/api/mappings", "GET, POST"},
+		{"PUT", "/api/mappings", "GET, POST"},
+		{"DELETE", "/api/mappings", "GET, POST"},
+		{"POST", "/api/mappings/x", "GET, PUT, DELETE"},
+		{"PATCH", "/api/mappings/x", "GET, PUT, DELETE"},
+	}
+	for _, tt := range tests {
+		res, body := adminCall(t, s, tt.method, tt.target, "", bearer, "192.0.2.1:1")
+		wantProxyError(t, res, body, http.StatusMethodNotAllowed, "method_not_allowed")
+		if got := res.Header.Get("Allow"); got != tt.allow {
+			t.Errorf("%s %s: Allow = %q, want %q", tt.method, tt.target, got, tt.allow)
+		}
+	}
+	res, body := adminCall(t, s, "PATCH", "/api/mappings", "", "", "192.0.2.2:1")
+	wantProxyError(t, res, body, http.StatusUnauthorized, "unauthorized")
+}
+
+// TestAdminConcurrentCreates: simultaneous creates of one prefix through
+// the API get exactly one 201 and 409 for the rest, on both stores.
+func TestAdminConcurrentCreates(t *testing.T) {
+	run := func(t *testing.T, front *httptest.Server) {
+		const n = 20
+		codes := make([]int, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req, _ := http.NewRequest("POST", front.URL+"/api/mappings", strings.NewReader(fmt.Sprintf(`{"prefix":"/race","target":"https://t%d.example"}`, i)))
+				req.Header.Set("Authorization", bearer)
+				<-start
+				res, err := front.Client().Do(req)
+				if err != nil {
+					t.Errorf("create %d: %v", i, err)
+					return
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				codes[i] = res.StatusCode
+			}()
+		}
+		close(start)
+		wg.Wait()
+		count := map[int]int{}
+		for _, c := range codes {
+			count[c]++
+		}
+		if count[http.StatusCreated] != 1 || count[http.StatusConflict] != n-1 {
+			t.Errorf("statuses = %v, want one 201 and %d 409", count, n-1)
+		}
+	}
+	t.Run("bolt", func(t *testing.T) {
+		_, front := newAdminTestServer(t, nil)
+		run(t, front)
+	})
+	t.Run("redis", func(t *testing.T) {
+		addr := testRedisAddr(t)
+		cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken})
+		_, front := newRedisTestServer(t, cfg, openTestRedisStore(t, addr, testKeyPrefix(t, addr), ""))
+		run(t, front)
+	})
+}
+
+// TestAdminTokenGenerated: without ADMIN_TOKEN a token is generated once,
+// kept in the store, printed alone as a word on its own log line at every
+// start, whatever LOG_LEVEL, and nowhere else.
+func TestAdminTokenGenerated(t *testing.T) {
+	cfg := testConfig(t, nil)
+	var logs syncBuffer
+	start := func(level slog.Level) (*Server, string) {
+		t.Helper()
+		store, err := openBoltStore(cfg.DataDir)
+		if err != nil {
+			t.Fatalf("openBoltStore: %v", err)
+		}
+		var own syncBuffer
+		h := slog.NewTextHandler(io.MultiWriter(&logs, &own), &slog.HandlerOptions{Level: level})
+		s, err := newServer(cfg, slog.New(h), store, nil)
+		if err != nil {
+			t.Fatalf("newServer: %v", err)
+		}
+		m := tokenLine.FindStringSubmatch(own.String())
+		if m == nil {
+			t.Fatalf("no admin token line in the start log:\n%s", own.String())
+		}
+		return s, m[1]
+	}
+
+	s, token := start(slog.LevelDebug)
+	if len(token) != 26 {
+		t.Errorf("generated token %q has %d characters, want 26 (128 bits of base32)", token, len(token))
+	}
+	auth := "Bearer " + token
+	if res, body := adminCall(t, s, "GET", "/api/mappings", "", auth, "192.0.2.1:1"); res.StatusCode != http.StatusOK {
+		t.Fatalf("GET with the printed token: %d %s", res.StatusCode, body)
+	}
+	var responses []string
+	for _, call := range []struct{ method, target, body, auth string }{
+		{"POST", "/api/mappings", `{"prefix":"/x","target":"https://x.example"}`, auth},
+		{"PUT", "/api/mappings/x", `{"target":"https://y.example"}`, auth},
+		{"GET", "/api/mappings/x", "", auth},
+		{"DELETE", "/api/mappings/x", "", auth},
+		{"GET", "/api/mappings", "", "Bearer " + token[:20]},
+		{"GET", "/api/mappings", "", "Basic " + token},
+	} {
+		_, body := adminCall(t, s, call.method, call.target, call.body, call.auth, "192.0.2.1:1")
+		responses = append(responses, string(body))
+	}
+	s.Close()
+
+	s2, token2 := start(slog.LevelError) // a restart, logging errors only
+	defer s2.Close()
+	if token2 != token {
+		t.Errorf("after a restart the log shows token %q, want the stored %q", token2, token)
+	}
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, token[:12]) && !tokenLine.MatchString(line) {
+			t.Errorf("the token appears in another log line: %s", line)
+		}
+		if m := tokenLine.FindStringSubmatch(line); m != nil && !strings.Contains(line, "ADMIN_TOKEN") {
+			t.Errorf("the token line does not say how to set your own: %s", line)
+		}
+	}
+	for _, body := range responses {
+		if strings.Contains(body, token[:12]) {
+			t.Errorf("a response holds the token: %s", body)
+		}
+	}
+}
+
+// TestAdminTokenFromEnv: with ADMIN_TOKEN set, nothing is generated or
+// printed, and the token is never logged.
+func TestAdminTokenFromEnv(t *testing.T) {
+	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken})
+	store, err := openBoltStore(cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	s, err := newServer(cfg, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	adminCall(t, s, "POST", "/api/mappings", `{"prefix":"/x","target":"https://x.example"}`, bearer, "192.0.2.1:1")
+	adminCall(t, s, "GET", "/api/mappings", "", "Bearer wrong-0123456789abcdef", "192.0.2.1:1")
+	if strings.Contains(logs.String(), "admin token:") || strings.Contains(logs.String(), testAdminToken) {
+		t.Errorf("the log shows an admin token although ADMIN_TOKEN is set:\n%s", logs.String())
+	}
+	generated := false
+	tok, err := store.AdminToken(context.Background(), func() (string, error) { generated = true; return "fresh-0123456789abcdef", nil })
+	if err != nil || !generated {
+		t.Errorf("a token was stored although ADMIN_TOKEN is set: %q, %v", tok, err)
+	}
+}

@@ -1,0 +1,695 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Key names in Redis, compatible with the original design: the mappings
+// hash is apiproxy:mappings (field = prefix, value = target) and every
+// change is announced on apiproxy:mappings:updates. A redisStore puts its
+// keyPrefix (redisKeyPrefix in production) in front of each name, so that
+// tests can share one Redis without seeing each other's keys.
+const (
+	redisKeyPrefix      = "apiproxy:"
+	redisMappingsKey    = "mappings"         // hash: prefix → target
+	redisUpdatesChannel = "mappings:updates" // Pub/Sub: one message per change
+	redisAdminTokenKey  = "admin_token"      // string: the generated admin token
+	redisSeededKey      = "seeded"           // string: set once the hash was initialised
+)
+
+const (
+	// redisResyncInterval is the safety net under Pub/Sub: a message lost
+	// while a connection was being replaced is made up for at this pace.
+	redisResyncInterval = 30 * time.Second
+	// snapshotFileName is the local copy of the last mappings read from
+	// Redis, under DATA_DIR, so that a restart during an outage still routes.
+	snapshotFileName = "mappings-snapshot.json"
+)
+
+// errStoreUnavailable is wrapped into every Redis store error that means
+// "Redis cannot be reached now" (network, timeout, loading, read-only
+// replica). It is an *apiError so that writeAPIError answers it as 503 with
+// this message; the Redis error it travels with is for the log only.
+var errStoreUnavailable = &apiError{
+	Status:  http.StatusServiceUnavailable,
+	Code:    "store_unavailable",
+	Message: "store unavailable: Redis cannot be reached, so changes cannot be saved now (proxying continues with the last known mappings)",
+}
+
+// Lua scripts make each read and write one atomic step: a create never
+// overwrites a concurrent create (HSETNX), an update never creates, no
+// instance can miss a change that was made, and nothing reads or writes a
+// Redis that was not initialised (a fresh one, or one that restarted
+// empty) before seed filled it. The write scripts answer 1 when done, 0
+// when the prefix exists (create) or is missing (update, delete), -1 when
+// the Redis is not initialised.
+var (
+	// KEYS[1] mappings, KEYS[2] seeded. Nil when not initialised.
+	redisReadScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+return redis.call('HGETALL', KEYS[1])`)
+	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, target, channel, message.
+	redisCreateScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1`)
+	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, target, channel, message.
+	redisUpdateScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1`)
+	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, channel, message.
+	redisDeleteScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1`)
+	// seed initialises a Redis once: only the caller that sets the seeded
+	// marker writes, the mappings only if the hash does not exist. A Redis
+	// that already holds mappings (the original design's, or ours) is left
+	// as it is; a deleted mapping never comes back because the marker
+	// stays. The admin token is restored too when one is known, so that a
+	// Redis that restarted empty keeps the token every instance holds.
+	// KEYS[1] mappings, KEYS[2] seeded, KEYS[3] admin token; ARGV: marker
+	// value, channel, message, admin token or "", then prefix, target pairs.
+	redisSeedScript = redis.NewScript(`
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return 0 end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'NX') end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+if #ARGV >= 5 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return 1`)
+	// initDefaults is init-redis: add each missing default, overwrite a
+	// different target only when forced, and report what happened to each
+	// as action, previous target pairs.
+	// KEYS[1] mappings, KEYS[2] seeded; ARGV: force ("1" or "0"), channel,
+	// message, marker value, then prefix, target pairs.
+	redisInitDefaultsScript = redis.NewScript(`
+local out, changed = {}, false
+for i = 5, #ARGV, 2 do
+  local p, t = ARGV[i], ARGV[i+1]
+  local old = redis.call('HGET', KEYS[1], p)
+  if not old then
+    redis.call('HSET', KEYS[1], p, t); changed = true
+    out[#out+1] = 'added'; out[#out+1] = ''
+  elseif old == t then
+    out[#out+1] = 'unchanged'; out[#out+1] = old
+  elseif ARGV[1] == '1' then
+    redis.call('HSET', KEYS[1], p, t); changed = true
+    out[#out+1] = 'overwritten'; out[#out+1] = old
+  else
+    out[#out+1] = 'kept'; out[#out+1] = old
+  end
+end
+redis.call('SET', KEYS[2], ARGV[4], 'NX')
+if changed then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return out`)
+)
+
+// redisStore is the shared Store: mappings in a Redis hash, changes
+// announced on a Pub/Sub channel that every instance listens to (see
+// watch). It keeps the last mappings and admin token it read, in memory
+// and in a snapshot file (mode 0600 under DATA_DIR, like the embedded
+// store's file), for outages. Safe for concurrent use.
+type redisStore struct {
+	client    *redis.Client
+	keyPrefix string // before every key and channel name; redisKeyPrefix in production
+	logger    *slog.Logger
+	changes   chan struct{}
+
+	// snapshotPath is the snapshot file; "" keeps none. source names the
+	// Redis (address, db, key prefix) in the file, so that a snapshot of
+	// another Redis is never used.
+	snapshotPath string
+	source       string
+
+	readSeq atomic.Uint64 // numbers Mappings reads, so an older read never replaces a newer one
+	persist chan struct{} // signalled when last differs from the file; drained by persistLoop
+
+	mu      sync.Mutex
+	last    map[string]string // last mappings read (or the snapshot's, until one is); never modified
+	lastSeq uint64
+	lastAt  time.Time
+	token   string       // last admin token read, or the snapshot's; "" if none
+	onDisk  snapshotFile // what the snapshot file holds; only persistLoop writes it
+}
+
+// snapshotFile is the JSON of the snapshot file.
+type snapshotFile struct {
+	Source     string            `json:"source"`
+	SavedAt    time.Time         `json:"saved_at"`
+	Mappings   map[string]string `json:"mappings"`
+	AdminToken string            `json:"admin_token,omitempty"`
+}
+
+// parseRedisURL reads API_PROXY_REDIS_URL: redis://[user:pass@]host:port/db
+// or rediss://… for TLS. Its errors never repeat the URL, which may carry
+// a password.
+func parseRedisURL(raw string) (*redis.Options, error) {
+	opts, err := redis.ParseURL(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("API_PROXY_REDIS_URL is not a valid redis:// or rediss:// URL: %w", err)
+	}
+	// Every command is already retried (max_retries, default 3); go-redis's
+	// further 5 dial attempts per retry made a refused connection take about
+	// 2 s to report, which start-up during an outage pays three times.
+	opts.DialerRetries = 2
+	opts.DialerRetryTimeout = 50 * time.Millisecond
+	return opts, nil
+}
+
+// openRedisStore opens the Redis store of cfg: production key names and
+// the snapshot file under DATA_DIR. A Redis that is down is not an error
+// here (the server starts from the snapshot and catches up when Redis is
+// back); a Redis that refuses us (wrong password) is.
+func openRedisStore(ctx context.Context, cfg Config, logger *slog.Logger) (*redisStore, error) {
+	opts, err := parseRedisURL(cfg.RedisURL)
+	if err != nil {
+		return nil, err
+	}
+	return openRedisStoreWith(ctx, opts, redisKeyPrefix, filepath.Join(cfg.DataDir, snapshotFileName), logger)
+}
+
+// openRedisStoreWith is openRedisStore with explicit options, key prefix
+// and snapshot path (empty: none); tests use it to isolate their keys. It
+// loads the snapshot file and checks that Redis accepts us.
+func openRedisStoreWith(ctx context.Context, opts *redis.Options, keyPrefix, snapshotPath string, logger *slog.Logger) (*redisStore, error) {
+	s := newRedisStore(redis.NewClient(opts), keyPrefix, snapshotPath, logger)
+	s.loadSnapshot()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.Ping(ctx); err != nil {
+		if !errors.Is(err, errStoreUnavailable) {
+			s.client.Close()
+			return nil, fmt.Errorf("redis at %s: %w", redisDescription(opts), err)
+		}
+		s.logger.Warn("redis unreachable; will keep retrying", "redis", redisDescription(opts), "error", err)
+	}
+	return s, nil
+}
+
+// newRedisStore wraps client. It does no I/O.
+func newRedisStore(client *redis.Client, keyPrefix, snapshotPath string, logger *slog.Logger) *redisStore {
+	// go-redis logs through one process-wide logger; the last store opened
+	// sets it (a process opens one, tests many, all alike).
+	redis.SetLogger(redisLogger{logger})
+	opts := client.Options()
+	return &redisStore{
+		client:       client,
+		keyPrefix:    keyPrefix,
+		logger:       logger,
+		changes:      make(chan struct{}, 1),
+		persist:      make(chan struct{}, 1),
+		snapshotPath: snapshotPath,
+		source:       fmt.Sprintf("%s/%d %s", opts.Addr, opts.DB, keyPrefix),
+	}
+}
+
+func (s *redisStore) key(name string) string { return s.keyPrefix + name }
+
+// updateMessage is the payload published on the updates channel. Readers
+// reload the whole hash whatever it says; it is there for people watching
+// the channel with redis-cli.
+func updateMessage(op, prefix string) string {
+	b, _ := json.Marshal(map[string]string{"op": op, "prefix": prefix})
+	return string(b)
+}
+
+// Mappings reads the whole hash, seeding it first if this Redis was not
+// initialised. A successful read also becomes the last known mappings (see
+// offlineMappings) and is queued for the snapshot file.
+func (s *redisStore) Mappings(ctx context.Context) (map[string]string, error) {
+	seq := s.readSeq.Add(1)
+	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey)}
+	flat, err := redisReadScript.Run(ctx, s.client, keys).StringSlice()
+	if errors.Is(err, redis.Nil) {
+		if err := s.seed(ctx); err != nil {
+			return nil, err
+		}
+		flat, err = redisReadScript.Run(ctx, s.client, keys).StringSlice()
+	}
+	if err != nil {
+		return nil, s.wrap("list mappings", err)
+	}
+	m := make(map[string]string, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		m[flat[i]] = flat[i+1]
+	}
+	s.remember(seq, m)
+	return m, nil
+}
+
+// remember makes m, read as number seq, the last known mappings unless a
+// newer read already is, and asks persistLoop to write the snapshot if the file
+// holds something else.
+func (s *redisStore) remember(seq uint64, m map[string]string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq < s.lastSeq {
+		return
+	}
+	s.last, s.lastSeq, s.lastAt = maps.Clone(m), seq, time.Now()
+	s.persistLocked()
+}
+
+// persistLocked asks persistLoop to write the snapshot file if what it holds is
+// not the last known state. s.mu must be held.
+func (s *redisStore) persistLocked() {
+	if s.snapshotPath == "" || s.last == nil || maps.Equal(s.last, s.onDisk.Mappings) && s.token == s.onDisk.AdminToken {
+		return
+	}
+	select {
+	case s.persist <- struct{}{}:
+	default:
+	}
+}
+
+func (s *redisStore) CreateMapping(ctx context.Context, prefix, target string) error {
+	return s.write(ctx, "create mapping", redisCreateScript, prefix, target, s.key(redisUpdatesChannel), updateMessage("create", prefix))
+}
+
+func (s *redisStore) UpdateMapping(ctx context.Context, prefix, target string) error {
+	return s.write(ctx, "update mapping", redisUpdateScript, prefix, target, s.key(redisUpdatesChannel), updateMessage("update", prefix))
+}
+
+func (s *redisStore) DeleteMapping(ctx context.Context, prefix string) error {
+	return s.write(ctx, "delete mapping", redisDeleteScript, prefix, s.key(redisUpdatesChannel), updateMessage("delete", prefix))
+}
+
+// write runs one of the write scripts, seeding a Redis that was not
+// initialised first.
+func (s *redisStore) write(ctx context.Context, op string, script *redis.Script, args ...any) error {
+	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey)}
+	n, err := script.Run(ctx, s.client, keys, args...).Int64()
+	if err == nil && n == -1 {
+		if err := s.seed(ctx); err != nil {
+			return err
+		}
+		n, err = script.Run(ctx, s.client, keys, args...).Int64()
+	}
+	if err != nil {
+		return s.wrap(op, err)
+	}
+	switch n {
+	case -1:
+		return fmt.Errorf("%s: redis lost its initialisation marker %s while being written", op, s.key(redisSeededKey))
+	case 0:
+		if script == redisCreateScript {
+			return errMappingExists
+		}
+		return errMappingNotFound
+	}
+	s.signal()
+	return nil
+}
+
+// signal tells the Changes reader to reload; it never blocks.
+func (s *redisStore) signal() {
+	select {
+	case s.changes <- struct{}{}:
+	default: // a signal is already pending; the reader reloads everything
+	}
+}
+
+func (s *redisStore) Changes() <-chan struct{} { return s.changes }
+
+// AdminToken returns the token under admin_token, storing generate()'s
+// first if there is none. SET NX decides between instances that start
+// together: the loser reads the winner's token. While Redis cannot be
+// reached it returns the token it last read (kept in the snapshot file),
+// so a restart during an outage still knows it.
+func (s *redisStore) AdminToken(ctx context.Context, generate func() (string, error)) (string, error) {
+	token, err := s.adminToken(ctx, generate)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.token = token
+		s.persistLocked()
+		return token, nil
+	}
+	if errors.Is(err, errStoreUnavailable) && s.token != "" {
+		return s.token, nil
+	}
+	return "", err
+}
+
+func (s *redisStore) adminToken(ctx context.Context, generate func() (string, error)) (string, error) {
+	key := s.key(redisAdminTokenKey)
+	token, err := s.client.Get(ctx, key).Result()
+	if err == nil {
+		return token, nil
+	}
+	if !errors.Is(err, redis.Nil) {
+		return "", s.wrap("read admin token", err)
+	}
+	token, err = generate()
+	if err != nil {
+		return "", fmt.Errorf("generate admin token: %w", err)
+	}
+	ok, err := s.client.SetNX(ctx, key, token, 0).Result()
+	if err != nil {
+		return "", s.wrap("store admin token", err)
+	}
+	if ok {
+		return token, nil
+	}
+	token, err = s.client.Get(ctx, key).Result()
+	return token, s.wrap("read admin token", err)
+}
+
+func (s *redisStore) Ping(ctx context.Context) error {
+	return s.wrap("ping redis", s.client.Ping(ctx).Err())
+}
+
+// Close closes the client. watch must have returned before (Server.Close
+// stops its loops first).
+func (s *redisStore) Close() error { return s.client.Close() }
+
+// wrap names the failed operation and classifies err: errStoreClosed after
+// Close, errStoreUnavailable when Redis cannot answer now, else as is (a
+// reply error such as WRONGPASS or WRONGTYPE is a misconfiguration, 500).
+func (s *redisStore) wrap(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, redis.ErrClosed):
+		return fmt.Errorf("%s: %w", op, errStoreClosed)
+	case redisUnavailable(err):
+		return &unavailableError{op: op, err: err}
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// unavailableError is a Redis error that means "cannot be reached now". It
+// matches errStoreUnavailable (what the client is told) and err (what the
+// log says).
+type unavailableError struct {
+	op  string
+	err error
+}
+
+func (e *unavailableError) Error() string   { return e.op + ": redis unreachable: " + e.err.Error() }
+func (e *unavailableError) Unwrap() []error { return []error{errStoreUnavailable, e.err} }
+
+// redisUnavailable reports whether err means Redis cannot serve us now
+// rather than that it refused the command: anything that is not a reply
+// from the server (dial, I/O, timeouts, pool exhaustion), and the replies
+// of a server that is starting, failing over or a read-only replica.
+func redisUnavailable(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return true
+	}
+	for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// seed initialises this Redis if it was not: with the last known mappings
+// when there are any (a Redis that restarted empty gets back what the
+// fleet was routing, and the admin token), else with defaultMappings. If
+// several instances race, one initialises and the others find it done.
+func (s *redisStore) seed(ctx context.Context) error {
+	m, _, ok := s.offlineMappings()
+	if !ok {
+		m = defaultMappings
+	}
+	s.mu.Lock()
+	token := s.token
+	s.mu.Unlock()
+	args := []any{time.Now().UTC().Format(time.RFC3339), s.key(redisUpdatesChannel), updateMessage("seed", ""), token}
+	for _, p := range sortedKeys(m) {
+		args = append(args, p, m[p])
+	}
+	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey), s.key(redisAdminTokenKey)}
+	n, err := redisSeedScript.Run(ctx, s.client, keys, args...).Int64()
+	if err != nil {
+		return s.wrap("seed mappings", err)
+	}
+	if n == 1 {
+		from := "defaults"
+		if ok {
+			from = "last known mappings"
+		}
+		s.logger.Info("initialised redis mappings", "from", from, "mappings", len(m))
+		s.signal()
+	}
+	return nil
+}
+
+// seedResult is what init-redis did with one default mapping: Action is
+// "added", "unchanged", "overwritten" or "kept"; Old is the target found.
+type seedResult struct {
+	Prefix, Target, Old, Action string
+}
+
+// initDefaults writes defaultMappings into the hash, never replacing a
+// different target unless force, and marks the hash initialised.
+func (s *redisStore) initDefaults(ctx context.Context, force bool) ([]seedResult, error) {
+	prefixes := sortedKeys(defaultMappings)
+	forceArg := "0"
+	if force {
+		forceArg = "1"
+	}
+	args := []any{forceArg, s.key(redisUpdatesChannel), updateMessage("seed", ""), time.Now().UTC().Format(time.RFC3339)}
+	for _, p := range prefixes {
+		args = append(args, p, defaultMappings[p])
+	}
+	out, err := redisInitDefaultsScript.Run(ctx, s.client, []string{s.key(redisMappingsKey), s.key(redisSeededKey)}, args...).StringSlice()
+	if err != nil {
+		return nil, s.wrap("seed default mappings", err)
+	}
+	if len(out) != 2*len(prefixes) {
+		return nil, fmt.Errorf("seed default mappings: unexpected reply of %d values", len(out))
+	}
+	res := make([]seedResult, len(prefixes))
+	for i, p := range prefixes {
+		res[i] = seedResult{Prefix: p, Target: defaultMappings[p], Action: out[2*i], Old: out[2*i+1]}
+	}
+	return res, nil
+}
+
+// watch listens on the updates channel until ctx is done and signals
+// Changes on every message, on every (re)subscription (a reconnect after an
+// outage resyncs; the reload re-seeds a Redis that came back empty) and
+// every redisResyncInterval as a safety net. It also writes the snapshot
+// file.
+// Server.Start runs it; it must run at most once at a time.
+func (s *redisStore) watch(ctx context.Context) {
+	// The snapshot file is written by a loop of its own: an fsync takes
+	// milliseconds, which the next Pub/Sub message should not wait for.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.persistLoop(ctx)
+	}()
+	defer wg.Wait()
+	ps := s.client.Subscribe(ctx, s.key(redisUpdatesChannel))
+	defer ps.Close()
+	// go-redis reconnects and resubscribes by itself, pings an idle
+	// connection, and delivers a *redis.Subscription after each subscribe.
+	msgs := ps.ChannelWithSubscriptions(redis.WithChannelSize(16))
+	tick := time.NewTicker(redisResyncInterval)
+	defer tick.Stop()
+	subscribed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case msg, ok := <-msgs:
+			if !ok {
+				return
+			}
+			switch m := msg.(type) {
+			case *redis.Subscription:
+				if m.Kind != "subscribe" {
+					continue
+				}
+				if subscribed {
+					s.logger.Info("redis subscription restored; resyncing mappings")
+				}
+				subscribed = true
+				s.signal()
+			case *redis.Message:
+				s.signal()
+			}
+		case <-tick.C:
+			s.signal()
+		}
+	}
+}
+
+// persistLoop writes the snapshot file when asked, and once more when ctx
+// is done, so that a clean stop leaves the latest mappings on disk.
+func (s *redisStore) persistLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			s.persistSnapshot()
+			return
+		case <-s.persist:
+			s.persistSnapshot()
+		}
+	}
+}
+
+// offlineMappings returns the last known mappings (from Redis, or from the
+// snapshot file until Redis was read) and when they were read; ok is false
+// if there are none. The caller owns the map.
+func (s *redisStore) offlineMappings() (m map[string]string, readAt time.Time, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last == nil {
+		return nil, time.Time{}, false
+	}
+	return maps.Clone(s.last), s.lastAt, true
+}
+
+// loadSnapshot makes the snapshot file's mappings the last known ones if
+// the file exists and was written for this Redis.
+func (s *redisStore) loadSnapshot() {
+	if s.snapshotPath == "" {
+		return
+	}
+	b, err := os.ReadFile(s.snapshotPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var f snapshotFile
+	if err == nil {
+		err = json.Unmarshal(b, &f)
+	}
+	if err != nil {
+		s.logger.Warn("ignoring unreadable mappings snapshot", "path", s.snapshotPath, "error", err)
+		return
+	}
+	if f.Source != s.source {
+		s.logger.Info("ignoring mappings snapshot of another redis", "path", s.snapshotPath, "snapshot_of", f.Source)
+		return
+	}
+	if f.Mappings == nil {
+		f.Mappings = map[string]string{}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last, s.lastAt, s.token, s.onDisk = f.Mappings, f.SavedAt, f.AdminToken, f
+}
+
+// persistSnapshot writes the last known mappings and token to the snapshot
+// file if it holds something else. Only persistLoop calls it, so writes
+// never overlap.
+func (s *redisStore) persistSnapshot() {
+	s.mu.Lock()
+	f := snapshotFile{Source: s.source, SavedAt: s.lastAt.UTC(), Mappings: s.last, AdminToken: s.token}
+	same := f.Mappings == nil || maps.Equal(f.Mappings, s.onDisk.Mappings) && f.AdminToken == s.onDisk.AdminToken
+	s.mu.Unlock()
+	if same || s.snapshotPath == "" {
+		return
+	}
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err == nil {
+		err = writeFileAtomic(s.snapshotPath, append(b, '\n'))
+	}
+	if err != nil {
+		s.logger.Warn("writing mappings snapshot failed; a restart during a redis outage would route with an older copy", "path", s.snapshotPath, "error", err)
+		return
+	}
+	s.mu.Lock()
+	s.onDisk = f
+	s.mu.Unlock()
+}
+
+// writeFileAtomic replaces path with data so that a reader (or a crash)
+// sees either the old or the new file, never a part: write a temporary
+// file in the same directory, sync it, rename it over path.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	// Make the rename itself durable; not every filesystem can sync a
+	// directory, and the file is already complete either way.
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// redisLogger sends go-redis's own messages (dial retries, pool events) to
+// slog at debug level. Left alone they would be unstructured lines on
+// stderr, even with LOG_FORMAT=json, repeated on every dial during an
+// outage; our own lines already say what an outage means for routing and
+// the admin API.
+type redisLogger struct{ logger *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	if l.logger.Enabled(ctx, slog.LevelDebug) {
+		l.logger.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
+	}
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// redisDescription names the Redis of opts for logs: address, db and TLS,
+// never the password.
+func redisDescription(opts *redis.Options) string {
+	d := opts.Addr + "/" + strconv.Itoa(opts.DB)
+	if opts.TLSConfig != nil {
+		d += " (tls)"
+	}
+	return d
+}

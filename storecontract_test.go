@@ -1,0 +1,295 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sync"
+	"testing"
+	"time"
+)
+
+// storeOpener opens a fresh store for one test, initialised as a first
+// start would (defaults seeded), and returns it with reopen, which opens
+// another handle on the same data the way a restarted process (or another
+// instance) would. reopen may close s first (bbolt locks its file); the
+// test must not use s afterwards. Cleanup closes everything.
+type storeOpener func(t *testing.T) (s Store, reopen func(t *testing.T) Store)
+
+// TestStoreContract runs the one Store contract against every store, as
+// gatus's storage tests do for each backend.
+func TestStoreContract(t *testing.T) {
+	t.Run("bolt", func(t *testing.T) { testStoreContract(t, openContractBoltStore) })
+	t.Run("redis", func(t *testing.T) {
+		addr := testRedisAddr(t)
+		testStoreContract(t, func(t *testing.T) (Store, func(t *testing.T) Store) {
+			prefix := testKeyPrefix(t, addr)
+			s := openTestRedisStore(t, addr, prefix, "")
+			return s, func(t *testing.T) Store { return openTestRedisStore(t, addr, prefix, "") }
+		})
+	})
+}
+
+func openContractBoltStore(t *testing.T) (Store, func(t *testing.T) Store) {
+	dir := t.TempDir()
+	open := func(t *testing.T) *boltStore {
+		t.Helper()
+		s, err := openBoltStore(dir)
+		if err != nil {
+			t.Fatalf("openBoltStore: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	first := open(t)
+	return first, func(t *testing.T) Store {
+		first.Close()
+		return open(t)
+	}
+}
+
+func testStoreContract(t *testing.T, open storeOpener) {
+	ctx := context.Background()
+	mustMappings := func(t *testing.T, s Store) map[string]string {
+		t.Helper()
+		m, err := s.Mappings(ctx)
+		if err != nil {
+			t.Fatalf("Mappings: %v", err)
+		}
+		return m
+	}
+
+	t.Run("seeds the defaults", func(t *testing.T) {
+		s, _ := open(t)
+		if got := mustMappings(t, s); !maps.Equal(got, defaultMappings) {
+			t.Errorf("Mappings() = %v, want defaultMappings %v", got, defaultMappings)
+		}
+	})
+
+	t.Run("Mappings returns the caller's copy", func(t *testing.T) {
+		s, _ := open(t)
+		m := mustMappings(t, s)
+		m["/mutated"] = "https://example.com"
+		delete(m, "/openai")
+		if got := mustMappings(t, s); !maps.Equal(got, defaultMappings) {
+			t.Errorf("after changing the returned map, Mappings() = %v, want the defaults", got)
+		}
+	})
+
+	t.Run("create", func(t *testing.T) {
+		s, _ := open(t)
+		if err := s.CreateMapping(ctx, "/new", "https://new.example"); err != nil {
+			t.Fatalf("CreateMapping(/new): %v", err)
+		}
+		if got := mustMappings(t, s)["/new"]; got != "https://new.example" {
+			t.Errorf("target of /new = %q, want https://new.example", got)
+		}
+		err := s.CreateMapping(ctx, "/new", "https://other.example")
+		if !errors.Is(err, errMappingExists) {
+			t.Errorf("second CreateMapping(/new) = %v, want errMappingExists", err)
+		}
+		if got := mustMappings(t, s)["/new"]; got != "https://new.example" {
+			t.Errorf("after a refused create, target of /new = %q, want it unchanged", got)
+		}
+	})
+
+	t.Run("update", func(t *testing.T) {
+		s, _ := open(t)
+		if err := s.UpdateMapping(ctx, "/openai", "https://mirror.example/v1"); err != nil {
+			t.Fatalf("UpdateMapping(/openai): %v", err)
+		}
+		if got := mustMappings(t, s)["/openai"]; got != "https://mirror.example/v1" {
+			t.Errorf("target of /openai = %q, want https://mirror.example/v1", got)
+		}
+		err := s.UpdateMapping(ctx, "/missing", "https://x.example")
+		if !errors.Is(err, errMappingNotFound) {
+			t.Errorf("UpdateMapping(/missing) = %v, want errMappingNotFound", err)
+		}
+		if _, ok := mustMappings(t, s)["/missing"]; ok {
+			t.Errorf("UpdateMapping of a missing prefix created it")
+		}
+	})
+
+	t.Run("delete", func(t *testing.T) {
+		s, _ := open(t)
+		if err := s.DeleteMapping(ctx, "/openai"); err != nil {
+			t.Fatalf("DeleteMapping(/openai): %v", err)
+		}
+		if _, ok := mustMappings(t, s)["/openai"]; ok {
+			t.Errorf("/openai still listed after DeleteMapping")
+		}
+		if err := s.DeleteMapping(ctx, "/openai"); !errors.Is(err, errMappingNotFound) {
+			t.Errorf("second DeleteMapping(/openai) = %v, want errMappingNotFound", err)
+		}
+	})
+
+	t.Run("a deleted default stays deleted after a restart", func(t *testing.T) {
+		s, reopen := open(t)
+		if err := s.DeleteMapping(ctx, "/openai"); err != nil {
+			t.Fatalf("DeleteMapping(/openai): %v", err)
+		}
+		if err := s.CreateMapping(ctx, "/kept", "https://kept.example"); err != nil {
+			t.Fatalf("CreateMapping(/kept): %v", err)
+		}
+		got := mustMappings(t, reopen(t))
+		if _, ok := got["/openai"]; ok {
+			t.Errorf("after a restart /openai is back: %v", got)
+		}
+		if got["/kept"] != "https://kept.example" {
+			t.Errorf("after a restart /kept = %q, want https://kept.example", got["/kept"])
+		}
+	})
+
+	t.Run("concurrent creates of one prefix: exactly one wins", func(t *testing.T) {
+		s, _ := open(t)
+		const n = 16
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				errs[i] = s.CreateMapping(ctx, "/race", fmt.Sprintf("https://t%d.example", i))
+			}()
+		}
+		close(start)
+		wg.Wait()
+		winner := -1
+		for i, err := range errs {
+			switch {
+			case err == nil && winner >= 0:
+				t.Errorf("creates %d and %d both succeeded", winner, i)
+			case err == nil:
+				winner = i
+			case !errors.Is(err, errMappingExists):
+				t.Errorf("create %d: %v, want nil or errMappingExists", i, err)
+			}
+		}
+		if winner < 0 {
+			t.Fatalf("no create succeeded: %v", errs)
+		}
+		if got, want := mustMappings(t, s)["/race"], fmt.Sprintf("https://t%d.example", winner); got != want {
+			t.Errorf("stored target = %q, want the winner's %q", got, want)
+		}
+	})
+
+	t.Run("a write signals Changes", func(t *testing.T) {
+		s, _ := open(t)
+		drainSignals(s.Changes())
+		writes := []struct {
+			name string
+			do   func() error
+		}{
+			{"create", func() error { return s.CreateMapping(ctx, "/sig", "https://a.example") }},
+			{"update", func() error { return s.UpdateMapping(ctx, "/sig", "https://b.example") }},
+			{"delete", func() error { return s.DeleteMapping(ctx, "/sig") }},
+		}
+		for _, w := range writes {
+			if err := w.do(); err != nil {
+				t.Fatalf("%s: %v", w.name, err)
+			}
+			select {
+			case <-s.Changes():
+			case <-time.After(testTimeout):
+				t.Fatalf("no Changes signal within %v after %s", testTimeout, w.name)
+			}
+			drainSignals(s.Changes())
+		}
+	})
+
+	t.Run("admin token is generated once and shared", func(t *testing.T) {
+		s, reopen := open(t)
+		first, err := s.AdminToken(ctx, func() (string, error) { return "token-one-0123456789", nil })
+		if err != nil || first != "token-one-0123456789" {
+			t.Fatalf("AdminToken on a fresh store = %q, %v; want the generated token", first, err)
+		}
+		again, err := s.AdminToken(ctx, func() (string, error) {
+			t.Error("generate called although a token is stored")
+			return "token-two-0123456789", nil
+		})
+		if err != nil || again != first {
+			t.Errorf("second AdminToken = %q, %v; want %q", again, err, first)
+		}
+		after, err := reopen(t).AdminToken(ctx, func() (string, error) { return "token-three-012345678", nil })
+		if err != nil || after != first {
+			t.Errorf("AdminToken after a restart = %q, %v; want %q", after, err, first)
+		}
+	})
+
+	t.Run("concurrent first AdminToken calls agree on one token", func(t *testing.T) {
+		s, reopen := open(t)
+		other := s
+		if _, ok := s.(*redisStore); ok {
+			other = reopen(t) // a second instance on the same Redis
+		}
+		const n = 8
+		tokens := make([]string, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				st := s
+				if i%2 == 1 {
+					st = other
+				}
+				tok, err := st.AdminToken(ctx, func() (string, error) { return fmt.Sprintf("token-%d-0123456789", i), nil })
+				if err != nil {
+					t.Errorf("AdminToken: %v", err)
+				}
+				tokens[i] = tok
+			}()
+		}
+		wg.Wait()
+		for i, tok := range tokens {
+			if tok != tokens[0] {
+				t.Errorf("token %d = %q, token 0 = %q: want one token", i, tok, tokens[0])
+			}
+		}
+	})
+
+	t.Run("a generate error is returned", func(t *testing.T) {
+		s, _ := open(t)
+		boom := errors.New("no entropy")
+		if _, err := s.AdminToken(ctx, func() (string, error) { return "", boom }); !errors.Is(err, boom) {
+			t.Errorf("AdminToken with a failing generate = %v, want it to wrap %v", err, boom)
+		}
+	})
+
+	t.Run("ping", func(t *testing.T) {
+		s, _ := open(t)
+		if err := s.Ping(ctx); err != nil {
+			t.Errorf("Ping: %v", err)
+		}
+	})
+
+	t.Run("calls after Close return errStoreClosed", func(t *testing.T) {
+		s, _ := open(t)
+		if err := s.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if _, err := s.Mappings(ctx); !errors.Is(err, errStoreClosed) {
+			t.Errorf("Mappings after Close = %v, want errStoreClosed", err)
+		}
+		if err := s.CreateMapping(ctx, "/x", "https://x.example"); !errors.Is(err, errStoreClosed) {
+			t.Errorf("CreateMapping after Close = %v, want errStoreClosed", err)
+		}
+		if err := s.Ping(ctx); !errors.Is(err, errStoreClosed) {
+			t.Errorf("Ping after Close = %v, want errStoreClosed", err)
+		}
+	})
+}
+
+// drainSignals empties a coalescing signal channel.
+func drainSignals(ch <-chan struct{}) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
+}
