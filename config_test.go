@@ -1,0 +1,160 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadConfigDefaults(t *testing.T) {
+	cfg, err := loadConfig(func(string) string { return "" }, nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"ListenAddr", cfg.ListenAddr, ":8000"},
+		{"DataDir", cfg.DataDir, "./data"},
+		{"RedisURL", cfg.RedisURL, ""},
+		{"AdminToken", cfg.AdminToken, ""},
+		{"EnableStats", cfg.EnableStats, true},
+		{"CORSOrigins", cfg.CORSOrigins, []string{"*"}},
+		{"LogFormat", cfg.LogFormat, "text"},
+		{"LogLevel", cfg.LogLevel, "info"},
+		{"ShutdownTimeout", cfg.ShutdownTimeout, 30 * time.Second},
+		{"DialTimeout", cfg.DialTimeout, 15 * time.Second},
+		{"TLSHandshakeTimeout", cfg.TLSHandshakeTimeout, 10 * time.Second},
+		{"ResponseHeaderTimeout", cfg.ResponseHeaderTimeout, time.Duration(0)},
+		{"UpstreamTimeout", cfg.UpstreamTimeout, time.Duration(0)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !reflect.DeepEqual(tt.got, tt.want) {
+				t.Errorf("%s = %v, want %v", tt.name, tt.got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	tests := []struct {
+		name  string
+		env   map[string]string
+		args  []string
+		check func(Config) (got, want any)
+	}{
+		{"PORT", map[string]string{"PORT": "9000"}, nil,
+			func(c Config) (any, any) { return c.ListenAddr, ":9000" }},
+		{"LISTEN_ADDR wins over PORT", map[string]string{"PORT": "9000", "LISTEN_ADDR": "127.0.0.1:8001"}, nil,
+			func(c Config) (any, any) { return c.ListenAddr, "127.0.0.1:8001" }},
+		{"-port flag wins over LISTEN_ADDR", map[string]string{"LISTEN_ADDR": "127.0.0.1:8001"}, []string{"-port", "9100"},
+			func(c Config) (any, any) { return c.ListenAddr, ":9100" }},
+		{"-listen flag wins over -port", map[string]string{"PORT": "9000"}, []string{"-port", "9100", "-listen", "127.0.0.1:9200"},
+			func(c Config) (any, any) { return c.ListenAddr, "127.0.0.1:9200" }},
+		{"-listen flag wins over env", map[string]string{"LISTEN_ADDR": "127.0.0.1:8001"}, []string{"-listen=:7000"},
+			func(c Config) (any, any) { return c.ListenAddr, ":7000" }},
+		{"DATA_DIR", map[string]string{"DATA_DIR": "/var/lib/apiproxy"}, nil,
+			func(c Config) (any, any) { return c.DataDir, "/var/lib/apiproxy" }},
+		{"-data-dir flag wins", map[string]string{"DATA_DIR": "/env"}, []string{"-data-dir", "/flag"},
+			func(c Config) (any, any) { return c.DataDir, "/flag" }},
+		{"API_PROXY_REDIS_URL", map[string]string{"API_PROXY_REDIS_URL": "redis://:pw@localhost:6379/0"}, nil,
+			func(c Config) (any, any) { return c.RedisURL, "redis://:pw@localhost:6379/0" }},
+		{"-redis-url flag wins", map[string]string{"API_PROXY_REDIS_URL": "redis://env:6379"}, []string{"-redis-url", "redis://flag:6379"},
+			func(c Config) (any, any) { return c.RedisURL, "redis://flag:6379" }},
+		{"ENABLE_STATS false", map[string]string{"ENABLE_STATS": "false"}, nil,
+			func(c Config) (any, any) { return c.EnableStats, false }},
+		{"-enable-stats flag wins", map[string]string{"ENABLE_STATS": "false"}, []string{"-enable-stats=true"},
+			func(c Config) (any, any) { return c.EnableStats, true }},
+		{"CORS list trimmed", map[string]string{"CORS_ALLOW_ORIGINS": " https://a.example/ , https://b.example,,"}, nil,
+			func(c Config) (any, any) { return c.CORSOrigins, []string{"https://a.example", "https://b.example"} }},
+		{"-cors-allow-origins flag wins", map[string]string{"CORS_ALLOW_ORIGINS": "https://env.example"}, []string{"-cors-allow-origins", "https://flag.example"},
+			func(c Config) (any, any) { return c.CORSOrigins, []string{"https://flag.example"} }},
+		{"LOG_FORMAT json", map[string]string{"LOG_FORMAT": "json"}, nil,
+			func(c Config) (any, any) { return c.LogFormat, "json" }},
+		{"-log-level flag wins", map[string]string{"LOG_LEVEL": "warn"}, []string{"-log-level", "debug"},
+			func(c Config) (any, any) { return c.LogLevel, "debug" }},
+		{"SHUTDOWN_TIMEOUT duration", map[string]string{"SHUTDOWN_TIMEOUT": "2m"}, nil,
+			func(c Config) (any, any) { return c.ShutdownTimeout, 2 * time.Minute }},
+		{"SHUTDOWN_TIMEOUT bare seconds", map[string]string{"SHUTDOWN_TIMEOUT": "45"}, nil,
+			func(c Config) (any, any) { return c.ShutdownTimeout, 45 * time.Second }},
+		{"SHUTDOWN_TIMEOUT zero allowed", map[string]string{"SHUTDOWN_TIMEOUT": "0"}, nil,
+			func(c Config) (any, any) { return c.ShutdownTimeout, time.Duration(0) }},
+		{"-shutdown-timeout flag wins", map[string]string{"SHUTDOWN_TIMEOUT": "2m"}, []string{"-shutdown-timeout", "5s"},
+			func(c Config) (any, any) { return c.ShutdownTimeout, 5 * time.Second }},
+		{"UPSTREAM_RESPONSE_HEADER_TIMEOUT", map[string]string{"UPSTREAM_RESPONSE_HEADER_TIMEOUT": "90s"}, nil,
+			func(c Config) (any, any) { return c.ResponseHeaderTimeout, 90 * time.Second }},
+		{"UPSTREAM_DIAL_TIMEOUT", map[string]string{"UPSTREAM_DIAL_TIMEOUT": "3s"}, nil,
+			func(c Config) (any, any) { return c.DialTimeout, 3 * time.Second }},
+		{"ADMIN_TOKEN of 16 characters", map[string]string{"ADMIN_TOKEN": "0123456789abcdef"}, nil,
+			func(c Config) (any, any) { return c.AdminToken, "0123456789abcdef" }},
+		{"values are trimmed", map[string]string{"PORT": " 9000 ", "LOG_FORMAT": " json "}, nil,
+			func(c Config) (any, any) { return c.ListenAddr + " " + c.LogFormat, ":9000 json" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := loadConfig(func(k string) string { return tt.env[k] }, tt.args, io.Discard)
+			if err != nil {
+				t.Fatalf("loadConfig: %v", err)
+			}
+			if got, want := tt.check(cfg); !reflect.DeepEqual(got, want) {
+				t.Errorf("got %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		wantErr string // substring
+	}{
+		{"ENABLE_STATS not a boolean", map[string]string{"ENABLE_STATS": "maybe"}, nil, "ENABLE_STATS"},
+		{"SHUTDOWN_TIMEOUT not a duration", map[string]string{"SHUTDOWN_TIMEOUT": "soon"}, nil, "SHUTDOWN_TIMEOUT"},
+		{"SHUTDOWN_TIMEOUT negative", map[string]string{"SHUTDOWN_TIMEOUT": "-5s"}, nil, "SHUTDOWN_TIMEOUT"},
+		{"UPSTREAM_DIAL_TIMEOUT zero", map[string]string{"UPSTREAM_DIAL_TIMEOUT": "0"}, nil, "UPSTREAM_DIAL_TIMEOUT"},
+		{"UPSTREAM_TLS_TIMEOUT bad", map[string]string{"UPSTREAM_TLS_TIMEOUT": "10 s"}, nil, "UPSTREAM_TLS_TIMEOUT"},
+		{"UPSTREAM_TIMEOUT bad", map[string]string{"UPSTREAM_TIMEOUT": "x"}, nil, "UPSTREAM_TIMEOUT"},
+		{"LOG_FORMAT unknown", map[string]string{"LOG_FORMAT": "xml"}, nil, "LOG_FORMAT"},
+		{"LOG_LEVEL unknown", map[string]string{"LOG_LEVEL": "loud"}, nil, "LOG_LEVEL"},
+		{"PORT not a number", map[string]string{"PORT": "http"}, nil, "bad port"},
+		{"PORT out of range", map[string]string{"PORT": "70000"}, nil, "bad port"},
+		{"LISTEN_ADDR without port", map[string]string{"LISTEN_ADDR": "localhost"}, nil, "listen address"},
+		{"-port flag out of range", nil, []string{"-port", "-1"}, "bad port"},
+		{"ADMIN_TOKEN too short", map[string]string{"ADMIN_TOKEN": "short-token"}, nil, "ADMIN_TOKEN"},
+		{"ADMIN_TOKEN of 15 characters", map[string]string{"ADMIN_TOKEN": "0123456789abcde"}, nil, "at least 16"},
+		{"unknown flag", nil, []string{"-nope"}, "nope"},
+		{"stray argument", nil, []string{"serve"}, "unexpected argument"},
+		{"negative flag timeout", nil, []string{"-shutdown-timeout", "-1s"}, "negative"},
+		{"negative header timeout flag", nil, []string{"-upstream-response-header-timeout", "-1s"}, "negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := loadConfig(func(k string) string { return tt.env[k] }, tt.args, io.Discard)
+			if err == nil {
+				t.Fatalf("loadConfig succeeded, want an error containing %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("error = %q, want it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestLoadConfigHelp(t *testing.T) {
+	var out strings.Builder
+	_, err := loadConfig(func(string) string { return "" }, []string{"-h"}, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("loadConfig(-h) = %v, want flag.ErrHelp", err)
+	}
+	if !strings.Contains(out.String(), "Usage: apiproxy") || !strings.Contains(out.String(), "-listen") {
+		t.Errorf("help output = %q, want the usage with the flags", out.String())
+	}
+}

@@ -1,0 +1,315 @@
+package main
+
+// Shared test helpers. Every helper takes a testing.TB, calls Helper() and
+// registers its own cleanup, so a test never closes what a helper opened.
+// Admin, Redis and stats tests reuse them:
+//
+//	up := newUpstream(t, nil)                                   // counting backend
+//	s, front := newTestServer(t, map[string]string{"/p": up.URL}) // frontend
+//	res, err := front.Client().Get(front.URL + "/p/x")
+//	up.Hits()                                                   // requests it saw
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// testTimeout bounds every wait in the tests: a step that should take
+// microseconds fails the test after it instead of hanging the run.
+const testTimeout = 10 * time.Second
+
+// testLogger discards everything; tests assert on behaviour, not logs.
+func testLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// testConfig returns the Config of an empty environment, changed by env
+// (getenv keys, e.g. "CORS_ALLOW_ORIGINS"), with a fresh DataDir and
+// ListenAddr 127.0.0.1:0.
+func testConfig(t testing.TB, env map[string]string) Config {
+	t.Helper()
+	cfg, err := loadConfig(func(k string) string { return env[k] }, nil, io.Discard)
+	if err != nil {
+		t.Fatalf("loadConfig(%v): %v", env, err)
+	}
+	cfg.DataDir = t.TempDir()
+	cfg.ListenAddr = "127.0.0.1:0"
+	return cfg
+}
+
+// newTestServer is newTestServerConfig with testConfig(t, nil).
+func newTestServer(t testing.TB, mappings map[string]string) (*Server, *httptest.Server) {
+	t.Helper()
+	return newTestServerConfig(t, testConfig(t, nil), mappings)
+}
+
+// newTestServerConfig builds a Server on a fresh embedded store under
+// cfg.DataDir whose mappings are exactly mappings (the seeded defaults are
+// removed), and serves it with httptest. Background loops are not started;
+// call s.Start() to test reloads on Changes. Cleanup closes the frontend
+// (cutting in-flight requests, so a failed test never hangs), the upstream
+// connections and the store.
+func newTestServerConfig(t testing.TB, cfg Config, mappings map[string]string) (*Server, *httptest.Server) {
+	t.Helper()
+	store, err := openBoltStore(cfg.DataDir)
+	if err != nil {
+		t.Fatalf("openBoltStore: %v", err)
+	}
+	s, err := newServer(cfg, testLogger(), store, nil)
+	if err != nil {
+		store.Close()
+		t.Fatalf("newServer: %v", err)
+	}
+	t.Cleanup(func() {
+		if c, ok := s.proxy.transport.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+		s.Close()
+	})
+	setMappings(t, s, mappings)
+	front := httptest.NewServer(s)
+	t.Cleanup(func() {
+		front.CloseClientConnections()
+		front.Close()
+	})
+	return s, front
+}
+
+// setMappings replaces every mapping in s's store with m and publishes the
+// new route table at once.
+func setMappings(t testing.TB, s *Server, m map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	old, err := s.store.Mappings(ctx)
+	if err != nil {
+		t.Fatalf("list mappings: %v", err)
+	}
+	for prefix := range old {
+		if err := s.store.DeleteMapping(ctx, prefix); err != nil {
+			t.Fatalf("delete mapping %s: %v", prefix, err)
+		}
+	}
+	for prefix, target := range m {
+		if err := s.store.CreateMapping(ctx, prefix, target); err != nil {
+			t.Fatalf("create mapping %s -> %s: %v", prefix, target, err)
+		}
+	}
+	if err := s.reloadRoutes(ctx); err != nil {
+		t.Fatalf("reloadRoutes: %v", err)
+	}
+	if got := len(s.routes.Load().byPrefix); got != len(m) {
+		t.Fatalf("route table holds %d routes, want %d (a mapping failed validation?)", got, len(m))
+	}
+}
+
+// upstream is an httptest backend that counts the requests it receives and
+// remembers them in order.
+type upstream struct {
+	*httptest.Server
+	hits atomic.Int64
+	seen chan seenRequest // buffered; requests beyond its capacity are not kept
+}
+
+// seenRequest is what an upstream received, recorded before its handler
+// runs (the body is left to the handler).
+type seenRequest struct {
+	Method, Host, RequestURI string
+	Header                   http.Header
+	ContentLength            int64
+	TransferEncoding         []string
+}
+
+// newUpstream starts a backend running h (nil: answer 200 "ok"). Cleanup
+// cuts its connections and closes it; handlers that block must also watch
+// r.Context().Done().
+func newUpstream(t testing.TB, h http.HandlerFunc) *upstream {
+	t.Helper()
+	if h == nil {
+		h = func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }
+	}
+	u := &upstream{seen: make(chan seenRequest, 64)}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.hits.Add(1)
+		select {
+		case u.seen <- seenRequest{
+			Method: r.Method, Host: r.Host, RequestURI: r.RequestURI, Header: r.Header.Clone(),
+			ContentLength: r.ContentLength, TransferEncoding: r.TransferEncoding,
+		}:
+		default:
+		}
+		h(w, r)
+	}))
+	t.Cleanup(func() {
+		u.CloseClientConnections()
+		u.Close()
+	})
+	return u
+}
+
+// newRawUpstream starts a backend that hands each request's hijacked
+// connection to fn after the request head was read, so fn can answer with
+// arbitrary bytes (or none). The connection is closed when fn returns.
+func newRawUpstream(t testing.TB, fn func(conn net.Conn, rw *bufio.ReadWriter)) *upstream {
+	t.Helper()
+	return newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		defer conn.Close()
+		fn(conn, rw)
+	})
+}
+
+// Hits is the number of requests the upstream received.
+func (u *upstream) Hits() int64 { return u.hits.Load() }
+
+// Addr is the upstream's host:port.
+func (u *upstream) Addr() string { return u.Listener.Addr().String() }
+
+// next returns the next request the upstream saw, failing the test if none
+// arrives within testTimeout.
+func (u *upstream) next(t testing.TB) seenRequest {
+	t.Helper()
+	select {
+	case r := <-u.seen:
+		return r
+	case <-time.After(testTimeout):
+		t.Fatalf("upstream saw no request within %v", testTimeout)
+		return seenRequest{}
+	}
+}
+
+// rawRoundTrip sends the raw request bytes on a fresh TCP connection to
+// addr and reads one response with its whole body. The request is sent as
+// written: use it for request targets and headers that http.Client would
+// normalise.
+func rawRoundTrip(t testing.TB, addr, raw string) (*http.Response, []byte) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, testTimeout)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(testTimeout))
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatalf("write request: %v", err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("read response to %q: %v", firstLine(raw), err)
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil {
+		t.Fatalf("read response body to %q: %v", firstLine(raw), err)
+	}
+	return res, body
+}
+
+// rawGet is rawRoundTrip of a GET of target (sent verbatim) with a Host
+// header and no other.
+func rawGet(t testing.TB, addr, target string) (*http.Response, []byte) {
+	t.Helper()
+	return rawRoundTrip(t, addr, "GET "+target+" HTTP/1.1\r\nHost: "+addr+"\r\n\r\n")
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\r\n")
+	return line
+}
+
+// wantProxyError checks that a response is the proxy's own JSON error:
+// the status, and exactly {"error":{"message","type":"proxy_error","code"}}
+// with a non-empty message.
+func wantProxyError(t testing.TB, res *http.Response, body []byte, status int, code string) {
+	t.Helper()
+	if res.StatusCode != status {
+		t.Errorf("status = %d, want %d (body %q)", res.StatusCode, status, body)
+	}
+	if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("Content-Type = %q, want application/json", ct)
+	}
+	var env struct {
+		Error map[string]json.RawMessage `json:"error"`
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&env); err != nil {
+		t.Fatalf("error body %q is not the JSON envelope: %v", body, err)
+	}
+	fields := map[string]string{}
+	for k, v := range env.Error {
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			t.Errorf("error.%s = %s, want a string", k, v)
+		}
+		fields[k] = s
+	}
+	if len(fields) != 3 || fields["message"] == "" {
+		t.Errorf("error fields = %v, want exactly message (non-empty), type, code", fields)
+	}
+	if fields["type"] != "proxy_error" {
+		t.Errorf("error.type = %q, want %q", fields["type"], "proxy_error")
+	}
+	if fields["code"] != code {
+		t.Errorf("error.code = %q, want %q", fields["code"], code)
+	}
+}
+
+// readAll reads res's body, failing the test on an error.
+func readAll(t testing.TB, res *http.Response) []byte {
+	t.Helper()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return b
+}
+
+// waitClosed waits until ch is closed or receives, failing the test with
+// what after testTimeout.
+func waitClosed[T any](t testing.TB, ch <-chan T, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(testTimeout):
+		t.Fatalf("timed out after %v waiting for %s", testTimeout, what)
+	}
+}
+
+// eventually polls cond until it holds, failing the test with what after
+// testTimeout. For state changed by another goroutine with no signal to
+// wait on (e.g. a listener being closed).
+func eventually(t testing.TB, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", testTimeout, what)
+		}
+		<-tick.C
+	}
+}
+
+// errIsAny reports whether err matches any of targets.
+func errIsAny(err error, targets ...error) bool {
+	for _, target := range targets {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,491 @@
+// Shared by both pages: the English and Chinese strings, the language and
+// theme toggles, formatting, and small DOM helpers. Loaded in <head> without
+// defer so the theme is set before the first paint (no light flash in dark
+// mode); everything that touches the body waits for DOMContentLoaded.
+//
+// Every value that comes from the server is inserted with textContent (ui.el
+// builds elements that way); no code here or in the pages assigns innerHTML.
+'use strict';
+
+(function () {
+  const STRINGS = {
+    en: {
+      'skip': 'Skip to content',
+      'nav.pages': 'Pages',
+      'nav.dashboard': 'Dashboard',
+      'nav.admin': 'Admin',
+      'lang.label': 'Language',
+      'theme.toggle': 'Switch light / dark theme',
+      'copy': 'Copy',
+      'copied': 'Copied',
+      'copy.failed': 'Press Ctrl+C',
+      'copy.announce': 'Copied {text}',
+      'copy.label': 'Copy {what}',
+
+      'dash.title': 'Traffic',
+      'dash.overview': 'Overview',
+      'dash.charts': 'Charts',
+      'dash.loading': 'Loading…',
+      'dash.live': 'Live · updated {time} · refreshes every {n} s',
+      'dash.down': 'Server unreachable since {time}; retrying every {n} s. The figures shown are from {last}.',
+      'dash.downNever': 'Server unreachable; retrying every {n} s.',
+      'dash.httpError': '/stats answered HTTP {status}; retrying every {n} s.',
+      'card.total': 'Total requests',
+      'card.24h': 'Last 24 h',
+      'card.7d': 'Last 7 days',
+      'card.30d': 'Last 30 days',
+      'card.rps': 'Requests / s',
+      'card.avg': 'Avg latency',
+      'card.p95': 'p95 latency',
+      'card.p95.sub': 'slowest endpoint',
+      'card.p95.title': 'The highest p95 among the endpoints, an upper bound of the overall p95',
+      'card.errrate': 'Error rate',
+      'card.mem': 'Memory',
+      'card.goroutines': 'Goroutines',
+      'card.uptime': 'Uptime',
+      'card.tokens': 'Tokens',
+      'card.errors': '{n} errors',
+      'card.active': '{n} in flight',
+      'card.tokensSub': 'in {p} · out {c}',
+      'chart.hourly': 'Requests per hour, last 24 h',
+      'chart.daily': 'Requests per day, last 30 days',
+      'chart.ok': 'ok',
+      'chart.errors': 'errors',
+      'chart.empty': 'No requests in this period',
+      'chart.bar': '{when}: {n} requests, {e} errors',
+      'chart.aria': '{title}: {total} requests in all, at most {max} in one bar',
+      'ep.title': 'Endpoints',
+      'ep.filter': 'Filter endpoints',
+      'ep.count': '{n} endpoints',
+      'ep.countFiltered': '{shown} of {n} endpoints',
+      'ep.endpoint': 'Endpoint',
+      'ep.prefix': 'Prefix',
+      'ep.target': 'Target',
+      'ep.url': 'Proxy URL',
+      'ep.24h': '24 h',
+      'ep.7d': '7 d',
+      'ep.30d': '30 d',
+      'ep.total': 'Total',
+      'ep.errors': 'Errors',
+      'ep.latency': 'Latency avg / p95',
+      'ep.tokens': 'Tokens',
+      'ep.last': 'Last request',
+      'ep.none': 'No endpoints yet. Add a mapping on the Admin page.',
+      'ep.never': 'never',
+      'ep.models': 'Models',
+      'ep.tokensTitle': 'prompt {p}, completion {c}',
+      'use.title': 'Use it from your code',
+      'use.intro': "Point your SDK's base URL at this server; your API key passes through unchanged. Any prefix from the table works the same way.",
+      'use.openai': 'OpenAI SDK (Python)',
+      'use.anthropic': 'Anthropic SDK (Python)',
+      'use.gemini': 'Gemini (google-genai, Python)',
+      'use.curl': 'curl',
+      'ago.s': '{n} s ago',
+      'ago.m': '{n} min ago',
+      'ago.h': '{n} h ago',
+      'ago.d': '{n} d ago',
+      'dur.d': '{n}d',
+      'dur.h': '{n}h',
+      'dur.m': '{n}m',
+      'dur.s': '{n}s',
+
+      'login.title': 'Admin login',
+      'login.help': 'Enter the admin token: ADMIN_TOKEN, or the token the server log prints at start. It is kept only in this browser tab until you log out.',
+      'login.token': 'Admin token',
+      'login.submit': 'Log in',
+      'login.checking': 'Checking…',
+      'login.empty': 'Enter the token.',
+      'login.wrong': 'Wrong token. Check ADMIN_TOKEN or the token printed in the server log.',
+      'login.expired': 'The token is no longer accepted. Log in again.',
+      'login.limited': 'Too many failed attempts from this address. Try again in {n} s.',
+      'admin.title': 'Mappings',
+      'admin.logout': 'Log out',
+      'admin.count': '{n} mappings',
+      'admin.countFiltered': '{shown} of {n} mappings',
+      'admin.unreachable': 'The server cannot be reached. Check that apiproxy is running, then try again.',
+      'admin.storeDown': 'The mapping store is unavailable (HTTP 503): {msg} The proxy keeps routing with the last mappings it has; changes cannot be saved until the store is back.',
+      'admin.error': 'The server answered HTTP {status}: {msg}',
+      'add.title': 'Add a mapping',
+      'add.prefix': 'Prefix',
+      'add.prefixHint': 'Starts with /, e.g. /openai or /team/llm',
+      'add.target': 'Target URL',
+      'add.targetHint': 'An http or https URL, optionally with a base path',
+      'add.submit': 'Add',
+      'add.done': 'Added {prefix}',
+      'list.title': 'Current mappings',
+      'list.filter': 'Filter mappings',
+      'list.prefix': 'Prefix',
+      'list.target': 'Target',
+      'list.url': 'Proxy URL',
+      'list.actions': 'Actions',
+      'list.none': 'No mappings. Add one above.',
+      'list.noMatch': 'No mapping matches the filter.',
+      'row.edit': 'Edit',
+      'row.editLabel': 'New target for {prefix}',
+      'row.save': 'Save',
+      'row.cancel': 'Cancel',
+      'row.delete': 'Delete',
+      'row.confirm': 'Delete {prefix}?',
+      'row.confirmBtn': 'Yes, delete',
+      'row.saved': 'Saved {prefix}',
+      'row.deleted': 'Deleted {prefix}',
+      'row.gone': '{prefix} no longer exists; the list was reloaded.',
+    },
+    zh: {
+      'skip': '跳到正文',
+      'nav.pages': '页面',
+      'nav.dashboard': '仪表盘',
+      'nav.admin': '管理',
+      'lang.label': '语言',
+      'theme.toggle': '切换浅色 / 深色主题',
+      'copy': '复制',
+      'copied': '已复制',
+      'copy.failed': '请按 Ctrl+C',
+      'copy.announce': '已复制 {text}',
+      'copy.label': '复制 {what}',
+
+      'dash.title': '流量',
+      'dash.overview': '概览',
+      'dash.charts': '图表',
+      'dash.loading': '加载中…',
+      'dash.live': '实时 · 更新于 {time} · 每 {n} 秒刷新',
+      'dash.down': '自 {time} 起无法连接服务器，每 {n} 秒重试。当前显示的是 {last} 的数据。',
+      'dash.downNever': '无法连接服务器，每 {n} 秒重试。',
+      'dash.httpError': '/stats 返回 HTTP {status}，每 {n} 秒重试。',
+      'card.total': '总请求数',
+      'card.24h': '最近 24 小时',
+      'card.7d': '最近 7 天',
+      'card.30d': '最近 30 天',
+      'card.rps': '每秒请求',
+      'card.avg': '平均延迟',
+      'card.p95': 'p95 延迟',
+      'card.p95.sub': '最慢的端点',
+      'card.p95.title': '各端点 p95 中的最大值，即整体 p95 的上限',
+      'card.errrate': '错误率',
+      'card.mem': '内存',
+      'card.goroutines': 'Goroutine 数',
+      'card.uptime': '运行时间',
+      'card.tokens': 'Token 数',
+      'card.errors': '{n} 个错误',
+      'card.active': '{n} 个进行中',
+      'card.tokensSub': '输入 {p} · 输出 {c}',
+      'chart.hourly': '每小时请求数（最近 24 小时）',
+      'chart.daily': '每日请求数（最近 30 天）',
+      'chart.ok': '成功',
+      'chart.errors': '错误',
+      'chart.empty': '此期间没有请求',
+      'chart.bar': '{when}：{n} 个请求，{e} 个错误',
+      'chart.aria': '{title}：共 {total} 个请求，单柱最多 {max} 个',
+      'ep.title': '端点',
+      'ep.filter': '筛选端点',
+      'ep.count': '{n} 个端点',
+      'ep.countFiltered': '{shown} / {n} 个端点',
+      'ep.endpoint': '端点',
+      'ep.prefix': '前缀',
+      'ep.target': '目标',
+      'ep.url': '代理地址',
+      'ep.24h': '24 小时',
+      'ep.7d': '7 天',
+      'ep.30d': '30 天',
+      'ep.total': '总计',
+      'ep.errors': '错误',
+      'ep.latency': '延迟 平均 / p95',
+      'ep.tokens': 'Token',
+      'ep.last': '最近请求',
+      'ep.none': '还没有端点。请在管理页面添加映射。',
+      'ep.never': '从未',
+      'ep.models': '模型',
+      'ep.tokensTitle': '输入 {p}，输出 {c}',
+      'use.title': '在代码中使用',
+      'use.intro': '把 SDK 的 base URL 指向本服务器即可，API 密钥原样转发。表中的任何前缀用法都相同。',
+      'use.openai': 'OpenAI SDK（Python）',
+      'use.anthropic': 'Anthropic SDK（Python）',
+      'use.gemini': 'Gemini（google-genai，Python）',
+      'use.curl': 'curl',
+      'ago.s': '{n} 秒前',
+      'ago.m': '{n} 分钟前',
+      'ago.h': '{n} 小时前',
+      'ago.d': '{n} 天前',
+      'dur.d': '{n}天',
+      'dur.h': '{n}小时',
+      'dur.m': '{n}分',
+      'dur.s': '{n}秒',
+
+      'login.title': '管理员登录',
+      'login.help': '请输入管理令牌：ADMIN_TOKEN，或服务器启动时日志中打印的令牌。它只保存在当前浏览器标签页中，直到你退出登录。',
+      'login.token': '管理令牌',
+      'login.submit': '登录',
+      'login.checking': '验证中…',
+      'login.empty': '请输入令牌。',
+      'login.wrong': '令牌错误。请检查 ADMIN_TOKEN 或服务器日志中打印的令牌。',
+      'login.expired': '令牌已不再有效，请重新登录。',
+      'login.limited': '此地址失败次数过多，请 {n} 秒后再试。',
+      'admin.title': '映射',
+      'admin.logout': '退出登录',
+      'admin.count': '{n} 个映射',
+      'admin.countFiltered': '{shown} / {n} 个映射',
+      'admin.unreachable': '无法连接服务器。请确认 apiproxy 正在运行，然后重试。',
+      'admin.storeDown': '映射存储不可用（HTTP 503）：{msg} 代理会继续使用已有的映射转发；存储恢复前无法保存更改。',
+      'admin.error': '服务器返回 HTTP {status}：{msg}',
+      'add.title': '添加映射',
+      'add.prefix': '前缀',
+      'add.prefixHint': '以 / 开头，例如 /openai 或 /team/llm',
+      'add.target': '目标 URL',
+      'add.targetHint': 'http 或 https 地址，可带基础路径',
+      'add.submit': '添加',
+      'add.done': '已添加 {prefix}',
+      'list.title': '当前映射',
+      'list.filter': '筛选映射',
+      'list.prefix': '前缀',
+      'list.target': '目标',
+      'list.url': '代理地址',
+      'list.actions': '操作',
+      'list.none': '没有映射。请在上方添加。',
+      'list.noMatch': '没有符合筛选条件的映射。',
+      'row.edit': '编辑',
+      'row.editLabel': '{prefix} 的新目标',
+      'row.save': '保存',
+      'row.cancel': '取消',
+      'row.delete': '删除',
+      'row.confirm': '删除 {prefix}？',
+      'row.confirmBtn': '确认删除',
+      'row.saved': '已保存 {prefix}',
+      'row.deleted': '已删除 {prefix}',
+      'row.gone': '{prefix} 已不存在，列表已重新加载。',
+    },
+  };
+
+  const LANG_KEY = 'apiproxy.lang';
+  const THEME_KEY = 'apiproxy.theme';
+  const root = document.documentElement;
+
+  // Storage throws in some privacy modes; the pages then simply forget.
+  function load(store, key) {
+    try { return window[store].getItem(key); } catch (e) { return null; }
+  }
+  function save(store, key, value) {
+    try {
+      if (value === null) window[store].removeItem(key);
+      else window[store].setItem(key, value);
+    } catch (e) { /* not remembered */ }
+  }
+
+  function browserLang() {
+    const langs = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language || 'en'];
+    for (const l of langs) {
+      const s = String(l).toLowerCase();
+      if (s.startsWith('zh')) return 'zh';
+      if (s.startsWith('en')) return 'en';
+    }
+    return 'en';
+  }
+
+  let lang = load('localStorage', LANG_KEY);
+  if (!STRINGS[lang]) lang = browserLang();
+  root.lang = lang === 'zh' ? 'zh-CN' : 'en';
+
+  const darkQuery = window.matchMedia ? window.matchMedia('(prefers-color-scheme: dark)') : null;
+  function effectiveTheme() {
+    const stored = load('localStorage', THEME_KEY);
+    if (stored === 'light' || stored === 'dark') return stored;
+    return darkQuery && darkQuery.matches ? 'dark' : 'light';
+  }
+  function applyTheme() {
+    root.dataset.theme = effectiveTheme();
+    document.querySelectorAll('[data-theme-toggle]').forEach((b) => {
+      b.setAttribute('aria-pressed', String(root.dataset.theme === 'dark'));
+    });
+  }
+  applyTheme();
+  if (darkQuery) {
+    const follow = () => applyTheme();
+    if (darkQuery.addEventListener) darkQuery.addEventListener('change', follow);
+    else if (darkQuery.addListener) darkQuery.addListener(follow);
+  }
+
+  const listeners = [];
+
+  function t(key, vars) {
+    let s = STRINGS[lang][key];
+    if (s === undefined) s = STRINGS.en[key];
+    if (s === undefined) return key;
+    if (vars) s = s.replace(/\{(\w+)\}/g, (m, k) => (k in vars ? String(vars[k]) : m));
+    return s;
+  }
+
+  function applyI18n(scope) {
+    const el = scope || document;
+    el.querySelectorAll('[data-i18n]').forEach((n) => { n.textContent = t(n.dataset.i18n); });
+    el.querySelectorAll('[data-i18n-placeholder]').forEach((n) => { n.placeholder = t(n.dataset.i18nPlaceholder); });
+    el.querySelectorAll('[data-i18n-aria-label]').forEach((n) => { n.setAttribute('aria-label', t(n.dataset.i18nAriaLabel)); });
+    el.querySelectorAll('[data-i18n-title]').forEach((n) => { n.title = t(n.dataset.i18nTitle); });
+    document.querySelectorAll('[data-set-lang]').forEach((b) => {
+      b.setAttribute('aria-pressed', String(b.dataset.setLang === lang));
+    });
+  }
+
+  function setLang(next) {
+    if (!STRINGS[next] || next === lang) return;
+    lang = next;
+    save('localStorage', LANG_KEY, next);
+    root.lang = next === 'zh' ? 'zh-CN' : 'en';
+    applyI18n(document);
+    document.querySelectorAll('button.copy').forEach((b) => {
+      if (!b.classList.contains('copied') && !b.classList.contains('failed')) labelCopy(b);
+    });
+    listeners.forEach((fn) => fn(next));
+  }
+
+  // el('td', {className: 'num', title: x}, 'text', childNode, …) builds an
+  // element: properties are assigned (never parsed as markup), strings
+  // become text nodes.
+  function el(tag, props, ...children) {
+    const n = document.createElement(tag);
+    if (props) {
+      for (const [k, v] of Object.entries(props)) {
+        if (v === undefined || v === null) continue;
+        if (k === 'dataset') Object.assign(n.dataset, v);
+        else if (k.startsWith('aria-') || k === 'role' || k === 'for') n.setAttribute(k, v);
+        else n[k] = v;
+      }
+    }
+    for (const c of children) {
+      if (c === null || c === undefined || c === false) continue;
+      n.append(typeof c === 'string' || typeof c === 'number' ? document.createTextNode(String(c)) : c);
+    }
+    return n;
+  }
+
+  // setText changes a node's text only when it differs, so a refresh does
+  // not disturb a selection or cause needless layout.
+  function setText(n, s) {
+    s = String(s);
+    if (n.textContent !== s) n.textContent = s;
+  }
+
+  function announce(msg) {
+    const a = document.getElementById('announcer');
+    if (!a) return;
+    a.textContent = '';
+    // A fresh text node makes screen readers repeat an identical message.
+    window.setTimeout(() => { a.textContent = msg; }, 30);
+  }
+
+  // copyText copies with the async Clipboard API where the page is a
+  // secure context (https, localhost), and with a selected textarea and
+  // execCommand on plain http, where navigator.clipboard does not exist.
+  async function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      try { await navigator.clipboard.writeText(text); return true; } catch (e) { /* fall back */ }
+    }
+    const active = document.activeElement;
+    const ta = el('textarea', { value: text, readOnly: true, className: 'offscreen', tabIndex: -1, 'aria-hidden': 'true' });
+    document.body.append(ta);
+    ta.select();
+    let ok = false;
+    try { ok = document.execCommand('copy'); } catch (e) { ok = false; }
+    ta.remove();
+    if (active && active.focus) active.focus();
+    return ok;
+  }
+
+  // copyButton returns a Copy button for the value getText() returns when
+  // clicked, showing "Copied" on the button for a moment. what names the
+  // copied thing for screen readers: a string key of STRINGS when whatKey
+  // is set, else literal text (a prefix).
+  function copyButton(getText, what, whatKey) {
+    const b = el('button', { type: 'button', className: 'copy', dataset: whatKey ? { whatKey: what } : { what } });
+    labelCopy(b);
+    let timer = 0;
+    b.addEventListener('click', async () => {
+      const text = getText();
+      const ok = await copyText(text);
+      window.clearTimeout(timer);
+      b.textContent = ok ? t('copied') : t('copy.failed');
+      b.classList.toggle('copied', ok);
+      b.classList.toggle('failed', !ok);
+      if (ok) announce(t('copy.announce', { text }));
+      timer = window.setTimeout(() => { b.classList.remove('copied', 'failed'); labelCopy(b); }, 1600);
+    });
+    return b;
+  }
+  function labelCopy(b) {
+    b.textContent = t('copy');
+    b.setAttribute('aria-label', t('copy.label', { what: b.dataset.whatKey ? t(b.dataset.whatKey) : b.dataset.what }));
+  }
+
+  // Intl formatters are costly to build (a table of 200 endpoints formats
+  // a few thousand numbers), so each one is made once per language.
+  const formatters = new Map();
+  function cached(kind, opts) {
+    const key = lang + '|' + kind + '|' + JSON.stringify(opts);
+    let f = formatters.get(key);
+    if (!f) {
+      const loc = lang === 'zh' ? 'zh-CN' : kind === 'date' ? 'en-GB' : 'en-US';
+      f = kind === 'date' ? new Intl.DateTimeFormat(loc, opts) : new Intl.NumberFormat(loc, opts);
+      formatters.set(key, f);
+    }
+    return f;
+  }
+  function num(v) { const n = Number(v); return Number.isFinite(n) ? n : 0; }
+  const fmt = {
+    int: (v) => cached('num', { maximumFractionDigits: 0 }).format(num(v)),
+    compact: (v) => {
+      const n = num(v);
+      return Math.abs(n) < 10000 ? fmt.int(n) : cached('num', { notation: 'compact', maximumFractionDigits: 1 }).format(n);
+    },
+    dec: (v, d) => cached('num', { minimumFractionDigits: d, maximumFractionDigits: d }).format(num(v)),
+    ms: (v) => {
+      const n = num(v);
+      if (n >= 1000) return fmt.dec(n / 1000, n >= 10000 ? 1 : 2) + ' s';
+      return fmt.dec(n, n < 10 ? 1 : 0) + ' ms';
+    },
+    duration: (secs) => {
+      let s = Math.max(0, Math.floor(num(secs)));
+      const d = Math.floor(s / 86400); s -= d * 86400;
+      const h = Math.floor(s / 3600); s -= h * 3600;
+      const m = Math.floor(s / 60); s -= m * 60;
+      const parts = [];
+      if (d) parts.push(t('dur.d', { n: d }));
+      if (d || h) parts.push(t('dur.h', { n: h }));
+      if (!d) parts.push(t('dur.m', { n: m }));
+      if (!d && !h) parts.push(t('dur.s', { n: s }));
+      return parts.join(lang === 'zh' ? '' : ' ');
+    },
+    ago: (unix, nowMs) => {
+      const s = Math.max(0, Math.round((nowMs || Date.now()) / 1000 - num(unix)));
+      if (s < 60) return t('ago.s', { n: s });
+      if (s < 3600) return t('ago.m', { n: Math.floor(s / 60) });
+      if (s < 86400) return t('ago.h', { n: Math.floor(s / 3600) });
+      return t('ago.d', { n: Math.floor(s / 86400) });
+    },
+    // date formats a Date with Intl.DateTimeFormat options.
+    date: (d, opts) => cached('date', opts).format(d),
+    time: (ms) => fmt.date(new Date(ms), { hour: '2-digit', minute: '2-digit', second: '2-digit' }),
+    dateTime: (unix) => fmt.date(new Date(num(unix) * 1000), { dateStyle: 'medium', timeStyle: 'medium' }),
+  };
+
+  window.ui = {
+    t, el, setText, announce, copyText, copyButton, fmt, num,
+    get lang() { return lang; },
+    onLangChange(fn) { listeners.push(fn); },
+    session: { get: (k) => load('sessionStorage', k), set: (k, v) => save('sessionStorage', k, v) },
+  };
+
+  document.addEventListener('DOMContentLoaded', () => {
+    applyI18n(document);
+    applyTheme();
+    document.querySelectorAll('[data-set-lang]').forEach((b) => {
+      b.addEventListener('click', () => setLang(b.dataset.setLang));
+    });
+    document.querySelectorAll('[data-theme-toggle]').forEach((b) => {
+      b.addEventListener('click', () => {
+        const next = effectiveTheme() === 'dark' ? 'light' : 'dark';
+        const system = darkQuery && darkQuery.matches ? 'dark' : 'light';
+        // Back to what the system prefers: follow it again from now on.
+        save('localStorage', THEME_KEY, next === system ? null : next);
+        applyTheme();
+      });
+    });
+  });
+})();
