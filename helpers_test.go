@@ -13,7 +13,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -77,11 +76,27 @@ func newTestServerConfig(t testing.TB, cfg Config, mappings map[string]string) (
 	})
 	setMappings(t, s, mappings)
 	front := httptest.NewServer(s)
-	t.Cleanup(func() {
-		front.CloseClientConnections()
-		front.Close()
-	})
+	t.Cleanup(func() { closeFront(t, front) })
 	return s, front
+}
+
+// closeFront cuts the frontend's connections and waits for its handlers.
+// When a broken proxy keeps a handler waiting on an upstream that waits in
+// turn, the wait gives up after testTimeout so that the upstreams' own
+// cleanup (which runs next) can end both.
+func closeFront(t testing.TB, front *httptest.Server) {
+	t.Helper()
+	front.CloseClientConnections()
+	closed := make(chan struct{})
+	go func() {
+		front.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(testTimeout):
+		t.Errorf("frontend handlers still running %v after the test", testTimeout)
+	}
 }
 
 // setMappings replaces every mapping in s's store with m and publishes the
@@ -302,14 +317,4 @@ func eventually(t testing.TB, cond func() bool, what string) {
 		}
 		<-tick.C
 	}
-}
-
-// errIsAny reports whether err matches any of targets.
-func errIsAny(err error, targets ...error) bool {
-	for _, target := range targets {
-		if errors.Is(err, target) {
-			return true
-		}
-	}
-	return false
 }

@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,7 +91,7 @@ func TestProxyRequestHeaders(t *testing.T) {
 				}
 				return
 			}
-			if !equalStrings(v, tt.want) {
+			if !slices.Equal(v, tt.want) {
 				t.Errorf("upstream got %s: %q, want %q", tt.key, v, tt.want)
 			}
 		})
@@ -166,7 +167,7 @@ func TestProxyResponseHeaders(t *testing.T) {
 				}
 				return
 			}
-			if !equalStrings(v, tt.want) {
+			if !slices.Equal(v, tt.want) {
 				t.Errorf("client got %s: %q, want %q", tt.key, v, tt.want)
 			}
 		})
@@ -426,7 +427,6 @@ func TestProxyPrefixMatch(t *testing.T) {
 		{"/openaix", "", ""},
 		{"/openaix/v1", "", ""},
 		{"/ab", "", ""},
-		{"/", "", ""},
 		{"/b/a", "", ""},
 		{"/A", "", ""},
 	}
@@ -563,7 +563,7 @@ func TestProxyUploadStreams(t *testing.T) {
 				if got.ContentLength != size || len(got.TransferEncoding) != 0 {
 					t.Errorf("upstream Content-Length = %d, Transfer-Encoding = %q, want %d and none", got.ContentLength, got.TransferEncoding, size)
 				}
-			} else if got.ContentLength != -1 || !equalStrings(got.TransferEncoding, []string{"chunked"}) {
+			} else if got.ContentLength != -1 || !slices.Equal(got.TransferEncoding, []string{"chunked"}) {
 				t.Errorf("upstream Content-Length = %d, Transfer-Encoding = %q, want -1 and chunked", got.ContentLength, got.TransferEncoding)
 			}
 		})
@@ -1062,7 +1062,7 @@ func TestProxyCompressedBodies(t *testing.T) {
 			switch {
 			case tt.acceptEncoding == "" && ok:
 				t.Errorf("upstream got Accept-Encoding %q, want none", got)
-			case tt.acceptEncoding != "" && !equalStrings(got, []string{tt.acceptEncoding}):
+			case tt.acceptEncoding != "" && !slices.Equal(got, []string{tt.acceptEncoding}):
 				t.Errorf("upstream got Accept-Encoding %q, want [%q]", got, tt.acceptEncoding)
 			}
 		})
@@ -1202,18 +1202,6 @@ func TestProxyMappingChangeTakesEffect(t *testing.T) {
 	if res, body := rawGet(t, front.Listener.Addr().String(), "/late/x"); res.StatusCode != http.StatusOK || string(body) != "ok" {
 		t.Errorf("after the change got %d %q, want 200 %q", res.StatusCode, body, "ok")
 	}
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // roundTripFunc is a RoundTripper made of a function.
