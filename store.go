@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
@@ -84,7 +85,7 @@ func validatePrefix(prefix string) error {
 		return bad("is required")
 	case len(prefix) > maxPrefixLen:
 		return bad(fmt.Sprintf("must be at most %d bytes", maxPrefixLen))
-	case !utf8.ValidString(prefix) || prefix[0] != '/':
+	case prefix[0] != '/':
 		return bad(`must start with "/"`)
 	case prefix == "/":
 		return bad(`"/" is reserved`)
@@ -435,3 +436,148 @@ func (s *boltStore) Ping(ctx context.Context) error {
 }
 
 func (s *boltStore) Close() error { return s.db.Close() }
+
+// Stats in the embedded store (stats.go): bucket stats holds total and
+// last (field → 8-byte big-endian int64) and hours and days, whose nested
+// buckets are keyed by the 8-byte big-endian Unix hour or day and hold the
+// fields of that bucket. Buckets older than keepHours/keepDays are
+// dropped as newer ones are written.
+var (
+	boltStats      = []byte("stats")
+	boltStatsTotal = []byte("total")
+	boltStatsLast  = []byte("last")
+	boltStatsHours = []byte("hours")
+	boltStatsDays  = []byte("days")
+)
+
+// AddStats implements statsStore in one transaction: all or nothing.
+func (s *boltStore) AddStats(ctx context.Context, d *statsData) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		root, err := tx.CreateBucketIfNotExists(boltStats)
+		if err != nil {
+			return err
+		}
+		total, err := root.CreateBucketIfNotExists(boltStatsTotal)
+		if err != nil {
+			return err
+		}
+		if err := boltAddFields(total, d.Total); err != nil {
+			return err
+		}
+		last, err := root.CreateBucketIfNotExists(boltStatsLast)
+		if err != nil {
+			return err
+		}
+		for p, t := range d.Last {
+			if v := last.Get([]byte(p)); v == nil || boltInt(v) < t {
+				if err := last.Put([]byte(p), boltBytes(t)); err != nil {
+					return err
+				}
+			}
+		}
+		if err := boltAddBuckets(root, boltStatsHours, d.Hours, keepHours); err != nil {
+			return err
+		}
+		return boltAddBuckets(root, boltStatsDays, d.Days, keepDays)
+	})
+	return s.wrap("add stats", err)
+}
+
+// LoadStats implements statsStore.
+func (s *boltStore) LoadStats(ctx context.Context, now time.Time) (*statsData, error) {
+	d := newStatsData()
+	err := s.db.View(func(tx *bolt.Tx) error {
+		root := tx.Bucket(boltStats)
+		if root == nil {
+			return nil
+		}
+		boltReadFields(root.Bucket(boltStatsTotal), d.Total)
+		boltReadFields(root.Bucket(boltStatsLast), d.Last)
+		h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
+		if b := root.Bucket(boltStatsHours); b != nil {
+			for k := h - windowHours + 1; k <= h; k++ {
+				if sub := b.Bucket(boltBytes(k)); sub != nil {
+					boltReadFields(sub, bucket(d.Hours, k))
+				}
+			}
+		}
+		if b := root.Bucket(boltStatsDays); b != nil {
+			for k := day - windowDays + 1; k <= day; k++ {
+				if sub := b.Bucket(boltBytes(k)); sub != nil {
+					boltReadFields(sub, bucket(d.Days, k))
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.wrap("load stats", err)
+	}
+	return d, nil
+}
+
+// boltAddBuckets adds m's time buckets under root/name and drops the
+// buckets more than keep older than the newest.
+func boltAddBuckets(root *bolt.Bucket, name []byte, m map[int64]map[string]int64, keep int64) error {
+	b, err := root.CreateBucketIfNotExists(name)
+	if err != nil {
+		return err
+	}
+	for k, fields := range m {
+		sub, err := b.CreateBucketIfNotExists(boltBytes(k))
+		if err != nil {
+			return err
+		}
+		if err := boltAddFields(sub, fields); err != nil {
+			return err
+		}
+	}
+	newest, _ := b.Cursor().Last()
+	if newest == nil {
+		return nil
+	}
+	var old [][]byte
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil && boltInt(k) <= boltInt(newest)-keep; k, _ = c.Next() {
+		old = append(old, append([]byte(nil), k...))
+	}
+	for _, k := range old {
+		if err := b.DeleteBucket(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func boltAddFields(b *bolt.Bucket, fields map[string]int64) error {
+	for f, v := range fields {
+		if err := b.Put([]byte(f), boltBytes(boltInt(b.Get([]byte(f)))+v)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func boltReadFields(b *bolt.Bucket, dst map[string]int64) {
+	if b == nil {
+		return
+	}
+	b.ForEach(func(k, v []byte) error {
+		if v != nil {
+			dst[string(k)] += boltInt(v)
+		}
+		return nil
+	})
+}
+
+// boltBytes and boltInt convert an int64 to and from 8 big-endian bytes
+// (the order of non-negative keys is their numeric order); a value of
+// another length reads as 0.
+func boltBytes(n int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(n)) }
+
+func boltInt(b []byte) int64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(b))
+}

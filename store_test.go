@@ -178,7 +178,7 @@ func TestValidatePrefix(t *testing.T) {
 		{"at", "/a@b", "may only hold"},
 		{"backslash", "/a\\b", "may only hold"},
 		{"unicode", "/caf\u00e9", "may only hold"},
-		{"invalid utf-8", "/\xff", `must start with "/"`},
+		{"invalid utf-8", "/\xff", "may only hold the letters"},
 		{"reserved /api", "/api", "reserved"},
 		{"under /api", "/api/x", "reserved"},
 		{"reserved, other case", "/API/x", "reserved"},
