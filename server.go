@@ -37,6 +37,9 @@ type Server struct {
 	adminTokenHash atomic.Pointer[[sha256.Size]byte]
 	adminTokenMu   sync.Mutex // serialises late token resolution
 	authFailures   *authLimiter
+
+	stats   *Stats       // stats.go; records only when cfg.EnableStats
+	metrics http.Handler // GET /metrics (metrics.go)
 }
 
 // offlineStore is a Store that keeps a local copy of the mappings for when
@@ -87,6 +90,12 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 		// The admin API answers 503 and retries on its next call.
 		logger.Warn("admin token not available yet; the admin API answers 503 until the store is reachable", "error", err)
 	}
+	s.stats = newStats(statsConfig{enabled: cfg.EnableStats, store: store, logger: logger,
+		active: s.proxy.active.Load, routes: &s.routes, dataDir: cfg.DataDir})
+	if cfg.EnableStats {
+		s.proxy.observe = s.stats.record
+	}
+	s.metrics = newMetricsHandler(logger, s.stats, s.proxy.active.Load)
 	s.engine = s.newRouter()
 	return s, nil
 }
@@ -107,6 +116,8 @@ func (s *Server) newRouter() *gin.Engine {
 	e.HEAD("/healthz", s.handleHealthz)
 	e.GET("/readyz", s.handleReadyz)
 	e.GET("/robots.txt", s.handleRobots)
+	e.GET("/stats", s.handleStats)
+	e.GET("/metrics", s.handleMetrics)
 
 	// Web pages and their embedded assets (static.go).
 	for _, m := range []string{http.MethodGet, http.MethodHead} {
@@ -179,11 +190,11 @@ func (s *Server) handleRobots(c *gin.Context) {
 	c.Data(http.StatusOK, "text/plain; charset=utf-8", []byte("User-agent: *\nDisallow: /\n"))
 }
 
-// recovery turns a handler panic into a 500 JSON answer, except
-// http.ErrAbortHandler: ReverseProxy panics with it to abort a response
-// whose upstream failed mid-body, and net/http must see it to break the
-// client connection instead of ending the body cleanly. Gin's own Recovery
-// swallows it, so it is not used.
+// recovery turns a panic in one of the server's own handlers into a 500
+// JSON answer. http.ErrAbortHandler is passed on: it is how a handler asks
+// net/http to break the client connection (ReverseProxy uses it for a body
+// cut mid-way; the proxy itself runs outside Gin, see ServeHTTP), and Gin's
+// own Recovery would swallow it, which is why that one is not used.
 func (s *Server) recovery(c *gin.Context) {
 	defer func() {
 		rec := recover()
@@ -227,6 +238,11 @@ func (s *Server) Start() {
 	go func() {
 		defer s.wg.Done()
 		s.watchMappings(ctx)
+	}()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.stats.run(ctx)
 	}()
 	if w, ok := s.store.(watchingStore); ok {
 		s.wg.Add(1)
@@ -279,6 +295,7 @@ func (s *Server) Close() error {
 		s.cancel()
 	}
 	s.wg.Wait()
+	s.stats.close() // the last counts, after the HTTP server drained
 	return s.store.Close()
 }
 
