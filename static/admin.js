@@ -108,7 +108,8 @@
       $('token').value = '';
       mappings = r.data.mappings || {};
       showAdmin();
-      $('add-prefix').focus();
+      // The login button that had focus is gone; start from the heading.
+      $('h-admin').focus();
       return;
     }
     token = '';

@@ -73,7 +73,9 @@
     p.classList.toggle('live', !down && state.okAt !== 0);
     p.classList.toggle('down', down);
     if (!down && state.okAt) {
-      setText(text, t('dash.live', { time: fmt.time(state.okAt), n: REFRESH_S }));
+      let msg = t('dash.live', { time: fmt.time(state.okAt), n: REFRESH_S });
+      if (state.data && state.data.stats_enabled === false) msg += ' · ' + t('dash.statsOff');
+      setText(text, msg);
     } else if (down && state.httpStatus) {
       setText(text, t('dash.httpError', { status: state.httpStatus, n: REFRESH_S }));
     } else if (down && state.okAt) {
@@ -95,7 +97,7 @@
       if (title !== undefined && n.title !== title) n.title = title;
     };
     card('total', fmt.compact(d.total), fmt.int(d.total));
-    card('errors_sub', t('card.errors', { n: fmt.int(d.errors) }));
+    card('errors_sub', num(d.errors) === 1 ? t('card.error1') : t('card.errors', { n: fmt.int(d.errors) }));
     card('last_24h', fmt.compact(d.last_24h), fmt.int(d.last_24h));
     card('last_7d', fmt.compact(d.last_7d), fmt.int(d.last_7d));
     card('last_30d', fmt.compact(d.last_30d), fmt.int(d.last_30d));
@@ -218,7 +220,7 @@
   const COLS = [
     ['endpoint', 'ep.endpoint'], ['url', 'ep.url'],
     ['h24', 'ep.24h'], ['d7', 'ep.7d'], ['d30', 'ep.30d'], ['total', 'ep.total'],
-    ['errors', 'ep.errors'], ['latency', 'ep.latency'], ['tokens', 'ep.tokens'],
+    ['errors', 'ep.errors'], ['latency', 'ep.latencyShort'], ['tokens', 'ep.tokens'],
   ];
 
   // Cells with a main figure and a muted line under it.
@@ -230,7 +232,7 @@
     c.target = el('span', { className: 'target mono' });
     c.endpoint = el('td', { className: 'endpoint' }, el('div', {}, el('span', { className: 'prefix mono' }, prefix), c.target));
     c.urlText = el('span', { className: 'url mono' });
-    c.url = el('td', {}, el('div', { className: 'urlcell' }, c.urlText, ui.copyButton(() => proxyURL(prefix), prefix)));
+    c.url = el('td', { className: 'url-td' }, el('div', { className: 'urlcell' }, c.urlText, ui.copyButton(() => proxyURL(prefix), prefix)));
     for (const k of ['h24', 'd7', 'd30']) c[k] = el('td', { className: 'num' });
     for (const k of TWO_LINE) {
       c[k + 'Main'] = el('span');
@@ -266,7 +268,7 @@
       setText(c.totalSub, fmt.ago(e.last_request));
       setTitle(c.total, t('ep.last') + ': ' + fmt.dateTime(e.last_request));
     } else {
-      setText(c.totalSub, t('ep.never'));
+      setText(c.totalSub, '');
       setTitle(c.total, '');
     }
     setText(c.errorsMain, fmt.int(errs));

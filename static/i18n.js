@@ -30,6 +30,7 @@
       'dash.down': 'Server unreachable since {time}; retrying every {n} s. The figures shown are from {last}.',
       'dash.downNever': 'Server unreachable; retrying every {n} s.',
       'dash.httpError': '/stats answered HTTP {status}; retrying every {n} s.',
+      'dash.statsOff': 'Stats collection is off (ENABLE_STATS=false); only process figures update.',
       'card.total': 'Total requests',
       'card.24h': 'Last 24 h',
       'card.7d': 'Last 7 days',
@@ -45,6 +46,7 @@
       'card.uptime': 'Uptime',
       'card.tokens': 'Tokens',
       'card.errors': '{n} errors',
+      'card.error1': '1 error',
       'card.active': '{n} in flight',
       'card.tokensSub': 'in {p} · out {c}',
       'chart.hourly': 'Requests per hour, last 24 h',
@@ -68,10 +70,10 @@
       'ep.total': 'Total',
       'ep.errors': 'Errors',
       'ep.latency': 'Latency avg / p95',
+      'ep.latencyShort': 'Latency',
       'ep.tokens': 'Tokens',
       'ep.last': 'Last request',
       'ep.none': 'No endpoints yet. Add a mapping on the Admin page.',
-      'ep.never': 'never',
       'ep.models': 'Models',
       'ep.tokensTitle': 'prompt {p}, completion {c}',
       'use.title': 'Use it from your code',
@@ -152,6 +154,7 @@
       'dash.down': '自 {time} 起无法连接服务器，每 {n} 秒重试。当前显示的是 {last} 的数据。',
       'dash.downNever': '无法连接服务器，每 {n} 秒重试。',
       'dash.httpError': '/stats 返回 HTTP {status}，每 {n} 秒重试。',
+      'dash.statsOff': '统计已关闭（ENABLE_STATS=false），只有进程数据会更新。',
       'card.total': '总请求数',
       'card.24h': '最近 24 小时',
       'card.7d': '最近 7 天',
@@ -167,6 +170,7 @@
       'card.uptime': '运行时间',
       'card.tokens': 'Token 数',
       'card.errors': '{n} 个错误',
+      'card.error1': '1 个错误',
       'card.active': '{n} 个进行中',
       'card.tokensSub': '输入 {p} · 输出 {c}',
       'chart.hourly': '每小时请求数（最近 24 小时）',
@@ -190,10 +194,10 @@
       'ep.total': '总计',
       'ep.errors': '错误',
       'ep.latency': '延迟 平均 / p95',
+      'ep.latencyShort': '延迟',
       'ep.tokens': 'Token',
       'ep.last': '最近请求',
       'ep.none': '还没有端点。请在管理页面添加映射。',
-      'ep.never': '从未',
       'ep.models': '模型',
       'ep.tokensTitle': '输入 {p}，输出 {c}',
       'use.title': '在代码中使用',
@@ -440,16 +444,19 @@
       if (n >= 1000) return fmt.dec(n / 1000, n >= 10000 ? 1 : 2) + ' s';
       return fmt.dec(n, n < 10 ? 1 : 0) + ' ms';
     },
+    // duration shows the two largest units: 3d 4h, 2h 5m, 5m 17s, 17s.
     duration: (secs) => {
-      let s = Math.max(0, Math.floor(num(secs)));
-      const d = Math.floor(s / 86400); s -= d * 86400;
-      const h = Math.floor(s / 3600); s -= h * 3600;
-      const m = Math.floor(s / 60); s -= m * 60;
+      const total = Math.max(0, Math.floor(num(secs)));
+      const units = [['dur.d', 86400], ['dur.h', 3600], ['dur.m', 60], ['dur.s', 1]];
+      let i = units.findIndex(([, size]) => total >= size);
+      if (i < 0) i = units.length - 1;
       const parts = [];
-      if (d) parts.push(t('dur.d', { n: d }));
-      if (d || h) parts.push(t('dur.h', { n: h }));
-      if (!d) parts.push(t('dur.m', { n: m }));
-      if (!d && !h) parts.push(t('dur.s', { n: s }));
+      let rest = total;
+      for (const [key, size] of units.slice(i, i + 2)) {
+        const n = Math.floor(rest / size);
+        rest -= n * size;
+        parts.push(t(key, { n }));
+      }
       return parts.join(lang === 'zh' ? '' : ' ');
     },
     ago: (unix, nowMs) => {
