@@ -693,3 +693,97 @@ func redisDescription(opts *redis.Options) string {
 	}
 	return d
 }
+
+// Stats keys (stats.go), under the store's key prefix: hashes of
+// "<prefix>|<name>" counters to which every instance adds its deltas
+// (HINCRBY), so that each reads the fleet's figures.
+const (
+	redisStatsTotalKey = "stats:total" // hash: all-time counters
+	redisStatsLastKey  = "stats:last"  // hash: prefix → Unix time of its last request
+	redisStatsHourKey  = "stats:h:"    // + Unix hour: that hour's counters; expire keepHours after it
+	redisStatsDayKey   = "stats:d:"    // + Unix day (UTC): that day's counters; expire keepDays after it
+)
+
+// redisStatsMaxScript sets each field of a hash to the larger of its value
+// and the one given. KEYS[1] hash; ARGV field, value pairs.
+var redisStatsMaxScript = redis.NewScript(`
+for i = 1, #ARGV, 2 do
+  local v = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0
+  if tonumber(ARGV[i+1]) > v then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+end
+return 0`)
+
+// AddStats implements statsStore in one MULTI/EXEC transaction, so a flush
+// is applied whole or not at all.
+func (s *redisStore) AddStats(ctx context.Context, d *statsData) error {
+	_, err := s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		incr := func(key string, fields map[string]int64) {
+			for f, v := range fields {
+				pipe.HIncrBy(ctx, key, f, v)
+			}
+		}
+		incr(s.key(redisStatsTotalKey), d.Total)
+		for h, fields := range d.Hours {
+			key := s.key(redisStatsHourKey + strconv.FormatInt(h, 10))
+			incr(key, fields)
+			pipe.ExpireAt(ctx, key, time.Unix((h+1+keepHours)*hourSeconds, 0))
+		}
+		for day, fields := range d.Days {
+			key := s.key(redisStatsDayKey + strconv.FormatInt(day, 10))
+			incr(key, fields)
+			pipe.ExpireAt(ctx, key, time.Unix((day+1+keepDays)*daySeconds, 0))
+		}
+		if len(d.Last) > 0 {
+			args := make([]any, 0, 2*len(d.Last))
+			for p, t := range d.Last {
+				args = append(args, p, t)
+			}
+			redisStatsMaxScript.Eval(ctx, pipe, []string{s.key(redisStatsLastKey)}, args...)
+		}
+		return nil
+	})
+	return s.wrap("add stats", err)
+}
+
+// LoadStats implements statsStore with one pipeline of HGETALLs.
+func (s *redisStore) LoadStats(ctx context.Context, now time.Time) (*statsData, error) {
+	h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
+	pipe := s.client.Pipeline()
+	total := pipe.HGetAll(ctx, s.key(redisStatsTotalKey))
+	last := pipe.HGetAll(ctx, s.key(redisStatsLastKey))
+	hours := make([]*redis.MapStringStringCmd, windowHours)
+	for i := range hours {
+		hours[i] = pipe.HGetAll(ctx, s.key(redisStatsHourKey+strconv.FormatInt(h-windowHours+1+int64(i), 10)))
+	}
+	days := make([]*redis.MapStringStringCmd, windowDays)
+	for i := range days {
+		days[i] = pipe.HGetAll(ctx, s.key(redisStatsDayKey+strconv.FormatInt(day-windowDays+1+int64(i), 10)))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, s.wrap("load stats", err)
+	}
+	d := newStatsData()
+	redisReadFields(total.Val(), d.Total)
+	redisReadFields(last.Val(), d.Last)
+	for i, c := range hours {
+		if v := c.Val(); len(v) > 0 {
+			redisReadFields(v, bucket(d.Hours, h-windowHours+1+int64(i)))
+		}
+	}
+	for i, c := range days {
+		if v := c.Val(); len(v) > 0 {
+			redisReadFields(v, bucket(d.Days, day-windowDays+1+int64(i)))
+		}
+	}
+	return d, nil
+}
+
+// redisReadFields adds the integer values of src to dst; others are
+// skipped (a hand-edited hash).
+func redisReadFields(src map[string]string, dst map[string]int64) {
+	for f, v := range src {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			dst[f] += n
+		}
+	}
+}

@@ -27,6 +27,9 @@ import (
 //	Gemini                              "modelVersion", "usageMetadata":{promptTokenCount,
 //	                                    candidatesTokenCount, thoughtsTokenCount, totalTokenCount,
 //	                                    cachedContentTokenCount}
+//	Groq (older streams)                "x_groq":{"usage":{…OpenAI fields}} in the last chunk
+//	Cohere v2                           "usage":{"tokens":{input_tokens, output_tokens}}, in SSE
+//	                                    under "delta" of the message-end event
 //
 // Streamed usage is cumulative (Anthropic message_delta, Gemini chunks), so
 // for every field the last value seen counts, never the sum.
@@ -61,10 +64,10 @@ const (
 	usageScanLimit = 1 << 20
 	usageTailSize  = 16 << 10
 	// jsonMaxDepth bounds the container stack. A document nested deeper
-	// is given up on (usage is never that deep).
-	jsonMaxDepth = 64
-	// jsonCaptureMax bounds a captured key or model string.
-	jsonCaptureMax = maxModelName
+	// is given up on (usage is never deeper than 4).
+	jsonMaxDepth = 32
+	// jsonKeyMax bounds a captured key; longer keys are of no interest.
+	jsonKeyMax = 32
 )
 
 // tokenUsage is what a response said about its tokens. Known is false when
@@ -128,6 +131,7 @@ type usageParser struct {
 func (u *usageParser) reset(h http.Header) {
 	u.mode = usageOff
 	u.seen, u.nm, u.scanned, u.tailing = 0, 0, 0, false
+	u.vals = [numUsageFields]int64{}
 	u.tail = u.tail[:0]
 	u.sc.reset()
 	u.line, u.pfx, u.prevCR, u.inData = lineStart, 0, false, false
@@ -256,7 +260,10 @@ func (u *usageParser) feedSSE(p []byte) {
 	}
 }
 
-var newline = []byte{'\n'}
+var (
+	newline   = []byte{'\n'}
+	openBrace = []byte{'{'}
+)
 
 // lineEnd returns the index of the first '\n' or '\r' in p, or len(p).
 func lineEnd(p []byte) int {
@@ -311,7 +318,7 @@ func (u *usageParser) scanTail() {
 	}
 	var sc jsonScanner
 	sc.reset()
-	sc.feed(u, []byte{'{'})
+	sc.feed(u, openBrace)
 	sc.feed(u, t[start:])
 }
 
@@ -391,7 +398,7 @@ const (
 	ctxOther     uint8 = iota // an object of no interest
 	ctxArray                  // any array
 	ctxRoot                   // the top-level object
-	ctxContainer              // "message" (Anthropic message_start) or "response" (OpenAI Responses events)
+	ctxContainer              // a top-level object that may hold model and usage; see classify
 	ctxUsage                  // "usage" or "usageMetadata"
 	ctxDetails                // "prompt_tokens_details" or "input_tokens_details"
 )
@@ -412,7 +419,7 @@ const (
 type jsonScanner struct {
 	state   uint8
 	key     uint8 // meaning of the key whose value comes next
-	capture bool  // capturing the current string (a key, or a model value)
+	capture bool  // capturing the current string: a key into buf, a model name into the parser's model
 	esc     bool  // in a string, after a backslash
 	neg     bool
 	intPart bool // still in the integer part of a number
@@ -420,7 +427,7 @@ type jsonScanner struct {
 	num     int64
 	n       int // bytes captured
 	ctx     [jsonMaxDepth]uint8
-	buf     [jsonCaptureMax]byte
+	buf     [jsonKeyMax]byte
 }
 
 func (s *jsonScanner) reset() {
@@ -485,7 +492,9 @@ func (s *jsonScanner) feed(u *usageParser, p []byte) {
 				s.endValue()
 			case c == '"':
 				s.state, s.esc, s.n = jsString, false, 0
-				s.capture = s.key == keyModel
+				if s.key == keyModel {
+					s.capture, u.nm = true, 0
+				}
 			case c == '-' || '0' <= c && c <= '9':
 				s.state, s.num, s.neg, s.intPart = jsNumber, 0, c == '-', true
 				if c != '-' {
@@ -527,7 +536,7 @@ func (s *jsonScanner) feed(u *usageParser, p []byte) {
 			switch {
 			case s.esc:
 				s.esc = false
-				s.captureByte(c)
+				s.captureByte(u, c)
 			case c == '\\':
 				s.esc = true
 			case c == '"':
@@ -535,14 +544,14 @@ func (s *jsonScanner) feed(u *usageParser, p []byte) {
 					s.key = s.classify()
 					s.state = jsColon
 				} else {
-					if s.capture && s.n > 0 {
-						u.nm = copy(u.model[:], s.buf[:min(s.n, len(s.buf))])
+					if s.capture {
+						u.nm = min(s.n, len(u.model))
 					}
 					s.capture = false
 					s.endValue()
 				}
 			default:
-				s.captureByte(c)
+				s.captureByte(u, c)
 			}
 		case jsColon:
 			switch {
@@ -595,14 +604,18 @@ func (s *jsonScanner) feed(u *usageParser, p []byte) {
 	}
 }
 
-func (s *jsonScanner) captureByte(c byte) {
+func (s *jsonScanner) captureByte(u *usageParser, c byte) {
 	if !s.capture {
 		return
 	}
-	if s.n < len(s.buf) {
-		s.buf[s.n] = c
+	buf := s.buf[:]
+	if s.state == jsString {
+		buf = u.model[:]
 	}
-	s.n++ // past len(buf): too long, ignored
+	if s.n < len(buf) {
+		buf[s.n] = c
+	}
+	s.n++ // past len(buf): a key too long to matter, a model name cut
 }
 
 // classify gives the key just read its meaning in the current object.
@@ -619,7 +632,7 @@ func (s *jsonScanner) classify() uint8 {
 			return keyModel
 		case "usage", "usageMetadata":
 			return keyUsage
-		case "message", "response":
+		case "message", "response", "x_groq", "delta":
 			if s.top() == ctxRoot {
 				return keyContainer
 			}
@@ -652,6 +665,10 @@ func (s *jsonScanner) classify() uint8 {
 			return uint8(fCachedContentCount)
 		case "prompt_tokens_details", "input_tokens_details":
 			return keyDetails
+		case "tokens":
+			// Cohere v2: usage.tokens holds input_tokens and
+			// output_tokens (usage.billed_units the billed subset).
+			return keyUsage
 		}
 	case ctxDetails:
 		if string(k) == "cached_tokens" {

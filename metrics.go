@@ -1,0 +1,176 @@
+package main
+
+import (
+	"log/slog"
+	"net/http"
+	"sort"
+	"strconv"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// newMetricsHandler builds the registry of one Server and the /metrics
+// handler serving it. The registry is the Server's own (no global
+// registration), so tests can build as many servers as they like.
+// Request metrics are this process's since it started; Prometheus sums
+// the instances of a fleet.
+func newMetricsHandler(logger *slog.Logger, st *Stats, active func() int64) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		newStatsCollector(st),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "apiproxy_active_requests",
+			Help: "Proxied requests in flight.",
+		}, func() float64 { return float64(active()) }),
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ErrorHandling: promhttp.ContinueOnError,
+	})
+}
+
+// handleMetrics answers GET /metrics in the Prometheus text format.
+func (s *Server) handleMetrics(c *gin.Context) {
+	s.metrics.ServeHTTP(c.Writer, c.Request)
+}
+
+// metricsBuckets are the histogram buckets exposed, as indexes into the
+// stats histograms (see histIndex) whose upper bounds are powers of two of
+// microseconds: 0.256 ms to 4295 s. Counts at these bounds are exact.
+var metricsBuckets = func() []int {
+	var b []int
+	for k := 6; k <= 30; k++ {
+		b = append(b, 4*k+3)
+	}
+	return b
+}()
+
+// statsCollector exposes the counters of a Stats. It reads them at scrape
+// time, so the request path pays nothing for metrics: labels come from
+// bounded sets only (prefixes, status codes, at most maxModels+1 model
+// names per prefix).
+type statsCollector struct {
+	st                                          *Stats
+	requests, duration, ttfb, tokens, bytesDesc *prometheus.Desc
+}
+
+func newStatsCollector(st *Stats) *statsCollector {
+	return &statsCollector{
+		st: st,
+		requests: prometheus.NewDesc("apiproxy_requests_total",
+			"Proxied requests by mapping prefix and status code (499: the client left first).",
+			[]string{"prefix", "code"}, nil),
+		duration: prometheus.NewDesc("apiproxy_request_duration_seconds",
+			"Time from receiving a proxied request to the end of its response.",
+			[]string{"prefix"}, nil),
+		ttfb: prometheus.NewDesc("apiproxy_time_to_first_byte_seconds",
+			"Time from receiving a proxied request to the first byte of the response body.",
+			[]string{"prefix"}, nil),
+		tokens: prometheus.NewDesc("apiproxy_tokens_total",
+			"Tokens reported by upstream responses, by prefix, model and kind (prompt, completion, total, cache_read, cache_write).",
+			[]string{"prefix", "model", "kind"}, nil),
+		bytesDesc: prometheus.NewDesc("apiproxy_bytes_total",
+			"Body bytes proxied, by prefix and direction (in: from clients, out: to clients).",
+			[]string{"prefix", "direction"}, nil),
+	}
+}
+
+func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.requests
+	ch <- c.duration
+	ch <- c.ttfb
+	ch <- c.tokens
+	ch <- c.bytesDesc
+}
+
+func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.st
+	prefixes := *st.prefixes.Load()
+	names := make([]string, 0, len(prefixes))
+	for p := range prefixes {
+		names = append(names, p)
+	}
+	sort.Strings(names)
+
+	st.mu.Lock()
+	st.drainLocked(st.now()) // fold the histograms in
+	type hist struct {
+		count   uint64
+		sum     float64
+		buckets map[float64]uint64
+	}
+	lat, ttfb := make([]hist, len(names)), make([]hist, len(names))
+	for i, p := range names {
+		ps := prefixes[p]
+		lat[i] = hist{sum: float64(ps.procLatencySum) / 1e6}
+		lat[i].count, lat[i].buckets = promBuckets(&ps.procLatency)
+		ttfb[i] = hist{sum: float64(ps.procTTFBSum) / 1e6}
+		ttfb[i].count, ttfb[i].buckets = promBuckets(&ps.procTTFB)
+	}
+	st.mu.Unlock()
+
+	for i, p := range names {
+		ps := prefixes[p]
+		for code := range statusSlots {
+			v := ps.codes[code].Load()
+			switch {
+			case code == 499:
+				continue // with the client-closed count, below
+			case code == 0:
+				v += ps.codes[499].Load()
+			}
+			if v == 0 {
+				continue
+			}
+			label := strconv.Itoa(code)
+			switch code {
+			case 0:
+				label = "499"
+			case statusOther:
+				label = "other"
+			}
+			ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(v), p, label)
+		}
+		ch <- prometheus.MustNewConstHistogram(c.duration, lat[i].count, lat[i].sum, lat[i].buckets, p)
+		ch <- prometheus.MustNewConstHistogram(c.ttfb, ttfb[i].count, ttfb[i].sum, ttfb[i].buckets, p)
+		ch <- prometheus.MustNewConstMetric(c.bytesDesc, prometheus.CounterValue, float64(ps.bytesIn.Load()), p, "in")
+		ch <- prometheus.MustNewConstMetric(c.bytesDesc, prometheus.CounterValue, float64(ps.bytesOut.Load()), p, "out")
+
+		for _, m := range *ps.modelList.Load() {
+			counts := m.tokens.load()
+			for k, kind := range tokenKinds {
+				if v := counts[k]; v != 0 {
+					ch <- prometheus.MustNewConstMetric(c.tokens, prometheus.CounterValue, float64(v), p, m.name, kind)
+				}
+			}
+		}
+		counts := ps.noModel.load()
+		for k, kind := range tokenKinds {
+			if v := counts[k]; v != 0 {
+				ch <- prometheus.MustNewConstMetric(c.tokens, prometheus.CounterValue, float64(v), p, "unknown", kind)
+			}
+		}
+	}
+}
+
+// promBuckets turns a stats histogram into cumulative Prometheus buckets
+// (upper bound in seconds → count) and the total count.
+func promBuckets(h *[histBuckets]int64) (uint64, map[float64]uint64) {
+	out := make(map[float64]uint64, len(metricsBuckets))
+	var cum int64
+	next := 0
+	for i, c := range h {
+		cum += c
+		if next < len(metricsBuckets) && i == metricsBuckets[next] {
+			_, hi := histBounds(i)
+			out[hi/1e6] = uint64(cum)
+			next++
+		}
+	}
+	return uint64(cum), out
+}

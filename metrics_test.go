@@ -1,0 +1,139 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// metricValue returns the value of the sample line that starts with name
+// and holds every label in labels, or -1 if there is none.
+func metricValue(t testing.TB, body, name string, labels ...string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(body, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) != 2 || !strings.HasPrefix(fields[0], name) {
+			continue
+		}
+		series := fields[0]
+		if rest := series[len(name):]; rest != "" && rest[0] != '{' {
+			continue // a longer metric name
+		}
+		match := true
+		for _, l := range labels {
+			match = match && strings.Contains(series, l)
+		}
+		if match {
+			v, err := strconv.ParseFloat(fields[1], 64)
+			if err != nil {
+				t.Fatalf("line %q: %v", line, err)
+			}
+			return v
+		}
+	}
+	return -1
+}
+
+func TestMetrics(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/chat":
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, openAIChatJSON)
+		case "/gemini":
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, geminiSSE)
+		default:
+			w.WriteHeader(http.StatusTooManyRequests)
+		}
+	})
+	_, front := newTestServer(t, map[string]string{"/p": up.URL, "/q": up.URL})
+	client := front.Client()
+	for _, path := range []string{"/p/chat", "/p/chat", "/p/gemini", "/p/limited", "/q/chat"} {
+		getStatus(t, client, front.URL+path)
+	}
+	res, err := client.Get(front.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(readAll(t, res))
+	res.Body.Close()
+	if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/plain") {
+		t.Fatalf("GET /metrics = %d %q", res.StatusCode, res.Header.Get("Content-Type"))
+	}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"apiproxy_requests_total", []string{`prefix="/p"`, `code="200"`}, 3},
+		{"apiproxy_requests_total", []string{`prefix="/p"`, `code="429"`}, 1},
+		{"apiproxy_requests_total", []string{`prefix="/q"`, `code="200"`}, 1},
+		{"apiproxy_request_duration_seconds_count", []string{`prefix="/p"`}, 4},
+		{"apiproxy_request_duration_seconds_bucket", []string{`prefix="/p"`, `le="+Inf"`}, 4},
+		{"apiproxy_time_to_first_byte_seconds_count", []string{`prefix="/p"`}, 4},
+		{"apiproxy_tokens_total", []string{`prefix="/p"`, `model="gpt-4o-2024-08-06"`, `kind="prompt"`}, 2 * 1117},
+		{"apiproxy_tokens_total", []string{`prefix="/p"`, `model="gpt-4o-2024-08-06"`, `kind="total"`}, 2 * 1163},
+		{"apiproxy_tokens_total", []string{`prefix="/p"`, `model="gemini-2.0-flash"`, `kind="completion"`}, 35},
+		{"apiproxy_tokens_total", []string{`prefix="/q"`, `model="gpt-4o-2024-08-06"`, `kind="completion"`}, 46},
+		{"apiproxy_bytes_total", []string{`prefix="/p"`, `direction="out"`}, float64(2*len(openAIChatJSON) + len(geminiSSE))},
+		{"apiproxy_active_requests", nil, 0},
+	} {
+		if got := metricValue(t, body, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	for _, name := range []string{"go_goroutines", "go_memstats_alloc_bytes", "process_cpu_seconds_total"} {
+		if metricValue(t, body, name) < 0 {
+			t.Errorf("no %s: the Go and process collectors are missing", name)
+		}
+	}
+	// Durations are in seconds, bucket bounds increasing.
+	if sum := metricValue(t, body, "apiproxy_request_duration_seconds_sum", `prefix="/p"`); sum <= 0 || sum > 10 {
+		t.Errorf("duration sum = %v s, want a few milliseconds", sum)
+	}
+	les := regexp.MustCompile(`apiproxy_request_duration_seconds_bucket\{prefix="/p",le="([0-9.e+-]+)"\}`).FindAllStringSubmatch(body, -1)
+	if len(les) < 10 {
+		t.Fatalf("%d duration buckets, want a full set", len(les))
+	}
+	prev := 0.0
+	for _, m := range les {
+		le, _ := strconv.ParseFloat(m[1], 64)
+		if le <= prev {
+			t.Errorf("bucket bound %v after %v", le, prev)
+		}
+		prev = le
+	}
+}
+
+// TestMetricsOwnRegistry: every Server has its own registry, so building
+// several in one process neither panics nor mixes their counts.
+func TestMetricsOwnRegistry(t *testing.T) {
+	up := newUpstream(t, nil)
+	_, a := newTestServer(t, map[string]string{"/p": up.URL})
+	_, b := newTestServer(t, map[string]string{"/p": up.URL})
+	getStatus(t, a.Client(), a.URL+"/p/x")
+	_, body := getStatus(t, b.Client(), b.URL+"/metrics")
+	if got := metricValue(t, string(body), "apiproxy_requests_total", `prefix="/p"`); got != -1 {
+		t.Errorf("server b reports %v requests of server a", got)
+	}
+}
+
+// TestMetricsDisabledStats: with stats off /metrics still serves the
+// runtime metrics and the active-requests gauge, and no request counters.
+func TestMetricsDisabledStats(t *testing.T) {
+	up := newUpstream(t, nil)
+	cfg := testConfig(t, map[string]string{"ENABLE_STATS": "false"})
+	_, front := newTestServerConfig(t, cfg, map[string]string{"/p": up.URL})
+	getStatus(t, front.Client(), front.URL+"/p/x")
+	_, body := getStatus(t, front.Client(), front.URL+"/metrics")
+	if metricValue(t, string(body), "apiproxy_requests_total") != -1 {
+		t.Error("request counters with stats off")
+	}
+	if metricValue(t, string(body), "apiproxy_active_requests") != 0 || metricValue(t, string(body), "go_goroutines") <= 0 {
+		t.Error("runtime metrics or the active-requests gauge missing with stats off")
+	}
+}

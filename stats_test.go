@@ -1,0 +1,966 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// fakeClock is an injected clock for window tests. Safe for concurrent use.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+// testRoutes returns a route table pointer holding mappings.
+func testRoutes(t testing.TB, mappings map[string]string) *atomic.Pointer[routeTable] {
+	t.Helper()
+	rt, skipped := newRouteTable(mappings)
+	if len(skipped) > 0 {
+		t.Fatalf("invalid test mappings %v", skipped)
+	}
+	var p atomic.Pointer[routeTable]
+	p.Store(rt)
+	return &p
+}
+
+// newTestStats builds an enabled Stats on store (nil: kept in memory) with
+// the fake clock and routes for "/a" and "/b".
+func newTestStats(t testing.TB, store Store, clock *fakeClock) *Stats {
+	t.Helper()
+	return newStats(statsConfig{
+		enabled: true, store: store, logger: testLogger(), now: clock.Now,
+		active: func() int64 { return 0 },
+		routes: testRoutes(t, map[string]string{"/a": "https://a.example", "/b": "http://b.example/base"}),
+	})
+}
+
+// viewOf returns what /stats would answer now, with the cache and the
+// stored figures read afresh.
+func viewOf(t testing.TB, st *Stats) statsView {
+	t.Helper()
+	st.viewMu.Lock()
+	st.cache = nil
+	st.viewMu.Unlock()
+	st.mu.Lock()
+	st.baseAt = time.Time{}
+	st.mu.Unlock()
+	var v statsView
+	if err := json.Unmarshal(st.json(context.Background()), &v); err != nil {
+		t.Fatalf("decode /stats: %v", err)
+	}
+	return v
+}
+
+// rec is a finished request of prefix at start, lasting d.
+func rec(prefix string, start time.Time, status int, d time.Duration) *requestRecord {
+	return &requestRecord{Prefix: prefix, Status: status, Start: start, Duration: d, TTFB: d / 2, BytesIn: 100, BytesOut: 1000}
+}
+
+func TestHistIndex(t *testing.T) {
+	prev := 0
+	for us := int64(0); us < 1<<34; us = us*9/8 + 1 {
+		i := histIndex(us)
+		if i < prev {
+			t.Fatalf("histIndex(%d) = %d, below histIndex of a smaller value (%d)", us, i, prev)
+		}
+		prev = i
+		lo, hi := histBounds(i)
+		if i < histBuckets-1 && (float64(us) < lo || float64(us) >= hi) {
+			t.Fatalf("histIndex(%d) = %d with bounds [%v, %v)", us, i, lo, hi)
+		}
+		if i >= 4 && i < histBuckets-1 && (hi-lo)/lo > 0.25 {
+			t.Fatalf("bucket %d [%v, %v) is wider than 25%%", i, lo, hi)
+		}
+	}
+	if got := histIndex(-5); got != 0 {
+		t.Errorf("histIndex(-5) = %d, want 0", got)
+	}
+	if got := histIndex(math.MaxInt64); got != histBuckets-1 {
+		t.Errorf("histIndex(max) = %d, want %d", got, histBuckets-1)
+	}
+}
+
+// TestStatsWindows records requests over 40 days with an injected clock
+// and checks every window, the series, the per-endpoint figures and that
+// a client that left is counted apart from errors.
+func TestStatsWindows(t *testing.T) {
+	now0 := time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)
+	clock := &fakeClock{t: now0.Add(-40 * 24 * time.Hour)}
+	st := newTestStats(t, nil, clock)
+	ctx := context.Background()
+	at := func(ago time.Duration, recs ...*requestRecord) {
+		t.Helper()
+		when := now0.Add(-ago)
+		clock.Set(when)
+		for _, r := range recs {
+			r.Start = when.Add(-r.Duration)
+			st.record(r)
+		}
+		if err := st.flush(ctx); err != nil {
+			t.Fatalf("flush: %v", err)
+		}
+	}
+	ms := time.Millisecond
+	day := 24 * time.Hour
+	at(40*day, rec("/a", now0, 200, 10*ms))
+	at(10*day, rec("/a", now0, 200, 10*ms), rec("/a", now0, 500, 10*ms))
+	at(3*day, rec("/a", now0, 200, 10*ms), rec("/a", now0, 200, 10*ms), rec("/a", now0, 201, 10*ms))
+	closed := rec("/b", now0, 499, 10*ms)
+	closed.ProxyErr = "aborted"
+	at(5*time.Hour, rec("/b", now0, 200, 10*ms), rec("/b", now0, 200, 10*ms), rec("/b", now0, 200, 10*ms), rec("/b", now0, 302, 10*ms), closed)
+	withUsage := func(model string, p, c, cr int64) *requestRecord {
+		r := rec("/a", now0, 200, 10*ms)
+		r.Usage = tokenUsage{Known: true, Prompt: p, Completion: c, Total: p + c, CacheRead: cr, Model: []byte(model)}
+		return r
+	}
+	unreachable := rec("/a", now0, 502, ms)
+	unreachable.ProxyErr, unreachable.BytesOut, unreachable.TTFB = "upstream_unreachable", 0, 0
+	at(0, withUsage("gpt-4o", 10, 5, 0), withUsage("claude-x", 3, 4, 1), rec("/a", now0, 200, 10*ms), rec("/a", now0, 404, 10*ms), unreachable)
+	clock.Set(now0.Add(2 * time.Second))
+
+	v := viewOf(t, st)
+	for _, c := range []struct {
+		name      string
+		got, want int64
+	}{
+		{"total", v.Total, 16},
+		{"errors", v.Errors, 3},
+		{"client_closed", v.ClientClosed, 1},
+		{"last_24h", v.Last24h, 10},
+		{"last_7d", v.Last7d, 13},
+		{"last_30d", v.Last30d, 15},
+		{"tokens.prompt", v.Tokens.Prompt, 13},
+		{"tokens.completion", v.Tokens.Completion, 9},
+		{"tokens.total", v.Tokens.Total, 22},
+		{"tokens.unknown_responses", v.Tokens.UnknownResponses, 6 + 3},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+	if len(v.Series.Hourly) != 24 || len(v.Series.Daily) != 30 {
+		t.Fatalf("series: %d hourly, %d daily points; want 24 and 30", len(v.Series.Hourly), len(v.Series.Daily))
+	}
+	hourStart := now0.Truncate(time.Hour).Unix()
+	if got := v.Series.Hourly[23]; got != (seriesPoint{T: hourStart, Count: 5, Errors: 2}) {
+		t.Errorf("hourly[23] = %+v, want this hour: 5 requests, 2 errors", got)
+	}
+	if got := v.Series.Hourly[18]; got != (seriesPoint{T: hourStart - 5*3600, Count: 5}) {
+		t.Errorf("hourly[18] = %+v, want 5 hours ago: 5 requests", got)
+	}
+	var hourly int64
+	for _, p := range v.Series.Hourly {
+		hourly += p.Count
+	}
+	if hourly != v.Last24h {
+		t.Errorf("sum of hourly series = %d, want last_24h %d", hourly, v.Last24h)
+	}
+	dayStart := now0.Truncate(24 * time.Hour).Unix()
+	for i, want := range map[int]seriesPoint{
+		29: {T: dayStart, Count: 10, Errors: 2},
+		26: {T: dayStart - 3*86400, Count: 3},
+		19: {T: dayStart - 10*86400, Count: 2, Errors: 1},
+		0:  {T: dayStart - 29*86400},
+	} {
+		if got := v.Series.Daily[i]; got != want {
+			t.Errorf("daily[%d] = %+v, want %+v", i, got, want)
+		}
+	}
+
+	a, b := v.Endpoints["/a"], v.Endpoints["/b"]
+	if a == nil || b == nil || len(v.Endpoints) != 2 {
+		t.Fatalf("endpoints = %v, want /a and /b", v.Endpoints)
+	}
+	if a.Target != "https://a.example" || b.Target != "http://b.example/base" {
+		t.Errorf("targets = %q, %q", a.Target, b.Target)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want int64
+	}{
+		{"/a count", a.Count, 11},
+		{"/a error_count", a.ErrorCount, 3},
+		{"/a last_24h", a.Last24h, 5},
+		{"/a last_7d", a.Last7d, 8},
+		{"/a last_30d", a.Last30d, 10},
+		{"/a 2xx", a.Status.S2xx, 8},
+		{"/a 4xx", a.Status.S4xx, 1},
+		{"/a 5xx", a.Status.S5xx, 2},
+		{"/a bytes_in", a.BytesIn, 1100},
+		{"/a bytes_out", a.BytesOut, 1000 * 10},
+		{"/a last_request", a.LastRequest, now0.Unix()},
+		{"/a tokens.prompt", a.Tokens.Prompt, 13},
+		{"/a tokens.cache_read", a.Tokens.CacheRead, 1},
+		{"/a tokens.unknown_responses", a.Tokens.UnknownResponses, 6},
+		{"/b count", b.Count, 5},
+		{"/b error_count", b.ErrorCount, 0},
+		{"/b client_closed", b.ClientClosed, 1},
+		{"/b 2xx", b.Status.S2xx, 3},
+		{"/b 3xx", b.Status.S3xx, 1},
+		{"/b 4xx", b.Status.S4xx, 0},
+		{"/b last_request", b.LastRequest, now0.Add(-5 * time.Hour).Unix()},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+	if m := a.Models["gpt-4o"]; m == nil || *m != (modelView{Count: 1, Prompt: 10, Completion: 5, Total: 15}) {
+		t.Errorf("/a models[gpt-4o] = %+v", m)
+	}
+	if m := a.Models["claude-x"]; m == nil || *m != (modelView{Count: 1, Prompt: 3, Completion: 4, Total: 7, CacheRead: 1}) {
+		t.Errorf("/a models[claude-x] = %+v", m)
+	}
+	// Latency over the last 24 h: four 10 ms requests and one of 1 ms.
+	if got, want := a.LatencyMS.Avg, 8.2; got != want {
+		t.Errorf("/a latency avg = %v ms, want %v", got, want)
+	}
+	if got := a.LatencyMS.P50; got < 8 || got > 12.5 {
+		t.Errorf("/a latency p50 = %v ms, want about 10", got)
+	}
+
+	// A day later the hour and the day have moved on; totals have not.
+	clock.Set(now0.Add(24 * time.Hour))
+	v = viewOf(t, st)
+	if v.Total != 16 || v.Last24h != 0 || v.Last7d != 13 || v.Series.Daily[28].Count != 10 {
+		t.Errorf("a day later: total %d last_24h %d last_7d %d daily[28] %+v; want 16, 0, 13, 10 requests",
+			v.Total, v.Last24h, v.Last7d, v.Series.Daily[28])
+	}
+}
+
+func TestStatsLatencyPercentiles(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
+	st := newTestStats(t, nil, clock)
+	for i := 1; i <= 1000; i++ {
+		d := time.Duration(i) * time.Millisecond
+		st.record(&requestRecord{Prefix: "/a", Status: 200, Start: clock.Now().Add(-d), Duration: d, TTFB: d / 10})
+	}
+	a := viewOf(t, st).Endpoints["/a"]
+	near := func(name string, got, want float64) {
+		t.Helper()
+		if math.Abs(got-want)/want > 0.15 {
+			t.Errorf("%s = %v, want %v within 15%%", name, got, want)
+		}
+	}
+	if a.LatencyMS.Avg != 500.5 {
+		t.Errorf("latency avg = %v, want exactly 500.5", a.LatencyMS.Avg)
+	}
+	near("latency p50", a.LatencyMS.P50, 500)
+	near("latency p95", a.LatencyMS.P95, 950)
+	near("latency p99", a.LatencyMS.P99, 990)
+	near("ttfb p50", a.TTFBMS.P50, 50)
+	near("ttfb p95", a.TTFBMS.P95, 95)
+	near("ttfb p99", a.TTFBMS.P99, 99)
+}
+
+// TestStatsModelsBounded: past maxModels names per prefix, responses count
+// under "other", and nothing is lost.
+func TestStatsModelsBounded(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
+	st := newTestStats(t, nil, clock)
+	for i := range maxModels + 10 {
+		r := rec("/a", clock.Now(), 200, time.Millisecond)
+		r.Usage = tokenUsage{Known: true, Prompt: 1, Total: 1, Model: fmt.Appendf(nil, "model-%d", i)}
+		st.record(r)
+		st.record(r)
+	}
+	a := viewOf(t, st).Endpoints["/a"]
+	if len(a.Models) != maxModels+1 {
+		t.Errorf("%d models, want %d named and other", len(a.Models), maxModels)
+	}
+	if o := a.Models["other"]; o == nil || o.Count != 20 || o.Prompt != 20 {
+		t.Errorf("other = %+v, want 20 responses, 20 prompt tokens", o)
+	}
+	var n int64
+	for _, m := range a.Models {
+		n += m.Count
+	}
+	if n != 2*(maxModels+10) {
+		t.Errorf("models count %d responses, want %d", n, 2*(maxModels+10))
+	}
+	if len(*(*st.prefixes.Load())["/a"].models.Load()) > 4*maxModels {
+		t.Errorf("raw model names kept without bound")
+	}
+}
+
+// TestStatsDeletedPrefix: requests of a prefix that is no longer mapped
+// stay in the totals, without an endpoint row.
+func TestStatsDeletedPrefix(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
+	st := newTestStats(t, nil, clock)
+	st.record(rec("/gone", clock.Now(), 200, time.Millisecond))
+	st.record(rec("/a", clock.Now(), 200, time.Millisecond))
+	v := viewOf(t, st)
+	if v.Total != 2 || v.Last24h != 2 {
+		t.Errorf("total %d, last_24h %d; want 2 and 2", v.Total, v.Last24h)
+	}
+	if _, ok := v.Endpoints["/gone"]; ok {
+		t.Errorf("deleted prefix /gone has an endpoint row")
+	}
+	if e := v.Endpoints["/b"]; e == nil || e.Count != 0 || e.Models == nil {
+		t.Errorf("mapped prefix without requests: %+v, want a zero row", e)
+	}
+}
+
+// failingStore is a statsStore whose writes fail while down is set.
+type failingStore struct {
+	memStatsStore
+	down   atomic.Bool
+	writes atomic.Int64
+}
+
+var errTestStoreDown = errors.New("test store down")
+
+func (f *failingStore) AddStats(ctx context.Context, d *statsData) error {
+	if f.down.Load() {
+		return errTestStoreDown
+	}
+	f.writes.Add(1)
+	return f.memStatsStore.AddStats(ctx, d)
+}
+
+func (f *failingStore) LoadStats(ctx context.Context, now time.Time) (*statsData, error) {
+	if f.down.Load() {
+		return nil, errTestStoreDown
+	}
+	return f.memStatsStore.LoadStats(ctx, now)
+}
+
+// storeOf wraps a statsStore as the Store newStats is given.
+type statsOnlyStore struct {
+	Store
+	statsStore
+}
+
+// TestStatsStoreOutage: while the store fails, counts stay in memory and
+// show in /stats; when it is back they are written once, not twice.
+func TestStatsStoreOutage(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
+	fs := &failingStore{}
+	st := newTestStats(t, statsOnlyStore{statsStore: fs}, clock)
+	ctx := context.Background()
+	for range 3 {
+		st.record(rec("/a", clock.Now(), 200, time.Millisecond))
+	}
+	if err := st.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := viewOf(t, st); v.Total != 3 {
+		t.Fatalf("/stats before the outage: total %d, want 3", v.Total)
+	}
+	fs.down.Store(true)
+	for range 4 {
+		st.record(rec("/a", clock.Now(), 200, time.Millisecond))
+	}
+	if err := st.flush(ctx); !errors.Is(err, errTestStoreDown) {
+		t.Fatalf("flush while down = %v, want the store's error", err)
+	}
+	clock.Set(clock.Now().Add(time.Hour)) // the outage spans an hour
+	st.record(rec("/a", clock.Now(), 200, time.Millisecond))
+	if err := st.flush(ctx); err == nil {
+		t.Fatal("flush while down succeeded")
+	}
+	if v := viewOf(t, st); v.Total != 8 {
+		t.Errorf("/stats during the outage: total %d, want 8 (3 stored, 5 in memory)", v.Total)
+	}
+	fs.down.Store(false)
+	if err := st.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := fs.writes.Load(); n != 2 {
+		t.Errorf("%d writes, want 2 (before and after the outage; nothing left to write after)", n)
+	}
+	d, _ := fs.memStatsStore.LoadStats(ctx, clock.Now())
+	if got := d.Total["/a|count"]; got != 8 {
+		t.Errorf("stored count = %d, want 8", got)
+	}
+	h := clock.Now().Unix() / hourSeconds
+	if got, got2 := d.Hours[h-1]["/a|count"], d.Hours[h]["/a|count"]; got != 7 || got2 != 1 {
+		t.Errorf("stored hours = %d and %d, want 7 and 1", got, got2)
+	}
+	if v := viewOf(t, st); v.Total != 8 {
+		t.Errorf("/stats after the outage: total %d, want 8", v.Total)
+	}
+}
+
+// TestStatsSpill: a final flush that fails leaves the counts in the spill
+// file; the next start writes them and removes it.
+func TestStatsSpill(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
+	dir := t.TempDir()
+	fs := &failingStore{}
+	newSt := func() *Stats {
+		return newStats(statsConfig{enabled: true, store: statsOnlyStore{statsStore: fs}, logger: testLogger(),
+			now: clock.Now, routes: testRoutes(t, nil), dataDir: dir})
+	}
+	st := newSt()
+	fs.down.Store(true)
+	for range 5 {
+		st.record(rec("/a", clock.Now(), 200, time.Millisecond))
+	}
+	st.close()
+	spill := filepath.Join(dir, statsSpillFile)
+	if _, err := os.Stat(spill); err != nil {
+		t.Fatalf("no spill file after a failed final flush: %v", err)
+	}
+	fs.down.Store(false)
+	st = newSt()
+	if v := viewOf(t, st); v.Total != 5 {
+		t.Errorf("/stats before the first flush: total %d, want the 5 spilled", v.Total)
+	}
+	if err := st.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(spill); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("spill file still there after its counts were written: %v", err)
+	}
+	st.close()
+	d, _ := fs.memStatsStore.LoadStats(context.Background(), clock.Now())
+	if got := d.Total["/a|count"]; got != 5 {
+		t.Errorf("stored count = %d, want 5", got)
+	}
+}
+
+// TestStatsStoreContract runs AddStats/LoadStats against each store.
+func TestStatsStoreContract(t *testing.T) {
+	stores := map[string]func(t *testing.T) statsStore{
+		"memory": func(t *testing.T) statsStore { return &memStatsStore{} },
+		"bolt": func(t *testing.T) statsStore {
+			s, err := openBoltStore(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
+		"redis": func(t *testing.T) statsStore {
+			addr := testRedisAddr(t)
+			return openTestRedisStore(t, addr, testKeyPrefix(t, addr), "")
+		},
+	}
+	for name, open := range stores {
+		t.Run(name, func(t *testing.T) {
+			s := open(t)
+			ctx := context.Background()
+			now := time.Now() // Redis expires buckets by their time
+			h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
+			d1 := newStatsData()
+			d1.Total["/a|count"] = 3
+			d1.Last["/a"] = 100
+			bucket(d1.Hours, h)["/a|count"] = 2
+			bucket(d1.Hours, h-1)["/a|count"] = 1
+			bucket(d1.Hours, h-windowHours)["/a|count"] = 7 // outside the window
+			bucket(d1.Days, day)["/a|count"] = 3
+			bucket(d1.Days, day-windowDays)["/a|count"] = 9 // outside the window
+			d2 := newStatsData()
+			d2.Total["/a|count"] = 4
+			d2.Total["/a|m|gpt-4o|count"] = 1
+			d2.Last["/a"] = 50
+			d2.Last["/b"] = 70
+			bucket(d2.Hours, h)["/a|count"] = 4
+			for _, d := range []*statsData{d1, d2} {
+				if err := s.AddStats(ctx, d); err != nil {
+					t.Fatalf("AddStats: %v", err)
+				}
+			}
+			got, err := s.LoadStats(ctx, now)
+			if err != nil {
+				t.Fatalf("LoadStats: %v", err)
+			}
+			if got.Total["/a|count"] != 7 || got.Total["/a|m|gpt-4o|count"] != 1 {
+				t.Errorf("total = %v, want count 7 and the model's 1", got.Total)
+			}
+			if got.Last["/a"] != 100 || got.Last["/b"] != 70 {
+				t.Errorf("last = %v, want the larger values", got.Last)
+			}
+			if got.Hours[h]["/a|count"] != 6 || got.Hours[h-1]["/a|count"] != 1 || len(got.Hours) != 2 {
+				t.Errorf("hours = %v, want this hour 6 and the one before 1, nothing older", got.Hours)
+			}
+			if got.Days[day]["/a|count"] != 3 || len(got.Days) != 1 {
+				t.Errorf("days = %v, want today 3, nothing older", got.Days)
+			}
+		})
+	}
+}
+
+// TestStatsBoltPrunes: the embedded store keeps keepHours of hours and
+// keepDays of days, however long it runs.
+func TestStatsBoltPrunes(t *testing.T) {
+	s, err := openBoltStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+	for i := range int64(24 * 60) { // 60 days, hour by hour
+		d := newStatsData()
+		h := start/hourSeconds + i
+		bucket(d.Hours, h)["/a|count"] = 1
+		bucket(d.Days, h/24)["/a|count"] = 1
+		if err := s.AddStats(context.Background(), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var hours, days int
+	s.db.View(func(tx *bolt.Tx) error {
+		root := tx.Bucket(boltStats)
+		hours = root.Bucket(boltStatsHours).Stats().BucketN - 1
+		days = root.Bucket(boltStatsDays).Stats().BucketN - 1
+		return nil
+	})
+	if hours > keepHours+1 || days > keepDays+1 {
+		t.Errorf("kept %d hours and %d days, want at most %d and %d", hours, days, keepHours+1, keepDays+1)
+	}
+}
+
+// TestRecordAllocs: the proxy's observer allocates nothing once the prefix
+// and model were seen.
+func TestRecordAllocs(t *testing.T) {
+	st := newTestStats(t, nil, &fakeClock{t: time.Now()})
+	r := rec("/a", time.Now(), 200, 3*time.Millisecond)
+	ru := rec("/a", time.Now(), 200, 3*time.Millisecond)
+	ru.Usage = tokenUsage{Known: true, Prompt: 10, Completion: 20, Total: 30, Model: []byte("gpt-4o")}
+	st.record(r)
+	st.record(ru)
+	if n := testing.AllocsPerRun(1000, func() { st.record(r); st.record(ru) }); n != 0 {
+		t.Errorf("record allocates %v times per call, want 0", n)
+	}
+}
+
+// BenchmarkRecord measures the proxy's observer: a request without usage
+// (most proxied calls), one with usage and a model, and all cores
+// recording on one prefix at once.
+func BenchmarkRecord(b *testing.B) {
+	st := newTestStats(b, nil, &fakeClock{t: time.Now()})
+	plain := rec("/a", time.Now(), 200, 3*time.Millisecond)
+	usage := rec("/a", time.Now(), 200, 3*time.Millisecond)
+	usage.Usage = tokenUsage{Known: true, Prompt: 10, Completion: 20, Total: 30, Model: []byte("gpt-4o-2024-08-06")}
+	st.record(usage)
+	b.Run("plain", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			st.record(plain)
+		}
+	})
+	b.Run("usage", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			st.record(usage)
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				st.record(plain)
+			}
+		})
+	})
+}
+
+// getStats GETs /stats from base and decodes it.
+func getStats(t testing.TB, client *http.Client, base string) statsView {
+	t.Helper()
+	res, err := client.Get(base + "/stats")
+	if err != nil {
+		t.Fatalf("GET /stats: %v", err)
+	}
+	defer res.Body.Close()
+	body := readAll(t, res)
+	if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") {
+		t.Fatalf("GET /stats = %d %q %s", res.StatusCode, res.Header.Get("Content-Type"), body)
+	}
+	var v statsView
+	if err := json.Unmarshal(body, &v); err != nil {
+		t.Fatalf("decode /stats %s: %v", body, err)
+	}
+	return v
+}
+
+// waitStats polls /stats until cond holds (the answer is cached for up to
+// statsCacheTTL) and returns the answer that satisfied it.
+func waitStats(t testing.TB, client *http.Client, base string, cond func(v statsView) bool, what string) statsView {
+	t.Helper()
+	var v statsView
+	eventually(t, func() bool {
+		v = getStats(t, client, base)
+		return cond(v)
+	}, what)
+	return v
+}
+
+// writeInPieces writes s to w in pieces of 1 to 40 bytes, flushing each, so
+// that events reach the proxy split across reads.
+func writeInPieces(w http.ResponseWriter, s string, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	for len(s) > 0 {
+		n := min(1+rng.IntN(40), len(s))
+		io.WriteString(w, s[:n])
+		w.(http.Flusher).Flush()
+		s = s[n:]
+	}
+}
+
+// TestStatsThroughProxy sends provider-shaped responses through the real
+// server and checks what /stats reports, and that the bodies arrive
+// unchanged.
+func TestStatsThroughProxy(t *testing.T) {
+	entered := make(chan struct{})
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		switch strings.TrimPrefix(r.URL.Path, "/v1/") {
+		case "chat":
+			h.Set("Content-Type", "application/json")
+			io.WriteString(w, openAIChatJSON)
+		case "anthropic":
+			h.Set("Content-Type", "text/event-stream")
+			writeInPieces(w, anthropicSSE, 1)
+		case "gemini":
+			h.Set("Content-Type", "text/event-stream")
+			writeInPieces(w, geminiSSE, 2)
+		case "gzip":
+			h.Set("Content-Type", "application/json")
+			h.Set("Content-Encoding", "br") // http.Client would decode gzip
+			io.WriteString(w, "\x1f\x8b not really br")
+		case "fail":
+			h.Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusInternalServerError)
+			io.WriteString(w, openAIErrorJSON)
+		case "hang":
+			h.Set("Content-Type", "text/event-stream")
+			io.WriteString(w, "data: {\"type\":\"ping\"}\n\n")
+			w.(http.Flusher).Flush()
+			close(entered)
+			<-r.Context().Done()
+		}
+	})
+	dead := newUpstream(t, nil)
+	dead.Close() // refuses connections: 502
+	s, front := newTestServer(t, map[string]string{"/p": up.URL, "/dead": dead.URL})
+	client := front.Client()
+
+	for _, c := range []struct {
+		path, want string
+		status     int
+	}{
+		{"/p/v1/chat", openAIChatJSON, 200},
+		{"/p/v1/chat", openAIChatJSON, 200},
+		{"/p/v1/anthropic", anthropicSSE, 200},
+		{"/p/v1/gemini", geminiSSE, 200},
+		{"/p/v1/gzip", "\x1f\x8b not really br", 200},
+		{"/p/v1/fail", openAIErrorJSON, 500},
+		{"/dead/v1/chat", "", 502},
+	} {
+		code, body := getStatus(t, client, front.URL+c.path)
+		if code != c.status || c.want != "" && string(body) != c.want {
+			t.Errorf("GET %s = %d %q, want %d and the upstream's body unchanged", c.path, code, body, c.status)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", front.URL+"/p/v1/hang", nil)
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, entered, "the upstream to start the stream")
+	cancel()
+	res.Body.Close()
+
+	v := waitStats(t, client, front.URL, func(v statsView) bool {
+		p := v.Endpoints["/p"]
+		return p != nil && p.Count == 7 && v.Total == 8
+	}, "/stats to count 7 requests of /p and 8 in all")
+	p, d := v.Endpoints["/p"], v.Endpoints["/dead"]
+	for _, c := range []struct {
+		name      string
+		got, want int64
+	}{
+		{"errors", v.Errors, 2},
+		{"last_24h", v.Last24h, 8},
+		{"last_7d", v.Last7d, 8},
+		{"last_30d", v.Last30d, 8},
+		{"client_closed", v.ClientClosed, 1},
+		{"/p error_count", p.ErrorCount, 1},
+		{"/p client_closed", p.ClientClosed, 1},
+		{"/p 2xx", p.Status.S2xx, 5},
+		{"/p 5xx", p.Status.S5xx, 1},
+		{"/p tokens.prompt", p.Tokens.Prompt, 2*1117 + 40 + 8},
+		{"/p tokens.completion", p.Tokens.Completion, 2*46 + 15 + 35},
+		{"/p tokens.total", p.Tokens.Total, 2*1163 + 55 + 43},
+		{"/p tokens.cache_read", p.Tokens.CacheRead, 2*1024 + 5},
+		{"/p tokens.cache_write", p.Tokens.CacheWrite, 10},
+		{"/p tokens.unknown_responses", p.Tokens.UnknownResponses, 1},
+		{"/dead count", d.Count, 1},
+		{"/dead error_count", d.ErrorCount, 1},
+		{"/dead 5xx", d.Status.S5xx, 1},
+		{"tokens.total", v.Tokens.Total, 2*1163 + 55 + 43},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+	wantModels := map[string]modelView{
+		"gpt-4o-2024-08-06":        {Count: 2, Prompt: 2234, Completion: 92, Total: 2326, CacheRead: 2048},
+		"claude-opus-4-1-20250805": {Count: 1, Prompt: 40, Completion: 15, Total: 55, CacheRead: 5, CacheWrite: 10},
+		"gemini-2.0-flash":         {Count: 1, Prompt: 8, Completion: 35, Total: 43},
+	}
+	if len(p.Models) != len(wantModels) {
+		t.Errorf("/p models = %v, want %v", p.Models, wantModels)
+	}
+	for name, want := range wantModels {
+		if got := p.Models[name]; got == nil || *got != want {
+			t.Errorf("/p models[%s] = %+v, want %+v", name, got, want)
+		}
+	}
+	if p.BytesOut < int64(2*len(openAIChatJSON)+len(anthropicSSE)+len(geminiSSE)) || p.LastRequest == 0 || p.LatencyMS.P50 <= 0 || p.TTFBMS.P50 <= 0 {
+		t.Errorf("/p bytes_out %d, last_request %d, latency %+v, ttfb %+v; want them all set", p.BytesOut, p.LastRequest, p.LatencyMS, p.TTFBMS)
+	}
+	if p.Target != up.URL || d.Target != dead.URL {
+		t.Errorf("targets %q, %q; want %q, %q", p.Target, d.Target, up.URL, dead.URL)
+	}
+	perf := v.Performance
+	if perf.GoroutineCount <= 0 || perf.MemoryUsageMB <= 0 || perf.UptimeSeconds < 0 || perf.ActiveRequests != 0 {
+		t.Errorf("performance = %+v", perf)
+	}
+	if !v.StatsEnabled {
+		t.Error("stats_enabled = false, want true")
+	}
+	_ = s
+}
+
+// TestStatsJSONShape checks the field names of /stats that the dashboard
+// and users' scripts read (SPEC §4).
+func TestStatsJSONShape(t *testing.T) {
+	up := newUpstream(t, nil)
+	_, front := newTestServer(t, map[string]string{"/openai": up.URL})
+	getStatus(t, front.Client(), front.URL+"/openai/x")
+	_, body := getStatus(t, front.Client(), front.URL+"/stats")
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatal(err)
+	}
+	has := func(obj map[string]any, where string, keys ...string) {
+		t.Helper()
+		for _, k := range keys {
+			if _, ok := obj[k]; !ok {
+				t.Errorf("%s has no %q: %v", where, k, obj)
+			}
+		}
+	}
+	has(m, "/stats", "total", "errors", "last_24h", "last_7d", "last_30d", "tokens", "endpoints", "series", "performance")
+	has(m["tokens"].(map[string]any), "tokens", "prompt", "completion", "total")
+	ep := m["endpoints"].(map[string]any)["/openai"].(map[string]any)
+	has(ep, "endpoint", "target", "count", "error_count", "last_request", "last_24h", "last_7d", "last_30d",
+		"status", "client_closed", "bytes_in", "bytes_out", "latency_ms", "ttfb_ms", "tokens", "models")
+	has(ep["status"].(map[string]any), "status", "2xx", "3xx", "4xx", "5xx")
+	has(ep["latency_ms"].(map[string]any), "latency_ms", "avg", "p50", "p95", "p99")
+	has(ep["ttfb_ms"].(map[string]any), "ttfb_ms", "p50", "p95", "p99")
+	has(ep["tokens"].(map[string]any), "endpoint tokens", "prompt", "completion", "total", "unknown_responses")
+	series := m["series"].(map[string]any)
+	for name, n := range map[string]int{"hourly": 24, "daily": 30} {
+		pts, _ := series[name].([]any)
+		if len(pts) != n {
+			t.Fatalf("series.%s has %d points, want %d", name, len(pts), n)
+		}
+		has(pts[0].(map[string]any), "series point", "t", "count", "errors")
+	}
+	has(m["performance"].(map[string]any), "performance", "requests_per_sec", "avg_response_time_ms",
+		"error_rate", "memory_usage_mb", "goroutine_count", "active_requests", "uptime_seconds")
+}
+
+// TestStatsDisabled: with ENABLE_STATS=false requests are proxied as
+// always and nothing is counted or stored.
+func TestStatsDisabled(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, openAIChatJSON)
+	})
+	cfg := testConfig(t, map[string]string{"ENABLE_STATS": "false"})
+	s, front := newTestServerConfig(t, cfg, map[string]string{"/p": up.URL})
+	if s.proxy.observe != nil {
+		t.Fatal("the proxy has an observer with stats off")
+	}
+	for range 3 {
+		if code, body := getStatus(t, front.Client(), front.URL+"/p/v1/chat"); code != 200 || string(body) != openAIChatJSON {
+			t.Fatalf("proxied request = %d %q", code, body)
+		}
+	}
+	v := getStats(t, front.Client(), front.URL)
+	if v.StatsEnabled || v.Total != 0 || v.Endpoints["/p"] == nil || v.Endpoints["/p"].Target != up.URL {
+		t.Errorf("/stats = %+v, want stats_enabled false, total 0 and the endpoint listed", v)
+	}
+	s.stats.close()
+	d, err := s.store.(statsStore).LoadStats(context.Background(), time.Now())
+	if err != nil || len(d.Total) != 0 {
+		t.Errorf("stored stats = %v, %v; want none", d.Total, err)
+	}
+}
+
+// TestStatsSurviveShutdown sends requests while run() is cancelled (what
+// SIGTERM does), restarts it on the same store and finds exactly the
+// requests that were answered counted: with the embedded store and with
+// Redis.
+func TestStatsSurviveShutdown(t *testing.T) {
+	for _, kind := range []string{"embedded", "redis"} {
+		t.Run(kind, func(t *testing.T) {
+			up := newUpstream(t, nil)
+			cfg := testConfig(t, nil)
+			if kind == "redis" {
+				cfg.RedisURL = startRedisServer(t).url()
+			}
+			store, err := openStore(context.Background(), cfg, testLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := store.CreateMapping(context.Background(), "/p", up.URL); err != nil {
+				t.Fatal(err)
+			}
+			store.Close()
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			addr, runErr := startRun(t, ctx, cfg)
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+			defer client.CloseIdleConnections()
+			var ok atomic.Int64
+			var wg sync.WaitGroup
+			for range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						res, err := client.Get("http://" + addr + "/p/x")
+						if err != nil {
+							return // the listener closed
+						}
+						_, err = io.Copy(io.Discard, res.Body)
+						res.Body.Close()
+						if err == nil && res.StatusCode == http.StatusOK {
+							ok.Add(1)
+						}
+					}
+				}()
+			}
+			eventually(t, func() bool { return ok.Load() >= 300 }, "300 requests answered")
+			cancel()
+			select {
+			case err := <-runErr:
+				if err != nil {
+					t.Fatalf("run = %v", err)
+				}
+			case <-time.After(testTimeout):
+				t.Fatal("run did not return after cancel")
+			}
+			wg.Wait()
+			n := ok.Load()
+			t.Logf("%d requests answered before and during the shutdown", n)
+
+			ctx2, cancel2 := context.WithCancel(context.Background())
+			defer cancel2()
+			addr2, runErr2 := startRun(t, ctx2, cfg)
+			v := getStats(t, client, "http://"+addr2)
+			if v.Total != n || v.Endpoints["/p"] == nil || v.Endpoints["/p"].Count != n || v.Last24h != n {
+				t.Errorf("after restart: total %d, last_24h %d, /p %+v; want exactly the %d requests answered", v.Total, v.Last24h, v.Endpoints["/p"], n)
+			}
+			cancel2()
+			if err := <-runErr2; err != nil {
+				t.Errorf("second run = %v", err)
+			}
+		})
+	}
+}
+
+// TestStatsRedisFleet: two instances on one Redis each count their own
+// requests, and /stats on either shows the sum.
+func TestStatsRedisFleet(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	up := newUpstream(t, nil)
+	var fronts []*httptest.Server
+	for range 2 {
+		cfg := testConfig(t, nil)
+		s, front := newRedisTestServer(t, cfg, openTestRedisStore(t, addr, prefix, ""))
+		setMappings(t, s, map[string]string{"/p": up.URL})
+		fronts = append(fronts, front)
+	}
+	for i, n := range []int{3, 2} {
+		for range n {
+			if code, _ := getStatus(t, fronts[i].Client(), fronts[i].URL+"/p/x"); code != 200 {
+				t.Fatalf("request through instance %d = %d", i, code)
+			}
+		}
+	}
+	for i, f := range fronts {
+		waitStats(t, f.Client(), f.URL, func(v statsView) bool {
+			return v.Total == 5 && v.Endpoints["/p"] != nil && v.Endpoints["/p"].Count == 5 && v.Last24h == 5
+		}, fmt.Sprintf("instance %d to show the fleet's 5 requests", i))
+	}
+}
+
+// TestStatsRedisOutage: while Redis is down requests are still counted in
+// memory and shown; when it is back the deltas are written to it.
+func TestStatsRedisOutage(t *testing.T) {
+	rs := startRedisServer(t)
+	up := newUpstream(t, nil)
+	store := openTestRedisStore(t, rs.addr(), redisKeyPrefix, "")
+	s, front := newRedisTestServer(t, testConfig(t, nil), store)
+	setMappings(t, s, map[string]string{"/p": up.URL})
+	client := front.Client()
+	rc := rs.client()
+	count := func() int64 {
+		n, _ := rc.HGet(context.Background(), redisKeyPrefix+redisStatsTotalKey, "/p|count").Int64()
+		return n
+	}
+	for range 3 {
+		getStatus(t, client, front.URL+"/p/x")
+	}
+	eventually(t, func() bool { return count() == 3 }, "3 requests written to Redis")
+	waitStats(t, client, front.URL, func(v statsView) bool { return v.Total == 3 }, "/stats to read 3 from Redis")
+
+	rs.kill()
+	for range 4 {
+		if code, _ := getStatus(t, client, front.URL+"/p/x"); code != 200 {
+			t.Fatalf("proxying during the outage = %d", code)
+		}
+	}
+	waitStats(t, client, front.URL, func(v statsView) bool { return v.Total == 7 }, "/stats during the outage to show 3 read + 4 in memory")
+
+	rs.start() // empty: no persistence
+	eventually(t, func() bool { return count() == 4 }, "the 4 requests of the outage written to Redis once it is back")
+	hour := strconv.FormatInt(time.Now().Unix()/hourSeconds, 10)
+	ttl := rc.TTL(context.Background(), redisKeyPrefix+redisStatsHourKey+hour).Val()
+	if ttl <= 0 || ttl > (keepHours+1)*time.Hour {
+		t.Errorf("hour bucket TTL = %v, want it to expire within %d h", ttl, keepHours+1)
+	}
+}
