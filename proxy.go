@@ -1,6 +1,7 @@
 package main
 
 import (
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -51,10 +52,11 @@ type proxy struct {
 	routes    *atomic.Pointer[routeTable]
 	observe   func(*requestRecord) // called once per finished request; may be nil
 
-	requests   sync.Pool // *proxyRequest
-	bulkBufs   sync.Pool // *[]byte of bulkBufferSize
-	streamBufs sync.Pool // *[]byte of streamBufferSize
-	active     atomic.Int64
+	requests    sync.Pool // *proxyRequest
+	bulkBufs    sync.Pool // *[]byte of bulkBufferSize
+	streamBufs  sync.Pool // *[]byte of streamBufferSize
+	gzipReaders sync.Pool // *gzip.Reader, to read the usage of gzip-encoded JSON
+	active      atomic.Int64
 }
 
 // requestRecord is what the proxy tells its observer about one finished
@@ -579,7 +581,7 @@ func (b *responseBody) Read(p []byte) (int, error) {
 	b.pr.rec.BytesOut += int64(n)
 	if b.usage.active() {
 		b.usage.feed(p[:n])
-		if err != nil {
+		if err != nil && !b.usage.gzipped() {
 			b.pr.rec.Usage = b.usage.finish()
 		}
 	}
@@ -587,9 +589,21 @@ func (b *responseBody) Read(p []byte) (int, error) {
 }
 
 // Close also ends usage parsing of a body that was not read to its end
-// (the client left, or the upstream broke): what was seen counts.
+// (the client left, or the upstream broke): what was seen counts. A
+// gzip-encoded body is decoded here, after ReverseProxy wrote its last
+// bytes to the client, so that the decoding delays nothing.
 func (b *responseBody) Close() error {
-	if b.usage.active() {
+	if b.usage.gzipped() {
+		p := b.pr.p
+		zr, _ := p.gzipReaders.Get().(*gzip.Reader)
+		if zr == nil {
+			zr = new(gzip.Reader)
+		}
+		buf := p.streamBufs.Get().(*[]byte)
+		b.pr.rec.Usage = b.usage.finishGzip(zr, *buf)
+		p.streamBufs.Put(buf)
+		p.gzipReaders.Put(zr)
+	} else if b.usage.active() {
 		b.pr.rec.Usage = b.usage.finish()
 	}
 	return b.ReadCloser.Close()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -653,6 +654,13 @@ func TestStatsThroughProxy(t *testing.T) {
 			h.Set("Content-Type", "application/json")
 			h.Set("Content-Encoding", "br") // http.Client would decode gzip
 			io.WriteString(w, "\x1f\x8b not really br")
+		case "gzipjson":
+			// What api.openai.com sends the OpenAI SDKs, which ask for gzip.
+			h.Set("Content-Type", "application/json")
+			h.Set("Content-Encoding", "gzip")
+			zw := gzip.NewWriter(w)
+			io.WriteString(zw, openAIChatJSON)
+			zw.Close()
 		case "fail":
 			h.Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusInternalServerError)
@@ -679,6 +687,7 @@ func TestStatsThroughProxy(t *testing.T) {
 		{"/p/v1/anthropic", anthropicSSE, 200},
 		{"/p/v1/gemini", geminiSSE, 200},
 		{"/p/v1/gzip", "\x1f\x8b not really br", 200},
+		{"/p/v1/gzipjson", openAIChatJSON, 200}, // the client decodes it
 		{"/p/v1/fail", openAIErrorJSON, 500},
 		{"/dead/v1/chat", "", 502},
 	} {
@@ -699,39 +708,39 @@ func TestStatsThroughProxy(t *testing.T) {
 
 	v := waitStats(t, client, front.URL, func(v statsView) bool {
 		p := v.Endpoints["/p"]
-		return p != nil && p.Count == 7 && v.Total == 8
-	}, "/stats to count 7 requests of /p and 8 in all")
+		return p != nil && p.Count == 8 && v.Total == 9
+	}, "/stats to count 8 requests of /p and 9 in all")
 	p, d := v.Endpoints["/p"], v.Endpoints["/dead"]
 	for _, c := range []struct {
 		name      string
 		got, want int64
 	}{
 		{"errors", v.Errors, 2},
-		{"last_24h", v.Last24h, 8},
-		{"last_7d", v.Last7d, 8},
-		{"last_30d", v.Last30d, 8},
+		{"last_24h", v.Last24h, 9},
+		{"last_7d", v.Last7d, 9},
+		{"last_30d", v.Last30d, 9},
 		{"client_closed", v.ClientClosed, 1},
 		{"/p error_count", p.ErrorCount, 1},
 		{"/p client_closed", p.ClientClosed, 1},
-		{"/p 2xx", p.Status.S2xx, 5},
+		{"/p 2xx", p.Status.S2xx, 6},
 		{"/p 5xx", p.Status.S5xx, 1},
-		{"/p tokens.prompt", p.Tokens.Prompt, 2*1117 + 40 + 8},
-		{"/p tokens.completion", p.Tokens.Completion, 2*46 + 15 + 35},
-		{"/p tokens.total", p.Tokens.Total, 2*1163 + 55 + 43},
-		{"/p tokens.cache_read", p.Tokens.CacheRead, 2*1024 + 5},
+		{"/p tokens.prompt", p.Tokens.Prompt, 3*1117 + 40 + 8},
+		{"/p tokens.completion", p.Tokens.Completion, 3*46 + 15 + 35},
+		{"/p tokens.total", p.Tokens.Total, 3*1163 + 55 + 43},
+		{"/p tokens.cache_read", p.Tokens.CacheRead, 3*1024 + 5},
 		{"/p tokens.cache_write", p.Tokens.CacheWrite, 10},
 		{"/p tokens.unknown_responses", p.Tokens.UnknownResponses, 1},
 		{"/dead count", d.Count, 1},
 		{"/dead error_count", d.ErrorCount, 1},
 		{"/dead 5xx", d.Status.S5xx, 1},
-		{"tokens.total", v.Tokens.Total, 2*1163 + 55 + 43},
+		{"tokens.total", v.Tokens.Total, 3*1163 + 55 + 43},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
 		}
 	}
 	wantModels := map[string]modelView{
-		"gpt-4o-2024-08-06":        {Count: 2, Prompt: 2234, Completion: 92, Total: 2326, CacheRead: 2048},
+		"gpt-4o-2024-08-06":        {Count: 3, Prompt: 3351, Completion: 138, Total: 3489, CacheRead: 3072},
 		"claude-opus-4-1-20250805": {Count: 1, Prompt: 40, Completion: 15, Total: 55, CacheRead: 5, CacheWrite: 10},
 		"gemini-2.0-flash":         {Count: 1, Prompt: 8, Completion: 35, Total: 43},
 	}

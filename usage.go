@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
+	"io"
 	"net/http"
 	"strings"
 )
@@ -33,6 +35,10 @@ import (
 //
 // Streamed usage is cumulative (Anthropic message_delta, Gemini chunks), so
 // for every field the last value seen counts, never the sum.
+//
+// A gzip-encoded JSON body (OpenAI's SDKs ask for gzip) is kept compressed
+// as it passes, up to usageGzipLimit, and a copy is decoded by finishGzip
+// after the client has it all. Other encodings are not decoded: unknown.
 
 // usageField names one token count the parser reads.
 type usageField uint8
@@ -63,6 +69,13 @@ const (
 	// huge body would cost CPU for nothing.
 	usageScanLimit = 1 << 20
 	usageTailSize  = 16 << 10
+	// usageGzipLimit bounds the compressed JSON body kept to be decoded
+	// once it has passed; a larger one counts as unknown. usageGunzipLimit
+	// bounds what is decoded from it (a zip bomb stops there).
+	usageGzipLimit   = 256 << 10
+	usageGunzipLimit = 8 << 20
+	// usageGzipKeep is the largest compressed buffer kept for reuse.
+	usageGzipKeep = 64 << 10
 	// jsonMaxDepth bounds the container stack. A document nested deeper
 	// is given up on (usage is never deeper than 4).
 	jsonMaxDepth = 32
@@ -87,6 +100,7 @@ const (
 	usageOff uint8 = iota
 	usageJSON
 	usageSSE
+	usageGzipJSON // gzip-encoded JSON: kept compressed, decoded by finishGzip
 )
 
 // SSE line states.
@@ -118,6 +132,10 @@ type usageParser struct {
 	tail    []byte // last bytes of a body larger than usageScanLimit; cap 2*usageTailSize
 	tailing bool
 
+	// Gzip-encoded JSON (what OpenAI's SDKs ask for): the compressed bytes,
+	// at most usageGzipLimit of them.
+	gz []byte
+
 	// SSE.
 	line   uint8
 	pfx    uint8 // bytes of "data:" matched
@@ -126,17 +144,27 @@ type usageParser struct {
 }
 
 // reset prepares the parser for a response with header h: it parses JSON
-// and SSE bodies that are not compressed (bodies are never decoded, so a
-// gzip body's usage is unknown) and ignores everything else.
+// and SSE bodies that are not compressed, and gzip-encoded JSON bodies of
+// at most usageGzipLimit (kept compressed as they pass, decoded by
+// finishGzip once the client has them all); it ignores everything else.
+// The bytes sent to the client are never changed: only a copy is decoded.
 func (u *usageParser) reset(h http.Header) {
 	u.mode = usageOff
 	u.seen, u.nm, u.scanned, u.tailing = 0, 0, 0, false
 	u.vals = [numUsageFields]int64{}
 	u.tail = u.tail[:0]
+	if cap(u.gz) > usageGzipKeep {
+		u.gz = nil
+	}
+	u.gz = u.gz[:0]
 	u.sc.reset()
 	u.line, u.pfx, u.prevCR, u.inData = lineStart, 0, false, false
+	gzipped := false
 	if ce := h["Content-Encoding"]; len(ce) > 0 && ce[0] != "" && !strings.EqualFold(ce[0], "identity") {
-		return
+		if len(ce) > 1 || !strings.EqualFold(strings.TrimSpace(ce[0]), "gzip") {
+			return
+		}
+		gzipped = true
 	}
 	ct := h["Content-Type"]
 	if len(ct) == 0 {
@@ -147,10 +175,17 @@ func (u *usageParser) reset(h http.Header) {
 	switch {
 	case strings.EqualFold(base, "application/json"):
 		u.mode = usageJSON
-	case strings.EqualFold(base, "text/event-stream"):
+		if gzipped {
+			u.mode = usageGzipJSON
+		}
+	case strings.EqualFold(base, "text/event-stream") && !gzipped:
 		u.mode = usageSSE
 	}
 }
+
+// gzipped reports whether the body is gzip-encoded JSON whose usage is
+// read by finishGzip rather than finish.
+func (u *usageParser) gzipped() bool { return u.mode == usageGzipJSON }
 
 // active reports whether the parser still wants bytes.
 func (u *usageParser) active() bool { return u.mode != usageOff }
@@ -162,7 +197,41 @@ func (u *usageParser) feed(p []byte) {
 		u.feedJSON(p)
 	case usageSSE:
 		u.feedSSE(p)
+	case usageGzipJSON:
+		if len(u.gz)+len(p) > usageGzipLimit {
+			u.mode, u.gz = usageOff, nil // too large to keep: unknown
+			return
+		}
+		u.gz = append(u.gz, p...)
 	}
+}
+
+// finishGzip decodes the compressed JSON body kept by feed with zr (reset
+// here; the caller owns it and may pool it), reading through buf, and
+// returns its usage like finish. A body that does not decode counts as
+// unknown. It runs once the body has passed, so it delays no byte.
+func (u *usageParser) finishGzip(zr *gzip.Reader, buf []byte) tokenUsage {
+	u.mode = usageJSON
+	var src bytes.Reader
+	src.Reset(u.gz)
+	if err := zr.Reset(&src); err != nil {
+		u.mode = usageOff
+		return tokenUsage{}
+	}
+	zr.Multistream(false)
+	r := io.LimitReader(zr, usageGunzipLimit)
+	for {
+		n, err := r.Read(buf)
+		u.feedJSON(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			u.mode = usageOff
+			return tokenUsage{}
+		}
+	}
+	return u.finish()
 }
 
 func (u *usageParser) feedJSON(p []byte) {

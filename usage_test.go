@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"runtime"
@@ -223,15 +225,63 @@ func TestUsageParser(t *testing.T) {
 	}
 }
 
-func TestUsageParserCompressedIgnored(t *testing.T) {
+// TestUsageParserCompressed checks gzip-encoded JSON: its usage is read
+// from a decoded copy after the body passed, fed in any split; other
+// encodings, gzip SSE, a broken and an oversized gzip body count as unknown.
+func TestUsageParserCompressed(t *testing.T) {
+	gz := func(s string) []byte {
+		var b bytes.Buffer
+		zw := gzip.NewWriter(&b)
+		io.WriteString(zw, s)
+		zw.Close()
+		return b.Bytes()
+	}
+	var zr gzip.Reader
+	buf := make([]byte, 2048)
+	parse := func(u *usageParser, h http.Header, body []byte, chunk int) tokenUsage {
+		u.reset(h)
+		for len(body) > 0 && u.active() {
+			n := min(chunk, len(body))
+			u.feed(body[:n])
+			body = body[n:]
+		}
+		if !u.gzipped() {
+			return u.finish()
+		}
+		r := u.finishGzip(&zr, buf)
+		r.Model = bytes.Clone(r.Model)
+		return r
+	}
+	gzJSON := http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"gzip"}}
 	var u usageParser
-	u.reset(http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"gzip"}})
-	if u.active() {
-		t.Fatal("parser active on a gzip body; bodies are never decoded")
+	for _, chunk := range []int{1, 7, 4096} {
+		got := parse(&u, gzJSON, gz(openAIChatJSON), chunk)
+		if !got.Known || got.Prompt != 1117 || got.Completion != 46 || got.Total != 1163 || string(got.Model) != "gpt-4o-2024-08-06" {
+			t.Errorf("gzip JSON in %d-byte reads: %+v, want the usage of the decoded body", chunk, got)
+		}
+	}
+	truncated := gz(openAIChatJSON)
+	truncated = truncated[:len(truncated)/2]
+	huge := make([]byte, usageGzipLimit+1)
+	for _, tt := range []struct {
+		name string
+		h    http.Header
+		body []byte
+	}{
+		{"br", http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"br"}}, []byte(openAIChatJSON)},
+		{"gzip, then another coding", http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"gzip", "br"}}, gz(openAIChatJSON)},
+		{"gzip SSE", http.Header{"Content-Type": {"text/event-stream"}, "Content-Encoding": {"gzip"}}, gz(openAIChatSSE)},
+		{"truncated gzip", gzJSON, truncated},
+		{"not gzip at all", gzJSON, []byte(openAIChatJSON)},
+		{"over the kept limit", gzJSON, huge},
+	} {
+		if got := parse(&u, tt.h, tt.body, 4096); got.Known {
+			t.Errorf("%s: %+v, want unknown", tt.name, got)
+		}
 	}
 	u.reset(http.Header{"Content-Type": {"application/json"}, "Content-Encoding": {"identity"}})
-	if !u.active() {
-		t.Fatal("parser off on an identity-encoded JSON body")
+	if !u.active() || u.gzipped() {
+		t.Fatal("identity-encoded JSON must be parsed as it passes")
 	}
 }
 
