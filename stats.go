@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -482,6 +484,7 @@ type Stats struct {
 	viewMu  sync.Mutex // one /stats answer computed at a time
 	cache   []byte
 	cacheAt time.Time
+	cacheGz []byte // cache gzip-compressed, made on demand; nil until then
 
 	perf atomic.Pointer[perfFigures]
 	// Owned by the loop.
@@ -1279,12 +1282,37 @@ func (e *endpointView) finish() {
 
 // json returns the /stats body, computed at most once per statsCacheTTL.
 func (st *Stats) json(ctx context.Context) []byte {
+	body, _ := st.view(ctx, false)
+	return body
+}
+
+// view returns the /stats body, and also its gzip-compressed form when
+// wantGzip (compressed once per cached body: with 200 mappings the body is
+// about 120 KB, which a dashboard would fetch every few seconds).
+func (st *Stats) view(ctx context.Context, wantGzip bool) (body, gz []byte) {
 	st.viewMu.Lock()
 	defer st.viewMu.Unlock()
 	now := st.now()
-	if st.cache != nil && now.Sub(st.cacheAt) < statsCacheTTL && !now.Before(st.cacheAt) {
-		return st.cache
+	if st.cache == nil || now.Sub(st.cacheAt) >= statsCacheTTL || now.Before(st.cacheAt) {
+		st.cache, st.cacheGz = st.render(ctx, now), nil
+		st.cacheAt = now
 	}
+	if wantGzip && st.cacheGz == nil {
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+		zw.Write(st.cache)
+		zw.Close()
+		st.cacheGz = buf.Bytes()
+	}
+	if wantGzip {
+		return st.cache, st.cacheGz
+	}
+	return st.cache, nil
+}
+
+// render builds the /stats body from the store and this instance's
+// unflushed counts. viewMu is held.
+func (st *Stats) render(ctx context.Context, now time.Time) []byte {
 	if st.enabled {
 		st.refresh(ctx, now)
 	}
@@ -1297,7 +1325,6 @@ func (st *Stats) json(ctx context.Context) []byte {
 		// Only plain numbers and strings: cannot happen.
 		panic(err)
 	}
-	st.cache, st.cacheAt = body, now
 	return body
 }
 
@@ -1331,5 +1358,12 @@ func (st *Stats) refresh(ctx context.Context, now time.Time) {
 // handleStats answers GET /stats.
 func (s *Server) handleStats(c *gin.Context) {
 	c.Header("Cache-Control", "no-store")
+	c.Header("Vary", "Accept-Encoding")
+	if acceptsGzip(c.GetHeader("Accept-Encoding")) {
+		_, gz := s.stats.view(c.Request.Context(), true)
+		c.Header("Content-Encoding", "gzip")
+		c.Data(http.StatusOK, "application/json; charset=utf-8", gz)
+		return
+	}
 	c.Data(http.StatusOK, "application/json; charset=utf-8", s.stats.json(c.Request.Context()))
 }

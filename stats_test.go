@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"encoding/json"
@@ -971,5 +972,48 @@ func TestStatsRedisOutage(t *testing.T) {
 	ttl := rc.TTL(context.Background(), redisKeyPrefix+redisStatsHourKey+hour).Val()
 	if ttl <= 0 || ttl > (keepHours+1)*time.Hour {
 		t.Errorf("hour bucket TTL = %v, want it to expire within %d h", ttl, keepHours+1)
+	}
+}
+
+// TestStatsGzip checks that /stats is sent gzip-compressed to a client
+// that accepts it (the dashboard fetches it every few seconds) and plain
+// to one that does not.
+func TestStatsGzip(t *testing.T) {
+	_, front := newTestServer(t, map[string]string{"/p": "http://127.0.0.1:1"})
+	for _, tt := range []struct {
+		accept, wantEncoding string
+	}{
+		{"gzip, deflate, br", "gzip"},
+		{"", ""},
+		{"br", ""},
+	} {
+		req, _ := http.NewRequest("GET", front.URL+"/stats", nil)
+		if tt.accept != "" {
+			req.Header.Set("Accept-Encoding", tt.accept)
+		}
+		// A transport that never asks for nor decodes gzip by itself.
+		res, err := (&http.Transport{DisableCompression: true}).RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if got := res.Header.Get("Content-Encoding"); got != tt.wantEncoding {
+			t.Errorf("Accept-Encoding %q: Content-Encoding = %q, want %q", tt.accept, got, tt.wantEncoding)
+			continue
+		}
+		if tt.wantEncoding == "gzip" {
+			zr, err := gzip.NewReader(bytes.NewReader(body))
+			if err != nil {
+				t.Fatalf("Accept-Encoding %q: body is not gzip: %v", tt.accept, err)
+			}
+			if body, err = io.ReadAll(zr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var v statsView
+		if err := json.Unmarshal(body, &v); err != nil || v.Endpoints["/p"] == nil {
+			t.Errorf("Accept-Encoding %q: body %.200q is not the stats JSON with /p (%v)", tt.accept, body, err)
+		}
 	}
 }
