@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
@@ -134,6 +135,41 @@ func (s *Server) requireAdmin(c *gin.Context) {
 	s.authFailures.succeed(addr)
 	c.Header("Cache-Control", "no-store")
 	c.Next()
+}
+
+// refuseCrossOrigin is the first middleware of /api/mappings: it answers
+// 403 to a call that a browser makes on behalf of another origin's page,
+// for every method (reads too), so that no other site can drive the API
+// with a token it got hold of, nor probe it. The API never sends CORS
+// headers (CORS_ALLOW_ORIGINS applies to proxied paths only), so browsers
+// would also refuse to show another origin the answer; this refuses the
+// call itself, as net/http's CrossOriginProtection does for writes.
+//
+// Browsers name the requesting site in Sec-Fetch-Site (all current ones)
+// and else in Origin; a call with neither (curl, scripts, SDKs) does not
+// come from a browser page and passes to the token check. Origin is
+// compared with the Host the browser sent, whatever the scheme, so a TLS
+// terminator in front changes nothing.
+func (s *Server) refuseCrossOrigin(c *gin.Context) {
+	req := c.Request
+	switch req.Header.Get("Sec-Fetch-Site") {
+	case "same-origin", "none":
+		c.Next()
+		return
+	case "":
+		origin := req.Header.Get("Origin")
+		if origin == "" {
+			c.Next()
+			return
+		}
+		if u, err := url.Parse(origin); err == nil && u.Host != "" && strings.EqualFold(u.Host, req.Host) {
+			c.Next()
+			return
+		}
+	}
+	writeError(c.Writer, http.StatusForbidden, "cross_origin_refused",
+		"the admin API refuses calls from pages of another origin; use the /admin page of this server, or call it without a browser")
+	c.Abort()
 }
 
 // bearerToken returns the token of an "Authorization: Bearer <token>"

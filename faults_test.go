@@ -10,7 +10,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -178,6 +177,18 @@ func TestFaultsUpstreamNoResponse(t *testing.T) {
 		{"bad content-length", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
 			io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello")
 		}), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"two content-lengths", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
+			io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello")
+		}), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"unknown transfer-encoding", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
+			io.WriteString(conn, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello")
+		}), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"switch protocols unasked", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
+			io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+		}), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"cut inside the headers", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
+			io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Type: appl")
+		}), 0, http.StatusBadGateway, "upstream_unreachable"},
 		{"not HTTP", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
 			io.WriteString(conn, "220 smtp.example ESMTP ready\r\n\r\n")
 		}), 0, http.StatusBadGateway, "upstream_bad_response"},
@@ -217,6 +228,9 @@ func TestFaultsUpstreamStallsBeforeHeaders(t *testing.T) {
 			started := make(chan struct{}, faultRepeat)
 			cancelled := make(chan struct{}, faultRepeat)
 			up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				// Read the body as an API does: net/http notices a closed
+				// connection (and cancels r.Context) only once it is read.
+				io.Copy(io.Discard, r.Body)
 				started <- struct{}{}
 				<-r.Context().Done()
 				cancelled <- struct{}{}
@@ -400,4 +414,80 @@ func TestFaultsClientLeavesMidUpload(t *testing.T) {
 	}
 }
 
-var _ = errors.New
+// TestFaultsRedisKilledUnderLoad kills the Redis of a Redis-backed server
+// while clients keep it busy, then restarts it (with its append-only file,
+// as docker-compose.yml runs it). No proxied request fails, admin writes
+// answer 503 during the outage and work after it, every request is in the
+// stats written to Redis exactly once, and the goroutines go back to what
+// they were before the outage.
+func TestFaultsRedisKilledUnderLoad(t *testing.T) {
+	rs := startRedisServerPersist(t, true)
+	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken, "API_PROXY_REDIS_URL": rs.url()})
+	store, err := openStore(context.Background(), cfg, testLogger())
+	if err != nil {
+		t.Fatalf("openStore: %v", err)
+	}
+	s, front := newRedisTestServer(t, cfg, store)
+	up := newUpstream(t, nil)
+	if res, body := adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"/llm","target":"`+up.URL+`"}`); res.StatusCode != http.StatusCreated {
+		t.Fatalf("create /llm: %d %s", res.StatusCode, body)
+	}
+	client := &http.Client{Transport: &http.Transport{}}
+	closeIdle(s, client, front.Client())
+	baseline := runtime.NumGoroutine()
+
+	const clients = 4
+	var loads []*proxyLoad
+	for range clients {
+		loads = append(loads, startProxyLoad(client, front.URL+"/llm/v1/models"))
+	}
+	waitAll := func(n int64, what string) {
+		t.Helper()
+		for _, l := range loads {
+			l.waitMore(t, n, what)
+		}
+	}
+	waitAll(20, "requests before the outage")
+
+	rs.kill()
+	eventually(t, func() bool {
+		code, _ := getStatus(t, client, front.URL+"/readyz")
+		return code == http.StatusServiceUnavailable
+	}, "/readyz to see the outage")
+	res, body := adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"/during","target":"https://x.example"}`)
+	wantProxyError(t, res, body, http.StatusServiceUnavailable, "store_unavailable")
+	waitAll(50, "requests during the outage")
+
+	rs.start()
+	eventually(t, func() bool {
+		code, _ := getStatus(t, client, front.URL+"/readyz")
+		return code == http.StatusOK
+	}, "/readyz to recover")
+	if res, body := adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"/after","target":"`+up.URL+`"}`); res.StatusCode != http.StatusCreated {
+		t.Errorf("create after the outage: %d %s", res.StatusCode, body)
+	}
+	waitAll(20, "requests after the outage")
+	var sent int64
+	for _, l := range loads {
+		l.finish(t)
+		sent += l.requests.Load()
+	}
+
+	rc := rs.client()
+	var stored int64
+	deadline := time.Now().Add(3 * testTimeout) // flushes back off after failures
+	for {
+		stored, _ = rc.HGet(context.Background(), redisKeyPrefix+redisStatsTotalKey, "/llm|count").Int64()
+		if stored == sent || time.Now().After(deadline) {
+			break
+		}
+		waitTick(50 * time.Millisecond)
+	}
+	if stored != sent {
+		t.Errorf("Redis counts %d requests to /llm, want the %d sent", stored, sent)
+	}
+	t.Logf("%d requests across the outage, all answered and counted", sent)
+
+	closeIdle(s, client, front.Client())
+	waitGoroutines(t, baseline, "after the outage")
+}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -129,6 +130,8 @@ type proxyRequest struct {
 	in    *http.Request
 	route *route
 	rest  string // escaped path after the prefix, as received
+	// reqBody is the wrapped request body of unknown length; nil if none.
+	reqBody *countingBody
 
 	streaming bool    // the response is an event stream: small buffer, flush per write
 	buf       *[]byte // the copy buffer handed out by Get
@@ -180,8 +183,8 @@ func (p *proxy) handleUnrouted(w http.ResponseWriter, req *http.Request) {
 // not a router's wrapper: 1xx responses, Hijack and full duplex reach it
 // directly.
 func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest string) {
-	if hasDotSegment(rest) {
-		writeError(w, http.StatusBadRequest, "bad_path", `path must not contain "." or ".." segments`)
+	if msg := badPath(rest); msg != "" {
+		writeError(w, http.StatusBadRequest, "bad_path", msg)
 		return
 	}
 	if p.cors.isPreflight(req) {
@@ -205,7 +208,7 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 
 	orig := req
 	pr := p.requests.Get().(*proxyRequest)
-	pr.in, pr.route, pr.rest = req, rt, rest
+	pr.in, pr.route, pr.rest, pr.reqBody = req, rt, rest, nil
 	pr.w.reset(w)
 	pr.rec = requestRecord{Prefix: rt.prefix, Start: time.Now(), BytesIn: max(req.ContentLength, 0)}
 	var counter *countingBody
@@ -214,6 +217,7 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		// ServeHTTP returns, so this counter is not pooled.
 		counter = &countingBody{ReadCloser: req.Body}
 		req.Body = counter
+		pr.reqBody = counter
 	}
 	if p.timeout > 0 {
 		ctx, cancel := context.WithTimeout(req.Context(), p.timeout)
@@ -223,7 +227,6 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	p.active.Add(1)
 	completed := false
 	defer func() {
-		p.active.Add(-1)
 		pr.w.stop()
 		pr.rec.Duration = time.Since(pr.rec.Start)
 		if counter != nil {
@@ -240,8 +243,11 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		if p.observe != nil {
 			p.observe(&pr.rec)
 		}
+		// Only once observed: shutdown waits for active to reach 0 before
+		// the final stats flush (run).
+		p.active.Add(-1)
 		if completed {
-			pr.in, pr.route = nil, nil
+			pr.in, pr.route, pr.reqBody = nil, nil, nil
 			pr.w.reset(nil)
 			p.requests.Put(pr)
 		}
@@ -264,6 +270,30 @@ func requestPath(req *http.Request) string {
 	return u
 }
 
+// badPath returns why the escaped rest of a request path may not be
+// forwarded, or "" if it may. Bytes that the request line cannot carry
+// raw (controls, spaces) net/http refuses itself with a plain 400 before
+// any handler runs; this catches what it lets through:
+//   - dot segments, plain or percent-encoded, with "/", "%2F", "%5C" or
+//     "\" around them, or with a ";" parameter ("..;x", which Tomcat and
+//     Jetty read as ".."): SPEC §3.2;
+//   - a raw "#": not valid in a request target (RFC 9112 §3.2), and an
+//     upstream would drop what follows while we routed on all of it.
+//
+// Everything else passes exactly as received (SPEC §3.2), never decoded:
+// percent-encoded bytes, %00 and %0D%0A included, raw backslashes and raw
+// non-ASCII bytes. None of them can change the upstream host (see
+// rewrite), and what they mean is the upstream's to decide.
+func badPath(rest string) string {
+	if hasDotSegment(rest) {
+		return `path must not contain "." or ".." segments`
+	}
+	if strings.IndexByte(rest, '#') >= 0 {
+		return `path must not contain a raw "#" (encode it as %23)`
+	}
+	return ""
+}
+
 var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 // rewrite points the outgoing request at the route's target. The path goes
@@ -278,10 +308,18 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 	if strings.HasPrefix(path, "//") {
 		// An Opaque starting with "//" would be sent in absolute form with
 		// whatever follows as its authority; Path keeps it a plain path.
-		// RawPath keeps the escapes as received ("%2F" stays "%2F") where
-		// it is a valid encoding of Path, as it is for any request path.
-		out.URL.Opaque, out.URL.RawPath = "", path
-		out.URL.Path = rt.path + strings.TrimPrefix(pr.in.URL.Path, rt.prefix)
+		// net/url sends RawPath only if it is a valid encoding of Path, and
+		// re-escapes Path otherwise, which would turn a received "%2F" into
+		// "/" (found by FuzzRouteUpstream). rawPathOf makes it valid by
+		// encoding the few bytes net/url will not send raw (`"`, `{`,
+		// non-ASCII, ...) and keeps every escape as received.
+		raw := rawPathOf(path)
+		p, err := url.PathUnescape(raw)
+		if err != nil {
+			// Cannot happen: net/http refused invalid escapes.
+			p = rt.path + strings.TrimPrefix(pr.in.URL.Path, rt.prefix)
+		}
+		out.URL.Opaque, out.URL.Path, out.URL.RawPath = "", p, raw
 	} else {
 		if path == "" {
 			path = "/"
@@ -290,6 +328,15 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 	}
 	out.URL.RawQuery = r.In.URL.RawQuery
 	out.URL.ForceQuery = r.In.URL.ForceQuery
+	if up, ok := out.Header["Upgrade"]; ok && !(len(up) == 1 && strings.EqualFold(up[0], "websocket")) {
+		// Only WebSocket is tunnelled (SPEC §3.7). An h2c upgrade would
+		// open an HTTP/2 connection to the upstream on which the client
+		// could send any request, dot segments included, unseen by the
+		// proxy ("h2c smuggling"); without its Upgrade the request goes
+		// as a plain one.
+		delete(out.Header, "Upgrade")
+		delete(out.Header, "Connection")
+	}
 	// Rewrite mode drops these; a transparent proxy passes them as received
 	// and adds none of its own.
 	for _, k := range forwardingHeaders {
@@ -297,6 +344,32 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 			out.Header[k] = v
 		}
 	}
+}
+
+// rawPathOf returns the escaped path p with the bytes that net/url does not
+// accept raw in URL.RawPath (see url.URL.EscapedPath) percent-encoded; its
+// escapes, and every byte RFC 3986 allows in a path, are kept.
+func rawPathOf(p string) string {
+	const hex = "0123456789ABCDEF"
+	var b []byte // nil until a byte needs encoding
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			strings.IndexByte("-._~!$&'()*+,;=:@[]/%", c) >= 0 {
+			if b != nil {
+				b = append(b, c)
+			}
+			continue
+		}
+		if b == nil {
+			b = append(make([]byte, 0, len(p)+8), p[:i]...)
+		}
+		b = append(b, '%', hex[c>>4], hex[c&15])
+	}
+	if b == nil {
+		return p
+	}
+	return string(b)
 }
 
 // Static header values shared by every response; never modified.
@@ -391,6 +464,14 @@ func (pr *proxyRequest) handleError(rw http.ResponseWriter, req *http.Request, e
 		rw.WriteHeader(499)
 		return
 	}
+	if pr.reqBody != nil && pr.reqBody.failed.Load() {
+		// The client is still there but its chunked body broke its own
+		// framing; the Transport reports that as its own failure.
+		pr.rec.Status, pr.rec.ProxyErr = http.StatusBadRequest, "bad_request_body"
+		rw.Header().Set("Connection", "close")
+		writeError(rw, http.StatusBadRequest, "bad_request_body", "the request body could not be read: its chunked encoding is malformed or it was cut")
+		return
+	}
 	status, code, msg := classifyUpstreamError(err)
 	pr.rec.Status, pr.rec.ProxyErr = status, code
 	host := pr.route.host
@@ -410,8 +491,7 @@ func classifyUpstreamError(err error) (status int, code, msg string) {
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout(),
 		strings.Contains(err.Error(), "timeout awaiting response headers"):
 		return http.StatusGatewayTimeout, "upstream_timeout", "timed out"
-	case strings.Contains(err.Error(), "malformed"), strings.Contains(err.Error(), "tried to switch"),
-		strings.Contains(err.Error(), "invalid"):
+	case isProtocolError(err):
 		return http.StatusBadGateway, "upstream_bad_response", "sent a malformed response"
 	}
 	reason := "unreachable"
@@ -428,6 +508,27 @@ func classifyUpstreamError(err error) (status int, code, msg string) {
 		reason = "unreachable (TLS certificate not trusted)"
 	}
 	return http.StatusBadGateway, "upstream_unreachable", reason
+}
+
+// protocolErrors are parts of the messages net/http gives for a response
+// it could not parse (it has no typed errors for them): a bad status line
+// or header line, a bad or repeated Content-Length, an unknown
+// Transfer-Encoding, a 101 to a request that asked for no upgrade.
+var protocolErrors = []string{
+	"malformed", "invalid", "bad Content-Length", "multiple Content-Length",
+	"transfer encoding", "tried to switch", "headers exceeded", "bad trailer",
+}
+
+// isProtocolError reports whether err says the upstream answered with
+// something that is not a valid HTTP response.
+func isProtocolError(err error) bool {
+	msg := err.Error()
+	for _, p := range protocolErrors {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // sanitizeError returns err's text for logs. Transport errors carry no URL
@@ -609,15 +710,21 @@ func (b *responseBody) Close() error {
 	return b.ReadCloser.Close()
 }
 
-// countingBody counts the bytes of a request body of unknown length.
+// countingBody counts the bytes of a request body of unknown length and
+// remembers whether reading it failed: a chunked body that breaks its own
+// framing is the client's fault, not the upstream's (see handleError).
 type countingBody struct {
 	io.ReadCloser
-	n atomic.Int64
+	n      atomic.Int64
+	failed atomic.Bool
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	if err != nil && err != io.EOF {
+		b.failed.Store(true)
+	}
 	return n, err
 }
 

@@ -334,12 +334,23 @@ type redisServer struct {
 	port int
 	dir  string
 	cmd  *exec.Cmd
+	// persist turns the append-only file on (fsync on every write), so
+	// that a restart after a kill comes back with everything, like a
+	// Redis with a volume (docker-compose.yml).
+	persist bool
 }
 
 // startRedisServer starts a redis-server of the test's own, so that it can
 // be killed. It is skipped (or fails under APIPROXY_TEST_STRICT=1) when
 // redis-server is not installed.
 func startRedisServer(t testing.TB) *redisServer {
+	t.Helper()
+	return startRedisServerPersist(t, false)
+}
+
+// startRedisServerPersist is startRedisServer with the append-only file
+// on when persist is set (see redisServer.persist).
+func startRedisServerPersist(t testing.TB, persist bool) *redisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv("APIPROXY_TEST_STRICT") == "1" {
@@ -353,7 +364,7 @@ func startRedisServer(t testing.TB) *redisServer {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	rs := &redisServer{t: t, port: port, dir: t.TempDir()}
+	rs := &redisServer{t: t, port: port, dir: t.TempDir(), persist: persist}
 	rs.start()
 	t.Cleanup(rs.kill)
 	return rs
@@ -365,8 +376,13 @@ func (rs *redisServer) url() string  { return "redis://" + rs.addr() + "/0" }
 // start runs redis-server and waits until it answers PING.
 func (rs *redisServer) start() {
 	rs.t.Helper()
-	rs.cmd = exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(rs.port),
-		"--save", "", "--appendonly", "no", "--dir", rs.dir)
+	args := []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(rs.port), "--save", "", "--dir", rs.dir}
+	if rs.persist {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
+	rs.cmd = exec.Command("redis-server", args...)
 	if err := rs.cmd.Start(); err != nil {
 		rs.t.Fatalf("start redis-server: %v", err)
 	}

@@ -130,15 +130,18 @@ func (s *Server) newRouter() *gin.Engine {
 
 	// Admin REST API (SPEC §6). The catch-all holds nested prefixes:
 	// /api/mappings/a/b and /api/mappings/a%2Fb both name /a/b.
-	api := e.Group("/api/mappings", s.requireAdmin)
+	// refuseCrossOrigin runs first: a call from another site's page is
+	// refused before the token is checked or a failure counted.
+	api := e.Group("/api/mappings", s.refuseCrossOrigin, s.requireAdmin)
 	api.GET("", s.handleListMappings)
 	api.POST("", s.handleCreateMapping)
 	api.GET("/*prefix", s.handleGetMapping)
 	api.PUT("/*prefix", s.handleUpdateMapping)
 	api.DELETE("/*prefix", s.handleDeleteMapping)
-	for _, m := range []string{http.MethodPut, http.MethodPatch, http.MethodDelete} {
+	for _, m := range []string{http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
 		api.Handle(m, "", methodNotAllowed("GET, POST"))
 	}
+	api.OPTIONS("/*prefix", methodNotAllowed("GET, PUT, DELETE"))
 	for _, m := range []string{http.MethodPost, http.MethodPatch} {
 		api.Handle(m, "/*prefix", methodNotAllowed("GET, PUT, DELETE"))
 	}
@@ -329,15 +332,13 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
 	}
 	s.Start()
-	srv := &http.Server{
-		Handler: s,
-		// Slow-header (slowloris) protection. No WriteTimeout or
-		// ReadTimeout: a generation may stream for an hour.
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    1 << 20,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
-	}
+	srv := newHTTPServer(s, logger)
+	// Every request's context derives from reqCtx, so that cancelling it
+	// ends what Shutdown cannot: hijacked connections (ReverseProxy
+	// closes a WebSocket tunnel when its request is cancelled).
+	reqCtx, cancelRequests := context.WithCancel(context.Background())
+	defer cancelRequests()
+	srv.BaseContext = func(net.Listener) context.Context { return reqCtx }
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	logger.Info("apiproxy listening", "addr", ln.Addr().String(), "store", storeKind(cfg), "mappings", len(s.routes.Load().byPrefix))
@@ -358,11 +359,58 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 		logger.Warn("drain timed out; closing remaining connections", "active_requests", s.proxy.active.Load())
 		srv.Close()
 	}
+	// Shutdown returns without waiting for hijacked connections (WebSocket
+	// tunnels), and Close before the handlers it cut have returned. Wait
+	// for the proxied requests still running until the drain time is up,
+	// then cancel them and give them a moment to return, so that every
+	// request is in the final stats flush (s.Close).
+	if !s.waitProxyIdle(shutdownCtx) {
+		cancelRequests()
+		cutCtx, cancelCut := context.WithTimeout(context.Background(), shutdownCutWait)
+		if !s.waitProxyIdle(cutCtx) {
+			logger.Warn("proxied requests still running after the shutdown; they are not in the stats", "active_requests", s.proxy.active.Load())
+		}
+		cancelCut()
+	}
 	if err := s.Close(); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// shutdownCutWait bounds how long run waits, after cancelling the requests
+// that outlived SHUTDOWN_TIMEOUT, for their handlers to return.
+const shutdownCutWait = 5 * time.Second
+
+// waitProxyIdle waits until no proxied request is in flight (each one
+// observed by stats) and reports whether that happened before ctx ended.
+func (s *Server) waitProxyIdle(ctx context.Context) bool {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for s.proxy.active.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return s.proxy.active.Load() == 0
+		case <-tick.C:
+		}
+	}
+	return true
+}
+
+// newHTTPServer returns the http.Server that run serves h with. A client
+// that takes longer than ReadHeaderTimeout to send its request head
+// (slowloris) has its connection closed; one whose head is over
+// MaxHeaderBytes gets 431. There is no ReadTimeout or WriteTimeout: a
+// request body may upload and a generation may stream for an hour.
+func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
 }
 
 func storeKind(cfg Config) string {

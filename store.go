@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -156,6 +157,9 @@ func validateTarget(target string) error {
 	case u.Fragment != "" || strings.Contains(target, "#"):
 		return bad("must not contain a fragment")
 	}
+	if !validHost(u) {
+		return bad("has an invalid host: want a host name, an IPv4 address or a bracketed IPv6 address")
+	}
 	if p := u.Port(); p != "" {
 		if n := atoiOrNeg(p); n < 1 || n > 65535 {
 			return bad("has an invalid port")
@@ -165,6 +169,39 @@ func validateTarget(target string) error {
 		return bad(`must not contain "." or ".." path segments`)
 	}
 	return nil
+}
+
+// validHost reports whether u's host is one the Transport can dial and
+// send as a Host header: a bracketed IPv6 address (with a zone or not), an
+// IPv4 address, or a host name of letters, digits, "-" and "_" in dot-
+// separated labels (non-ASCII letters too: they go out in punycode).
+// url.Parse alone lets through hosts such as `"x` that every request
+// would then fail on (found by FuzzMappingValidation).
+func validHost(u *url.URL) bool {
+	h := u.Hostname()
+	if strings.HasPrefix(u.Host, "[") {
+		a, err := netip.ParseAddr(h)
+		return err == nil && a.Is6()
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	name := strings.TrimSuffix(h, ".") // a fully qualified "api.openai.com." is fine
+	if name == "" || len(name) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c >= 0x80) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func atoiOrNeg(s string) int {
@@ -251,7 +288,9 @@ func (t *routeTable) match(path string) (*route, string) {
 
 // hasDotSegment reports whether an escaped path holds a "." or ".." segment,
 // also when its dots are percent-encoded (%2e) or its separators are "%2F"
-// or backslashes, which some upstreams decode into "/".
+// or backslashes, which some upstreams decode into "/", and when a ";"
+// parameter follows the dots ("..;x"), which Tomcat and Jetty strip before
+// resolving the segment.
 func hasDotSegment(p string) bool {
 	segStart := true
 	dots := 0 // dots seen since the segment began, -1 once something else was
@@ -284,6 +323,11 @@ func hasDotSegment(p string) bool {
 			segStart, dots = false, 0
 		case c == '.' && dots >= 0:
 			dots++
+		case c == ';':
+			if !segStart && (dots == 1 || dots == 2) {
+				return true
+			}
+			dots = -1
 		default:
 			dots = -1
 		}
