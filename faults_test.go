@@ -261,7 +261,6 @@ func TestFaultsUpstreamStallsBeforeHeaders(t *testing.T) {
 				}
 				waitClosed(t, done, "the client's request to end")
 				waitClosed(t, cancelled, "the upstream request to be cancelled")
-				cancel()
 				if withTimeout {
 					if err != nil {
 						t.Fatal(err)
@@ -273,6 +272,7 @@ func TestFaultsUpstreamStallsBeforeHeaders(t *testing.T) {
 					res.Body.Close()
 					t.Fatalf("the client's cancelled request got %d, want a cancellation error", res.StatusCode)
 				}
+				cancel()
 			}
 			want := endpointCounts{Count: faultRepeat, ErrorCount: faultRepeat, Status: map[string]int64{"5xx": faultRepeat}}
 			if !withTimeout {
