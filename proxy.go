@@ -410,26 +410,31 @@ func addIfAbsent(h http.Header, key string, v []string) {
 // isEventStream reports whether a response is a token stream that idles
 // between small writes: SSE or newline-delimited JSON.
 func isEventStream(ct []string) bool {
-	if len(ct) == 0 {
-		return false
-	}
-	base, _, _ := strings.Cut(ct[0], ";")
-	switch strings.ToLower(strings.TrimSpace(base)) {
-	case "text/event-stream", "application/x-ndjson", "application/jsonl",
-		"application/json-seq", "application/stream+json":
-		return true
+	mt := mediaType(ct)
+	for _, t := range eventStreamTypes {
+		if strings.EqualFold(mt, t) {
+			return true
+		}
 	}
 	return false
 }
 
+var eventStreamTypes = []string{"text/event-stream", "application/x-ndjson",
+	"application/jsonl", "application/json-seq", "application/stream+json"}
+
 // isSSE reports whether a response is text/event-stream, which
 // ReverseProxy flushes after every write on its own.
-func isSSE(ct []string) bool {
+func isSSE(ct []string) bool { return strings.EqualFold(mediaType(ct), "text/event-stream") }
+
+// mediaType returns the media type of a Content-Type header's values
+// without parameters ("text/event-stream" of "text/event-stream;
+// charset=utf-8"), or "" when there is none.
+func mediaType(ct []string) string {
 	if len(ct) == 0 {
-		return false
+		return ""
 	}
 	base, _, _ := strings.Cut(ct[0], ";")
-	return strings.EqualFold(strings.TrimSpace(base), "text/event-stream")
+	return strings.TrimSpace(base)
 }
 
 // Get implements httputil.BufferPool: a small buffer for event streams,

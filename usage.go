@@ -166,12 +166,7 @@ func (u *usageParser) reset(h http.Header) {
 		}
 		gzipped = true
 	}
-	ct := h["Content-Type"]
-	if len(ct) == 0 {
-		return
-	}
-	base, _, _ := strings.Cut(ct[0], ";")
-	base = strings.TrimSpace(base)
+	base := mediaType(h["Content-Type"])
 	switch {
 	case strings.EqualFold(base, "application/json"):
 		u.mode = usageJSON
