@@ -242,11 +242,7 @@ func (s *Server) handleCreateMapping(c *gin.Context) {
 		writeAPIError(c.Writer, err)
 		return
 	}
-	if err := validatePrefix(body.Prefix); err != nil {
-		writeAPIError(c.Writer, err)
-		return
-	}
-	if err := validateTarget(body.Target); err != nil {
+	if err := validateMapping(body.Prefix, body.Target); err != nil {
 		writeAPIError(c.Writer, err)
 		return
 	}

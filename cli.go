@@ -68,10 +68,7 @@ func runMapCommand(ctx context.Context, getenv func(string) string, args []strin
 		}
 	case "set":
 		prefix, target := args[1], args[2]
-		if err := validatePrefix(prefix); err != nil {
-			return err
-		}
-		if err := validateTarget(target); err != nil {
+		if err := validateMapping(prefix, target); err != nil {
 			return err
 		}
 		err := store.CreateMapping(ctx, prefix, target)

@@ -120,6 +120,15 @@ func isUnreserved(c byte) bool {
 		c == '-' || c == '.' || c == '_' || c == '~'
 }
 
+// validateMapping checks both halves of a mapping; the error is the
+// prefix's if both are invalid (see validatePrefix and validateTarget).
+func validateMapping(prefix, target string) error {
+	if err := validatePrefix(prefix); err != nil {
+		return err
+	}
+	return validateTarget(target)
+}
+
 // validateTarget checks a mapping target against SPEC §6: an absolute http
 // or https URL with a host and no user info, query or fragment. Loopback and
 // private addresses are allowed (local models, sidecars).
@@ -243,7 +252,7 @@ type routeTable struct {
 func newRouteTable(mappings map[string]string) (t *routeTable, skipped []string) {
 	t = &routeTable{byPrefix: make(map[string]*route, len(mappings))}
 	for prefix, target := range mappings {
-		if validatePrefix(prefix) != nil || validateTarget(target) != nil {
+		if validateMapping(prefix, target) != nil {
 			skipped = append(skipped, prefix)
 			continue
 		}
