@@ -222,8 +222,13 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if code != 0 {
 		t.Errorf("exit code %d, want 0; log:\n%s", code, p.stderr.String())
 	}
-	if took > 5*time.Second {
-		t.Errorf("the shutdown took %v; streams of 1 s should have drained long before SHUTDOWN_TIMEOUT", took)
+	// The streams last a second, so the drain must end on its own, not at
+	// SHUTDOWN_TIMEOUT (20 s). It can take up to 5 s more than the streams:
+	// net/http's Shutdown waits that long for a connection the client
+	// opened but has not sent a request on yet (the Transport keeps such
+	// a spare dial in its idle pool), so the bound is not the stream time.
+	if strings.Contains(p.stderr.String(), "drain timed out") {
+		t.Errorf("the drain hit SHUTDOWN_TIMEOUT (took %v); streams of 1 s should have drained long before; log:\n%s", took, p.stderr.String())
 	}
 
 	var accepted, complete int64
