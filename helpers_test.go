@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -76,9 +77,21 @@ func newTestServerConfig(t testing.TB, cfg Config, mappings map[string]string) (
 	})
 	setMappings(t, s, mappings)
 	front := httptest.NewServer(s)
+	serveRecycled(front, s)
 	t.Cleanup(func() { closeFront(t, front) })
 	return s, front
 }
+
+// serveRecycled gives s's handed-off streams a way back into front, as run
+// does (stream.go); closeFront closes it.
+func serveRecycled(front *httptest.Server, s *Server) {
+	rec := newConnRecycler(front.Listener.Addr())
+	s.proxy.recycle = rec
+	recyclers.Store(front, rec)
+	go front.Config.Serve(rec)
+}
+
+var recyclers sync.Map // *httptest.Server → *connRecycler
 
 // closeFront cuts the frontend's connections and waits for its handlers.
 // When a broken proxy keeps a handler waiting on an upstream that waits in
@@ -86,6 +99,9 @@ func newTestServerConfig(t testing.TB, cfg Config, mappings map[string]string) (
 // cleanup (which runs next) can end both.
 func closeFront(t testing.TB, front *httptest.Server) {
 	t.Helper()
+	if r, ok := recyclers.LoadAndDelete(front); ok {
+		r.(*connRecycler).Close()
+	}
 	front.CloseClientConnections()
 	closed := make(chan struct{})
 	go func() {

@@ -53,6 +53,14 @@ type proxy struct {
 	routes    *atomic.Pointer[routeTable]
 	observe   func(*requestRecord) // called once per finished request; may be nil
 
+	// Handed-off event streams (stream.go). handOff enables them; recycle
+	// gives their connections back to the server (nil: they are closed at
+	// the end, announced with "Connection: close"); cancelling base cuts
+	// them at the end of a shutdown (nil: never).
+	handOff bool
+	recycle *connRecycler
+	base    context.Context
+
 	requests    sync.Pool // *proxyRequest
 	bulkBufs    sync.Pool // *[]byte of bulkBufferSize
 	streamBufs  sync.Pool // *[]byte of streamBufferSize
@@ -99,8 +107,12 @@ func newTransport(cfg Config) *http.Transport {
 		// Never add Accept-Encoding nor decode: bodies pass as the upstream
 		// sent them, compressed or not.
 		DisableCompression: true,
-		// The 4 KiB default read and write buffers stay: reads into the
-		// 32 KiB copy buffer bypass bufio, and idle streams stay small.
+		// Every connection keeps both buffers for its life, streams idle
+		// included. 2 KiB holds a typical API response head (and a small
+		// JSON body) or request head in one syscall; reads into the 32 KiB
+		// bulk copy buffer bypass them.
+		ReadBufferSize:  2 << 10,
+		WriteBufferSize: 2 << 10,
 	}
 }
 
@@ -112,10 +124,14 @@ func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, rout
 		cors:      newCORSPolicy(cfg.CORSOrigins),
 		timeout:   cfg.UpstreamTimeout,
 		routes:    routes,
+		handOff:   true,
 	}
 	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
 	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }
 	p.requests.New = func() any { return p.newRequest() }
+	if p.handOff {
+		streamWatcher.ensure()
+	}
 	return p
 }
 
@@ -136,6 +152,16 @@ type proxyRequest struct {
 	streaming bool    // the response is an event stream: small buffer, flush per write
 	buf       *[]byte // the copy buffer handed out by Get
 	rec       requestRecord
+
+	// cancelUp cancels the upstream request's own context, which a request
+	// that may be handed off gets (see serve); nil otherwise. stopParent
+	// stops the client's context from cancelling it.
+	inCtx         context.Context // the client request's
+	onClientDone  func()          // cancelWithClient, bound once
+	cancelUp      context.CancelCauseFunc
+	stopParent    func() bool
+	cancelTimeout context.CancelFunc
+	st            streamState
 }
 
 func (p *proxy) newRequest() *proxyRequest {
@@ -156,6 +182,8 @@ func (p *proxy) newRequest() *proxyRequest {
 	pr.w.timer = time.AfterFunc(time.Hour, pr.w.flushHeaders)
 	pr.w.timer.Stop()
 	pr.body.pr = pr
+	pr.onClientDone = pr.cancelWithClient
+	pr.st.onEvent = pr.clientEvent
 	return pr
 }
 
@@ -206,54 +234,90 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		w.Header().Set("Connection", "close")
 	}
 
-	orig := req
 	pr := p.requests.Get().(*proxyRequest)
 	pr.in, pr.route, pr.rest, pr.reqBody = req, rt, rest, nil
 	pr.w.reset(w)
 	pr.rec = requestRecord{Prefix: rt.prefix, Start: time.Now(), BytesIn: max(req.ContentLength, 0)}
-	var counter *countingBody
-	if req.ContentLength < 0 && req.Body != nil && req.Body != http.NoBody {
+	handOff := p.mayHandOff(w, req)
+	if req.Body != nil && req.Body != http.NoBody && (req.ContentLength < 0 || handOff) {
 		// The Transport may read the body from its own goroutine after
 		// ServeHTTP returns, so this counter is not pooled.
-		counter = &countingBody{ReadCloser: req.Body}
-		req.Body = counter
-		pr.reqBody = counter
+		pr.reqBody = &countingBody{ReadCloser: req.Body}
+		req.Body = pr.reqBody
+	}
+	ctx := req.Context()
+	if handOff {
+		// A handed-off stream outlives the handler, whose return cancels
+		// req's context: the upstream request gets a context of its own,
+		// cancelled with req's until the hand-off, by the stream after.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(context.WithoutCancel(ctx))
+		pr.cancelUp = cancel
+		pr.inCtx = req.Context()
+		pr.stopParent = context.AfterFunc(pr.inCtx, pr.onClientDone)
 	}
 	if p.timeout > 0 {
-		ctx, cancel := context.WithTimeout(req.Context(), p.timeout)
-		defer cancel()
+		ctx, pr.cancelTimeout = context.WithTimeout(ctx, p.timeout)
+	}
+	if ctx != req.Context() {
 		req = req.WithContext(ctx)
 	}
 	p.active.Add(1)
 	completed := false
 	defer func() {
-		pr.w.stop()
-		pr.rec.Duration = time.Since(pr.rec.Start)
-		if counter != nil {
-			pr.rec.BytesIn = counter.n.Load()
+		if completed && pr.st.conn != nil {
+			go pr.stream() // it records the request and recycles pr
+			return
 		}
-		if !completed && pr.rec.ProxyErr == "" {
-			// ReverseProxy aborted the response: the upstream or the
-			// client failed mid-body.
-			pr.rec.ProxyErr = "aborted"
-			if orig.Context().Err() != nil {
-				pr.rec.Status = 499
-			}
-		}
-		if p.observe != nil {
-			p.observe(&pr.rec)
-		}
-		// Only once observed: shutdown waits for active to reach 0 before
-		// the final stats flush (run).
-		p.active.Add(-1)
-		if completed {
-			pr.in, pr.route, pr.reqBody = nil, nil, nil
-			pr.w.reset(nil)
-			p.requests.Put(pr)
-		}
+		pr.finish(completed)
 	}()
 	pr.rp.ServeHTTP(&pr.w, req)
 	completed = true
+}
+
+// cancelWithClient cancels the upstream request when the client's context
+// ends before a hand-off.
+func (pr *proxyRequest) cancelWithClient() {
+	pr.cancelUp(context.Cause(pr.inCtx))
+}
+
+// finish records a request that ended and puts pr back in the pool.
+// completed is false when ReverseProxy aborted the response (the upstream
+// or the client failed mid-body); pr is then dropped, since the Transport
+// may still hold parts of it.
+func (pr *proxyRequest) finish(completed bool) {
+	p := pr.p
+	pr.w.stop()
+	if pr.stopParent != nil {
+		pr.stopParent()
+		pr.cancelUp(nil)
+	}
+	if pr.cancelTimeout != nil {
+		pr.cancelTimeout()
+	}
+	pr.rec.Duration = time.Since(pr.rec.Start)
+	if pr.reqBody != nil {
+		pr.rec.BytesIn = pr.reqBody.n.Load()
+	}
+	if !completed && pr.rec.ProxyErr == "" {
+		pr.rec.ProxyErr = "aborted"
+		if pr.in.Context().Err() != nil {
+			pr.rec.Status = 499
+		}
+	}
+	if p.observe != nil {
+		p.observe(&pr.rec)
+	}
+	// Only once observed: shutdown waits for active to reach 0 before
+	// the final stats flush (run).
+	p.active.Add(-1)
+	if completed {
+		pr.in, pr.route, pr.reqBody = nil, nil, nil
+		pr.inCtx, pr.cancelUp, pr.stopParent, pr.cancelTimeout = nil, nil, nil, nil
+		pr.st.reset()
+		pr.w.reset(nil)
+		p.requests.Put(pr)
+	}
 }
 
 // requestPath returns the path of req exactly as the client sent it, still
@@ -397,8 +461,26 @@ func (pr *proxyRequest) modifyResponse(res *http.Response) error {
 	if res.Body != nil && res.Body != http.NoBody && res.StatusCode != http.StatusSwitchingProtocols {
 		pr.body.reset(res)
 		res.Body = &pr.body
+		if pr.canHandOff(res) && pr.handOff(res) {
+			// ReverseProxy closes res.Body on this error; the stream
+			// goroutine reads the real one (pr.body).
+			res.Body = http.NoBody
+			return errHandedOff
+		}
 	}
 	return nil
+}
+
+// addProxyHeaders adds to a proxied response's headers those the proxy
+// sets where the upstream did not (SPEC §3.5), and the CORS headers for
+// req's origin.
+func addProxyHeaders(h http.Header, cors corsPolicy, req *http.Request) {
+	addIfAbsent(h, "X-Accel-Buffering", hdrNo)
+	addIfAbsent(h, "X-Content-Type-Options", hdrNosniff)
+	addIfAbsent(h, "X-Frame-Options", hdrDeny)
+	addIfAbsent(h, "Referrer-Policy", hdrNoRef)
+	addIfAbsent(h, "X-Robots-Tag", hdrNoIndex)
+	cors.addResponseHeaders(h, req)
 }
 
 func addIfAbsent(h http.Header, key string, v []string) {
@@ -462,6 +544,9 @@ func (pr *proxyRequest) Put([]byte) {
 
 // handleError answers a request that got no upstream response.
 func (pr *proxyRequest) handleError(rw http.ResponseWriter, req *http.Request, err error) {
+	if err == errHandedOff {
+		return
+	}
 	if pr.in.Context().Err() != nil {
 		// The client left first; there is nobody to answer. 499 as nginx
 		// and Caddy count it, apart from upstream errors.
@@ -592,13 +677,7 @@ func (w *proxyWriter) WriteHeader(code int) {
 	// The proxy's own headers go in here, after ReverseProxy copied the
 	// upstream's: copying them along with res.Header would allocate a new
 	// slice for each, while these static values are shared.
-	h := w.rw.Header()
-	addIfAbsent(h, "X-Accel-Buffering", hdrNo)
-	addIfAbsent(h, "X-Content-Type-Options", hdrNosniff)
-	addIfAbsent(h, "X-Frame-Options", hdrDeny)
-	addIfAbsent(h, "Referrer-Policy", hdrNoRef)
-	addIfAbsent(h, "X-Robots-Tag", hdrNoIndex)
-	w.pr.p.cors.addResponseHeaders(h, w.pr.in)
+	addProxyHeaders(w.rw.Header(), w.pr.p.cors, w.pr.in)
 	w.rw.WriteHeader(code)
 	if !w.flushEach {
 		// Event streams and unknown-length bodies: headers go out now.
@@ -722,12 +801,18 @@ type countingBody struct {
 	io.ReadCloser
 	n      atomic.Int64
 	failed atomic.Bool
+	// eof is set once the body returned io.EOF: net/http has then run its
+	// end-of-body hook (which starts its background read of the
+	// connection), so the connection may be hijacked.
+	eof atomic.Bool
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
-	if err != nil && err != io.EOF {
+	if err == io.EOF {
+		b.eof.Store(true)
+	} else if err != nil {
 		b.failed.Store(true)
 	}
 	return n, err

@@ -91,10 +91,8 @@ func newRedisTestServer(t testing.TB, cfg Config, store Store) (*Server, *httpte
 	s.Start()
 	t.Cleanup(func() { s.Close() })
 	front := httptest.NewServer(s)
-	t.Cleanup(func() {
-		front.CloseClientConnections()
-		front.Close()
-	})
+	serveRecycled(front, s)
+	t.Cleanup(func() { closeFront(t, front) })
 	return s, front
 }
 

@@ -247,6 +247,11 @@ func (s *Server) Start() {
 		defer s.wg.Done()
 		s.stats.run(ctx)
 	}()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		releaseFreeMemory(ctx)
+	}()
 	if w, ok := s.store.(watchingStore); ok {
 		s.wg.Add(1)
 		go func() {
@@ -339,8 +344,14 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 	reqCtx, cancelRequests := context.WithCancel(context.Background())
 	defer cancelRequests()
 	srv.BaseContext = func(net.Listener) context.Context { return reqCtx }
+	s.proxy.base = reqCtx
+	// Connections of finished handed-off streams come back through the
+	// recycler (stream.go); Shutdown closes it with the listener.
+	recycler := newConnRecycler(ln.Addr())
+	s.proxy.recycle = recycler
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	go srv.Serve(recycler)
 	logger.Info("apiproxy listening", "addr", ln.Addr().String(), "store", storeKind(cfg), "mappings", len(s.routes.Load().byPrefix))
 	if ready != nil {
 		ready(ln.Addr())

@@ -1,0 +1,340 @@
+package main
+
+// Handed-off event streams. An SSE or NDJSON response of unknown length to
+// an HTTP/1.1 client spends nearly all its life idle between tokens, and
+// while net/http serves it the stream keeps the handler goroutine (whose
+// stack ReverseProxy's deep calls grow to 8 KiB), the server's background
+// reader, and the connection's read, write and chunking buffers (10 KiB).
+// Measured with the bench's hold scenario, that was 60 KiB per held stream.
+//
+// So once such a response's headers are in, the proxy hijacks the client
+// connection, writes the head itself and hands the stream to a goroutine
+// of its own that starts with a small stack: it reads the upstream body
+// into a 2 KiB buffer and writes each read as one HTTP/1.1 chunk, in one
+// write, at once (every chunk flushed as read, SPEC §3.5). A second small
+// goroutine watches the client connection: a client that leaves cancels
+// the upstream request at once (SPEC §3.8), as net/http's own background
+// read did. When the stream ends, the connection goes back to the
+// http.Server through connRecycler, so keep-alive works as before.
+//
+// What is not handed off stays on the ordinary ReverseProxy path: HTTP/2
+// clients (no hijacking), HTTP/1.0 clients (no chunking), HEAD, bodies of
+// known length, responses with trailers, requests whose body is still
+// being sent, and requests asking to close the connection.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// errHandedOff is what modifyResponse returns for a response the stream
+// goroutine took over; handleError then does nothing.
+var errHandedOff = errors.New("apiproxy: response handed off to the stream writer")
+
+// errClientGone cancels the upstream request of a handed-off stream whose
+// client closed its connection.
+var errClientGone = errors.New("apiproxy: the client closed the connection")
+
+// errShutdownCut cancels the handed-off streams still running when
+// SHUTDOWN_TIMEOUT ends.
+var errShutdownCut = errors.New("apiproxy: shutdown timeout")
+
+// longAgo is a deadline in the past: it ends a blocked read at once.
+var longAgo = time.Unix(1, 0)
+
+// lastChunk ends a chunked body without trailers.
+var lastChunk = []byte("0\r\n\r\n")
+
+// chunkHead is the room kept before the data in the stream buffer for the
+// chunk-size line: up to 8 hex digits and CRLF.
+const chunkHead = 10
+
+// streamState is the part of a proxyRequest used only by a handed-off
+// stream.
+type streamState struct {
+	conn    net.Conn
+	pending []byte // bytes the client sent after its request (pipelined), replayed to the server
+	// stopping is set before the stream ends the watcher's read on purpose.
+	stopping   atomic.Bool
+	clientGone atomic.Bool
+	watched    bool // registered with streamWatcher (reg)
+	reg        watchReg
+	watchDone  chan struct{}   // closed when watchClient returns; nil if none runs
+	stopCut    func() bool     // unregisters the shutdown cut
+	onEvent    func(gone bool) // clientEvent, bound once
+	oneByte    [1]byte
+}
+
+// mayHandOff reports whether a response to req could be handed off, as far
+// as the request tells; it decides whether serve gives the upstream request
+// a context of its own that outlives the handler.
+func (p *proxy) mayHandOff(w http.ResponseWriter, req *http.Request) bool {
+	return p.handOff && req.ProtoMajor == 1 && req.ProtoMinor == 1 &&
+		req.Method != http.MethodHead && !req.Close &&
+		req.Header["Upgrade"] == nil && w.Header()["Connection"] == nil
+}
+
+// canHandOff reports whether res, now that its headers are in, is an event
+// stream that the stream goroutine can take over.
+func (pr *proxyRequest) canHandOff(res *http.Response) bool {
+	return pr.cancelUp != nil && pr.streaming && res.ContentLength < 0 &&
+		res.StatusCode >= 200 && res.StatusCode != http.StatusNoContent && res.StatusCode != http.StatusNotModified &&
+		len(res.Trailer) == 0 && res.Header["Trailer"] == nil &&
+		(pr.reqBody == nil || pr.reqBody.eof.Load())
+}
+
+// handOff hijacks the client connection and writes res's head to it. It
+// returns false, with nothing written, when the connection cannot be
+// hijacked; the response then goes the ordinary way.
+func (pr *proxyRequest) handOff(res *http.Response) bool {
+	hj, ok := pr.w.rw.(http.Hijacker)
+	if !ok {
+		return false
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return false
+	}
+	st := &pr.st
+	st.conn = conn
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		st.pending = append(st.pending[:0], b...)
+	}
+	// From here the upstream request lives until the stream ends, not
+	// until the handler returns: the watcher and the shutdown cut cancel it.
+	pr.stopParent()
+	if base := pr.p.base; base != nil {
+		st.stopCut = context.AfterFunc(base, pr.cut)
+	}
+
+	h := res.Header
+	addProxyHeaders(h, pr.p.cors, pr.in)
+	if _, ok := h["Date"]; !ok {
+		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
+	}
+	var head bytes.Buffer
+	head.Grow(512)
+	head.WriteString("HTTP/1.1 ")
+	head.WriteString(strconv.Itoa(res.StatusCode))
+	head.WriteByte(' ')
+	if text := http.StatusText(res.StatusCode); text != "" {
+		head.WriteString(text)
+	} else {
+		head.WriteString("status code " + strconv.Itoa(res.StatusCode))
+	}
+	head.WriteString("\r\n")
+	h.Write(&head) // sorted, as net/http writes them; invalid names dropped
+	head.WriteString("Transfer-Encoding: chunked\r\n")
+	if pr.p.recycle == nil {
+		head.WriteString("Connection: close\r\n")
+	}
+	head.WriteString("\r\n")
+	if _, err := conn.Write(head.Bytes()); err != nil {
+		st.clientGone.Store(true)
+	}
+	pr.rec.TTFB = time.Since(pr.rec.Start)
+	// net/http's request and response, and through them the connection's
+	// buffers, are garbage once the handler returns: hold no reference.
+	pr.w.reset(nil)
+	pr.in = nil
+	return true
+}
+
+// cut ends a handed-off stream when SHUTDOWN_TIMEOUT is up: the upstream
+// request is cancelled and a write blocked on a client that does not read
+// returns.
+func (pr *proxyRequest) cut() {
+	pr.cancelUp(errShutdownCut)
+	pr.st.conn.SetWriteDeadline(longAgo)
+}
+
+// stream copies a handed-off response body to the client, one chunk per
+// read, then gives the connection back to the server (or closes it) and
+// records the request. It owns pr and one count of p.active.
+func (pr *proxyRequest) stream() {
+	p, st := pr.p, &pr.st
+	// A client that already sent more bytes is not watched.
+	if len(st.pending) == 0 && !st.clientGone.Load() {
+		if st.reg, st.watched = streamWatcher.watch(st.conn, st.onEvent); !st.watched {
+			st.watchDone = make(chan struct{})
+			go pr.watchClient()
+		}
+	}
+
+	buf := p.streamBufs.Get().(*[]byte)
+	b := *buf
+	complete := false
+	for !st.clientGone.Load() {
+		n, err := pr.body.Read(b[chunkHead : len(b)-2])
+		if n > 0 {
+			start := chunkHead - 2
+			b[start], b[start+1] = '\r', '\n'
+			for m := n; m > 0; m >>= 4 {
+				start--
+				b[start] = hexDigits[m&15]
+			}
+			end := chunkHead + n
+			b[end], b[end+1] = '\r', '\n'
+			if _, werr := st.conn.Write(b[start : end+2]); werr != nil {
+				st.clientGone.Store(true)
+				break
+			}
+		}
+		if err == io.EOF {
+			if _, werr := st.conn.Write(lastChunk); werr != nil {
+				st.clientGone.Store(true)
+			} else {
+				complete = true
+			}
+			break
+		}
+		if err != nil {
+			break // the upstream broke, or the watcher cancelled it
+		}
+	}
+	p.streamBufs.Put(buf)
+
+	if st.watched {
+		streamWatcher.unwatch(st.reg)
+	} else if st.watchDone != nil {
+		st.stopping.Store(true)
+		st.conn.SetReadDeadline(longAgo)
+		<-st.watchDone
+	}
+	if st.stopCut != nil {
+		st.stopCut()
+	}
+	pr.body.Close()
+	pr.cancelUp(nil)
+	if complete && !st.clientGone.Load() && p.recycle != nil && st.conn.SetDeadline(time.Time{}) == nil {
+		var c net.Conn = st.conn
+		if len(st.pending) > 0 {
+			c = &replayConn{Conn: st.conn, pending: bytes.Clone(st.pending)}
+		}
+		if !p.recycle.give(c) {
+			c.Close()
+		}
+	} else {
+		// An upstream that broke mid-body breaks the client's connection
+		// too: no last chunk, so the client cannot take it for complete.
+		st.conn.Close()
+	}
+	if !complete {
+		pr.rec.ProxyErr = "aborted"
+		if st.clientGone.Load() {
+			pr.rec.Status = 499
+		}
+	}
+	pr.finish(true)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// watchClient reads from the client connection while the stream runs, where
+// streamWatcher is not available. The
+// client sends nothing during a response, so the read ends only when the
+// client closes the connection (the upstream request is cancelled), when
+// it sends its next request early (kept for the server), or when stream
+// ends it with a deadline.
+func (pr *proxyRequest) watchClient() {
+	st := &pr.st
+	defer close(st.watchDone)
+	n, err := st.conn.Read(st.oneByte[:])
+	if n == 1 {
+		st.pending = append(st.pending[:0], st.oneByte[0])
+		return
+	}
+	if err != nil && !st.stopping.Load() {
+		st.clientGone.Store(true)
+		pr.cancelUp(errClientGone)
+	}
+}
+
+// clientEvent is streamWatcher's callback: the client left (gone), or sent
+// its next request early, which stays in the socket for the server.
+func (pr *proxyRequest) clientEvent(gone bool) {
+	if gone {
+		pr.st.clientGone.Store(true)
+		pr.cancelUp(errClientGone)
+	}
+}
+
+// resetStream clears a stream's state for the pool.
+func (st *streamState) reset() {
+	st.conn, st.stopCut, st.watchDone, st.watched = nil, nil, nil, false
+	st.pending = st.pending[:0]
+	st.stopping.Store(false)
+	st.clientGone.Store(false)
+}
+
+// replayConn is a client connection given back to the server with bytes
+// the client had already sent: they are read first.
+type replayConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// connRecycler is a net.Listener that yields the client connections of
+// finished handed-off streams, so that the http.Server (Serve'd on it too)
+// reads their next request: keep-alive works as if net/http had served
+// the stream. Closing it (Server.Shutdown does) makes give refuse.
+type connRecycler struct {
+	addr      net.Addr
+	conns     chan net.Conn
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newConnRecycler(addr net.Addr) *connRecycler {
+	return &connRecycler{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connRecycler) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connRecycler) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connRecycler) Addr() net.Addr { return l.addr }
+
+// give hands c to the server and reports whether it took it; when it did
+// not (the server is shutting down), c is still the caller's.
+func (l *connRecycler) give(c net.Conn) bool {
+	select {
+	case <-l.done:
+		return false
+	default:
+	}
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}

@@ -1,0 +1,116 @@
+//go:build linux
+
+package main
+
+import (
+	"net"
+	"sync"
+	"syscall"
+)
+
+// clientWatcher watches the client connections of handed-off streams for
+// the client leaving, all of them from one goroutine blocked in
+// epoll_wait, instead of one goroutine per stream blocked in a read
+// (stream.go). A read would also take the bytes of a request the client
+// pipelined; epoll only looks. Each registration fires at most once.
+type clientWatcher struct {
+	once sync.Once
+	epfd int // -1 when epoll is not available: callers fall back to a read
+
+	mu   sync.Mutex // held while a callback runs, so unwatch can wait it out
+	regs map[int32]func(gone bool)
+	next int32
+}
+
+var streamWatcher clientWatcher
+
+// ensure starts the watcher's goroutine, once per process.
+func (w *clientWatcher) ensure() { w.once.Do(w.start) }
+
+func (w *clientWatcher) start() {
+	w.epfd = -1
+	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return
+	}
+	w.epfd = fd
+	w.regs = make(map[int32]func(bool))
+	go w.loop()
+}
+
+// watch registers c: onEvent runs once, on the watcher's goroutine, with
+// gone true when the client closed or reset the connection and false when
+// it sent bytes (its next request; they stay in the socket). It returns
+// the registration, or ok false when c cannot be watched this way.
+func (w *clientWatcher) watch(c net.Conn, onEvent func(gone bool)) (reg watchReg, ok bool) {
+	w.ensure()
+	if w.epfd < 0 {
+		return reg, false
+	}
+	sc, isSC := c.(syscall.Conn)
+	if !isSC {
+		return reg, false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return reg, false
+	}
+	fd := -1
+	if raw.Control(func(f uintptr) { fd = int(f) }) != nil || fd < 0 {
+		return reg, false
+	}
+	w.mu.Lock()
+	w.next++
+	id := w.next
+	w.regs[id] = onEvent
+	w.mu.Unlock()
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollOneShot, Fd: id}
+	if err := syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		w.mu.Lock()
+		delete(w.regs, id)
+		w.mu.Unlock()
+		return reg, false
+	}
+	return watchReg{id: id, fd: fd}, true
+}
+
+// epollOneShot is EPOLLONESHOT (1<<30), which package syscall spells as a
+// negative constant on some ports.
+const epollOneShot = 1 << 30
+
+// unwatch ends a registration. Once it returns, its callback has either
+// run to its end or will never run. The connection must still be open.
+func (w *clientWatcher) unwatch(reg watchReg) {
+	w.mu.Lock()
+	delete(w.regs, reg.id)
+	w.mu.Unlock()
+	syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, reg.fd, nil)
+}
+
+func (w *clientWatcher) loop() {
+	events := make([]syscall.EpollEvent, 128)
+	for {
+		n, err := syscall.EpollWait(w.epfd, events, -1)
+		if err != nil {
+			if err == syscall.EINTR {
+				continue
+			}
+			return
+		}
+		for _, ev := range events[:n] {
+			gone := ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0
+			w.mu.Lock()
+			if f := w.regs[ev.Fd]; f != nil {
+				delete(w.regs, ev.Fd)
+				f(gone)
+			}
+			w.mu.Unlock()
+		}
+	}
+}
+
+// watchReg is one registration with the watcher.
+type watchReg struct {
+	id int32
+	fd int
+}

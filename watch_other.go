@@ -1,0 +1,19 @@
+//go:build !linux
+
+package main
+
+import "net"
+
+// clientWatcher has no shared watcher outside Linux: handed-off streams
+// watch their client with a read of their own (stream.go).
+type clientWatcher struct{}
+
+var streamWatcher clientWatcher
+
+type watchReg struct{}
+
+func (w *clientWatcher) ensure() {}
+
+func (w *clientWatcher) watch(net.Conn, func(bool)) (watchReg, bool) { return watchReg{}, false }
+
+func (w *clientWatcher) unwatch(watchReg) {}
