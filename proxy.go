@@ -60,6 +60,11 @@ type proxy struct {
 	handOff bool
 	recycle *connRecycler
 	base    context.Context
+	// sharedWatch watches handed-off streams' clients with streamWatcher
+	// (one goroutine for all); false, or where it is not available, each
+	// stream reads its client connection from a goroutine of its own.
+	sharedWatch bool
+	handedOff   atomic.Int64 // streams handed off so far
 
 	requests    sync.Pool // *proxyRequest
 	bulkBufs    sync.Pool // *[]byte of bulkBufferSize
@@ -118,13 +123,14 @@ func newTransport(cfg Config) *http.Transport {
 
 func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, routes *atomic.Pointer[routeTable]) *proxy {
 	p := &proxy{
-		transport: transport,
-		logger:    logger,
-		errorLog:  slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
-		cors:      newCORSPolicy(cfg.CORSOrigins),
-		timeout:   cfg.UpstreamTimeout,
-		routes:    routes,
-		handOff:   true,
+		transport:   transport,
+		logger:      logger,
+		errorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		cors:        newCORSPolicy(cfg.CORSOrigins),
+		timeout:     cfg.UpstreamTimeout,
+		routes:      routes,
+		handOff:     true,
+		sharedWatch: true,
 	}
 	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
 	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }

@@ -142,6 +142,7 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 		st.clientGone.Store(true)
 	}
 	pr.rec.TTFB = time.Since(pr.rec.Start)
+	pr.p.handedOff.Add(1)
 	// net/http's request and response, and through them the connection's
 	// buffers, are garbage once the handler returns: hold no reference.
 	pr.w.reset(nil)
@@ -164,7 +165,10 @@ func (pr *proxyRequest) stream() {
 	p, st := pr.p, &pr.st
 	// A client that already sent more bytes is not watched.
 	if len(st.pending) == 0 && !st.clientGone.Load() {
-		if st.reg, st.watched = streamWatcher.watch(st.conn, st.onEvent); !st.watched {
+		if p.sharedWatch {
+			st.reg, st.watched = streamWatcher.watch(st.conn, st.onEvent)
+		}
+		if !st.watched {
 			st.watchDone = make(chan struct{})
 			go pr.watchClient()
 		}

@@ -1,0 +1,226 @@
+package main
+
+// Handed-off event streams (stream.go): the response to an HTTP/1.1 client
+// is written by the stream writer, chunk by chunk as the upstream sends it,
+// and the client connection goes back to the server afterwards.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestStreamHandOff: GET and POST event streams are handed off; each event
+// reaches the client while the upstream waits before the next; the head
+// carries the upstream's and the proxy's headers; the connection is reused
+// for the next requests (keep-alive through connRecycler).
+func TestStreamHandOff(t *testing.T) {
+	for _, shared := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sharedWatch=%v", shared), func(t *testing.T) {
+			step := make(chan struct{})
+			up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				if strings.HasSuffix(r.URL.Path, "/small") {
+					io.WriteString(w, "ok")
+					return
+				}
+				body, _ := io.ReadAll(r.Body)
+				w.Header().Set("Content-Type", "text/event-stream")
+				w.Header().Set("X-Upstream", "yes")
+				fmt.Fprintf(w, "data: %s\n\n", body)
+				w.(http.Flusher).Flush()
+				select {
+				case <-step:
+				case <-r.Context().Done():
+					return
+				}
+				io.WriteString(w, "data: [DONE]\n\n")
+			})
+			s, front := newTestServer(t, map[string]string{"/p": up.URL})
+			s.proxy.sharedWatch = shared
+			client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}}
+			defer client.CloseIdleConnections()
+			var reused []bool
+			ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+				GotConn: func(i httptrace.GotConnInfo) { reused = append(reused, i.Reused) },
+			})
+
+			for _, method := range []string{"GET", "POST"} {
+				payload := ""
+				if method == "POST" {
+					payload = `{"stream":true}`
+				}
+				req, _ := http.NewRequestWithContext(ctx, method, front.URL+"/p/v1/stream", strings.NewReader(payload))
+				res, err := client.Do(req)
+				if err != nil {
+					t.Fatalf("%s: %v", method, err)
+				}
+				if res.Header.Get("X-Upstream") != "yes" || res.Header.Get("X-Content-Type-Options") != "nosniff" {
+					t.Errorf("%s: head lacks the upstream's or the proxy's headers: %v", method, res.Header)
+				}
+				if len(res.TransferEncoding) != 1 || res.TransferEncoding[0] != "chunked" {
+					t.Errorf("%s: Transfer-Encoding %v, want chunked", method, res.TransferEncoding)
+				}
+				br := bufio.NewReader(res.Body)
+				first := readEvent(t, br)
+				if want := "data: " + payload + "\n\n"; first != want {
+					t.Errorf("%s: first event %q, want %q", method, first, want)
+				}
+				step <- struct{}{} // the upstream sends the rest only now
+				rest, err := io.ReadAll(br)
+				res.Body.Close()
+				if err != nil || string(rest) != "data: [DONE]\n\n" {
+					t.Errorf("%s: rest of the stream %q, %v; want the last event and a clean end", method, rest, err)
+				}
+			}
+			req, _ := http.NewRequestWithContext(ctx, "GET", front.URL+"/p/small", nil)
+			res, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body := readAll(t, res); string(body) != "ok" {
+				t.Errorf("GET /p/small after the streams = %q", body)
+			}
+			res.Body.Close()
+			if want := []bool{false, true, true}; fmt.Sprint(reused) != fmt.Sprint(want) {
+				t.Errorf("connection reused %v, want %v: the streams' connection did not come back to the server", reused, want)
+			}
+			if n := s.proxy.handedOff.Load(); n != 2 {
+				t.Errorf("%d streams handed off, want 2", n)
+			}
+			waitCounts(t, client, front.URL, "/p", endpointCounts{Count: 3, Status: map[string]int64{"2xx": 3}})
+		})
+	}
+}
+
+// readEvent reads one SSE event, up to its blank line.
+func readEvent(t *testing.T, br *bufio.Reader) string {
+	t.Helper()
+	var b strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		b.WriteString(line)
+		if err != nil {
+			t.Fatalf("reading an event: %v (got %q)", err, b.String())
+		}
+		if line == "\n" {
+			return b.String()
+		}
+	}
+}
+
+// TestStreamHandOffPipelined: a request the client sends on the same
+// connection before the stream ended, in the same packet as the stream's
+// request or while it runs, is served after it, in order.
+func TestStreamHandOffPipelined(t *testing.T) {
+	step := make(chan struct{}, 1)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/small") {
+			io.WriteString(w, "small")
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		if r.URL.Query().Get("wait") != "" {
+			<-step
+		}
+		io.WriteString(w, "data: 2\n\n")
+	})
+	s, front := newTestServer(t, map[string]string{"/p": up.URL})
+	const stream, small = "GET /p/stream%s HTTP/1.1\r\nHost: x\r\n\r\n", "GET /p/small HTTP/1.1\r\nHost: x\r\n\r\n"
+
+	check := func(t *testing.T, br *bufio.Reader, beforeEnd func()) {
+		t.Helper()
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if beforeEnd != nil {
+			beforeEnd()
+		}
+		if body := readAll(t, res); string(body) != "data: 1\n\ndata: 2\n\n" {
+			t.Errorf("stream body %q", body)
+		}
+		res, err = http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("the pipelined request got no response: %v", err)
+		}
+		if body := readAll(t, res); string(body) != "small" {
+			t.Errorf("pipelined response body %q, want %q", body, "small")
+		}
+	}
+
+	t.Run("same packet", func(t *testing.T) {
+		conn, err := net.Dial("tcp", front.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		io.WriteString(conn, fmt.Sprintf(stream, "")+small)
+		check(t, bufio.NewReader(conn), nil)
+	})
+	t.Run("during the stream", func(t *testing.T) {
+		conn, err := net.Dial("tcp", front.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		io.WriteString(conn, fmt.Sprintf(stream, "?wait=1"))
+		check(t, bufio.NewReader(conn), func() {
+			io.WriteString(conn, small)
+			step <- struct{}{}
+		})
+	})
+	if n := s.proxy.handedOff.Load(); n != 2 {
+		t.Errorf("%d streams handed off, want 2", n)
+	}
+}
+
+// TestStreamHandOffClientLeaves: with either way of watching the client, a
+// client that closes its connection while a handed-off stream idles
+// cancels the upstream request, and the stream counts as a disconnect.
+func TestStreamHandOffClientLeaves(t *testing.T) {
+	for _, shared := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sharedWatch=%v", shared), func(t *testing.T) {
+			cancelled := make(chan struct{}, 1)
+			up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				io.WriteString(w, "data: 1\n\n")
+				w.(http.Flusher).Flush()
+				<-r.Context().Done()
+				cancelled <- struct{}{}
+			})
+			s, front := newTestServer(t, map[string]string{"/p": up.URL})
+			s.proxy.sharedWatch = shared
+			conn, err := net.Dial("tcp", front.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(conn, "GET /p/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+			br := bufio.NewReader(conn)
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			readEvent(t, bufio.NewReader(res.Body))
+			conn.Close()
+			select {
+			case <-cancelled:
+			case <-time.After(testTimeout):
+				t.Fatal("the upstream request was not cancelled after the client left")
+			}
+			client := &http.Client{}
+			waitCounts(t, client, front.URL, "/p", endpointCounts{Count: 1, ClientClosed: 1})
+			if n := s.proxy.handedOff.Load(); n != 1 {
+				t.Errorf("%d streams handed off, want 1", n)
+			}
+		})
+	}
+}
