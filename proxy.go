@@ -807,17 +807,23 @@ type countingBody struct {
 	io.ReadCloser
 	n      atomic.Int64
 	failed atomic.Bool
-	// eof is set once the body returned io.EOF: net/http has then run its
-	// end-of-body hook (which starts its background read of the
-	// connection), so the connection may be hijacked.
-	eof atomic.Bool
+	// drained is set once a read returned nothing but io.EOF. The
+	// Transport reads so after the end of a body (to check a known length
+	// for extra bytes; a chunked body may end that way), and reads no more:
+	// the connection may then be hijacked and the handler return
+	// (ReverseProxy fails any read after that). net/http has also run its
+	// end-of-body hook by then, which starts its background read of the
+	// connection, and which Hijack stops.
+	drained atomic.Bool
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
 	if err == io.EOF {
-		b.eof.Store(true)
+		if n == 0 {
+			b.drained.Store(true)
+		}
 	} else if err != nil {
 		b.failed.Store(true)
 	}

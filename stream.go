@@ -88,7 +88,7 @@ func (pr *proxyRequest) canHandOff(res *http.Response) bool {
 	return pr.cancelUp != nil && pr.streaming && res.ContentLength < 0 &&
 		res.StatusCode >= 200 && res.StatusCode != http.StatusNoContent && res.StatusCode != http.StatusNotModified &&
 		len(res.Trailer) == 0 && res.Header["Trailer"] == nil &&
-		(pr.reqBody == nil || pr.reqBody.eof.Load())
+		(pr.reqBody == nil || pr.reqBody.drained.Load())
 }
 
 // handOff hijacks the client connection and writes res's head to it. It

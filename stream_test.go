@@ -224,3 +224,43 @@ func TestStreamHandOffClientLeaves(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamHandOffWhileUploading: an upstream that starts its event
+// stream before it has read the request body. The response cannot be
+// handed off while the Transport still reads the client's body (the
+// handler must stay), so it is served the ordinary way, and both
+// directions arrive whole.
+func TestStreamHandOffWhileUploading(t *testing.T) {
+	const size = 1 << 20
+	got := make(chan int, 1)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		http.NewResponseController(w).EnableFullDuplex()
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		n, _ := io.Copy(io.Discard, r.Body)
+		got <- int(n)
+		io.WriteString(w, "data: 2\n\n")
+	})
+	_, front := newTestServer(t, map[string]string{"/p": up.URL})
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(make([]byte, size/2))
+		pw.Write(make([]byte, size/2))
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", front.URL+"/p/stream", pr)
+	req.ContentLength = size
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil || string(body) != "data: 1\n\ndata: 2\n\n" {
+		t.Errorf("stream %q, %v; want both events and a clean end", body, err)
+	}
+	if n := <-got; n != size {
+		t.Errorf("the upstream read %d bytes of the body, want %d", n, size)
+	}
+}
