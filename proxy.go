@@ -162,8 +162,6 @@ type proxyRequest struct {
 	// cancelUp cancels the upstream request's own context, which a request
 	// that may be handed off gets (see serve); nil otherwise. stopParent
 	// stops the client's context from cancelling it.
-	inCtx         context.Context // the client request's
-	onClientDone  func()          // cancelWithClient, bound once
 	cancelUp      context.CancelCauseFunc
 	stopParent    func() bool
 	cancelTimeout context.CancelFunc
@@ -188,7 +186,6 @@ func (p *proxy) newRequest() *proxyRequest {
 	pr.w.timer = time.AfterFunc(time.Hour, pr.w.flushHeaders)
 	pr.w.timer.Stop()
 	pr.body.pr = pr
-	pr.onClientDone = pr.cancelWithClient
 	pr.st.onEvent = pr.clientEvent
 	return pr
 }
@@ -259,8 +256,11 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(context.WithoutCancel(ctx))
 		pr.cancelUp = cancel
-		pr.inCtx = req.Context()
-		pr.stopParent = context.AfterFunc(pr.inCtx, pr.onClientDone)
+		// The callback may run after this request ended and pr went back
+		// to the pool (stop lost the race): it holds only this request's
+		// own values.
+		inCtx := req.Context()
+		pr.stopParent = context.AfterFunc(inCtx, func() { cancel(context.Cause(inCtx)) })
 	}
 	if p.timeout > 0 {
 		ctx, pr.cancelTimeout = context.WithTimeout(ctx, p.timeout)
@@ -279,12 +279,6 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	}()
 	pr.rp.ServeHTTP(&pr.w, req)
 	completed = true
-}
-
-// cancelWithClient cancels the upstream request when the client's context
-// ends before a hand-off.
-func (pr *proxyRequest) cancelWithClient() {
-	pr.cancelUp(context.Cause(pr.inCtx))
 }
 
 // finish records a request that ended and puts pr back in the pool.
@@ -319,7 +313,7 @@ func (pr *proxyRequest) finish(completed bool) {
 	p.active.Add(-1)
 	if completed {
 		pr.in, pr.route, pr.reqBody = nil, nil, nil
-		pr.inCtx, pr.cancelUp, pr.stopParent, pr.cancelTimeout = nil, nil, nil, nil
+		pr.cancelUp, pr.stopParent, pr.cancelTimeout = nil, nil, nil
 		pr.st.reset()
 		pr.w.reset(nil)
 		p.requests.Put(pr)

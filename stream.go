@@ -113,7 +113,12 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 	// until the handler returns: the watcher and the shutdown cut cancel it.
 	pr.stopParent()
 	if base := pr.p.base; base != nil {
-		st.stopCut = context.AfterFunc(base, pr.cut)
+		// Like stopParent, the cut may run after pr went back to the pool.
+		cancel := pr.cancelUp
+		st.stopCut = context.AfterFunc(base, func() {
+			cancel(errShutdownCut)
+			conn.SetWriteDeadline(longAgo) // a write blocked on a client that does not read returns
+		})
 	}
 
 	h := res.Header
@@ -148,14 +153,6 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 	pr.w.reset(nil)
 	pr.in = nil
 	return true
-}
-
-// cut ends a handed-off stream when SHUTDOWN_TIMEOUT is up: the upstream
-// request is cancelled and a write blocked on a client that does not read
-// returns.
-func (pr *proxyRequest) cut() {
-	pr.cancelUp(errShutdownCut)
-	pr.st.conn.SetWriteDeadline(longAgo)
 }
 
 // stream copies a handed-off response body to the client, one chunk per

@@ -264,3 +264,37 @@ func TestStreamHandOffWhileUploading(t *testing.T) {
 		t.Errorf("the upstream read %d bytes of the body, want %d", n, size)
 	}
 }
+
+// TestClientClosesRightAfterResponse: clients that close their connection
+// the moment they have read a response race the end of its request (the
+// client's context ends while the proxy finishes): the process keeps
+// serving and every request is counted.
+func TestClientClosesRightAfterResponse(t *testing.T) {
+	up := newUpstream(t, nil)
+	_, front := newTestServer(t, map[string]string{"/p": up.URL})
+	const n = 300
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			conn, err := net.Dial("tcp", front.Listener.Addr().String())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			io.WriteString(conn, "GET /p/x HTTP/1.1\r\nHost: x\r\n\r\n")
+			res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err == nil {
+				_, err = io.ReadAll(res.Body)
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	client := &http.Client{}
+	waitCounts(t, client, front.URL, "/p", endpointCounts{Count: n, Status: map[string]int64{"2xx": n}})
+}
