@@ -794,7 +794,8 @@ func (b *responseBody) Close() error {
 	return b.ReadCloser.Close()
 }
 
-// countingBody counts the bytes of a request body of unknown length and
+// countingBody counts the bytes of a request body (of unknown length, or of
+// a request that may be handed off: see drained) and
 // remembers whether reading it failed: a chunked body that breaks its own
 // framing is the client's fault, not the upstream's (see handleError).
 type countingBody struct {

@@ -269,7 +269,7 @@ func (pr *proxyRequest) clientEvent(gone bool) {
 	}
 }
 
-// resetStream clears a stream's state for the pool.
+// reset clears a stream's state for the pool.
 func (st *streamState) reset() {
 	st.conn, st.stopCut, st.watchDone, st.watched = nil, nil, nil, false
 	st.pending = st.pending[:0]
