@@ -321,6 +321,7 @@ func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (Store, err
 // SHUTDOWN_TIMEOUT, cut what remains, stop the loops, close the store.
 // ready, if not nil, is called with the bound address once serving.
 func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Addr)) error {
+	raiseGCFloor()
 	store, err := openStore(ctx, cfg, logger)
 	if err != nil {
 		return err
