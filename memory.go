@@ -10,59 +10,86 @@ import (
 
 // Returning free memory. The Go runtime keeps heap pages it freed for
 // reuse and gives them back to the OS lazily, as long as the heap stays
-// under its GC goal. A proxy's heap swings: a burst of requests or of new
-// streams leaves megabytes of buffers and request state free behind it,
-// which would stay in RSS while the thousands of streams that remain sit
-// idle (measured with the bench's hold scenario: a fifth of the RSS per
-// held stream). So once the process is quiet (it allocated less than
-// quietAllocs during the last freeMemoryEvery) and more than
-// freeMemoryThreshold is free or garbage, a GC runs and the free memory
-// goes back to the OS at once.
+// under its GC goal. A proxy's heap swings: a burst of new streams leaves
+// megabytes of buffers and request state free behind it, which would stay
+// in RSS while the thousands of streams that remain sit idle (measured
+// with the bench's hold scenario: a fifth of the RSS per held stream). So
+// a GC runs and the free memory goes back to the OS at once (when more
+// than freeMemoryThreshold is free or garbage) in two cases:
+//   - requests are in flight while the process is quiet (it allocated less
+//     than quietAllocs in the last freeMemoryEvery): they are idle
+//     streams, and their memory is what the proxy holds;
+//   - nothing is in flight and the process has been quiet for idleRelease.
 //
-// Never under load: returning pages that the next second of requests
-// faults back in cost small requests 2-7 % more CPU (measured: the
-// allocator refilling spans from fresh pages).
+// Not sooner with nothing in flight, and never under load: the pages
+// returned are faulted back in by the next burst of requests, which cost
+// the bench's small requests 10-14 % more CPU when memory was returned in
+// every quiet second between its load rounds.
 const (
 	freeMemoryEvery     = time.Second
 	freeMemoryThreshold = 4 << 20
 	quietAllocs         = 1 << 20 // per freeMemoryEvery: a few hundred small requests a second
+	idleRelease         = 30 * time.Second
 )
 
-// releaseFreeMemory runs until ctx is done. Garbage counts as free: after
-// a burst the heap may not grow again for a long time, so no GC would run
-// to free it.
-func releaseFreeMemory(ctx context.Context) {
+// memoryReleaser decides, once per freeMemoryEvery, whether to return
+// free memory; see above.
+type memoryReleaser struct {
+	lastAllocs uint64
+	quietFor   time.Duration
+}
+
+// tick takes the cumulative bytes allocated, the free and garbage bytes of
+// the heap and the number of requests in flight, and reports whether to
+// release now.
+func (m *memoryReleaser) tick(allocs, freeAndGarbage uint64, inFlight int64) bool {
+	quiet := allocs-m.lastAllocs < quietAllocs
+	m.lastAllocs = allocs
+	if !quiet {
+		m.quietFor = 0
+		return false
+	}
+	m.quietFor += freeMemoryEvery
+	if freeAndGarbage <= freeMemoryThreshold {
+		return false
+	}
+	return inFlight > 0 || m.quietFor >= idleRelease
+}
+
+// releaseFreeMemory runs until ctx is done; inFlight counts the requests
+// being served. Garbage counts as free: after a burst the heap may not
+// grow again for a long time, so no GC would run to free it.
+func releaseFreeMemory(ctx context.Context, inFlight func() int64) {
 	sample := []metrics.Sample{
+		{Name: "/gc/heap/allocs:bytes"},              // allocated since start
 		{Name: "/memory/classes/heap/free:bytes"},    // free, not yet returned
 		{Name: "/memory/classes/heap/objects:bytes"}, // live and dead objects
 		{Name: "/gc/heap/live:bytes"},                // live at the last GC
-		{Name: "/gc/heap/allocs:bytes"},              // allocated since start
+	}
+	read := func() (v [4]uint64) {
+		metrics.Read(sample)
+		for i, s := range sample {
+			if s.Value.Kind() == metrics.KindUint64 {
+				v[i] = s.Value.Uint64()
+			}
+		}
+		return v
 	}
 	tick := time.NewTicker(freeMemoryEvery)
 	defer tick.Stop()
-	var lastAllocs uint64
+	var m memoryReleaser
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		metrics.Read(sample)
-		var v [4]uint64
-		for i, s := range sample {
-			if s.Value.Kind() == metrics.KindUint64 {
-				v[i] = s.Value.Uint64()
-			}
-		}
-		free, garbage, allocs := v[0], int64(v[1])-int64(v[2]), v[3]-lastAllocs
-		lastAllocs = v[3]
-		if allocs < quietAllocs && free+uint64(max(garbage, 0)) > freeMemoryThreshold {
+		v := read()
+		garbage := max(int64(v[2])-int64(v[3]), 0)
+		if m.tick(v[0], v[1]+uint64(garbage), inFlight()) {
 			debug.FreeOSMemory()
-			lastAllocs = 0 // re-read: FreeOSMemory's own GC allocates
-			metrics.Read(sample[3:])
-			if sample[3].Value.Kind() == metrics.KindUint64 {
-				lastAllocs = sample[3].Value.Uint64()
-			}
+			// The GC it ran allocated: start the next period after it.
+			m.lastAllocs = read()[0]
 		}
 	}
 }

@@ -250,7 +250,7 @@ func (s *Server) Start() {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		releaseFreeMemory(ctx)
+		releaseFreeMemory(ctx, s.proxy.active.Load)
 	}()
 	if w, ok := s.store.(watchingStore); ok {
 		s.wg.Add(1)

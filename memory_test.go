@@ -1,0 +1,67 @@
+package main
+
+import "testing"
+
+// TestMemoryReleaser checks when free memory goes back to the OS: at once
+// for quiet in-flight streams, only after idleRelease with nothing in
+// flight, never while the process allocates (under load) or when little
+// is free.
+func TestMemoryReleaser(t *testing.T) {
+	const mib = 1 << 20
+	type step struct {
+		allocs, free uint64
+		inFlight     int64
+		want         bool
+	}
+	run := func(t *testing.T, steps []step) {
+		t.Helper()
+		var m memoryReleaser
+		for i, s := range steps {
+			if got := m.tick(s.allocs, s.free, s.inFlight); got != s.want {
+				t.Fatalf("tick %d (allocs %d MiB, free %d MiB, in flight %d) = %v, want %v",
+					i, s.allocs/mib, s.free/mib, s.inFlight, got, s.want)
+			}
+		}
+	}
+	t.Run("held streams after a burst", func(t *testing.T) {
+		run(t, []step{
+			{allocs: 40 * mib, free: 30 * mib, inFlight: 1000, want: false}, // the burst itself
+			{allocs: 40*mib + 1000, free: 30 * mib, inFlight: 1000, want: true},
+		})
+	})
+	t.Run("under load", func(t *testing.T) {
+		var steps []step
+		for i := uint64(1); i <= 40; i++ {
+			steps = append(steps, step{allocs: i * 50 * mib, free: 20 * mib, inFlight: 50})
+		}
+		run(t, steps)
+	})
+	t.Run("idle between bursts", func(t *testing.T) {
+		steps := []step{{allocs: 100 * mib, free: 20 * mib}} // the burst
+		n := int(idleRelease / freeMemoryEvery)
+		for i := 1; i < n; i++ {
+			steps = append(steps, step{allocs: 100 * mib, free: 20 * mib})
+		}
+		steps = append(steps, step{allocs: 100 * mib, free: 20 * mib, want: true})
+		run(t, steps)
+	})
+	t.Run("a burst restarts the idle wait", func(t *testing.T) {
+		n := int(idleRelease / freeMemoryEvery)
+		var steps []step
+		for i := 0; i < n-1; i++ {
+			steps = append(steps, step{allocs: 0, free: 20 * mib})
+		}
+		steps = append(steps, step{allocs: 10 * mib, free: 20 * mib}) // load again
+		for i := 0; i < n-1; i++ {
+			steps = append(steps, step{allocs: 10 * mib, free: 20 * mib})
+		}
+		steps = append(steps, step{allocs: 10 * mib, free: 20 * mib, want: true})
+		run(t, steps)
+	})
+	t.Run("little free", func(t *testing.T) {
+		run(t, []step{
+			{allocs: 0, free: freeMemoryThreshold, inFlight: 10},
+			{allocs: 0, free: freeMemoryThreshold, inFlight: 10},
+		})
+	})
+}
