@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // TestMemoryReleaser checks when free memory goes back to the OS: at once
 // for quiet in-flight streams, only after idleRelease with nothing in
@@ -10,6 +13,7 @@ func TestMemoryReleaser(t *testing.T) {
 	const mib = 1 << 20
 	type step struct {
 		allocs, free uint64
+		busy         time.Duration
 		inFlight     int64
 		want         bool
 	}
@@ -17,7 +21,7 @@ func TestMemoryReleaser(t *testing.T) {
 		t.Helper()
 		var m memoryReleaser
 		for i, s := range steps {
-			if got := m.tick(s.allocs, s.free, s.inFlight); got != s.want {
+			if got := m.tick(s.allocs, s.busy, s.free, s.inFlight); got != s.want {
 				t.Fatalf("tick %d (allocs %d MiB, free %d MiB, in flight %d) = %v, want %v",
 					i, s.allocs/mib, s.free/mib, s.inFlight, got, s.want)
 			}
@@ -28,6 +32,15 @@ func TestMemoryReleaser(t *testing.T) {
 			{allocs: 40 * mib, free: 30 * mib, inFlight: 1000, want: false}, // the burst itself
 			{allocs: 40*mib + 1000, free: 30 * mib, inFlight: 1000, want: true},
 		})
+	})
+	t.Run("busy streams", func(t *testing.T) {
+		// Events flowing allocate almost nothing but keep the process busy.
+		var steps []step
+		for i := uint64(1); i <= 40; i++ {
+			steps = append(steps, step{allocs: i * 40 << 10, busy: 200 * time.Millisecond, free: 20 * mib, inFlight: 300})
+		}
+		steps = append(steps, step{allocs: 41 * 40 << 10, busy: 5 * time.Millisecond, free: 20 * mib, inFlight: 300, want: true})
+		run(t, steps)
 	})
 	t.Run("under load", func(t *testing.T) {
 		var steps []step

@@ -1,0 +1,9 @@
+//go:build !unix
+
+package main
+
+import "time"
+
+// processCPU is not known here; releaseFreeMemory then judges quiet by
+// allocations alone.
+func processCPU() (time.Duration, bool) { return 0, false }
