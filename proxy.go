@@ -24,9 +24,12 @@ const (
 	// maxRequestTarget is the longest request target (path and query) the
 	// proxy forwards; longer ones get 414 uri_too_long.
 	maxRequestTarget = 16 << 10
-	// bulkBufferSize is the copy buffer of bodies that are not event streams;
-	// it matches the 32 KiB of io.Copy so large downloads need few syscalls.
-	bulkBufferSize = 32 << 10
+	// bulkBufferSize is the copy buffer of bodies that are not event
+	// streams. Each read is one write (and flush) to the client: 64 KiB
+	// instead of io.Copy's 32 KiB made a 1 GiB download 20 % faster
+	// (bench big: 625 -> 756 MiB/s in one run; 128 KiB gave no more). It
+	// is pooled and held only while a body is copied.
+	bulkBufferSize = 64 << 10
 	// streamBufferSize is the copy buffer of event streams (SSE, NDJSON).
 	// Such a stream spends most of its life idle inside Read while holding
 	// its buffer; an event is a few hundred bytes, so 2 KiB is plenty (a
