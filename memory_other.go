@@ -4,6 +4,6 @@ package main
 
 import "time"
 
-// processCPU is not known here; releaseFreeMemory then judges quiet by
+// processCPU is not known here; manageMemory then judges quiet by
 // allocations alone.
 func processCPU() (time.Duration, bool) { return 0, false }

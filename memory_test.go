@@ -78,3 +78,46 @@ func TestMemoryReleaser(t *testing.T) {
 		})
 	})
 }
+
+// TestGCTuner checks that GOGC is raised only while the process allocates
+// fast (small requests under load), by the room gcPercent gives, and goes
+// back to 100 gcBusyHold after the load.
+func TestGCTuner(t *testing.T) {
+	const mib = 1 << 20
+	for _, c := range []struct {
+		live uint64
+		want int
+	}{
+		{0, maxGCPercent}, {2 * mib, 800}, {5 * mib, 400}, {8 * mib, 400}, {9 * mib, 200},
+		{16 * mib, 200}, {17 * mib, 100}, {500 * mib, 100},
+	} {
+		if got := gcPercent(c.live); got != c.want {
+			t.Errorf("gcPercent(%d MiB) = %d, want %d", c.live/mib, got, c.want)
+		}
+	}
+
+	var g gcTuner
+	allocs := uint64(0)
+	allocs += busyAllocs - 1
+	if got := g.tick(allocs, 2*mib); got != 100 {
+		t.Fatalf("a light load: GOGC %d, want 100", got)
+	}
+	allocs += 50 * mib
+	if got := g.tick(allocs, 2*mib); got != 800 {
+		t.Fatalf("50 MiB allocated in a second: GOGC %d, want 800", got)
+	}
+	allocs += 50 * mib
+	if got := g.tick(allocs, 8*mib); got != 400 {
+		t.Fatalf("under load, live 8 MiB: GOGC %d, want 400", got)
+	}
+	// The load stops: raised for gcBusyHold, then 100.
+	n := int(gcBusyHold / freeMemoryEvery)
+	for i := 1; i < n; i++ {
+		if got := g.tick(allocs, 2*mib); got != 800 {
+			t.Fatalf("%d s after the load: GOGC %d, want 800", i, got)
+		}
+	}
+	if got := g.tick(allocs, 2*mib); got != 100 {
+		t.Fatalf("%v after the load: GOGC %d, want 100", gcBusyHold, got)
+	}
+}

@@ -766,14 +766,22 @@ func (b *responseBody) reset(res *http.Response) {
 
 func (b *responseBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.pr.rec.BytesOut += int64(n)
+	b.account(p[:n], err)
+	return n, err
+}
+
+// account counts bytes read from the body and feeds them to the usage
+// parser; err is the read's error. A handed-off stream reads the body
+// itself and calls it after writing the bytes to the client, so that the
+// parsing delays no event (stream.go).
+func (b *responseBody) account(p []byte, err error) {
+	b.pr.rec.BytesOut += int64(len(p))
 	if b.usage.active() {
-		b.usage.feed(p[:n])
+		b.usage.feed(p)
 		if err != nil && !b.usage.gzipped() {
 			b.pr.rec.Usage = b.usage.finish()
 		}
 	}
-	return n, err
 }
 
 // Close also ends usage parsing of a body that was not read to its end

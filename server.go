@@ -250,7 +250,7 @@ func (s *Server) Start() {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		releaseFreeMemory(ctx, s.proxy.active.Load)
+		manageMemory(ctx, s.proxy.active.Load)
 	}()
 	if w, ok := s.store.(watchingStore); ok {
 		s.wg.Add(1)
@@ -321,7 +321,6 @@ func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (Store, err
 // SHUTDOWN_TIMEOUT, cut what remains, stop the loops, close the store.
 // ready, if not nil, is called with the bound address once serving.
 func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Addr)) error {
-	raiseGCFloor()
 	store, err := openStore(ctx, cfg, logger)
 	if err != nil {
 		return err

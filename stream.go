@@ -175,7 +175,7 @@ func (pr *proxyRequest) stream() {
 	b := *buf
 	complete := false
 	for !st.clientGone.Load() {
-		n, err := pr.body.Read(b[chunkHead : len(b)-2])
+		n, err := pr.body.ReadCloser.Read(b[chunkHead : len(b)-2])
 		if n > 0 {
 			start := chunkHead - 2
 			b[start], b[start+1] = '\r', '\n'
@@ -186,10 +186,12 @@ func (pr *proxyRequest) stream() {
 			end := chunkHead + n
 			b[end], b[end+1] = '\r', '\n'
 			if _, werr := st.conn.Write(b[start : end+2]); werr != nil {
+				pr.body.account(b[chunkHead:end], err)
 				st.clientGone.Store(true)
 				break
 			}
 		}
+		pr.body.account(b[chunkHead:chunkHead+n], err)
 		if err == io.EOF {
 			if _, werr := st.conn.Write(lastChunk); werr != nil {
 				st.clientGone.Store(true)
