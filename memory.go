@@ -21,11 +21,11 @@ import (
 // allocates busyAllocs a second or more (the GC would then run several
 // times a second), and for gcBusyHold after, GOGC is raised so that the
 // heap may grow by about gcRoom beyond what is live (gcPercent); otherwise
-// it stays at 100. Not always: a heap that cycles
-// within a few MiB stays in the CPU caches and in pages already touched,
-// and measured so it gave 300 SSE streams a 10-15 % lower event latency
-// than a fixed 16 MiB floor (a ballast, tried first). An operator's GOGC
-// environment variable turns this off.
+// it stays at 100. Not always: a heap that cycles within a few MiB stays
+// in the CPU caches and in pages already touched, and measured so it gave
+// 300 SSE streams a 10-15 % lower event latency than a fixed 16 MiB floor
+// (a ballast, tried first). An operator's GOGC environment variable turns
+// this off. GOGC is process-wide: it is set back to 100 when the loop ends.
 const (
 	busyAllocs   = 16 << 20 // per freeMemoryEvery: about 2,500 small requests a second
 	gcBusyHold   = 30 * time.Second
@@ -147,6 +147,11 @@ func manageMemory(ctx context.Context, inFlight func() int64) {
 	var g gcTuner
 	tuneGC := os.Getenv("GOGC") == ""
 	gogc := 100
+	defer func() {
+		if gogc != 100 {
+			debug.SetGCPercent(100)
+		}
+	}()
 	read()
 	m.lastAllocs, g.lastAllocs = v[0], v[0]
 	lastBusy := busy
