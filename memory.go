@@ -47,19 +47,17 @@ func gcPercent(live uint64) int {
 
 // gcTuner decides GOGC once per freeMemoryEvery; see above.
 type gcTuner struct {
-	lastAllocs uint64
-	busyFor    time.Duration // left of gcBusyHold
+	busyFor time.Duration // left of gcBusyHold
 }
 
-// tick takes the cumulative bytes allocated and the live heap, and returns
-// the GOGC to use.
-func (g *gcTuner) tick(allocs, live uint64) int {
-	if allocs-g.lastAllocs >= busyAllocs {
+// tick takes the bytes allocated since the last tick and the live heap,
+// and returns the GOGC to use.
+func (g *gcTuner) tick(allocated, live uint64) int {
+	if allocated >= busyAllocs {
 		g.busyFor = gcBusyHold
 	} else if g.busyFor > 0 {
 		g.busyFor -= freeMemoryEvery
 	}
-	g.lastAllocs = allocs
 	if g.busyFor <= 0 {
 		return 100
 	}
@@ -98,16 +96,14 @@ const (
 // memoryReleaser decides, once per freeMemoryEvery, whether to return
 // free memory; see above.
 type memoryReleaser struct {
-	lastAllocs uint64
-	quietFor   time.Duration
+	quietFor time.Duration
 }
 
-// tick takes the cumulative bytes allocated, the CPU time the process used
-// since the last tick, the free and garbage bytes of the heap and the
-// number of requests in flight, and reports whether to release now.
-func (m *memoryReleaser) tick(allocs uint64, busy time.Duration, freeAndGarbage uint64, inFlight int64) bool {
-	quiet := allocs-m.lastAllocs < quietAllocs && busy < quietCPU
-	m.lastAllocs = allocs
+// tick takes the bytes allocated and the CPU time the process used since
+// the last tick, the free and garbage bytes of the heap and the number of
+// requests in flight, and reports whether to release now.
+func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, freeAndGarbage uint64, inFlight int64) bool {
+	quiet := allocated < quietAllocs && busy < quietCPU
 	if !quiet {
 		m.quietFor = 0
 		return false
@@ -153,8 +149,7 @@ func manageMemory(ctx context.Context, inFlight func() int64) {
 		}
 	}()
 	read()
-	m.lastAllocs, g.lastAllocs = v[0], v[0]
-	lastBusy := busy
+	lastAllocs, lastBusy := v[0], busy
 	for {
 		select {
 		case <-ctx.Done():
@@ -162,20 +157,18 @@ func manageMemory(ctx context.Context, inFlight func() int64) {
 		case <-tick.C:
 		}
 		read()
+		allocated, cpu := v[0]-lastAllocs, busy-lastBusy
 		if tuneGC {
-			if pct := g.tick(v[0], v[3]); pct != gogc {
+			if pct := g.tick(allocated, v[3]); pct != gogc {
 				debug.SetGCPercent(pct)
 				gogc = pct
 			}
 		}
 		garbage := max(int64(v[2])-int64(v[3]), 0)
-		release := m.tick(v[0], busy-lastBusy, v[1]+uint64(garbage), inFlight())
-		lastBusy = busy
-		if release {
+		if m.tick(allocated, cpu, v[1]+uint64(garbage), inFlight()) {
 			debug.FreeOSMemory()
-			// Start the next period after the GC it ran.
-			read()
-			m.lastAllocs, g.lastAllocs, lastBusy = v[0], v[0], busy
+			read() // the next period starts after the GC it ran
 		}
+		lastAllocs, lastBusy = v[0], busy
 	}
 }
