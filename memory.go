@@ -135,7 +135,7 @@ func manageMemory(ctx context.Context, inFlight func() int64) {
 				v[i] = s.Value.Uint64()
 			}
 		}
-		busy, _ = processCPU()
+		busy = processCPU()
 	}
 	tick := time.NewTicker(freeMemoryEvery)
 	defer tick.Stop()

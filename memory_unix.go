@@ -8,11 +8,11 @@ import (
 )
 
 // processCPU returns the CPU time (user and system) the process has used
-// so far, and whether it is known.
-func processCPU() (time.Duration, bool) {
+// so far; 0 if it is not known.
+func processCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, false
+		return 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

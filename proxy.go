@@ -56,11 +56,10 @@ type proxy struct {
 	routes    *atomic.Pointer[routeTable]
 	observe   func(*requestRecord) // called once per finished request; may be nil
 
-	// Handed-off event streams (stream.go). handOff enables them; recycle
-	// gives their connections back to the server (nil: they are closed at
-	// the end, announced with "Connection: close"); cancelling base cuts
-	// them at the end of a shutdown (nil: never).
-	handOff bool
+	// Handed-off event streams (stream.go): recycle gives their
+	// connections back to the server (nil: they are closed at the end,
+	// announced with "Connection: close"); cancelling base cuts them at the
+	// end of a shutdown (nil: never).
 	recycle *connRecycler
 	base    context.Context
 	// sharedWatch watches handed-off streams' clients with streamWatcher
@@ -117,7 +116,7 @@ func newTransport(cfg Config) *http.Transport {
 		DisableCompression: true,
 		// Every connection keeps both buffers for its life, streams idle
 		// included. 2 KiB holds a typical API response head (and a small
-		// JSON body) or request head in one syscall; reads into the 32 KiB
+		// JSON body) or request head in one syscall; reads into the 64 KiB
 		// bulk copy buffer bypass them.
 		ReadBufferSize:  2 << 10,
 		WriteBufferSize: 2 << 10,
@@ -132,15 +131,17 @@ func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, rout
 		cors:        newCORSPolicy(cfg.CORSOrigins),
 		timeout:     cfg.UpstreamTimeout,
 		routes:      routes,
-		handOff:     true,
 		sharedWatch: true,
 	}
 	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
 	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }
 	p.requests.New = func() any { return p.newRequest() }
-	if p.handOff {
-		streamWatcher.ensure()
-	}
+	// The client watcher's goroutine lives as long as the process; started
+	// here rather than at the first hand-off (watch would start it too) so
+	// that it is part of the server from its start, like its other loops,
+	// and not a goroutine that appears under load (goroutine-leak checks in
+	// faults_test.go count from the start).
+	streamWatcher.ensure()
 	return p
 }
 
@@ -158,7 +159,7 @@ type proxyRequest struct {
 	// reqBody is the wrapped request body of unknown length; nil if none.
 	reqBody *countingBody
 
-	streaming bool    // the response is an event stream: small buffer, flush per write
+	streaming bool    // the response is an event stream: small buffer, may be handed off
 	buf       *[]byte // the copy buffer handed out by Get
 	rec       requestRecord
 
@@ -700,14 +701,7 @@ func (w *proxyWriter) WriteHeader(code int) {
 }
 
 func (w *proxyWriter) Write(b []byte) (int, error) {
-	if !w.bodyStarted {
-		w.bodyStarted = true
-		if w.flushEach {
-			// Taking the lock once waits out a header flush in progress on
-			// the timer's goroutine; after it the timer does nothing.
-			w.stop()
-		}
-	}
+	w.startBody()
 	n, err := w.rw.Write(b)
 	if w.flushEach && err == nil {
 		w.rw.(http.Flusher).Flush()
@@ -716,13 +710,21 @@ func (w *proxyWriter) Write(b []byte) (int, error) {
 }
 
 func (w *proxyWriter) Flush() {
+	w.startBody()
+	w.rw.(http.Flusher).Flush()
+}
+
+// startBody cancels, at the first Write or Flush, the pending header flush
+// of a known-length body: the headers go out with the body's first bytes.
+func (w *proxyWriter) startBody() {
 	if !w.bodyStarted {
 		w.bodyStarted = true
 		if w.flushEach {
+			// Taking the lock once waits out a header flush in progress on
+			// the timer's goroutine; after it the timer does nothing.
 			w.stop()
 		}
 	}
-	w.rw.(http.Flusher).Flush()
 }
 
 // flushHeaders runs on the timer's goroutine when the body of a

@@ -77,7 +77,7 @@ type streamState struct {
 // as the request tells; it decides whether serve gives the upstream request
 // a context of its own that outlives the handler.
 func (p *proxy) mayHandOff(w http.ResponseWriter, req *http.Request) bool {
-	return p.handOff && req.ProtoMajor == 1 && req.ProtoMinor == 1 &&
+	return req.ProtoMajor == 1 && req.ProtoMinor == 1 &&
 		req.Method != http.MethodHead && !req.Close &&
 		req.Header["Upgrade"] == nil && w.Header()["Connection"] == nil
 }
@@ -176,6 +176,7 @@ func (pr *proxyRequest) stream() {
 	complete := false
 	for !st.clientGone.Load() {
 		n, err := pr.body.ReadCloser.Read(b[chunkHead : len(b)-2])
+		var werr error
 		if n > 0 {
 			start := chunkHead - 2
 			b[start], b[start+1] = '\r', '\n'
@@ -185,13 +186,13 @@ func (pr *proxyRequest) stream() {
 			}
 			end := chunkHead + n
 			b[end], b[end+1] = '\r', '\n'
-			if _, werr := st.conn.Write(b[start : end+2]); werr != nil {
-				pr.body.account(b[chunkHead:end], err)
-				st.clientGone.Store(true)
-				break
-			}
+			_, werr = st.conn.Write(b[start : end+2])
 		}
 		pr.body.account(b[chunkHead:chunkHead+n], err)
+		if werr != nil {
+			st.clientGone.Store(true)
+			break
+		}
 		if err == io.EOF {
 			if _, werr := st.conn.Write(lastChunk); werr != nil {
 				st.clientGone.Store(true)
@@ -217,7 +218,6 @@ func (pr *proxyRequest) stream() {
 		st.stopCut()
 	}
 	pr.body.Close()
-	pr.cancelUp(nil)
 	if complete && !st.clientGone.Load() && p.recycle != nil && st.conn.SetDeadline(time.Time{}) == nil {
 		var c net.Conn = st.conn
 		if len(st.pending) > 0 {
