@@ -203,12 +203,22 @@ func clientAddr(req *http.Request) string {
 	return ip.String()
 }
 
-func (s *Server) handleListMappings(c *gin.Context) {
+// storeMappings reads the mappings for an admin request; on failure it has
+// answered the request and ok is false.
+func (s *Server) storeMappings(c *gin.Context) (m map[string]string, ok bool) {
 	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
 	defer cancel()
 	m, err := s.store.Mappings(ctx)
 	if err != nil {
 		s.writeStoreError(c, err)
+		return nil, false
+	}
+	return m, true
+}
+
+func (s *Server) handleListMappings(c *gin.Context) {
+	m, ok := s.storeMappings(c)
+	if !ok {
 		return
 	}
 	c.JSON(http.StatusOK, gin.H{"mappings": m, "count": len(m)})
@@ -221,11 +231,8 @@ func (s *Server) handleGetMapping(c *gin.Context) {
 		s.handleListMappings(c)
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
-	defer cancel()
-	m, err := s.store.Mappings(ctx)
-	if err != nil {
-		s.writeStoreError(c, err)
+	m, ok := s.storeMappings(c)
+	if !ok {
 		return
 	}
 	target, ok := m[prefix]

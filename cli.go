@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sort"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -58,12 +57,7 @@ func runMapCommand(ctx context.Context, getenv func(string) string, args []strin
 		if err != nil {
 			return err
 		}
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range sortedKeys(m) {
 			fmt.Fprintf(stdout, "%s\t%s\n", k, m[k])
 		}
 	case "set":

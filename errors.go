@@ -7,8 +7,8 @@ import (
 	"strconv"
 )
 
-// Sentinel errors returned by the stores and the admin layer. writeError maps
-// each of them to one HTTP status; see errorStatus.
+// Sentinel errors returned by the stores and the admin layer. writeAPIError
+// maps the first two to their HTTP status.
 var (
 	errMappingNotFound = errors.New("mapping not found")
 	errMappingExists   = errors.New("mapping already exists")

@@ -278,30 +278,34 @@ func (s *redisStore) remember(seq uint64, m map[string]string) {
 // persistLocked asks persistLoop to write the snapshot file if what it holds is
 // not the last known state. s.mu must be held.
 func (s *redisStore) persistLocked() {
-	if s.snapshotPath == "" || s.last == nil || maps.Equal(s.last, s.onDisk.Mappings) && s.token == s.onDisk.AdminToken {
-		return
+	if s.snapshotStaleLocked() {
+		notify(s.persist)
 	}
-	select {
-	case s.persist <- struct{}{}:
-	default:
-	}
+}
+
+// snapshotStaleLocked reports whether there is a snapshot file to write and
+// the last known state differs from what it holds. s.mu must be held.
+func (s *redisStore) snapshotStaleLocked() bool {
+	return s.snapshotPath != "" && s.last != nil &&
+		!(maps.Equal(s.last, s.onDisk.Mappings) && s.token == s.onDisk.AdminToken)
 }
 
 func (s *redisStore) CreateMapping(ctx context.Context, prefix, target string) error {
-	return s.write(ctx, "create mapping", redisCreateScript, prefix, target, s.key(redisUpdatesChannel), updateMessage("create", prefix))
+	return s.write(ctx, "create mapping", redisCreateScript, errMappingExists, prefix, target, s.key(redisUpdatesChannel), updateMessage("create", prefix))
 }
 
 func (s *redisStore) UpdateMapping(ctx context.Context, prefix, target string) error {
-	return s.write(ctx, "update mapping", redisUpdateScript, prefix, target, s.key(redisUpdatesChannel), updateMessage("update", prefix))
+	return s.write(ctx, "update mapping", redisUpdateScript, errMappingNotFound, prefix, target, s.key(redisUpdatesChannel), updateMessage("update", prefix))
 }
 
 func (s *redisStore) DeleteMapping(ctx context.Context, prefix string) error {
-	return s.write(ctx, "delete mapping", redisDeleteScript, prefix, s.key(redisUpdatesChannel), updateMessage("delete", prefix))
+	return s.write(ctx, "delete mapping", redisDeleteScript, errMappingNotFound, prefix, s.key(redisUpdatesChannel), updateMessage("delete", prefix))
 }
 
 // write runs one of the write scripts, seeding a Redis that was not
-// initialised first.
-func (s *redisStore) write(ctx context.Context, op string, script *redis.Script, args ...any) error {
+// initialised first. unchanged is the error for a script that changed
+// nothing (it returned 0): the mapping exists, or does not.
+func (s *redisStore) write(ctx context.Context, op string, script *redis.Script, unchanged error, args ...any) error {
 	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey)}
 	n, err := script.Run(ctx, s.client, keys, args...).Int64()
 	if err == nil && n == -1 {
@@ -317,22 +321,14 @@ func (s *redisStore) write(ctx context.Context, op string, script *redis.Script,
 	case -1:
 		return fmt.Errorf("%s: redis lost its initialisation marker %s while being written", op, s.key(redisSeededKey))
 	case 0:
-		if script == redisCreateScript {
-			return errMappingExists
-		}
-		return errMappingNotFound
+		return unchanged
 	}
 	s.signal()
 	return nil
 }
 
 // signal tells the Changes reader to reload; it never blocks.
-func (s *redisStore) signal() {
-	select {
-	case s.changes <- struct{}{}:
-	default: // a signal is already pending; the reader reloads everything
-	}
-}
+func (s *redisStore) signal() { notify(s.changes) }
 
 func (s *redisStore) Changes() <-chan struct{} { return s.changes }
 
@@ -608,9 +604,9 @@ func (s *redisStore) loadSnapshot() {
 func (s *redisStore) persistSnapshot() {
 	s.mu.Lock()
 	f := snapshotFile{Source: s.source, SavedAt: s.lastAt.UTC(), Mappings: s.last, AdminToken: s.token}
-	same := f.Mappings == nil || maps.Equal(f.Mappings, s.onDisk.Mappings) && f.AdminToken == s.onDisk.AdminToken
+	stale := s.snapshotStaleLocked()
 	s.mu.Unlock()
-	if same || s.snapshotPath == "" {
+	if !stale {
 		return
 	}
 	b, err := json.MarshalIndent(f, "", "  ")

@@ -142,11 +142,11 @@ func validateTarget(target string) error {
 	if len(target) > 2048 {
 		return bad("must be at most 2048 bytes")
 	}
-	if strings.ContainsAny(target, " \t\r\n\\") || !utf8.ValidString(target) {
+	if !utf8.ValidString(target) {
 		return bad("must not contain spaces, control characters or backslashes")
 	}
 	for i := 0; i < len(target); i++ {
-		if target[i] < 0x20 || target[i] == 0x7f {
+		if c := target[i]; c <= ' ' || c == 0x7f || c == '\\' {
 			return bad("must not contain spaces, control characters or backslashes")
 		}
 	}
@@ -447,11 +447,17 @@ func (s *boltStore) write(op string, fn func(*bolt.Bucket) error) error {
 	if err != nil {
 		return s.wrap(op, err)
 	}
-	select {
-	case s.changes <- struct{}{}:
-	default: // a signal is already pending; the reader reloads everything
-	}
+	notify(s.changes)
 	return nil
+}
+
+// notify sends a signal on ch without blocking: when one is already
+// pending, its reader will see the latest state anyway.
+func notify(ch chan<- struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }
 
 func (s *boltStore) wrap(op string, err error) error {
