@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
 	"math"
 	"math/bits"
 	"net/http"
@@ -421,10 +422,7 @@ func (ps *prefixStats) addModel(raw []byte) *modelStats {
 	// Raw spellings are remembered up to a bound, so that a model past it
 	// still finds its entry without the lock most of the time.
 	if len(old) < 4*maxModels {
-		next := make(map[string]*modelStats, len(old)+1)
-		for k, v := range old {
-			next[k] = v
-		}
+		next := maps.Clone(old)
 		next[string(raw)] = m
 		ps.models.Store(&next)
 	}
@@ -606,10 +604,7 @@ func (st *Stats) addPrefix(prefix string) *prefixStats {
 		return ps
 	}
 	ps := newPrefixStats(prefix)
-	next := make(map[string]*prefixStats, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
+	next := maps.Clone(old)
 	next[prefix] = ps
 	st.prefixes.Store(&next)
 	return ps
@@ -988,7 +983,7 @@ type endpointView struct {
 	Models       map[string]*modelView `json:"models"`
 
 	// Last 24 hours, for the latency figures.
-	latSum, latN  int64
+	latSum        int64
 	latency, ttfb [histBuckets]int64
 }
 
@@ -1119,10 +1114,7 @@ func (st *Stats) viewLocked(now time.Time) *statsView {
 	// Endpoints are the current mappings; a deleted prefix's requests stay
 	// in the totals above but it has no row.
 	for _, r := range st.routes.Load().sorted {
-		e := all[r.prefix]
-		if e == nil {
-			e = &endpointView{Models: map[string]*modelView{}}
-		}
+		e := get(r.prefix)
 		e.Target = r.target
 		v.Endpoints[r.prefix] = e
 	}
@@ -1208,7 +1200,6 @@ func (e *endpointView) addHour(name string, n int64) {
 	switch name {
 	case fieldCount:
 		e.Last24h += n
-		e.latN += n
 	case fieldLatencySum:
 		e.latSum += n
 	default:
@@ -1230,26 +1221,25 @@ func histField(name, kind string) (int, bool) {
 	return i, err == nil && i >= 0 && i < histBuckets
 }
 
+// percentilesMS returns the p50, p95 and p99 of a histogram of
+// microseconds, in milliseconds.
+func percentilesMS(h *[histBuckets]int64) (p50, p95, p99 float64) {
+	var n int64
+	for _, c := range h {
+		n += c
+	}
+	q := func(p float64) float64 { return round2(histQuantile(h, n, p) / 1e3) }
+	return q(0.50), q(0.95), q(0.99)
+}
+
 // finish computes the latency figures and folds models past maxModels
 // (possible when instances saw different ones) into "other".
 func (e *endpointView) finish() {
-	if e.latN > 0 {
-		e.LatencyMS.Avg = round2(float64(e.latSum) / float64(e.latN) / 1e3)
+	if e.Last24h > 0 { // the requests whose latencies latSum adds up
+		e.LatencyMS.Avg = round2(float64(e.latSum) / float64(e.Last24h) / 1e3)
 	}
-	var n int64
-	for _, c := range e.latency {
-		n += c
-	}
-	e.LatencyMS.P50 = round2(histQuantile(&e.latency, n, 0.50) / 1e3)
-	e.LatencyMS.P95 = round2(histQuantile(&e.latency, n, 0.95) / 1e3)
-	e.LatencyMS.P99 = round2(histQuantile(&e.latency, n, 0.99) / 1e3)
-	n = 0
-	for _, c := range e.ttfb {
-		n += c
-	}
-	e.TTFBMS.P50 = round2(histQuantile(&e.ttfb, n, 0.50) / 1e3)
-	e.TTFBMS.P95 = round2(histQuantile(&e.ttfb, n, 0.95) / 1e3)
-	e.TTFBMS.P99 = round2(histQuantile(&e.ttfb, n, 0.99) / 1e3)
+	e.LatencyMS.P50, e.LatencyMS.P95, e.LatencyMS.P99 = percentilesMS(&e.latency)
+	e.TTFBMS.P50, e.TTFBMS.P95, e.TTFBMS.P99 = percentilesMS(&e.ttfb)
 	names := make([]string, 0, len(e.Models))
 	for name := range e.Models {
 		if name != "other" {
