@@ -57,11 +57,7 @@ func TestProxyRequestHeaders(t *testing.T) {
 	if got.Host != up.Addr() {
 		t.Errorf("upstream Host = %q, want the target's %q", got.Host, up.Addr())
 	}
-	tests := []struct {
-		name string
-		key  string
-		want []string // nil: must be absent
-	}{
+	tests := []headerCase{
 		{"Connection dropped", "Connection", nil},
 		{"header named in Connection dropped", "X-Conn-Named", nil},
 		{"Keep-Alive dropped", "Keep-Alive", nil},
@@ -82,17 +78,32 @@ func TestProxyRequestHeaders(t *testing.T) {
 		{"Accept-Encoding passes as is", "Accept-Encoding", []string{"br"}},
 		{"client X-Forwarded-For passes unchanged", "X-Forwarded-For", []string{"203.0.113.7"}},
 	}
-	for _, tt := range tests {
+	checkHeaders(t, "upstream", got.Header, tests)
+}
+
+// headerCase is one header a side of the proxy must see: want nil means
+// it must be absent.
+type headerCase struct {
+	name string
+	key  string
+	want []string
+}
+
+// checkHeaders checks h, the headers one side (who) received, against
+// each case in a subtest of its own.
+func checkHeaders(t *testing.T, who string, h http.Header, cases []headerCase) {
+	t.Helper()
+	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
-			v, ok := got.Header[tt.key]
+			v, ok := h[tt.key]
 			if tt.want == nil {
 				if ok {
-					t.Errorf("upstream got %s: %q, want it absent", tt.key, v)
+					t.Errorf("%s got %s: %q, want it absent", who, tt.key, v)
 				}
 				return
 			}
 			if !slices.Equal(v, tt.want) {
-				t.Errorf("upstream got %s: %q, want %q", tt.key, v, tt.want)
+				t.Errorf("%s got %s: %q, want %q", who, tt.key, v, tt.want)
 			}
 		})
 	}
@@ -139,11 +150,7 @@ func TestProxyResponseHeaders(t *testing.T) {
 	if res.StatusCode != http.StatusCreated || string(body) != "ok" {
 		t.Fatalf("got %d %q, want 201 %q", res.StatusCode, body, "ok")
 	}
-	tests := []struct {
-		name string
-		key  string
-		want []string // nil: must be absent
-	}{
+	tests := []headerCase{
 		{"repeated Set-Cookie kept in order", "Set-Cookie", []string{"a=1; Path=/", "b=2; Path=/"}},
 		{"repeated header kept in order", "X-Multi", []string{"1", "2"}},
 		{"empty header kept", "X-Empty", []string{""}},
@@ -158,20 +165,7 @@ func TestProxyResponseHeaders(t *testing.T) {
 		{"Upgrade outside an upgrade dropped", "Upgrade", nil},
 		{"Trailer of a non-chunked body dropped", "Trailer", nil},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			v, ok := res.Header[tt.key]
-			if tt.want == nil {
-				if ok {
-					t.Errorf("client got %s: %q, want it absent", tt.key, v)
-				}
-				return
-			}
-			if !slices.Equal(v, tt.want) {
-				t.Errorf("client got %s: %q, want %q", tt.key, v, tt.want)
-			}
-		})
-	}
+	checkHeaders(t, "client", res.Header, tests)
 }
 
 // TestProxyAddedResponseHeaders checks the proxy's own response headers
