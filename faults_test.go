@@ -156,6 +156,10 @@ func TestFaultsUpstreamNoResponse(t *testing.T) {
 	raw := func(fn func(net.Conn, *bufio.ReadWriter)) func(t *testing.T) string {
 		return func(t *testing.T) string { return newRawUpstream(t, fn).URL }
 	}
+	// reply: an upstream that answers every connection with s, then closes.
+	reply := func(s string) func(t *testing.T) string {
+		return raw(func(conn net.Conn, _ *bufio.ReadWriter) { io.WriteString(conn, s) })
+	}
 	tests := []struct {
 		name       string
 		target     func(t *testing.T) string
@@ -168,30 +172,14 @@ func TestFaultsUpstreamNoResponse(t *testing.T) {
 			conn.(*net.TCPConn).SetLinger(0) // RST on close
 		}), 0, http.StatusBadGateway, "upstream_unreachable"},
 		{"closed before headers", raw(func(net.Conn, *bufio.ReadWriter) {}), 0, http.StatusBadGateway, "upstream_unreachable"},
-		{"malformed status line", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
-			io.WriteString(conn, "HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n")
-		}), 0, http.StatusBadGateway, "upstream_bad_response"},
-		{"malformed header", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
-			io.WriteString(conn, "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n")
-		}), 0, http.StatusBadGateway, "upstream_bad_response"},
-		{"bad content-length", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
-			io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello")
-		}), 0, http.StatusBadGateway, "upstream_bad_response"},
-		{"two content-lengths", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
-			io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello")
-		}), 0, http.StatusBadGateway, "upstream_bad_response"},
-		{"unknown transfer-encoding", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
-			io.WriteString(conn, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello")
-		}), 0, http.StatusBadGateway, "upstream_bad_response"},
-		{"switch protocols unasked", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
-			io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
-		}), 0, http.StatusBadGateway, "upstream_bad_response"},
-		{"cut inside the headers", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
-			io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Type: appl")
-		}), 0, http.StatusBadGateway, "upstream_unreachable"},
-		{"not HTTP", raw(func(conn net.Conn, _ *bufio.ReadWriter) {
-			io.WriteString(conn, "220 smtp.example ESMTP ready\r\n\r\n")
-		}), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"malformed status line", reply("HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n"), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"malformed header", reply("HTTP/1.1 200 OK\r\nno colon here\r\n\r\n"), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"bad content-length", reply("HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello"), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"two content-lengths", reply("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"unknown transfer-encoding", reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello"), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"switch protocols unasked", reply("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"), 0, http.StatusBadGateway, "upstream_bad_response"},
+		{"cut inside the headers", reply("HTTP/1.1 200 OK\r\nContent-Type: appl"), 0, http.StatusBadGateway, "upstream_unreachable"},
+		{"not HTTP", reply("220 smtp.example ESMTP ready\r\n\r\n"), 0, http.StatusBadGateway, "upstream_bad_response"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
