@@ -247,11 +247,6 @@ func (s *Server) Start() {
 		defer s.wg.Done()
 		s.stats.run(ctx)
 	}()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		manageMemory(ctx, s.proxy.active.Load)
-	}()
 	if w, ok := s.store.(watchingStore); ok {
 		s.wg.Add(1)
 		go func() {
@@ -337,6 +332,10 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
 	}
 	s.Start()
+	// Process-wide settings (runtime.go) are tuned for the process that
+	// serves, not for every Server (tests run several in one process).
+	stopTuning := tuneRuntime(s.proxy.active.Load)
+	defer stopTuning()
 	srv := newHTTPServer(s, logger)
 	// Every request's context derives from reqCtx, so that cancelling it
 	// ends what Shutdown cannot: hijacked connections (ReverseProxy

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMemoryReleaser checks when free memory goes back to the OS: at once
+// for quiet in-flight streams, only after idleRelease with nothing in
+// flight, never while the process allocates (under load) or when little
+// is free.
+func TestMemoryReleaser(t *testing.T) {
+	const mib = 1 << 20
+	type step struct {
+		allocated uint64        // in the last second
+		busy      time.Duration // in the last second
+		free      uint64
+		inFlight  int64
+		want      bool
+	}
+	run := func(t *testing.T, steps []step) {
+		t.Helper()
+		var m memoryReleaser
+		for i, s := range steps {
+			if got := m.tick(s.allocated, s.busy, s.free, s.inFlight); got != s.want {
+				t.Fatalf("tick %d (allocated %d KiB, busy %v, free %d MiB, in flight %d) = %v, want %v",
+					i, s.allocated>>10, s.busy, s.free/mib, s.inFlight, got, s.want)
+			}
+		}
+	}
+	t.Run("held streams after a burst", func(t *testing.T) {
+		run(t, []step{
+			{allocated: 40 * mib, free: 30 * mib, inFlight: 1000, want: false}, // the burst itself
+			{allocated: 1000, free: 30 * mib, inFlight: 1000, want: true},
+		})
+	})
+	t.Run("busy streams", func(t *testing.T) {
+		// Events flowing allocate almost nothing but keep the process busy.
+		var steps []step
+		for i := 0; i < 40; i++ {
+			steps = append(steps, step{allocated: 40 << 10, busy: 200 * time.Millisecond, free: 20 * mib, inFlight: 300})
+		}
+		steps = append(steps, step{allocated: 40 << 10, busy: 5 * time.Millisecond, free: 20 * mib, inFlight: 300, want: true})
+		run(t, steps)
+	})
+	t.Run("under load", func(t *testing.T) {
+		var steps []step
+		for i := 0; i < 40; i++ {
+			steps = append(steps, step{allocated: 50 * mib, free: 20 * mib, inFlight: 50})
+		}
+		run(t, steps)
+	})
+	t.Run("idle between bursts", func(t *testing.T) {
+		steps := []step{{allocated: 100 * mib, free: 20 * mib}} // the burst
+		n := int(idleRelease / tuneEvery)
+		for i := 1; i < n; i++ {
+			steps = append(steps, step{free: 20 * mib})
+		}
+		steps = append(steps, step{free: 20 * mib, want: true})
+		run(t, steps)
+	})
+	t.Run("a burst restarts the idle wait", func(t *testing.T) {
+		n := int(idleRelease / tuneEvery)
+		var steps []step
+		for i := 0; i < n-1; i++ {
+			steps = append(steps, step{free: 20 * mib})
+		}
+		steps = append(steps, step{allocated: 10 * mib, free: 20 * mib}) // load again
+		for i := 0; i < n-1; i++ {
+			steps = append(steps, step{free: 20 * mib})
+		}
+		steps = append(steps, step{free: 20 * mib, want: true})
+		run(t, steps)
+	})
+	t.Run("little free", func(t *testing.T) {
+		run(t, []step{
+			{free: freeMemoryThreshold, inFlight: 10},
+			{free: freeMemoryThreshold, inFlight: 10},
+		})
+	})
+}
+
+// TestGCTuner checks that GOGC is raised only while the process allocates
+// fast (small requests under load), by the room gcPercent gives, and goes
+// back to 100 gcBusyHold after the load.
+func TestGCTuner(t *testing.T) {
+	const mib = 1 << 20
+	for _, c := range []struct {
+		live uint64
+		want int
+	}{
+		{0, maxGCPercent}, {2 * mib, 800}, {5 * mib, 400}, {8 * mib, 400}, {9 * mib, 200},
+		{16 * mib, 200}, {17 * mib, 100}, {500 * mib, 100},
+	} {
+		if got := gcPercent(c.live); got != c.want {
+			t.Errorf("gcPercent(%d MiB) = %d, want %d", c.live/mib, got, c.want)
+		}
+	}
+
+	var g gcTuner
+	if got := g.tick(busyAllocs-1, 2*mib); got != 100 {
+		t.Fatalf("a light load: GOGC %d, want 100", got)
+	}
+	if got := g.tick(50*mib, 2*mib); got != 800 {
+		t.Fatalf("50 MiB allocated in a second: GOGC %d, want 800", got)
+	}
+	if got := g.tick(50*mib, 8*mib); got != 400 {
+		t.Fatalf("under load, live 8 MiB: GOGC %d, want 400", got)
+	}
+	// The load stops: raised for gcBusyHold, then 100.
+	n := int(gcBusyHold / tuneEvery)
+	for i := 1; i < n; i++ {
+		if got := g.tick(0, 2*mib); got != 800 {
+			t.Fatalf("%d s after the load: GOGC %d, want 800", i, got)
+		}
+	}
+	if got := g.tick(0, 2*mib); got != 100 {
+		t.Fatalf("%v after the load: GOGC %d, want 100", gcBusyHold, got)
+	}
+}
+
+// TestProcsTuner checks when the process takes another processor (it
+// uses all it has and a CPU is idle, for procsRaiseAfter) and when it
+// gives one back (for procsLowerAfter, it fits in fewer, or the machine
+// has no CPU to spare), never past 1 or max.
+func TestProcsTuner(t *testing.T) {
+	type step struct {
+		used, idle float64 // CPUs, over the last second
+		want       int
+	}
+	run := func(t *testing.T, p procsTuner, steps []step) {
+		t.Helper()
+		for i, s := range steps {
+			if got := p.tick(s.used, s.idle); got != s.want {
+				t.Fatalf("tick %d (used %.2f CPUs, %.2f idle): GOMAXPROCS %d, want %d", i, s.used, s.idle, got, s.want)
+			}
+		}
+	}
+	t.Run("light load stays on one", func(t *testing.T) {
+		run(t, procsTuner{max: 4, n: 1}, []step{{0.3, 3.5, 1}, {0.5, 3.4, 1}, {0.7, 3.2, 1}, {0.1, 3.8, 1}})
+	})
+	t.Run("busy with idle CPUs takes more, one at a time", func(t *testing.T) {
+		run(t, procsTuner{max: 3, n: 1}, []step{
+			{0.95, 2.0, 1}, {0.9, 2.0, 2}, // 2 s busy: 2
+			{1.8, 1.1, 2}, {1.9, 1.0, 3}, // 2 more: 3
+			{2.9, 0.1, 3}, {3.0, 0.0, 3}, {2.9, 0.0, 3}, // at max; busy, so not lowered either
+		})
+	})
+	t.Run("busy on a saturated machine stays on one", func(t *testing.T) {
+		// The bench's load: the proxy, its load generator and upstream share 2 CPUs.
+		run(t, procsTuner{max: 2, n: 1}, []step{{0.93, 0.27, 1}, {0.96, 0.39, 1}, {0.97, 0.25, 1}, {0.95, 0.3, 1}})
+	})
+	t.Run("a busy spell must last", func(t *testing.T) {
+		run(t, procsTuner{max: 2, n: 1}, []step{{0.9, 1.0, 1}, {0.3, 1.6, 1}, {0.9, 1.0, 1}, {0.9, 0.2, 1}, {0.9, 1.0, 1}})
+	})
+	t.Run("load gone: back to one after procsLowerAfter", func(t *testing.T) {
+		steps := []step{}
+		for i := 1; i < int(procsLowerAfter/tuneEvery); i++ {
+			steps = append(steps, step{0.2, 1.7, 2})
+		}
+		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.2, 1.7, 1}, step{0.2, 1.7, 1}))
+	})
+	t.Run("no CPU to spare: the extra processor goes", func(t *testing.T) {
+		steps := []step{}
+		for i := 1; i < int(procsLowerAfter/tuneEvery); i++ {
+			steps = append(steps, step{1.25, 0.1, 2})
+		}
+		run(t, procsTuner{max: 2, n: 2}, append(steps, step{1.25, 0.1, 1}))
+	})
+	t.Run("using both with none to spare keeps both", func(t *testing.T) {
+		// The proxy alone saturates the machine: lowering would halve it.
+		run(t, procsTuner{max: 2, n: 2}, []step{{1.9, 0.05, 2}, {1.8, 0.1, 2}, {1.85, 0.1, 2}, {1.9, 0.0, 2}, {1.8, 0.1, 2}, {1.9, 0.1, 2}})
+	})
+	t.Run("a quiet second restarts the wait", func(t *testing.T) {
+		run(t, procsTuner{max: 2, n: 2}, []step{
+			{0.2, 1.7, 2}, {0.2, 1.7, 2}, {0.2, 1.7, 2}, {0.2, 1.7, 2},
+			{1.6, 0.4, 2}, // busy again
+			{0.2, 1.7, 2}, {0.2, 1.7, 2}, {0.2, 1.7, 2}, {0.2, 1.7, 2}, {0.2, 1.7, 1},
+		})
+	})
+}
+
+// TestParseProcStat reads the figures machineCPU takes from /proc/stat.
+func TestParseProcStat(t *testing.T) {
+	stat := "cpu  4705 356 584 3699176 23 0 60 7 11 0\n" +
+		"cpu0 1393280 32966 572056 13343292 6130 0 17875 0 0 0\n" +
+		"cpu1 1335808 34536 522144 13452128 5850 0 16262 0 0 0\n" +
+		"intr 1462898 34 9 0\nctxt 5672383\nbtime 1769375411\nprocesses 16478\ncpus_allowed 0\n"
+	idle, total, cpus, ok := parseProcStat([]byte(stat))
+	if !ok || idle != 3699176+23 || total != 4705+356+584+3699176+23+0+60+7 || cpus != 2 {
+		t.Fatalf("parseProcStat = %d, %d, %d, %v; want %d, %d, 2, true", idle, total, cpus, ok, 3699176+23, 4705+356+584+3699176+23+60+7)
+	}
+	for _, bad := range []string{"", "intr 1 2 3\n", "cpu 1 2 3\ncpu0 1 2 3\n", "cpu 1 2 x 4 5 6 7 8\ncpu0 1\n", "cpu 1 2 3 4 5 6 7 8\n"} {
+		if _, _, _, ok := parseProcStat([]byte(bad)); ok {
+			t.Errorf("parseProcStat(%q) ok, want not", bad)
+		}
+	}
+}
+
+// TestProcessProcessors checks on the real binary that the process serves
+// with one processor (go_sched_gomaxprocs_threads in /metrics) and that an
+// operator's GOMAXPROCS is left as it is.
+func TestProcessProcessors(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU: GOMAXPROCS is 1 anyway")
+	}
+	if _, _, _, ok := machineCPU(); !ok {
+		t.Skip("no /proc/stat: GOMAXPROCS is not tuned here")
+	}
+	bin := buildBinary(t)
+	gomaxprocs := func(p *proxyProcess) string {
+		t.Helper()
+		res, err := http.Get("http://" + p.addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "go_sched_gomaxprocs_threads "); ok {
+				return v
+			}
+		}
+		t.Fatalf("no go_sched_gomaxprocs_threads in /metrics:\n%s", b)
+		return ""
+	}
+	p := startBinary(t, bin, "DATA_DIR="+t.TempDir())
+	if got := gomaxprocs(p); got != "1" {
+		t.Errorf("GOMAXPROCS %s once serving, want 1", got)
+	}
+	p = startBinary(t, bin, "DATA_DIR="+t.TempDir(), "GOMAXPROCS=2")
+	if got := gomaxprocs(p); got != "2" {
+		t.Errorf("GOMAXPROCS %s with GOMAXPROCS=2 in the environment, want 2", got)
+	}
+}
