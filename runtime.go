@@ -43,57 +43,72 @@ const tuneEvery = time.Second
 // per CPU. A proxy's goroutines hand each request along (the server's
 // connection, the Transport's write and read loops), and with two or more
 // processors every hand-off may wake a thread on another CPU, which on a
-// virtual machine is dear. Measured with the bench on 2 cores (load and
-// load-post, 6 interleaved rounds, twice): at GOMAXPROCS=1 a small request
-// cost 0.63-0.68x the CPU of the baseline proxy against 0.96-1.00x at 2,
-// with 1.25-1.37x its requests/s against 0.97-1.01x; a 1 GiB download ran
-// 1.53x as fast as the baseline against 1.18x. One processor serves about
-// 10,000 small requests a second here, so the proxy starts with one and
-// takes another only when it needs it and a CPU is free to run it:
-//   - raise: for procsRaiseAfter the process used nearly all its
-//     processors (at least n - procsSlack CPUs) while the machine had at
-//     least procsSpare CPUs idle;
-//   - lower: for procsLowerAfter the process used under n - 1 - 2*procsSlack
-//     CPUs (n - 1 processors suffice), or under n - 2*procsSlack while the
-//     machine had no CPU to spare (under procsSpare/2 idle): then the extra
-//     processor only contends with the rest of the machine.
+// virtual machine is dear. Measured with the bench on 2 cores, where the
+// proxy shares the CPUs with its load generator and upstream (load and
+// load-post, 6 and 8 interleaved rounds): at GOMAXPROCS=1 a small request
+// cost 0.59-0.68x the CPU of the baseline proxy against 0.93-1.00x at 2,
+// at 1.25-1.41x its requests/s against 0.97-1.03x; a 1 GiB download ran
+// 1.29-1.53x as fast as the baseline against 1.18-1.26x. But a second
+// processor serves bursts of events in parallel: 300 SSE streams (6,000
+// events a second, at 0.2 CPUs) had a 10-15 % higher event latency on one
+// processor, while the machine had more than a CPU idle. So the cost of
+// another processor is worth it when CPUs are idle, not when they are
+// scarce:
+//   - more: for procsRaiseAfter the machine had at least procsSpare CPUs
+//     idle while the process did real work (at least procsWork CPUs per
+//     processor it has);
+//   - fewer: for procsContendAfter the machine had under procsSaturated
+//     CPUs idle while the process left at least half a processor unused
+//     (the extra one only contends with the rest of the machine), or for
+//     procsQuietAfter the process used under half of procsWork per
+//     processor.
 //
-// Never above the runtime's own default (the CPUs, or a container's CPU
-// limit). An operator's GOMAXPROCS environment variable turns this off.
+// It starts with one, and never goes above the runtime's own default (the
+// CPUs, or a container's CPU limit). An operator's GOMAXPROCS environment
+// variable turns this off.
 const (
-	procsSlack      = 0.25 // CPUs
-	procsSpare      = 0.5  // CPUs
-	procsRaiseAfter = 2 * time.Second
-	procsLowerAfter = 5 * time.Second
+	procsWork         = 0.15 // CPUs per processor
+	procsSpare        = 0.5  // idle CPUs
+	procsSaturated    = 0.25 // idle CPUs
+	procsRaiseAfter   = 2 * time.Second
+	procsContendAfter = 2 * time.Second
+	procsQuietAfter   = 30 * time.Second
 )
 
 // procsTuner decides GOMAXPROCS once per tuneEvery; see above.
 type procsTuner struct {
-	max, n             int
-	raiseFor, lowerFor time.Duration
+	max, n                         int
+	raiseFor, contendFor, quietFor time.Duration
 }
 
 // tick takes the CPUs the process used and the machine's idle CPUs over
 // the last period, and returns the GOMAXPROCS to use.
 func (p *procsTuner) tick(used, idle float64) int {
 	n := float64(p.n)
-	raise := p.n < p.max && used >= n-procsSlack && idle >= procsSpare
-	lower := p.n > 1 && (used < n-1-2*procsSlack || used < n-2*procsSlack && idle < procsSpare/2)
+	p.raiseFor = holds(p.n < p.max && idle >= procsSpare && used >= procsWork*n, p.raiseFor)
+	p.contendFor = holds(p.n > 1 && idle < procsSaturated && used < n-0.5, p.contendFor)
+	p.quietFor = holds(p.n > 1 && used < procsWork*n/2, p.quietFor)
+	change := 0
 	switch {
-	case raise:
-		p.raiseFor, p.lowerFor = p.raiseFor+tuneEvery, 0
-		if p.raiseFor >= procsRaiseAfter {
-			p.n, p.raiseFor = p.n+1, 0
-		}
-	case lower:
-		p.raiseFor, p.lowerFor = 0, p.lowerFor+tuneEvery
-		if p.lowerFor >= procsLowerAfter {
-			p.n, p.lowerFor = p.n-1, 0
-		}
-	default:
-		p.raiseFor, p.lowerFor = 0, 0
+	case p.raiseFor >= procsRaiseAfter:
+		change = 1
+	case p.contendFor >= procsContendAfter, p.quietFor >= procsQuietAfter:
+		change = -1
+	}
+	if change != 0 {
+		p.n += change
+		p.raiseFor, p.contendFor, p.quietFor = 0, 0, 0
 	}
 	return p.n
+}
+
+// holds returns how long a condition has held, given whether it held in
+// the last tuneEvery and how long it had held before.
+func holds(now bool, before time.Duration) time.Duration {
+	if !now {
+		return 0
+	}
+	return before + tuneEvery
 }
 
 // gcPercent returns the GOGC that gives a heap of live bytes about gcRoom

@@ -124,9 +124,10 @@ func TestGCTuner(t *testing.T) {
 }
 
 // TestProcsTuner checks when the process takes another processor (it
-// uses all it has and a CPU is idle, for procsRaiseAfter) and when it
-// gives one back (for procsLowerAfter, it fits in fewer, or the machine
-// has no CPU to spare), never past 1 or max.
+// does real work while CPUs are idle, for procsRaiseAfter) and when it
+// gives one back (the machine is saturated and the processor not needed,
+// for procsContendAfter; or the process is nearly idle, for
+// procsQuietAfter), one at a time, never past 1 or max.
 func TestProcsTuner(t *testing.T) {
 	type step struct {
 		used, idle float64 // CPUs, over the last second
@@ -140,47 +141,52 @@ func TestProcsTuner(t *testing.T) {
 			}
 		}
 	}
-	t.Run("light load stays on one", func(t *testing.T) {
-		run(t, procsTuner{max: 4, n: 1}, []step{{0.3, 3.5, 1}, {0.5, 3.4, 1}, {0.7, 3.2, 1}, {0.1, 3.8, 1}})
+	repeat := func(s step, d time.Duration) []step {
+		steps := make([]step, int(d/tuneEvery))
+		for i := range steps {
+			steps[i] = s
+		}
+		return steps
+	}
+	t.Run("light work stays on one", func(t *testing.T) {
+		// 50 SSE streams: 0.05-0.1 CPUs.
+		run(t, procsTuner{max: 2, n: 1}, repeat(step{0.1, 1.7, 1}, time.Minute))
 	})
-	t.Run("busy with idle CPUs takes more, one at a time", func(t *testing.T) {
+	t.Run("real work with idle CPUs takes more, one at a time", func(t *testing.T) {
 		run(t, procsTuner{max: 3, n: 1}, []step{
-			{0.95, 2.0, 1}, {0.9, 2.0, 2}, // 2 s busy: 2
-			{1.8, 1.1, 2}, {1.9, 1.0, 3}, // 2 more: 3
-			{2.9, 0.1, 3}, {3.0, 0.0, 3}, {2.9, 0.0, 3}, // at max; busy, so not lowered either
+			{0.2, 1.4, 1}, {0.22, 1.4, 2}, // 300 SSE streams: 2 after 2 s
+			{0.35, 1.3, 2}, {0.4, 1.3, 3}, // 2 more at over 0.15 per processor: 3
+			{2.9, 0.5, 3}, {3.0, 0.6, 3}, // at max
 		})
 	})
 	t.Run("busy on a saturated machine stays on one", func(t *testing.T) {
-		// The bench's load: the proxy, its load generator and upstream share 2 CPUs.
-		run(t, procsTuner{max: 2, n: 1}, []step{{0.93, 0.27, 1}, {0.96, 0.39, 1}, {0.97, 0.25, 1}, {0.95, 0.3, 1}})
+		// The bench's small requests: the proxy, its load generator and
+		// upstream share 2 CPUs.
+		run(t, procsTuner{max: 2, n: 1}, []step{{0.93, 0.27, 1}, {0.96, 0.39, 1}, {0.97, 0.25, 1}, {0.95, 0.3, 1}, {0.95, 0.1, 1}})
 	})
-	t.Run("a busy spell must last", func(t *testing.T) {
-		run(t, procsTuner{max: 2, n: 1}, []step{{0.9, 1.0, 1}, {0.3, 1.6, 1}, {0.9, 1.0, 1}, {0.9, 0.2, 1}, {0.9, 1.0, 1}})
+	t.Run("the condition must hold", func(t *testing.T) {
+		run(t, procsTuner{max: 2, n: 1}, []step{{0.3, 1.0, 1}, {0.1, 1.6, 1}, {0.3, 1.0, 1}, {0.9, 0.2, 1}, {0.3, 1.0, 1}})
 	})
-	t.Run("load gone: back to one after procsLowerAfter", func(t *testing.T) {
-		steps := []step{}
-		for i := 1; i < int(procsLowerAfter/tuneEvery); i++ {
-			steps = append(steps, step{0.2, 1.7, 2})
-		}
-		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.2, 1.7, 1}, step{0.2, 1.7, 1}))
+	t.Run("saturated machine: the extra processor goes after procsContendAfter", func(t *testing.T) {
+		steps := repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery)
+		run(t, procsTuner{max: 2, n: 2}, append(steps, step{1.25, 0.1, 1}, step{0.95, 0.3, 1}))
 	})
-	t.Run("no CPU to spare: the extra processor goes", func(t *testing.T) {
-		steps := []step{}
-		for i := 1; i < int(procsLowerAfter/tuneEvery); i++ {
-			steps = append(steps, step{1.25, 0.1, 2})
-		}
-		run(t, procsTuner{max: 2, n: 2}, append(steps, step{1.25, 0.1, 1}))
-	})
-	t.Run("using both with none to spare keeps both", func(t *testing.T) {
+	t.Run("using all processors on a saturated machine keeps them", func(t *testing.T) {
 		// The proxy alone saturates the machine: lowering would halve it.
-		run(t, procsTuner{max: 2, n: 2}, []step{{1.9, 0.05, 2}, {1.8, 0.1, 2}, {1.85, 0.1, 2}, {1.9, 0.0, 2}, {1.8, 0.1, 2}, {1.9, 0.1, 2}})
+		run(t, procsTuner{max: 2, n: 2}, repeat(step{1.8, 0.1, 2}, time.Minute))
 	})
-	t.Run("a quiet second restarts the wait", func(t *testing.T) {
-		run(t, procsTuner{max: 2, n: 2}, []step{
-			{0.2, 1.7, 2}, {0.2, 1.7, 2}, {0.2, 1.7, 2}, {0.2, 1.7, 2},
-			{1.6, 0.4, 2}, // busy again
-			{0.2, 1.7, 2}, {0.2, 1.7, 2}, {0.2, 1.7, 2}, {0.2, 1.7, 2}, {0.2, 1.7, 1},
-		})
+	t.Run("moderate work with idle CPUs keeps them", func(t *testing.T) {
+		run(t, procsTuner{max: 2, n: 2}, repeat(step{0.2, 1.5, 2}, time.Minute))
+	})
+	t.Run("nearly idle: back to one after procsQuietAfter", func(t *testing.T) {
+		steps := repeat(step{0.02, 1.9, 2}, procsQuietAfter-tuneEvery)
+		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.02, 1.9, 1}, step{0.02, 1.9, 1}))
+	})
+	t.Run("work restarts the quiet wait", func(t *testing.T) {
+		steps := repeat(step{0.02, 1.9, 2}, procsQuietAfter-tuneEvery)
+		steps = append(steps, step{0.3, 1.5, 2})
+		steps = append(steps, repeat(step{0.02, 1.9, 2}, procsQuietAfter-tuneEvery)...)
+		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.02, 1.9, 1}))
 	})
 }
 
