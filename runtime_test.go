@@ -47,6 +47,22 @@ func TestMemoryReleaser(t *testing.T) {
 		steps = append(steps, step{allocated: 40 << 10, busy: 5 * time.Millisecond, free: 20 * mib, inFlight: 300, want: true})
 		run(t, steps)
 	})
+	t.Run("many idle streams with pings", func(t *testing.T) {
+		// 10,000 held streams, a ping every 5 s each: 2,000 events a second,
+		// 60 ms of CPU, but 6 µs per stream.
+		run(t, []step{
+			{allocated: 200 * mib, busy: 900 * time.Millisecond, free: 150 * mib, inFlight: 10000}, // the burst
+			{allocated: 100 << 10, busy: 60 * time.Millisecond, free: 150 * mib, inFlight: 10000, want: true},
+		})
+	})
+	t.Run("a few busy streams", func(t *testing.T) {
+		// 50 streams of 50 events a second: 60 ms of CPU, 1.2 ms per stream.
+		var steps []step
+		for i := 0; i < 40; i++ {
+			steps = append(steps, step{allocated: 10 << 10, busy: 60 * time.Millisecond, free: 20 * mib, inFlight: 50})
+		}
+		run(t, steps)
+	})
 	t.Run("under load", func(t *testing.T) {
 		var steps []step
 		for i := 0; i < 40; i++ {
