@@ -28,6 +28,11 @@ type Config struct {
 	TLSHandshakeTimeout   time.Duration // UPSTREAM_TLS_TIMEOUT, default 10s
 	ResponseHeaderTimeout time.Duration // UPSTREAM_RESPONSE_HEADER_TIMEOUT, default 0 (none)
 	UpstreamTimeout       time.Duration // UPSTREAM_TIMEOUT, overall per request, default 0 (none)
+
+	// Runtime tuning (runtime.go), each on unless the operator set the
+	// Go runtime's own variable.
+	TuneProcs bool // GOMAXPROCS unset
+	TuneGC    bool // GOGC unset
 }
 
 // loadConfig builds a Config from getenv (os.Getenv in production, a map in
@@ -48,6 +53,8 @@ func loadConfig(getenv func(string) string, args []string, out io.Writer) (Confi
 		AdminToken: env("ADMIN_TOKEN", ""),
 		LogFormat:  env("LOG_FORMAT", "text"),
 		LogLevel:   env("LOG_LEVEL", "info"),
+		TuneProcs:  getenv("GOMAXPROCS") == "",
+		TuneGC:     getenv("GOGC") == "",
 	}
 	var err error
 	if cfg.EnableStats, err = strconv.ParseBool(env("ENABLE_STATS", "true")); err != nil {

@@ -32,6 +32,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"TLSHandshakeTimeout", cfg.TLSHandshakeTimeout, 10 * time.Second},
 		{"ResponseHeaderTimeout", cfg.ResponseHeaderTimeout, time.Duration(0)},
 		{"UpstreamTimeout", cfg.UpstreamTimeout, time.Duration(0)},
+		{"TuneProcs", cfg.TuneProcs, true},
+		{"TuneGC", cfg.TuneGC, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -75,6 +77,10 @@ func TestLoadConfig(t *testing.T) {
 			func(c Config) (any, any) { return c.CORSOrigins, []string{"https://a.example", "https://b.example"} }},
 		{"-cors-allow-origins flag wins", map[string]string{"CORS_ALLOW_ORIGINS": "https://env.example"}, []string{"-cors-allow-origins", "https://flag.example"},
 			func(c Config) (any, any) { return c.CORSOrigins, []string{"https://flag.example"} }},
+		{"GOMAXPROCS set: processors not tuned", map[string]string{"GOMAXPROCS": "4"}, nil,
+			func(c Config) (any, any) { return [2]bool{c.TuneProcs, c.TuneGC}, [2]bool{false, true} }},
+		{"GOGC set: GC not tuned", map[string]string{"GOGC": "200"}, nil,
+			func(c Config) (any, any) { return [2]bool{c.TuneProcs, c.TuneGC}, [2]bool{true, false} }},
 		{"LOG_FORMAT json", map[string]string{"LOG_FORMAT": "json"}, nil,
 			func(c Config) (any, any) { return c.LogFormat, "json" }},
 		{"-log-level flag wins", map[string]string{"LOG_LEVEL": "warn"}, []string{"-log-level", "debug"},

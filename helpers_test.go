@@ -43,6 +43,9 @@ func testConfig(t testing.TB, env map[string]string) Config {
 	}
 	cfg.DataDir = t.TempDir()
 	cfg.ListenAddr = "127.0.0.1:0"
+	// GOMAXPROCS and GOGC are the test process's: run (startRun) must not
+	// tune them under the other tests.
+	cfg.TuneProcs, cfg.TuneGC = false, false
 	return cfg
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -59,13 +58,17 @@ const tuneEvery = time.Second
 //     processor it has);
 //   - fewer: for procsContendAfter the machine had under procsSaturated
 //     CPUs idle while the process left at least half a processor unused
-//     (the extra one only contends with the rest of the machine), or for
-//     procsQuietAfter the process used under half of procsWork per
-//     processor.
+//     (the extra one only contends with the rest of the machine; then no
+//     more for procsQuietAfter, so that a load whose clients slow down with
+//     the proxy does not swing it back and forth), or for procsQuietAfter
+//     the process used under half of procsWork per processor it would keep.
 //
-// It starts with one, and never goes above the runtime's own default (the
-// CPUs, or a container's CPU limit). An operator's GOMAXPROCS environment
-// variable turns this off.
+// It starts with one, and never goes above the runtime's default when the
+// process started (the CPUs, or a container's CPU limit, at least 2). In a
+// container /proc/stat counts the host's CPUs: a container whose CPU
+// limit throttled it in the last period (cgroup v2 cpu.stat) counts as a
+// machine with none idle. An operator's GOMAXPROCS environment variable
+// turns this off.
 const (
 	procsWork         = 0.15 // CPUs per processor
 	procsSpare        = 0.5  // idle CPUs
@@ -75,30 +78,35 @@ const (
 	procsQuietAfter   = 30 * time.Second
 )
 
-// procsTuner decides GOMAXPROCS once per tuneEvery; see above.
+// procsTuner decides GOMAXPROCS once per tuneEvery; see above. Make it
+// with max (the most it may use) and n (the GOMAXPROCS it starts with).
 type procsTuner struct {
-	max, n                         int
-	raiseFor, contendFor, quietFor time.Duration
+	max, n int
+	// How long each condition has held; noRaise is what is left of the
+	// wait after a lowering for contention.
+	raiseFor, contendFor, quietFor, noRaise time.Duration
 }
 
 // tick takes the CPUs the process used and the machine's idle CPUs over
 // the last period, and returns the GOMAXPROCS to use.
 func (p *procsTuner) tick(used, idle float64) int {
 	n := float64(p.n)
-	p.raiseFor = holds(p.n < p.max && idle >= procsSpare && used >= procsWork*n, p.raiseFor)
+	p.noRaise = max(p.noRaise-tuneEvery, 0)
+	p.raiseFor = holds(p.n < p.max && p.noRaise == 0 && idle >= procsSpare && used >= procsWork*n, p.raiseFor)
 	p.contendFor = holds(p.n > 1 && idle < procsSaturated && used < n-0.5, p.contendFor)
-	p.quietFor = holds(p.n > 1 && used < procsWork*n/2, p.quietFor)
-	change := 0
+	p.quietFor = holds(p.n > 1 && used < procsWork*(n-1)/2, p.quietFor)
 	switch {
 	case p.raiseFor >= procsRaiseAfter:
-		change = 1
-	case p.contendFor >= procsContendAfter, p.quietFor >= procsQuietAfter:
-		change = -1
+		p.n++
+	case p.contendFor >= procsContendAfter:
+		p.n--
+		p.noRaise = procsQuietAfter
+	case p.quietFor >= procsQuietAfter:
+		p.n--
+	default:
+		return p.n
 	}
-	if change != 0 {
-		p.n += change
-		p.raiseFor, p.contendFor, p.quietFor = 0, 0, 0
-	}
+	p.raiseFor, p.contendFor, p.quietFor = 0, 0, 0
 	return p.n
 }
 
@@ -156,9 +164,11 @@ func (g *gcTuner) tick(allocated, live uint64) int {
 //     are idle streams, and their memory is what the proxy holds. The
 //     part per request lets the pings of many idle streams pass for quiet
 //     (10,000 streams with a ping every 5 s used 60 ms of CPU a second,
-//     6 us per stream, and kept 48 KiB per stream instead of 23) while
+//     6 us per stream, and kept 48 KiB per stream instead of 22) while
 //     streams of tokens do not (a stream of 20 events a second uses about
-//     600 us a second);
+//     600 us a second). A few hundred token streams among thousands of
+//     idle ones can pass for quiet too; a release then pauses their events
+//     once, and freeMemoryThreshold keeps that rare;
 //   - nothing is in flight and the process has been quiet for idleRelease.
 //
 // Never while streams are busy or under load, and not sooner with nothing
@@ -198,38 +208,37 @@ func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, freeAndGarba
 	return inFlight > 0 || m.quietFor >= idleRelease
 }
 
-// tuneRuntime starts tuning GOMAXPROCS and GOGC and returning free
-// memory, once a second; inFlight counts the requests being served. The
-// process serves with one processor from the start. stop ends the tuning
-// and puts GOMAXPROCS and GOGC back to their defaults.
-func tuneRuntime(inFlight func() int64) (stop func()) {
-	// The processors: see procsTuner. Not when the operator set
-	// GOMAXPROCS, nor where the machine's idle time is not known.
-	procs := procsTuner{max: runtime.GOMAXPROCS(0), n: 1}
-	idle, total, _, tuneProcs := machineCPU()
-	tuneProcs = tuneProcs && os.Getenv("GOMAXPROCS") == "" && procs.max > 1
-	if tuneProcs {
+// tuneRuntime starts tuning, once a second, GOMAXPROCS (if procs) and
+// GOGC (if gc), and returning free memory; inFlight counts the requests
+// being served. When it tunes GOMAXPROCS the process serves with one
+// processor from the start. stop ends the tuning and puts what it tuned
+// back to the runtime's defaults.
+func tuneRuntime(procs, gc bool, inFlight func() int64) (stop func()) {
+	pt := procsTuner{max: runtime.GOMAXPROCS(0), n: 1}
+	machine, ok := machineCPU()
+	procs = procs && ok && pt.max > 1
+	if procs {
 		runtime.GOMAXPROCS(1)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tuneLoop(ctx, inFlight, tuneProcs, &procs, idle, total)
+		tuneLoop(ctx, inFlight, gc, procs, &pt, machine)
 	}()
 	return func() {
 		cancel()
 		<-done
-		if tuneProcs {
-			runtime.GOMAXPROCS(procs.max)
+		if procs {
+			runtime.SetDefaultGOMAXPROCS()
 		}
 	}
 }
 
-// tuneLoop is tuneRuntime's loop; idle and total are the machine's CPU
-// times when it started. Garbage counts as free: after a burst the heap
-// may not grow again for a long time, so no GC would run to free it.
-func tuneLoop(ctx context.Context, inFlight func() int64, tuneProcs bool, procs *procsTuner, idle, total uint64) {
+// tuneLoop is tuneRuntime's loop; machine is the machine's CPU time when
+// it started. Garbage counts as free: after a burst the heap may not grow
+// again for a long time, so no GC would run to free it.
+func tuneLoop(ctx context.Context, inFlight func() int64, tuneGC, tuneProcs bool, procs *procsTuner, machine cpuSample) {
 	sample := []metrics.Sample{
 		{Name: "/gc/heap/allocs:bytes"},              // allocated since start
 		{Name: "/memory/classes/heap/free:bytes"},    // free, not yet returned
@@ -251,7 +260,6 @@ func tuneLoop(ctx context.Context, inFlight func() int64, tuneProcs bool, procs 
 	defer tick.Stop()
 	var m memoryReleaser
 	var g gcTuner
-	tuneGC := os.Getenv("GOGC") == ""
 	gogc := 100
 	defer func() {
 		if gogc != 100 {
@@ -267,17 +275,19 @@ func tuneLoop(ctx context.Context, inFlight func() int64, tuneProcs bool, procs 
 		case <-tick.C:
 		}
 		read()
-		now := time.Now()
 		allocated, cpu := v[0]-lastAllocs, busy-lastBusy
 		if tuneProcs {
-			if i, t, cpus, ok := machineCPU(); ok && t > total {
-				used := float64(cpu) / float64(now.Sub(lastTime))
-				spare := float64(i-idle) / float64(t-total) * float64(cpus)
+			now, ok := machineCPU()
+			if idle, valid := idleCPUs(machine, now); ok && valid {
+				used := float64(cpu) / float64(time.Since(lastTime))
 				before := procs.n
-				if n := procs.tick(used, spare); n != before {
+				if n := procs.tick(used, idle); n != before {
 					runtime.GOMAXPROCS(n)
 				}
-				idle, total = i, t
+			}
+			machine = now // a period without figures is skipped, not merged into the next
+			if !ok {
+				machine = cpuSample{}
 			}
 		}
 		if tuneGC {
@@ -291,6 +301,32 @@ func tuneLoop(ctx context.Context, inFlight func() int64, tuneProcs bool, procs 
 			debug.FreeOSMemory()
 			read() // the next period starts after the GC it ran
 		}
-		lastAllocs, lastBusy, lastTime = v[0], busy, now
+		lastAllocs, lastBusy, lastTime = v[0], busy, time.Now()
 	}
+}
+
+// cpuSample is the machine's CPU time so far, as machineCPU reads it.
+type cpuSample struct {
+	idle, total uint64 // clock ticks summed over the CPUs
+	cpus        int
+	// throttled is the time a container's CPU limit held the process
+	// back, in microseconds; hasThrottled is false outside a cgroup v2
+	// CPU controller.
+	throttled    uint64
+	hasThrottled bool
+}
+
+// idleCPUs returns how many of the machine's CPUs were idle, on average,
+// between two samples: none if its CPU limit throttled the process. valid
+// is false when the counters did not move forward (the kernel's idle
+// counters may go back, for instance when a CPU goes offline).
+func idleCPUs(prev, cur cpuSample) (idle float64, valid bool) {
+	if prev.total == 0 || cur.total <= prev.total || cur.idle < prev.idle || cur.cpus <= 0 {
+		return 0, false
+	}
+	if cur.hasThrottled && prev.hasThrottled && cur.throttled > prev.throttled {
+		return 0, true
+	}
+	f := float64(cur.idle-prev.idle) / float64(cur.total-prev.total)
+	return min(f, 1) * float64(cur.cpus), true
 }

@@ -9,4 +9,4 @@ import "time"
 func processCPU() time.Duration { return 0 }
 
 // machineCPU is not known here; tuneRuntime then leaves GOMAXPROCS alone.
-func machineCPU() (idle, total uint64, cpus int, ok bool) { return 0, 0, 0, false }
+func machineCPU() (cpuSample, bool) { return cpuSample{}, false }

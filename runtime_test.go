@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"net/http"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -142,8 +143,9 @@ func TestGCTuner(t *testing.T) {
 // TestProcsTuner checks when the process takes another processor (it
 // does real work while CPUs are idle, for procsRaiseAfter) and when it
 // gives one back (the machine is saturated and the processor not needed,
-// for procsContendAfter; or the process is nearly idle, for
-// procsQuietAfter), one at a time, never past 1 or max.
+// for procsContendAfter, after which it waits procsQuietAfter before
+// taking one again; or the process is nearly idle, for procsQuietAfter),
+// one at a time, never past 1 or max.
 func TestProcsTuner(t *testing.T) {
 	type step struct {
 		used, idle float64 // CPUs, over the last second
@@ -183,43 +185,120 @@ func TestProcsTuner(t *testing.T) {
 	t.Run("the condition must hold", func(t *testing.T) {
 		run(t, procsTuner{max: 2, n: 1}, []step{{0.3, 1.0, 1}, {0.1, 1.6, 1}, {0.3, 1.0, 1}, {0.9, 0.2, 1}, {0.3, 1.0, 1}})
 	})
-	t.Run("saturated machine: the extra processor goes after procsContendAfter", func(t *testing.T) {
+	t.Run("saturated machine: the extra processor goes, and stays away", func(t *testing.T) {
 		steps := repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery)
-		run(t, procsTuner{max: 2, n: 2}, append(steps, step{1.25, 0.1, 1}, step{0.95, 0.3, 1}))
+		steps = append(steps, step{1.25, 0.1, 1})
+		// The clients slow down with the proxy and a CPU is idle again:
+		// no new processor before procsQuietAfter.
+		steps = append(steps, repeat(step{0.9, 0.6, 1}, procsQuietAfter-tuneEvery)...)
+		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.9, 0.6, 1}, step{0.9, 0.6, 2}))
 	})
 	t.Run("using all processors on a saturated machine keeps them", func(t *testing.T) {
 		// The proxy alone saturates the machine: lowering would halve it.
 		run(t, procsTuner{max: 2, n: 2}, repeat(step{1.8, 0.1, 2}, time.Minute))
 	})
 	t.Run("moderate work with idle CPUs keeps them", func(t *testing.T) {
-		run(t, procsTuner{max: 2, n: 2}, repeat(step{0.2, 1.5, 2}, time.Minute))
+		run(t, procsTuner{max: 2, n: 2}, repeat(step{0.1, 1.5, 2}, time.Minute))
 	})
-	t.Run("nearly idle: back to one after procsQuietAfter", func(t *testing.T) {
+	t.Run("nearly idle: back to one after procsQuietAfter, and no lower", func(t *testing.T) {
 		steps := repeat(step{0.02, 1.9, 2}, procsQuietAfter-tuneEvery)
-		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.02, 1.9, 1}, step{0.02, 1.9, 1}))
+		steps = append(steps, step{0.02, 1.9, 1})
+		run(t, procsTuner{max: 2, n: 2}, append(steps, repeat(step{0.02, 1.9, 1}, time.Minute)...))
+	})
+	t.Run("never below one on a saturated machine", func(t *testing.T) {
+		run(t, procsTuner{max: 2, n: 1}, repeat(step{0.2, 0.0, 1}, time.Minute))
 	})
 	t.Run("work restarts the quiet wait", func(t *testing.T) {
 		steps := repeat(step{0.02, 1.9, 2}, procsQuietAfter-tuneEvery)
-		steps = append(steps, step{0.3, 1.5, 2})
+		steps = append(steps, step{0.1, 1.5, 2})
 		steps = append(steps, repeat(step{0.02, 1.9, 2}, procsQuietAfter-tuneEvery)...)
 		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.02, 1.9, 1}))
 	})
 }
 
-// TestParseProcStat reads the figures machineCPU takes from /proc/stat.
+// TestIdleCPUs checks the idle CPUs worked out from two samples of the
+// machine's CPU time, and that a period whose counters did not move
+// forward gives none.
+func TestIdleCPUs(t *testing.T) {
+	base := cpuSample{idle: 1000, total: 4000, cpus: 2}
+	for _, c := range []struct {
+		name      string
+		cur       cpuSample
+		want      float64
+		wantValid bool
+	}{
+		{"half idle", cpuSample{idle: 1100, total: 4200, cpus: 2}, 1.0, true},
+		{"all busy", cpuSample{idle: 1000, total: 4200, cpus: 2}, 0, true},
+		{"all idle", cpuSample{idle: 1200, total: 4200, cpus: 2}, 2.0, true},
+		{"idle went back", cpuSample{idle: 990, total: 4200, cpus: 2}, 0, false},
+		{"total did not move", cpuSample{idle: 1000, total: 4000, cpus: 2}, 0, false},
+		{"idle ahead of total", cpuSample{idle: 1500, total: 4200, cpus: 2}, 2.0, true},
+	} {
+		got, valid := idleCPUs(base, c.cur)
+		if valid != c.wantValid || got != c.want {
+			t.Errorf("%s: idleCPUs = %.2f, %v; want %.2f, %v", c.name, got, valid, c.want, c.wantValid)
+		}
+	}
+	if _, valid := idleCPUs(cpuSample{}, base); valid {
+		t.Error("idleCPUs from no sample: valid, want not")
+	}
+	// A container throttled by its CPU limit has no CPU to spare, however
+	// idle the host.
+	prev := cpuSample{idle: 1000, total: 4000, cpus: 2, throttled: 500, hasThrottled: true}
+	cur := cpuSample{idle: 1200, total: 4200, cpus: 2, throttled: 900, hasThrottled: true}
+	if got, valid := idleCPUs(prev, cur); !valid || got != 0 {
+		t.Errorf("throttled: idleCPUs = %.2f, %v; want 0, true", got, valid)
+	}
+	cur.throttled = 500
+	if got, valid := idleCPUs(prev, cur); !valid || got != 2 {
+		t.Errorf("not throttled in the period: idleCPUs = %.2f, %v; want 2, true", got, valid)
+	}
+}
+
+// TestParseProcStat reads the figures machineCPU takes from /proc/stat and
+// a cgroup's cpu.stat.
 func TestParseProcStat(t *testing.T) {
 	stat := "cpu  4705 356 584 3699176 23 0 60 7 11 0\n" +
 		"cpu0 1393280 32966 572056 13343292 6130 0 17875 0 0 0\n" +
 		"cpu1 1335808 34536 522144 13452128 5850 0 16262 0 0 0\n" +
 		"intr 1462898 34 9 0\nctxt 5672383\nbtime 1769375411\nprocesses 16478\ncpus_allowed 0\n"
-	idle, total, cpus, ok := parseProcStat([]byte(stat))
-	if !ok || idle != 3699176+23 || total != 4705+356+584+3699176+23+0+60+7 || cpus != 2 {
-		t.Fatalf("parseProcStat = %d, %d, %d, %v; want %d, %d, 2, true", idle, total, cpus, ok, 3699176+23, 4705+356+584+3699176+23+60+7)
+	s, ok := parseProcStat([]byte(stat))
+	want := cpuSample{idle: 3699176 + 23, total: 4705 + 356 + 584 + 3699176 + 23 + 0 + 60 + 7, cpus: 2}
+	if !ok || s != want {
+		t.Fatalf("parseProcStat = %+v, %v; want %+v, true", s, ok, want)
 	}
 	for _, bad := range []string{"", "intr 1 2 3\n", "cpu 1 2 3\ncpu0 1 2 3\n", "cpu 1 2 x 4 5 6 7 8\ncpu0 1\n", "cpu 1 2 3 4 5 6 7 8\n"} {
-		if _, _, _, ok := parseProcStat([]byte(bad)); ok {
+		if _, ok := parseProcStat([]byte(bad)); ok {
 			t.Errorf("parseProcStat(%q) ok, want not", bad)
 		}
+	}
+	cgroup := "usage_usec 4223419\nuser_usec 2977437\nsystem_usec 1245982\nnr_periods 120\nnr_throttled 7\nthrottled_usec 81234\n"
+	if usec, ok := parseThrottled([]byte(cgroup)); !ok || usec != 81234 {
+		t.Errorf("parseThrottled = %d, %v; want 81234, true", usec, ok)
+	}
+	if _, ok := parseThrottled([]byte("usage_usec 1\nuser_usec 1\n")); ok {
+		t.Error("parseThrottled without throttled_usec: ok, want not")
+	}
+}
+
+// TestTuneRuntimeRestores checks that tuneRuntime serves with one
+// processor and that stop gives the runtime's default back.
+func TestTuneRuntimeRestores(t *testing.T) {
+	if os.Getenv("GOMAXPROCS") != "" || runtime.NumCPU() < 2 {
+		t.Skip("GOMAXPROCS set, or one CPU: nothing to tune")
+	}
+	if _, ok := machineCPU(); !ok {
+		t.Skip("no /proc/stat: GOMAXPROCS is not tuned here")
+	}
+	def := runtime.GOMAXPROCS(0)
+	stop := tuneRuntime(true, false, func() int64 { return 0 })
+	got := runtime.GOMAXPROCS(0)
+	stop()
+	if got != 1 {
+		t.Errorf("GOMAXPROCS %d while tuning, want 1", got)
+	}
+	if after := runtime.GOMAXPROCS(0); after != def {
+		t.Errorf("GOMAXPROCS %d after stop, want the default %d", after, def)
 	}
 }
 
@@ -230,7 +309,7 @@ func TestProcessProcessors(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("one CPU: GOMAXPROCS is 1 anyway")
 	}
-	if _, _, _, ok := machineCPU(); !ok {
+	if _, ok := machineCPU(); !ok {
 		t.Skip("no /proc/stat: GOMAXPROCS is not tuned here")
 	}
 	bin := buildBinary(t)
@@ -250,7 +329,9 @@ func TestProcessProcessors(t *testing.T) {
 		t.Fatalf("no go_sched_gomaxprocs_threads in /metrics:\n%s", b)
 		return ""
 	}
-	p := startBinary(t, bin, "DATA_DIR="+t.TempDir())
+	// An empty variable is unset for the runtime and for the proxy: the
+	// test's own environment does not count.
+	p := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "GOMAXPROCS=", "GOGC=")
 	if got := gomaxprocs(p); got != "1" {
 		t.Errorf("GOMAXPROCS %s once serving, want 1", got)
 	}

@@ -332,9 +332,9 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
 	}
 	s.Start()
-	// Process-wide settings (runtime.go) are tuned for the process that
-	// serves, not for every Server (tests run several in one process).
-	stopTuning := tuneRuntime(s.proxy.active.Load)
+	// Process-wide settings (runtime.go) are tuned by the process that
+	// serves, not by every Server (tests run several in one process).
+	stopTuning := tuneRuntime(cfg.TuneProcs, cfg.TuneGC, s.proxy.active.Load)
 	defer stopTuning()
 	srv := newHTTPServer(s, logger)
 	// Every request's context derives from reqCtx, so that cancelling it
