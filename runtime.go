@@ -47,21 +47,24 @@ const tuneEvery = time.Second
 // load-post, 6 and 8 interleaved rounds): at GOMAXPROCS=1 a small request
 // cost 0.59-0.68x the CPU of the baseline proxy against 0.93-1.00x at 2,
 // at 1.25-1.41x its requests/s against 0.97-1.03x; a 1 GiB download ran
-// 1.29-1.53x as fast as the baseline against 1.18-1.26x. But a second
-// processor serves bursts of events in parallel: 300 SSE streams (6,000
-// events a second, at 0.2 CPUs) had a 10-15 % higher event latency on one
-// processor, while the machine had more than a CPU idle. So the cost of
-// another processor is worth it when CPUs are idle, not when they are
-// scarce:
-//   - more: for procsRaiseAfter the machine had at least procsSpare CPUs
-//     idle while the process did real work (at least procsWork CPUs per
-//     processor it has);
+// 1.29-1.53x as fast as the baseline against 1.18-1.26x. But on one
+// processor a burst of work holds up every event behind it: 50 SSE
+// streams starting together (0.05-0.1 CPUs) had an event latency p99 of
+// 4.3 ms against 3.7 at 2 (median of 6 alternating rounds), and 300
+// streams (6,000 events a second in bursts, 0.2 CPUs) a 10-15 % higher
+// p50. Where CPUs are idle the second processor's cost is paid with CPU
+// nobody else wants; where they are scarce it is not worth it. So:
+//   - a second processor: for procsRaiseAfter the machine had at least
+//     procsSpare CPUs idle while the process did real work (at least
+//     procsWork CPUs); more: the same, while the process used nearly all
+//     its processors (at least n - procsSlack CPUs);
 //   - fewer: for procsContendAfter the machine had under procsSaturated
 //     CPUs idle while the process left at least half a processor unused
 //     (the extra one only contends with the rest of the machine; then no
 //     more for procsQuietAfter, so that a load whose clients slow down with
-//     the proxy does not swing it back and forth), or for procsQuietAfter
-//     the process used under half of procsWork per processor it would keep.
+//     the proxy does not swing it back and forth); or for procsQuietAfter
+//     the process used under half of procsWork (back to one), or, on more
+//     than two, fit in one processor fewer with half a CPU to spare.
 //
 // It starts with one, and never goes above the runtime's default when the
 // process started (the CPUs, or a container's CPU limit, at least 2). In a
@@ -70,7 +73,8 @@ const tuneEvery = time.Second
 // machine with none idle. An operator's GOMAXPROCS environment variable
 // turns this off.
 const (
-	procsWork         = 0.15 // CPUs per processor
+	procsWork         = 0.05 // CPUs
+	procsSlack        = 0.25 // CPUs
 	procsSpare        = 0.5  // idle CPUs
 	procsSaturated    = 0.25 // idle CPUs
 	procsRaiseAfter   = 2 * time.Second
@@ -92,9 +96,11 @@ type procsTuner struct {
 func (p *procsTuner) tick(used, idle float64) int {
 	n := float64(p.n)
 	p.noRaise = max(p.noRaise-tuneEvery, 0)
-	p.raiseFor = holds(p.n < p.max && p.noRaise == 0 && idle >= procsSpare && used >= procsWork*n, p.raiseFor)
+	busy := used >= n-procsSlack || p.n == 1 && used >= procsWork
+	p.raiseFor = holds(p.n < p.max && p.noRaise == 0 && idle >= procsSpare && busy, p.raiseFor)
 	p.contendFor = holds(p.n > 1 && idle < procsSaturated && used < n-0.5, p.contendFor)
-	p.quietFor = holds(p.n > 1 && used < procsWork*(n-1)/2, p.quietFor)
+	quiet := p.n == 2 && used < procsWork/2 || p.n > 2 && used < n-1.5
+	p.quietFor = holds(quiet, p.quietFor)
 	switch {
 	case p.raiseFor >= procsRaiseAfter:
 		p.n++

@@ -140,12 +140,13 @@ func TestGCTuner(t *testing.T) {
 	}
 }
 
-// TestProcsTuner checks when the process takes another processor (it
-// does real work while CPUs are idle, for procsRaiseAfter) and when it
-// gives one back (the machine is saturated and the processor not needed,
-// for procsContendAfter, after which it waits procsQuietAfter before
-// taking one again; or the process is nearly idle, for procsQuietAfter),
-// one at a time, never past 1 or max.
+// TestProcsTuner checks when the process takes another processor (for
+// procsRaiseAfter CPUs are idle while it does real work, or, past two,
+// while its processors are nearly all busy) and when it gives one back
+// (the machine is saturated and the processor not needed, for
+// procsContendAfter, after which it waits procsQuietAfter before taking one
+// again; or it needs fewer, for procsQuietAfter), one at a time, never
+// past 1 or max.
 func TestProcsTuner(t *testing.T) {
 	type step struct {
 		used, idle float64 // CPUs, over the last second
@@ -166,14 +167,18 @@ func TestProcsTuner(t *testing.T) {
 		}
 		return steps
 	}
-	t.Run("light work stays on one", func(t *testing.T) {
-		// 50 SSE streams: 0.05-0.1 CPUs.
-		run(t, procsTuner{max: 2, n: 1}, repeat(step{0.1, 1.7, 1}, time.Minute))
+	t.Run("an idle process stays on one", func(t *testing.T) {
+		run(t, procsTuner{max: 4, n: 1}, repeat(step{0.01, 3.9, 1}, time.Minute))
 	})
-	t.Run("real work with idle CPUs takes more, one at a time", func(t *testing.T) {
-		run(t, procsTuner{max: 3, n: 1}, []step{
-			{0.2, 1.4, 1}, {0.22, 1.4, 2}, // 300 SSE streams: 2 after 2 s
-			{0.35, 1.3, 2}, {0.4, 1.3, 3}, // 2 more at over 0.15 per processor: 3
+	t.Run("real work with idle CPUs takes a second", func(t *testing.T) {
+		// 50 SSE streams: 0.05-0.1 CPUs.
+		steps := []step{{0.08, 1.7, 1}, {0.06, 1.7, 2}}
+		run(t, procsTuner{max: 4, n: 1}, append(steps, repeat(step{0.08, 1.7, 2}, time.Minute)...))
+	})
+	t.Run("more than two only when they are all busy", func(t *testing.T) {
+		run(t, procsTuner{max: 3, n: 2}, []step{
+			{1.5, 1.4, 2}, {1.6, 1.3, 2}, {1.7, 1.3, 2}, // not saturated
+			{1.8, 1.2, 2}, {1.9, 1.0, 3}, // 2 s near 2 CPUs: 3
 			{2.9, 0.5, 3}, {3.0, 0.6, 3}, // at max
 		})
 	})
@@ -183,7 +188,7 @@ func TestProcsTuner(t *testing.T) {
 		run(t, procsTuner{max: 2, n: 1}, []step{{0.93, 0.27, 1}, {0.96, 0.39, 1}, {0.97, 0.25, 1}, {0.95, 0.3, 1}, {0.95, 0.1, 1}})
 	})
 	t.Run("the condition must hold", func(t *testing.T) {
-		run(t, procsTuner{max: 2, n: 1}, []step{{0.3, 1.0, 1}, {0.1, 1.6, 1}, {0.3, 1.0, 1}, {0.9, 0.2, 1}, {0.3, 1.0, 1}})
+		run(t, procsTuner{max: 2, n: 1}, []step{{0.3, 1.0, 1}, {0.01, 1.6, 1}, {0.3, 1.0, 1}, {0.9, 0.2, 1}, {0.3, 1.0, 1}})
 	})
 	t.Run("saturated machine: the extra processor goes, and stays away", func(t *testing.T) {
 		steps := repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery)
@@ -197,13 +202,15 @@ func TestProcsTuner(t *testing.T) {
 		// The proxy alone saturates the machine: lowering would halve it.
 		run(t, procsTuner{max: 2, n: 2}, repeat(step{1.8, 0.1, 2}, time.Minute))
 	})
-	t.Run("moderate work with idle CPUs keeps them", func(t *testing.T) {
-		run(t, procsTuner{max: 2, n: 2}, repeat(step{0.1, 1.5, 2}, time.Minute))
-	})
 	t.Run("nearly idle: back to one after procsQuietAfter, and no lower", func(t *testing.T) {
 		steps := repeat(step{0.02, 1.9, 2}, procsQuietAfter-tuneEvery)
 		steps = append(steps, step{0.02, 1.9, 1})
 		run(t, procsTuner{max: 2, n: 2}, append(steps, repeat(step{0.02, 1.9, 1}, time.Minute)...))
+	})
+	t.Run("fits in fewer: from three to two after procsQuietAfter", func(t *testing.T) {
+		steps := repeat(step{1.2, 2.5, 3}, procsQuietAfter-tuneEvery)
+		steps = append(steps, step{1.2, 2.5, 2})
+		run(t, procsTuner{max: 4, n: 3}, append(steps, repeat(step{1.2, 2.5, 2}, time.Minute)...))
 	})
 	t.Run("never below one on a saturated machine", func(t *testing.T) {
 		run(t, procsTuner{max: 2, n: 1}, repeat(step{0.2, 0.0, 1}, time.Minute))
