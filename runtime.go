@@ -58,13 +58,15 @@ const tuneEvery = time.Second
 //     procsSpare CPUs idle while the process did real work (at least
 //     procsWork CPUs); more: the same, while the process used nearly all
 //     its processors (at least n - procsSlack CPUs);
-//   - fewer: for procsContendAfter the machine had under procsSaturated
-//     CPUs idle while the process left at least half a processor unused
-//     (the extra one only contends with the rest of the machine; then no
-//     more for procsQuietAfter, so that a load whose clients slow down with
-//     the proxy does not swing it back and forth); or for procsQuietAfter
-//     the process used under half of procsWork (back to one), or, on more
-//     than two, fit in one processor fewer with half a CPU to spare.
+//   - fewer: while the process leaves more than half a processor unused
+//     and the machine has no CPU to spare, the extra one only contends
+//     with the rest of the machine: one goes after procsContendAfter with
+//     under procsSaturated CPUs idle, or after procsTightAfter with under
+//     procsSpare idle; and then none is taken again for procsNoRaise, so
+//     that a load whose clients slow down with the proxy does not swing it
+//     back and forth quickly. One also goes after procsQuietAfter without
+//     real work on two (under half of procsWork), or, on more than two,
+//     fitting in one processor fewer with half a CPU to spare.
 //
 // It starts with one, and never goes above the runtime's default when the
 // process started (the CPUs, or a container's CPU limit, at least 2). In a
@@ -79,7 +81,9 @@ const (
 	procsSaturated    = 0.25 // idle CPUs
 	procsRaiseAfter   = 2 * time.Second
 	procsContendAfter = 2 * time.Second
+	procsTightAfter   = 30 * time.Second
 	procsQuietAfter   = 30 * time.Second
+	procsNoRaise      = 30 * time.Second
 )
 
 // procsTuner decides GOMAXPROCS once per tuneEvery; see above. Make it
@@ -88,7 +92,7 @@ type procsTuner struct {
 	max, n int
 	// How long each condition has held; noRaise is what is left of the
 	// wait after a lowering for contention.
-	raiseFor, contendFor, quietFor, noRaise time.Duration
+	raiseFor, contendFor, tightFor, quietFor, noRaise time.Duration
 }
 
 // tick takes the CPUs the process used and the machine's idle CPUs over
@@ -98,21 +102,23 @@ func (p *procsTuner) tick(used, idle float64) int {
 	p.noRaise = max(p.noRaise-tuneEvery, 0)
 	busy := used >= n-procsSlack || p.n == 1 && used >= procsWork
 	p.raiseFor = holds(p.n < p.max && p.noRaise == 0 && idle >= procsSpare && busy, p.raiseFor)
-	p.contendFor = holds(p.n > 1 && idle < procsSaturated && used < n-0.5, p.contendFor)
+	spareProcessor := p.n > 1 && used < n-0.5
+	p.contendFor = holds(spareProcessor && idle < procsSaturated, p.contendFor)
+	p.tightFor = holds(spareProcessor && idle < procsSpare, p.tightFor)
 	quiet := p.n == 2 && used < procsWork/2 || p.n > 2 && used < n-1.5
 	p.quietFor = holds(quiet, p.quietFor)
 	switch {
 	case p.raiseFor >= procsRaiseAfter:
 		p.n++
-	case p.contendFor >= procsContendAfter:
+	case p.contendFor >= procsContendAfter, p.tightFor >= procsTightAfter:
 		p.n--
-		p.noRaise = procsQuietAfter
+		p.noRaise = procsNoRaise
 	case p.quietFor >= procsQuietAfter:
 		p.n--
 	default:
 		return p.n
 	}
-	p.raiseFor, p.contendFor, p.quietFor = 0, 0, 0
+	p.raiseFor, p.contendFor, p.tightFor, p.quietFor = 0, 0, 0, 0
 	return p.n
 }
 
@@ -306,6 +312,11 @@ func tuneLoop(ctx context.Context, inFlight func() int64, tuneGC, tuneProcs bool
 		if m.tick(allocated, cpu, v[1]+uint64(garbage), inFlight()) {
 			debug.FreeOSMemory()
 			read() // the next period starts after the GC it ran
+			if tuneProcs {
+				if now, ok := machineCPU(); ok {
+					machine = now
+				}
+			}
 		}
 		lastAllocs, lastBusy, lastTime = v[0], busy, time.Now()
 	}

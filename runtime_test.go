@@ -194,9 +194,27 @@ func TestProcsTuner(t *testing.T) {
 		steps := repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery)
 		steps = append(steps, step{1.25, 0.1, 1})
 		// The clients slow down with the proxy and a CPU is idle again:
-		// no new processor before procsQuietAfter.
-		steps = append(steps, repeat(step{0.9, 0.6, 1}, procsQuietAfter-tuneEvery)...)
+		// no new processor before procsNoRaise.
+		steps = append(steps, repeat(step{0.9, 0.6, 1}, procsNoRaise-tuneEvery)...)
 		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.9, 0.6, 1}, step{0.9, 0.6, 2}))
+	})
+	t.Run("a machine with little to spare: the extra processor goes after procsTightAfter", func(t *testing.T) {
+		steps := repeat(step{1.0, 0.3, 2}, procsTightAfter-tuneEvery)
+		steps = append(steps, step{1.0, 0.3, 1})
+		// and stays away for procsNoRaise, however idle the machine.
+		steps = append(steps, repeat(step{0.8, 0.6, 1}, procsNoRaise-tuneEvery)...)
+		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.8, 0.6, 1}, step{0.8, 0.6, 2}))
+	})
+	t.Run("no third without a CPU to spare", func(t *testing.T) {
+		run(t, procsTuner{max: 3, n: 2}, repeat(step{1.9, 0.3, 2}, time.Minute))
+	})
+	t.Run("three stay while two would leave under half a CPU", func(t *testing.T) {
+		run(t, procsTuner{max: 4, n: 3}, repeat(step{1.6, 2.4, 3}, time.Minute))
+	})
+	t.Run("after a quiet lowering work takes a second at once", func(t *testing.T) {
+		steps := repeat(step{0.01, 1.9, 2}, procsQuietAfter-tuneEvery)
+		steps = append(steps, step{0.01, 1.9, 1})
+		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.1, 1.7, 1}, step{0.1, 1.7, 2}))
 	})
 	t.Run("using all processors on a saturated machine keeps them", func(t *testing.T) {
 		// The proxy alone saturates the machine: lowering would halve it.
