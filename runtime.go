@@ -54,28 +54,27 @@ const tuneEvery = time.Second
 // streams (6,000 events a second in bursts, 0.2 CPUs) a 10-15 % higher
 // p50. Where CPUs are idle the second processor's cost is paid with CPU
 // nobody else wants; where they are scarce it is not worth it. So:
-//   - a second processor: for procsRaiseAfter the machine had at least
-//     procsSpare CPUs idle while the process did real work (at least
-//     procsWork CPUs); more: the same, while the process used nearly all
-//     its processors (at least n - procsSlack CPUs);
+//   - the process starts with two processors (one if the runtime's default
+//     is one);
 //   - fewer: while the process leaves more than half a processor unused
 //     and the machine has no CPU to spare, the extra one only contends
 //     with the rest of the machine: one goes after procsContendAfter with
 //     under procsSaturated CPUs idle, or after procsTightAfter with under
 //     procsSpare idle; and then none is taken again for procsNoRaise, so
 //     that a load whose clients slow down with the proxy does not swing it
-//     back and forth quickly. One also goes after procsQuietAfter without
-//     real work on two (under half of procsWork), or, on more than two,
-//     fitting in one processor fewer with half a CPU to spare.
+//     back and forth quickly;
+//   - more: for procsRaiseAfter the machine had at least procsSpare CPUs
+//     idle, and, past two, the process used nearly all its processors (at
+//     least n - procsSlack CPUs);
+//   - past two, one also goes after procsQuietAfter fitting in one fewer
+//     with half a CPU to spare.
 //
-// It starts with one, and never goes above the runtime's default when the
-// process started (the CPUs, or a container's CPU limit, at least 2). In a
-// container /proc/stat counts the host's CPUs: a container whose CPU
-// limit throttled it in the last period (cgroup v2 cpu.stat) counts as a
-// machine with none idle. An operator's GOMAXPROCS environment variable
-// turns this off.
+// It never goes above the runtime's default when the process started (the
+// CPUs, or a container's CPU limit, at least 2). In a container /proc/stat
+// counts the host's CPUs: a container whose CPU limit throttled it in the
+// last period (cgroup v2 cpu.stat) counts as a machine with none idle. An
+// operator's GOMAXPROCS environment variable turns this off.
 const (
-	procsWork         = 0.05 // CPUs
 	procsSlack        = 0.25 // CPUs
 	procsSpare        = 0.5  // idle CPUs
 	procsSaturated    = 0.25 // idle CPUs
@@ -87,7 +86,8 @@ const (
 )
 
 // procsTuner decides GOMAXPROCS once per tuneEvery; see above. Make it
-// with max (the most it may use) and n (the GOMAXPROCS it starts with).
+// with newProcsTuner, or with max (the most it may use) and n (the
+// GOMAXPROCS it starts with).
 type procsTuner struct {
 	max, n int
 	// How long each condition has held; noRaise is what is left of the
@@ -95,18 +95,23 @@ type procsTuner struct {
 	raiseFor, contendFor, tightFor, quietFor, noRaise time.Duration
 }
 
+// newProcsTuner returns the tuner of a process whose runtime default is
+// max processors.
+func newProcsTuner(max int) procsTuner {
+	return procsTuner{max: max, n: min(2, max)}
+}
+
 // tick takes the CPUs the process used and the machine's idle CPUs over
 // the last period, and returns the GOMAXPROCS to use.
 func (p *procsTuner) tick(used, idle float64) int {
 	n := float64(p.n)
 	p.noRaise = max(p.noRaise-tuneEvery, 0)
-	busy := used >= n-procsSlack || p.n == 1 && used >= procsWork
+	busy := p.n == 1 || used >= n-procsSlack
 	p.raiseFor = holds(p.n < p.max && p.noRaise == 0 && idle >= procsSpare && busy, p.raiseFor)
 	spareProcessor := p.n > 1 && used < n-0.5
 	p.contendFor = holds(spareProcessor && idle < procsSaturated, p.contendFor)
 	p.tightFor = holds(spareProcessor && idle < procsSpare, p.tightFor)
-	quiet := p.n == 2 && used < procsWork/2 || p.n > 2 && used < n-1.5
-	p.quietFor = holds(quiet, p.quietFor)
+	p.quietFor = holds(p.n > 2 && used < n-1.5, p.quietFor)
 	switch {
 	case p.raiseFor >= procsRaiseAfter:
 		p.n++
@@ -222,21 +227,34 @@ func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, freeAndGarba
 
 // tuneRuntime starts tuning, once a second, GOMAXPROCS (if procs) and
 // GOGC (if gc), and returning free memory; inFlight counts the requests
-// being served. When it tunes GOMAXPROCS the process serves with one
-// processor from the start. stop ends the tuning and puts what it tuned
-// back to the runtime's defaults.
+// being served. stop ends the tuning and puts what it tuned back to the
+// runtime's defaults.
 func tuneRuntime(procs, gc bool, inFlight func() int64) (stop func()) {
-	pt := procsTuner{max: runtime.GOMAXPROCS(0), n: 1}
-	machine, ok := machineCPU()
+	return tuneRuntimeFrom(tuneSources{machine: machineCPU, process: processCPU, every: tuneEvery}, procs, gc, inFlight)
+}
+
+// tuneSources is where tuneRuntimeFrom reads the process's and the
+// machine's CPU time, and how often.
+type tuneSources struct {
+	machine func() (cpuSample, bool)
+	process func() time.Duration
+	every   time.Duration
+}
+
+// tuneRuntimeFrom is tuneRuntime with its sources given. The tuners count
+// time in ticks of tuneEvery whatever src.every is.
+func tuneRuntimeFrom(src tuneSources, procs, gc bool, inFlight func() int64) (stop func()) {
+	pt := newProcsTuner(runtime.GOMAXPROCS(0))
+	machine, ok := src.machine()
 	procs = procs && ok && pt.max > 1
 	if procs {
-		runtime.GOMAXPROCS(1)
+		runtime.GOMAXPROCS(pt.n)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tuneLoop(ctx, inFlight, gc, procs, &pt, machine)
+		tuneLoop(ctx, src, inFlight, gc, procs, &pt, machine)
 	}()
 	return func() {
 		cancel()
@@ -250,7 +268,7 @@ func tuneRuntime(procs, gc bool, inFlight func() int64) (stop func()) {
 // tuneLoop is tuneRuntime's loop; machine is the machine's CPU time when
 // it started. Garbage counts as free: after a burst the heap may not grow
 // again for a long time, so no GC would run to free it.
-func tuneLoop(ctx context.Context, inFlight func() int64, tuneGC, tuneProcs bool, procs *procsTuner, machine cpuSample) {
+func tuneLoop(ctx context.Context, src tuneSources, inFlight func() int64, tuneGC, tuneProcs bool, procs *procsTuner, machine cpuSample) {
 	sample := []metrics.Sample{
 		{Name: "/gc/heap/allocs:bytes"},              // allocated since start
 		{Name: "/memory/classes/heap/free:bytes"},    // free, not yet returned
@@ -266,9 +284,9 @@ func tuneLoop(ctx context.Context, inFlight func() int64, tuneGC, tuneProcs bool
 				v[i] = s.Value.Uint64()
 			}
 		}
-		busy = processCPU()
+		busy = src.process()
 	}
-	tick := time.NewTicker(tuneEvery)
+	tick := time.NewTicker(src.every)
 	defer tick.Stop()
 	var m memoryReleaser
 	var g gcTuner
@@ -289,7 +307,7 @@ func tuneLoop(ctx context.Context, inFlight func() int64, tuneGC, tuneProcs bool
 		read()
 		allocated, cpu := v[0]-lastAllocs, busy-lastBusy
 		if tuneProcs {
-			now, ok := machineCPU()
+			now, ok := src.machine()
 			if idle, valid := idleCPUs(machine, now); ok && valid {
 				used := float64(cpu) / float64(time.Since(lastTime))
 				before := procs.n
@@ -313,7 +331,7 @@ func tuneLoop(ctx context.Context, inFlight func() int64, tuneGC, tuneProcs bool
 			debug.FreeOSMemory()
 			read() // the next period starts after the GC it ran
 			if tuneProcs {
-				if now, ok := machineCPU(); ok {
+				if now, ok := src.machine(); ok {
 					machine = now
 				}
 			}

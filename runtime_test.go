@@ -6,6 +6,8 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -140,13 +142,13 @@ func TestGCTuner(t *testing.T) {
 	}
 }
 
-// TestProcsTuner checks when the process takes another processor (for
-// procsRaiseAfter CPUs are idle while it does real work, or, past two,
-// while its processors are nearly all busy) and when it gives one back
-// (the machine is saturated and the processor not needed, for
-// procsContendAfter, after which it waits procsQuietAfter before taking one
-// again; or it needs fewer, for procsQuietAfter), one at a time, never
-// past 1 or max.
+// TestProcsTuner checks when the process gives a processor back (the
+// machine has no CPU to spare and the processor is not needed, for
+// procsContendAfter or procsTightAfter, after which it waits procsNoRaise
+// before taking one again; past two, it fits in fewer, for
+// procsQuietAfter) and when it takes one (for procsRaiseAfter CPUs are
+// idle, and past two its processors are nearly all busy), one at a time,
+// never past 1 or max.
 func TestProcsTuner(t *testing.T) {
 	type step struct {
 		used, idle float64 // CPUs, over the last second
@@ -167,77 +169,64 @@ func TestProcsTuner(t *testing.T) {
 		}
 		return steps
 	}
-	t.Run("an idle process stays on one", func(t *testing.T) {
-		run(t, procsTuner{max: 4, n: 1}, repeat(step{0.01, 3.9, 1}, time.Minute))
+	then := func(a []step, b ...step) []step { return append(a, b...) }
+	t.Run("starts with two, one where the runtime has one", func(t *testing.T) {
+		if p := newProcsTuner(8); p.n != 2 || p.max != 8 {
+			t.Errorf("newProcsTuner(8) = %+v, want n 2, max 8", p)
+		}
+		if p := newProcsTuner(1); p.n != 1 {
+			t.Errorf("newProcsTuner(1) = %+v, want n 1", p)
+		}
 	})
-	t.Run("real work with idle CPUs takes a second", func(t *testing.T) {
-		// 50 SSE streams: 0.05-0.1 CPUs.
-		steps := []step{{0.08, 1.7, 1}, {0.06, 1.7, 2}}
-		run(t, procsTuner{max: 4, n: 1}, append(steps, repeat(step{0.08, 1.7, 2}, time.Minute)...))
+	t.Run("idle or light work on an idle machine keeps two", func(t *testing.T) {
+		run(t, newProcsTuner(4), repeat(step{0.01, 3.9, 2}, time.Minute))
+		run(t, newProcsTuner(4), repeat(step{0.2, 3.5, 2}, time.Minute)) // 300 SSE streams
 	})
-	t.Run("more than two only when they are all busy", func(t *testing.T) {
-		run(t, procsTuner{max: 3, n: 2}, []step{
-			{1.5, 1.4, 2}, {1.6, 1.3, 2}, {1.7, 1.3, 2}, // not saturated
-			{1.8, 1.2, 2}, {1.9, 1.0, 3}, // 2 s near 2 CPUs: 3
-			{2.9, 0.5, 3}, {3.0, 0.6, 3}, // at max
-		})
-	})
-	t.Run("busy on a saturated machine stays on one", func(t *testing.T) {
+	t.Run("saturated machine: one after procsContendAfter, and stays", func(t *testing.T) {
 		// The bench's small requests: the proxy, its load generator and
 		// upstream share 2 CPUs.
-		run(t, procsTuner{max: 2, n: 1}, []step{{0.93, 0.27, 1}, {0.96, 0.39, 1}, {0.97, 0.25, 1}, {0.95, 0.3, 1}, {0.95, 0.1, 1}})
+		steps := then(repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1})
+		run(t, newProcsTuner(2), then(steps, repeat(step{0.95, 0.3, 1}, time.Minute)...))
+	})
+	t.Run("after a lowering, none taken for procsNoRaise however idle the machine", func(t *testing.T) {
+		steps := then(repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1})
+		steps = then(steps, repeat(step{0.9, 0.6, 1}, procsNoRaise-tuneEvery)...)
+		run(t, newProcsTuner(2), then(steps, step{0.9, 0.6, 1}, step{0.9, 0.6, 2}))
+	})
+	t.Run("a machine with little to spare: one after procsTightAfter", func(t *testing.T) {
+		steps := then(repeat(step{1.0, 0.3, 2}, procsTightAfter-tuneEvery), step{1.0, 0.3, 1})
+		run(t, newProcsTuner(2), then(steps, repeat(step{1.0, 0.4, 1}, time.Minute)...))
 	})
 	t.Run("the condition must hold", func(t *testing.T) {
-		run(t, procsTuner{max: 2, n: 1}, []step{{0.3, 1.0, 1}, {0.01, 1.6, 1}, {0.3, 1.0, 1}, {0.9, 0.2, 1}, {0.3, 1.0, 1}})
+		run(t, newProcsTuner(2), []step{{1.25, 0.1, 2}, {1.25, 0.6, 2}, {1.25, 0.1, 2}, {1.25, 0.6, 2}, {1.25, 0.1, 2}})
+		run(t, procsTuner{max: 2, n: 1}, []step{{0.9, 0.6, 1}, {0.9, 0.2, 1}, {0.9, 0.6, 1}, {0.9, 0.3, 1}})
 	})
-	t.Run("saturated machine: the extra processor goes, and stays away", func(t *testing.T) {
-		steps := repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery)
-		steps = append(steps, step{1.25, 0.1, 1})
-		// The clients slow down with the proxy and a CPU is idle again:
-		// no new processor before procsNoRaise.
-		steps = append(steps, repeat(step{0.9, 0.6, 1}, procsNoRaise-tuneEvery)...)
-		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.9, 0.6, 1}, step{0.9, 0.6, 2}))
+	t.Run("using all processors on a saturated machine keeps them", func(t *testing.T) {
+		// The proxy alone saturates the machine: lowering would halve it.
+		run(t, newProcsTuner(2), repeat(step{1.8, 0.1, 2}, time.Minute))
 	})
-	t.Run("a machine with little to spare: the extra processor goes after procsTightAfter", func(t *testing.T) {
-		steps := repeat(step{1.0, 0.3, 2}, procsTightAfter-tuneEvery)
-		steps = append(steps, step{1.0, 0.3, 1})
-		// and stays away for procsNoRaise, however idle the machine.
-		steps = append(steps, repeat(step{0.8, 0.6, 1}, procsNoRaise-tuneEvery)...)
-		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.8, 0.6, 1}, step{0.8, 0.6, 2}))
-	})
-	t.Run("no third without a CPU to spare", func(t *testing.T) {
-		run(t, procsTuner{max: 3, n: 2}, repeat(step{1.9, 0.3, 2}, time.Minute))
+	t.Run("more than two only when they are all busy and CPUs idle", func(t *testing.T) {
+		run(t, procsTuner{max: 3, n: 2}, []step{
+			{1.5, 1.4, 2}, {1.6, 1.3, 2}, {1.7, 1.3, 2}, // not busy
+			{1.9, 0.3, 2}, {1.9, 0.3, 2}, // busy, no CPU to spare
+			{1.8, 1.2, 2}, {1.9, 1.0, 3}, // busy for 2 s with CPUs idle: 3
+			{2.9, 0.5, 3}, {3.0, 0.6, 3}, // at max
+		})
 	})
 	t.Run("three stay while two would leave under half a CPU", func(t *testing.T) {
 		run(t, procsTuner{max: 4, n: 3}, repeat(step{1.6, 2.4, 3}, time.Minute))
 	})
-	t.Run("after a quiet lowering work takes a second at once", func(t *testing.T) {
-		steps := repeat(step{0.01, 1.9, 2}, procsQuietAfter-tuneEvery)
-		steps = append(steps, step{0.01, 1.9, 1})
-		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.1, 1.7, 1}, step{0.1, 1.7, 2}))
-	})
-	t.Run("using all processors on a saturated machine keeps them", func(t *testing.T) {
-		// The proxy alone saturates the machine: lowering would halve it.
-		run(t, procsTuner{max: 2, n: 2}, repeat(step{1.8, 0.1, 2}, time.Minute))
-	})
-	t.Run("nearly idle: back to one after procsQuietAfter, and no lower", func(t *testing.T) {
-		steps := repeat(step{0.02, 1.9, 2}, procsQuietAfter-tuneEvery)
-		steps = append(steps, step{0.02, 1.9, 1})
-		run(t, procsTuner{max: 2, n: 2}, append(steps, repeat(step{0.02, 1.9, 1}, time.Minute)...))
-	})
-	t.Run("fits in fewer: from three to two after procsQuietAfter", func(t *testing.T) {
-		steps := repeat(step{1.2, 2.5, 3}, procsQuietAfter-tuneEvery)
-		steps = append(steps, step{1.2, 2.5, 2})
-		run(t, procsTuner{max: 4, n: 3}, append(steps, repeat(step{1.2, 2.5, 2}, time.Minute)...))
-	})
-	t.Run("never below one on a saturated machine", func(t *testing.T) {
-		run(t, procsTuner{max: 2, n: 1}, repeat(step{0.2, 0.0, 1}, time.Minute))
+	t.Run("fits in fewer: from three to two after procsQuietAfter, and no lower", func(t *testing.T) {
+		steps := then(repeat(step{1.2, 2.5, 3}, procsQuietAfter-tuneEvery), step{1.2, 2.5, 2})
+		run(t, procsTuner{max: 4, n: 3}, then(steps, repeat(step{0.01, 3.9, 2}, time.Minute)...))
 	})
 	t.Run("work restarts the quiet wait", func(t *testing.T) {
-		steps := repeat(step{0.02, 1.9, 2}, procsQuietAfter-tuneEvery)
-		steps = append(steps, step{0.1, 1.5, 2})
-		steps = append(steps, repeat(step{0.02, 1.9, 2}, procsQuietAfter-tuneEvery)...)
-		run(t, procsTuner{max: 2, n: 2}, append(steps, step{0.02, 1.9, 1}))
+		steps := then(repeat(step{1.2, 2.5, 3}, procsQuietAfter-tuneEvery), step{2.0, 2.0, 3})
+		steps = then(steps, repeat(step{1.2, 2.5, 3}, procsQuietAfter-tuneEvery)...)
+		run(t, procsTuner{max: 4, n: 3}, then(steps, step{1.2, 2.5, 2}))
+	})
+	t.Run("never below one", func(t *testing.T) {
+		run(t, procsTuner{max: 2, n: 1}, repeat(step{0.2, 0.0, 1}, time.Minute))
 	})
 }
 
@@ -306,30 +295,57 @@ func TestParseProcStat(t *testing.T) {
 	}
 }
 
-// TestTuneRuntimeRestores checks that tuneRuntime serves with one
-// processor and that stop gives the runtime's default back.
-func TestTuneRuntimeRestores(t *testing.T) {
-	if os.Getenv("GOMAXPROCS") != "" || runtime.NumCPU() < 2 {
-		t.Skip("GOMAXPROCS set, or one CPU: nothing to tune")
-	}
-	if _, ok := machineCPU(); !ok {
-		t.Skip("no /proc/stat: GOMAXPROCS is not tuned here")
-	}
+// TestTuneRuntimeProcessors runs the tuning loop on a machine it is told
+// about: GOMAXPROCS starts at two, drops to one while the machine is
+// saturated, comes back once CPUs are idle, and stop gives the runtime's
+// default back. The loop ticks every millisecond and counts each tick as
+// a second.
+func TestTuneRuntimeProcessors(t *testing.T) {
 	def := runtime.GOMAXPROCS(0)
-	stop := tuneRuntime(true, false, func() int64 { return 0 })
-	got := runtime.GOMAXPROCS(0)
-	stop()
-	if got != 1 {
-		t.Errorf("GOMAXPROCS %d while tuning, want 1", got)
+	if def < 2 {
+		t.Skip("GOMAXPROCS is 1: nothing to tune")
 	}
-	if after := runtime.GOMAXPROCS(0); after != def {
-		t.Errorf("GOMAXPROCS %d after stop, want the default %d", after, def)
+	var saturated atomic.Bool
+	var mu sync.Mutex
+	var machine cpuSample
+	src := tuneSources{
+		machine: func() (cpuSample, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			machine.cpus, machine.total = 2, machine.total+200 // 2 CPUs, 100 ticks each
+			if saturated.Load() {
+				machine.idle += 10 // 0.1 CPUs idle
+			} else {
+				machine.idle += 150
+			}
+			return machine, true
+		},
+		process: func() time.Duration { return 0 },
+		every:   time.Millisecond,
+	}
+	saturated.Store(true)
+	stop := tuneRuntimeFrom(src, true, false, func() int64 { return 0 })
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
+	if got := runtime.GOMAXPROCS(0); got != 2 {
+		t.Fatalf("GOMAXPROCS %d at start, want 2", got)
+	}
+	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 1 }, "GOMAXPROCS 1 on a saturated machine")
+	saturated.Store(false)
+	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 2 }, "GOMAXPROCS 2 once CPUs are idle")
+	stop()
+	stop = nil
+	if got := runtime.GOMAXPROCS(0); got != def && os.Getenv("GOMAXPROCS") == "" {
+		t.Errorf("GOMAXPROCS %d after stop, want the default %d", got, def)
 	}
 }
 
 // TestProcessProcessors checks on the real binary that the process serves
-// with one processor (go_sched_gomaxprocs_threads in /metrics) and that an
-// operator's GOMAXPROCS is left as it is.
+// with two processors (go_sched_gomaxprocs_threads in /metrics) and that
+// an operator's GOMAXPROCS is left as it is.
 func TestProcessProcessors(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("one CPU: GOMAXPROCS is 1 anyway")
@@ -357,11 +373,11 @@ func TestProcessProcessors(t *testing.T) {
 	// An empty variable is unset for the runtime and for the proxy: the
 	// test's own environment does not count.
 	p := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "GOMAXPROCS=", "GOGC=")
-	if got := gomaxprocs(p); got != "1" {
-		t.Errorf("GOMAXPROCS %s once serving, want 1", got)
-	}
-	p = startBinary(t, bin, "DATA_DIR="+t.TempDir(), "GOMAXPROCS=2")
 	if got := gomaxprocs(p); got != "2" {
-		t.Errorf("GOMAXPROCS %s with GOMAXPROCS=2 in the environment, want 2", got)
+		t.Errorf("GOMAXPROCS %s once serving, want 2", got)
+	}
+	p = startBinary(t, bin, "DATA_DIR="+t.TempDir(), "GOMAXPROCS=1")
+	if got := gomaxprocs(p); got != "1" {
+		t.Errorf("GOMAXPROCS %s with GOMAXPROCS=1 in the environment, want 1", got)
 	}
 }
