@@ -96,9 +96,9 @@ type procsTuner struct {
 }
 
 // newProcsTuner returns the tuner of a process whose runtime default is
-// max processors.
-func newProcsTuner(max int) procsTuner {
-	return procsTuner{max: max, n: min(2, max)}
+// def processors.
+func newProcsTuner(def int) procsTuner {
+	return procsTuner{max: def, n: min(2, def)}
 }
 
 // tick takes the CPUs the process used and the machine's idle CPUs over
