@@ -410,12 +410,7 @@ func TestFaultsClientLeavesMidUpload(t *testing.T) {
 // they were before the outage.
 func TestFaultsRedisKilledUnderLoad(t *testing.T) {
 	rs := startRedisServerPersist(t, true)
-	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken, "API_PROXY_REDIS_URL": rs.url()})
-	store, err := openStore(context.Background(), cfg, testLogger())
-	if err != nil {
-		t.Fatalf("openStore: %v", err)
-	}
-	s, front := newRedisTestServer(t, cfg, store)
+	s, front, _ := newServerOnRedis(t, rs)
 	up := newUpstream(t, nil)
 	if res, body := adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"/llm","target":"`+up.URL+`"}`); res.StatusCode != http.StatusCreated {
 		t.Fatalf("create /llm: %d %s", res.StatusCode, body)
@@ -438,19 +433,13 @@ func TestFaultsRedisKilledUnderLoad(t *testing.T) {
 	waitAll(20, "requests before the outage")
 
 	rs.kill()
-	eventually(t, func() bool {
-		code, _ := getStatus(t, client, front.URL+"/readyz")
-		return code == http.StatusServiceUnavailable
-	}, "/readyz to see the outage")
+	waitReadyz(t, client, front, http.StatusServiceUnavailable, "/readyz to see the outage")
 	res, body := adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"/during","target":"https://x.example"}`)
 	wantProxyError(t, res, body, http.StatusServiceUnavailable, "store_unavailable")
 	waitAll(50, "requests during the outage")
 
 	rs.start()
-	eventually(t, func() bool {
-		code, _ := getStatus(t, client, front.URL+"/readyz")
-		return code == http.StatusOK
-	}, "/readyz to recover")
+	waitReadyz(t, client, front, http.StatusOK, "/readyz to recover")
 	if res, body := adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"/after","target":"`+up.URL+`"}`); res.StatusCode != http.StatusCreated {
 		t.Errorf("create after the outage: %d %s", res.StatusCode, body)
 	}

@@ -96,6 +96,29 @@ func newRedisTestServer(t testing.TB, cfg Config, store Store) (*Server, *httpte
 	return s, front
 }
 
+// newServerOnRedis is newRedisTestServer on the store run would open for
+// the Redis of rs (API_PROXY_REDIS_URL), with testAdminToken; it returns
+// the Config too.
+func newServerOnRedis(t testing.TB, rs *redisServer) (*Server, *httptest.Server, Config) {
+	t.Helper()
+	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken, "API_PROXY_REDIS_URL": rs.url()})
+	store, err := openStore(context.Background(), cfg, testLogger())
+	if err != nil {
+		t.Fatalf("openStore: %v", err)
+	}
+	s, front := newRedisTestServer(t, cfg, store)
+	return s, front, cfg
+}
+
+// waitReadyz waits until GET /readyz on front answers code.
+func waitReadyz(t testing.TB, client *http.Client, front *httptest.Server, code int, what string) {
+	t.Helper()
+	eventually(t, func() bool {
+		got, _ := getStatus(t, client, front.URL+"/readyz")
+		return got == code
+	}, what)
+}
+
 // routeTarget is the target s routes prefix to now, "" if none.
 func routeTarget(s *Server, prefix string) string {
 	if r := s.routes.Load().byPrefix[prefix]; r != nil {
@@ -509,12 +532,7 @@ func getStatus(t testing.TB, client *http.Client, url string) (int, []byte) {
 // knew into it, and admin writes work again.
 func TestRedisOutage(t *testing.T) {
 	rs := startRedisServer(t)
-	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken, "API_PROXY_REDIS_URL": rs.url()})
-	store, err := openStore(context.Background(), cfg, testLogger())
-	if err != nil {
-		t.Fatalf("openStore: %v", err)
-	}
-	s, front := newRedisTestServer(t, cfg, store)
+	s, front, cfg := newServerOnRedis(t, rs)
 	up := newUpstream(t, nil)
 	client := front.Client()
 
@@ -528,10 +546,7 @@ func TestRedisOutage(t *testing.T) {
 	load.waitMore(t, 20, "proxied requests before the outage")
 
 	rs.kill()
-	eventually(t, func() bool {
-		code, _ := getStatus(t, client, front.URL+"/readyz")
-		return code == http.StatusServiceUnavailable
-	}, "/readyz to report the outage")
+	waitReadyz(t, client, front, http.StatusServiceUnavailable, "/readyz to report the outage")
 	code, body := getStatus(t, client, front.URL+"/readyz")
 	var ready struct{ Status, Reason string }
 	if err := json.Unmarshal(body, &ready); err != nil || code != http.StatusServiceUnavailable || ready.Reason == "" {
@@ -557,10 +572,7 @@ func TestRedisOutage(t *testing.T) {
 	}
 
 	rs.start() // empty: no persistence
-	eventually(t, func() bool {
-		code, _ := getStatus(t, client, front.URL+"/readyz")
-		return code == http.StatusOK
-	}, "/readyz to recover")
+	waitReadyz(t, client, front, http.StatusOK, "/readyz to recover")
 	rc := rs.client()
 	eventually(t, func() bool {
 		return rc.HGet(context.Background(), redisKeyPrefix+redisMappingsKey, "/llm").Val() == up.URL

@@ -119,6 +119,20 @@ func startRun(t testing.TB, ctx context.Context, cfg Config) (string, <-chan err
 	return "", nil
 }
 
+// seedMapping writes one mapping into cfg's store (embedded or Redis)
+// and closes it, for run to open.
+func seedMapping(t testing.TB, cfg Config, prefix, target string) {
+	t.Helper()
+	store, err := openStore(context.Background(), cfg, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := store.CreateMapping(context.Background(), prefix, target); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestRunGracefulShutdown cancels run's context while a stream is in
 // flight: the listener closes at once, the stream still completes, and run
 // returns nil once it has.
@@ -136,14 +150,7 @@ func TestRunGracefulShutdown(t *testing.T) {
 		io.WriteString(w, "data: 2\n\ndata: [DONE]\n\n")
 	})
 	cfg := testConfig(t, nil)
-	store, err := openBoltStore(cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.CreateMapping(context.Background(), "/slow", up.URL); err != nil {
-		t.Fatal(err)
-	}
-	store.Close()
+	seedMapping(t, cfg, "/slow", up.URL)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

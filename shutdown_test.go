@@ -103,6 +103,22 @@ func (p *proxyProcess) wait(t testing.TB, d time.Duration) int {
 	return 0
 }
 
+// flushedStats returns the stats a process that exited left in the
+// embedded store under dataDir.
+func flushedStats(t testing.TB, dataDir string) *statsData {
+	t.Helper()
+	store, err := openBoltStore(dataDir)
+	if err != nil {
+		t.Fatalf("open the store after exit: %v", err)
+	}
+	defer store.Close()
+	d, err := store.LoadStats(context.Background(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 // refusing reports whether nothing accepts connections on addr any more.
 func refusing(addr string) bool {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -247,15 +263,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 		t.Errorf("the upstream served %d requests, the clients got %d complete", served.Load(), complete)
 	}
 
-	store, err := openBoltStore(dataDir)
-	if err != nil {
-		t.Fatalf("open the store after exit: %v", err)
-	}
-	defer store.Close()
-	d, err := store.LoadStats(context.Background(), time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := flushedStats(t, dataDir)
 	if got := d.Total["/p|count"]; got != complete {
 		t.Errorf("the flushed stats count %d requests to /p, want the %d accepted and completed", got, complete)
 	}
@@ -320,15 +328,7 @@ func TestShutdownTimeoutCutsStreams(t *testing.T) {
 		}
 		waitClosed(t, cancelled, "the upstream request to be cancelled")
 	}
-	store, err := openBoltStore(dataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	d, err := store.LoadStats(context.Background(), time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := flushedStats(t, dataDir)
 	if got := d.Total["/p|count"]; got != streams {
 		t.Errorf("the flushed stats count %d requests, want the %d cut streams", got, streams)
 	}
@@ -392,14 +392,7 @@ func TestShutdownTunnels(t *testing.T) {
 	})
 	cfg := testConfig(t, nil)
 	cfg.ShutdownTimeout = time.Second
-	store, err := openBoltStore(cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.CreateMapping(context.Background(), "/ws", up.URL); err != nil {
-		t.Fatal(err)
-	}
-	store.Close()
+	seedMapping(t, cfg, "/ws", up.URL)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	addr, runErr := startRun(t, ctx, cfg)

@@ -849,14 +849,7 @@ func TestStatsSurviveShutdown(t *testing.T) {
 			if kind == "redis" {
 				cfg.RedisURL = startRedisServer(t).url()
 			}
-			store, err := openStore(context.Background(), cfg, testLogger())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := store.CreateMapping(context.Background(), "/p", up.URL); err != nil {
-				t.Fatal(err)
-			}
-			store.Close()
+			seedMapping(t, cfg, "/p", up.URL)
 
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
