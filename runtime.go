@@ -315,10 +315,7 @@ func tuneLoop(ctx context.Context, src tuneSources, inFlight func() int64, tuneG
 					runtime.GOMAXPROCS(n)
 				}
 			}
-			machine = now // a period without figures is skipped, not merged into the next
-			if !ok {
-				machine = cpuSample{}
-			}
+			machine = now // zero when not ok: a period without figures is skipped, not merged into the next
 		}
 		if tuneGC {
 			if pct := g.tick(allocated, v[3]); pct != gogc {
@@ -331,9 +328,7 @@ func tuneLoop(ctx context.Context, src tuneSources, inFlight func() int64, tuneG
 			debug.FreeOSMemory()
 			read() // the next period starts after the GC it ran
 			if tuneProcs {
-				if now, ok := src.machine(); ok {
-					machine = now
-				}
+				machine, _ = src.machine()
 			}
 		}
 		lastAllocs, lastBusy, lastTime = v[0], busy, time.Now()

@@ -22,8 +22,8 @@ func processCPU() time.Duration {
 
 // machineCPU returns the machine's CPU time so far, from Linux's
 // /proc/stat, and the time the process's cgroup v2 CPU limit throttled it,
-// from /sys/fs/cgroup/cpu.stat where there is one; ok is false where
-// /proc/stat is not available.
+// from /sys/fs/cgroup/cpu.stat where there is one; ok is false, and the
+// sample zero, where /proc/stat is not available.
 func machineCPU() (s cpuSample, ok bool) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
@@ -64,7 +64,10 @@ func parseProcStat(b []byte) (s cpuSample, ok bool) {
 			s.cpus++
 		}
 	}
-	return s, s.cpus > 0
+	if s.cpus == 0 {
+		return cpuSample{}, false
+	}
+	return s, true
 }
 
 // parseThrottled reads the "throttled_usec" line of a cgroup v2 cpu.stat.
