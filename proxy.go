@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strings"
@@ -67,6 +68,7 @@ type proxy struct {
 	// stream reads its client connection from a goroutine of its own.
 	sharedWatch bool
 	handedOff   atomic.Int64 // streams handed off so far
+	rawStreams  atomic.Int64 // of which read the upstream socket themselves (upconn.go)
 
 	requests    sync.Pool // *proxyRequest
 	bulkBufs    sync.Pool // *[]byte of bulkBufferSize
@@ -99,10 +101,10 @@ type requestRecord struct {
 func newTransport(cfg Config) *http.Transport {
 	return &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{
+		DialContext: dialUp((&net.Dialer{
 			Timeout:   cfg.DialTimeout,
 			KeepAlive: 30 * time.Second,
-		}).DialContext,
+		}).DialContext),
 		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout,
 		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
@@ -170,6 +172,10 @@ type proxyRequest struct {
 	stopParent    func() bool
 	cancelTimeout context.CancelFunc
 	st            streamState
+	// up is the plain-TCP upstream connection the request got (trace's
+	// GotConn), for a request that may be handed off; nil otherwise.
+	up    *upConn
+	trace httptrace.ClientTrace
 }
 
 func (p *proxy) newRequest() *proxyRequest {
@@ -187,6 +193,7 @@ func (p *proxy) newRequest() *proxyRequest {
 		FlushInterval: 0,
 	}
 	pr.w.pr = pr
+	pr.trace.GotConn = pr.gotConn
 	pr.w.timer = time.AfterFunc(time.Hour, pr.w.flushHeaders)
 	pr.w.timer.Stop()
 	pr.body.pr = pr
@@ -265,6 +272,9 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		// own values.
 		inCtx := req.Context()
 		pr.stopParent = context.AfterFunc(inCtx, func() { cancel(context.Cause(inCtx)) })
+		if rt.scheme == "http" {
+			ctx = httptrace.WithClientTrace(ctx, &pr.trace)
+		}
 	}
 	if p.timeout > 0 {
 		ctx, pr.cancelTimeout = context.WithTimeout(ctx, p.timeout)
@@ -283,6 +293,16 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	}()
 	pr.rp.ServeHTTP(&pr.w, req)
 	completed = true
+}
+
+// gotConn is the trace hook that learns the upstream connection of a
+// request that may be handed off, and arms it (upconn.go).
+func (pr *proxyRequest) gotConn(info httptrace.GotConnInfo) {
+	pr.up = nil
+	if c, ok := info.Conn.(*upConn); ok {
+		c.arm()
+		pr.up = c
+	}
 }
 
 // finish records a request that ended and puts pr back in the pool.
@@ -318,6 +338,7 @@ func (pr *proxyRequest) finish(completed bool) {
 	if completed {
 		pr.in, pr.route, pr.reqBody = nil, nil, nil
 		pr.cancelUp, pr.stopParent, pr.cancelTimeout = nil, nil, nil
+		pr.up = nil
 		pr.st.reset()
 		pr.w.reset(nil)
 		p.requests.Put(pr)

@@ -71,6 +71,8 @@ type streamState struct {
 	stopCut    func() bool     // unregisters the shutdown cut
 	onEvent    func(gone bool) // clientEvent, bound once
 	oneByte    [1]byte
+	// raw: the stream reads the upstream socket itself (streamRaw).
+	raw bool
 }
 
 // mayHandOff reports whether a response to req could be handed off, as far
@@ -148,6 +150,10 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 	}
 	pr.rec.TTFB = time.Since(pr.rec.Start)
 	pr.p.handedOff.Add(1)
+	if up := pr.up; up != nil && up.captured && len(res.TransferEncoding) == 1 && res.TransferEncoding[0] == "chunked" {
+		st.raw = true
+		pr.p.rawStreams.Add(1)
+	}
 	// net/http's request and response, and through them the connection's
 	// buffers, are garbage once the handler returns: hold no reference.
 	pr.w.reset(nil)
@@ -172,38 +178,11 @@ func (pr *proxyRequest) stream() {
 	}
 
 	buf := p.streamBufs.Get().(*[]byte)
-	b := *buf
-	complete := false
-	for !st.clientGone.Load() {
-		n, err := pr.body.ReadCloser.Read(b[chunkHead : len(b)-2])
-		var werr error
-		if n > 0 {
-			start := chunkHead - 2
-			b[start], b[start+1] = '\r', '\n'
-			for m := n; m > 0; m >>= 4 {
-				start--
-				b[start] = hexDigits[m&15]
-			}
-			end := chunkHead + n
-			b[end], b[end+1] = '\r', '\n'
-			_, werr = st.conn.Write(b[start : end+2])
-		}
-		pr.body.account(b[chunkHead:chunkHead+n], err)
-		if werr != nil {
-			st.clientGone.Store(true)
-			break
-		}
-		if err == io.EOF {
-			if _, werr := st.conn.Write(lastChunk); werr != nil {
-				st.clientGone.Store(true)
-			} else {
-				complete = true
-			}
-			break
-		}
-		if err != nil {
-			break // the upstream broke, or the watcher cancelled it
-		}
+	var complete bool
+	if st.raw {
+		complete = pr.streamRaw(*buf)
+	} else {
+		complete = pr.streamCopy(*buf)
 	}
 	p.streamBufs.Put(buf)
 
@@ -240,6 +219,44 @@ func (pr *proxyRequest) stream() {
 	pr.finish(true)
 }
 
+// streamCopy copies the body through the Transport's reader, one chunk per
+// read, and reports whether it reached the body's end.
+func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
+	st := &pr.st
+	for !st.clientGone.Load() {
+		n, err := pr.body.ReadCloser.Read(b[chunkHead : len(b)-2])
+		var werr error
+		if n > 0 {
+			start := chunkHead - 2
+			b[start], b[start+1] = '\r', '\n'
+			for m := n; m > 0; m >>= 4 {
+				start--
+				b[start] = hexDigits[m&15]
+			}
+			end := chunkHead + n
+			b[end], b[end+1] = '\r', '\n'
+			_, werr = st.conn.Write(b[start : end+2])
+		}
+		pr.body.account(b[chunkHead:chunkHead+n], err)
+		if werr != nil {
+			st.clientGone.Store(true)
+			break
+		}
+		if err == io.EOF {
+			if _, werr := st.conn.Write(lastChunk); werr != nil {
+				st.clientGone.Store(true)
+			} else {
+				complete = true
+			}
+			break
+		}
+		if err != nil {
+			break // the upstream broke, or the watcher cancelled it
+		}
+	}
+	return complete
+}
+
 const hexDigits = "0123456789abcdef"
 
 // watchClient reads from the client connection while the stream runs, where
@@ -273,7 +290,7 @@ func (pr *proxyRequest) clientEvent(gone bool) {
 
 // reset clears a stream's state for the pool.
 func (st *streamState) reset() {
-	st.conn, st.stopCut, st.watchDone, st.watched = nil, nil, nil, false
+	st.conn, st.stopCut, st.watchDone, st.watched, st.raw = nil, nil, nil, false, false
 	st.pending = st.pending[:0]
 	st.stopping.Store(false)
 	st.clientGone.Store(false)

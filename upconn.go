@@ -1,0 +1,432 @@
+package main
+
+// Raw upstream reading for handed-off streams. On this kind of machine a
+// system call costs more than anything else a proxy does per event (the
+// bench's profiles: over half the CPU of an SSE stream is in read and
+// write). Read through the Transport, each event costs three: the read
+// that returns it, the write to the client, and one more read that finds
+// the socket empty before the goroutine waits. A handed-off stream over a
+// plain-TCP HTTP/1.1 upstream connection skips the third: it reads the
+// socket itself, inside one syscall.RawConn.Read, waiting for readiness
+// only after a read that left the socket empty, as nginx does. Measured
+// with the bench's sse-wide load against a proxy that reads through the
+// ordinary path, that was 7 % of event latency (docs in README).
+//
+// For that the Transport's buffered reader must hold none of the body when
+// the response reaches the proxy. upConn, the connection the Transport
+// dials, makes sure of it: armed by the request that got the connection
+// (httptrace GotConn), it returns the bytes of the response head, and
+// keeps what follows (the first body bytes, which usually come in the same
+// segment) to return on the next read. The bytes and their order are
+// unchanged; only where one read ends moves. When the stream ends cleanly,
+// the Transport is given the body's last chunk to read, so that it sees a
+// complete body and keeps the connection for its next request.
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// upConn is a plain-TCP upstream connection.
+type upConn struct {
+	net.Conn
+	raw syscall.RawConn
+
+	// armed is set by gotConn before the request is written: the bytes
+	// read next are a response head. Only the reading goroutine clears it.
+	armed atomic.Bool
+	head  headScanner
+	// captured: the last response head read through this connection was
+	// returned alone, and stash holds the bytes that followed it.
+	captured bool
+	stash    []byte
+	stashBuf []byte // stash's storage, reused
+}
+
+// dialUp wraps the connections a net.Dialer makes.
+func dialUp(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			return c, nil
+		}
+		raw, err := tc.SyscallConn()
+		if err != nil {
+			return c, nil
+		}
+		return &upConn{Conn: c, raw: raw}, nil
+	}
+}
+
+// arm prepares c for the head of the response to a request about to be
+// written on it.
+func (c *upConn) arm() {
+	c.head = headScanner{}
+	c.captured = false
+	c.armed.Store(true)
+}
+
+func (c *upConn) Read(p []byte) (int, error) {
+	if len(c.stash) > 0 {
+		n := c.cut(p[:copy(p, c.stash)])
+		c.stash = c.stash[n:]
+		return n, nil
+	}
+	n, err := c.Conn.Read(p)
+	if m := c.cut(p[:n]); m < n {
+		c.stashBuf = append(c.stashBuf[:0], p[m:n]...)
+		c.stash, n = c.stashBuf, m
+	}
+	return n, err
+}
+
+// cut returns how many of b, the bytes a read is about to return, to
+// return now: up to the end of the response head while c is armed, all
+// of them otherwise.
+func (c *upConn) cut(b []byte) int {
+	if len(b) == 0 || !c.armed.Load() {
+		return len(b)
+	}
+	end := c.head.feed(b)
+	if end < 0 {
+		return len(b)
+	}
+	if c.head.informational() {
+		c.head = headScanner{} // the final head follows
+	} else {
+		c.armed.Store(false)
+		c.captured = true
+	}
+	return end
+}
+
+// headScanner finds the end of a response head: the first empty line, as
+// net/textproto reads lines ("\n", with or without "\r" before it).
+type headScanner struct {
+	state int // 1 after "\n", 2 after "\n\r"
+	// status holds the start of the status line, for informational.
+	status [12]byte
+	seen   int
+}
+
+// feed scans p, the next bytes of the head, and returns the index just
+// past the head's end, or -1 if it does not end in p.
+func (h *headScanner) feed(p []byte) int {
+	if h.seen < len(h.status) {
+		h.seen += copy(h.status[h.seen:], p)
+	}
+	for i, b := range p {
+		switch {
+		case b == '\n' && h.state > 0:
+			h.state = 0
+			return i + 1
+		case b == '\n':
+			h.state = 1
+		case b == '\r' && h.state == 1:
+			h.state = 2
+		default:
+			h.state = 0
+		}
+	}
+	return -1
+}
+
+// informational reports whether the head is a 1xx other than 101: another
+// head follows it.
+func (h *headScanner) informational() bool {
+	// "HTTP/1.1 1xx"
+	return h.seen >= 10 && h.status[8] == ' ' && h.status[9] == '1' &&
+		!(h.seen >= 12 && h.status[10] == '0' && h.status[11] == '1')
+}
+
+// replayEnd makes c return a chunked body's last chunk to the Transport,
+// whose reader then sees the body end and keeps the connection.
+func (c *upConn) replayEnd() {
+	c.stash = lastChunk
+}
+
+// errChunked is a chunked body whose framing is not valid.
+var errChunked = errors.New("apiproxy: malformed chunked encoding from the upstream")
+
+// chunkParser follows the framing of a chunked body (RFC 9112 §7.1) as
+// its bytes pass, so that a raw stream knows its data (for usage
+// accounting) and where it ends, while the client gets the bytes as they
+// came.
+type chunkParser struct {
+	state  int
+	size   uint64 // of the chunk being read, or left of it in cpData
+	digits int
+	line   int // bytes of the size line so far
+}
+
+// maxChunkLine is net/http's limit on a chunk-size line, CRLF included.
+const maxChunkLine = 4096 + 1
+
+const (
+	cpSize   = iota // chunk-size digits
+	cpSizeWS        // whitespace after them
+	cpExt           // a chunk extension
+	cpSizeLF        // the CR ending the line was read
+	cpData
+	cpDataCR
+	cpDataLF
+	cpTrailerStart // start of a trailer line (or of the final empty line)
+	cpTrailerCR    // "\r" at the start of a line
+	cpTrailerLine
+	cpDone
+)
+
+// next consumes p up to the end of the next data bytes, which it returns,
+// and returns the rest of p. done is set once the body's end (the last
+// chunk and the trailer section) is consumed; rest then holds what
+// followed it, which a valid upstream never sends.
+func (c *chunkParser) next(p []byte) (data, rest []byte, err error) {
+	for i := 0; i < len(p); i++ {
+		b := p[i]
+		if c.state <= cpSizeLF {
+			// The size line, checked as net/http checks it: hex digits,
+			// then whitespace or a chunk extension, ending in CRLF.
+			c.line++
+			if c.line > maxChunkLine {
+				return nil, nil, errChunked
+			}
+		}
+		switch c.state {
+		case cpSize:
+			if v, ok := hexValue(b); ok {
+				if c.digits == 16 {
+					return nil, nil, errChunked
+				}
+				c.size = c.size<<4 | v
+				c.digits++
+				continue
+			}
+			if c.digits == 0 {
+				return nil, nil, errChunked
+			}
+			switch b {
+			case ';':
+				c.state = cpExt
+			case ' ', '\t':
+				c.state = cpSizeWS
+			case '\r':
+				c.state = cpSizeLF
+			default:
+				return nil, nil, errChunked
+			}
+		case cpSizeWS:
+			switch b {
+			case ' ', '\t':
+			case '\r':
+				c.state = cpSizeLF
+			default:
+				return nil, nil, errChunked
+			}
+		case cpExt:
+			switch b {
+			case '\r':
+				c.state = cpSizeLF
+			case '\n':
+				return nil, nil, errChunked
+			}
+		case cpSizeLF:
+			if b != '\n' {
+				return nil, nil, errChunked
+			}
+			c.line = 0
+			if c.size == 0 {
+				c.state = cpTrailerStart
+			} else {
+				c.state = cpData
+			}
+		case cpData:
+			n := uint64(len(p) - i)
+			if n > c.size {
+				n = c.size
+			}
+			c.size -= n
+			if c.size == 0 {
+				c.state = cpDataCR
+			}
+			return p[i : i+int(n)], p[i+int(n):], nil
+		case cpDataCR:
+			if b != '\r' {
+				return nil, nil, errChunked
+			}
+			c.state = cpDataLF
+		case cpDataLF:
+			if b != '\n' {
+				return nil, nil, errChunked
+			}
+			c.state, c.size, c.digits = cpSize, 0, 0
+		case cpTrailerStart:
+			switch b {
+			case '\n':
+				c.state = cpDone
+				return nil, p[i+1:], nil
+			case '\r':
+				c.state = cpTrailerCR
+			default:
+				c.state = cpTrailerLine
+			}
+		case cpTrailerCR:
+			if b == '\n' {
+				c.state = cpDone
+				return nil, p[i+1:], nil
+			}
+			c.state = cpTrailerLine
+			i--
+		case cpTrailerLine:
+			if b == '\n' {
+				c.state = cpTrailerStart
+			}
+		case cpDone:
+			return nil, p[i:], nil
+		}
+	}
+	return nil, nil, nil
+}
+
+// scan consumes p and returns how many of its bytes belong to the body:
+// all of them unless the body ends in p.
+func (c *chunkParser) scan(p []byte) (int, error) {
+	q := p
+	for len(q) > 0 && c.state != cpDone {
+		_, rest, err := c.next(q)
+		if err != nil {
+			return 0, err
+		}
+		q = rest
+	}
+	return len(p) - len(q), nil
+}
+
+// done reports whether the body's end has been consumed.
+func (c *chunkParser) done() bool { return c.state == cpDone }
+
+func hexValue(b byte) (uint64, bool) {
+	switch {
+	case '0' <= b && b <= '9':
+		return uint64(b - '0'), true
+	case 'a' <= b && b <= 'f':
+		return uint64(b-'a') + 10, true
+	case 'A' <= b && b <= 'F':
+		return uint64(b-'A') + 10, true
+	}
+	return 0, false
+}
+
+// streamRaw copies a chunked body from the upstream socket to the client as
+// it comes, framing included, and reports whether it reached the body's
+// end. One read of the socket is one write to the client.
+func (pr *proxyRequest) streamRaw(b []byte) (complete bool) {
+	st, up := &pr.st, pr.up
+	rc := rawCopy{pr: pr}
+	more := true
+	if len(up.stash) > 0 { // body bytes that came with the head
+		more = rc.pass(up.stash)
+		up.stash = nil
+	}
+	if more && !st.clientGone.Load() {
+		err := up.raw.Read(func(fd uintptr) bool {
+			for !st.clientGone.Load() {
+				n, err := syscall.Read(int(fd), b)
+				switch {
+				case err == syscall.EINTR:
+					continue
+				case err == syscall.EAGAIN:
+					return false // wait until the socket is readable
+				case err != nil:
+					rc.err = err
+					return true
+				case n == 0:
+					rc.err = io.ErrUnexpectedEOF
+					return true
+				}
+				if !rc.pass(b[:n]) {
+					return true
+				}
+				if n < len(b) {
+					// The read emptied the socket: the next bytes to
+					// arrive make it readable again, so wait rather than
+					// read it empty.
+					return false
+				}
+			}
+			return true
+		})
+		if err != nil && rc.err == nil {
+			rc.err = err // the Transport closed it: the request was cancelled
+		}
+	}
+	complete = rc.cp.done() && !rc.extra && !st.clientGone.Load()
+	endErr := rc.err
+	if complete {
+		endErr = io.EOF
+	} else if endErr == nil {
+		endErr = errClientGone
+	}
+	pr.body.account(nil, endErr)
+	if complete && !rc.extra {
+		// The Transport reads a last chunk and so sees the body end: it
+		// keeps the connection. The deadline only guards against reading
+		// on if that were not so.
+		up.replayEnd()
+		up.Conn.SetReadDeadline(time.Now().Add(time.Second))
+		for {
+			if _, err := pr.body.ReadCloser.Read(b); err != nil {
+				break
+			}
+		}
+		up.Conn.SetReadDeadline(time.Time{})
+	}
+	return complete
+}
+
+// rawCopy is the state of one streamRaw.
+type rawCopy struct {
+	pr    *proxyRequest
+	cp    chunkParser
+	err   error // why the body ended before its end
+	extra bool  // the upstream sent bytes after the body's end
+}
+
+// pass writes p, the next bytes of the body as received, to the client,
+// then accounts their data. It reports whether more are to come.
+func (rc *rawCopy) pass(p []byte) bool {
+	st := &rc.pr.st
+	before := rc.cp
+	n, err := rc.cp.scan(p)
+	if n > 0 {
+		if _, werr := st.conn.Write(p[:n]); werr != nil {
+			st.clientGone.Store(true)
+			return false
+		}
+	}
+	cp, q := before, p[:n]
+	for len(q) > 0 {
+		var data []byte
+		data, q, _ = cp.next(q)
+		if len(data) > 0 {
+			rc.pr.body.account(data, nil)
+		}
+	}
+	switch {
+	case err != nil:
+		rc.err = err
+		return false
+	case rc.cp.done():
+		rc.extra = n < len(p)
+		return false
+	}
+	return true
+}

@@ -1,0 +1,323 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// chunkedData returns the data of a chunked body that chunkParser reads
+// from in (one piece), or an error.
+func chunkedData(in []byte) (data, rest []byte, done bool, err error) {
+	var cp chunkParser
+	q := in
+	for len(q) > 0 && !cp.done() {
+		var d []byte
+		d, q, err = cp.next(q)
+		if err != nil {
+			return nil, nil, false, err
+		}
+		data = append(data, d...)
+	}
+	return data, q, cp.done(), nil
+}
+
+// trailerStart returns the index in a chunked body where its trailer
+// section starts (after the last chunk's line), feeding the parser one byte
+// at a time.
+func trailerStart(in []byte) int {
+	var cp chunkParser
+	for i := range in {
+		if _, err := cp.scan(in[i : i+1]); err != nil {
+			return -1
+		}
+		if cp.state == cpTrailerStart {
+			return i + 1
+		}
+	}
+	return -1
+}
+
+// stdChunked reads in as the chunked body of a response, as net/http does,
+// and returns its data and the bytes left after it.
+func stdChunked(in []byte) (data, rest []byte, err error) {
+	head := "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+	br := bufio.NewReader(io.MultiReader(strings.NewReader(head), bytes.NewReader(in)))
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err = io.ReadAll(res.Body)
+	if err != nil {
+		return nil, nil, err
+	}
+	rest, _ = io.ReadAll(br)
+	return data, rest, nil
+}
+
+// FuzzChunkParser checks the raw stream's chunk parser against net/http:
+// whenever it finds the end of a body, net/http reads the same data and
+// stops at the same byte, and it finds the end of every body net/http
+// reads whole; fed in pieces, it finds the same.
+func FuzzChunkParser(f *testing.F) {
+	for _, s := range []string{
+		"5\r\nhello\r\n0\r\n\r\n",
+		"5;ext=1\r\nhello\r\n0\r\n\r\n",
+		"5 \r\nhello\r\n0\r\nX-T: 1\r\n\r\nextra",
+		"A\r\n0123456789\r\n1\r\nx\r\n0\r\n\r\n",
+		"5\r\nhelloXX0\r\n\r\n",
+		"0\r\n\r\n",
+		"fffffffffffffffff\r\n",
+		"5\nhello\n0\n\n",
+		"\r\n",
+		"0\n\n0",
+		"0\r\n:\r\n\r\n",
+	} {
+		f.Add([]byte(s), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, in []byte, split uint8) {
+		data, rest, done, err := chunkedData(in)
+		std, stdRest, stdErr := stdChunked(in)
+		if err == nil && done && stdErr != nil {
+			// The parser passes trailers without checking their syntax
+			// (the client reads them): net/http must read the body
+			// with the trailer section left empty.
+			start, end := trailerStart(in), len(in)-len(rest)
+			bare := append(append(bytes.Clone(in[:start]), "\r\n"...), in[end:]...)
+			std, stdRest, stdErr = stdChunked(bare)
+			if stdErr != nil {
+				t.Fatalf("%q: parser found the end, net/http failed: %v", in, stdErr)
+			}
+		}
+		if err == nil && done {
+			if !bytes.Equal(data, std) || !bytes.Equal(rest, stdRest) {
+				t.Fatalf("%q: parser data %q rest %q, net/http %q rest %q", in, data, rest, std, stdRest)
+			}
+		}
+		if stdErr == nil && !(err == nil && done) {
+			t.Fatalf("%q: net/http read the body (%q), the parser did not: done %v, %v", in, std, done, err)
+		}
+		// In pieces: the same end, the same data.
+		var cp chunkParser
+		var pdata []byte
+		size := int(split%7) + 1
+		for off := 0; off < len(in) && !cp.done(); {
+			piece := in[off:min(off+size, len(in))]
+			before := cp
+			n, perr := cp.scan(piece)
+			if perr != nil {
+				if err == nil && done {
+					t.Fatalf("%q in pieces of %d: %v", in, size, perr)
+				}
+				return
+			}
+			q := piece[:n]
+			for len(q) > 0 {
+				var d []byte
+				d, q, _ = before.next(q)
+				pdata = append(pdata, d...)
+			}
+			off += n
+		}
+		if err == nil && done && (!cp.done() || !bytes.Equal(pdata, data)) {
+			t.Fatalf("%q in pieces of %d: done %v data %q, want %q", in, size, cp.done(), pdata, data)
+		}
+	})
+}
+
+// TestUpConnHeadCapture: an armed upConn returns a response head alone,
+// informational heads before it included, and keeps the body bytes that
+// came with it for the next read; net/http reads the response as usual.
+func TestUpConnHeadCapture(t *testing.T) {
+	const wire = "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" +
+		"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		"5\r\nhello\r\n"
+	for _, pieces := range [][]string{
+		{wire},
+		{wire[:20], wire[20:61], wire[61:]},
+		{wire[:len(wire)-12], wire[len(wire)-12:]},
+	} {
+		for _, armed := range []bool{true, false} {
+			t.Run(fmt.Sprintf("pieces=%d/armed=%v", len(pieces), armed), func(t *testing.T) {
+				a, b := net.Pipe()
+				defer a.Close()
+				defer b.Close()
+				go func() {
+					for _, p := range pieces {
+						if _, err := io.WriteString(b, p); err != nil {
+							return
+						}
+					}
+				}()
+				c := &upConn{Conn: a}
+				if armed {
+					c.arm()
+				}
+				br := bufio.NewReaderSize(c, 2<<10)
+				res, err := http.ReadResponse(br, nil)
+				for err == nil && res.StatusCode == 103 {
+					res, err = http.ReadResponse(br, nil)
+				}
+				if err != nil || res.StatusCode != 200 {
+					t.Fatalf("ReadResponse: %v, %v", res, err)
+				}
+				if !armed {
+					if c.captured {
+						t.Error("an upConn that was not armed captured a head")
+					}
+					return
+				}
+				if !c.captured || br.Buffered() != 0 {
+					t.Fatalf("captured %v, %d body bytes in the reader; want the head alone", c.captured, br.Buffered())
+				}
+				// The body bytes come from the stash (then the socket, as the
+				// pieces arrive).
+				got := make([]byte, len("5\r\nhello\r\n"))
+				if _, err := io.ReadFull(c, got); err != nil || string(got) != "5\r\nhello\r\n" {
+					t.Errorf("body bytes %q, %v", got, err)
+				}
+			})
+		}
+	}
+}
+
+// rawStreamProxy starts the proxy in front of up and returns the front
+// server's address and the proxy.
+func rawStreamProxy(t *testing.T, upURL string) (*Server, string) {
+	t.Helper()
+	s, front := newTestServer(t, map[string]string{"/p": upURL})
+	return s, front.Listener.Addr().String()
+}
+
+// rawExchange sends a GET over a fresh connection and returns the response
+// with its reader.
+func rawExchange(t *testing.T, addr, path string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(testTimeout))
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn, br, res
+}
+
+// TestStreamRaw: a handed-off event stream from a plain-HTTP upstream is
+// read from the upstream socket (streamRaw): events pass one by one as
+// the upstream sends them, the body reaches the client whole, framing and
+// trailers as sent, its usage is counted, and the upstream connection is
+// kept for the next request.
+func TestStreamRaw(t *testing.T) {
+	step := make(chan struct{})
+	remotes := make(chan string, 4)
+	big := strings.Repeat("x", 5000) // more than one read of the stream buffer
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		remotes <- r.RemoteAddr
+		if r.URL.Path == "/small" {
+			io.WriteString(w, "ok")
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: 1\n\n") // with the head, in one segment
+		w.(http.Flusher).Flush()
+		select {
+		case <-step:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "data: "+big+"\n\n")
+		io.WriteString(w, `data: {"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}`+"\n\n")
+		w.Header().Set(http.TrailerPrefix+"X-End", "yes")
+	})
+	s, addr := rawStreamProxy(t, up.URL)
+
+	_, br, res := rawExchange(t, addr, "/p/stream")
+	body := bufio.NewReader(res.Body)
+	if ev := readEvent(t, body); ev != "data: 1\n\n" {
+		t.Fatalf("first event %q", ev)
+	}
+	step <- struct{}{} // the upstream sends the rest only now
+	rest, err := io.ReadAll(body)
+	if err != nil {
+		t.Fatalf("rest of the stream: %v", err)
+	}
+	if !strings.HasPrefix(string(rest), "data: "+big+"\n\n") || !strings.Contains(string(rest), `"total_tokens":8`) {
+		t.Errorf("rest of the stream is %d bytes, not the big event and the usage", len(rest))
+	}
+	if res.Trailer.Get("X-End") != "yes" {
+		t.Errorf("trailer %v, want X-End: yes passed through", res.Trailer)
+	}
+	if br.Buffered() != 0 {
+		t.Errorf("%d bytes after the end of the body", br.Buffered())
+	}
+	if n := s.proxy.rawStreams.Load(); n != 1 {
+		t.Errorf("%d raw streams, want 1", n)
+	}
+
+	// The upstream connection comes back to the Transport's pool.
+	client := &http.Client{}
+	resSmall, err := client.Get("http://" + addr + "/p/small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := readAll(t, resSmall); string(b) != "ok" {
+		t.Errorf("GET /p/small = %q", b)
+	}
+	first, second := <-remotes, <-remotes
+	if first != second {
+		t.Errorf("the request after the stream came from %s, the stream from %s: the upstream connection was not kept", second, first)
+	}
+	waitStats(t, client, "http://"+addr, func(v statsView) bool {
+		p := v.Endpoints["/p"]
+		return p != nil && p.Count == 2 && p.Status.S2xx == 2 && p.Tokens.Prompt == 3 && p.Tokens.Completion == 5 && p.Tokens.Total == 8
+	}, "/stats to count both requests and the stream's tokens")
+}
+
+// TestStreamRawFraming: upstream bytes that are not the ordinary framing.
+// Chunk extensions pass as sent; a body whose framing breaks, or whose
+// upstream closes before the last chunk, breaks the client's connection
+// (no last chunk), and bytes after the end do not reach the client.
+func TestStreamRawFraming(t *testing.T) {
+	const head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+	for _, tc := range []struct {
+		name, wire string
+		want       string // body the client reads; "" with wantErr
+		wantErr    bool
+	}{
+		{"extension", head + "9;ext=1\r\ndata: 1\n\n\r\n0\r\n\r\n", "data: 1\n\n", false},
+		{"extra bytes", head + "9\r\ndata: 1\n\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", "data: 1\n\n", false},
+		{"broken framing", head + "9\r\ndata: 1\n\nXX0\r\n\r\n", "", true},
+		{"closed early", head + "9\r\ndata: 1\n\n\r\n", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newRawUpstream(t, func(conn net.Conn, rw *bufio.ReadWriter) {
+				io.WriteString(conn, tc.wire)
+			})
+			s, addr := rawStreamProxy(t, up.URL)
+			_, _, res := rawExchange(t, addr, "/p/stream")
+			got, err := io.ReadAll(res.Body)
+			if tc.wantErr {
+				if err == nil {
+					t.Errorf("client read %q and a clean end; want an error", got)
+				}
+			} else if err != nil || string(got) != tc.want {
+				t.Errorf("client read %q, %v; want %q", got, err, tc.want)
+			}
+			if n := s.proxy.rawStreams.Load(); n != 1 {
+				t.Errorf("%d raw streams, want 1", n)
+			}
+		})
+	}
+}
