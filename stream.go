@@ -71,8 +71,10 @@ type streamState struct {
 	stopCut    func() bool     // unregisters the shutdown cut
 	onEvent    func(gone bool) // clientEvent, bound once
 	oneByte    [1]byte
-	// raw: the stream reads the upstream socket itself (streamRaw).
+	// raw: the stream reads the upstream socket itself (streamRaw), rc
+	// its state.
 	raw bool
+	rc  rawCopy
 }
 
 // mayHandOff reports whether a response to req could be handed off, as far
@@ -145,14 +147,18 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 		head.WriteString("Connection: close\r\n")
 	}
 	head.WriteString("\r\n")
-	if _, err := conn.Write(head.Bytes()); err != nil {
-		st.clientGone.Store(true)
-	}
 	pr.rec.TTFB = time.Since(pr.rec.Start)
 	pr.p.handedOff.Add(1)
 	if up := pr.up; up != nil && up.captured && len(res.TransferEncoding) == 1 && res.TransferEncoding[0] == "chunked" {
+		// The body bytes that came with the head (the first event, as
+		// often as not) go with it, in one write.
 		st.raw = true
 		pr.p.rawStreams.Add(1)
+		st.rc = rawCopy{pr: pr, more: true}
+		st.rc.pass(head.Bytes(), up.stash)
+		up.stash = nil
+	} else if _, err := conn.Write(head.Bytes()); err != nil {
+		st.clientGone.Store(true)
 	}
 	// net/http's request and response, and through them the connection's
 	// buffers, are garbage once the handler returns: hold no reference.
@@ -291,6 +297,7 @@ func (pr *proxyRequest) clientEvent(gone bool) {
 // reset clears a stream's state for the pool.
 func (st *streamState) reset() {
 	st.conn, st.stopCut, st.watchDone, st.watched, st.raw = nil, nil, nil, false, false
+	st.rc = rawCopy{}
 	st.pending = st.pending[:0]
 	st.stopping.Store(false)
 	st.clientGone.Store(false)

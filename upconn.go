@@ -330,13 +330,8 @@ func hexValue(b byte) (uint64, bool) {
 // end. One read of the socket is one write to the client.
 func (pr *proxyRequest) streamRaw(b []byte) (complete bool) {
 	st, up := &pr.st, pr.up
-	rc := rawCopy{pr: pr}
-	more := true
-	if len(up.stash) > 0 { // body bytes that came with the head
-		more = rc.pass(up.stash)
-		up.stash = nil
-	}
-	if more && !st.clientGone.Load() {
+	rc := &st.rc // handOff passed the bytes that came with the head
+	if rc.more && !st.clientGone.Load() {
 		err := up.raw.Read(func(fd uintptr) bool {
 			for !st.clientGone.Load() {
 				n, err := syscall.Read(int(fd), b)
@@ -352,7 +347,7 @@ func (pr *proxyRequest) streamRaw(b []byte) (complete bool) {
 					rc.err = io.ErrUnexpectedEOF
 					return true
 				}
-				if !rc.pass(b[:n]) {
+				if !rc.pass(nil, b[:n]) {
 					return true
 				}
 				if n < len(b) {
@@ -396,19 +391,26 @@ func (pr *proxyRequest) streamRaw(b []byte) (complete bool) {
 type rawCopy struct {
 	pr    *proxyRequest
 	cp    chunkParser
+	more  bool  // the body has not ended
 	err   error // why the body ended before its end
 	extra bool  // the upstream sent bytes after the body's end
 }
 
 // pass writes p, the next bytes of the body as received, to the client,
-// then accounts their data. It reports whether more are to come.
-func (rc *rawCopy) pass(p []byte) bool {
+// after prefix and in the same write, then accounts their data. It
+// clears more once the body ended or the client is gone.
+func (rc *rawCopy) pass(prefix, p []byte) bool {
 	st := &rc.pr.st
 	before := rc.cp
 	n, err := rc.cp.scan(p)
-	if n > 0 {
-		if _, werr := st.conn.Write(p[:n]); werr != nil {
+	out := p[:n]
+	if len(prefix) > 0 {
+		out = append(prefix, out...)
+	}
+	if len(out) > 0 {
+		if _, werr := st.conn.Write(out); werr != nil {
 			st.clientGone.Store(true)
+			rc.more = false
 			return false
 		}
 	}
@@ -423,10 +425,10 @@ func (rc *rawCopy) pass(p []byte) bool {
 	switch {
 	case err != nil:
 		rc.err = err
-		return false
+		rc.more = false
 	case rc.cp.done():
 		rc.extra = n < len(p)
-		return false
+		rc.more = false
 	}
-	return true
+	return rc.more
 }

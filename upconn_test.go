@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -243,10 +245,24 @@ func TestStreamRaw(t *testing.T) {
 	})
 	s, addr := rawStreamProxy(t, up.URL)
 
-	_, br, res := rawExchange(t, addr, "/p/stream")
+	// A front whose connections count their writes.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	counting := &countingListener{Listener: ln}
+	front := httptest.NewUnstartedServer(s)
+	front.Listener = counting
+	front.Start()
+	t.Cleanup(func() { closeFront(t, front) })
+	_, br, res := rawExchange(t, front.Listener.Addr().String(), "/p/stream")
 	body := bufio.NewReader(res.Body)
 	if ev := readEvent(t, body); ev != "data: 1\n\n" {
 		t.Fatalf("first event %q", ev)
+	}
+	// The first event came with the head: it went with it, in one write.
+	if n := counting.writes(); n != 1 {
+		t.Errorf("%d writes for the head and the first event, want 1", n)
 	}
 	step <- struct{}{} // the upstream sends the rest only now
 	rest, err := io.ReadAll(body)
@@ -275,9 +291,9 @@ func TestStreamRaw(t *testing.T) {
 	if b := readAll(t, resSmall); string(b) != "ok" {
 		t.Errorf("GET /p/small = %q", b)
 	}
-	first, second := <-remotes, <-remotes
-	if first != second {
-		t.Errorf("the request after the stream came from %s, the stream from %s: the upstream connection was not kept", second, first)
+	firstAddr, second := <-remotes, <-remotes
+	if firstAddr != second {
+		t.Errorf("the request after the stream came from %s, the stream from %s: the upstream connection was not kept", second, firstAddr)
 	}
 	waitStats(t, client, "http://"+addr, func(v statsView) bool {
 		p := v.Endpoints["/p"]
@@ -320,4 +336,30 @@ func TestStreamRawFraming(t *testing.T) {
 			}
 		})
 	}
+}
+
+// countingListener counts the writes to the connections it accepted.
+type countingListener struct {
+	net.Listener
+	n atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, n: &l.n}, nil
+}
+
+func (l *countingListener) writes() int64 { return l.n.Load() }
+
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.n.Add(1)
+	return c.Conn.Write(p)
 }
