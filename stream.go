@@ -11,7 +11,9 @@ package main
 // connection, writes the head itself and hands the stream to a goroutine
 // of its own that starts with a small stack: it reads the upstream body
 // into a 2 KiB buffer and writes each read as one HTTP/1.1 chunk, in one
-// write, at once (every chunk flushed as read, SPEC §3.5). A second small
+// write, at once (every chunk flushed as read, SPEC §3.5); from a
+// plain-HTTP/1.1 upstream it passes the chunked body's bytes as read from
+// the socket (streamRaw, upconn.go). A second small
 // goroutine watches the client connection: a client that leaves cancels
 // the upstream request at once (SPEC §3.8), as net/http's own background
 // read did. When the stream ends, the connection goes back to the

@@ -1,16 +1,18 @@
 package main
 
 // Raw upstream reading for handed-off streams. On this kind of machine a
-// system call costs more than anything else a proxy does per event (the
-// bench's profiles: over half the CPU of an SSE stream is in read and
-// write). Read through the Transport, each event costs three: the read
-// that returns it, the write to the client, and one more read that finds
-// the socket empty before the goroutine waits. A handed-off stream over a
-// plain-TCP HTTP/1.1 upstream connection skips the third: it reads the
-// socket itself, inside one syscall.RawConn.Read, waiting for readiness
-// only after a read that left the socket empty, as nginx does. Measured
-// with the bench's sse-wide load against a proxy that reads through the
-// ordinary path, that was 7 % of event latency (docs in README).
+// system call costs more than anything else a proxy does per event (over
+// half the CPU of an SSE stream is in read and write). Read through the
+// Transport, each event costs three: the read that returns it, the write
+// to the client, and one more read that finds the socket empty before the
+// goroutine waits. A handed-off chunked stream over a plain-TCP HTTP/1.1
+// upstream connection skips the third: it reads the socket itself, inside
+// one syscall.RawConn.Read, and waits for readiness after a read that
+// emptied it, as nginx does. The body's bytes go to the client as they
+// came, framing included: one read, one write; those that came with the
+// response head go in the head's write. Measured with the bench's
+// sse-wide load (300 streams), 16 rounds in rotating order: 8 % less CPU
+// and 8 % lower median event latency than reading through the Transport.
 //
 // For that the Transport's buffered reader must hold none of the body when
 // the response reaches the proxy. upConn, the connection the Transport
