@@ -75,8 +75,9 @@ type streamState struct {
 	oneByte    [1]byte
 	// raw: the stream reads the upstream socket itself (streamRaw), rc
 	// its state.
-	raw bool
-	rc  rawCopy
+	raw          bool
+	rc           rawCopy
+	stopWriteCut func() bool // unregisters the raw stream's write cut
 }
 
 // mayHandOff reports whether a response to req could be handed off, as far
@@ -151,14 +152,20 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 	head.WriteString("\r\n")
 	pr.rec.TTFB = time.Since(pr.rec.Start)
 	pr.p.handedOff.Add(1)
-	if up := pr.up; up != nil && up.captured && len(res.TransferEncoding) == 1 && res.TransferEncoding[0] == "chunked" {
+	if up := pr.up; canReadRaw && up != nil && up.captured && !res.Uncompressed &&
+		len(res.TransferEncoding) == 1 && res.TransferEncoding[0] == "chunked" {
 		// The body bytes that came with the head (the first event, as
 		// often as not) go with it, in one write.
 		st.raw = true
 		pr.p.rawStreams.Add(1)
-		st.rc = rawCopy{pr: pr, more: true}
+		upCtx := res.Request.Context()
+		st.rc = rawCopy{pr: pr, more: true, done: upCtx.Done()}
+		// The Transport cancels the request by closing the upstream
+		// connection, which waits for the stream's read of it to return:
+		// a write blocked on a client that does not read must end too.
+		st.stopWriteCut = context.AfterFunc(upCtx, func() { conn.SetWriteDeadline(longAgo) })
 		st.rc.pass(head.Bytes(), up.stash)
-		up.stash = nil
+		up.stash, up.stashBuf = nil, nil // the stream may idle for long: keep no buffer
 	} else if _, err := conn.Write(head.Bytes()); err != nil {
 		st.clientGone.Store(true)
 	}
@@ -204,8 +211,11 @@ func (pr *proxyRequest) stream() {
 	if st.stopCut != nil {
 		st.stopCut()
 	}
+	// A write cut that ran (or runs now) may leave a deadline in the past:
+	// that connection is not given back.
+	writeCut := st.stopWriteCut != nil && !st.stopWriteCut()
 	pr.body.Close()
-	if complete && !st.clientGone.Load() && p.recycle != nil && st.conn.SetDeadline(time.Time{}) == nil {
+	if complete && !writeCut && !st.clientGone.Load() && p.recycle != nil && st.conn.SetDeadline(time.Time{}) == nil {
 		var c net.Conn = st.conn
 		if len(st.pending) > 0 {
 			c = &replayConn{Conn: st.conn, pending: bytes.Clone(st.pending)}
@@ -299,7 +309,7 @@ func (pr *proxyRequest) clientEvent(gone bool) {
 // reset clears a stream's state for the pool.
 func (st *streamState) reset() {
 	st.conn, st.stopCut, st.watchDone, st.watched, st.raw = nil, nil, nil, false, false
-	st.rc = rawCopy{}
+	st.rc, st.stopWriteCut = rawCopy{}, nil
 	st.pending = st.pending[:0]
 	st.stopping.Store(false)
 	st.clientGone.Store(false)

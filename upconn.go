@@ -31,10 +31,15 @@ import (
 	"net"
 	"sync/atomic"
 	"syscall"
-	"time"
 )
 
-// upConn is a plain-TCP upstream connection.
+// upConn is a plain-TCP upstream connection. Its reads are the
+// Transport's (its read loop, or the goroutine reading a response body)
+// until a raw stream takes the socket over, then the stream goroutine's;
+// gotConn arms it from the goroutine about to send a request on it, before
+// the request is written and so before the response is read. The fields
+// below armed are the reader's, and passed on with the response (the
+// Transport's channels order it).
 type upConn struct {
 	net.Conn
 	raw syscall.RawConn
@@ -77,6 +82,8 @@ func (c *upConn) arm() {
 	c.armed.Store(true)
 }
 
+// Read serves the stash first. While c is armed it returns no byte past the
+// end of the response head, and stashes those it read beyond it.
 func (c *upConn) Read(p []byte) (int, error) {
 	if len(c.stash) > 0 {
 		n := c.cut(p[:copy(p, c.stash)])
@@ -156,6 +163,10 @@ func (c *upConn) replayEnd() {
 	c.stash = lastChunk
 }
 
+// errUpstreamClosed is an upstream that closed the connection before the
+// body's end.
+var errUpstreamClosed = errors.New("apiproxy: the upstream closed the connection mid-body")
+
 // errChunked is a chunked body whose framing is not valid.
 var errChunked = errors.New("apiproxy: malformed chunked encoding from the upstream")
 
@@ -188,9 +199,10 @@ const (
 )
 
 // next consumes p up to the end of the next data bytes, which it returns,
-// and returns the rest of p. done is set once the body's end (the last
-// chunk and the trailer section) is consumed; rest then holds what
-// followed it, which a valid upstream never sends.
+// and returns the rest of p (from the offending byte on an error). done is
+// set once the body's end (the last chunk and the trailer section) is
+// consumed; rest then holds what followed it, which a valid upstream never
+// sends.
 func (c *chunkParser) next(p []byte) (data, rest []byte, err error) {
 	for i := 0; i < len(p); i++ {
 		b := p[i]
@@ -199,21 +211,21 @@ func (c *chunkParser) next(p []byte) (data, rest []byte, err error) {
 			// then whitespace or a chunk extension, ending in CRLF.
 			c.line++
 			if c.line > maxChunkLine {
-				return nil, nil, errChunked
+				return nil, p[i:], errChunked
 			}
 		}
 		switch c.state {
 		case cpSize:
 			if v, ok := hexValue(b); ok {
 				if c.digits == 16 {
-					return nil, nil, errChunked
+					return nil, p[i:], errChunked
 				}
 				c.size = c.size<<4 | v
 				c.digits++
 				continue
 			}
 			if c.digits == 0 {
-				return nil, nil, errChunked
+				return nil, p[i:], errChunked
 			}
 			switch b {
 			case ';':
@@ -223,7 +235,7 @@ func (c *chunkParser) next(p []byte) (data, rest []byte, err error) {
 			case '\r':
 				c.state = cpSizeLF
 			default:
-				return nil, nil, errChunked
+				return nil, p[i:], errChunked
 			}
 		case cpSizeWS:
 			switch b {
@@ -231,18 +243,18 @@ func (c *chunkParser) next(p []byte) (data, rest []byte, err error) {
 			case '\r':
 				c.state = cpSizeLF
 			default:
-				return nil, nil, errChunked
+				return nil, p[i:], errChunked
 			}
 		case cpExt:
 			switch b {
 			case '\r':
 				c.state = cpSizeLF
 			case '\n':
-				return nil, nil, errChunked
+				return nil, p[i:], errChunked
 			}
 		case cpSizeLF:
 			if b != '\n' {
-				return nil, nil, errChunked
+				return nil, p[i:], errChunked
 			}
 			c.line = 0
 			if c.size == 0 {
@@ -262,12 +274,12 @@ func (c *chunkParser) next(p []byte) (data, rest []byte, err error) {
 			return p[i : i+int(n)], p[i+int(n):], nil
 		case cpDataCR:
 			if b != '\r' {
-				return nil, nil, errChunked
+				return nil, p[i:], errChunked
 			}
 			c.state = cpDataLF
 		case cpDataLF:
 			if b != '\n' {
-				return nil, nil, errChunked
+				return nil, p[i:], errChunked
 			}
 			c.state, c.size, c.digits = cpSize, 0, 0
 		case cpTrailerStart:
@@ -299,13 +311,13 @@ func (c *chunkParser) next(p []byte) (data, rest []byte, err error) {
 }
 
 // scan consumes p and returns how many of its bytes belong to the body:
-// all of them unless the body ends in p.
+// all of them unless the body ends in p, or those before an error.
 func (c *chunkParser) scan(p []byte) (int, error) {
 	q := p
 	for len(q) > 0 && c.state != cpDone {
 		_, rest, err := c.next(q)
 		if err != nil {
-			return 0, err
+			return len(p) - len(rest), err
 		}
 		q = rest
 	}
@@ -328,44 +340,17 @@ func hexValue(b byte) (uint64, bool) {
 }
 
 // streamRaw copies a chunked body from the upstream socket to the client as
-// it comes, framing included, and reports whether it reached the body's
-// end. One read of the socket is one write to the client.
+// it comes, framing included (readSocket), and reports whether it reached
+// the body's end. handOff passed the bytes that came with the head.
 func (pr *proxyRequest) streamRaw(b []byte) (complete bool) {
-	st, up := &pr.st, pr.up
-	rc := &st.rc // handOff passed the bytes that came with the head
+	st, up, rc := &pr.st, pr.up, &pr.st.rc
 	if rc.more && !st.clientGone.Load() {
-		err := up.raw.Read(func(fd uintptr) bool {
-			for !st.clientGone.Load() {
-				n, err := syscall.Read(int(fd), b)
-				switch {
-				case err == syscall.EINTR:
-					continue
-				case err == syscall.EAGAIN:
-					return false // wait until the socket is readable
-				case err != nil:
-					rc.err = err
-					return true
-				case n == 0:
-					rc.err = io.ErrUnexpectedEOF
-					return true
-				}
-				if !rc.pass(nil, b[:n]) {
-					return true
-				}
-				if n < len(b) {
-					// The read emptied the socket: the next bytes to
-					// arrive make it readable again, so wait rather than
-					// read it empty.
-					return false
-				}
-			}
-			return true
-		})
-		if err != nil && rc.err == nil {
-			rc.err = err // the Transport closed it: the request was cancelled
-		}
+		rc.readSocket(up, b)
 	}
-	complete = rc.cp.done() && !rc.extra && !st.clientGone.Load()
+	// A client that leaves once it has the last chunk does not make the
+	// response incomplete; bytes after the end are the upstream's fault and
+	// go nowhere.
+	complete = rc.cp.done() && !rc.writeFailed
 	endErr := rc.err
 	if complete {
 		endErr = io.EOF
@@ -373,29 +358,33 @@ func (pr *proxyRequest) streamRaw(b []byte) (complete bool) {
 		endErr = errClientGone
 	}
 	pr.body.account(nil, endErr)
-	if complete && !rc.extra {
+	if complete && !rc.extra && !rc.hangup.Load() && !st.clientGone.Load() {
 		// The Transport reads a last chunk and so sees the body end: it
-		// keeps the connection. The deadline only guards against reading
-		// on if that were not so.
+		// keeps the connection. The stash holds exactly that chunk, and
+		// the Transport's reader holds nothing (upConn.cut), so this
+		// reads only the stash.
 		up.replayEnd()
-		up.Conn.SetReadDeadline(time.Now().Add(time.Second))
 		for {
 			if _, err := pr.body.ReadCloser.Read(b); err != nil {
 				break
 			}
 		}
-		up.Conn.SetReadDeadline(time.Time{})
 	}
 	return complete
 }
 
 // rawCopy is the state of one streamRaw.
 type rawCopy struct {
-	pr    *proxyRequest
-	cp    chunkParser
-	more  bool  // the body has not ended
-	err   error // why the body ended before its end
-	extra bool  // the upstream sent bytes after the body's end
+	pr          *proxyRequest
+	cp          chunkParser
+	done        <-chan struct{} // the upstream request's context's
+	more        bool            // the body has not ended
+	err         error           // why the body ended before its end
+	extra       bool            // the upstream sent bytes after the body's end
+	writeFailed bool            // a write to the client failed
+	// hangup is set by streamWatcher when the upstream closed or reset
+	// the connection (readSocket).
+	hangup atomic.Bool
 }
 
 // pass writes p, the next bytes of the body as received, to the client,
@@ -412,7 +401,7 @@ func (rc *rawCopy) pass(prefix, p []byte) bool {
 	if len(out) > 0 {
 		if _, werr := st.conn.Write(out); werr != nil {
 			st.clientGone.Store(true)
-			rc.more = false
+			rc.writeFailed, rc.more = true, false
 			return false
 		}
 	}

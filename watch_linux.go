@@ -12,7 +12,9 @@ import (
 // the client leaving, all of them from one goroutine blocked in
 // epoll_wait, instead of one goroutine per stream blocked in a read
 // (stream.go). A read would also take the bytes of a request the client
-// pipelined; epoll only looks. Each registration fires at most once.
+// pipelined; epoll only looks. It also watches the upstream connections of
+// raw streams for a hang-up (upconn_linux.go). Each registration fires at
+// most once.
 type clientWatcher struct {
 	once sync.Once
 	epfd int // -1 when epoll is not available: callers fall back to a read
@@ -43,6 +45,17 @@ func (w *clientWatcher) start() {
 // it sent bytes (its next request; they stay in the socket). It returns
 // the registration, or ok false when c cannot be watched this way.
 func (w *clientWatcher) watch(c net.Conn, onEvent func(gone bool)) (reg watchReg, ok bool) {
+	return w.register(c, syscall.EPOLLIN|syscall.EPOLLRDHUP, onEvent)
+}
+
+// watchHangup registers c for its peer closing or resetting the
+// connection only: onEvent(true) runs once, on the watcher's goroutine.
+// Bytes that arrive do not fire it.
+func (w *clientWatcher) watchHangup(c net.Conn, onEvent func(gone bool)) (reg watchReg, ok bool) {
+	return w.register(c, syscall.EPOLLRDHUP, onEvent)
+}
+
+func (w *clientWatcher) register(c net.Conn, events uint32, onEvent func(gone bool)) (reg watchReg, ok bool) {
 	w.ensure()
 	if w.epfd < 0 {
 		return reg, false
@@ -64,7 +77,7 @@ func (w *clientWatcher) watch(c net.Conn, onEvent func(gone bool)) (reg watchReg
 	id := w.next
 	w.regs[id] = onEvent
 	w.mu.Unlock()
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollOneShot, Fd: id}
+	ev := syscall.EpollEvent{Events: events | epollOneShot, Fd: id}
 	if err := syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		w.mu.Lock()
 		delete(w.regs, id)

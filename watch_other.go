@@ -16,4 +16,6 @@ func (w *clientWatcher) ensure() {}
 
 func (w *clientWatcher) watch(net.Conn, func(bool)) (watchReg, bool) { return watchReg{}, false }
 
+func (w *clientWatcher) watchHangup(net.Conn, func(bool)) (watchReg, bool) { return watchReg{}, false }
+
 func (w *clientWatcher) unwatch(watchReg) {}

@@ -1,0 +1,9 @@
+//go:build !linux
+
+package main
+
+// canReadRaw: outside Linux there is no streamWatcher to see an upstream
+// hang up, so streams read through the Transport (streamCopy).
+const canReadRaw = false
+
+func (rc *rawCopy) readSocket(*upConn, []byte) {}
