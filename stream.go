@@ -34,6 +34,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -160,6 +161,9 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 		pr.p.rawStreams.Add(1)
 		upCtx := res.Request.Context()
 		st.rc = rawCopy{pr: pr, more: true, done: upCtx.Done()}
+		if sc, ok := conn.(syscall.Conn); ok {
+			st.rc.client, _ = sc.SyscallConn()
+		}
 		// The Transport cancels the request by closing the upstream
 		// connection, which waits for the stream's read of it to return:
 		// a write blocked on a client that does not read must end too.

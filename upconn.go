@@ -181,7 +181,8 @@ type chunkParser struct {
 	line   int // bytes of the size line so far
 }
 
-// maxChunkLine is net/http's limit on a chunk-size line, CRLF included.
+// maxChunkLine is the limit net/http's chunked reader (a Go client's)
+// puts on a chunk-size line, CRLF included.
 const maxChunkLine = 4096 + 1
 
 const (
@@ -378,6 +379,7 @@ type rawCopy struct {
 	pr          *proxyRequest
 	cp          chunkParser
 	done        <-chan struct{} // the upstream request's context's
+	client      syscall.RawConn // the client connection's, if it has one
 	more        bool            // the body has not ended
 	err         error           // why the body ended before its end
 	extra       bool            // the upstream sent bytes after the body's end
@@ -399,7 +401,7 @@ func (rc *rawCopy) pass(prefix, p []byte) bool {
 		out = append(prefix, out...)
 	}
 	if len(out) > 0 {
-		if _, werr := st.conn.Write(out); werr != nil {
+		if werr := rc.write(out); werr != nil {
 			st.clientGone.Store(true)
 			rc.writeFailed, rc.more = true, false
 			return false

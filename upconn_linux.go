@@ -5,6 +5,7 @@ import (
 	"os"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // canReadRaw: raw streams need streamWatcher to see the upstream hang up.
@@ -35,14 +36,14 @@ func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 				return true
 			default:
 			}
-			n, err := syscall.Read(int(fd), b)
+			n, errno := rawIO(syscall.SYS_READ, fd, b)
 			switch {
-			case err == syscall.EINTR:
+			case errno == syscall.EINTR:
 				continue
-			case err == syscall.EAGAIN:
+			case errno == syscall.EAGAIN:
 				return false // wait until the socket is readable
-			case err != nil:
-				rc.err = err
+			case errno != 0:
+				rc.err = errno
 				return true
 			case n == 0:
 				rc.err = errUpstreamClosed
@@ -74,4 +75,44 @@ func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 	if watched {
 		streamWatcher.unwatch(reg)
 	}
+}
+
+// write writes p to the client. Through the connection's raw descriptor
+// where it has one, with rawIO; net.Conn's Write otherwise.
+func (rc *rawCopy) write(p []byte) error {
+	if rc.client == nil {
+		_, err := rc.pr.st.conn.Write(p)
+		return err
+	}
+	var werr error
+	err := rc.client.Write(func(fd uintptr) bool {
+		for len(p) > 0 {
+			n, errno := rawIO(syscall.SYS_WRITE, fd, p)
+			switch errno {
+			case 0:
+				p = p[n:]
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return false // wait until the client reads
+			default:
+				werr = errno
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil {
+		err = werr
+	}
+	return err
+}
+
+// rawIO reads or writes (trap) the non-blocking socket fd, without telling
+// the scheduler: the call never blocks, and syscall.Read and Write, which
+// tell it, also wake its monitor thread whenever the process was idle
+// (runtime.entersyscall), which under a stream of events costs more than
+// the call itself.
+func rawIO(trap uintptr, fd uintptr, p []byte) (int, syscall.Errno) {
+	n, _, errno := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	return int(n), errno
 }

@@ -7,3 +7,8 @@ package main
 const canReadRaw = false
 
 func (rc *rawCopy) readSocket(*upConn, []byte) {}
+
+func (rc *rawCopy) write(p []byte) error {
+	_, err := rc.pr.st.conn.Write(p)
+	return err
+}

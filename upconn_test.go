@@ -429,6 +429,7 @@ func TestStreamRawFraming(t *testing.T) {
 // TestStreamRawTimeout: UPSTREAM_TIMEOUT ends a raw stream that idles: the
 // upstream request is cancelled and the client's connection broken.
 func TestStreamRawTimeout(t *testing.T) {
+	t.Run("stuck client", testStreamRawTimeoutStuckClient)
 	cancelled := make(chan struct{}, 1)
 	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
@@ -478,4 +479,42 @@ type countingConn struct {
 func (c *countingConn) Write(p []byte) (int, error) {
 	c.n.Add(1)
 	return c.Conn.Write(p)
+}
+
+// testStreamRawTimeoutStuckClient: UPSTREAM_TIMEOUT also ends a raw stream
+// whose client does not read, while the stream is blocked writing to it:
+// the upstream connection closes (the Transport's close waits for the
+// stream's read of it to return).
+func testStreamRawTimeoutStuckClient(t *testing.T) {
+	ended := make(chan struct{}, 1)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		defer func() { ended <- struct{}{} }()
+		w.Header().Set("Content-Type", "text/event-stream")
+		event := "data: " + strings.Repeat("x", 64<<10) + "\n\n"
+		for r.Context().Err() == nil {
+			if _, err := io.WriteString(w, event); err != nil {
+				return
+			}
+			if http.NewResponseController(w).Flush() != nil {
+				return
+			}
+		}
+	})
+	s, front := newTestServerConfig(t, testConfig(t, map[string]string{"UPSTREAM_TIMEOUT": "300ms"}), map[string]string{"/p": up.URL})
+	conn, err := net.Dial("tcp", front.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /p/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+	// The client reads nothing: the proxy's writes block once the
+	// socket buffers are full.
+	select {
+	case <-ended:
+	case <-time.After(testTimeout):
+		t.Fatal("the upstream was still sending after the timeout")
+	}
+	if n := s.proxy.rawStreams.Load(); n != 1 {
+		t.Errorf("%d raw streams, want 1", n)
+	}
 }
