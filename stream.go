@@ -212,12 +212,12 @@ func (pr *proxyRequest) stream() {
 		st.conn.SetReadDeadline(longAgo)
 		<-st.watchDone
 	}
-	if st.stopCut != nil {
-		st.stopCut()
-	}
-	// A write cut that ran (or runs now) may leave a deadline in the past:
+	// A cut that ran (or runs now) may leave a write deadline in the past:
 	// that connection is not given back.
-	writeCut := st.stopWriteCut != nil && !st.stopWriteCut()
+	writeCut := st.stopCut != nil && !st.stopCut()
+	if st.stopWriteCut != nil && !st.stopWriteCut() {
+		writeCut = true
+	}
 	pr.body.Close()
 	if complete && !writeCut && !st.clientGone.Load() && p.recycle != nil && st.conn.SetDeadline(time.Time{}) == nil {
 		var c net.Conn = st.conn

@@ -167,6 +167,10 @@ func (c *upConn) replayEnd() {
 // body's end.
 var errUpstreamClosed = errors.New("apiproxy: the upstream closed the connection mid-body")
 
+// errUpstreamCancelled ends a raw stream whose upstream request was
+// cancelled (UPSTREAM_TIMEOUT, the client leaving, shutdown).
+var errUpstreamCancelled = errors.New("apiproxy: upstream request cancelled")
+
 // errChunked is a chunked body whose framing is not valid.
 var errChunked = errors.New("apiproxy: malformed chunked encoding from the upstream")
 
@@ -402,8 +406,15 @@ func (rc *rawCopy) pass(prefix, p []byte) bool {
 	}
 	if len(out) > 0 {
 		if werr := rc.write(out); werr != nil {
-			st.clientGone.Store(true)
 			rc.writeFailed, rc.more = true, false
+			select {
+			case <-rc.done:
+				// The write cut ended it (stream.go): the upstream
+				// request was cancelled; the client did not leave.
+				rc.err = errUpstreamCancelled
+			default:
+				st.clientGone.Store(true)
+			}
 			return false
 		}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"io"
 	"os"
 	"syscall"
 	"time"
@@ -24,7 +25,7 @@ const canReadRaw = true
 // deadline in the past) and the socket is read to its end.
 func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 	st := &rc.pr.st
-	reg, watched := streamWatcher.watchHangup(up.Conn, func(bool) {
+	reg, watched := streamWatcher.watchHangup(up.raw, func(bool) {
 		rc.hangup.Store(true)
 		up.Conn.SetReadDeadline(longAgo)
 	})
@@ -32,7 +33,7 @@ func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 		for rc.more && !st.clientGone.Load() {
 			select {
 			case <-rc.done:
-				rc.err = errors.New("apiproxy: upstream request cancelled")
+				rc.err = errUpstreamCancelled
 				return true
 			default:
 			}
@@ -43,7 +44,7 @@ func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 			case errno == syscall.EAGAIN:
 				return false // wait until the socket is readable
 			case errno != 0:
-				rc.err = errno
+				rc.err = os.NewSyscallError("read", errno)
 				return true
 			case n == 0:
 				rc.err = errUpstreamClosed
@@ -90,12 +91,16 @@ func (rc *rawCopy) write(p []byte) error {
 			n, errno := rawIO(syscall.SYS_WRITE, fd, p)
 			switch errno {
 			case 0:
+				if n == 0 {
+					werr = io.ErrShortWrite
+					return true
+				}
 				p = p[n:]
 			case syscall.EINTR:
 			case syscall.EAGAIN:
 				return false // wait until the client reads
 			default:
-				werr = errno
+				werr = os.NewSyscallError("write", errno)
 				return true
 			}
 		}

@@ -438,7 +438,7 @@ func TestStreamRawTimeout(t *testing.T) {
 		<-r.Context().Done()
 		cancelled <- struct{}{}
 	})
-	s, front := newTestServerConfig(t, testConfig(t, map[string]string{"UPSTREAM_TIMEOUT": "300ms"}), map[string]string{"/p": up.URL})
+	s, front := newTestServerConfig(t, testConfig(t, map[string]string{"UPSTREAM_TIMEOUT": "1s"}), map[string]string{"/p": up.URL})
 	_, _, res := rawExchange(t, front.Listener.Addr().String(), "/p/stream")
 	body := bufio.NewReader(res.Body)
 	readEvent(t, body)
@@ -500,7 +500,7 @@ func testStreamRawTimeoutStuckClient(t *testing.T) {
 			}
 		}
 	})
-	s, front := newTestServerConfig(t, testConfig(t, map[string]string{"UPSTREAM_TIMEOUT": "300ms"}), map[string]string{"/p": up.URL})
+	s, front := newTestServerConfig(t, testConfig(t, map[string]string{"UPSTREAM_TIMEOUT": "1s"}), map[string]string{"/p": up.URL})
 	conn, err := net.Dial("tcp", front.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -513,6 +513,49 @@ func testStreamRawTimeoutStuckClient(t *testing.T) {
 	case <-ended:
 	case <-time.After(testTimeout):
 		t.Fatal("the upstream was still sending after the timeout")
+	}
+	if n := s.proxy.rawStreams.Load(); n != 1 {
+		t.Errorf("%d raw streams, want 1", n)
+	}
+}
+
+// TestStreamRawBig: a raw stream of many megabytes, more than the sockets
+// buffer, so that writes to the client go part-way and wait: the client
+// gets every byte, in order, and a clean end, and its connection serves
+// the next request.
+func TestStreamRawBig(t *testing.T) {
+	const events, size = 128, 64 << 10
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/small" {
+			io.WriteString(w, "ok")
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range events {
+			fmt.Fprintf(w, "data: %d %s\n\n", i, strings.Repeat(string(rune('a'+i%26)), size))
+			w.(http.Flusher).Flush()
+		}
+	})
+	s, addr := rawStreamProxy(t, up.URL)
+	conn, br, res := rawExchange(t, addr, "/p/stream")
+	body := bufio.NewReader(res.Body)
+	for i := range events {
+		want := fmt.Sprintf("data: %d %s\n\n", i, strings.Repeat(string(rune('a'+i%26)), size))
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(body, got); err != nil || string(got) != want {
+			t.Fatalf("event %d: %v (%d bytes, starting %q)", i, err, len(got), got[:min(len(got), 16)])
+		}
+	}
+	if rest, err := io.ReadAll(body); err != nil || len(rest) != 0 {
+		t.Fatalf("after the events: %q, %v; want a clean end", rest, err)
+	}
+	io.WriteString(conn, "GET /p/small HTTP/1.1\r\nHost: x\r\n\r\n")
+	next, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := readAll(t, next); string(b) != "ok" {
+		t.Errorf("next request on the connection: %q", b)
 	}
 	if n := s.proxy.rawStreams.Load(); n != 1 {
 		t.Errorf("%d raw streams, want 1", n)

@@ -45,21 +45,6 @@ func (w *clientWatcher) start() {
 // it sent bytes (its next request; they stay in the socket). It returns
 // the registration, or ok false when c cannot be watched this way.
 func (w *clientWatcher) watch(c net.Conn, onEvent func(gone bool)) (reg watchReg, ok bool) {
-	return w.register(c, syscall.EPOLLIN|syscall.EPOLLRDHUP, onEvent)
-}
-
-// watchHangup registers c for its peer closing or resetting the
-// connection only: onEvent(true) runs once, on the watcher's goroutine.
-// Bytes that arrive do not fire it.
-func (w *clientWatcher) watchHangup(c net.Conn, onEvent func(gone bool)) (reg watchReg, ok bool) {
-	return w.register(c, syscall.EPOLLRDHUP, onEvent)
-}
-
-func (w *clientWatcher) register(c net.Conn, events uint32, onEvent func(gone bool)) (reg watchReg, ok bool) {
-	w.ensure()
-	if w.epfd < 0 {
-		return reg, false
-	}
 	sc, isSC := c.(syscall.Conn)
 	if !isSC {
 		return reg, false
@@ -68,8 +53,22 @@ func (w *clientWatcher) register(c net.Conn, events uint32, onEvent func(gone bo
 	if err != nil {
 		return reg, false
 	}
-	fd := -1
-	if raw.Control(func(f uintptr) { fd = int(f) }) != nil || fd < 0 {
+	return w.register(raw, syscall.EPOLLIN|syscall.EPOLLRDHUP, onEvent)
+}
+
+// watchHangup registers the connection of raw for its peer closing or
+// resetting it only: onEvent(true) runs once, on the watcher's goroutine.
+// Bytes that arrive do not fire it.
+func (w *clientWatcher) watchHangup(raw syscall.RawConn, onEvent func(gone bool)) (reg watchReg, ok bool) {
+	return w.register(raw, syscall.EPOLLRDHUP, onEvent)
+}
+
+// register adds the descriptor of raw to the epoll set. It does so, and
+// unwatch removes it, inside raw.Control, which keeps the descriptor open
+// meanwhile: once closed, its number may be another connection's.
+func (w *clientWatcher) register(raw syscall.RawConn, events uint32, onEvent func(gone bool)) (reg watchReg, ok bool) {
+	w.ensure()
+	if w.epfd < 0 {
 		return reg, false
 	}
 	w.mu.Lock()
@@ -78,13 +77,16 @@ func (w *clientWatcher) register(c net.Conn, events uint32, onEvent func(gone bo
 	w.regs[id] = onEvent
 	w.mu.Unlock()
 	ev := syscall.EpollEvent{Events: events | epollOneShot, Fd: id}
-	if err := syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	var err error
+	if cerr := raw.Control(func(fd uintptr) {
+		err = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
+	}); cerr != nil || err != nil {
 		w.mu.Lock()
 		delete(w.regs, id)
 		w.mu.Unlock()
 		return reg, false
 	}
-	return watchReg{id: id, fd: fd}, true
+	return watchReg{id: id, raw: raw}, true
 }
 
 // epollOneShot is EPOLLONESHOT (1<<30), which package syscall spells as a
@@ -92,12 +94,15 @@ func (w *clientWatcher) register(c net.Conn, events uint32, onEvent func(gone bo
 const epollOneShot = 1 << 30
 
 // unwatch ends a registration. Once it returns, its callback has either
-// run to its end or will never run. The connection must still be open.
+// run to its end or will never run. A connection closed meanwhile left the
+// epoll set when it closed.
 func (w *clientWatcher) unwatch(reg watchReg) {
 	w.mu.Lock()
 	delete(w.regs, reg.id)
 	w.mu.Unlock()
-	syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, reg.fd, nil)
+	reg.raw.Control(func(fd uintptr) {
+		syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
+	})
 }
 
 func (w *clientWatcher) loop() {
@@ -124,6 +129,6 @@ func (w *clientWatcher) loop() {
 
 // watchReg is one registration with the watcher.
 type watchReg struct {
-	id int32
-	fd int
+	id  int32
+	raw syscall.RawConn
 }

@@ -2,7 +2,10 @@
 
 package main
 
-import "net"
+import (
+	"net"
+	"syscall"
+)
 
 // clientWatcher has no shared watcher outside Linux: handed-off streams
 // watch their client with a read of their own (stream.go).
@@ -16,6 +19,8 @@ func (w *clientWatcher) ensure() {}
 
 func (w *clientWatcher) watch(net.Conn, func(bool)) (watchReg, bool) { return watchReg{}, false }
 
-func (w *clientWatcher) watchHangup(net.Conn, func(bool)) (watchReg, bool) { return watchReg{}, false }
+func (w *clientWatcher) watchHangup(syscall.RawConn, func(bool)) (watchReg, bool) {
+	return watchReg{}, false
+}
 
 func (w *clientWatcher) unwatch(watchReg) {}

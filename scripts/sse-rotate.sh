@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# sse-rotate.sh: SSE event latency and CPU of several proxies, measured in
+# rounds whose order rotates, so that no proxy always runs right after
+# another (the bench harness's fixed order measures the proxy in the second
+# slot 3-5 % slower at p50 when both are the same program; see README,
+# Performance). Uses the bench harness's binary for the upstream, the
+# baseline and the client.
+#
+#   go build -o /tmp/apiproxy . && (cd ../shared/bench && go build -o /tmp/bench .)
+#   scripts/sse-rotate.sh 16 \
+#     'baseline=exec /tmp/bench baseline -listen {ADDR} -target {UPSTREAM}' \
+#     'apiproxy=export DATA_DIR=$(mktemp -d) LOG_LEVEL=warn; /tmp/apiproxy map set /openai {UPSTREAM} >/dev/null && exec /tmp/apiproxy -listen {ADDR}'
+#
+# Streams as the harness's sse-wide (300 streams, 30 events 50 ms apart,
+# started over 1 s); C, N, IV and RAMP override (sse: C=50 N=50 IV=20
+# RAMP=0s). Prints, per proxy, the median over rounds 2.. of its CPU (clock
+# ticks per round), its event latency p50 and p99, and of the same-round
+# ratios to the first proxy, with how many rounds were at or under 1.
+set -euo pipefail
+BENCH=${BENCH:-/tmp/bench}
+ROUNDS=$1
+shift
+UP_ADDR=127.0.0.1:${UP_PORT:-9301}
+OUT=$(mktemp)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -f "$OUT"; }
+trap cleanup EXIT
+"$BENCH" upstream -addr "$UP_ADDR" >/dev/null 2>&1 &
+pids+=($!)
+"$BENCH" wait -url "http://$UP_ADDR/small" -timeout 10s
+names=() ports=() procs=()
+port=${FIRST_PORT:-9330}
+for spec in "$@"; do
+  name=${spec%%=*} cmd=${spec#*=}
+  cmd=${cmd//\{ADDR\}/127.0.0.1:$port}
+  cmd=${cmd//\{UPSTREAM\}/http://$UP_ADDR}
+  bash -c "$cmd" >/dev/null 2>&1 &
+  pids+=($!) procs+=($!) names+=("$name") ports+=("$port")
+  "$BENCH" wait -url "http://127.0.0.1:$port/openai/small" -timeout 30s
+  port=$((port + 1))
+done
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+n=${#names[@]}
+for r in $(seq "$ROUNDS"); do
+  for j in $(seq 0 $((n - 1))); do
+    k=$(((r + j) % n))
+    c0=$(ticks "${procs[$k]}")
+    res=$("$BENCH" sse -url "http://127.0.0.1:${ports[$k]}/openai" -c "${C:-300}" -n "${N:-30}" \
+      -interval-ms "${IV:-50}" -rounds 1 -ramp "${RAMP:-1s}" 2>&1)
+    c1=$(ticks "${procs[$k]}")
+    echo "$r ${names[$k]} $(echo "$res" | awk '/lat p50/{a=$3} /lat p99/{b=$3} END{print a, b}') $((c1 - c0))" >>"$OUT"
+  done
+done
+python3 - "$OUT" "${names[0]}" <<'PY'
+import collections, statistics as st, sys
+rows = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    r, name, p50, p99, cpu = line.split()
+    rows[int(r)][name] = (float(p50), float(p99), float(cpu))
+ref, rounds = sys.argv[2], [r for r in rows if r > 1]
+for name in rows[1]:
+    med = lambda i: st.median(rows[r][name][i] for r in rounds)
+    ratio = lambda i: [rows[r][name][i] / rows[r][ref][i] for r in rounds]
+    p50, p99 = ratio(0), ratio(1)
+    print(f"{name:12s} cpu {med(2):.0f}  p50 {med(0):.3f} ms ({st.median(p50):.3f}x, {sum(x <= 1 for x in p50)}/{len(p50)} <= 1)"
+          f"  p99 {med(1):.2f} ms ({st.median(p99):.3f}x, {sum(x <= 1 for x in p99)}/{len(p99)} <= 1)")
+PY
