@@ -836,26 +836,23 @@ type countingBody struct {
 	io.ReadCloser
 	n      atomic.Int64
 	failed atomic.Bool
-	// drained is set once a read returned io.EOF (net/http returns it
-	// with the last bytes of a body of known length). net/http has then run
-	// its end-of-body hook, which starts its background read of the
-	// connection, and which Hijack stops; so the connection may be
-	// hijacked and the handler return. Reads after that return io.EOF
-	// without reading the request body, which net/http closes when the
-	// handler returns: the Transport reads once more after a body of known
-	// length (to check for extra bytes), and since it sends the body
-	// straight to the socket that read can come after the response.
+	// drained is set once a read returned nothing but io.EOF. The
+	// Transport reads so after the end of a body (to check a known length
+	// for extra bytes; a chunked body may end that way), and reads no more:
+	// the connection may then be hijacked and the handler return
+	// (ReverseProxy fails any read after that). net/http has also run its
+	// end-of-body hook by then, which starts its background read of the
+	// connection, and which Hijack stops.
 	drained atomic.Bool
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
-	if b.drained.Load() {
-		return 0, io.EOF
-	}
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
 	if err == io.EOF {
-		b.drained.Store(true)
+		if n == 0 {
+			b.drained.Store(true)
+		}
 	} else if err != nil {
 		b.failed.Store(true)
 	}
