@@ -91,8 +91,15 @@ func TestStreamHandOff(t *testing.T) {
 			if want := []bool{false, true, true}; fmt.Sprint(reused) != fmt.Sprint(want) {
 				t.Errorf("connection reused %v, want %v: the streams' connection did not come back to the server", reused, want)
 			}
-			if n := s.proxy.handedOff.Load(); n != 2 {
-				t.Errorf("%d streams handed off, want 2", n)
+			// The GET stream is handed off. The POST stream is too, unless
+			// its response came before the Transport's last read of the
+			// request body: it sends a body of known length straight to the
+			// socket and then reads once more, to check for extra bytes,
+			// and a stream is handed off only after that read
+			// (countingBody.drained). It is then served the ordinary way,
+			// as checked above. In about one run in 150 it was.
+			if n := s.proxy.handedOff.Load(); n != 2 && n != 1 {
+				t.Errorf("%d streams handed off, want 2 (or 1: see above)", n)
 			}
 			waitCounts(t, client, front.URL, "/p", endpointCounts{Count: 3, Status: map[string]int64{"2xx": 3}})
 		})
