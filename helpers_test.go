@@ -88,13 +88,22 @@ func newTestServerConfig(t testing.TB, cfg Config, mappings map[string]string) (
 // serveRecycled gives s's handed-off streams a way back into front, as run
 // does (stream.go); closeFront closes it.
 func serveRecycled(front *httptest.Server, s *Server) {
-	rec := newConnRecycler(front.Listener.Addr())
-	s.proxy.recycle = rec
-	recyclers.Store(front, rec)
-	go front.Config.Serve(rec)
+	r := recycled{rec: newConnRecycler(front.Listener.Addr()), served: make(chan struct{})}
+	s.proxy.recycle = r.rec
+	recyclers.Store(front, r)
+	go func() {
+		defer close(r.served)
+		front.Config.Serve(r.rec)
+	}()
 }
 
-var recyclers sync.Map // *httptest.Server → *connRecycler
+// recycled is a frontend's connRecycler and the end of its Serve loop.
+type recycled struct {
+	rec    *connRecycler
+	served chan struct{}
+}
+
+var recyclers sync.Map // *httptest.Server → recycled
 
 // closeFront cuts the frontend's connections and waits for its handlers.
 // When a broken proxy keeps a handler waiting on an upstream that waits in
@@ -103,7 +112,11 @@ var recyclers sync.Map // *httptest.Server → *connRecycler
 func closeFront(t testing.TB, front *httptest.Server) {
 	t.Helper()
 	if r, ok := recyclers.LoadAndDelete(front); ok {
-		r.(*connRecycler).Close()
+		// Its Serve loop must have returned before front.Close: each
+		// connection it accepts is counted (httptest's WaitGroup.Add)
+		// as new, which must not race with Close's Wait.
+		r.(recycled).rec.Close()
+		<-r.(recycled).served
 	}
 	front.CloseClientConnections()
 	closed := make(chan struct{})
