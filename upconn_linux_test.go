@@ -1,0 +1,134 @@
+package main
+
+import (
+	"io"
+	"net"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+// TestReadSocketHangup: the upstream's last bytes and its hang-up (FIN or
+// RST) are both in the socket before the raw stream starts reading, so
+// they make one readiness. readSocket must pass the bytes and end, not wait
+// for a readiness that never comes (streamWatcher's hang-up watch ends the
+// wait).
+func TestReadSocketHangup(t *testing.T) {
+	const last = "9\r\ndata: 2\n\n\r\n"
+	for _, reset := range []bool{false, true} {
+		name := "FIN"
+		if reset {
+			name = "RST"
+		}
+		t.Run(name, func(t *testing.T) {
+			upstream, upPeer := tcpPair(t)
+			client, clientPeer := tcpPair(t)
+			io.WriteString(upPeer, last)
+			if reset {
+				upPeer.(*net.TCPConn).SetLinger(0)
+			}
+			upPeer.Close()
+			raw, err := upstream.(*net.TCPConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitPeerClosed(t, raw)
+			// The netpoller takes the readiness now, before the stream
+			// starts: RawConn.Read forgets a readiness taken before it.
+			netpollOnce(t)
+
+			pr := &proxyRequest{p: &proxy{}}
+			pr.body.pr = pr
+			pr.st.conn = client
+			pr.st.rc = rawCopy{pr: pr, more: true}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				pr.st.rc.readSocket(&upConn{Conn: upstream, raw: raw}, make([]byte, streamBufferSize))
+			}()
+			select {
+			case <-done:
+			case <-time.After(testTimeout):
+				upstream.Close() // ends the read, so the test can end
+				<-done
+				t.Fatal("readSocket still waited after the upstream hung up")
+			}
+			if pr.st.rc.err == nil || pr.st.rc.cp.done() {
+				t.Errorf("err %v, body done %v; want an error before the body's end", pr.st.rc.err, pr.st.rc.cp.done())
+			}
+			if !reset {
+				client.Close()
+				got, _ := io.ReadAll(clientPeer)
+				if string(got) != last {
+					t.Errorf("client got %q, want the last bytes %q", got, last)
+				}
+			}
+		})
+	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// waitPeerClosed waits until the connection of raw has seen its peer's FIN
+// or RST (TCP state CLOSE_WAIT or CLOSE, the first byte of struct
+// tcp_info).
+func waitPeerClosed(t *testing.T, raw syscall.RawConn) {
+	t.Helper()
+	const tcpCloseWait, tcpClose = 8, 7
+	deadline := time.Now().Add(testTimeout)
+	for {
+		var info [256]byte
+		size := uint32(len(info))
+		var state byte
+		raw.Control(func(fd uintptr) {
+			_, _, errno := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, syscall.TCP_INFO,
+				uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&size)), 0)
+			if errno == 0 {
+				state = info[0]
+			}
+		})
+		if state == tcpCloseWait || state == tcpClose {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the peer's close did not arrive (TCP state %d)", state)
+		}
+		runtime.Gosched()
+	}
+}
+
+// netpollOnce returns once the runtime's network poller has collected the
+// readiness of every socket that is ready now: it waits for a read on
+// another connection, which only the poller can wake.
+func netpollOnce(t *testing.T) {
+	t.Helper()
+	a, b := tcpPair(t)
+	got := make(chan struct{})
+	go func() {
+		var one [1]byte
+		a.Read(one[:])
+		close(got)
+	}()
+	b.Write([]byte{1})
+	<-got
+}
