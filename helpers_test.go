@@ -202,6 +202,22 @@ func newUpstream(t testing.TB, h http.HandlerFunc) *upstream {
 	return u
 }
 
+// newIdleStreamUpstream starts a backend that answers with an event stream
+// of one event, then idles until its request is cancelled, which it
+// reports on the returned channel.
+func newIdleStreamUpstream(t testing.TB) (*upstream, <-chan struct{}) {
+	t.Helper()
+	cancelled := make(chan struct{}, 1)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		cancelled <- struct{}{}
+	})
+	return up, cancelled
+}
+
 // newRawUpstream starts a backend that hands each request's hijacked
 // connection to fn after the request head was read, so fn can answer with
 // arbitrary bytes (or none). The connection is closed when fn returns.

@@ -196,14 +196,7 @@ func TestStreamHandOffPipelined(t *testing.T) {
 func TestStreamHandOffClientLeaves(t *testing.T) {
 	for _, shared := range []bool{true, false} {
 		t.Run(fmt.Sprintf("sharedWatch=%v", shared), func(t *testing.T) {
-			cancelled := make(chan struct{}, 1)
-			up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "text/event-stream")
-				io.WriteString(w, "data: 1\n\n")
-				w.(http.Flusher).Flush()
-				<-r.Context().Done()
-				cancelled <- struct{}{}
-			})
+			up, cancelled := newIdleStreamUpstream(t)
 			s, front := newTestServer(t, map[string]string{"/p": up.URL})
 			s.proxy.sharedWatch = shared
 			conn, err := net.Dial("tcp", front.Listener.Addr().String())

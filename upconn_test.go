@@ -429,15 +429,12 @@ func TestStreamRawFraming(t *testing.T) {
 // TestStreamRawTimeout: UPSTREAM_TIMEOUT ends a raw stream that idles: the
 // upstream request is cancelled and the client's connection broken.
 func TestStreamRawTimeout(t *testing.T) {
+	t.Run("idle", testStreamRawTimeoutIdle)
 	t.Run("stuck client", testStreamRawTimeoutStuckClient)
-	cancelled := make(chan struct{}, 1)
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		io.WriteString(w, "data: 1\n\n")
-		w.(http.Flusher).Flush()
-		<-r.Context().Done()
-		cancelled <- struct{}{}
-	})
+}
+
+func testStreamRawTimeoutIdle(t *testing.T) {
+	up, cancelled := newIdleStreamUpstream(t)
 	s, front := newTestServerConfig(t, testConfig(t, map[string]string{"UPSTREAM_TIMEOUT": "1s"}), map[string]string{"/p": up.URL})
 	_, _, res := rawExchange(t, front.Listener.Addr().String(), "/p/stream")
 	body := bufio.NewReader(res.Body)
