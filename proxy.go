@@ -67,6 +67,8 @@ type proxy struct {
 	// (one goroutine for all); false, or where it is not available, each
 	// stream reads its client connection from a goroutine of its own.
 	sharedWatch bool
+	// watchFailed logs, once, that streamWatcher stopped.
+	watchFailed sync.Once
 	handedOff   atomic.Int64 // streams handed off so far
 	rawStreams  atomic.Int64 // of which read the upstream socket themselves (upconn.go)
 

@@ -189,6 +189,11 @@ func (pr *proxyRequest) stream() {
 	if len(st.pending) == 0 && !st.clientGone.Load() {
 		if p.sharedWatch {
 			st.reg, st.watched = streamWatcher.watch(st.conn, st.onEvent)
+			if err := streamWatcher.failed(); !st.watched && err != nil {
+				p.watchFailed.Do(func() {
+					p.logger.Error("the stream watcher stopped: each stream now watches its client from a goroutine of its own", "err", err)
+				})
+			}
 		}
 		if !st.watched {
 			st.watchDone = make(chan struct{})

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"sync"
 	"syscall"
@@ -15,13 +16,31 @@ import (
 // pipelined; epoll only looks. It also watches the upstream connections of
 // raw streams for a hang-up (upconn_linux.go). Each registration fires at
 // most once.
+//
+// If epoll_wait ever fails (it cannot but for a bug: a bad descriptor or
+// buffer), the watcher stops for good rather than leave registrations that
+// never fire. Each hang-up registration then fires, which makes its raw
+// stream read the socket to its end after every read, without the watch;
+// client registrations are dropped (those streams see their client leave
+// at their next write); and register refuses from then on, so new streams
+// watch their client with a read of their own. failed says why.
 type clientWatcher struct {
 	once sync.Once
 	epfd int // -1 when epoll is not available: callers fall back to a read
+	// wait is epoll_wait (syscall.EpollWait when nil); a test makes it fail.
+	wait func(epfd int, events []syscall.EpollEvent, msec int) (int, error)
 
 	mu   sync.Mutex // held while a callback runs, so unwatch can wait it out
-	regs map[int32]func(gone bool)
+	regs map[int32]watchEntry
 	next int32
+	err  error // why the loop stopped; set once, under mu
+}
+
+// watchEntry is a registration's callback, and whether it watches for a
+// hang-up only (watchHangup).
+type watchEntry struct {
+	onEvent    func(gone bool)
+	hangupOnly bool
 }
 
 var streamWatcher clientWatcher
@@ -36,7 +55,10 @@ func (w *clientWatcher) start() {
 		return
 	}
 	w.epfd = fd
-	w.regs = make(map[int32]func(bool))
+	w.regs = make(map[int32]watchEntry)
+	if w.wait == nil {
+		w.wait = syscall.EpollWait
+	}
 	go w.loop()
 }
 
@@ -72,9 +94,13 @@ func (w *clientWatcher) register(raw syscall.RawConn, events uint32, onEvent fun
 		return reg, false
 	}
 	w.mu.Lock()
+	if w.err != nil {
+		w.mu.Unlock()
+		return reg, false
+	}
 	w.next++
 	id := w.next
-	w.regs[id] = onEvent
+	w.regs[id] = watchEntry{onEvent: onEvent, hangupOnly: events == syscall.EPOLLRDHUP}
 	w.mu.Unlock()
 	ev := syscall.EpollEvent{Events: events | epollOneShot, Fd: id}
 	var err error
@@ -108,23 +134,44 @@ func (w *clientWatcher) unwatch(reg watchReg) {
 func (w *clientWatcher) loop() {
 	events := make([]syscall.EpollEvent, 128)
 	for {
-		n, err := syscall.EpollWait(w.epfd, events, -1)
+		n, err := w.wait(w.epfd, events, -1)
 		if err != nil {
 			if err == syscall.EINTR {
 				continue
 			}
+			w.stop(err)
 			return
 		}
 		for _, ev := range events[:n] {
 			gone := ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0
 			w.mu.Lock()
-			if f := w.regs[ev.Fd]; f != nil {
+			if e, ok := w.regs[ev.Fd]; ok {
 				delete(w.regs, ev.Fd)
-				f(gone)
+				e.onEvent(gone)
 			}
 			w.mu.Unlock()
 		}
 	}
+}
+
+// stop ends the watcher after epoll_wait failed with err; see clientWatcher.
+func (w *clientWatcher) stop(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.err = fmt.Errorf("epoll_wait: %w", err)
+	for id, e := range w.regs {
+		delete(w.regs, id)
+		if e.hangupOnly {
+			e.onEvent(true)
+		}
+	}
+}
+
+// failed returns why the watcher stopped, or nil while it runs.
+func (w *clientWatcher) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
 }
 
 // watchReg is one registration with the watcher.

@@ -24,3 +24,5 @@ func (w *clientWatcher) watchHangup(syscall.RawConn, func(bool)) (watchReg, bool
 }
 
 func (w *clientWatcher) unwatch(watchReg) {}
+
+func (w *clientWatcher) failed() error { return nil }
