@@ -13,7 +13,10 @@
 #
 # Streams as the harness's sse-wide (300 streams, 30 events 50 ms apart,
 # started over 1 s); C, N, IV and RAMP override (sse: C=50 N=50 IV=20
-# RAMP=0s). Prints, per proxy, the median over rounds 2.. of its CPU (clock
+# RAMP=0s). TOGETHER=1 measures all the proxies at once instead, C/n
+# streams each, in every round: the same moment of the machine for all,
+# which makes small differences show in fewer rounds, but they compete for
+# the CPUs, as they do not in the harness. Prints, per proxy, the median over rounds 2.. of its CPU (clock
 # ticks per round), its event latency p50 and p99, and of the same-round
 # ratios to the first proxy, with how many rounds were at or under 1.
 set -euo pipefail
@@ -41,14 +44,35 @@ for spec in "$@"; do
 done
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 n=${#names[@]}
+sse() { # sse PORT STREAMS: one bench sse round against the proxy on PORT
+  "$BENCH" sse -url "http://127.0.0.1:$1/openai" -c "$2" -n "${N:-30}" \
+    -interval-ms "${IV:-50}" -rounds 1 -ramp "${RAMP:-1s}" 2>&1
+}
+lat() { awk '/lat p50/{a=$3} /lat p99/{b=$3} END{print a, b}' "$@"; }
 for r in $(seq "$ROUNDS"); do
+  if [ -n "${TOGETHER:-}" ]; then
+    # All proxies at once, C/n streams each: they meet the same moment of
+    # a noisy machine, and compete for its CPUs.
+    files=() clients=() c0=()
+    for k in $(seq 0 $((n - 1))); do
+      c0[k]=$(ticks "${procs[$k]}")
+      files[k]=$(mktemp)
+      sse "${ports[$k]}" $((${C:-300} / n)) >"${files[k]}" &
+      clients+=($!)
+    done
+    wait "${clients[@]}"
+    for k in $(seq 0 $((n - 1))); do
+      echo "$r ${names[$k]} $(lat "${files[k]}") $(($(ticks "${procs[$k]}") - c0[k]))" >>"$OUT"
+      rm -f "${files[k]}"
+    done
+    continue
+  fi
   for j in $(seq 0 $((n - 1))); do
     k=$(((r + j) % n))
     c0=$(ticks "${procs[$k]}")
-    res=$("$BENCH" sse -url "http://127.0.0.1:${ports[$k]}/openai" -c "${C:-300}" -n "${N:-30}" \
-      -interval-ms "${IV:-50}" -rounds 1 -ramp "${RAMP:-1s}" 2>&1)
+    res=$(sse "${ports[$k]}" "${C:-300}")
     c1=$(ticks "${procs[$k]}")
-    echo "$r ${names[$k]} $(echo "$res" | awk '/lat p50/{a=$3} /lat p99/{b=$3} END{print a, b}') $((c1 - c0))" >>"$OUT"
+    echo "$r ${names[$k]} $(echo "$res" | lat) $((c1 - c0))" >>"$OUT"
   done
 done
 python3 - "$OUT" "${names[0]}" <<'PY'
