@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"net"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +20,14 @@ func TestWatcherStops(t *testing.T) {
 		<-fail
 		return 0, syscall.EINVAL
 	}}
+	var failOnce sync.Once
+	failNow := func() { failOnce.Do(func() { close(fail) }) }
+	t.Cleanup(func() {
+		failNow() // ends the loop if the test stopped early
+		if w.epfd >= 0 {
+			syscall.Close(w.epfd)
+		}
+	})
 	upstream, _ := tcpPair(t)
 	client, _ := tcpPair(t)
 	raw, err := upstream.(*net.TCPConn).SyscallConn()
@@ -37,7 +46,7 @@ func TestWatcherStops(t *testing.T) {
 		t.Fatalf("failed() = %v before epoll_wait failed", err)
 	}
 
-	close(fail)
+	failNow()
 	select {
 	case gone := <-hangup:
 		if !gone {

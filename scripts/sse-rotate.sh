@@ -16,9 +16,10 @@
 # RAMP=0s). TOGETHER=1 measures all the proxies at once instead, C/n
 # streams each, in every round: the same moment of the machine for all,
 # which makes small differences show in fewer rounds, but they compete for
-# the CPUs, as they do not in the harness. Prints, per proxy, the median over rounds 2.. of its CPU (clock
-# ticks per round), its event latency p50 and p99, and of the same-round
-# ratios to the first proxy, with how many rounds were at or under 1.
+# the CPUs, as they do not in the harness. Prints, per proxy, the median
+# over rounds 2.. of its CPU (clock ticks per round), its event latency p50
+# and p99, and of the same-round ratios to the first proxy, with how many
+# rounds were at or under 1.
 set -euo pipefail
 BENCH=${BENCH:-/tmp/bench}
 ROUNDS=$1
