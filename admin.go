@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"net/url"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,10 +42,16 @@ const (
 	authMaxTracked = 10000
 )
 
-// mappingJSON is a mapping in requests and responses of the admin API.
+// mappingJSON is a mapping in the original form of the admin API's
+// requests and responses: a prefix and its (first) target's URL.
 type mappingJSON struct {
 	Prefix string `json:"prefix"`
 	Target string `json:"target"`
+}
+
+// mappingJSONOf is m in the original form.
+func mappingJSONOf(m Mapping) mappingJSON {
+	return mappingJSON{Prefix: m.Prefix, Target: m.firstURL()}
 }
 
 // updateJSON is the body of PUT /api/mappings/{prefix}. Prefix is optional;
@@ -203,25 +210,31 @@ func clientAddr(req *http.Request) string {
 	return ip.String()
 }
 
-// storeMappings reads the mappings for an admin request; on failure it has
-// answered the request and ok is false.
-func (s *Server) storeMappings(c *gin.Context) (m map[string]string, ok bool) {
+// storeMappings reads the mappings for an admin request, sorted by prefix;
+// on failure it has answered the request and ok is false.
+func (s *Server) storeMappings(c *gin.Context) (ms []Mapping, ok bool) {
 	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
 	defer cancel()
-	m, err := s.store.Mappings(ctx)
+	ms, err := s.store.Mappings(ctx)
 	if err != nil {
 		s.writeStoreError(c, err)
 		return nil, false
 	}
-	return m, true
+	return ms, true
 }
 
+// handleListMappings answers {"mappings": {prefix: first target URL},
+// "count": N} (SPEC §6).
 func (s *Server) handleListMappings(c *gin.Context) {
-	m, ok := s.storeMappings(c)
+	ms, ok := s.storeMappings(c)
 	if !ok {
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"mappings": m, "count": len(m)})
+	byPrefix := make(map[string]string, len(ms))
+	for _, m := range ms {
+		byPrefix[m.Prefix] = m.firstURL()
+	}
+	c.JSON(http.StatusOK, gin.H{"mappings": byPrefix, "count": len(byPrefix)})
 }
 
 // handleGetMapping answers one mapping; /api/mappings/ is the list.
@@ -231,16 +244,16 @@ func (s *Server) handleGetMapping(c *gin.Context) {
 		s.handleListMappings(c)
 		return
 	}
-	m, ok := s.storeMappings(c)
+	ms, ok := s.storeMappings(c)
 	if !ok {
 		return
 	}
-	target, ok := m[prefix]
-	if !ok {
+	i := slices.IndexFunc(ms, func(m Mapping) bool { return m.Prefix == prefix })
+	if i < 0 {
 		writeAPIError(c.Writer, errMappingNotFound)
 		return
 	}
-	c.JSON(http.StatusOK, mappingJSON{Prefix: prefix, Target: target})
+	c.JSON(http.StatusOK, mappingJSONOf(ms[i]))
 }
 
 func (s *Server) handleCreateMapping(c *gin.Context) {
@@ -249,20 +262,21 @@ func (s *Server) handleCreateMapping(c *gin.Context) {
 		writeAPIError(c.Writer, err)
 		return
 	}
-	if err := validateMapping(body.Prefix, body.Target); err != nil {
+	m := newMapping(body.Prefix, body.Target)
+	if err := m.validate(); err != nil {
 		writeAPIError(c.Writer, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
 	defer cancel()
-	if err := s.store.CreateMapping(ctx, body.Prefix, body.Target); err != nil {
+	if err := s.store.CreateMapping(ctx, m); err != nil {
 		s.writeStoreError(c, err)
 		return
 	}
-	s.logger.Info("mapping created", "prefix", body.Prefix, "target", body.Target, "client", clientAddr(c.Request))
+	s.logger.Info("mapping created", "prefix", m.Prefix, "target", m.firstURL(), "client", clientAddr(c.Request))
 	s.reloadAfterWrite(ctx)
-	c.Header("Location", "/api/mappings"+body.Prefix)
-	c.JSON(http.StatusCreated, body)
+	c.Header("Location", "/api/mappings"+m.Prefix)
+	c.JSON(http.StatusCreated, mappingJSONOf(m))
 }
 
 func (s *Server) handleUpdateMapping(c *gin.Context) {
@@ -285,19 +299,20 @@ func (s *Server) handleUpdateMapping(c *gin.Context) {
 			*body.Prefix, prefix))
 		return
 	}
-	if err := validateTarget(body.Target); err != nil {
+	m := newMapping(prefix, body.Target)
+	if err := m.validate(); err != nil {
 		writeAPIError(c.Writer, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
 	defer cancel()
-	if err := s.store.UpdateMapping(ctx, prefix, body.Target); err != nil {
+	if err := s.store.UpdateMapping(ctx, m); err != nil {
 		s.writeStoreError(c, err)
 		return
 	}
-	s.logger.Info("mapping updated", "prefix", prefix, "target", body.Target, "client", clientAddr(c.Request))
+	s.logger.Info("mapping updated", "prefix", m.Prefix, "target", m.firstURL(), "client", clientAddr(c.Request))
 	s.reloadAfterWrite(ctx)
-	c.JSON(http.StatusOK, mappingJSON{Prefix: prefix, Target: body.Target})
+	c.JSON(http.StatusOK, mappingJSONOf(m))
 }
 
 // handleDeleteMapping removes a mapping. The prefix is not validated, so
@@ -344,11 +359,14 @@ func methodNotAllowed(allow string) gin.HandlerFunc {
 }
 
 // reloadAfterWrite publishes the change to this instance's routes before
-// the admin call returns, so the very next request routes by it. Failing
-// to reload does not undo the write: the watch loops retry.
+// the admin call returns, so the very next request routes by it. It is the
+// one reload of a local write: the store does not signal Changes for it
+// (see Store.Changes). Failing to reload does not undo the write:
+// watchMappings is asked to retry, as it retries its own reloads.
 func (s *Server) reloadAfterWrite(ctx context.Context) {
 	if err := s.reloadRoutes(ctx); err != nil {
-		s.logger.Warn("route reload after an admin change failed; it applies at the next reload", "error", err)
+		s.logger.Warn("route reload after an admin change failed; retrying in the background", "error", err)
+		notify(s.reloadRetry)
 	}
 }
 

@@ -64,13 +64,14 @@ func newAdminTestServer(t *testing.T, mappings map[string]string) (*Server, *htt
 	return newTestServerConfig(t, testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken}), mappings)
 }
 
+// storedMappings is what s's store holds, as prefix → first target URL.
 func storedMappings(t testing.TB, s *Server) map[string]string {
 	t.Helper()
-	m, err := s.store.Mappings(context.Background())
+	ms, err := s.store.Mappings(context.Background())
 	if err != nil {
 		t.Fatalf("Mappings: %v", err)
 	}
-	return m
+	return mappingsMap(ms)
 }
 
 func TestAdminAuth(t *testing.T) {

@@ -6,6 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -15,9 +19,11 @@ const mapUsage = `Usage:
   apiproxy map [-data-dir DIR] [-redis-url URL] set PREFIX TARGET   create or update
   apiproxy map [-data-dir DIR] [-redis-url URL] rm PREFIX
 
-Edits the mappings of the store the server would use (DATA_DIR or
-API_PROXY_REDIS_URL, from the environment or .env). The embedded store is
-locked while a server runs on it: use the admin API then.
+Lists and edits the mappings of the store the server would use (DATA_DIR or
+API_PROXY_REDIS_URL, from the environment or .env). list only reads an
+embedded store that exists; set and rm create one, with the default
+mappings, if there is none yet. The embedded store is locked while a server
+runs on it: use the admin API then.
 `
 
 // runMapCommand is `apiproxy map ...`: list and edit mappings on the
@@ -45,7 +51,14 @@ func runMapCommand(ctx context.Context, getenv func(string) string, args []strin
 		fs.Usage()
 		return fmt.Errorf("map: bad arguments %q", args)
 	}
-	store, err := openStore(ctx, cfg, newLogger(cfg, stderr))
+	var m Mapping
+	if args[0] == "set" {
+		m = newMapping(args[1], args[2])
+		if err := m.validate(); err != nil {
+			return err
+		}
+	}
+	store, err := openMapStore(ctx, cfg, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -53,26 +66,22 @@ func runMapCommand(ctx context.Context, getenv func(string) string, args []strin
 
 	switch args[0] {
 	case "list":
-		m, err := store.Mappings(ctx)
+		ms, err := store.Mappings(ctx)
 		if err != nil {
 			return err
 		}
-		for _, k := range sortedKeys(m) {
-			fmt.Fprintf(stdout, "%s\t%s\n", k, m[k])
+		for _, m := range ms {
+			fmt.Fprintf(stdout, "%s\t%s\n", m.Prefix, m.firstURL())
 		}
 	case "set":
-		prefix, target := args[1], args[2]
-		if err := validateMapping(prefix, target); err != nil {
-			return err
-		}
-		err := store.CreateMapping(ctx, prefix, target)
+		err := store.CreateMapping(ctx, m)
 		if errors.Is(err, errMappingExists) {
-			err = store.UpdateMapping(ctx, prefix, target)
+			err = store.UpdateMapping(ctx, m)
 		}
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s -> %s\n", prefix, target)
+		fmt.Fprintf(stdout, "%s -> %s\n", m.Prefix, m.firstURL())
 	case "rm":
 		if err := store.DeleteMapping(ctx, args[1]); err != nil {
 			return fmt.Errorf("remove %s: %w", args[1], err)
@@ -80,6 +89,88 @@ func runMapCommand(ctx context.Context, getenv func(string) string, args []strin
 		fmt.Fprintf(stdout, "removed %s\n", args[1])
 	}
 	return nil
+}
+
+// openMapStore opens the store of a map command (args[0] the command,
+// then its arguments). An embedded store is opened for reading only by
+// list, which refuses to create one where there is none (a typo in
+// -data-dir would otherwise list a fresh store's defaults as if they were
+// the server's); set and rm create it and say so on stderr. A store locked
+// by a running server is refused with the admin API call to make instead.
+func openMapStore(ctx context.Context, cfg Config, args []string, stderr io.Writer) (Store, error) {
+	if cfg.RedisURL != "" {
+		return openRedisStore(ctx, cfg, newLogger(cfg, stderr))
+	}
+	path := boltPath(cfg.DataDir)
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	if args[0] == "list" {
+		s, err := openBoltStoreReadOnly(cfg.DataDir)
+		switch {
+		case errors.Is(err, errNoStore):
+			return nil, fmt.Errorf("map list: no store at %s (DATA_DIR is %s): start the server once, which creates it with the default mappings, or create it with `apiproxy map set PREFIX TARGET`; if the store is elsewhere, pass -data-dir DIR or set DATA_DIR",
+				path, cfg.DataDir)
+		case errors.Is(err, errStoreLocked):
+			return nil, storeInUseError(cfg, args, path)
+		case err != nil:
+			return nil, err
+		}
+		return s, nil
+	}
+	_, statErr := os.Stat(path)
+	s, err := openBoltStore(cfg.DataDir)
+	if errors.Is(err, errStoreLocked) {
+		return nil, storeInUseError(cfg, args, path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		fmt.Fprintf(stderr, "apiproxy: created a new store at %s with the default mappings\n", path)
+	}
+	return s, nil
+}
+
+// storeInUseError explains errStoreLocked to a map command: bbolt's file
+// lock lets no other process read or write the store while a server has it
+// open (a read-only open takes a shared lock, which the server's exclusive
+// one excludes), so the change or the listing has to go through that
+// server's admin API. The curl line guesses the server's address from
+// LISTEN_ADDR or PORT.
+func storeInUseError(cfg Config, args []string, path string) error {
+	base := "http://" + localAddr(cfg.ListenAddr)
+	const auth = `-H "Authorization: Bearer $ADMIN_TOKEN"`
+	var call string
+	path1 := ""
+	if len(args) > 1 {
+		path1 = "/" + strings.TrimPrefix(args[1], "/")
+	}
+	switch args[0] {
+	case "list":
+		call = fmt.Sprintf("curl %s %s/api/mappings", auth, base)
+	case "set":
+		call = fmt.Sprintf("curl %s -d '{\"prefix\":%q,\"target\":%q}' %s/api/mappings\n  (an existing prefix: curl -X PUT %s -d '{\"target\":%q}' %s/api/mappings%s)",
+			auth, args[1], args[2], base, auth, args[2], base, path1)
+	case "rm":
+		call = fmt.Sprintf("curl -X DELETE %s %s/api/mappings%s", auth, base, path1)
+	}
+	return fmt.Errorf("map %s: %w (%s): while a server runs on it, no other process can read or write it; use the server's admin API instead:\n  %s",
+		args[0], errStoreLocked, path, call)
+}
+
+// localAddr is the host:port at which a server listening on listenAddr is
+// reached from this machine: a listener on every interface (":8000",
+// "0.0.0.0:8000") is reached at localhost.
+func localAddr(listenAddr string) string {
+	host, port, err := net.SplitHostPort(listenAddr)
+	if err != nil {
+		return listenAddr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 const initRedisUsage = `Usage:
@@ -134,15 +225,16 @@ func initRedis(ctx context.Context, store *redisStore, force bool, where string,
 	counts := map[string]int{}
 	for _, r := range res {
 		counts[r.Action]++
+		prefix, target := r.Default.Prefix, r.Default.firstURL()
 		switch r.Action {
 		case "added":
-			fmt.Fprintf(out, "added        %s -> %s\n", r.Prefix, r.Target)
+			fmt.Fprintf(out, "added        %s -> %s\n", prefix, target)
 		case "unchanged":
-			fmt.Fprintf(out, "unchanged    %s -> %s\n", r.Prefix, r.Target)
+			fmt.Fprintf(out, "unchanged    %s -> %s\n", prefix, target)
 		case "overwritten":
-			fmt.Fprintf(out, "overwritten  %s -> %s (was %s)\n", r.Prefix, r.Target, r.Old)
+			fmt.Fprintf(out, "overwritten  %s -> %s (was %s)\n", prefix, target, r.Old)
 		case "kept":
-			fmt.Fprintf(out, "kept         %s -> %s (default %s; -force overwrites)\n", r.Prefix, r.Old, r.Target)
+			fmt.Fprintf(out, "kept         %s -> %s (default %s; -force overwrites)\n", prefix, r.Old, target)
 		}
 	}
 	fmt.Fprintf(out, "%s hash %s on %s: %d added, %d overwritten, %d kept, %d already set\n",

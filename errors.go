@@ -7,15 +7,6 @@ import (
 	"strconv"
 )
 
-// Sentinel errors returned by the stores and the admin layer. writeAPIError
-// maps the first two to their HTTP status.
-var (
-	errMappingNotFound = errors.New("mapping not found")
-	errMappingExists   = errors.New("mapping already exists")
-	errStoreClosed     = errors.New("store closed")
-	errStoreLocked     = errors.New("data directory is in use by another apiproxy process")
-)
-
 // apiError is an error that carries what a client should see: an HTTP status,
 // a stable machine-readable code and a human message. Lower layers return it
 // for anything the client can fix (validation) or that is the proxy's own
@@ -54,9 +45,10 @@ func writeError(w http.ResponseWriter, status int, code, message string) {
 	w.Write(append(body, '\n'))
 }
 
-// writeAPIError answers err as JSON: an *apiError as it is, a known sentinel
-// with its status, anything else as a 500 without its text (internal causes
-// are the caller's to log, never the client's to read).
+// writeAPIError answers err as JSON: an *apiError as it is, a sentinel of
+// the stores (store.go) with its status, anything else as a 500 without its
+// text (internal causes are the caller's to log, never the client's to
+// read). It is the one table from errors to statuses.
 func writeAPIError(w http.ResponseWriter, err error) {
 	var ae *apiError
 	switch {
@@ -66,6 +58,9 @@ func writeAPIError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "not_found", "mapping not found")
 	case errors.Is(err, errMappingExists):
 		writeError(w, http.StatusConflict, "conflict", "a mapping with this prefix already exists")
+	case errors.Is(err, errStoreUnavailable):
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable",
+			"store unavailable: Redis cannot be reached, so changes cannot be saved now (proxying continues with the last known mappings)")
 	default:
 		writeError(w, http.StatusInternalServerError, "internal_error", "internal error")
 	}

@@ -140,13 +140,13 @@ func setMappings(t testing.TB, s *Server, m map[string]string) {
 	if err != nil {
 		t.Fatalf("list mappings: %v", err)
 	}
-	for prefix := range old {
-		if err := s.store.DeleteMapping(ctx, prefix); err != nil {
-			t.Fatalf("delete mapping %s: %v", prefix, err)
+	for _, o := range old {
+		if err := s.store.DeleteMapping(ctx, o.Prefix); err != nil {
+			t.Fatalf("delete mapping %s: %v", o.Prefix, err)
 		}
 	}
 	for prefix, target := range m {
-		if err := s.store.CreateMapping(ctx, prefix, target); err != nil {
+		if err := s.store.CreateMapping(ctx, newMapping(prefix, target)); err != nil {
 			t.Fatalf("create mapping %s -> %s: %v", prefix, target, err)
 		}
 	}

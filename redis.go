@@ -2,17 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,13 +22,14 @@ import (
 )
 
 // Key names in Redis, compatible with the original design: the mappings
-// hash is apiproxy:mappings (field = prefix, value = target) and every
-// change is announced on apiproxy:mappings:updates. A redisStore puts its
-// keyPrefix (redisKeyPrefix in production) in front of each name, so that
-// tests can share one Redis without seeing each other's keys.
+// hash is apiproxy:mappings (field = prefix, value = Mapping.encodeValue,
+// the target URL for a plain mapping) and every change is announced on
+// apiproxy:mappings:updates. A redisStore puts its keyPrefix
+// (redisKeyPrefix in production) in front of each name, so that tests can
+// share one Redis without seeing each other's keys.
 const (
 	redisKeyPrefix      = "apiproxy:"
-	redisMappingsKey    = "mappings"         // hash: prefix → target
+	redisMappingsKey    = "mappings"         // hash: prefix → encoded mapping
 	redisUpdatesChannel = "mappings:updates" // Pub/Sub: one message per change
 	redisAdminTokenKey  = "admin_token"      // string: the generated admin token
 	redisSeededKey      = "seeded"           // string: set once the hash was initialised
@@ -42,16 +44,6 @@ const (
 	snapshotFileName = "mappings-snapshot.json"
 )
 
-// errStoreUnavailable is wrapped into every Redis store error that means
-// "Redis cannot be reached now" (network, timeout, loading, read-only
-// replica). It is an *apiError so that writeAPIError answers it as 503 with
-// this message; the Redis error it travels with is for the log only.
-var errStoreUnavailable = &apiError{
-	Status:  http.StatusServiceUnavailable,
-	Code:    "store_unavailable",
-	Message: "store unavailable: Redis cannot be reached, so changes cannot be saved now (proxying continues with the last known mappings)",
-}
-
 // Lua scripts make each read and write one atomic step: a create never
 // overwrites a concurrent create (HSETNX), an update never creates, no
 // instance can miss a change that was made, and nothing reads or writes a
@@ -64,13 +56,13 @@ var (
 	redisReadScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return false end
 return redis.call('HGETALL', KEYS[1])`)
-	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, target, channel, message.
+	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, value, channel, message.
 	redisCreateScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`)
-	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, target, channel, message.
+	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, value, channel, message.
 	redisUpdateScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -90,7 +82,7 @@ return 1`)
 	// stays. The admin token is restored too when one is known, so that a
 	// Redis that restarted empty keeps the token every instance holds.
 	// KEYS[1] mappings, KEYS[2] seeded, KEYS[3] admin token; ARGV: marker
-	// value, channel, message, admin token or "", then prefix, target pairs.
+	// value, channel, message, admin token or "", then prefix, value pairs.
 	redisSeedScript = redis.NewScript(`
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return 0 end
 if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'NX') end
@@ -99,10 +91,10 @@ for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
 if #ARGV >= 5 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1`)
 	// initDefaults is init-redis: add each missing default, overwrite a
-	// different target only when forced, and report what happened to each
-	// as action, previous target pairs.
+	// different value only when forced, and report what happened to each
+	// as action, previous value pairs.
 	// KEYS[1] mappings, KEYS[2] seeded; ARGV: force ("1" or "0"), channel,
-	// message, marker value, then prefix, target pairs.
+	// message, marker value, then prefix, value pairs.
 	redisInitDefaultsScript = redis.NewScript(`
 local out, changed = {}, false
 for i = 5, #ARGV, 2 do
@@ -136,6 +128,14 @@ type redisStore struct {
 	logger    *slog.Logger
 	changes   chan struct{}
 
+	// instance names this store in the messages it publishes, so that
+	// watch can tell its own from another instance's (see updateMessage).
+	// Random: it only has to differ between the stores on one Redis.
+	instance string
+	// ownMessages counts the messages of this store that watch received
+	// and did not signal, so that a test can wait for one.
+	ownMessages atomic.Int64
+
 	// snapshotPath is the snapshot file; "" keeps none. source names the
 	// Redis (address, db, key prefix) in the file, so that a snapshot of
 	// another Redis is never used.
@@ -146,14 +146,16 @@ type redisStore struct {
 	persist chan struct{} // signalled when last differs from the file; drained by persistLoop
 
 	mu      sync.Mutex
-	last    map[string]string // last mappings read (or the snapshot's, until one is); never modified
+	last    map[string]string // last hash read, field → value (or the snapshot's, until one is); never modified
 	lastSeq uint64
 	lastAt  time.Time
 	token   string       // last admin token read, or the snapshot's; "" if none
 	onDisk  snapshotFile // what the snapshot file holds; only persistLoop writes it
 }
 
-// snapshotFile is the JSON of the snapshot file.
+// snapshotFile is the JSON of the snapshot file. Mappings is the hash as
+// read, prefix → stored value (Mapping.encodeValue), so that a file
+// written by any version reads back the same.
 type snapshotFile struct {
 	Source     string            `json:"source"`
 	SavedAt    time.Time         `json:"saved_at"`
@@ -173,9 +175,10 @@ func parseRedisURL(raw string) (*redis.Options, error) {
 		}
 		return nil, fmt.Errorf("API_PROXY_REDIS_URL is not a valid redis:// or rediss:// URL: %w", err)
 	}
-	// Every command is already retried (max_retries, default 3); go-redis's
-	// further 5 dial attempts per retry made a refused connection take about
-	// 2 s to report, which start-up during an outage pays three times.
+	// Every command is already retried (max_retries, default 3). go-redis's
+	// own dial attempts inside each retry only delay the report of a
+	// refused connection, which start-up during an outage waits for on
+	// every retry.
 	opts.DialerRetries = 2
 	opts.DialerRetryTimeout = 50 * time.Millisecond
 	return opts, nil
@@ -225,23 +228,44 @@ func newRedisStore(client *redis.Client, keyPrefix, snapshotPath string, logger 
 		persist:      make(chan struct{}, 1),
 		snapshotPath: snapshotPath,
 		source:       fmt.Sprintf("%s/%d %s", opts.Addr, opts.DB, keyPrefix),
+		instance:     rand.Text(),
 	}
 }
 
 func (s *redisStore) key(name string) string { return s.keyPrefix + name }
 
-// updateMessage is the payload published on the updates channel. Readers
-// reload the whole hash whatever it says; it is there for people watching
-// the channel with redis-cli.
-func updateMessage(op, prefix string) string {
-	b, _ := json.Marshal(map[string]string{"op": op, "prefix": prefix})
+// updateMessage is the JSON published on the updates channel. Readers
+// reload the whole hash whatever a message says (the original design's
+// readers, and ours on any message that is not their own), so its fields
+// are free: op and prefix are for people watching the channel with
+// redis-cli, instance lets the publishing store skip its own message (its
+// caller reloaded already, see Store.Changes).
+type updateMessage struct {
+	Op       string `json:"op"`
+	Prefix   string `json:"prefix"`
+	Instance string `json:"instance"`
+}
+
+// message returns the payload announcing op on prefix.
+func (s *redisStore) message(op, prefix string) string {
+	b, _ := json.Marshal(updateMessage{Op: op, Prefix: prefix, Instance: s.instance})
 	return string(b)
 }
 
+// ownMessage reports whether payload was published by this store.
+func (s *redisStore) ownMessage(payload string) bool {
+	if !strings.Contains(payload, s.instance) {
+		return false // the common case for another instance's message, without a JSON parse
+	}
+	var m updateMessage
+	return json.Unmarshal([]byte(payload), &m) == nil && m.Instance == s.instance
+}
+
 // Mappings reads the whole hash, seeding it first if this Redis was not
-// initialised. A successful read also becomes the last known mappings (see
-// offlineMappings) and is queued for the snapshot file.
-func (s *redisStore) Mappings(ctx context.Context) (map[string]string, error) {
+// initialised, and decodes each value (decodeMapping). A successful read
+// also becomes the last known mappings (see offlineMappings) and is queued
+// for the snapshot file.
+func (s *redisStore) Mappings(ctx context.Context) ([]Mapping, error) {
 	seq := s.readSeq.Add(1)
 	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey)}
 	flat, err := redisReadScript.Run(ctx, s.client, keys).StringSlice()
@@ -259,12 +283,25 @@ func (s *redisStore) Mappings(ctx context.Context) (map[string]string, error) {
 		m[flat[i]] = flat[i+1]
 	}
 	s.remember(seq, m)
-	return m, nil
+	return decodeHash(m), nil
 }
 
-// remember makes m, read as number seq, the last known mappings unless a
-// newer read already is, and asks persistLoop to write the snapshot if the file
-// holds something else.
+// decodeHash decodes the fields of the mappings hash, sorted by prefix. A
+// value that does not decode keeps its prefix and no targets (see
+// Store.Mappings).
+func decodeHash(h map[string]string) []Mapping {
+	ms := make([]Mapping, 0, len(h))
+	for p, v := range h {
+		m, _ := decodeMapping(p, v)
+		ms = append(ms, m)
+	}
+	sortMappings(ms)
+	return ms
+}
+
+// remember makes m, the hash read as number seq, the last known mappings
+// unless a newer read already is, and asks persistLoop to write the
+// snapshot if the file holds something else.
 func (s *redisStore) remember(seq uint64, m map[string]string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -290,21 +327,23 @@ func (s *redisStore) snapshotStaleLocked() bool {
 		!(maps.Equal(s.last, s.onDisk.Mappings) && s.token == s.onDisk.AdminToken)
 }
 
-func (s *redisStore) CreateMapping(ctx context.Context, prefix, target string) error {
-	return s.write(ctx, "create mapping", redisCreateScript, errMappingExists, prefix, target, s.key(redisUpdatesChannel), updateMessage("create", prefix))
+func (s *redisStore) CreateMapping(ctx context.Context, m Mapping) error {
+	return s.write(ctx, "create mapping", redisCreateScript, errMappingExists, m.Prefix, m.encodeValue(), s.key(redisUpdatesChannel), s.message("create", m.Prefix))
 }
 
-func (s *redisStore) UpdateMapping(ctx context.Context, prefix, target string) error {
-	return s.write(ctx, "update mapping", redisUpdateScript, errMappingNotFound, prefix, target, s.key(redisUpdatesChannel), updateMessage("update", prefix))
+func (s *redisStore) UpdateMapping(ctx context.Context, m Mapping) error {
+	return s.write(ctx, "update mapping", redisUpdateScript, errMappingNotFound, m.Prefix, m.encodeValue(), s.key(redisUpdatesChannel), s.message("update", m.Prefix))
 }
 
 func (s *redisStore) DeleteMapping(ctx context.Context, prefix string) error {
-	return s.write(ctx, "delete mapping", redisDeleteScript, errMappingNotFound, prefix, s.key(redisUpdatesChannel), updateMessage("delete", prefix))
+	return s.write(ctx, "delete mapping", redisDeleteScript, errMappingNotFound, prefix, s.key(redisUpdatesChannel), s.message("delete", prefix))
 }
 
 // write runs one of the write scripts, seeding a Redis that was not
 // initialised first. unchanged is the error for a script that changed
-// nothing (it returned 0): the mapping exists, or does not.
+// nothing (it returned 0): the mapping exists, or does not. A write
+// signals no Changes, here or through its Pub/Sub message coming back
+// (see watch): the caller reloads.
 func (s *redisStore) write(ctx context.Context, op string, script *redis.Script, unchanged error, args ...any) error {
 	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey)}
 	n, err := script.Run(ctx, s.client, keys, args...).Int64()
@@ -323,7 +362,6 @@ func (s *redisStore) write(ctx context.Context, op string, script *redis.Script,
 	case 0:
 		return unchanged
 	}
-	s.signal()
 	return nil
 }
 
@@ -427,20 +465,25 @@ func redisUnavailable(err error) bool {
 	return false
 }
 
-// seed initialises this Redis if it was not: with the last known mappings
-// when there are any (a Redis that restarted empty gets back what the
-// fleet was routing, and the admin token), else with defaultMappings. If
-// several instances race, one initialises and the others find it done.
+// seed initialises this Redis if it was not: with the last known hash
+// when there is one (a Redis that restarted empty gets back what the fleet
+// was routing, value for value, and the admin token), else with
+// defaultMappings. If several instances race, one initialises and the
+// others find it done. Having initialised it, seed signals Changes: the
+// call that needed the seeding may not reload (a create that then finds
+// its prefix taken), and its own Pub/Sub message is skipped.
 func (s *redisStore) seed(ctx context.Context) error {
-	m, _, ok := s.offlineMappings()
-	if !ok {
-		m = defaultMappings
-	}
 	s.mu.Lock()
-	token := s.token
+	m, ok, token := s.last, s.last != nil, s.token
 	s.mu.Unlock()
-	args := []any{time.Now().UTC().Format(time.RFC3339), s.key(redisUpdatesChannel), updateMessage("seed", ""), token}
-	for _, p := range sortedKeys(m) {
+	if !ok {
+		m = make(map[string]string)
+		for _, d := range defaultMappings() {
+			m[d.Prefix] = d.encodeValue()
+		}
+	}
+	args := []any{time.Now().UTC().Format(time.RFC3339), s.key(redisUpdatesChannel), s.message("seed", ""), token}
+	for _, p := range slices.Sorted(maps.Keys(m)) {
 		args = append(args, p, m[p])
 	}
 	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey), s.key(redisAdminTokenKey)}
@@ -460,42 +503,46 @@ func (s *redisStore) seed(ctx context.Context) error {
 }
 
 // seedResult is what init-redis did with one default mapping: Action is
-// "added", "unchanged", "overwritten" or "kept"; Old is the target found.
+// "added", "unchanged", "overwritten" or "kept"; Old is the value found in
+// the hash ("" if none).
 type seedResult struct {
-	Prefix, Target, Old, Action string
+	Default Mapping
+	Old     string
+	Action  string
 }
 
 // initDefaults writes defaultMappings into the hash, never replacing a
-// different target unless force, and marks the hash initialised.
+// different value unless force, and marks the hash initialised. The
+// results are in prefix order.
 func (s *redisStore) initDefaults(ctx context.Context, force bool) ([]seedResult, error) {
-	prefixes := sortedKeys(defaultMappings)
+	defaults := defaultMappings()
 	forceArg := "0"
 	if force {
 		forceArg = "1"
 	}
-	args := []any{forceArg, s.key(redisUpdatesChannel), updateMessage("seed", ""), time.Now().UTC().Format(time.RFC3339)}
-	for _, p := range prefixes {
-		args = append(args, p, defaultMappings[p])
+	args := []any{forceArg, s.key(redisUpdatesChannel), s.message("seed", ""), time.Now().UTC().Format(time.RFC3339)}
+	for _, d := range defaults {
+		args = append(args, d.Prefix, d.encodeValue())
 	}
 	out, err := redisInitDefaultsScript.Run(ctx, s.client, []string{s.key(redisMappingsKey), s.key(redisSeededKey)}, args...).StringSlice()
 	if err != nil {
 		return nil, s.wrap("seed default mappings", err)
 	}
-	if len(out) != 2*len(prefixes) {
+	if len(out) != 2*len(defaults) {
 		return nil, fmt.Errorf("seed default mappings: unexpected reply of %d values", len(out))
 	}
-	res := make([]seedResult, len(prefixes))
-	for i, p := range prefixes {
-		res[i] = seedResult{Prefix: p, Target: defaultMappings[p], Action: out[2*i], Old: out[2*i+1]}
+	res := make([]seedResult, len(defaults))
+	for i, d := range defaults {
+		res[i] = seedResult{Default: d, Action: out[2*i], Old: out[2*i+1]}
 	}
 	return res, nil
 }
 
 // watch listens on the updates channel until ctx is done and signals
-// Changes on every message, on every (re)subscription (a reconnect after an
-// outage resyncs; the reload re-seeds a Redis that came back empty) and
-// every redisResyncInterval as a safety net. It also writes the snapshot
-// file.
+// Changes on every message but this store's own (whose writer reloaded
+// already), on every (re)subscription (a reconnect after an outage
+// resyncs; the reload re-seeds a Redis that came back empty) and every
+// redisResyncInterval as a safety net. It also writes the snapshot file.
 // Server.Start runs it; it must run at most once at a time.
 func (s *redisStore) watch(ctx context.Context) {
 	// The snapshot file is written by a loop of its own: an fsync takes
@@ -534,6 +581,10 @@ func (s *redisStore) watch(ctx context.Context) {
 				subscribed = true
 				s.signal()
 			case *redis.Message:
+				if s.ownMessage(m.Payload) {
+					s.ownMessages.Add(1)
+					continue
+				}
 				s.signal()
 			}
 		case <-tick.C:
@@ -557,15 +608,17 @@ func (s *redisStore) persistLoop(ctx context.Context) {
 }
 
 // offlineMappings returns the last known mappings (from Redis, or from the
-// snapshot file until Redis was read) and when they were read; ok is false
-// if there are none. The caller owns the map.
-func (s *redisStore) offlineMappings() (m map[string]string, readAt time.Time, ok bool) {
+// snapshot file until Redis was read), sorted by prefix and decoded as
+// Mappings does, and when they were read; ok is false if there are none.
+// The caller owns the slice.
+func (s *redisStore) offlineMappings() (ms []Mapping, readAt time.Time, ok bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.last == nil {
+	last, readAt := s.last, s.lastAt
+	s.mu.Unlock()
+	if last == nil {
 		return nil, time.Time{}, false
 	}
-	return maps.Clone(s.last), s.lastAt, true
+	return decodeHash(last), readAt, true
 }
 
 // loadSnapshot makes the snapshot file's mappings the last known ones if
@@ -622,42 +675,6 @@ func (s *redisStore) persistSnapshot() {
 	s.mu.Unlock()
 }
 
-// writeFileAtomic replaces path with data so that a reader (or a crash)
-// sees either the old or the new file, never a part: write a temporary
-// file in the same directory, sync it, rename it over path.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	// Make the rename itself durable; not every filesystem can sync a
-	// directory, and the file is already complete either way.
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
-}
-
 // redisLogger sends go-redis's own messages (dial retries, pool events) to
 // slog at debug level. Left alone they would be unstructured lines on
 // stderr, even with LOG_FORMAT=json, repeated on every dial during an
@@ -669,15 +686,6 @@ func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	if l.logger.Enabled(ctx, slog.LevelDebug) {
 		l.logger.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
 	}
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // redisDescription names the Redis of opts for logs: address, db and TLS,

@@ -641,8 +641,11 @@ func TestRedisRestartDuringOutage(t *testing.T) {
 		t.Fatalf("no admin token line in the log:\n%s", log1.String())
 	}
 	token := m[1]
-	if err := store1.CreateMapping(ctx, "/llm", up.URL); err != nil {
+	if err := store1.CreateMapping(ctx, newMapping("/llm", up.URL)); err != nil {
 		t.Fatalf("CreateMapping: %v", err)
+	}
+	if err := s1.reloadRoutes(ctx); err != nil { // as the admin API does after a write
+		t.Fatalf("reloadRoutes: %v", err)
 	}
 	snapshot := filepath.Join(cfg.DataDir, snapshotFileName)
 	eventually(t, func() bool {
@@ -729,7 +732,7 @@ func TestRedisSnapshotFile(t *testing.T) {
 
 	same := newStore("127.0.0.1:1")
 	same.loadSnapshot()
-	if m, _, ok := same.offlineMappings(); !ok || !maps.Equal(m, map[string]string{"/a": "https://a.example"}) {
+	if m, _, ok := same.offlineMappings(); !ok || !maps.Equal(mappingsMap(m), map[string]string{"/a": "https://a.example"}) {
 		t.Errorf("offlineMappings after loading = %v, %v; want the snapshot", m, ok)
 	}
 	other := newStore("127.0.0.1:2")
@@ -749,7 +752,7 @@ func TestRedisSnapshotFile(t *testing.T) {
 	// An older read never replaces a newer one.
 	s.remember(10, map[string]string{"/new": "https://n.example"})
 	s.remember(9, map[string]string{"/old": "https://o.example"})
-	if m, _, _ := s.offlineMappings(); m["/new"] == "" {
+	if m, _, _ := s.offlineMappings(); mappingsMap(m)["/new"] == "" {
 		t.Errorf("last known = %v, want the newer read", m)
 	}
 }
@@ -848,7 +851,7 @@ func TestInitRedis(t *testing.T) {
 		t.Fatalf("initRedis: %v", err)
 	}
 	got, _ := s.client.HGetAll(ctx, prefix+redisMappingsKey).Result()
-	want := maps.Clone(defaultMappings)
+	want := mappingsMap(defaultMappings())
 	want["/groq"] = "https://my-groq.example"
 	want["/custom"] = "https://c.example"
 	if !maps.Equal(got, want) {
@@ -875,7 +878,7 @@ func TestInitRedis(t *testing.T) {
 	if err := initRedis(ctx, s, true, addr, &out); err != nil {
 		t.Fatalf("initRedis -force: %v", err)
 	}
-	if got := s.client.HGet(ctx, prefix+redisMappingsKey, "/groq").Val(); got != defaultMappings["/groq"] {
+	if got := s.client.HGet(ctx, prefix+redisMappingsKey, "/groq").Val(); got != mappingsMap(defaultMappings())["/groq"] {
 		t.Errorf("after -force /groq = %q, want the default", got)
 	}
 	if got := s.client.HGet(ctx, prefix+redisMappingsKey, "/custom").Val(); got != "https://c.example" {
@@ -913,7 +916,7 @@ func TestInitRedisCommand(t *testing.T) {
 	if !strings.Contains(out.String(), "12 added") {
 		t.Errorf("output:\n%s", out.String())
 	}
-	if got := rs.client().HGetAll(ctx, "apiproxy:mappings").Val(); !maps.Equal(got, defaultMappings) {
+	if got := rs.client().HGetAll(ctx, "apiproxy:mappings").Val(); !maps.Equal(got, mappingsMap(defaultMappings())) {
 		t.Errorf("apiproxy:mappings = %v, want the defaults", got)
 	}
 	// -redis-url wins over the environment.

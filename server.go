@@ -32,6 +32,12 @@ type Server struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup // background loops
 
+	// reloads counts the route reloads that succeeded (tests count them).
+	// reloadRetry is signalled when the reload after a local write failed,
+	// for watchMappings to retry it.
+	reloads     atomic.Int64
+	reloadRetry chan struct{}
+
 	// Admin API (admin.go). adminTokenHash is the SHA-256 of the admin
 	// token, nil until it could be read from the store.
 	adminTokenHash atomic.Pointer[[sha256.Size]byte]
@@ -44,10 +50,10 @@ type Server struct {
 
 // offlineStore is a Store that keeps a local copy of the mappings for when
 // it cannot be reached: the Redis store's snapshot file. offlineMappings
-// returns a map the caller owns, when it was read, and false if there is
-// no copy.
+// returns them sorted by prefix in a slice the caller owns, when they were
+// read, and false if there is no copy.
 type offlineStore interface {
-	offlineMappings() (m map[string]string, readAt time.Time, ok bool)
+	offlineMappings() (ms []Mapping, readAt time.Time, ok bool)
 }
 
 // watchingStore is a Store whose changes come from outside this process
@@ -64,6 +70,7 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 		transport = newTransport(cfg)
 	}
 	s := &Server{cfg: cfg, logger: logger, store: store, started: time.Now(), authFailures: newAuthLimiter()}
+	s.reloadRetry = make(chan struct{}, 1)
 	s.routes.Store(&routeTable{byPrefix: map[string]*route{}})
 	s.proxy = newProxy(cfg, logger, transport, &s.routes)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -230,6 +237,7 @@ func (s *Server) reloadRoutes(ctx context.Context) error {
 		s.logger.Warn("ignoring invalid stored mappings", "prefixes", skipped)
 	}
 	s.routes.Store(t)
+	s.reloads.Add(1)
 	return nil
 }
 
@@ -260,10 +268,11 @@ func (s *Server) Start() {
 const reloadRetryMax = 30 * time.Second
 
 // watchMappings swaps in a fresh route snapshot whenever the store reports
-// a change. A reload that fails is retried, after 1 s doubling up to
-// reloadRetryMax, until one succeeds: the signal that caused it (a Redis
-// reconnect, say) may not come again, and go-redis keeps failing fast for
-// a moment after Redis is back.
+// a change, or an admin write could not reload (reloadAfterWrite). A
+// reload that fails is retried, after 1 s doubling up to reloadRetryMax,
+// until one succeeds: the signal that caused it (a Redis reconnect, say)
+// may not come again, and go-redis keeps failing fast for a moment after
+// Redis is back.
 func (s *Server) watchMappings(ctx context.Context) {
 	changes := s.store.Changes()
 	retry := time.NewTimer(reloadRetryMax)
@@ -275,6 +284,7 @@ func (s *Server) watchMappings(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changes:
+		case <-s.reloadRetry:
 		case <-retry.C:
 		}
 		if err := s.reloadRoutes(ctx); err != nil {

@@ -128,7 +128,7 @@ func seedMapping(t testing.TB, cfg Config, prefix, target string) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	if err := store.CreateMapping(context.Background(), prefix, target); err != nil {
+	if err := store.CreateMapping(context.Background(), newMapping(prefix, target)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -7,7 +7,7 @@
 //	go run scripts/init_redis.go -force   also reset changed ones to the default
 //
 // It is a thin wrapper around `apiproxy init-redis`, so that the default
-// list (defaultMappings in store.go) and the Redis key names (redis.go)
+// list (defaultMappings in mapping.go) and the Redis key names (redis.go)
 // live in one place. Arguments and standard streams pass through, and its
 // exit status is the command's.
 package main

@@ -1,0 +1,341 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// boltFileName is the embedded store's file under DATA_DIR.
+const boltFileName = "apiproxy.db"
+
+// boltLockWait is how long an open waits for another process's lock on
+// the file before it gives up with errStoreLocked: long enough for a CLI
+// command that holds it for a moment, short enough that a second server
+// (which holds it for good) is reported at once.
+const boltLockWait = 2 * time.Second
+
+// Bucket and key names in the embedded store's bbolt file. The mappings
+// bucket holds prefix → Mapping.encodeValue.
+var (
+	boltMappings   = []byte("mappings")
+	boltMeta       = []byte("meta")
+	boltSeeded     = []byte("seeded")
+	boltAdminToken = []byte("admin_token")
+)
+
+// boltStore is the embedded single-node Store: one bbolt file under
+// DATA_DIR. bbolt serialises writers, which makes create-if-absent atomic,
+// and its file lock keeps every other process out while this one has the
+// file open for writing.
+type boltStore struct {
+	db *bolt.DB
+}
+
+// boltPath is the embedded store's file in dir.
+func boltPath(dir string) string { return filepath.Join(dir, boltFileName) }
+
+// openBoltStore opens (creating if needed) DATA_DIR/apiproxy.db and seeds
+// the default mappings the first time. A second process on the same file
+// fails after boltLockWait with errStoreLocked instead of hanging.
+func openBoltStore(dir string) (*boltStore, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	path := boltPath(dir)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: boltLockWait})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: %w", path, errStoreLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		m, err := tx.CreateBucketIfNotExists(boltMappings)
+		if err != nil {
+			return err
+		}
+		meta, err := tx.CreateBucketIfNotExists(boltMeta)
+		if err != nil {
+			return err
+		}
+		if meta.Get(boltSeeded) != nil {
+			return nil
+		}
+		for _, d := range defaultMappings() {
+			if err := m.Put([]byte(d.Prefix), []byte(d.encodeValue())); err != nil {
+				return err
+			}
+		}
+		return meta.Put(boltSeeded, []byte(time.Now().UTC().Format(time.RFC3339)))
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialise %s: %w", path, err)
+	}
+	return &boltStore{db: db}, nil
+}
+
+// openBoltStoreReadOnly opens an existing DATA_DIR/apiproxy.db for reading
+// only: it creates and seeds nothing, and returns errNoStore if there is
+// no file yet. Its writes fail. It takes bbolt's shared lock (flock
+// LOCK_SH), which readers share with each other but not with a process
+// that has the file open for writing: while a server runs on the file it
+// fails after boltLockWait with errStoreLocked, as openBoltStore does.
+func openBoltStoreReadOnly(dir string) (*boltStore, error) {
+	path := boltPath(dir)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("open %s: %w", path, errNoStore)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: boltLockWait, ReadOnly: true})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: %w", path, errStoreLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return &boltStore{db: db}, nil
+}
+
+func (s *boltStore) Mappings(ctx context.Context) ([]Mapping, error) {
+	var out []Mapping
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(boltMappings)
+		if b == nil { // a file that a read-only open found half initialised
+			return nil
+		}
+		// bbolt iterates in key order, which is prefix order.
+		return b.ForEach(func(k, v []byte) error {
+			m, _ := decodeMapping(string(k), string(v)) // on error m has no targets: see Store.Mappings
+			out = append(out, m)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, s.wrap("list mappings", err)
+	}
+	return out, nil
+}
+
+func (s *boltStore) CreateMapping(ctx context.Context, m Mapping) error {
+	return s.write("create mapping", func(b *bolt.Bucket) error {
+		if b.Get([]byte(m.Prefix)) != nil {
+			return errMappingExists
+		}
+		return b.Put([]byte(m.Prefix), []byte(m.encodeValue()))
+	})
+}
+
+func (s *boltStore) UpdateMapping(ctx context.Context, m Mapping) error {
+	return s.write("update mapping", func(b *bolt.Bucket) error {
+		if b.Get([]byte(m.Prefix)) == nil {
+			return errMappingNotFound
+		}
+		return b.Put([]byte(m.Prefix), []byte(m.encodeValue()))
+	})
+}
+
+func (s *boltStore) DeleteMapping(ctx context.Context, prefix string) error {
+	return s.write("delete mapping", func(b *bolt.Bucket) error {
+		if b.Get([]byte(prefix)) == nil {
+			return errMappingNotFound
+		}
+		return b.Delete([]byte(prefix))
+	})
+}
+
+// write runs fn on the mappings bucket in one transaction. It signals no
+// Changes: the caller reloads (see Store.Changes).
+func (s *boltStore) write(op string, fn func(*bolt.Bucket) error) error {
+	return s.wrap(op, s.db.Update(func(tx *bolt.Tx) error { return fn(tx.Bucket(boltMappings)) }))
+}
+
+func (s *boltStore) wrap(op string, err error) error {
+	switch {
+	case err == nil, errors.Is(err, errMappingExists), errors.Is(err, errMappingNotFound):
+		return err
+	case errors.Is(err, bolterrors.ErrDatabaseNotOpen):
+		return fmt.Errorf("%s: %w", op, errStoreClosed)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// Changes never delivers: bbolt's file lock keeps every other process out,
+// so every change is made through this store, whose caller reloads.
+func (s *boltStore) Changes() <-chan struct{} { return nil }
+
+func (s *boltStore) AdminToken(ctx context.Context, generate func() (string, error)) (string, error) {
+	var token string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(boltMeta)
+		if v := meta.Get(boltAdminToken); v != nil {
+			token = string(v)
+			return nil
+		}
+		t, err := generate()
+		if err != nil {
+			return err
+		}
+		token = t
+		return meta.Put(boltAdminToken, []byte(t))
+	})
+	return token, s.wrap("admin token", err)
+}
+
+func (s *boltStore) Ping(ctx context.Context) error {
+	return s.wrap("ping", s.db.View(func(*bolt.Tx) error { return nil }))
+}
+
+func (s *boltStore) Close() error { return s.db.Close() }
+
+// Stats in the embedded store (stats.go): bucket stats holds total and
+// last (field → 8-byte big-endian int64) and hours and days, whose nested
+// buckets are keyed by the 8-byte big-endian Unix hour or day and hold the
+// fields of that bucket. Buckets older than keepHours/keepDays are
+// dropped as newer ones are written.
+var (
+	boltStats      = []byte("stats")
+	boltStatsTotal = []byte("total")
+	boltStatsLast  = []byte("last")
+	boltStatsHours = []byte("hours")
+	boltStatsDays  = []byte("days")
+)
+
+// AddStats implements statsStore in one transaction: all or nothing.
+func (s *boltStore) AddStats(ctx context.Context, d *statsData) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		root, err := tx.CreateBucketIfNotExists(boltStats)
+		if err != nil {
+			return err
+		}
+		total, err := root.CreateBucketIfNotExists(boltStatsTotal)
+		if err != nil {
+			return err
+		}
+		if err := boltAddFields(total, d.Total); err != nil {
+			return err
+		}
+		last, err := root.CreateBucketIfNotExists(boltStatsLast)
+		if err != nil {
+			return err
+		}
+		for p, t := range d.Last {
+			if v := last.Get([]byte(p)); v == nil || boltInt(v) < t {
+				if err := last.Put([]byte(p), boltBytes(t)); err != nil {
+					return err
+				}
+			}
+		}
+		if err := boltAddBuckets(root, boltStatsHours, d.Hours, keepHours); err != nil {
+			return err
+		}
+		return boltAddBuckets(root, boltStatsDays, d.Days, keepDays)
+	})
+	return s.wrap("add stats", err)
+}
+
+// LoadStats implements statsStore.
+func (s *boltStore) LoadStats(ctx context.Context, now time.Time) (*statsData, error) {
+	d := newStatsData()
+	err := s.db.View(func(tx *bolt.Tx) error {
+		root := tx.Bucket(boltStats)
+		if root == nil {
+			return nil
+		}
+		boltReadFields(root.Bucket(boltStatsTotal), d.Total)
+		boltReadFields(root.Bucket(boltStatsLast), d.Last)
+		h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
+		if b := root.Bucket(boltStatsHours); b != nil {
+			for k := h - windowHours + 1; k <= h; k++ {
+				if sub := b.Bucket(boltBytes(k)); sub != nil {
+					boltReadFields(sub, bucket(d.Hours, k))
+				}
+			}
+		}
+		if b := root.Bucket(boltStatsDays); b != nil {
+			for k := day - windowDays + 1; k <= day; k++ {
+				if sub := b.Bucket(boltBytes(k)); sub != nil {
+					boltReadFields(sub, bucket(d.Days, k))
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.wrap("load stats", err)
+	}
+	return d, nil
+}
+
+// boltAddBuckets adds m's time buckets under root/name and drops the
+// buckets more than keep older than the newest.
+func boltAddBuckets(root *bolt.Bucket, name []byte, m map[int64]map[string]int64, keep int64) error {
+	b, err := root.CreateBucketIfNotExists(name)
+	if err != nil {
+		return err
+	}
+	for k, fields := range m {
+		sub, err := b.CreateBucketIfNotExists(boltBytes(k))
+		if err != nil {
+			return err
+		}
+		if err := boltAddFields(sub, fields); err != nil {
+			return err
+		}
+	}
+	newest, _ := b.Cursor().Last()
+	if newest == nil {
+		return nil
+	}
+	var old [][]byte
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil && boltInt(k) <= boltInt(newest)-keep; k, _ = c.Next() {
+		old = append(old, append([]byte(nil), k...))
+	}
+	for _, k := range old {
+		if err := b.DeleteBucket(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func boltAddFields(b *bolt.Bucket, fields map[string]int64) error {
+	for f, v := range fields {
+		if err := b.Put([]byte(f), boltBytes(boltInt(b.Get([]byte(f)))+v)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func boltReadFields(b *bolt.Bucket, dst map[string]int64) {
+	if b == nil {
+		return
+	}
+	b.ForEach(func(k, v []byte) error {
+		if v != nil {
+			dst[string(k)] += boltInt(v)
+		}
+		return nil
+	})
+}
+
+// boltBytes and boltInt convert an int64 to and from 8 big-endian bytes
+// (the order of non-negative keys is their numeric order); a value of
+// another length reads as 0.
+func boltBytes(n int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(n)) }
+
+func boltInt(b []byte) int64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(b))
+}

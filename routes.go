@@ -1,0 +1,125 @@
+package main
+
+import (
+	"net/url"
+	"sort"
+	"strings"
+)
+
+// route is one mapping, prepared for the request path. Immutable.
+type route struct {
+	prefix  string // Mapping.Prefix
+	target  string // the first target's URL, as stored
+	scheme  string // "http" or "https"
+	host    string // host[:port] of the target
+	path    string // the target's decoded base path without trailing "/"
+	rawPath string // the same, escaped
+}
+
+// routeTable is an immutable snapshot of the mappings, published through an
+// atomic.Pointer on Server and read without locks on every request.
+type routeTable struct {
+	byPrefix map[string]*route
+	sorted   []*route // by prefix, for listings
+	maxLen   int      // longest prefix, to skip impossible candidates
+}
+
+// newRouteTable prepares mappings, whose prefixes are unique, for routing.
+// Mappings that fail validate (which a store never holds, but a
+// hand-edited Redis hash or a value this version cannot read might) are
+// skipped, and their prefixes returned sorted in skipped.
+func newRouteTable(mappings []Mapping) (t *routeTable, skipped []string) {
+	t = &routeTable{byPrefix: make(map[string]*route, len(mappings))}
+	for _, m := range mappings {
+		if m.validate() != nil {
+			skipped = append(skipped, m.Prefix)
+			continue
+		}
+		target := m.firstURL()
+		u, _ := url.Parse(target)
+		r := &route{
+			prefix:  m.Prefix,
+			target:  target,
+			scheme:  u.Scheme,
+			host:    u.Host,
+			path:    strings.TrimSuffix(u.Path, "/"),
+			rawPath: strings.TrimSuffix(u.EscapedPath(), "/"),
+		}
+		t.byPrefix[m.Prefix] = r
+		t.sorted = append(t.sorted, r)
+		t.maxLen = max(t.maxLen, len(m.Prefix))
+	}
+	sort.Slice(t.sorted, func(i, j int) bool { return t.sorted[i].prefix < t.sorted[j].prefix })
+	sort.Strings(skipped)
+	return t, skipped
+}
+
+// match returns the route of the longest prefix that matches path on a
+// segment boundary ("/openai" matches "/openai" and "/openai/x", never
+// "/openaix"), and the rest of path after that prefix. path is the escaped
+// request path; prefixes hold no escapable bytes, so the rest keeps every
+// escape exactly as received.
+func (t *routeTable) match(path string) (*route, string) {
+	end := len(path)
+	if end > t.maxLen {
+		// The longest candidate that can match ends at a '/' at or before maxLen.
+		end = strings.LastIndexByte(path[:t.maxLen+1], '/')
+	}
+	for end > 0 {
+		if r, ok := t.byPrefix[path[:end]]; ok {
+			return r, path[end:]
+		}
+		end = strings.LastIndexByte(path[:end], '/')
+	}
+	return nil, ""
+}
+
+// hasDotSegment reports whether an escaped path holds a "." or ".." segment,
+// also when its dots are percent-encoded (%2e) or its separators are "%2F"
+// or backslashes, which some upstreams decode into "/", and when a ";"
+// parameter follows the dots ("..;x"), which Tomcat and Jetty strip before
+// resolving the segment.
+func hasDotSegment(p string) bool {
+	segStart := true
+	dots := 0 // dots seen since the segment began, -1 once something else was
+	for i := 0; i <= len(p); i++ {
+		var c byte
+		n := 1
+		if i < len(p) {
+			c = p[i]
+			if c == '%' && i+2 < len(p) {
+				switch {
+				case p[i+1] == '2' && (p[i+2] == 'e' || p[i+2] == 'E'):
+					c, n = '.', 3
+				case p[i+1] == '2' && (p[i+2] == 'f' || p[i+2] == 'F'):
+					c, n = '/', 3
+				case p[i+1] == '5' && (p[i+2] == 'c' || p[i+2] == 'C'):
+					c, n = '/', 3
+				}
+			}
+			if c == '\\' {
+				c = '/'
+			}
+		} else {
+			c = '/'
+		}
+		switch {
+		case c == '/':
+			if !segStart && (dots == 1 || dots == 2) {
+				return true
+			}
+			segStart, dots = false, 0
+		case c == '.' && dots >= 0:
+			dots++
+		case c == ';':
+			if !segStart && (dots == 1 || dots == 2) {
+				return true
+			}
+			dots = -1
+		default:
+			dots = -1
+		}
+		i += n - 1
+	}
+	return false
+}
