@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -275,7 +276,7 @@ func TestAdminValidation(t *testing.T) {
 		{"prefix space", "/x y", okTarget, "invalid_prefix", "may only hold"},
 		{"prefix percent", "/x%20y", okTarget, "invalid_prefix", "may only hold"},
 		{"prefix query", "/x?y", okTarget, "invalid_prefix", "may only hold"},
-		{"prefix non-ascii", "/ü", okTarget, "invalid_prefix", "may only hold"},
+		{"prefix non-ascii", "/ü", okTarget, "invalid_prefix", "may only hold the letters A-Z a-z, digits and . _ ~ - between single slashes (found 'ü')"},
 		{"prefix dot segment", "/x/../y", okTarget, "invalid_prefix", `"." or ".."`},
 		{"prefix single dot", "/.", okTarget, "invalid_prefix", `"." or ".."`},
 		{"prefix too long", "/" + strings.Repeat("a", 128), okTarget, "invalid_prefix", "at most 128 bytes"},
@@ -616,4 +617,119 @@ func TestAdminTokenFromEnv(t *testing.T) {
 	if err != nil || !generated {
 		t.Errorf("a token was stored although ADMIN_TOKEN is set: %q, %v", tok, err)
 	}
+}
+
+// TestAdminWriteReloadsOnce: an admin write reloads the routes once, in
+// the handler (so the next request routes by it), and the store asks for
+// no second reload (issue 13): the embedded store leaves Changes silent,
+// and a Redis store skips its own Pub/Sub message while another
+// instance's still reloads.
+func TestAdminWriteReloadsOnce(t *testing.T) {
+	writes := []struct{ method, path, body string }{
+		{"POST", "/api/mappings", `{"prefix":"/once","target":"https://a.example"}`},
+		{"PUT", "/api/mappings/once", `{"target":"https://b.example"}`},
+		{"DELETE", "/api/mappings/once", ""},
+	}
+	t.Run("bolt", func(t *testing.T) {
+		// No loop runs: a signal the store sent would still be pending.
+		s, _ := newAdminTestServer(t, nil)
+		for _, w := range writes {
+			before := s.reloads.Load()
+			if res, body := adminCall(t, s, w.method, w.path, w.body, bearer, "192.0.2.1:1"); res.StatusCode >= 300 {
+				t.Fatalf("%s %s: %d %s", w.method, w.path, res.StatusCode, body)
+			}
+			if got := s.reloads.Load() - before; got != 1 {
+				t.Errorf("%s %s: %d reloads in the handler, want 1", w.method, w.path, got)
+			}
+			select {
+			case <-s.store.Changes():
+				t.Errorf("%s %s: the store signalled Changes, which would reload a second time", w.method, w.path)
+			default:
+			}
+		}
+	})
+	t.Run("redis", func(t *testing.T) {
+		ctx := context.Background()
+		addr := testRedisAddr(t)
+		prefix := testKeyPrefix(t, addr)
+		store := openTestRedisStore(t, addr, prefix, "")
+		// Initialise the Redis first: seeding signals Changes, which would
+		// add a reload of its own.
+		if _, err := store.Mappings(ctx); err != nil {
+			t.Fatal(err)
+		}
+		drainSignals(store.Changes())
+		cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken})
+		s, _ := newRedisTestServer(t, cfg, store) // loops started: Pub/Sub is listened to
+		// newServer's reload, then the one of the first subscription.
+		eventually(t, func() bool { return s.reloads.Load() == 2 }, "the reload of the first subscription")
+		for i, w := range writes {
+			before := s.reloads.Load()
+			if res, body := adminCall(t, s, w.method, w.path, w.body, bearer, "192.0.2.1:1"); res.StatusCode >= 300 {
+				t.Fatalf("%s %s: %d %s", w.method, w.path, res.StatusCode, body)
+			}
+			if got := s.reloads.Load() - before; got != 1 {
+				t.Errorf("%s %s: %d reloads in the handler, want 1", w.method, w.path, got)
+			}
+			// The write's own message comes back and is skipped, not
+			// signalled.
+			eventually(t, func() bool { return store.ownMessages.Load() == int64(i+1) }, "the write's own message to come back")
+		}
+		// Another instance's write still reloads, and after the messages of
+		// the writes above (Pub/Sub keeps their order): exactly one more.
+		before := s.reloads.Load()
+		other := openTestRedisStore(t, addr, prefix, "")
+		if err := other.CreateMapping(ctx, newMapping("/other", "https://other.example")); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, func() bool { return routeTarget(s, "/other") != "" }, "the other instance's write to route")
+		if got := s.reloads.Load() - before; got != 1 {
+			t.Errorf("%d reloads for another instance's write, want 1", got)
+		}
+		if got := s.reloads.Load(); got != 2+int64(len(writes))+1 {
+			t.Errorf("%d reloads in all, want %d: one at start, one for the subscription, one per write", got, 2+len(writes)+1)
+		}
+	})
+}
+
+// flakyStore is a bolt store whose next Mappings fails when failNext is
+// set, as a Redis that went away between a write and its reload would.
+type flakyStore struct {
+	*boltStore
+	failNext atomic.Bool
+}
+
+func (f *flakyStore) Mappings(ctx context.Context) ([]Mapping, error) {
+	if f.failNext.CompareAndSwap(true, false) {
+		return nil, fmt.Errorf("list mappings: %w", errStoreUnavailable)
+	}
+	return f.boltStore.Mappings(ctx)
+}
+
+// TestAdminWriteReloadRetried: when the reload after a write fails, the
+// write stands (200) and watchMappings reloads soon after, since no store
+// signal is coming for it.
+func TestAdminWriteReloadRetried(t *testing.T) {
+	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken})
+	bs, err := openBoltStore(cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &flakyStore{boltStore: bs}
+	s, err := newServer(cfg, testLogger(), store, nil)
+	if err != nil {
+		bs.Close()
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(func() { s.Close() })
+	store.failNext.Store(true)
+	res, body := adminCall(t, s, "POST", "/api/mappings", `{"prefix":"/late","target":"https://late.example"}`, bearer, "192.0.2.1:1")
+	if res.StatusCode != http.StatusCreated {
+		t.Fatalf("create: %d %s", res.StatusCode, body)
+	}
+	if store.failNext.Load() {
+		t.Fatal("the handler did not reload")
+	}
+	eventually(t, func() bool { return routeTarget(s, "/late") == "https://late.example" }, "the failed reload to be retried")
 }
