@@ -109,8 +109,8 @@ func openMapStore(ctx context.Context, cfg Config, args []string, stderr io.Writ
 		s, err := openBoltStoreReadOnly(cfg.DataDir)
 		switch {
 		case errors.Is(err, errNoStore):
-			return nil, fmt.Errorf("map list: no store at %s (DATA_DIR is %s): start the server once, which creates it with the default mappings, or create it with `apiproxy map set PREFIX TARGET`; if the store is elsewhere, pass -data-dir DIR or set DATA_DIR",
-				path, cfg.DataDir)
+			return nil, fmt.Errorf("map list: %w: looked for %s (DATA_DIR is %s); start the server once, which creates it with the default mappings, or create it with `apiproxy map set PREFIX TARGET`; if the store is elsewhere, pass -data-dir DIR or set DATA_DIR",
+				errNoStore, path, cfg.DataDir)
 		case errors.Is(err, errStoreLocked):
 			return nil, storeInUseError(cfg, args, path)
 		case err != nil:

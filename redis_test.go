@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -754,6 +755,86 @@ func TestRedisSnapshotFile(t *testing.T) {
 	s.remember(9, map[string]string{"/old": "https://o.example"})
 	if m, _, _ := s.offlineMappings(); mappingsMap(m)["/new"] == "" {
 		t.Errorf("last known = %v, want the newer read", m)
+	}
+}
+
+// TestRedisSnapshotFileOldFormat: a snapshot file as earlier versions
+// wrote it (prefix → target URL) still loads.
+func TestRedisSnapshotFileOldFormat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), snapshotFileName)
+	const old = `{
+  "source": "127.0.0.1:1/0 apiproxy:",
+  "saved_at": "2026-01-02T03:04:05Z",
+  "mappings": {
+    "/openai": "https://api.openai.com",
+    "/local": "http://127.0.0.1:11434"
+  },
+  "admin_token": "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+}
+`
+	if err := os.WriteFile(path, []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled here
+	t.Cleanup(func() { c.Close() })
+	s := newRedisStore(c, redisKeyPrefix, path, testLogger())
+	s.loadSnapshot()
+	ms, readAt, ok := s.offlineMappings()
+	want := []Mapping{newMapping("/local", "http://127.0.0.1:11434"), newMapping("/openai", "https://api.openai.com")}
+	if !ok || !reflect.DeepEqual(ms, want) || !readAt.Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)) {
+		t.Errorf("offlineMappings() = %v, %v, %v; want %v from the file", ms, readAt, ok, want)
+	}
+	if s.token != "ABCDEFGHIJKLMNOPQRSTUVWXYZ" {
+		t.Errorf("token from the file = %q", s.token)
+	}
+}
+
+// TestRedisObjectValue: a value in the object form of SPEC §9 (written by
+// hand, or by a newer version) is not routed, is listed by the admin API
+// with its prefix, can be deleted there, and is kept as it is in the
+// snapshot file; the plain values beside it work as before.
+func TestRedisObjectValue(t *testing.T) {
+	ctx := context.Background()
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	snapshot := filepath.Join(t.TempDir(), snapshotFileName)
+	store := openTestRedisStore(t, addr, prefix, snapshot)
+	if _, err := store.Mappings(ctx); err != nil { // seed the defaults
+		t.Fatal(err)
+	}
+	const object = `{"prefix":"/obj","targets":[{"url":"https://a.example"},{"url":"https://b.example"}]}`
+	if err := store.client.HSet(ctx, prefix+redisMappingsKey, "/obj", object, "/plain", "https://plain.example").Err(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken})
+	s, err := newServer(cfg, testLogger(), store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if routeTarget(s, "/obj") != "" || routeTarget(s, "/plain") != "https://plain.example" {
+		t.Errorf("routes: /obj -> %q, /plain -> %q; want /obj skipped and /plain routed", routeTarget(s, "/obj"), routeTarget(s, "/plain"))
+	}
+	res, body := adminCall(t, s, "GET", "/api/mappings", "", bearer, "192.0.2.1:1")
+	var list struct {
+		Mappings map[string]string `json:"mappings"`
+		Count    int               `json:"count"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("GET /api/mappings: %d %s", res.StatusCode, body)
+	}
+	if target, ok := list.Mappings["/obj"]; !ok || target != "" || list.Count != len(defaultMappings())+2 {
+		t.Errorf("listing = %s, want /obj with no target among %d mappings", body, len(defaultMappings())+2)
+	}
+	store.persistSnapshot()
+	if got := readSnapshot(snapshot).Mappings["/obj"]; got != object {
+		t.Errorf("snapshot holds /obj = %q, want the stored value as it is", got)
+	}
+	if res, body := adminCall(t, s, "DELETE", "/api/mappings/obj", "", bearer, "192.0.2.1:1"); res.StatusCode != http.StatusOK {
+		t.Errorf("DELETE /api/mappings/obj: %d %s", res.StatusCode, body)
+	}
+	if store.client.HExists(ctx, prefix+redisMappingsKey, "/obj").Val() {
+		t.Errorf("/obj is still in the hash after DELETE")
 	}
 }
 
