@@ -142,18 +142,18 @@ func storeInUseError(cfg Config, args []string, path string) error {
 	base := "http://" + localAddr(cfg.ListenAddr)
 	const auth = `-H "Authorization: Bearer $ADMIN_TOKEN"`
 	var call string
-	path1 := ""
+	urlPath := ""
 	if len(args) > 1 {
-		path1 = "/" + strings.TrimPrefix(args[1], "/")
+		urlPath = "/" + strings.TrimPrefix(args[1], "/")
 	}
 	switch args[0] {
 	case "list":
 		call = fmt.Sprintf("curl %s %s/api/mappings", auth, base)
 	case "set":
 		call = fmt.Sprintf("curl %s -d '{\"prefix\":%q,\"target\":%q}' %s/api/mappings\n  (an existing prefix: curl -X PUT %s -d '{\"target\":%q}' %s/api/mappings%s)",
-			auth, args[1], args[2], base, auth, args[2], base, path1)
+			auth, args[1], args[2], base, auth, args[2], base, urlPath)
 	case "rm":
-		call = fmt.Sprintf("curl -X DELETE %s %s/api/mappings%s", auth, base, path1)
+		call = fmt.Sprintf("curl -X DELETE %s %s/api/mappings%s", auth, base, urlPath)
 	}
 	return fmt.Errorf("map %s: %w (%s): while a server runs on it, no other process can read or write it; use the server's admin API instead:\n  %s",
 		args[0], errStoreLocked, path, call)
