@@ -18,8 +18,8 @@ const boltFileName = "apiproxy.db"
 
 // boltLockWait is how long an open waits for another process's lock on
 // the file before it gives up with errStoreLocked: long enough for a CLI
-// command that holds it for a moment, short enough that a second server
-// (which holds it for good) is reported at once.
+// command that holds it for a moment, short enough that a file held for
+// good (a running server) is reported instead of waited on.
 const boltLockWait = 2 * time.Second
 
 // Bucket and key names in the embedded store's bbolt file. The mappings
