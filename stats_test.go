@@ -910,12 +910,20 @@ func TestStatsRedisFleet(t *testing.T) {
 	addr := testRedisAddr(t)
 	prefix := testKeyPrefix(t, addr)
 	up := newUpstream(t, nil)
+	var servers []*Server
 	var fronts []*httptest.Server
 	for range 2 {
 		cfg := testConfig(t, nil)
 		s, front := newRedisTestServer(t, cfg, openTestRedisStore(t, addr, prefix, ""))
 		setMappings(t, s, map[string]string{"/p": up.URL})
+		servers = append(servers, s)
 		fronts = append(fronts, front)
+	}
+	// setMappings on the second instance deletes /p and creates it again;
+	// the first may reload in between and route /p only after the
+	// creation's change reaches it.
+	for i, s := range servers {
+		eventually(t, func() bool { return routeTarget(s, "/p") == up.URL }, fmt.Sprintf("instance %d to route /p", i))
 	}
 	for i, n := range []int{3, 2} {
 		for range n {
