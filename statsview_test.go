@@ -69,9 +69,9 @@ func goldenStats(t testing.TB) (*Stats, time.Time) {
 			}
 		}
 	}
-	usage := func(prefix, model string, status int, d time.Duration, tok [5]int64) *requestRecord {
+	usage := func(prefix, model string, status int, d time.Duration, tok tokenCounts) *requestRecord {
 		r := rec(prefix, now0, status, d)
-		r.Usage = tokenUsage{Known: true, Prompt: tok[0], Completion: tok[1], Total: tok[2], CacheRead: tok[3], CacheWrite: tok[4]}
+		r.Usage = tokenUsage{Known: true, Tokens: tok}
 		if model != "" {
 			r.Usage.Model = []byte(model)
 		}
@@ -87,16 +87,16 @@ func goldenStats(t testing.TB) (*Stats, time.Time) {
 	at(10*day, true, rec("/a", now0, 200, 12*ms), rec("/a", now0, 500, 30*ms), rec("/gone", now0, 404, 5*ms))
 	at(3*day, true, rec("/a", now0, 201, 9*ms), rec("/b", now0, 101, 2*ms), rec("/b", now0, 304, 4*ms))
 	at(5*time.Hour, true, closed, odd, rec("/b", now0, 200, 250*ms),
-		usage("/b", "", 200, 40*ms, [5]int64{7, 3, 10}))
+		usage("/b", "", 200, 40*ms, tokenCounts{tokPrompt: 7, tokCompletion: 3, tokTotal: 10}))
 	var many []*requestRecord
 	for i := range maxModels + 2 {
 		many = append(many, usage("/b", fmt.Sprintf("m-%02d", i), 200, time.Duration(i+1)*ms,
-			[5]int64{int64(i), 1, int64(i) + 2}))
+			tokenCounts{tokPrompt: int64(i), tokCompletion: 1, tokTotal: int64(i) + 2}))
 	}
 	at(2*time.Hour, true, many...)
 	at(30*time.Minute, true,
-		usage("/a", "gpt-4o", 200, 800*ms, [5]int64{1117, 46, 1163, 1024}),
-		usage("/a", "claude-x", 200, 1500*ms, [5]int64{40, 15, 55, 5, 10}),
+		usage("/a", "gpt-4o", 200, 800*ms, tokenCounts{tokPrompt: 1117, tokCompletion: 46, tokTotal: 1163, tokCacheRead: 1024}),
+		usage("/a", "claude-x", 200, 1500*ms, tokenCounts{tokPrompt: 40, tokCompletion: 15, tokTotal: 55, tokCacheRead: 5, tokCacheWrite: 10}),
 		unreachable)
 	// Another instance saw other models of /b: past maxModels in all, the
 	// view folds the least used into "other".
@@ -109,7 +109,7 @@ func goldenStats(t testing.TB) (*Stats, time.Time) {
 		t.Fatal(err)
 	}
 	// Pending: counted here, not yet written to the store.
-	at(0, false, usage("/a", "gpt-4o", 200, 600*ms, [5]int64{9, 12, 21}),
+	at(0, false, usage("/a", "gpt-4o", 200, 600*ms, tokenCounts{tokPrompt: 9, tokCompletion: 12, tokTotal: 21}),
 		rec("/a", now0, 429, 3*ms), rec("/gone", now0, 200, time.Second))
 	st.perf.Store(&perfFigures{RequestsPerSec: 1.25, AvgResponseTimeMS: 12.5, ErrorRate: 3.33,
 		MemoryUsageMB: 10.5, GoroutineCount: 7})
