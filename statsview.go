@@ -391,6 +391,9 @@ func (e *endpointView) finish() {
 	}
 	e.LatencyMS.P50, e.LatencyMS.P95, e.LatencyMS.P99 = percentilesMS(&e.latency)
 	e.TTFBMS.P50, e.TTFBMS.P95, e.TTFBMS.P99 = percentilesMS(&e.ttfb)
+	if len(e.Models) <= maxModels {
+		return
+	}
 	names := make([]string, 0, len(e.Models))
 	for name := range e.Models {
 		if name != "other" {
