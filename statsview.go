@@ -124,6 +124,8 @@ func tokenCountsOf(m map[string]int64) tokenCounts {
 	return c
 }
 
+// endpointView is the figures of one prefix. Counts are all-time but for
+// the last_* windows; latency and TTFB cover the last 24 hours.
 type endpointView struct {
 	Target       string                `json:"target"`
 	Count        int64                 `json:"count"`
@@ -146,6 +148,7 @@ type endpointView struct {
 	latency, ttfb [histBuckets]int64
 }
 
+// statusView counts requests by status class, all-time.
 type statusView struct {
 	S1xx int64 `json:"1xx"`
 	S2xx int64 `json:"2xx"`
@@ -154,6 +157,7 @@ type statusView struct {
 	S5xx int64 `json:"5xx"`
 }
 
+// latencyView is the durations of requests, in milliseconds.
 type latencyView struct {
 	Avg float64 `json:"avg"`
 	P50 float64 `json:"p50"`
@@ -161,12 +165,15 @@ type latencyView struct {
 	P99 float64 `json:"p99"`
 }
 
+// ttfbView is the times to first byte, in milliseconds.
 type ttfbView struct {
 	P50 float64 `json:"p50"`
 	P95 float64 `json:"p95"`
 	P99 float64 `json:"p99"`
 }
 
+// seriesView counts requests and errors per hour (the last windowHours)
+// and per UTC day (the last windowDays), oldest first.
 type seriesView struct {
 	Hourly []seriesPoint `json:"hourly"`
 	Daily  []seriesPoint `json:"daily"`
