@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
@@ -72,7 +73,7 @@ func newStatsCollector(st *Stats) *statsCollector {
 			"Time from receiving a proxied request to the first byte of the response body.",
 			[]string{"prefix"}, nil),
 		tokens: prometheus.NewDesc("apiproxy_tokens_total",
-			"Tokens reported by upstream responses, by prefix, model and kind (prompt, completion, total, cache_read, cache_write).",
+			"Tokens reported by upstream responses, by prefix, model and kind ("+strings.Join(tokenKinds[:], ", ")+").",
 			[]string{"prefix", "model", "kind"}, nil),
 		bytesDesc: prometheus.NewDesc("apiproxy_bytes_total",
 			"Body bytes proxied, by prefix and direction (in: from clients, out: to clients).",

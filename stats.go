@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,19 +8,14 @@ import (
 	"maps"
 	"math"
 	"math/bits"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
-	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/gin-gonic/gin"
 )
 
 // Stats figures (SPEC §4) are kept in three layers:
@@ -38,9 +31,10 @@ import (
 //     every instance wrote: bbolt, or Redis hashes (HINCRBY) shared by the
 //     fleet. A failed flush keeps the delta for the next try.
 //
-// /stats shows what the store holds (read at most once per statsCacheTTL)
-// plus this instance's deltas not yet written. Memory stays constant: 2
-// hour slots per prefix, 24 hourly and 30 daily buckets in the view.
+// The stored form, statsData, is in store.go. /stats (statsview.go) shows
+// what the store holds (read at most once per statsCacheTTL) plus this
+// instance's deltas not yet written. Memory stays constant: 2 hour slots
+// per prefix, 24 hourly and 30 daily buckets in the view.
 
 const (
 	// histBuckets is the size of a latency histogram: 4 buckets per
@@ -80,161 +74,52 @@ const (
 	statsSpillFile = "stats-unflushed.json"
 )
 
-// statsStore is implemented by stores that keep stats: boltStore and
-// redisStore. Implementations are safe for concurrent use.
-type statsStore interface {
-	// AddStats adds d to the stored figures, atomically: all or nothing.
-	// Counters add; Last keeps the larger value.
-	AddStats(ctx context.Context, d *statsData) error
-	// LoadStats returns the stored all-time figures, the hourly buckets of
-	// the windowHours hours up to now's and the daily buckets of the
-	// windowDays days up to now's (UTC). The caller owns the result.
-	LoadStats(ctx context.Context, now time.Time) (*statsData, error)
-}
+// tokenKind indexes a count of tokens by kind (tokenCounts,
+// tokenCounters); tokenKinds names each kind.
+type tokenKind int
 
-// statsData is a set of stats counters, stored or to be added. Fields are
-// named "<prefix>|<name>" (prefixes never hold '|'); see the field*
-// constants. Hours and Days are keyed by Unix hour and Unix day (UTC).
-type statsData struct {
-	Total map[string]int64           `json:"total"`
-	Hours map[int64]map[string]int64 `json:"hours"`
-	Days  map[int64]map[string]int64 `json:"days"`
-	Last  map[string]int64           `json:"last"` // prefix → Unix time of the last request; the larger wins
-}
-
-// Field names after "<prefix>|".
 const (
-	fieldCount        = "count"  // Total, Hours, Days
-	fieldErrors       = "errors" // Total, Hours, Days
-	fieldLatencySum   = "lat_us" // Hours: sum of durations in µs
-	fieldLatency      = "lat|"   // Hours: "lat|<bucket>" histogram of durations
-	fieldTTFB         = "ttfb|"  // Hours: "ttfb|<bucket>" histogram of times to first byte
-	fieldClientClosed = "client_closed"
-	fieldBytesIn      = "bytes_in"
-	fieldBytesOut     = "bytes_out"
-	fieldUnknown      = "tok_unknown" // 2xx responses that carried no usage
-	fieldModel        = "m|"          // "m|<model>|<kind>" with kind count or a token kind
+	tokPrompt tokenKind = iota
+	tokCompletion
+	tokTotal
+	tokCacheRead
+	tokCacheWrite
+	numTokenKinds
 )
 
-// Token kinds, in tokenCounters order: the Total fields "tok_<kind>", the
-// model fields "m|<model>|<kind>" and the kind label of
-// apiproxy_tokens_total.
+// tokenKinds names the token kinds, in tokenKind order. It is the one
+// spelling of the kinds: the JSON fields of token figures in /stats (in
+// this order), the stored fields "tok_<kind>" and "m|<model>|<kind>", and
+// the kind label of apiproxy_tokens_total. Stored data, dashboards and
+// alerts depend on these names: add kinds, never rename one.
 var tokenKinds = [...]string{"prompt", "completion", "total", "cache_read", "cache_write"}
+
+// A name for each kind, and a kind for each name: a mismatch fails to
+// compile.
+var _ [numTokenKinds]string = tokenKinds
+
+// tokenKindOf returns the kind named name; false if there is none.
+func tokenKindOf(name string) (tokenKind, bool) {
+	for k, n := range tokenKinds {
+		if n == name {
+			return tokenKind(k), true
+		}
+	}
+	return 0, false
+}
+
+// tokenCounts is a count of tokens per kind, indexed by tokenKind.
+type tokenCounts [numTokenKinds]int64
+
+// add adds o to c.
+func (c *tokenCounts) add(o *tokenCounts) {
+	for k := range c {
+		c[k] += o[k]
+	}
+}
 
 // Status classes, the Total fields "s1xx".."s5xx".
 var statusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
-
-func newStatsData() *statsData {
-	return &statsData{
-		Total: map[string]int64{},
-		Hours: map[int64]map[string]int64{},
-		Days:  map[int64]map[string]int64{},
-		Last:  map[string]int64{},
-	}
-}
-
-func (d *statsData) empty() bool {
-	return len(d.Total) == 0 && len(d.Hours) == 0 && len(d.Days) == 0 && len(d.Last) == 0
-}
-
-// bucket returns m[k], created if missing.
-func bucket(m map[int64]map[string]int64, k int64) map[string]int64 {
-	b := m[k]
-	if b == nil {
-		b = map[string]int64{}
-		m[k] = b
-	}
-	return b
-}
-
-// add adds o to d. o is not modified nor retained.
-func (d *statsData) add(o *statsData) {
-	if o == nil {
-		return
-	}
-	addFields(d.Total, o.Total)
-	for h, f := range o.Hours {
-		addFields(bucket(d.Hours, h), f)
-	}
-	for day, f := range o.Days {
-		addFields(bucket(d.Days, day), f)
-	}
-	for p, t := range o.Last {
-		d.Last[p] = max(d.Last[p], t)
-	}
-}
-
-func addFields(dst, src map[string]int64) {
-	for k, v := range src {
-		if v != 0 {
-			dst[k] += v
-		}
-	}
-}
-
-// prune drops hourly and daily buckets that stores no longer keep, so a
-// long store outage cannot grow pending without bound.
-func (d *statsData) prune(now time.Time) {
-	h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
-	for k := range d.Hours {
-		if k <= h-keepHours {
-			delete(d.Hours, k)
-		}
-	}
-	for k := range d.Days {
-		if k <= day-keepDays {
-			delete(d.Days, k)
-		}
-	}
-}
-
-// window returns a copy of d with only the buckets LoadStats returns for
-// now.
-func (d *statsData) window(now time.Time) *statsData {
-	out := newStatsData()
-	addFields(out.Total, d.Total)
-	for p, t := range d.Last {
-		out.Last[p] = t
-	}
-	h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
-	for k := h - windowHours + 1; k <= h; k++ {
-		if f := d.Hours[k]; len(f) > 0 {
-			addFields(bucket(out.Hours, k), f)
-		}
-	}
-	for k := day - windowDays + 1; k <= day; k++ {
-		if f := d.Days[k]; len(f) > 0 {
-			addFields(bucket(out.Days, k), f)
-		}
-	}
-	return out
-}
-
-// memStatsStore keeps stats in memory, for stores that keep none. Safe for
-// concurrent use.
-type memStatsStore struct {
-	mu sync.Mutex
-	d  *statsData
-}
-
-func (m *memStatsStore) AddStats(ctx context.Context, d *statsData) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.d == nil {
-		m.d = newStatsData()
-	}
-	m.d.add(d)
-	return nil
-}
-
-func (m *memStatsStore) LoadStats(ctx context.Context, now time.Time) (*statsData, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.d == nil {
-		return newStatsData(), nil
-	}
-	return m.d.window(now), nil
-}
 
 // histIndex returns the histogram bucket of a duration of us microseconds:
 // exact below 4 µs, then 4 buckets per power of two, the last one open.
@@ -291,27 +176,30 @@ type hourSlot struct {
 	_               [64]byte // keep the two slots' hot counters on separate cache lines
 }
 
-// tokenCounters counts tokens by kind, in tokenKinds order, but for the
+// tokenCounters counts tokens by kind, indexed by tokenKind, but for the
 // total: it is almost always prompt + completion, so only what a response
 // reported beyond that is counted, and one atomic add is saved per
 // request. Read it with load.
-type tokenCounters [len(tokenKinds)]atomic.Int64
+type tokenCounters [numTokenKinds]atomic.Int64
 
-func (t *tokenCounters) add(u *tokenUsage) {
-	for i, v := range [len(tokenKinds)]int64{u.Prompt, u.Completion, u.Total - u.Prompt - u.Completion, u.CacheRead, u.CacheWrite} {
-		if v != 0 {
-			t[i].Add(v)
+// add counts the tokens of one response.
+func (t *tokenCounters) add(c *tokenCounts) {
+	v := *c
+	v[tokTotal] -= v[tokPrompt] + v[tokCompletion]
+	for k, n := range v {
+		if n != 0 {
+			t[k].Add(n)
 		}
 	}
 }
 
 // load returns the counts by kind, the total included.
-func (t *tokenCounters) load() [len(tokenKinds)]int64 {
-	var v [len(tokenKinds)]int64
-	for i := range t {
-		v[i] = t[i].Load()
+func (t *tokenCounters) load() tokenCounts {
+	var v tokenCounts
+	for k := range t {
+		v[k] = t[k].Load()
 	}
-	v[2] += v[0] + v[1]
+	v[tokTotal] += v[tokPrompt] + v[tokCompletion]
 	return v
 }
 
@@ -321,8 +209,8 @@ type modelStats struct {
 	count  atomic.Int64
 	tokens tokenCounters
 
-	fields  [1 + len(tokenKinds)]string // Total field names: count, then token kinds
-	drained [1 + len(tokenKinds)]int64  // values already drained; Stats.mu
+	fields  [1 + numTokenKinds]string // Total field names: count, then token kinds
+	drained [1 + numTokenKinds]int64  // values already drained; Stats.mu
 }
 
 // prefixStats holds the counters of one prefix. record writes them
@@ -347,7 +235,7 @@ type prefixStats struct {
 	drained struct {
 		codes             [statusSlots]int64
 		bytesIn, bytesOut int64
-		noModel           [len(tokenKinds)]int64
+		noModel           tokenCounts
 		unknown           int64
 	}
 	// Process-lifetime histograms for /metrics.
@@ -359,7 +247,7 @@ type prefixStats struct {
 type prefixFields struct {
 	count, errors, latSum, clientClosed, bytesIn, bytesOut, unknown string
 	classes                                                         [len(statusClasses)]string
-	tokens                                                          [len(tokenKinds)]string
+	tokens                                                          [numTokenKinds]string
 	latency, ttfb                                                   [histBuckets]string
 }
 
@@ -375,7 +263,7 @@ func newPrefixStats(prefix string) *prefixStats {
 		f.classes[i] = p + "s" + c
 	}
 	for i, k := range tokenKinds {
-		f.tokens[i] = p + "tok_" + k
+		f.tokens[i] = p + fieldTokens + k
 	}
 	for i := range histBuckets {
 		f.latency[i] = p + fieldLatency + strconv.Itoa(i)
@@ -498,7 +386,7 @@ type Stats struct {
 // statsConfig is what newStats needs. Zero now means time.Now.
 type statsConfig struct {
 	enabled bool
-	store   Store
+	store   statsStore // the server's Store
 	logger  *slog.Logger
 	now     func() time.Time
 	active  func() int64
@@ -506,15 +394,15 @@ type statsConfig struct {
 	dataDir string // for the spill file; "" keeps none
 }
 
-// newStats builds the Stats of a server. If the store keeps no stats they
-// are kept in memory. Deltas a previous process could not flush (the spill
-// file) are taken into pending.
+// newStats builds the Stats of a server. Deltas a previous process could
+// not flush (the spill file) are taken into pending.
 func newStats(c statsConfig) *Stats {
 	if c.now == nil {
 		c.now = time.Now
 	}
 	st := &Stats{
 		enabled: c.enabled,
+		store:   c.store,
 		logger:  c.logger,
 		now:     c.now,
 		active:  c.active,
@@ -528,11 +416,6 @@ func newStats(c statsConfig) *Stats {
 	st.started = st.now()
 	st.lastTick = st.started
 	st.prefixes.Store(&map[string]*prefixStats{})
-	if ss, ok := c.store.(statsStore); ok {
-		st.store = ss
-	} else {
-		st.store = &memStatsStore{}
-	}
 	st.updatePerf(st.started, perfSample{})
 	if c.enabled && c.dataDir != "" {
 		st.spill = filepath.Join(c.dataDir, statsSpillFile)
@@ -589,10 +472,10 @@ func (st *Stats) record(rec *requestRecord) {
 		m := ps.model(u.Model)
 		m.count.Add(1)
 		if u.Known {
-			m.tokens.add(u)
+			m.tokens.add(&u.Tokens)
 		}
 	} else if u.Known {
-		ps.noModel.add(u)
+		ps.noModel.add(&u.Tokens)
 	}
 }
 
@@ -626,9 +509,21 @@ func (st *Stats) drainLocked(now time.Time) {
 	}
 }
 
+// drainPrefix moves what the counters of ps gained into pending; a
+// prefix that served requests gets nowUnix as its last request.
 func (st *Stats) drainPrefix(ps *prefixStats, hour, nowUnix int64) {
+	if st.drainSlots(ps, hour) > 0 {
+		d := st.pending
+		d.Last[ps.prefix] = max(d.Last[ps.prefix], nowUnix)
+	}
+	st.drainCumulative(ps)
+}
+
+// drainSlots empties the hour slots of ps into pending's buckets and
+// totals, the process-lifetime histograms and the performance sample, and
+// returns the number of requests they held.
+func (st *Stats) drainSlots(ps *prefixStats, hour int64) (requests int64) {
 	d, f := st.pending, &ps.f
-	var requests int64
 	var lat, ttfb [histBuckets]int64
 	// The slot of the current hour, then the one of the hour before; a
 	// slot is drained every second, so it holds nothing older.
@@ -665,11 +560,13 @@ func (st *Stats) drainPrefix(ps *prefixStats, hour, nowUnix int64) {
 		st.perfAcc.errors += errs
 		st.perfAcc.latSum += latSum
 	}
-	if requests > 0 {
-		d.Last[ps.prefix] = max(d.Last[ps.prefix], nowUnix)
-	}
+	return requests
+}
 
-	dr := &ps.drained
+// drainCumulative adds to pending's totals what the cumulative counters of
+// ps (status codes, bytes, tokens, models) gained since the last drain.
+func (st *Stats) drainCumulative(ps *prefixStats) {
+	d, f, dr := st.pending, &ps.f, &ps.drained
 	for code := range statusSlots {
 		v := ps.codes[code].Load()
 		delta := v - dr.codes[code]
@@ -687,21 +584,23 @@ func (st *Stats) drainPrefix(ps *prefixStats, hour, nowUnix int64) {
 	dr.bytesIn = drainCounter(d.Total, f.bytesIn, &ps.bytesIn, dr.bytesIn)
 	dr.bytesOut = drainCounter(d.Total, f.bytesOut, &ps.bytesOut, dr.bytesOut)
 	dr.unknown = drainCounter(d.Total, f.unknown, &ps.unknown, dr.unknown)
-	var tokens [len(tokenKinds)]int64
-	for i, v := range ps.noModel.load() {
-		tokens[i] += v - dr.noModel[i]
-		dr.noModel[i] = v
+	// The prefix's tokens are those of responses without a model plus
+	// those of every model.
+	var tokens tokenCounts
+	for k, v := range ps.noModel.load() {
+		tokens[k] += v - dr.noModel[k]
+		dr.noModel[k] = v
 	}
 	for _, m := range *ps.modelList.Load() {
 		m.drained[0] = drainCounter(d.Total, m.fields[0], &m.count, m.drained[0])
-		for i, v := range m.tokens.load() {
-			tokens[i] += v - m.drained[1+i]
-			addNonZero(d.Total, m.fields[1+i], v-m.drained[1+i])
-			m.drained[1+i] = v
+		for k, v := range m.tokens.load() {
+			tokens[k] += v - m.drained[1+k]
+			addNonZero(d.Total, m.fields[1+k], v-m.drained[1+k])
+			m.drained[1+k] = v
 		}
 	}
-	for i := range tokenKinds {
-		addNonZero(d.Total, f.tokens[i], tokens[i])
+	for k := range tokenKinds {
+		addNonZero(d.Total, f.tokens[k], tokens[k])
 	}
 }
 
@@ -912,448 +811,18 @@ func (st *Stats) updatePerf(now time.Time, s perfSample) {
 	st.perf.Store(p)
 }
 
-func round2(x float64) float64 { return math.Round(x*100) / 100 }
-
-// statsView is the JSON of GET /stats (SPEC §4). The field names are a
-// contract with the dashboard and users' scripts.
-type statsView struct {
-	StatsEnabled bool                     `json:"stats_enabled"`
-	Total        int64                    `json:"total"`
-	Errors       int64                    `json:"errors"`
-	ClientClosed int64                    `json:"client_closed"`
-	Last24h      int64                    `json:"last_24h"`
-	Last7d       int64                    `json:"last_7d"`
-	Last30d      int64                    `json:"last_30d"`
-	Tokens       tokenView                `json:"tokens"`
-	Endpoints    map[string]*endpointView `json:"endpoints"`
-	Series       seriesView               `json:"series"`
-	Performance  perfFigures              `json:"performance"`
-	GeneratedAt  int64                    `json:"generated_at"`
-}
-
-type tokenView struct {
-	Prompt           int64 `json:"prompt"`
-	Completion       int64 `json:"completion"`
-	Total            int64 `json:"total"`
-	CacheRead        int64 `json:"cache_read"`
-	CacheWrite       int64 `json:"cache_write"`
-	UnknownResponses int64 `json:"unknown_responses"`
-}
-
-func (t *tokenView) add(o *tokenView) {
-	t.Prompt += o.Prompt
-	t.Completion += o.Completion
-	t.Total += o.Total
-	t.CacheRead += o.CacheRead
-	t.CacheWrite += o.CacheWrite
-	t.UnknownResponses += o.UnknownResponses
-}
-
-// addKind adds v to the token kind k (an index into tokenKinds).
-func (t *tokenView) addKind(k int, v int64) {
-	switch k {
-	case 0:
-		t.Prompt += v
-	case 1:
-		t.Completion += v
-	case 2:
-		t.Total += v
-	case 3:
-		t.CacheRead += v
-	case 4:
-		t.CacheWrite += v
-	}
-}
-
-type endpointView struct {
-	Target       string                `json:"target"`
-	Count        int64                 `json:"count"`
-	ErrorCount   int64                 `json:"error_count"`
-	LastRequest  int64                 `json:"last_request"`
-	Last24h      int64                 `json:"last_24h"`
-	Last7d       int64                 `json:"last_7d"`
-	Last30d      int64                 `json:"last_30d"`
-	Status       statusView            `json:"status"`
-	ClientClosed int64                 `json:"client_closed"`
-	BytesIn      int64                 `json:"bytes_in"`
-	BytesOut     int64                 `json:"bytes_out"`
-	LatencyMS    latencyView           `json:"latency_ms"`
-	TTFBMS       ttfbView              `json:"ttfb_ms"`
-	Tokens       tokenView             `json:"tokens"`
-	Models       map[string]*modelView `json:"models"`
-
-	// Last 24 hours, for the latency figures.
-	latSum        int64
-	latency, ttfb [histBuckets]int64
-}
-
-type statusView struct {
-	S1xx int64 `json:"1xx"`
-	S2xx int64 `json:"2xx"`
-	S3xx int64 `json:"3xx"`
-	S4xx int64 `json:"4xx"`
-	S5xx int64 `json:"5xx"`
-}
-
-type latencyView struct {
-	Avg float64 `json:"avg"`
-	P50 float64 `json:"p50"`
-	P95 float64 `json:"p95"`
-	P99 float64 `json:"p99"`
-}
-
-type ttfbView struct {
-	P50 float64 `json:"p50"`
-	P95 float64 `json:"p95"`
-	P99 float64 `json:"p99"`
-}
-
-type modelView struct {
-	Count      int64 `json:"count"`
-	Prompt     int64 `json:"prompt"`
-	Completion int64 `json:"completion"`
-	Total      int64 `json:"total"`
-	CacheRead  int64 `json:"cache_read"`
-	CacheWrite int64 `json:"cache_write"`
-}
-
-type seriesView struct {
-	Hourly []seriesPoint `json:"hourly"`
-	Daily  []seriesPoint `json:"daily"`
-}
-
-type seriesPoint struct {
-	T      int64 `json:"t"` // Unix time the hour or (UTC) day starts
-	Count  int64 `json:"count"`
-	Errors int64 `json:"errors"`
-}
-
-// view computes /stats at now from the stored figures, the flush in
-// progress and pending. st.mu must be held.
-func (st *Stats) viewLocked(now time.Time) *statsView {
-	h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
-	v := &statsView{StatsEnabled: st.enabled, Endpoints: map[string]*endpointView{}, GeneratedAt: now.Unix()}
-	v.Series.Hourly = make([]seriesPoint, windowHours)
-	v.Series.Daily = make([]seriesPoint, windowDays)
-	for i := range v.Series.Hourly {
-		v.Series.Hourly[i].T = (h - windowHours + 1 + int64(i)) * hourSeconds
-	}
-	for i := range v.Series.Daily {
-		v.Series.Daily[i].T = (day - windowDays + 1 + int64(i)) * daySeconds
-	}
-	all := map[string]*endpointView{} // every prefix with stats, deleted ones too
-	get := func(prefix string) *endpointView {
-		e := all[prefix]
-		if e == nil {
-			e = &endpointView{Models: map[string]*modelView{}}
-			all[prefix] = e
-		}
-		return e
-	}
-	for _, d := range []*statsData{st.base, st.inflight, st.pending} {
-		if d == nil {
-			continue
-		}
-		for f, n := range d.Total {
-			prefix, name, ok := strings.Cut(f, "|")
-			if ok {
-				get(prefix).addTotal(name, n)
-			}
-		}
-		for p, t := range d.Last {
-			e := get(p)
-			e.LastRequest = max(e.LastRequest, t)
-		}
-		for i := range windowHours {
-			for f, n := range d.Hours[h-windowHours+1+int64(i)] {
-				prefix, name, ok := strings.Cut(f, "|")
-				if !ok {
-					continue
-				}
-				e := get(prefix)
-				e.addHour(name, n)
-				switch name {
-				case fieldCount:
-					v.Series.Hourly[i].Count += n
-				case fieldErrors:
-					v.Series.Hourly[i].Errors += n
-				}
-			}
-		}
-		for i := range windowDays {
-			age := windowDays - 1 - i
-			for f, n := range d.Days[day-int64(age)] {
-				prefix, name, ok := strings.Cut(f, "|")
-				if !ok {
-					continue
-				}
-				switch name {
-				case fieldCount:
-					v.Series.Daily[i].Count += n
-					e := get(prefix)
-					e.Last30d += n
-					if age < 7 {
-						e.Last7d += n
-					}
-				case fieldErrors:
-					v.Series.Daily[i].Errors += n
-				}
-			}
-		}
-	}
-	for _, e := range all {
-		e.finish()
-		v.Total += e.Count
-		v.Errors += e.ErrorCount
-		v.ClientClosed += e.ClientClosed
-		v.Last24h += e.Last24h
-		v.Last7d += e.Last7d
-		v.Last30d += e.Last30d
-		v.Tokens.add(&e.Tokens)
-	}
-	// Endpoints are the current mappings; a deleted prefix's requests stay
-	// in the totals above but it has no row.
-	for _, r := range st.routes.Load().sorted {
-		e := get(r.prefix)
-		e.Target = r.target
-		v.Endpoints[r.prefix] = e
-	}
-	if p := st.perf.Load(); p != nil {
-		v.Performance = *p
+// perfAt returns the process figures of /stats at now: those of the
+// loop's last tick, with the requests in flight and the uptime at now.
+func (st *Stats) perfAt(now time.Time) perfFigures {
+	var p perfFigures
+	if f := st.perf.Load(); f != nil {
+		p = *f
 	}
 	if st.active != nil {
-		v.Performance.ActiveRequests = st.active()
+		p.ActiveRequests = st.active()
 	}
-	v.Performance.UptimeSeconds = int64(now.Sub(st.started).Seconds())
-	return v
+	p.UptimeSeconds = int64(now.Sub(st.started).Seconds())
+	return p
 }
 
-func (e *endpointView) addTotal(name string, n int64) {
-	switch name {
-	case fieldCount:
-		e.Count += n
-	case fieldErrors:
-		e.ErrorCount += n
-	case fieldClientClosed:
-		e.ClientClosed += n
-	case fieldBytesIn:
-		e.BytesIn += n
-	case fieldBytesOut:
-		e.BytesOut += n
-	case fieldUnknown:
-		e.Tokens.UnknownResponses += n
-	case "s1xx":
-		e.Status.S1xx += n
-	case "s2xx":
-		e.Status.S2xx += n
-	case "s3xx":
-		e.Status.S3xx += n
-	case "s4xx":
-		e.Status.S4xx += n
-	case "s5xx":
-		e.Status.S5xx += n
-	default:
-		if k, ok := strings.CutPrefix(name, "tok_"); ok {
-			e.Tokens.addKind(tokenKindIndex(k), n)
-		} else if rest, ok := strings.CutPrefix(name, fieldModel); ok {
-			i := strings.LastIndexByte(rest, '|')
-			if i <= 0 {
-				return
-			}
-			m := e.Models[rest[:i]]
-			if m == nil {
-				m = &modelView{}
-				e.Models[rest[:i]] = m
-			}
-			m.add(rest[i+1:], n)
-		}
-	}
-}
-
-func tokenKindIndex(k string) int {
-	for i, name := range tokenKinds {
-		if name == k {
-			return i
-		}
-	}
-	return -1
-}
-
-func (m *modelView) add(kind string, n int64) {
-	switch kind {
-	case fieldCount:
-		m.Count += n
-	case "prompt":
-		m.Prompt += n
-	case "completion":
-		m.Completion += n
-	case "total":
-		m.Total += n
-	case "cache_read":
-		m.CacheRead += n
-	case "cache_write":
-		m.CacheWrite += n
-	}
-}
-
-func (e *endpointView) addHour(name string, n int64) {
-	switch name {
-	case fieldCount:
-		e.Last24h += n
-	case fieldLatencySum:
-		e.latSum += n
-	default:
-		if i, ok := histField(name, fieldLatency); ok {
-			e.latency[i] += n
-		} else if i, ok := histField(name, fieldTTFB); ok {
-			e.ttfb[i] += n
-		}
-	}
-}
-
-// histField parses "<kind><bucket>".
-func histField(name, kind string) (int, bool) {
-	s, ok := strings.CutPrefix(name, kind)
-	if !ok {
-		return 0, false
-	}
-	i, err := strconv.Atoi(s)
-	return i, err == nil && i >= 0 && i < histBuckets
-}
-
-// percentilesMS returns the p50, p95 and p99 of a histogram of
-// microseconds, in milliseconds.
-func percentilesMS(h *[histBuckets]int64) (p50, p95, p99 float64) {
-	var n int64
-	for _, c := range h {
-		n += c
-	}
-	q := func(p float64) float64 { return round2(histQuantile(h, n, p) / 1e3) }
-	return q(0.50), q(0.95), q(0.99)
-}
-
-// finish computes the latency figures and folds models past maxModels
-// (possible when instances saw different ones) into "other".
-func (e *endpointView) finish() {
-	if e.Last24h > 0 { // the requests whose latencies latSum adds up
-		e.LatencyMS.Avg = round2(float64(e.latSum) / float64(e.Last24h) / 1e3)
-	}
-	e.LatencyMS.P50, e.LatencyMS.P95, e.LatencyMS.P99 = percentilesMS(&e.latency)
-	e.TTFBMS.P50, e.TTFBMS.P95, e.TTFBMS.P99 = percentilesMS(&e.ttfb)
-	names := make([]string, 0, len(e.Models))
-	for name := range e.Models {
-		if name != "other" {
-			names = append(names, name)
-		}
-	}
-	if len(names) <= maxModels {
-		return
-	}
-	sort.Slice(names, func(i, j int) bool {
-		a, b := e.Models[names[i]], e.Models[names[j]]
-		return a.Count > b.Count || a.Count == b.Count && names[i] < names[j]
-	})
-	other := e.Models["other"]
-	if other == nil {
-		other = &modelView{}
-	}
-	for _, name := range names[maxModels:] {
-		m := e.Models[name]
-		other.Count += m.Count
-		other.Prompt += m.Prompt
-		other.Completion += m.Completion
-		other.Total += m.Total
-		other.CacheRead += m.CacheRead
-		other.CacheWrite += m.CacheWrite
-		delete(e.Models, name)
-	}
-	e.Models["other"] = other
-}
-
-// json returns the /stats body, computed at most once per statsCacheTTL.
-func (st *Stats) json(ctx context.Context) []byte {
-	body, _ := st.view(ctx, false)
-	return body
-}
-
-// view returns the /stats body, and also its gzip-compressed form when
-// wantGzip (compressed once per cached body: with 200 mappings the body is
-// about 120 KB, which a dashboard would fetch every few seconds).
-func (st *Stats) view(ctx context.Context, wantGzip bool) (body, gz []byte) {
-	st.viewMu.Lock()
-	defer st.viewMu.Unlock()
-	now := st.now()
-	if st.cache == nil || now.Sub(st.cacheAt) >= statsCacheTTL || now.Before(st.cacheAt) {
-		st.cache, st.cacheGz = st.render(ctx, now), nil
-		st.cacheAt = now
-	}
-	if wantGzip && st.cacheGz == nil {
-		var buf bytes.Buffer
-		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-		zw.Write(st.cache)
-		zw.Close()
-		st.cacheGz = buf.Bytes()
-	}
-	if wantGzip {
-		return st.cache, st.cacheGz
-	}
-	return st.cache, nil
-}
-
-// render builds the /stats body from the store and this instance's
-// unflushed counts. viewMu is held.
-func (st *Stats) render(ctx context.Context, now time.Time) []byte {
-	if st.enabled {
-		st.refresh(ctx, now)
-	}
-	st.mu.Lock()
-	st.drainLocked(now)
-	v := st.viewLocked(now)
-	st.mu.Unlock()
-	body, err := json.Marshal(v)
-	if err != nil {
-		// Only plain numbers and strings: cannot happen.
-		panic(err)
-	}
-	return body
-}
-
-// refresh reads the stored figures into base when they are older than
-// statsCacheTTL. A flush in progress keeps the old base: it is added to
-// base when done, and shown as inflight until then.
-func (st *Stats) refresh(ctx context.Context, now time.Time) {
-	st.mu.Lock()
-	fresh := st.base != nil && now.Sub(st.baseAt) < statsCacheTTL && !now.Before(st.baseAt)
-	st.mu.Unlock()
-	if fresh || !st.ioMu.TryLock() {
-		return
-	}
-	defer st.ioMu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, statsLoadTimeout)
-	defer cancel()
-	d, err := st.store.LoadStats(ctx, now)
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.baseAt = now
-	if err != nil {
-		if !st.baseErr {
-			st.logger.Warn("reading stats from the store failed; /stats shows the last figures read plus this instance's new counts", "error", err)
-		}
-		st.baseErr = true
-		return
-	}
-	st.base, st.baseErr = d, false
-}
-
-// handleStats answers GET /stats.
-func (s *Server) handleStats(c *gin.Context) {
-	c.Header("Cache-Control", "no-store")
-	c.Header("Vary", "Accept-Encoding")
-	if acceptsGzip(c.GetHeader("Accept-Encoding")) {
-		_, gz := s.stats.view(c.Request.Context(), true)
-		c.Header("Content-Encoding", "gzip")
-		c.Data(http.StatusOK, "application/json; charset=utf-8", gz)
-		return
-	}
-	c.Data(http.StatusOK, "application/json; charset=utf-8", s.stats.json(c.Request.Context()))
-}
+func round2(x float64) float64 { return math.Round(x*100) / 100 }

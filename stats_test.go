@@ -54,10 +54,13 @@ func testRoutes(t testing.TB, mappings map[string]string) *atomic.Pointer[routeT
 	return &p
 }
 
-// newTestStats builds an enabled Stats on store (nil: kept in memory) with
-// the fake clock and routes for "/a" and "/b".
-func newTestStats(t testing.TB, store Store, clock *fakeClock) *Stats {
+// newTestStats builds an enabled Stats on store (nil: a memStatsStore)
+// with the fake clock and routes for "/a" and "/b".
+func newTestStats(t testing.TB, store statsStore, clock *fakeClock) *Stats {
 	t.Helper()
+	if store == nil {
+		store = &memStatsStore{}
+	}
 	return newStats(statsConfig{
 		enabled: true, store: store, logger: testLogger(), now: clock.Now,
 		active: func() int64 { return 0 },
@@ -111,13 +114,27 @@ func TestHistIndex(t *testing.T) {
 	}
 }
 
-// TestStatsWindows records requests over 40 days with an injected clock
-// and checks every window, the series, the per-endpoint figures and that
-// a client that left is counted apart from errors.
-func TestStatsWindows(t *testing.T) {
-	now0 := time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)
-	clock := &fakeClock{t: now0.Add(-40 * 24 * time.Hour)}
-	st := newTestStats(t, nil, clock)
+// countCheck is one figure checked: its name, the value found and the one
+// wanted.
+type countCheck struct {
+	name      string
+	got, want int64
+}
+
+// checkCounts reports every check whose value is not the one wanted.
+func checkCounts(t testing.TB, checks []countCheck) {
+	t.Helper()
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+}
+
+// recordWindows records and flushes requests of "/a" and "/b" over the 40
+// days up to now0, moving clock to each request's end.
+func recordWindows(t testing.TB, st *Stats, clock *fakeClock, now0 time.Time) {
+	t.Helper()
 	ctx := context.Background()
 	at := func(ago time.Duration, recs ...*requestRecord) {
 		t.Helper()
@@ -141,34 +158,53 @@ func TestStatsWindows(t *testing.T) {
 	at(5*time.Hour, rec("/b", now0, 200, 10*ms), rec("/b", now0, 200, 10*ms), rec("/b", now0, 200, 10*ms), rec("/b", now0, 302, 10*ms), closed)
 	withUsage := func(model string, p, c, cr int64) *requestRecord {
 		r := rec("/a", now0, 200, 10*ms)
-		r.Usage = tokenUsage{Known: true, Prompt: p, Completion: c, Total: p + c, CacheRead: cr, Model: []byte(model)}
+		r.Usage = tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: p, tokCompletion: c, tokTotal: p + c, tokCacheRead: cr}, Model: []byte(model)}
 		return r
 	}
 	unreachable := rec("/a", now0, 502, ms)
 	unreachable.ProxyErr, unreachable.BytesOut, unreachable.TTFB = "upstream_unreachable", 0, 0
 	at(0, withUsage("gpt-4o", 10, 5, 0), withUsage("claude-x", 3, 4, 1), rec("/a", now0, 200, 10*ms), rec("/a", now0, 404, 10*ms), unreachable)
+}
+
+// TestStatsWindows records requests over 40 days with an injected clock
+// and checks every window, the series, the per-endpoint figures and that
+// a client that left is counted apart from errors.
+func TestStatsWindows(t *testing.T) {
+	now0 := time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)
+	clock := &fakeClock{t: now0.Add(-40 * 24 * time.Hour)}
+	st := newTestStats(t, nil, clock)
+	recordWindows(t, st, clock, now0)
 	clock.Set(now0.Add(2 * time.Second))
 
 	v := viewOf(t, st)
-	for _, c := range []struct {
-		name      string
-		got, want int64
-	}{
+	checkCounts(t, []countCheck{
 		{"total", v.Total, 16},
 		{"errors", v.Errors, 3},
 		{"client_closed", v.ClientClosed, 1},
 		{"last_24h", v.Last24h, 10},
 		{"last_7d", v.Last7d, 13},
 		{"last_30d", v.Last30d, 15},
-		{"tokens.prompt", v.Tokens.Prompt, 13},
-		{"tokens.completion", v.Tokens.Completion, 9},
-		{"tokens.total", v.Tokens.Total, 22},
+		{"tokens.prompt", v.Tokens.Counts[tokPrompt], 13},
+		{"tokens.completion", v.Tokens.Counts[tokCompletion], 9},
+		{"tokens.total", v.Tokens.Counts[tokTotal], 22},
 		{"tokens.unknown_responses", v.Tokens.UnknownResponses, 6 + 3},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
-		}
+	})
+	checkWindowSeries(t, &v, now0)
+	checkWindowEndpoints(t, &v, now0)
+
+	// A day later the hour and the day have moved on; totals have not.
+	clock.Set(now0.Add(24 * time.Hour))
+	v = viewOf(t, st)
+	if v.Total != 16 || v.Last24h != 0 || v.Last7d != 13 || v.Series.Daily[28].Count != 10 {
+		t.Errorf("a day later: total %d last_24h %d last_7d %d daily[28] %+v; want 16, 0, 13, 10 requests",
+			v.Total, v.Last24h, v.Last7d, v.Series.Daily[28])
 	}
+}
+
+// checkWindowSeries checks the hourly and daily series of what
+// recordWindows recorded, seen at now0.
+func checkWindowSeries(t testing.TB, v *statsView, now0 time.Time) {
+	t.Helper()
 	if len(v.Series.Hourly) != 24 || len(v.Series.Daily) != 30 {
 		t.Fatalf("series: %d hourly, %d daily points; want 24 and 30", len(v.Series.Hourly), len(v.Series.Daily))
 	}
@@ -197,7 +233,12 @@ func TestStatsWindows(t *testing.T) {
 			t.Errorf("daily[%d] = %+v, want %+v", i, got, want)
 		}
 	}
+}
 
+// checkWindowEndpoints checks the per-endpoint figures of what
+// recordWindows recorded, seen at now0.
+func checkWindowEndpoints(t testing.TB, v *statsView, now0 time.Time) {
+	t.Helper()
 	a, b := v.Endpoints["/a"], v.Endpoints["/b"]
 	if a == nil || b == nil || len(v.Endpoints) != 2 {
 		t.Fatalf("endpoints = %v, want /a and /b", v.Endpoints)
@@ -205,10 +246,7 @@ func TestStatsWindows(t *testing.T) {
 	if a.Target != "https://a.example" || b.Target != "http://b.example/base" {
 		t.Errorf("targets = %q, %q", a.Target, b.Target)
 	}
-	for _, c := range []struct {
-		name      string
-		got, want int64
-	}{
+	checkCounts(t, []countCheck{
 		{"/a count", a.Count, 11},
 		{"/a error_count", a.ErrorCount, 3},
 		{"/a last_24h", a.Last24h, 5},
@@ -220,8 +258,8 @@ func TestStatsWindows(t *testing.T) {
 		{"/a bytes_in", a.BytesIn, 1100},
 		{"/a bytes_out", a.BytesOut, 1000 * 10},
 		{"/a last_request", a.LastRequest, now0.Unix()},
-		{"/a tokens.prompt", a.Tokens.Prompt, 13},
-		{"/a tokens.cache_read", a.Tokens.CacheRead, 1},
+		{"/a tokens.prompt", a.Tokens.Counts[tokPrompt], 13},
+		{"/a tokens.cache_read", a.Tokens.Counts[tokCacheRead], 1},
 		{"/a tokens.unknown_responses", a.Tokens.UnknownResponses, 6},
 		{"/b count", b.Count, 5},
 		{"/b error_count", b.ErrorCount, 0},
@@ -230,31 +268,17 @@ func TestStatsWindows(t *testing.T) {
 		{"/b 3xx", b.Status.S3xx, 1},
 		{"/b 4xx", b.Status.S4xx, 0},
 		{"/b last_request", b.LastRequest, now0.Add(-5 * time.Hour).Unix()},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
-		}
-	}
-	if m := a.Models["gpt-4o"]; m == nil || *m != (modelView{Count: 1, Prompt: 10, Completion: 5, Total: 15}) {
-		t.Errorf("/a models[gpt-4o] = %+v", m)
-	}
-	if m := a.Models["claude-x"]; m == nil || *m != (modelView{Count: 1, Prompt: 3, Completion: 4, Total: 7, CacheRead: 1}) {
-		t.Errorf("/a models[claude-x] = %+v", m)
-	}
+	})
+	checkModels(t, "/a", a.Models, map[string]modelView{
+		"gpt-4o":   {Count: 1, Tokens: tokenCounts{tokPrompt: 10, tokCompletion: 5, tokTotal: 15}},
+		"claude-x": {Count: 1, Tokens: tokenCounts{tokPrompt: 3, tokCompletion: 4, tokTotal: 7, tokCacheRead: 1}},
+	})
 	// Latency over the last 24 h: four 10 ms requests and one of 1 ms.
 	if got, want := a.LatencyMS.Avg, 8.2; got != want {
 		t.Errorf("/a latency avg = %v ms, want %v", got, want)
 	}
 	if got := a.LatencyMS.P50; got < 8 || got > 12.5 {
 		t.Errorf("/a latency p50 = %v ms, want about 10", got)
-	}
-
-	// A day later the hour and the day have moved on; totals have not.
-	clock.Set(now0.Add(24 * time.Hour))
-	v = viewOf(t, st)
-	if v.Total != 16 || v.Last24h != 0 || v.Last7d != 13 || v.Series.Daily[28].Count != 10 {
-		t.Errorf("a day later: total %d last_24h %d last_7d %d daily[28] %+v; want 16, 0, 13, 10 requests",
-			v.Total, v.Last24h, v.Last7d, v.Series.Daily[28])
 	}
 }
 
@@ -290,7 +314,7 @@ func TestStatsModelsBounded(t *testing.T) {
 	st := newTestStats(t, nil, clock)
 	for i := range maxModels + 10 {
 		r := rec("/a", clock.Now(), 200, time.Millisecond)
-		r.Usage = tokenUsage{Known: true, Prompt: 1, Total: 1, Model: fmt.Appendf(nil, "model-%d", i)}
+		r.Usage = tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 1, tokTotal: 1}, Model: fmt.Appendf(nil, "model-%d", i)}
 		st.record(r)
 		st.record(r)
 	}
@@ -298,7 +322,7 @@ func TestStatsModelsBounded(t *testing.T) {
 	if len(a.Models) != maxModels+1 {
 		t.Errorf("%d models, want %d named and other", len(a.Models), maxModels)
 	}
-	if o := a.Models["other"]; o == nil || o.Count != 20 || o.Prompt != 20 {
+	if o := a.Models["other"]; o == nil || o.Count != 20 || o.Tokens[tokPrompt] != 20 {
 		t.Errorf("other = %+v, want 20 responses, 20 prompt tokens", o)
 	}
 	var n int64
@@ -332,6 +356,32 @@ func TestStatsDeletedPrefix(t *testing.T) {
 	}
 }
 
+// memStatsStore keeps stats in memory: the statsStore of tests that need
+// no real store. Safe for concurrent use.
+type memStatsStore struct {
+	mu sync.Mutex
+	d  *statsData
+}
+
+func (m *memStatsStore) AddStats(ctx context.Context, d *statsData) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.d == nil {
+		m.d = newStatsData()
+	}
+	m.d.add(d)
+	return nil
+}
+
+func (m *memStatsStore) LoadStats(ctx context.Context, now time.Time) (*statsData, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.d == nil {
+		return newStatsData(), nil
+	}
+	return m.d.window(now), nil
+}
+
 // failingStore is a statsStore whose writes fail while down is set.
 type failingStore struct {
 	memStatsStore
@@ -356,18 +406,12 @@ func (f *failingStore) LoadStats(ctx context.Context, now time.Time) (*statsData
 	return f.memStatsStore.LoadStats(ctx, now)
 }
 
-// storeOf wraps a statsStore as the Store newStats is given.
-type statsOnlyStore struct {
-	Store
-	statsStore
-}
-
 // TestStatsStoreOutage: while the store fails, counts stay in memory and
 // show in /stats; when it is back they are written once, not twice.
 func TestStatsStoreOutage(t *testing.T) {
 	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
 	fs := &failingStore{}
-	st := newTestStats(t, statsOnlyStore{statsStore: fs}, clock)
+	st := newTestStats(t, fs, clock)
 	ctx := context.Background()
 	for range 3 {
 		st.record(rec("/a", clock.Now(), 200, time.Millisecond))
@@ -423,7 +467,7 @@ func TestStatsSpill(t *testing.T) {
 	dir := t.TempDir()
 	fs := &failingStore{}
 	newSt := func() *Stats {
-		return newStats(statsConfig{enabled: true, store: statsOnlyStore{statsStore: fs}, logger: testLogger(),
+		return newStats(statsConfig{enabled: true, store: fs, logger: testLogger(),
 			now: clock.Now, routes: testRoutes(t, nil), dataDir: dir})
 	}
 	st := newSt()
@@ -552,7 +596,7 @@ func TestRecordAllocs(t *testing.T) {
 	st := newTestStats(t, nil, &fakeClock{t: time.Now()})
 	r := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	ru := rec("/a", time.Now(), 200, 3*time.Millisecond)
-	ru.Usage = tokenUsage{Known: true, Prompt: 10, Completion: 20, Total: 30, Model: []byte("gpt-4o")}
+	ru.Usage = tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 10, tokCompletion: 20, tokTotal: 30}, Model: []byte("gpt-4o")}
 	st.record(r)
 	st.record(ru)
 	if n := testing.AllocsPerRun(1000, func() { st.record(r); st.record(ru) }); n != 0 {
@@ -567,7 +611,7 @@ func BenchmarkRecord(b *testing.B) {
 	st := newTestStats(b, nil, &fakeClock{t: time.Now()})
 	plain := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	usage := rec("/a", time.Now(), 200, 3*time.Millisecond)
-	usage.Usage = tokenUsage{Known: true, Prompt: 10, Completion: 20, Total: 30, Model: []byte("gpt-4o-2024-08-06")}
+	usage.Usage = tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 10, tokCompletion: 20, tokTotal: 30}, Model: []byte("gpt-4o-2024-08-06")}
 	st.record(usage)
 	b.Run("plain", func(b *testing.B) {
 		b.ReportAllocs()
@@ -634,12 +678,13 @@ func writeInPieces(w http.ResponseWriter, s string, seed uint64) {
 	}
 }
 
-// TestStatsThroughProxy sends provider-shaped responses through the real
-// server and checks what /stats reports, and that the bodies arrive
-// unchanged.
-func TestStatsThroughProxy(t *testing.T) {
-	entered := make(chan struct{})
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+// newProviderUpstream starts a backend answering like the providers do
+// under /v1/: chat (OpenAI JSON), anthropic and gemini (SSE split in small
+// pieces), gzip and gzipjson (encoded bodies), fail (a 500) and hang (an
+// SSE stream that stays open; entered is closed once it has started).
+func newProviderUpstream(t testing.TB, entered chan<- struct{}) *upstream {
+	t.Helper()
+	return newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		switch strings.TrimPrefix(r.URL.Path, "/v1/") {
 		case "chat":
@@ -674,6 +719,28 @@ func TestStatsThroughProxy(t *testing.T) {
 			<-r.Context().Done()
 		}
 	})
+}
+
+// checkModels reports the differences between the models of an endpoint
+// and the ones wanted.
+func checkModels(t testing.TB, prefix string, got map[string]*modelView, want map[string]modelView) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s models = %v, want %v", prefix, got, want)
+	}
+	for name, w := range want {
+		if m := got[name]; m == nil || *m != w {
+			t.Errorf("%s models[%s] = %+v, want %+v", prefix, name, m, w)
+		}
+	}
+}
+
+// TestStatsThroughProxy sends provider-shaped responses through the real
+// server and checks what /stats reports, and that the bodies arrive
+// unchanged.
+func TestStatsThroughProxy(t *testing.T) {
+	entered := make(chan struct{})
+	up := newProviderUpstream(t, entered)
 	dead := newUpstream(t, nil)
 	dead.Close() // refuses connections: 502
 	s, front := newTestServer(t, map[string]string{"/p": up.URL, "/dead": dead.URL})
@@ -712,10 +779,7 @@ func TestStatsThroughProxy(t *testing.T) {
 		return p != nil && p.Count == 8 && v.Total == 9
 	}, "/stats to count 8 requests of /p and 9 in all")
 	p, d := v.Endpoints["/p"], v.Endpoints["/dead"]
-	for _, c := range []struct {
-		name      string
-		got, want int64
-	}{
+	checkCounts(t, []countCheck{
 		{"errors", v.Errors, 2},
 		{"last_24h", v.Last24h, 9},
 		{"last_7d", v.Last7d, 9},
@@ -725,34 +789,22 @@ func TestStatsThroughProxy(t *testing.T) {
 		{"/p client_closed", p.ClientClosed, 1},
 		{"/p 2xx", p.Status.S2xx, 6},
 		{"/p 5xx", p.Status.S5xx, 1},
-		{"/p tokens.prompt", p.Tokens.Prompt, 3*1117 + 40 + 8},
-		{"/p tokens.completion", p.Tokens.Completion, 3*46 + 15 + 35},
-		{"/p tokens.total", p.Tokens.Total, 3*1163 + 55 + 43},
-		{"/p tokens.cache_read", p.Tokens.CacheRead, 3*1024 + 5},
-		{"/p tokens.cache_write", p.Tokens.CacheWrite, 10},
+		{"/p tokens.prompt", p.Tokens.Counts[tokPrompt], 3*1117 + 40 + 8},
+		{"/p tokens.completion", p.Tokens.Counts[tokCompletion], 3*46 + 15 + 35},
+		{"/p tokens.total", p.Tokens.Counts[tokTotal], 3*1163 + 55 + 43},
+		{"/p tokens.cache_read", p.Tokens.Counts[tokCacheRead], 3*1024 + 5},
+		{"/p tokens.cache_write", p.Tokens.Counts[tokCacheWrite], 10},
 		{"/p tokens.unknown_responses", p.Tokens.UnknownResponses, 1},
 		{"/dead count", d.Count, 1},
 		{"/dead error_count", d.ErrorCount, 1},
 		{"/dead 5xx", d.Status.S5xx, 1},
-		{"tokens.total", v.Tokens.Total, 3*1163 + 55 + 43},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
-		}
-	}
-	wantModels := map[string]modelView{
-		"gpt-4o-2024-08-06":        {Count: 3, Prompt: 3351, Completion: 138, Total: 3489, CacheRead: 3072},
-		"claude-opus-4-1-20250805": {Count: 1, Prompt: 40, Completion: 15, Total: 55, CacheRead: 5, CacheWrite: 10},
-		"gemini-2.0-flash":         {Count: 1, Prompt: 8, Completion: 35, Total: 43},
-	}
-	if len(p.Models) != len(wantModels) {
-		t.Errorf("/p models = %v, want %v", p.Models, wantModels)
-	}
-	for name, want := range wantModels {
-		if got := p.Models[name]; got == nil || *got != want {
-			t.Errorf("/p models[%s] = %+v, want %+v", name, got, want)
-		}
-	}
+		{"tokens.total", v.Tokens.Counts[tokTotal], 3*1163 + 55 + 43},
+	})
+	checkModels(t, "/p", p.Models, map[string]modelView{
+		"gpt-4o-2024-08-06":        {Count: 3, Tokens: tokenCounts{tokPrompt: 3351, tokCompletion: 138, tokTotal: 3489, tokCacheRead: 3072}},
+		"claude-opus-4-1-20250805": {Count: 1, Tokens: tokenCounts{tokPrompt: 40, tokCompletion: 15, tokTotal: 55, tokCacheRead: 5, tokCacheWrite: 10}},
+		"gemini-2.0-flash":         {Count: 1, Tokens: tokenCounts{tokPrompt: 8, tokCompletion: 35, tokTotal: 43}},
+	})
 	if p.BytesOut < int64(2*len(openAIChatJSON)+len(anthropicSSE)+len(geminiSSE)) || p.LastRequest == 0 || p.LatencyMS.P50 <= 0 || p.TTFBMS.P50 <= 0 {
 		t.Errorf("/p bytes_out %d, last_request %d, latency %+v, ttfb %+v; want them all set", p.BytesOut, p.LastRequest, p.LatencyMS, p.TTFBMS)
 	}
@@ -831,7 +883,7 @@ func TestStatsDisabled(t *testing.T) {
 		t.Errorf("/stats = %+v, want stats_enabled false, total 0 and the endpoint listed", v)
 	}
 	s.stats.close()
-	d, err := s.store.(statsStore).LoadStats(context.Background(), time.Now())
+	d, err := s.store.LoadStats(context.Background(), time.Now())
 	if err != nil || len(d.Total) != 0 {
 		t.Errorf("stored stats = %v, %v; want none", d.Total, err)
 	}
@@ -910,12 +962,21 @@ func TestStatsRedisFleet(t *testing.T) {
 	addr := testRedisAddr(t)
 	prefix := testKeyPrefix(t, addr)
 	up := newUpstream(t, nil)
+	var servers []*Server
 	var fronts []*httptest.Server
 	for range 2 {
 		cfg := testConfig(t, nil)
 		s, front := newRedisTestServer(t, cfg, openTestRedisStore(t, addr, prefix, ""))
-		setMappings(t, s, map[string]string{"/p": up.URL})
+		servers = append(servers, s)
 		fronts = append(fronts, front)
+	}
+	// The mappings are set through one instance only: setting them through
+	// each would delete /p and create it again while the other instance
+	// reloads. Creating /p is the last change, so a route table holding it
+	// is the final one, and later reloads keep it.
+	setMappings(t, servers[0], map[string]string{"/p": up.URL})
+	for i, s := range servers {
+		eventually(t, func() bool { return routeTarget(s, "/p") == up.URL }, fmt.Sprintf("instance %d to route /p", i))
 	}
 	for i, n := range []int{3, 2} {
 		for range n {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Store keeps the mappings and the little state that must be shared by
@@ -49,6 +50,7 @@ type Store interface {
 	Ping(ctx context.Context) error
 	// Close releases the store. Calls after Close return errStoreClosed.
 	Close() error
+	statsStore // AddStats, LoadStats: the stats figures every instance adds to
 }
 
 // Sentinel errors of the stores. Stores wrap them with the failed
@@ -112,4 +114,132 @@ func writeFileAtomic(path string, data []byte) error {
 		d.Close()
 	}
 	return nil
+}
+
+// Stats storage: the figures Stats flushes and every store keeps, in one
+// form for the embedded store, Redis and the spill file.
+
+// statsStore is the stats part of Store: every store keeps the stats
+// figures of the instances that share it. Implementations are safe for
+// concurrent use.
+type statsStore interface {
+	// AddStats adds d to the stored figures, atomically: all or nothing.
+	// Counters add; Last keeps the larger value.
+	AddStats(ctx context.Context, d *statsData) error
+	// LoadStats returns the stored all-time figures, the hourly buckets of
+	// the windowHours hours up to now's and the daily buckets of the
+	// windowDays days up to now's (UTC). The caller owns the result.
+	LoadStats(ctx context.Context, now time.Time) (*statsData, error)
+}
+
+// statsData is a set of stats counters, stored or to be added. Fields are
+// named "<prefix>|<name>" (prefixes never hold '|'); see the field*
+// constants. Hours and Days are keyed by Unix hour and Unix day (UTC).
+type statsData struct {
+	Total map[string]int64           `json:"total"`
+	Hours map[int64]map[string]int64 `json:"hours"`
+	Days  map[int64]map[string]int64 `json:"days"`
+	Last  map[string]int64           `json:"last"` // prefix → Unix time of the last request; the larger wins
+}
+
+// Field names after "<prefix>|". Total also holds "s<class>" for each of
+// statusClasses.
+const (
+	fieldCount        = "count"  // Total, Hours, Days
+	fieldErrors       = "errors" // Total, Hours, Days
+	fieldLatencySum   = "lat_us" // Hours: sum of durations in µs
+	fieldLatency      = "lat|"   // Hours: "lat|<bucket>" histogram of durations
+	fieldTTFB         = "ttfb|"  // Hours: "ttfb|<bucket>" histogram of times to first byte
+	fieldClientClosed = "client_closed"
+	fieldBytesIn      = "bytes_in"
+	fieldBytesOut     = "bytes_out"
+	fieldTokens       = "tok_"        // "tok_<kind>" with a token kind (tokenKinds)
+	fieldUnknown      = "tok_unknown" // 2xx responses that carried no usage
+	fieldModel        = "m|"          // "m|<model>|<kind>" with kind "count" or a token kind
+)
+
+func newStatsData() *statsData {
+	return &statsData{
+		Total: map[string]int64{},
+		Hours: map[int64]map[string]int64{},
+		Days:  map[int64]map[string]int64{},
+		Last:  map[string]int64{},
+	}
+}
+
+func (d *statsData) empty() bool {
+	return len(d.Total) == 0 && len(d.Hours) == 0 && len(d.Days) == 0 && len(d.Last) == 0
+}
+
+// bucket returns m[k], created if missing.
+func bucket(m map[int64]map[string]int64, k int64) map[string]int64 {
+	b := m[k]
+	if b == nil {
+		b = map[string]int64{}
+		m[k] = b
+	}
+	return b
+}
+
+// add adds o to d. o is not modified nor retained.
+func (d *statsData) add(o *statsData) {
+	if o == nil {
+		return
+	}
+	addFields(d.Total, o.Total)
+	for h, f := range o.Hours {
+		addFields(bucket(d.Hours, h), f)
+	}
+	for day, f := range o.Days {
+		addFields(bucket(d.Days, day), f)
+	}
+	for p, t := range o.Last {
+		d.Last[p] = max(d.Last[p], t)
+	}
+}
+
+func addFields(dst, src map[string]int64) {
+	for k, v := range src {
+		if v != 0 {
+			dst[k] += v
+		}
+	}
+}
+
+// prune drops hourly and daily buckets that stores no longer keep, so a
+// long store outage cannot grow pending without bound.
+func (d *statsData) prune(now time.Time) {
+	h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
+	for k := range d.Hours {
+		if k <= h-keepHours {
+			delete(d.Hours, k)
+		}
+	}
+	for k := range d.Days {
+		if k <= day-keepDays {
+			delete(d.Days, k)
+		}
+	}
+}
+
+// window returns a copy of d with only the buckets LoadStats returns for
+// now.
+func (d *statsData) window(now time.Time) *statsData {
+	out := newStatsData()
+	addFields(out.Total, d.Total)
+	for p, t := range d.Last {
+		out.Last[p] = t
+	}
+	h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
+	for k := h - windowHours + 1; k <= h; k++ {
+		if f := d.Hours[k]; len(f) > 0 {
+			addFields(bucket(out.Hours, k), f)
+		}
+	}
+	for k := day - windowDays + 1; k <= day; k++ {
+		if f := d.Days[k]; len(f) > 0 {
+			addFields(bucket(out.Days, k), f)
+		}
+	}
+	return out
 }

@@ -314,7 +314,7 @@ func TestStreamRaw(t *testing.T) {
 	}
 	waitStats(t, client, "http://"+addr, func(v statsView) bool {
 		p := v.Endpoints["/p"]
-		return p != nil && p.Count == 2 && p.Status.S2xx == 2 && p.Tokens.Prompt == 3 && p.Tokens.Completion == 5 && p.Tokens.Total == 8
+		return p != nil && p.Count == 2 && p.Status.S2xx == 2 && p.Tokens.Counts[tokPrompt] == 3 && p.Tokens.Counts[tokCompletion] == 5 && p.Tokens.Counts[tokTotal] == 8
 	}, "/stats to count both requests and the stream's tokens")
 }
 

@@ -85,11 +85,12 @@ const (
 
 // tokenUsage is what a response said about its tokens. Known is false when
 // the response carried no usage (it is counted as unknown, not as 0).
-// Prompt includes cached prompt tokens (CacheRead, CacheWrite), as OpenAI
-// and Gemini count them; Anthropic's separate cache counts are added to it.
+// Tokens[tokPrompt] includes cached prompt tokens (tokCacheRead,
+// tokCacheWrite), as OpenAI and Gemini count them; Anthropic's separate
+// cache counts are added to it.
 type tokenUsage struct {
-	Known                                            bool
-	Prompt, Completion, Total, CacheRead, CacheWrite int64
+	Known  bool
+	Tokens tokenCounts
 	// Model is the model name the response reported, nil if none. It
 	// points into the parser's buffer: valid only during the observer call.
 	Model []byte
@@ -408,7 +409,7 @@ func lastKey(t, key []byte) int {
 	}
 }
 
-// result turns the fields seen into prompt, completion and total counts.
+// result turns the fields seen into counts of each token kind.
 func (u *usageParser) result() tokenUsage {
 	has := func(f usageField) bool { return u.seen&(1<<f) != 0 }
 	v := &u.vals
@@ -416,30 +417,31 @@ func (u *usageParser) result() tokenUsage {
 	if u.nm > 0 {
 		r.Model = u.model[:u.nm]
 	}
+	t := &r.Tokens
 	switch {
 	case has(fPromptTokens) || has(fCompletionTokens):
-		r.Prompt, r.Completion, r.CacheRead = v[fPromptTokens], v[fCompletionTokens], v[fCachedTokens]
+		t[tokPrompt], t[tokCompletion], t[tokCacheRead] = v[fPromptTokens], v[fCompletionTokens], v[fCachedTokens]
 	case has(fInputTokens) || has(fOutputTokens) || has(fCacheCreation) || has(fCacheReadInput):
 		// Anthropic's input_tokens leaves the cache out; OpenAI Responses'
 		// includes it (and reports no cache_*_input_tokens).
-		r.Prompt = v[fInputTokens] + v[fCacheCreation] + v[fCacheReadInput]
-		r.Completion = v[fOutputTokens]
-		r.CacheRead, r.CacheWrite = v[fCacheReadInput]+v[fCachedTokens], v[fCacheCreation]
+		t[tokPrompt] = v[fInputTokens] + v[fCacheCreation] + v[fCacheReadInput]
+		t[tokCompletion] = v[fOutputTokens]
+		t[tokCacheRead], t[tokCacheWrite] = v[fCacheReadInput]+v[fCachedTokens], v[fCacheCreation]
 	case has(fPromptCount) || has(fCandidatesCount) || has(fTotalCount):
-		r.Prompt = v[fPromptCount]
-		r.Completion = v[fCandidatesCount] + v[fThoughtsCount]
-		r.CacheRead = v[fCachedContentCount]
+		t[tokPrompt] = v[fPromptCount]
+		t[tokCompletion] = v[fCandidatesCount] + v[fThoughtsCount]
+		t[tokCacheRead] = v[fCachedContentCount]
 	default:
 		return r
 	}
 	r.Known = true
 	switch {
 	case has(fTotalTokens):
-		r.Total = v[fTotalTokens]
+		t[tokTotal] = v[fTotalTokens]
 	case has(fTotalCount):
-		r.Total = v[fTotalCount]
+		t[tokTotal] = v[fTotalCount]
 	default:
-		r.Total = r.Prompt + r.Completion
+		t[tokTotal] = t[tokPrompt] + t[tokCompletion]
 	}
 	return r
 }

@@ -166,34 +166,34 @@ func TestUsageParser(t *testing.T) {
 		want                    tokenUsage
 	}{
 		{"openai chat json", "application/json", openAIChatJSON,
-			tokenUsage{Known: true, Prompt: 1117, Completion: 46, Total: 1163, CacheRead: 1024, Model: []byte("gpt-4o-2024-08-06")}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 1117, tokCompletion: 46, tokTotal: 1163, tokCacheRead: 1024}, Model: []byte("gpt-4o-2024-08-06")}},
 		{"openai chat sse", "text/event-stream; charset=utf-8", openAIChatSSE,
-			tokenUsage{Known: true, Prompt: 9, Completion: 12, Total: 21, Model: []byte("gpt-4o-mini-2024-07-18")}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 9, tokCompletion: 12, tokTotal: 21}, Model: []byte("gpt-4o-mini-2024-07-18")}},
 		{"openai responses sse", "text/event-stream", openAIResponsesSSE,
-			tokenUsage{Known: true, Prompt: 37, Completion: 11, Total: 48, CacheRead: 32, Model: []byte("gpt-4.1-2025-04-14")}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 37, tokCompletion: 11, tokTotal: 48, tokCacheRead: 32}, Model: []byte("gpt-4.1-2025-04-14")}},
 		{"anthropic json", "application/json", anthropicJSON,
-			tokenUsage{Known: true, Prompt: 2095 + 100 + 2000, Completion: 503, Total: 2095 + 100 + 2000 + 503, CacheRead: 2000, CacheWrite: 100, Model: []byte("claude-sonnet-4-5-20250929")}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 2095 + 100 + 2000, tokCompletion: 503, tokTotal: 2095 + 100 + 2000 + 503, tokCacheRead: 2000, tokCacheWrite: 100}, Model: []byte("claude-sonnet-4-5-20250929")}},
 		// message_delta output_tokens is cumulative: 15, not 1+10+15.
 		{"anthropic sse", "text/event-stream", anthropicSSE,
-			tokenUsage{Known: true, Prompt: 40, Completion: 15, Total: 55, CacheRead: 5, CacheWrite: 10, Model: []byte("claude-opus-4-1-20250805")}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 40, tokCompletion: 15, tokTotal: 55, tokCacheRead: 5, tokCacheWrite: 10}, Model: []byte("claude-opus-4-1-20250805")}},
 		{"gemini json", "application/json; charset=UTF-8", geminiJSON,
-			tokenUsage{Known: true, Prompt: 8, Completion: 12 + 25, Total: 45, CacheRead: 4, Model: []byte("gemini-2.5-flash")}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 8, tokCompletion: 12 + 25, tokTotal: 45, tokCacheRead: 4}, Model: []byte("gemini-2.5-flash")}},
 		// usageMetadata is cumulative: the last chunk's counts.
 		{"gemini sse", "text/event-stream", geminiSSE,
-			tokenUsage{Known: true, Prompt: 8, Completion: 35, Total: 43, Model: []byte("gemini-2.0-flash")}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 8, tokCompletion: 35, tokTotal: 43}, Model: []byte("gemini-2.0-flash")}},
 		{"groq sse", "text/event-stream", groqSSE,
-			tokenUsage{Known: true, Prompt: 42, Completion: 7, Total: 49, Model: []byte("llama-3.1-8b-instant")}},
-		{"cohere sse", "text/event-stream", cohereSSE, tokenUsage{Known: true, Prompt: 69, Completion: 9, Total: 78}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 42, tokCompletion: 7, tokTotal: 49}, Model: []byte("llama-3.1-8b-instant")}},
+		{"cohere sse", "text/event-stream", cohereSSE, tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 69, tokCompletion: 9, tokTotal: 78}}},
 		{"embeddings over the scan limit", "application/json", big,
-			tokenUsage{Known: true, Prompt: 8, Total: 8, Model: []byte("text-embedding-3-small")}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 8, tokTotal: 8}, Model: []byte("text-embedding-3-small")}},
 		{"embeddings at the scan limit", "application/json", edge,
-			tokenUsage{Known: true, Prompt: 8, Total: 8, Model: []byte("text-embedding-3-small")}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 8, tokTotal: 8}, Model: []byte("text-embedding-3-small")}},
 		{"no usage", "application/json", openAIModelsJSON, tokenUsage{}},
 		{"error body", "application/json", openAIErrorJSON, tokenUsage{}},
 		{"not json", "text/plain", openAIChatJSON, tokenUsage{}},
 		{"sse without usage", "text/event-stream", "data: {\"x\":1}\n\ndata: [DONE]\n\n", tokenUsage{}},
 		{"malformed json", "application/json", `{"usage": {"prompt_tokens": 5,, "completion_tokens": 7}}`,
-			tokenUsage{Known: true, Prompt: 5, Total: 5}},
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 5, tokTotal: 5}}},
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	splits := []struct {
@@ -213,8 +213,7 @@ func TestUsageParser(t *testing.T) {
 			}
 			t.Run(tt.name+"/"+sp.name, func(t *testing.T) {
 				got := parseUsage(&u, tt.contentType, tt.body, sp.split)
-				if got.Known != tt.want.Known || got.Prompt != tt.want.Prompt || got.Completion != tt.want.Completion ||
-					got.Total != tt.want.Total || got.CacheRead != tt.want.CacheRead || got.CacheWrite != tt.want.CacheWrite {
+				if got.Known != tt.want.Known || got.Tokens != tt.want.Tokens {
 					t.Errorf("usage = %+v, want %+v", got, tt.want)
 				}
 				if string(got.Model) != string(tt.want.Model) {
@@ -256,7 +255,7 @@ func TestUsageParserCompressed(t *testing.T) {
 	var u usageParser
 	for _, chunk := range []int{1, 7, 4096} {
 		got := parse(&u, gzJSON, gz(openAIChatJSON), chunk)
-		if !got.Known || got.Prompt != 1117 || got.Completion != 46 || got.Total != 1163 || string(got.Model) != "gpt-4o-2024-08-06" {
+		if !got.Known || got.Tokens != (tokenCounts{tokPrompt: 1117, tokCompletion: 46, tokTotal: 1163, tokCacheRead: 1024}) || string(got.Model) != "gpt-4o-2024-08-06" {
 			t.Errorf("gzip JSON in %d-byte reads: %+v, want the usage of the decoded body", chunk, got)
 		}
 	}
@@ -338,8 +337,8 @@ func TestUsageParserBoundedMemory(t *testing.T) {
 			u.feed(end)
 			got := u.finish()
 			runtime.ReadMemStats(&after)
-			if got.Total != tt.want {
-				t.Errorf("total = %d (%+v), want %d", got.Total, got, tt.want)
+			if got.Tokens[tokTotal] != tt.want {
+				t.Errorf("total = %d (%+v), want %d", got.Tokens[tokTotal], got, tt.want)
 			}
 			// Mallocs counts the whole process (the test framework's
 			// timers too): a parser that grew with the body would show

@@ -1,0 +1,516 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+)
+
+// statsView is the JSON of GET /stats (SPEC §4). The field names are a
+// contract with the dashboard and users' scripts.
+type statsView struct {
+	StatsEnabled bool                     `json:"stats_enabled"`
+	Total        int64                    `json:"total"`
+	Errors       int64                    `json:"errors"`
+	ClientClosed int64                    `json:"client_closed"`
+	Last24h      int64                    `json:"last_24h"`
+	Last7d       int64                    `json:"last_7d"`
+	Last30d      int64                    `json:"last_30d"`
+	Tokens       tokenView                `json:"tokens"`
+	Endpoints    map[string]*endpointView `json:"endpoints"`
+	Series       seriesView               `json:"series"`
+	Performance  perfFigures              `json:"performance"`
+	GeneratedAt  int64                    `json:"generated_at"`
+}
+
+// tokenView is the token figures of a prefix or of all of them. Its JSON
+// holds a field per token kind, named and ordered by tokenKinds, then
+// "unknown_responses".
+type tokenView struct {
+	Counts           tokenCounts
+	UnknownResponses int64 // 2xx responses that carried no usage
+}
+
+func (t *tokenView) add(o *tokenView) {
+	t.Counts.add(&o.Counts)
+	t.UnknownResponses += o.UnknownResponses
+}
+
+func (t tokenView) MarshalJSON() ([]byte, error) {
+	b := append(make([]byte, 0, 128), '{')
+	b = appendTokenFields(b, &t.Counts)
+	b = append(b, `,"unknown_responses":`...)
+	b = strconv.AppendInt(b, t.UnknownResponses, 10)
+	return append(b, '}'), nil
+}
+
+// UnmarshalJSON reads what MarshalJSON writes, so that a /stats body
+// decodes back into a statsView.
+func (t *tokenView) UnmarshalJSON(data []byte) error {
+	var m map[string]int64
+	if err := json.Unmarshal(data, &m); err != nil {
+		return err
+	}
+	*t = tokenView{Counts: tokenCountsOf(m), UnknownResponses: m["unknown_responses"]}
+	return nil
+}
+
+// modelView is the figures of one model under one prefix. Its JSON holds
+// "count", the responses that named the model, then a field per token
+// kind as in tokenView.
+type modelView struct {
+	Count  int64
+	Tokens tokenCounts
+}
+
+// add adds n to the stored model field name: "count" or a token kind.
+// Other names are ignored.
+func (m *modelView) add(name string, n int64) {
+	if name == fieldCount {
+		m.Count += n
+	} else if k, ok := tokenKindOf(name); ok {
+		m.Tokens[k] += n
+	}
+}
+
+func (m modelView) MarshalJSON() ([]byte, error) {
+	b := append(make([]byte, 0, 128), `{"count":`...)
+	b = strconv.AppendInt(b, m.Count, 10)
+	b = append(b, ',')
+	b = appendTokenFields(b, &m.Tokens)
+	return append(b, '}'), nil
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (m *modelView) UnmarshalJSON(data []byte) error {
+	var f map[string]int64
+	if err := json.Unmarshal(data, &f); err != nil {
+		return err
+	}
+	*m = modelView{Count: f[fieldCount], Tokens: tokenCountsOf(f)}
+	return nil
+}
+
+// appendTokenFields appends the JSON members "<kind>":<count> of c, in
+// tokenKinds order, separated by commas.
+func appendTokenFields(b []byte, c *tokenCounts) []byte {
+	for k, name := range tokenKinds {
+		if k > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, `":`...)
+		b = strconv.AppendInt(b, c[k], 10)
+	}
+	return b
+}
+
+// tokenCountsOf takes the count of each token kind from the JSON members
+// of an object decoded into m.
+func tokenCountsOf(m map[string]int64) tokenCounts {
+	var c tokenCounts
+	for k, name := range tokenKinds {
+		c[k] = m[name]
+	}
+	return c
+}
+
+// endpointView is the figures of one prefix. Counts are all-time but for
+// the last_* windows; latency and TTFB cover the last 24 hours.
+type endpointView struct {
+	Target       string                `json:"target"`
+	Count        int64                 `json:"count"`
+	ErrorCount   int64                 `json:"error_count"`
+	LastRequest  int64                 `json:"last_request"`
+	Last24h      int64                 `json:"last_24h"`
+	Last7d       int64                 `json:"last_7d"`
+	Last30d      int64                 `json:"last_30d"`
+	Status       statusView            `json:"status"`
+	ClientClosed int64                 `json:"client_closed"`
+	BytesIn      int64                 `json:"bytes_in"`
+	BytesOut     int64                 `json:"bytes_out"`
+	LatencyMS    latencyView           `json:"latency_ms"`
+	TTFBMS       ttfbView              `json:"ttfb_ms"`
+	Tokens       tokenView             `json:"tokens"`
+	Models       map[string]*modelView `json:"models"`
+
+	// Last 24 hours, for the latency figures.
+	latSum        int64
+	latency, ttfb [histBuckets]int64
+}
+
+// statusView counts requests by status class, all-time.
+type statusView struct {
+	S1xx int64 `json:"1xx"`
+	S2xx int64 `json:"2xx"`
+	S3xx int64 `json:"3xx"`
+	S4xx int64 `json:"4xx"`
+	S5xx int64 `json:"5xx"`
+}
+
+// latencyView is the durations of requests, in milliseconds.
+type latencyView struct {
+	Avg float64 `json:"avg"`
+	P50 float64 `json:"p50"`
+	P95 float64 `json:"p95"`
+	P99 float64 `json:"p99"`
+}
+
+// ttfbView is the times to first byte, in milliseconds.
+type ttfbView struct {
+	P50 float64 `json:"p50"`
+	P95 float64 `json:"p95"`
+	P99 float64 `json:"p99"`
+}
+
+// seriesView counts requests and errors per hour (the last windowHours)
+// and per UTC day (the last windowDays), oldest first.
+type seriesView struct {
+	Hourly []seriesPoint `json:"hourly"`
+	Daily  []seriesPoint `json:"daily"`
+}
+
+type seriesPoint struct {
+	T      int64 `json:"t"` // Unix time the hour or (UTC) day starts
+	Count  int64 `json:"count"`
+	Errors int64 `json:"errors"`
+}
+
+// viewLocked computes /stats at now from the stored figures, the flush in
+// progress and pending. st.mu must be held.
+func (st *Stats) viewLocked(now time.Time) *statsView {
+	v := newStatsView(st.enabled, now)
+	all := endpointSet{} // every prefix with stats, deleted ones too
+	for _, d := range []*statsData{st.base, st.inflight, st.pending} {
+		if d != nil {
+			v.addData(all, d)
+		}
+	}
+	for _, e := range all {
+		e.finish()
+		v.addEndpoint(e)
+	}
+	// Endpoints are the current mappings; a deleted prefix's requests stay
+	// in the totals above but it has no row.
+	for _, r := range st.routes.Load().sorted {
+		e := all.get(r.prefix)
+		e.Target = r.target
+		v.Endpoints[r.prefix] = e
+	}
+	v.Performance = st.perfAt(now)
+	return v
+}
+
+// newStatsView returns an empty view at now, its series points dated:
+// the windowHours hours and the windowDays (UTC) days up to now's.
+func newStatsView(enabled bool, now time.Time) *statsView {
+	h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
+	v := &statsView{StatsEnabled: enabled, Endpoints: map[string]*endpointView{}, GeneratedAt: now.Unix()}
+	v.Series.Hourly = make([]seriesPoint, windowHours)
+	v.Series.Daily = make([]seriesPoint, windowDays)
+	for i := range v.Series.Hourly {
+		v.Series.Hourly[i].T = (h - windowHours + 1 + int64(i)) * hourSeconds
+	}
+	for i := range v.Series.Daily {
+		v.Series.Daily[i].T = (day - windowDays + 1 + int64(i)) * daySeconds
+	}
+	return v
+}
+
+// endpointSet holds the figures of each prefix while a view is computed.
+type endpointSet map[string]*endpointView
+
+// get returns the figures of prefix, added empty on first use.
+func (es endpointSet) get(prefix string) *endpointView {
+	e := es[prefix]
+	if e == nil {
+		e = &endpointView{Models: map[string]*modelView{}}
+		es[prefix] = e
+	}
+	return e
+}
+
+// addData adds the figures of d to the prefixes in all and to the series:
+// all-time totals, last requests, and the buckets of the series' hours
+// and days.
+func (v *statsView) addData(all endpointSet, d *statsData) {
+	for f, n := range d.Total {
+		prefix, name, ok := strings.Cut(f, "|")
+		if ok {
+			all.get(prefix).addTotal(name, n)
+		}
+	}
+	for p, t := range d.Last {
+		e := all.get(p)
+		e.LastRequest = max(e.LastRequest, t)
+	}
+	for i := range v.Series.Hourly {
+		pt := &v.Series.Hourly[i]
+		for f, n := range d.Hours[pt.T/hourSeconds] {
+			prefix, name, ok := strings.Cut(f, "|")
+			if !ok {
+				continue
+			}
+			all.get(prefix).addHour(name, n)
+			switch name {
+			case fieldCount:
+				pt.Count += n
+			case fieldErrors:
+				pt.Errors += n
+			}
+		}
+	}
+	for i := range v.Series.Daily {
+		pt := &v.Series.Daily[i]
+		age := windowDays - 1 - i // in days, today being 0
+		for f, n := range d.Days[pt.T/daySeconds] {
+			prefix, name, ok := strings.Cut(f, "|")
+			if !ok {
+				continue
+			}
+			switch name {
+			case fieldCount:
+				pt.Count += n
+				all.get(prefix).addDay(age, n)
+			case fieldErrors:
+				pt.Errors += n
+			}
+		}
+	}
+}
+
+// addEndpoint adds the figures of one prefix to the view's totals.
+func (v *statsView) addEndpoint(e *endpointView) {
+	v.Total += e.Count
+	v.Errors += e.ErrorCount
+	v.ClientClosed += e.ClientClosed
+	v.Last24h += e.Last24h
+	v.Last7d += e.Last7d
+	v.Last30d += e.Last30d
+	v.Tokens.add(&e.Tokens)
+}
+
+// addTotal adds n to the all-time field name (see the field constants).
+// Unknown names are ignored.
+func (e *endpointView) addTotal(name string, n int64) {
+	switch name {
+	case fieldCount:
+		e.Count += n
+	case fieldErrors:
+		e.ErrorCount += n
+	case fieldClientClosed:
+		e.ClientClosed += n
+	case fieldBytesIn:
+		e.BytesIn += n
+	case fieldBytesOut:
+		e.BytesOut += n
+	case fieldUnknown:
+		e.Tokens.UnknownResponses += n
+	case "s1xx":
+		e.Status.S1xx += n
+	case "s2xx":
+		e.Status.S2xx += n
+	case "s3xx":
+		e.Status.S3xx += n
+	case "s4xx":
+		e.Status.S4xx += n
+	case "s5xx":
+		e.Status.S5xx += n
+	default:
+		if kind, ok := strings.CutPrefix(name, fieldTokens); ok {
+			if k, ok := tokenKindOf(kind); ok {
+				e.Tokens.Counts[k] += n
+			}
+		} else if rest, ok := strings.CutPrefix(name, fieldModel); ok {
+			i := strings.LastIndexByte(rest, '|')
+			if i <= 0 {
+				return
+			}
+			m := e.Models[rest[:i]]
+			if m == nil {
+				m = &modelView{}
+				e.Models[rest[:i]] = m
+			}
+			m.add(rest[i+1:], n)
+		}
+	}
+}
+
+// addHour adds n to the field name of an hour in the last 24.
+func (e *endpointView) addHour(name string, n int64) {
+	switch name {
+	case fieldCount:
+		e.Last24h += n
+	case fieldLatencySum:
+		e.latSum += n
+	default:
+		if i, ok := histField(name, fieldLatency); ok {
+			e.latency[i] += n
+		} else if i, ok := histField(name, fieldTTFB); ok {
+			e.ttfb[i] += n
+		}
+	}
+}
+
+// addDay adds the n requests of the day age days before today.
+func (e *endpointView) addDay(age int, n int64) {
+	e.Last30d += n
+	if age < 7 {
+		e.Last7d += n
+	}
+}
+
+// histField parses "<kind><bucket>".
+func histField(name, kind string) (int, bool) {
+	s, ok := strings.CutPrefix(name, kind)
+	if !ok {
+		return 0, false
+	}
+	i, err := strconv.Atoi(s)
+	return i, err == nil && i >= 0 && i < histBuckets
+}
+
+// percentilesMS returns the p50, p95 and p99 of a histogram of
+// microseconds, in milliseconds.
+func percentilesMS(h *[histBuckets]int64) (p50, p95, p99 float64) {
+	var n int64
+	for _, c := range h {
+		n += c
+	}
+	q := func(p float64) float64 { return round2(histQuantile(h, n, p) / 1e3) }
+	return q(0.50), q(0.95), q(0.99)
+}
+
+// finish computes the latency figures and folds models past maxModels
+// (possible when instances saw different ones) into "other".
+func (e *endpointView) finish() {
+	if e.Last24h > 0 { // the requests whose latencies latSum adds up
+		e.LatencyMS.Avg = round2(float64(e.latSum) / float64(e.Last24h) / 1e3)
+	}
+	e.LatencyMS.P50, e.LatencyMS.P95, e.LatencyMS.P99 = percentilesMS(&e.latency)
+	e.TTFBMS.P50, e.TTFBMS.P95, e.TTFBMS.P99 = percentilesMS(&e.ttfb)
+	if len(e.Models) <= maxModels {
+		return
+	}
+	names := make([]string, 0, len(e.Models))
+	for name := range e.Models {
+		if name != "other" {
+			names = append(names, name)
+		}
+	}
+	if len(names) <= maxModels {
+		return
+	}
+	sort.Slice(names, func(i, j int) bool {
+		a, b := e.Models[names[i]], e.Models[names[j]]
+		return a.Count > b.Count || a.Count == b.Count && names[i] < names[j]
+	})
+	other := e.Models["other"]
+	if other == nil {
+		other = &modelView{}
+	}
+	for _, name := range names[maxModels:] {
+		m := e.Models[name]
+		other.Count += m.Count
+		other.Tokens.add(&m.Tokens)
+		delete(e.Models, name)
+	}
+	e.Models["other"] = other
+}
+
+// json returns the /stats body, computed at most once per statsCacheTTL.
+func (st *Stats) json(ctx context.Context) []byte {
+	body, _ := st.view(ctx, false)
+	return body
+}
+
+// view returns the /stats body, and also its gzip-compressed form when
+// wantGzip. The compressed form is made once per cached body, since a
+// dashboard fetches the same large body every few seconds.
+func (st *Stats) view(ctx context.Context, wantGzip bool) (body, gz []byte) {
+	st.viewMu.Lock()
+	defer st.viewMu.Unlock()
+	now := st.now()
+	if st.cache == nil || now.Sub(st.cacheAt) >= statsCacheTTL || now.Before(st.cacheAt) {
+		st.cache, st.cacheGz = st.render(ctx, now), nil
+		st.cacheAt = now
+	}
+	if wantGzip && st.cacheGz == nil {
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+		zw.Write(st.cache)
+		zw.Close()
+		st.cacheGz = buf.Bytes()
+	}
+	if wantGzip {
+		return st.cache, st.cacheGz
+	}
+	return st.cache, nil
+}
+
+// render builds the /stats body from the store and this instance's
+// unflushed counts. viewMu is held.
+func (st *Stats) render(ctx context.Context, now time.Time) []byte {
+	if st.enabled {
+		st.refresh(ctx, now)
+	}
+	st.mu.Lock()
+	st.drainLocked(now)
+	v := st.viewLocked(now)
+	st.mu.Unlock()
+	body, err := json.Marshal(v)
+	if err != nil {
+		// Only plain numbers and strings: cannot happen.
+		panic(err)
+	}
+	return body
+}
+
+// refresh reads the stored figures into base when they are older than
+// statsCacheTTL. A flush in progress keeps the old base: it is added to
+// base when done, and shown as inflight until then.
+func (st *Stats) refresh(ctx context.Context, now time.Time) {
+	st.mu.Lock()
+	fresh := st.base != nil && now.Sub(st.baseAt) < statsCacheTTL && !now.Before(st.baseAt)
+	st.mu.Unlock()
+	if fresh || !st.ioMu.TryLock() {
+		return
+	}
+	defer st.ioMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, statsLoadTimeout)
+	defer cancel()
+	d, err := st.store.LoadStats(ctx, now)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.baseAt = now
+	if err != nil {
+		if !st.baseErr {
+			st.logger.Warn("reading stats from the store failed; /stats shows the last figures read plus this instance's new counts", "error", err)
+		}
+		st.baseErr = true
+		return
+	}
+	st.base, st.baseErr = d, false
+}
+
+// handleStats answers GET /stats.
+func (s *Server) handleStats(c *gin.Context) {
+	c.Header("Cache-Control", "no-store")
+	c.Header("Vary", "Accept-Encoding")
+	if acceptsGzip(c.GetHeader("Accept-Encoding")) {
+		_, gz := s.stats.view(c.Request.Context(), true)
+		c.Header("Content-Encoding", "gzip")
+		c.Data(http.StatusOK, "application/json; charset=utf-8", gz)
+		return
+	}
+	c.Data(http.StatusOK, "application/json; charset=utf-8", s.stats.json(c.Request.Context()))
+}
