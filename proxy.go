@@ -57,17 +57,23 @@ type proxy struct {
 	routes    *atomic.Pointer[routeTable]
 	observe   func(*requestRecord) // called once per finished request; may be nil
 
-	// Handed-off event streams (stream.go): recycle gives their
-	// connections back to the server (nil: they are closed at the end,
-	// announced with "Connection: close"); cancelling base cuts them at the
-	// end of a shutdown (nil: never).
+	// streamHandoff is STREAM_HANDOFF: event streams to HTTP/1.1 clients
+	// are handed off (stream.go) and may read the upstream socket
+	// themselves (upconn.go). When it is false every response goes
+	// through ReverseProxy alone, and the fields below stay unused.
+	streamHandoff bool
+	// recycle gives the connections of handed-off streams back to the
+	// server (nil: they are closed at the end, announced with
+	// "Connection: close"); cancelling base cuts them at the end of a
+	// shutdown (nil: never). newServer sets both.
 	recycle *connRecycler
 	base    context.Context
-	// sharedWatch watches handed-off streams' clients with streamWatcher
-	// (one goroutine for all); false, or where it is not available, each
-	// stream reads its client connection from a goroutine of its own.
-	sharedWatch bool
-	// watchFailed logs, once, that streamWatcher stopped.
+	// watcher watches the clients of handed-off streams, and the upstreams
+	// of raw ones, from one goroutine for all (watch_linux.go); close
+	// stops it. nil where epoll is not available: each stream then reads
+	// its client connection from a goroutine of its own.
+	watcher *clientWatcher
+	// watchFailed logs, once, that the watcher stopped.
 	watchFailed sync.Once
 	handedOff   atomic.Int64 // streams handed off so far
 	rawStreams  atomic.Int64 // of which read the upstream socket themselves (upconn.go)
@@ -99,14 +105,17 @@ type requestRecord struct {
 // newTransport returns the upstream transport, tuned for many long streams
 // to a few hosts: a large keep-alive pool, HTTP/2 to TLS upstreams, bounded
 // dial and TLS handshake, and no overall or response-header timeout unless
-// configured (a generation may stream for an hour).
+// configured (a generation may stream for an hour). With the stream
+// hand-off on, the connections it dials are upConns (upconn.go), which raw
+// streams read themselves.
 func newTransport(cfg Config) *http.Transport {
+	dial := (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	if cfg.StreamHandoff {
+		dial = dialUp(dial)
+	}
 	return &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
-		DialContext: dialUp((&net.Dialer{
-			Timeout:   cfg.DialTimeout,
-			KeepAlive: 30 * time.Second,
-		}).DialContext),
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dial,
 		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout,
 		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
@@ -127,26 +136,40 @@ func newTransport(cfg Config) *http.Transport {
 	}
 }
 
+// newProxy returns the proxy of one Server. With cfg.StreamHandoff it
+// starts the watcher of handed-off streams (a goroutine, and on Linux an
+// epoll set), which close stops; the Server calls it.
 func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, routes *atomic.Pointer[routeTable]) *proxy {
 	p := &proxy{
-		transport:   transport,
-		logger:      logger,
-		errorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
-		cors:        newCORSPolicy(cfg.CORSOrigins),
-		timeout:     cfg.UpstreamTimeout,
-		routes:      routes,
-		sharedWatch: true,
+		transport:     transport,
+		logger:        logger,
+		errorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		cors:          newCORSPolicy(cfg.CORSOrigins),
+		timeout:       cfg.UpstreamTimeout,
+		routes:        routes,
+		streamHandoff: cfg.StreamHandoff,
 	}
 	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
 	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }
 	p.requests.New = func() any { return p.newRequest() }
-	// The client watcher's goroutine lives as long as the process; started
-	// here rather than at the first hand-off (watch would start it too) so
-	// that it is part of the server from its start, like its other loops,
-	// and not a goroutine that appears under load (goroutine-leak checks in
-	// faults_test.go count from the start).
-	streamWatcher.ensure()
+	if cfg.StreamHandoff {
+		// Started with the proxy rather than at the first hand-off, so
+		// that its goroutine is part of the server from its start, like
+		// its other loops, and not one that appears under load.
+		w, err := newClientWatcher()
+		if err != nil {
+			logger.Warn("no shared watcher of handed-off streams: each watches its client from a goroutine of its own", "error", err)
+		}
+		p.watcher = w
+	}
 	return p
+}
+
+// close stops what newProxy started. A handed-off stream still running
+// then sees its client leave only at its next write; Server.Close cuts
+// such streams first.
+func (p *proxy) close() {
+	p.watcher.close()
 }
 
 // proxyRequest is the per-request state of one proxied call, pooled. Its

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -317,9 +318,12 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 	}
 }
 
-// TestProcessProcessors checks on the real binary that the process serves
-// with two processors (go_sched_gomaxprocs_threads in /metrics) and that
-// an operator's GOMAXPROCS is left as it is.
+// TestProcessProcessors checks on the real binary that runtime tuning is
+// off by default, leaving GOMAXPROCS to the Go runtime (it is never
+// called, so the runtime's own updates to a container's CPU limit keep
+// working); that RUNTIME_TUNING=on serves with two processors
+// (go_sched_gomaxprocs_threads in /metrics); and that an operator's
+// GOMAXPROCS is left as it is either way.
 func TestProcessProcessors(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("one CPU: GOMAXPROCS is 1 anyway")
@@ -327,31 +331,46 @@ func TestProcessProcessors(t *testing.T) {
 	if _, ok := machineCPU(); !ok {
 		t.Skip("no /proc/stat: GOMAXPROCS is not tuned here")
 	}
-	bin := buildBinary(t)
-	gomaxprocs := func(p *proxyProcess) string {
-		t.Helper()
-		res, err := http.Get("http://" + p.addr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "go_sched_gomaxprocs_threads "); ok {
-				return v
-			}
-		}
-		t.Fatalf("no go_sched_gomaxprocs_threads in /metrics:\n%s", b)
-		return ""
+	if os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("GOMAXPROCS is set for the tests: the runtime's default is not known")
 	}
+	def := strconv.Itoa(runtime.GOMAXPROCS(0))
+	bin := buildBinary(t)
 	// An empty variable is unset for the runtime and for the proxy: the
 	// test's own environment does not count.
-	p := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "GOMAXPROCS=", "GOGC=")
-	if got := gomaxprocs(p); got != "2" {
-		t.Errorf("GOMAXPROCS %s once serving, want 2", got)
+	tests := []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"default: the runtime's own", []string{"RUNTIME_TUNING=", "GOMAXPROCS=", "GOGC="}, def},
+		{"tuning on", []string{"RUNTIME_TUNING=on", "GOMAXPROCS=", "GOGC="}, "2"},
+		{"tuning on, GOMAXPROCS set", []string{"RUNTIME_TUNING=on", "GOMAXPROCS=1"}, "1"},
 	}
-	p = startBinary(t, bin, "DATA_DIR="+t.TempDir(), "GOMAXPROCS=1")
-	if got := gomaxprocs(p); got != "1" {
-		t.Errorf("GOMAXPROCS %s with GOMAXPROCS=1 in the environment, want 1", got)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startBinary(t, bin, append([]string{"DATA_DIR=" + t.TempDir()}, tt.env...)...)
+			if got := gomaxprocsOf(t, p); got != tt.want {
+				t.Errorf("GOMAXPROCS %s once serving, want %s", got, tt.want)
+			}
+		})
 	}
+}
+
+// gomaxprocsOf reads go_sched_gomaxprocs_threads from p's /metrics.
+func gomaxprocsOf(t *testing.T, p *proxyProcess) string {
+	t.Helper()
+	res, err := http.Get("http://" + p.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "go_sched_gomaxprocs_threads "); ok {
+			return v
+		}
+	}
+	t.Fatalf("no go_sched_gomaxprocs_threads in /metrics:\n%s", b)
+	return ""
 }

@@ -68,7 +68,7 @@ type streamState struct {
 	// stopping is set before the stream ends the watcher's read on purpose.
 	stopping   atomic.Bool
 	clientGone atomic.Bool
-	watched    bool // registered with streamWatcher (reg)
+	watched    bool // registered with the proxy's watcher (reg)
 	reg        watchReg
 	watchDone  chan struct{}   // closed when watchClient returns; nil if none runs
 	stopCut    func() bool     // unregisters the shutdown cut
@@ -85,7 +85,7 @@ type streamState struct {
 // as the request tells; it decides whether serve gives the upstream request
 // a context of its own that outlives the handler.
 func (p *proxy) mayHandOff(w http.ResponseWriter, req *http.Request) bool {
-	return req.ProtoMajor == 1 && req.ProtoMinor == 1 &&
+	return p.streamHandoff && req.ProtoMajor == 1 && req.ProtoMinor == 1 &&
 		req.Method != http.MethodHead && !req.Close &&
 		req.Header["Upgrade"] == nil && w.Header()["Connection"] == nil
 }
@@ -187,13 +187,11 @@ func (pr *proxyRequest) stream() {
 	p, st := pr.p, &pr.st
 	// A client that already sent more bytes is not watched.
 	if len(st.pending) == 0 && !st.clientGone.Load() {
-		if p.sharedWatch {
-			st.reg, st.watched = streamWatcher.watch(st.conn, st.onEvent)
-			if err := streamWatcher.failed(); !st.watched && err != nil {
-				p.watchFailed.Do(func() {
-					p.logger.Error("the stream watcher stopped: each stream now watches its client from a goroutine of its own", "err", err)
-				})
-			}
+		st.reg, st.watched = p.watcher.watch(st.conn, st.onEvent)
+		if err := p.watcher.failed(); !st.watched && err != nil {
+			p.watchFailed.Do(func() {
+				p.logger.Error("the stream watcher stopped: each stream now watches its client from a goroutine of its own", "err", err)
+			})
 		}
 		if !st.watched {
 			st.watchDone = make(chan struct{})
@@ -211,7 +209,7 @@ func (pr *proxyRequest) stream() {
 	p.streamBufs.Put(buf)
 
 	if st.watched {
-		streamWatcher.unwatch(st.reg)
+		p.watcher.unwatch(st.reg)
 	} else if st.watchDone != nil {
 		st.stopping.Store(true)
 		st.conn.SetReadDeadline(longAgo)
@@ -287,8 +285,7 @@ func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
 const hexDigits = "0123456789abcdef"
 
 // watchClient reads from the client connection while the stream runs, where
-// streamWatcher is not available. The
-// client sends nothing during a response, so the read ends only when the
+// the proxy has no watcher, or it refused. The client sends nothing during a response, so the read ends only when the
 // client closes the connection (the upstream request is cancelled), when
 // it sends its next request early (kept for the server), or when stream
 // ends it with a deadline.
@@ -306,7 +303,7 @@ func (pr *proxyRequest) watchClient() {
 	}
 }
 
-// clientEvent is streamWatcher's callback: the client left (gone), or sent
+// clientEvent is the watcher's callback: the client left (gone), or sent
 // its next request early, which stays in the socket for the server.
 func (pr *proxyRequest) clientEvent(gone bool) {
 	if gone {
@@ -343,16 +340,16 @@ func (c *replayConn) Read(p []byte) (int, error) {
 // connRecycler is a net.Listener that yields the client connections of
 // finished handed-off streams, so that the http.Server (Serve'd on it too)
 // reads their next request: keep-alive works as if net/http had served
-// the stream. Closing it (Server.Shutdown does) makes give refuse.
+// the stream. Closing it (Server.Shutdown does, and Server.Close) makes
+// give refuse.
 type connRecycler struct {
-	addr      net.Addr
 	conns     chan net.Conn
 	done      chan struct{}
 	closeOnce sync.Once
 }
 
-func newConnRecycler(addr net.Addr) *connRecycler {
-	return &connRecycler{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
+func newConnRecycler() *connRecycler {
+	return &connRecycler{conns: make(chan net.Conn), done: make(chan struct{})}
 }
 
 func (l *connRecycler) Accept() (net.Conn, error) {
@@ -369,7 +366,16 @@ func (l *connRecycler) Close() error {
 	return nil
 }
 
-func (l *connRecycler) Addr() net.Addr { return l.addr }
+// Addr is a placeholder: the connections come from the server's own
+// listener, whose address they carry (net/http does not use a listener's
+// Addr to serve).
+func (l *connRecycler) Addr() net.Addr { return recycledAddr{} }
+
+// recycledAddr is connRecycler's address.
+type recycledAddr struct{}
+
+func (recycledAddr) Network() string { return "recycled" }
+func (recycledAddr) String() string  { return "recycled connections" }
 
 // give hands c to the server and reports whether it took it; when it did
 // not (the server is shutting down), c is still the caller's.

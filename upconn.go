@@ -388,7 +388,7 @@ type rawCopy struct {
 	err         error           // why the body ended before its end
 	extra       bool            // the upstream sent bytes after the body's end
 	writeFailed bool            // a write to the client failed
-	// hangup is set by streamWatcher when the upstream closed or reset
+	// hangup is set by the proxy's watcher when the upstream closed or reset
 	// the connection (readSocket).
 	hangup atomic.Bool
 }
