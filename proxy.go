@@ -451,6 +451,10 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 		delete(out.Header, "Upgrade")
 		delete(out.Header, "Connection")
 	}
+	// ReverseProxy puts back "TE: trailers" when the client sent it (for
+	// gRPC); TE is hop-by-hop all the same (RFC 9110 §10.1.4, SPEC §3.3),
+	// so it goes.
+	delete(out.Header, "Te")
 	// Rewrite mode drops these; a transparent proxy passes them as received
 	// and adds none of its own.
 	for _, k := range forwardingHeaders {

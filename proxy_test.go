@@ -26,8 +26,16 @@ import (
 )
 
 // TestProxyRequestHeaders sends one raw request full of hop-by-hop,
-// repeated and empty headers and checks what the upstream received.
+// repeated and empty headers and checks what the upstream received. TE is
+// hop-by-hop whatever it holds: httputil.ReverseProxy alone would forward
+// "TE: trailers" (for gRPC), which SPEC §3.3 does not allow.
 func TestProxyRequestHeaders(t *testing.T) {
+	for _, te := range []string{"gzip", "trailers", "trailers, deflate"} {
+		t.Run("TE: "+te, func(t *testing.T) { testProxyRequestHeaders(t, te) })
+	}
+}
+
+func testProxyRequestHeaders(t *testing.T, te string) {
 	up := newUpstream(t, nil)
 	_, front := newTestServer(t, map[string]string{"/p": up.URL})
 	raw := "GET /p/h HTTP/1.1\r\n" +
@@ -37,7 +45,7 @@ func TestProxyRequestHeaders(t *testing.T) {
 		"Keep-Alive: timeout=5\r\n" +
 		"Proxy-Connection: keep-alive\r\n" +
 		"Proxy-Authorization: Basic Zm9vOmJhcg==\r\n" +
-		"TE: gzip\r\n" +
+		"TE: " + te + "\r\n" +
 		"Trailer: X-Checksum\r\n" +
 		"Upgrade: websocket\r\n" +
 		"X-Multi: a\r\n" +
