@@ -52,15 +52,16 @@ func TestMemoryReleaser(t *testing.T) {
 		run(t, steps)
 	})
 	t.Run("many idle streams with pings", func(t *testing.T) {
-		// 10,000 held streams, a ping every 5 s each: 2,000 events a second,
-		// 60 ms of CPU, but 6 µs per stream.
+		// Ten thousand held streams whose pings together keep the process
+		// as busy as the few busy streams below: very little per stream.
 		run(t, []step{
 			{allocated: 200 * mib, busy: 900 * time.Millisecond, free: 150 * mib, inFlight: 10000}, // the burst
 			{allocated: 100 << 10, busy: 60 * time.Millisecond, free: 150 * mib, inFlight: 10000, want: true},
 		})
 	})
 	t.Run("a few busy streams", func(t *testing.T) {
-		// 50 streams of 50 events a second: 60 ms of CPU, 1.2 ms per stream.
+		// Fifty streams of tokens: the same CPU as the pings above, much
+		// more per stream.
 		var steps []step
 		for i := 0; i < 40; i++ {
 			steps = append(steps, step{allocated: 10 << 10, busy: 60 * time.Millisecond, free: 20 * mib, inFlight: 50})
@@ -181,10 +182,10 @@ func TestProcsTuner(t *testing.T) {
 	})
 	t.Run("idle or light work on an idle machine keeps two", func(t *testing.T) {
 		run(t, newProcsTuner(4), repeat(step{0.01, 3.9, 2}, time.Minute))
-		run(t, newProcsTuner(4), repeat(step{0.2, 3.5, 2}, time.Minute)) // 300 SSE streams
+		run(t, newProcsTuner(4), repeat(step{0.2, 3.5, 2}, time.Minute)) // hundreds of SSE streams
 	})
 	t.Run("saturated machine: one after procsContendAfter, and stays", func(t *testing.T) {
-		// The bench's small requests: the proxy, its load generator and
+		// Small requests under load: the proxy, its load generator and
 		// upstream share 2 CPUs.
 		steps := then(repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1})
 		run(t, newProcsTuner(2), then(steps, repeat(step{0.95, 0.3, 1}, time.Minute)...))

@@ -2,10 +2,10 @@ package main
 
 // Handed-off event streams. An SSE or NDJSON response of unknown length to
 // an HTTP/1.1 client spends nearly all its life idle between tokens, and
-// while net/http serves it the stream keeps the handler goroutine (whose
-// stack ReverseProxy's deep calls grow to 8 KiB), the server's background
-// reader, and the connection's read, write and chunking buffers (10 KiB).
-// Measured with the bench's hold scenario, that was 60 KiB per held stream.
+// while net/http serves it the stream keeps the handler goroutine (with
+// the stack ReverseProxy's deep calls grew), the server's background
+// reader, and the connection's read, write and chunking buffers. A proxy
+// holding thousands of such streams spends most of its memory on them.
 //
 // So once such a response's headers are in, the proxy hijacks the client
 // connection, writes the head itself and hands the stream to a goroutine
@@ -13,16 +13,20 @@ package main
 // into a 2 KiB buffer and writes each read as one HTTP/1.1 chunk, in one
 // write, at once (every chunk flushed as read, SPEC §3.5); from a
 // plain-HTTP/1.1 upstream it passes the chunked body's bytes as read from
-// the socket (streamRaw, upconn.go). A second small
-// goroutine watches the client connection: a client that leaves cancels
-// the upstream request at once (SPEC §3.8), as net/http's own background
-// read did. When the stream ends, the connection goes back to the
-// http.Server through connRecycler, so keep-alive works as before.
+// the socket (streamRaw, upconn.go). The proxy's watcher (watch_linux.go)
+// watches the client connection, or where there is none a second small
+// goroutine reads it: a client that leaves cancels the upstream request at
+// once (SPEC §3.8), as net/http's own background read does. When the
+// stream ends, the connection goes back to the http.Server through
+// connRecycler, so keep-alive works as if net/http had served the stream.
+// What this buys is memory per held stream: a small stack and buffer
+// instead of net/http's.
 //
 // What is not handed off stays on the ordinary ReverseProxy path: HTTP/2
 // clients (no hijacking), HTTP/1.0 clients (no chunking), HEAD, bodies of
 // known length, responses with trailers, requests whose body is still
-// being sent, and requests asking to close the connection.
+// being sent, and requests asking to close the connection. With
+// STREAM_HANDOFF=off (Config.StreamHandoff) nothing is.
 
 import (
 	"bytes"
