@@ -83,18 +83,6 @@ func TestLoadConfig(t *testing.T) {
 			func(c Config) (any, any) { return [2]bool{c.TuneProcs, c.TuneGC}, [2]bool{false, true} }},
 		{"GOGC set: GC not tuned", map[string]string{"GOGC": "200"}, nil,
 			func(c Config) (any, any) { return [2]bool{c.TuneProcs, c.TuneGC}, [2]bool{true, false} }},
-		{"STREAM_HANDOFF off", map[string]string{"STREAM_HANDOFF": "off"}, nil,
-			func(c Config) (any, any) { return c.StreamHandoff, false }},
-		{"STREAM_HANDOFF false", map[string]string{"STREAM_HANDOFF": "false"}, nil,
-			func(c Config) (any, any) { return c.StreamHandoff, false }},
-		{"-stream-handoff flag wins", map[string]string{"STREAM_HANDOFF": "off"}, []string{"-stream-handoff", "on"},
-			func(c Config) (any, any) { return c.StreamHandoff, true }},
-		{"-stream-handoff=off", nil, []string{"-stream-handoff=off"},
-			func(c Config) (any, any) { return c.StreamHandoff, false }},
-		{"RUNTIME_TUNING on", map[string]string{"RUNTIME_TUNING": "ON"}, nil,
-			func(c Config) (any, any) { return c.RuntimeTuning, true }},
-		{"-runtime-tuning flag wins", map[string]string{"RUNTIME_TUNING": "on"}, []string{"-runtime-tuning=off"},
-			func(c Config) (any, any) { return c.RuntimeTuning, false }},
 		{"LOG_FORMAT json", map[string]string{"LOG_FORMAT": "json"}, nil,
 			func(c Config) (any, any) { return c.LogFormat, "json" }},
 		{"-log-level flag wins", map[string]string{"LOG_LEVEL": "warn"}, []string{"-log-level", "debug"},
@@ -124,6 +112,36 @@ func TestLoadConfig(t *testing.T) {
 			}
 			if got, want := tt.check(cfg); !reflect.DeepEqual(got, want) {
 				t.Errorf("got %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+// TestLoadConfigSwitches: STREAM_HANDOFF and RUNTIME_TUNING take on or
+// off (or a boolean), and their flags win.
+func TestLoadConfigSwitches(t *testing.T) {
+	tests := []struct {
+		name            string
+		env             map[string]string
+		args            []string
+		handoff, tuning bool
+	}{
+		{"defaults", nil, nil, true, false},
+		{"STREAM_HANDOFF off", map[string]string{"STREAM_HANDOFF": "off"}, nil, false, false},
+		{"STREAM_HANDOFF false", map[string]string{"STREAM_HANDOFF": "false"}, nil, false, false},
+		{"-stream-handoff flag wins", map[string]string{"STREAM_HANDOFF": "off"}, []string{"-stream-handoff", "on"}, true, false},
+		{"-stream-handoff=off", nil, []string{"-stream-handoff=off"}, false, false},
+		{"RUNTIME_TUNING on", map[string]string{"RUNTIME_TUNING": "ON"}, nil, true, true},
+		{"-runtime-tuning flag wins", map[string]string{"RUNTIME_TUNING": "on"}, []string{"-runtime-tuning=off"}, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := loadConfig(func(k string) string { return tt.env[k] }, tt.args, io.Discard)
+			if err != nil {
+				t.Fatalf("loadConfig: %v", err)
+			}
+			if cfg.StreamHandoff != tt.handoff || cfg.RuntimeTuning != tt.tuning {
+				t.Errorf("StreamHandoff %v, RuntimeTuning %v; want %v, %v", cfg.StreamHandoff, cfg.RuntimeTuning, tt.handoff, tt.tuning)
 			}
 		})
 	}

@@ -849,15 +849,7 @@ func TestProxyUpstreamErrors(t *testing.T) {
 // origins, other OPTIONS requests are proxied, and CORS headers are added
 // to proxied responses only for allowed origins.
 func TestProxyCORS(t *testing.T) {
-	tests := []struct {
-		name       string
-		origins    string // CORS_ALLOW_ORIGINS; "" is the default "*"
-		method     string
-		header     map[string]string
-		wantStatus int
-		wantHits   int64
-		want       map[string]string // response headers; "" must be absent
-	}{
+	tests := []corsCase{
 		{
 			name: "preflight answered locally", method: "OPTIONS",
 			header: map[string]string{
@@ -916,39 +908,56 @@ func TestProxyCORS(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("X-Upstream", "yes")
-				if o := r.Header.Get("X-Upstream-Cors"); o != "" {
-					w.Header().Set("Access-Control-Allow-Origin", o)
-				}
-			})
-			env := map[string]string{}
-			if tt.origins != "" {
-				env["CORS_ALLOW_ORIGINS"] = tt.origins
-			}
-			_, front := newTestServerConfig(t, testConfig(t, env), map[string]string{"/p": up.URL})
-			req, _ := http.NewRequest(tt.method, front.URL+"/p/v1/chat/completions", nil)
-			for k, v := range tt.header {
-				req.Header.Set(k, v)
-			}
-			res, err := front.Client().Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res.Body.Close()
-			if res.StatusCode != tt.wantStatus {
-				t.Errorf("status = %d, want %d", res.StatusCode, tt.wantStatus)
-			}
-			if n := up.Hits(); n != tt.wantHits {
-				t.Errorf("upstream hits = %d, want %d", n, tt.wantHits)
-			}
-			for k, want := range tt.want {
-				if got := strings.Join(res.Header.Values(k), ", "); got != want {
-					t.Errorf("%s = %q, want %q", k, got, want)
-				}
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { checkCORS(t, tt) })
+	}
+}
+
+// corsCase is a request of TestProxyCORS to a server allowing origins,
+// and what it must get.
+type corsCase struct {
+	name       string
+	origins    string // CORS_ALLOW_ORIGINS; "" is the default "*"
+	method     string
+	header     map[string]string
+	wantStatus int
+	wantHits   int64
+	want       map[string]string // response headers; "" must be absent
+}
+
+// checkCORS sends tt's request through a new server to an upstream that
+// answers X-Upstream: yes, and its X-Upstream-Cors request header as its
+// own Access-Control-Allow-Origin.
+func checkCORS(t *testing.T, tt corsCase) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Upstream", "yes")
+		if o := r.Header.Get("X-Upstream-Cors"); o != "" {
+			w.Header().Set("Access-Control-Allow-Origin", o)
+		}
+	})
+	env := map[string]string{}
+	if tt.origins != "" {
+		env["CORS_ALLOW_ORIGINS"] = tt.origins
+	}
+	_, front := newTestServerConfig(t, testConfig(t, env), map[string]string{"/p": up.URL})
+	req, _ := http.NewRequest(tt.method, front.URL+"/p/v1/chat/completions", nil)
+	for k, v := range tt.header {
+		req.Header.Set(k, v)
+	}
+	res, err := front.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != tt.wantStatus {
+		t.Errorf("status = %d, want %d", res.StatusCode, tt.wantStatus)
+	}
+	if n := up.Hits(); n != tt.wantHits {
+		t.Errorf("upstream hits = %d, want %d", n, tt.wantHits)
+	}
+	for k, want := range tt.want {
+		if got := strings.Join(res.Header.Values(k), ", "); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
 	}
 }
 

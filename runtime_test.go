@@ -19,23 +19,8 @@ import (
 // is free.
 func TestMemoryReleaser(t *testing.T) {
 	const mib = 1 << 20
-	type step struct {
-		allocated uint64        // in the last second
-		busy      time.Duration // in the last second
-		free      uint64
-		inFlight  int64
-		want      bool
-	}
-	run := func(t *testing.T, steps []step) {
-		t.Helper()
-		var m memoryReleaser
-		for i, s := range steps {
-			if got := m.tick(s.allocated, s.busy, s.free, s.inFlight); got != s.want {
-				t.Fatalf("tick %d (allocated %d KiB, busy %v, free %d MiB, in flight %d) = %v, want %v",
-					i, s.allocated>>10, s.busy, s.free/mib, s.inFlight, got, s.want)
-			}
-		}
-	}
+	type step = releaserStep
+	run := runReleaser
 	t.Run("held streams after a burst", func(t *testing.T) {
 		run(t, []step{
 			{allocated: 40 * mib, free: 30 * mib, inFlight: 1000, want: false}, // the burst itself
@@ -105,6 +90,28 @@ func TestMemoryReleaser(t *testing.T) {
 	})
 }
 
+// releaserStep is one tick of a memoryReleaser and what it must decide.
+type releaserStep struct {
+	allocated uint64        // in the last second
+	busy      time.Duration // in the last second
+	free      uint64
+	inFlight  int64
+	want      bool
+}
+
+// runReleaser ticks a new memoryReleaser through steps, failing at the
+// first decision that is not the step's.
+func runReleaser(t *testing.T, steps []releaserStep) {
+	t.Helper()
+	var m memoryReleaser
+	for i, s := range steps {
+		if got := m.tick(s.allocated, s.busy, s.free, s.inFlight); got != s.want {
+			t.Fatalf("tick %d (allocated %d KiB, busy %v, free %d MiB, in flight %d) = %v, want %v",
+				i, s.allocated>>10, s.busy, s.free>>20, s.inFlight, got, s.want)
+		}
+	}
+}
+
 // TestGCTuner checks that GOGC is raised only while the process allocates
 // fast (small requests under load), by the room gcPercent gives, and goes
 // back to 100 gcBusyHold after the load.
@@ -152,25 +159,8 @@ func TestGCTuner(t *testing.T) {
 // idle, and past two its processors are nearly all busy), one at a time,
 // never past 1 or max.
 func TestProcsTuner(t *testing.T) {
-	type step struct {
-		used, idle float64 // CPUs, over the last second
-		want       int
-	}
-	run := func(t *testing.T, p procsTuner, steps []step) {
-		t.Helper()
-		for i, s := range steps {
-			if got := p.tick(s.used, s.idle); got != s.want {
-				t.Fatalf("tick %d (used %.2f CPUs, %.2f idle): GOMAXPROCS %d, want %d", i, s.used, s.idle, got, s.want)
-			}
-		}
-	}
-	repeat := func(s step, d time.Duration) []step {
-		steps := make([]step, int(d/tuneEvery))
-		for i := range steps {
-			steps[i] = s
-		}
-		return steps
-	}
+	type step = procsStep
+	run, repeat := runProcsTuner, repeatProcsStep
 	then := func(a []step, b ...step) []step { return append(a, b...) }
 	t.Run("starts with two, one where the runtime has one", func(t *testing.T) {
 		if p := newProcsTuner(8); p.n != 2 || p.max != 8 {
@@ -230,6 +220,34 @@ func TestProcsTuner(t *testing.T) {
 	t.Run("never below one", func(t *testing.T) {
 		run(t, procsTuner{max: 2, n: 1}, repeat(step{0.2, 0.0, 1}, time.Minute))
 	})
+}
+
+// procsStep is one tick of a procsTuner: the CPUs the process used and
+// the machine's idle CPUs over the last second, and the GOMAXPROCS the
+// tuner must answer.
+type procsStep struct {
+	used, idle float64
+	want       int
+}
+
+// runProcsTuner ticks p through steps, failing at the first answer that
+// is not the step's.
+func runProcsTuner(t *testing.T, p procsTuner, steps []procsStep) {
+	t.Helper()
+	for i, s := range steps {
+		if got := p.tick(s.used, s.idle); got != s.want {
+			t.Fatalf("tick %d (used %.2f CPUs, %.2f idle): GOMAXPROCS %d, want %d", i, s.used, s.idle, got, s.want)
+		}
+	}
+}
+
+// repeatProcsStep returns s once per tuneEvery for d.
+func repeatProcsStep(s procsStep, d time.Duration) []procsStep {
+	steps := make([]procsStep, int(d/tuneEvery))
+	for i := range steps {
+		steps[i] = s
+	}
+	return steps
 }
 
 // TestIdleCPUs checks the idle CPUs worked out from two samples of the

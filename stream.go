@@ -133,28 +133,7 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 		})
 	}
 
-	h := res.Header
-	addProxyHeaders(h, pr.p.cors, pr.in)
-	if _, ok := h["Date"]; !ok {
-		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
-	}
-	var head bytes.Buffer
-	head.Grow(512)
-	head.WriteString("HTTP/1.1 ")
-	head.WriteString(strconv.Itoa(res.StatusCode))
-	head.WriteByte(' ')
-	if text := http.StatusText(res.StatusCode); text != "" {
-		head.WriteString(text)
-	} else {
-		head.WriteString("status code " + strconv.Itoa(res.StatusCode))
-	}
-	head.WriteString("\r\n")
-	h.Write(&head) // sorted, as net/http writes them; invalid names dropped
-	head.WriteString("Transfer-Encoding: chunked\r\n")
-	if pr.p.recycle == nil {
-		head.WriteString("Connection: close\r\n")
-	}
-	head.WriteString("\r\n")
+	head := pr.responseHead(res)
 	pr.rec.TTFB = time.Since(pr.rec.Start)
 	pr.p.handedOff.Add(1)
 	if up := pr.up; canReadRaw && up != nil && up.captured && !res.Uncompressed &&
@@ -182,6 +161,36 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 	pr.w.reset(nil)
 	pr.in = nil
 	return true
+}
+
+// responseHead returns the HTTP/1.1 head a handed-off stream writes for
+// res: its status and headers with the proxy's added (SPEC §3.5), a Date
+// if the upstream sent none, and chunked framing; "Connection: close" when
+// the connection cannot go back to the server.
+func (pr *proxyRequest) responseHead(res *http.Response) *bytes.Buffer {
+	h := res.Header
+	addProxyHeaders(h, pr.p.cors, pr.in)
+	if _, ok := h["Date"]; !ok {
+		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
+	}
+	var head bytes.Buffer
+	head.Grow(512)
+	head.WriteString("HTTP/1.1 ")
+	head.WriteString(strconv.Itoa(res.StatusCode))
+	head.WriteByte(' ')
+	if text := http.StatusText(res.StatusCode); text != "" {
+		head.WriteString(text)
+	} else {
+		head.WriteString("status code " + strconv.Itoa(res.StatusCode))
+	}
+	head.WriteString("\r\n")
+	h.Write(&head) // sorted, as net/http writes them; invalid names dropped
+	head.WriteString("Transfer-Encoding: chunked\r\n")
+	if pr.p.recycle == nil {
+		head.WriteString("Connection: close\r\n")
+	}
+	head.WriteString("\r\n")
+	return &head
 }
 
 // stream copies a handed-off response body to the client, one chunk per
