@@ -314,20 +314,24 @@ func TestStreamRaw(t *testing.T) {
 // extensions pass as sent; a body whose framing breaks, or whose upstream
 // closes or resets the connection before the last chunk, breaks the
 // client's connection (no last chunk) after the events before the fault;
-// bytes after the end do not reach the client.
+// bytes after the end do not reach the client, not even as the answer to
+// its next request (the raw stream drops the upstream connection).
 func TestStreamRawFraming(t *testing.T) {
 	for _, tt := range []rawFramingCase{
-		{"extension", "9;ext=1\r\ndata: 2\n\n\r\n0\r\n\r\n", nil, "data: 2\n\n", false},
-		{"trailers", "0\r\nX-T: 1\r\n\r\n", nil, "", false},
-		{"extra bytes", "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", nil, "", false},
-		{"broken framing", "9\r\ndata: 2\n\n\r\n9\r\ndata: 3\n\nXX0\r\n\r\n", nil, "data: 2\n\n", true},
-		{"closed with the last event", "9\r\ndata: 2\n\n\r\n", func(c net.Conn) { c.Close() }, "data: 2\n\n", true},
+		{"extension", "9;ext=1\r\ndata: 2\n\n\r\n0\r\n\r\n", nil, "data: 2\n\n", false, false},
+		{"trailers", "0\r\nX-T: 1\r\n\r\n", nil, "", false, false},
+		{"extra bytes", "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", nil, "", false, true},
+		{"broken framing", "9\r\ndata: 2\n\n\r\n9\r\ndata: 3\n\nXX0\r\n\r\n", nil, "data: 2\n\n", true, false},
+		{"closed with the last event", "9\r\ndata: 2\n\n\r\n", func(c net.Conn) { c.Close() }, "data: 2\n\n", true, false},
 		{"reset with the last event", "9\r\ndata: 2\n\n\r\n", func(c net.Conn) {
 			c.(*net.TCPConn).SetLinger(0)
 			c.Close()
-		}, "", true},
+		}, "", true, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.rawOnly && !testConfig(t, nil).StreamHandoff {
+				t.Skip("STREAM_HANDOFF=off: ReverseProxy's Transport may read the bytes after the body as the answer to the next request on that connection")
+			}
 			read := make(chan struct{})
 			up := newFramingUpstream(t, tt, read)
 			// The fault is caused several times: a race between the last
@@ -347,6 +351,9 @@ type rawFramingCase struct {
 	end   func(net.Conn)
 	want  string // body the client reads after the first event
 	fails bool   // the client's read ends in an error, not a clean end
+	// rawOnly: only a raw stream keeps what the case checks, so it is
+	// skipped with STREAM_HANDOFF=off.
+	rawOnly bool
 }
 
 // newFramingUpstream starts an upstream that answers a chunked event
