@@ -136,9 +136,9 @@ func newTransport(cfg Config) *http.Transport {
 	}
 }
 
-// newProxy returns the proxy of one Server. With cfg.StreamHandoff it
-// starts the watcher of handed-off streams (a goroutine, and on Linux an
-// epoll set), which close stops; the Server calls it.
+// newProxy returns the proxy of one Server. newServer then sets what the
+// stream hand-off needs when it is on: base, recycle, and the watcher
+// (startWatcher).
 func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, routes *atomic.Pointer[routeTable]) *proxy {
 	p := &proxy{
 		transport:     transport,
@@ -152,22 +152,26 @@ func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, rout
 	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
 	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }
 	p.requests.New = func() any { return p.newRequest() }
-	if cfg.StreamHandoff {
-		// Started with the proxy rather than at the first hand-off, so
-		// that its goroutine is part of the server from its start, like
-		// its other loops, and not one that appears under load.
-		w, err := newClientWatcher()
-		if err != nil {
-			logger.Warn("no shared watcher of handed-off streams: each watches its client from a goroutine of its own", "error", err)
-		}
-		p.watcher = w
-	}
 	return p
 }
 
-// close stops what newProxy started. A handed-off stream still running
-// then sees its client leave only at its next write; Server.Close cuts
-// such streams first.
+// startWatcher starts the watcher of handed-off streams (a goroutine, and
+// on Linux an epoll set), which close stops. It starts with the server
+// rather than at the first hand-off, so that its goroutine is part of the
+// server from its start, like its other loops, and not one that appears
+// under load. Where it cannot start, streams watch their clients with a
+// read each.
+func (p *proxy) startWatcher() {
+	w, err := newClientWatcher()
+	if err != nil {
+		p.logger.Warn("no shared watcher of handed-off streams: each watches its client from a goroutine of its own", "error", err)
+	}
+	p.watcher = w
+}
+
+// close stops what startWatcher started. A handed-off stream still
+// running then sees its client leave only at its next write; Server.Close
+// cuts such streams first.
 func (p *proxy) close() {
 	p.watcher.close()
 }

@@ -80,18 +80,25 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	s := &Server{cfg: cfg, logger: logger, store: store, started: time.Now(), authFailures: newAuthLimiter()}
 	s.routes.Store(&routeTable{byPrefix: map[string]*route{}})
 	s.proxy = newProxy(cfg, logger, transport, &s.routes)
-	s.base, s.cutRequests = context.WithCancel(context.Background())
-	s.proxy.base = s.base
-	if cfg.StreamHandoff {
-		s.recycler = newConnRecycler()
-		s.proxy.recycle = s.recycler
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := s.loadFirstRoutes(ctx); err != nil {
-		s.cutRequests()
-		s.proxy.close()
-		return nil, err
+	if err := s.reloadRoutes(ctx); err != nil {
+		// A store that is down at start (Redis) still leaves us its last
+		// known mappings, so the proxy starts and routes; watch catches up
+		// when the store is back.
+		off, ok := store.(offlineStore)
+		if !ok || !errors.Is(err, errStoreUnavailable) {
+			return nil, err
+		}
+		m, readAt, ok := off.offlineMappings()
+		t, _ := newRouteTable(m)
+		s.routes.Store(t)
+		if ok {
+			logger.Warn("store unreachable at start; routing with the local snapshot until it is back",
+				"mappings", len(t.byPrefix), "snapshot_time", readAt.UTC().Format(time.RFC3339), "error", err)
+		} else {
+			logger.Warn("store unreachable at start and no local snapshot; no mappings until it is back", "error", err)
+		}
 	}
 	if _, err := s.resolveAdminToken(ctx); err != nil {
 		// The admin API answers 503 and retries on its next call.
@@ -104,32 +111,15 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	}
 	s.metrics = newMetricsHandler(logger, s.stats, s.proxy.active.Load)
 	s.engine = s.newRouter()
+	// Last, once nothing can fail: what Close must stop.
+	s.base, s.cutRequests = context.WithCancel(context.Background())
+	s.proxy.base = s.base
+	if cfg.StreamHandoff {
+		s.recycler = newConnRecycler()
+		s.proxy.recycle = s.recycler
+		s.proxy.startWatcher()
+	}
 	return s, nil
-}
-
-// loadFirstRoutes publishes the first route snapshot. A store that is down
-// at start (Redis) still leaves us its last known mappings, so the proxy
-// starts and routes; watch catches up when the store is back. Any other
-// error is returned.
-func (s *Server) loadFirstRoutes(ctx context.Context) error {
-	err := s.reloadRoutes(ctx)
-	if err == nil {
-		return nil
-	}
-	off, ok := s.store.(offlineStore)
-	if !ok || !errors.Is(err, errStoreUnavailable) {
-		return err
-	}
-	m, readAt, ok := off.offlineMappings()
-	t, _ := newRouteTable(m)
-	s.routes.Store(t)
-	if ok {
-		s.logger.Warn("store unreachable at start; routing with the local snapshot until it is back",
-			"mappings", len(t.byPrefix), "snapshot_time", readAt.UTC().Format(time.RFC3339), "error", err)
-	} else {
-		s.logger.Warn("store unreachable at start and no local snapshot; no mappings until it is back", "error", err)
-	}
-	return nil
 }
 
 // newRouter declares every route in one place. Anything that is not one of
