@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,110 +30,189 @@ type Config struct {
 	ResponseHeaderTimeout time.Duration // UPSTREAM_RESPONSE_HEADER_TIMEOUT, default 0 (none)
 	UpstreamTimeout       time.Duration // UPSTREAM_TIMEOUT, overall per request, default 0 (none)
 
-	// Runtime tuning (runtime.go), each on unless the operator set the
-	// Go runtime's own variable.
-	TuneProcs bool // GOMAXPROCS unset
-	TuneGC    bool // GOGC unset
+	// StreamHandoff is STREAM_HANDOFF, default on: the proxy writes event
+	// streams to HTTP/1.1 clients itself (stream.go, upconn.go). Off, every
+	// response goes through httputil.ReverseProxy alone.
+	StreamHandoff bool
+
+	// RuntimeTuning is RUNTIME_TUNING, default off: the serving process
+	// tunes GOMAXPROCS and GOGC under load and returns free memory to the
+	// OS when idle (runtime.go). Off, the Go runtime's own defaults apply,
+	// container-aware GOMAXPROCS included. When on, TuneProcs and TuneGC
+	// say which tuner may run: each only while the operator left the
+	// runtime's own variable unset.
+	RuntimeTuning bool
+	TuneProcs     bool // GOMAXPROCS unset
+	TuneGC        bool // GOGC unset
 }
+
+// errShowVersion is what loadConfig returns for -version: the caller prints
+// the build information instead of serving.
+var errShowVersion = errors.New("version requested")
 
 // loadConfig builds a Config from getenv (os.Getenv in production, a map in
 // tests) and the command-line args, which win over the environment. Output
-// of -h goes to out.
+// of -h goes to out; -h returns flag.ErrHelp and -version errShowVersion,
+// even when a variable of the environment is invalid.
 func loadConfig(getenv func(string) string, args []string, out io.Writer) (Config, error) {
-	env := func(key, def string) string {
-		if v := strings.TrimSpace(getenv(key)); v != "" {
-			return v
-		}
-		return def
-	}
-	port := env("PORT", "8000")
-	cfg := Config{
-		ListenAddr: env("LISTEN_ADDR", ":"+port),
-		DataDir:    env("DATA_DIR", "./data"),
-		RedisURL:   env("API_PROXY_REDIS_URL", ""),
-		AdminToken: env("ADMIN_TOKEN", ""),
-		LogFormat:  env("LOG_FORMAT", "text"),
-		LogLevel:   env("LOG_LEVEL", "info"),
-		TuneProcs:  getenv("GOMAXPROCS") == "",
-		TuneGC:     getenv("GOGC") == "",
-	}
-	var err error
-	if cfg.EnableStats, err = strconv.ParseBool(env("ENABLE_STATS", "true")); err != nil {
-		return cfg, fmt.Errorf("ENABLE_STATS: %q is not a boolean", getenv("ENABLE_STATS"))
-	}
-	durations := []struct {
-		key  string
-		def  string
-		dst  *time.Duration
-		zero bool // whether 0 is allowed
-	}{
-		{"SHUTDOWN_TIMEOUT", "30s", &cfg.ShutdownTimeout, true},
-		{"UPSTREAM_DIAL_TIMEOUT", "15s", &cfg.DialTimeout, false},
-		{"UPSTREAM_TLS_TIMEOUT", "10s", &cfg.TLSHandshakeTimeout, false},
-		{"UPSTREAM_RESPONSE_HEADER_TIMEOUT", "0", &cfg.ResponseHeaderTimeout, true},
-		{"UPSTREAM_TIMEOUT", "0", &cfg.UpstreamTimeout, true},
-	}
-	for _, d := range durations {
-		if *d.dst, err = parseDuration(env(d.key, d.def), d.zero); err != nil {
-			return cfg, fmt.Errorf("%s: %w", d.key, err)
-		}
-	}
-	cors := env("CORS_ALLOW_ORIGINS", "*")
-
-	fs := flag.NewFlagSet("apiproxy", flag.ContinueOnError)
-	fs.SetOutput(out)
-	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: apiproxy [flags]            serve (flags win over environment and .env)\n"+
-			"       apiproxy map list|set|rm ...  edit the mappings of the configured store\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	fs.StringVar(&cfg.ListenAddr, "listen", cfg.ListenAddr, "listen `address` (LISTEN_ADDR)")
-	portFlag := fs.String("port", "", "listen `port` on all interfaces (PORT); -listen wins")
-	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`dir`ectory of the embedded store and snapshots (DATA_DIR)")
-	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "redis://[:pass@]host:port/db (API_PROXY_REDIS_URL); empty: embedded store")
-	fs.BoolVar(&cfg.EnableStats, "enable-stats", cfg.EnableStats, "collect stats (ENABLE_STATS)")
-	fs.StringVar(&cors, "cors-allow-origins", cors, "comma list of allowed browser origins, * for any (CORS_ALLOW_ORIGINS)")
-	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json (LOG_FORMAT)")
-	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error (LOG_LEVEL)")
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may drain on SIGTERM (SHUTDOWN_TIMEOUT)")
-	fs.DurationVar(&cfg.ResponseHeaderTimeout, "upstream-response-header-timeout", cfg.ResponseHeaderTimeout, "wait at most this for upstream response headers, 0 = no limit")
-	if err := fs.Parse(args); err != nil {
+	cfg, envErr := configFromEnv(getenv)
+	if err := cfg.parseFlags(args, out); err != nil {
 		return cfg, err
 	}
+	if envErr != nil {
+		return cfg, envErr
+	}
+	return cfg, cfg.validate()
+}
+
+// configFromEnv reads the Config's variables through getenv. A variable
+// that cannot be parsed keeps its default; the first such error is
+// returned with the Config.
+func configFromEnv(getenv func(string) string) (Config, error) {
+	e := envReader{getenv: getenv}
+	cfg := Config{
+		ListenAddr:  e.str("LISTEN_ADDR", ":"+e.str("PORT", "8000")),
+		DataDir:     e.str("DATA_DIR", "./data"),
+		RedisURL:    e.str("API_PROXY_REDIS_URL", ""),
+		AdminToken:  e.str("ADMIN_TOKEN", ""),
+		EnableStats: e.boolean("ENABLE_STATS", true),
+		CORSOrigins: splitOrigins(e.str("CORS_ALLOW_ORIGINS", "*")),
+		LogFormat:   e.str("LOG_FORMAT", "text"),
+		LogLevel:    e.str("LOG_LEVEL", "info"),
+
+		ShutdownTimeout:       e.duration("SHUTDOWN_TIMEOUT", "30s", true),
+		DialTimeout:           e.duration("UPSTREAM_DIAL_TIMEOUT", "15s", false),
+		TLSHandshakeTimeout:   e.duration("UPSTREAM_TLS_TIMEOUT", "10s", false),
+		ResponseHeaderTimeout: e.duration("UPSTREAM_RESPONSE_HEADER_TIMEOUT", "0", true),
+		UpstreamTimeout:       e.duration("UPSTREAM_TIMEOUT", "0", true),
+
+		StreamHandoff: e.onOff("STREAM_HANDOFF", true),
+		RuntimeTuning: e.onOff("RUNTIME_TUNING", false),
+		TuneProcs:     e.str("GOMAXPROCS", "") == "",
+		TuneGC:        e.str("GOGC", "") == "",
+	}
+	return cfg, e.err
+}
+
+// envReader reads variables through getenv, trimmed; an empty one takes its
+// default. It keeps the first error, naming the variable.
+type envReader struct {
+	getenv func(string) string
+	err    error
+}
+
+func (e *envReader) str(key, def string) string {
+	if v := strings.TrimSpace(e.getenv(key)); v != "" {
+		return v
+	}
+	return def
+}
+
+func (e *envReader) fail(key string, err error) {
+	if e.err == nil {
+		e.err = fmt.Errorf("%s: %w", key, err)
+	}
+}
+
+func (e *envReader) boolean(key string, def bool) bool {
+	s := e.str(key, strconv.FormatBool(def))
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		e.fail(key, fmt.Errorf("%q is not a boolean", s))
+		return def
+	}
+	return v
+}
+
+func (e *envReader) onOff(key string, def bool) bool {
+	v := onOff(def)
+	if err := v.Set(e.str(key, v.String())); err != nil {
+		e.fail(key, err)
+		return def
+	}
+	return bool(v)
+}
+
+func (e *envReader) duration(key, def string, allowZero bool) time.Duration {
+	d, err := parseDuration(e.str(key, def), allowZero)
+	if err != nil {
+		e.fail(key, err)
+		d, _ = parseDuration(def, true)
+	}
+	return d
+}
+
+// parseFlags applies the command-line flags to cfg: they win over the
+// environment. It returns flag.ErrHelp after printing the usage for -h,
+// and errShowVersion for -version.
+func (cfg *Config) parseFlags(args []string, out io.Writer) error {
+	fs, port, version := cfg.newFlagSet(out)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *version {
+		return errShowVersion
+	}
 	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	listenSet := false
 	fs.Visit(func(f *flag.Flag) { listenSet = listenSet || f.Name == "listen" })
-	if *portFlag != "" && !listenSet {
-		cfg.ListenAddr = ":" + *portFlag
+	if *port != "" && !listenSet {
+		cfg.ListenAddr = ":" + *port
 	}
+	return nil
+}
 
+// newFlagSet declares the server's flags on cfg: each defaults to cfg's
+// value (the environment's, or the built-in default) and its help names
+// the variable it stands for. -h prints printUsage to out. port is -port,
+// which parseFlags applies unless -listen is given; version is -version.
+func (cfg *Config) newFlagSet(out io.Writer) (fs *flag.FlagSet, port *string, version *bool) {
+	fs = flag.NewFlagSet("apiproxy", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() { printUsage(out, fs) }
+	fs.StringVar(&cfg.ListenAddr, "listen", cfg.ListenAddr, "listen `address` (LISTEN_ADDR)")
+	port = fs.String("port", "", "listen `port` on all interfaces (PORT); -listen wins")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`dir`ectory of the embedded store and snapshots (DATA_DIR)")
+	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "redis://[:pass@]host:port/db (API_PROXY_REDIS_URL); empty: embedded store")
+	fs.BoolVar(&cfg.EnableStats, "enable-stats", cfg.EnableStats, "collect stats (ENABLE_STATS)")
+	fs.Var((*originList)(&cfg.CORSOrigins), "cors-allow-origins", "comma list of allowed browser `origins`, * for any (CORS_ALLOW_ORIGINS)")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json (LOG_FORMAT)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error (LOG_LEVEL)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may drain on SIGTERM (SHUTDOWN_TIMEOUT)")
+	fs.DurationVar(&cfg.ResponseHeaderTimeout, "upstream-response-header-timeout", cfg.ResponseHeaderTimeout,
+		"wait at most this for upstream response headers, 0 = no limit (UPSTREAM_RESPONSE_HEADER_TIMEOUT)")
+	fs.Var((*onOff)(&cfg.StreamHandoff), "stream-handoff",
+		"`on|off`: write event streams to HTTP/1.1 clients with the proxy's own stream writer; off serves every response with httputil.ReverseProxy (STREAM_HANDOFF)")
+	fs.Var((*onOff)(&cfg.RuntimeTuning), "runtime-tuning",
+		"`on|off`: tune GOMAXPROCS and GOGC under load and return free memory when idle; off leaves the Go runtime's defaults alone (RUNTIME_TUNING)")
+	version = fs.Bool("version", false, "print the build information and exit")
+	return fs, port, version
+}
+
+// validate checks what the parsers could not check alone.
+func (cfg *Config) validate() error {
 	if _, p, err := net.SplitHostPort(cfg.ListenAddr); err != nil {
-		return cfg, fmt.Errorf("listen address %q: want host:port or :port", cfg.ListenAddr)
+		return fmt.Errorf("listen address %q: want host:port or :port", cfg.ListenAddr)
 	} else if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
-		return cfg, fmt.Errorf("listen address %q: bad port", cfg.ListenAddr)
-	}
-	for _, o := range strings.Split(cors, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			cfg.CORSOrigins = append(cfg.CORSOrigins, strings.TrimSuffix(o, "/"))
-		}
+		return fmt.Errorf("listen address %q: bad port", cfg.ListenAddr)
 	}
 	switch cfg.LogFormat {
 	case "text", "json":
 	default:
-		return cfg, fmt.Errorf("LOG_FORMAT: %q is not text or json", cfg.LogFormat)
+		return fmt.Errorf("LOG_FORMAT: %q is not text or json", cfg.LogFormat)
 	}
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
-		return cfg, err
+		return err
 	}
 	if cfg.ShutdownTimeout < 0 || cfg.ResponseHeaderTimeout < 0 {
-		return cfg, fmt.Errorf("timeouts must not be negative")
+		return fmt.Errorf("timeouts must not be negative")
 	}
 	if cfg.AdminToken != "" && len(cfg.AdminToken) < 16 {
-		return cfg, fmt.Errorf("ADMIN_TOKEN: must be at least 16 characters (or unset to have one generated)")
+		return fmt.Errorf("ADMIN_TOKEN: must be at least 16 characters (or unset to have one generated)")
 	}
-	return cfg, nil
+	return nil
 }
 
 // parseDuration reads a Go duration; a bare number is taken as seconds.
@@ -149,4 +229,59 @@ func parseDuration(s string, allowZero bool) (time.Duration, error) {
 		return 0, fmt.Errorf("%q must be positive", s)
 	}
 	return d, nil
+}
+
+// onOff is a switch read from "on" or "off" (or a boolean as
+// strconv.ParseBool reads it), as a flag.Value.
+type onOff bool
+
+func (v *onOff) String() string {
+	if v != nil && *v {
+		return "on"
+	}
+	return "off"
+}
+
+func (v *onOff) Set(s string) error {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "on":
+		*v = true
+		return nil
+	case "off":
+		*v = false
+		return nil
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("%q is not on or off", s)
+	}
+	*v = onOff(b)
+	return nil
+}
+
+// originList is CORS_ALLOW_ORIGINS as a flag.Value: Set replaces the list.
+type originList []string
+
+func (l *originList) String() string {
+	if l == nil {
+		return ""
+	}
+	return strings.Join(*l, ",")
+}
+
+func (l *originList) Set(s string) error {
+	*l = splitOrigins(s)
+	return nil
+}
+
+// splitOrigins reads a comma list of origins, trimmed, without a trailing
+// "/", empty items dropped.
+func splitOrigins(s string) []string {
+	var origins []string
+	for _, o := range strings.Split(s, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			origins = append(origins, strings.TrimSuffix(o, "/"))
+		}
+	}
+	return origins
 }

@@ -32,6 +32,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"TLSHandshakeTimeout", cfg.TLSHandshakeTimeout, 10 * time.Second},
 		{"ResponseHeaderTimeout", cfg.ResponseHeaderTimeout, time.Duration(0)},
 		{"UpstreamTimeout", cfg.UpstreamTimeout, time.Duration(0)},
+		{"StreamHandoff", cfg.StreamHandoff, true},
+		{"RuntimeTuning", cfg.RuntimeTuning, false},
 		{"TuneProcs", cfg.TuneProcs, true},
 		{"TuneGC", cfg.TuneGC, true},
 	}
@@ -115,6 +117,36 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
+// TestLoadConfigSwitches: STREAM_HANDOFF and RUNTIME_TUNING take on or
+// off (or a boolean), and their flags win.
+func TestLoadConfigSwitches(t *testing.T) {
+	tests := []struct {
+		name            string
+		env             map[string]string
+		args            []string
+		handoff, tuning bool
+	}{
+		{"defaults", nil, nil, true, false},
+		{"STREAM_HANDOFF off", map[string]string{"STREAM_HANDOFF": "off"}, nil, false, false},
+		{"STREAM_HANDOFF false", map[string]string{"STREAM_HANDOFF": "false"}, nil, false, false},
+		{"-stream-handoff flag wins", map[string]string{"STREAM_HANDOFF": "off"}, []string{"-stream-handoff", "on"}, true, false},
+		{"-stream-handoff=off", nil, []string{"-stream-handoff=off"}, false, false},
+		{"RUNTIME_TUNING on", map[string]string{"RUNTIME_TUNING": "ON"}, nil, true, true},
+		{"-runtime-tuning flag wins", map[string]string{"RUNTIME_TUNING": "on"}, []string{"-runtime-tuning=off"}, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := loadConfig(func(k string) string { return tt.env[k] }, tt.args, io.Discard)
+			if err != nil {
+				t.Fatalf("loadConfig: %v", err)
+			}
+			if cfg.StreamHandoff != tt.handoff || cfg.RuntimeTuning != tt.tuning {
+				t.Errorf("StreamHandoff %v, RuntimeTuning %v; want %v, %v", cfg.StreamHandoff, cfg.RuntimeTuning, tt.handoff, tt.tuning)
+			}
+		})
+	}
+}
+
 func TestLoadConfigErrors(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -136,6 +168,11 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"-port flag out of range", nil, []string{"-port", "-1"}, "bad port"},
 		{"ADMIN_TOKEN too short", map[string]string{"ADMIN_TOKEN": "short-token"}, nil, "ADMIN_TOKEN"},
 		{"ADMIN_TOKEN of 15 characters", map[string]string{"ADMIN_TOKEN": "0123456789abcde"}, nil, "at least 16"},
+		{"STREAM_HANDOFF not a switch", map[string]string{"STREAM_HANDOFF": "maybe"}, nil, "STREAM_HANDOFF"},
+		{"RUNTIME_TUNING not a switch", map[string]string{"RUNTIME_TUNING": "auto"}, nil, "RUNTIME_TUNING"},
+		{"-stream-handoff without a value", nil, []string{"-stream-handoff"}, "stream-handoff"},
+		{"-runtime-tuning not a switch", nil, []string{"-runtime-tuning", "2"}, "not on or off"},
+		{"invalid variable with valid flags", map[string]string{"SHUTDOWN_TIMEOUT": "soon"}, []string{"-log-level", "debug"}, "SHUTDOWN_TIMEOUT"},
 		{"unknown flag", nil, []string{"-nope"}, "nope"},
 		{"stray argument", nil, []string{"serve"}, "unexpected argument"},
 		{"negative flag timeout", nil, []string{"-shutdown-timeout", "-1s"}, "negative"},
@@ -154,13 +191,58 @@ func TestLoadConfigErrors(t *testing.T) {
 	}
 }
 
+// TestLoadConfigHelp: -h prints the usage (the subcommands, then every
+// flag) and returns flag.ErrHelp, and -version returns errShowVersion,
+// even when a variable of the environment is invalid.
 func TestLoadConfigHelp(t *testing.T) {
+	badEnv := func(k string) string {
+		if k == "SHUTDOWN_TIMEOUT" {
+			return "soon"
+		}
+		return ""
+	}
 	var out strings.Builder
-	_, err := loadConfig(func(string) string { return "" }, []string{"-h"}, &out)
+	_, err := loadConfig(badEnv, []string{"-h"}, &out)
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("loadConfig(-h) = %v, want flag.ErrHelp", err)
 	}
-	if !strings.Contains(out.String(), "Usage: apiproxy") || !strings.Contains(out.String(), "-listen") {
-		t.Errorf("help output = %q, want the usage with the flags", out.String())
+	for _, want := range []string{"Usage:", "apiproxy [flags]", "apiproxy map ", "apiproxy init-redis", "apiproxy healthcheck",
+		"apiproxy version", "apiproxy help", "-listen", "-stream-handoff", "-runtime-tuning", "-version"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help output lacks %q:\n%s", want, out.String())
+		}
 	}
+	if _, err := loadConfig(badEnv, []string{"-version"}, io.Discard); !errors.Is(err, errShowVersion) {
+		t.Errorf("loadConfig(-version) = %v, want errShowVersion", err)
+	}
+}
+
+// TestFlagsNameTheirVariable walks every flag of the server: its help must
+// name the environment variable it overrides, one that configFromEnv
+// reads, unless the flag has no variable (those are listed here).
+func TestFlagsNameTheirVariable(t *testing.T) {
+	noVariable := map[string]bool{"version": true}
+	read := map[string]bool{}
+	cfg, err := configFromEnv(func(k string) string { read[k] = true; return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, _, _ := cfg.newFlagSet(io.Discard)
+	fs.VisitAll(func(f *flag.Flag) {
+		if noVariable[f.Name] {
+			return
+		}
+		named := ""
+		for _, word := range strings.FieldsFunc(f.Usage, func(r rune) bool {
+			return !(r == '_' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+		}) {
+			if read[word] {
+				named = word
+				break
+			}
+		}
+		if named == "" {
+			t.Errorf("-%s: help %q names no environment variable", f.Name, f.Usage)
+		}
+	})
 }

@@ -12,7 +12,7 @@ import (
 // runHealthcheck is `apiproxy healthcheck`: GET /healthz on this machine's
 // listen port and exit non-zero unless it answers 200. The Docker image has
 // no shell or curl, so its HEALTHCHECK runs the binary itself.
-func runHealthcheck(ctx context.Context, getenv func(string) string, args []string, stderr io.Writer) error {
+func runHealthcheck(ctx context.Context, getenv func(string) string, args []string, _, stderr io.Writer) error {
 	cfg, err := loadConfig(getenv, args, stderr)
 	if err != nil {
 		return err

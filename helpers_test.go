@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,18 +35,27 @@ func testLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // testConfig returns the Config of an empty environment, changed by env
 // (getenv keys, e.g. "CORS_ALLOW_ORIGINS"), with a fresh DataDir and
-// ListenAddr 127.0.0.1:0.
+// ListenAddr 127.0.0.1:0. STREAM_HANDOFF, unless env sets it, is the test
+// process's own: `STREAM_HANDOFF=off go test` runs the tests on the plain
+// ReverseProxy path. RUNTIME_TUNING stays off: GOMAXPROCS and GOGC are the
+// test process's, and run (startRun) must not tune them under other tests.
 func testConfig(t testing.TB, env map[string]string) Config {
 	t.Helper()
-	cfg, err := loadConfig(func(k string) string { return env[k] }, nil, io.Discard)
+	getenv := func(k string) string {
+		if v, ok := env[k]; ok {
+			return v
+		}
+		if k == "STREAM_HANDOFF" {
+			return os.Getenv(k)
+		}
+		return ""
+	}
+	cfg, err := loadConfig(getenv, nil, io.Discard)
 	if err != nil {
 		t.Fatalf("loadConfig(%v): %v", env, err)
 	}
 	cfg.DataDir = t.TempDir()
 	cfg.ListenAddr = "127.0.0.1:0"
-	// GOMAXPROCS and GOGC are the test process's: run (startRun) must not
-	// tune them under the other tests.
-	cfg.TuneProcs, cfg.TuneGC = false, false
 	return cfg
 }
 
@@ -57,10 +67,10 @@ func newTestServer(t testing.TB, mappings map[string]string) (*Server, *httptest
 
 // newTestServerConfig builds a Server on a fresh embedded store under
 // cfg.DataDir whose mappings are exactly mappings (the seeded defaults are
-// removed), and serves it with httptest. Background loops are not started;
+// removed), and serves it with newFront. Background loops are not started;
 // call s.Start() to test reloads on Changes. Cleanup closes the frontend
 // (cutting in-flight requests, so a failed test never hangs), the upstream
-// connections and the store.
+// connections, and the Server with its store.
 func newTestServerConfig(t testing.TB, cfg Config, mappings map[string]string) (*Server, *httptest.Server) {
 	t.Helper()
 	store, err := openBoltStore(cfg.DataDir)
@@ -79,17 +89,30 @@ func newTestServerConfig(t testing.TB, cfg Config, mappings map[string]string) (
 		s.Close()
 	})
 	setMappings(t, s, mappings)
-	front := httptest.NewServer(s)
-	serveRecycled(front, s)
-	t.Cleanup(func() { closeFront(t, front) })
-	return s, front
+	return s, newFront(t, s)
 }
 
-// serveRecycled gives s's handed-off streams a way back into front, as run
-// does (stream.go); closeFront closes it.
+// newFront serves s with httptest on the http.Server run builds
+// (s.httpServer), and on s's recycler as run does. Cleanup closes it.
+func newFront(t testing.TB, s *Server) *httptest.Server {
+	t.Helper()
+	front := httptest.NewUnstartedServer(s)
+	front.Config = s.httpServer()
+	front.Start()
+	serveRecycled(front, s)
+	t.Cleanup(func() { closeFront(t, front) })
+	return front
+}
+
+// serveRecycled serves front's http.Server on s's recycler too, as run
+// does, so that the connections of s's handed-off streams come back to it
+// (stream.go); closeFront stops it. Nothing to do when s has no recycler
+// (STREAM_HANDOFF off).
 func serveRecycled(front *httptest.Server, s *Server) {
-	r := recycled{rec: newConnRecycler(front.Listener.Addr()), served: make(chan struct{})}
-	s.proxy.recycle = r.rec
+	if s.recycler == nil {
+		return
+	}
+	r := recycled{rec: s.recycler, served: make(chan struct{})}
 	recyclers.Store(front, r)
 	go func() {
 		defer close(r.served)
@@ -130,6 +153,18 @@ func closeFront(t testing.TB, front *httptest.Server) {
 		t.Errorf("frontend handlers still running %v after the test", testTimeout)
 	}
 }
+
+// withoutWatcher stops s's stream watcher, before any request: its
+// handed-off streams then watch their clients, and raw streams their
+// upstream, as where epoll is not available.
+func withoutWatcher(s *Server) {
+	s.proxy.watcher.close()
+	s.proxy.watcher = nil
+}
+
+// handoffOn reports whether s hands streams off: false when the tests run
+// with STREAM_HANDOFF=off, where the checks of its counters do not apply.
+func handoffOn(s *Server) bool { return s.proxy.streamHandoff }
 
 // setMappings replaces every mapping in s's store with m and publishes the
 // new route table at once.

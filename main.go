@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -37,24 +38,104 @@ func main() {
 	}
 }
 
-// runMain dispatches between serving (the default) and the `map` and
-// `init-redis` commands.
+// subcommand is a word that, first on the command line, runs something
+// other than the server; the rest of the line is its args.
+type subcommand struct {
+	name, args, summary string
+	run                 func(ctx context.Context, getenv func(string) string, args []string, stdout, stderr io.Writer) error
+}
+
+// subcommands lists the subcommands in the order -h shows them.
+func subcommands() []subcommand {
+	return []subcommand{
+		{"map", "list|set|rm ...", "edit the mappings of the configured store", runMapCommand},
+		{"init-redis", "[-force]", "seed the default mappings into Redis", runInitRedisCommand},
+		{"healthcheck", "", "exit 0 only if this machine's server answers /healthz", runHealthcheck},
+		{"version", "", "print the build information (also -version)", runVersion},
+		{"help", "", "print this help", runHelp},
+	}
+}
+
+// runMain runs the subcommand args name, or else serves with args as flags.
 func runMain(ctx context.Context, getenv func(string) string, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "map" {
-		return runMapCommand(ctx, getenv, args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "init-redis" {
-		return runInitRedisCommand(ctx, getenv, args[1:], stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "healthcheck" {
-		return runHealthcheck(ctx, getenv, args[1:], stderr)
+	if len(args) > 0 {
+		for _, c := range subcommands() {
+			if args[0] == c.name {
+				return c.run(ctx, getenv, args[1:], stdout, stderr)
+			}
+		}
 	}
 	cfg, err := loadConfig(getenv, args, stderr)
+	if errors.Is(err, errShowVersion) {
+		return runVersion(ctx, getenv, nil, stdout, stderr)
+	}
 	if err != nil {
 		return err
 	}
 	logger := newLogger(cfg, stderr)
 	return run(ctx, cfg, logger, nil)
+}
+
+// printUsage writes the help of the command line: the subcommands, then
+// the flags of fs (the server's: Config.newFlagSet).
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage:\n  %-34s %s\n", "apiproxy [flags]", "serve (flags win over the environment and .env)")
+	for _, c := range subcommands() {
+		fmt.Fprintf(w, "  %-34s %s\n", strings.TrimSpace("apiproxy "+c.name+" "+c.args), c.summary)
+	}
+	fmt.Fprintf(w, "\nFlags (each names the environment variable it overrides):\n")
+	fs.PrintDefaults()
+}
+
+// runHelp is `apiproxy help`: the usage -h prints, on stdout.
+func runHelp(_ context.Context, getenv func(string) string, args []string, stdout, _ io.Writer) error {
+	if len(args) > 0 {
+		return fmt.Errorf("help: unexpected argument %q", args[0])
+	}
+	// The defaults shown are the environment's, as with -h; an invalid
+	// variable is reported when serving, not here.
+	cfg, _ := configFromEnv(getenv)
+	fs, _, _ := cfg.newFlagSet(stdout)
+	fs.Usage()
+	return nil
+}
+
+// runVersion is `apiproxy version` and -version: the build information
+// the Go toolchain recorded in the binary.
+func runVersion(_ context.Context, _ func(string) string, args []string, stdout, _ io.Writer) error {
+	if len(args) > 0 {
+		return fmt.Errorf("version: unexpected argument %q", args[0])
+	}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return errors.New("version: the binary carries no build information")
+	}
+	_, err := io.WriteString(stdout, versionText(info))
+	return err
+}
+
+// versionText formats info: the module version, then the VCS revision,
+// its time and whether the tree was modified when the build recorded them
+// (go build inside a git checkout does), and the Go version.
+func versionText(info *debug.BuildInfo) string {
+	var b strings.Builder
+	v := info.Main.Version
+	if v == "" {
+		v = "(unknown)"
+	}
+	fmt.Fprintf(&b, "apiproxy %s\n", v)
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			fmt.Fprintf(&b, "  revision  %s\n", s.Value)
+		case "vcs.time":
+			fmt.Fprintf(&b, "  time      %s\n", s.Value)
+		case "vcs.modified":
+			fmt.Fprintf(&b, "  modified  %s\n", s.Value)
+		}
+	}
+	fmt.Fprintf(&b, "  go        %s\n", info.GoVersion)
+	return b.String()
 }
 
 // newLogger builds the process logger: text for people, JSON for collectors.

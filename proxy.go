@@ -26,16 +26,16 @@ const (
 	// proxy forwards; longer ones get 414 uri_too_long.
 	maxRequestTarget = 16 << 10
 	// bulkBufferSize is the copy buffer of bodies that are not event
-	// streams. Each read is one write (and flush) to the client: 64 KiB
-	// instead of io.Copy's 32 KiB made a 1 GiB download 20 % faster
-	// (bench big: 625 -> 756 MiB/s in one run; 128 KiB gave no more). It
-	// is pooled and held only while a body is copied.
+	// streams. Each read is one write (and flush) to the client, so a
+	// buffer twice io.Copy's halves the system calls of a large download
+	// and makes it faster; a larger one does not. It is pooled and held
+	// only while a body is copied.
 	bulkBufferSize = 64 << 10
 	// streamBufferSize is the copy buffer of event streams (SSE, NDJSON).
 	// Such a stream spends most of its life idle inside Read while holding
 	// its buffer; an event is a few hundred bytes, so 2 KiB is plenty (a
-	// burst larger than that takes one more read) and a thousand idle
-	// streams hold 2 MiB instead of 32 MiB.
+	// burst larger than that takes one more read), and idle streams hold
+	// a sixteenth of what io.Copy's 32 KiB buffer would.
 	streamBufferSize = 2 << 10
 	// headerFlushDelay bounds how long the response headers of a
 	// known-length body wait to be sent together with its first bytes. Most
@@ -57,17 +57,23 @@ type proxy struct {
 	routes    *atomic.Pointer[routeTable]
 	observe   func(*requestRecord) // called once per finished request; may be nil
 
-	// Handed-off event streams (stream.go): recycle gives their
-	// connections back to the server (nil: they are closed at the end,
-	// announced with "Connection: close"); cancelling base cuts them at the
-	// end of a shutdown (nil: never).
+	// streamHandoff is STREAM_HANDOFF: event streams to HTTP/1.1 clients
+	// are handed off (stream.go) and may read the upstream socket
+	// themselves (upconn.go). When it is false every response goes
+	// through ReverseProxy alone, and the fields below stay unused.
+	streamHandoff bool
+	// recycle gives the connections of handed-off streams back to the
+	// server (nil: they are closed at the end, announced with
+	// "Connection: close"); cancelling base cuts them at the end of a
+	// shutdown (nil: never). newServer sets both.
 	recycle *connRecycler
 	base    context.Context
-	// sharedWatch watches handed-off streams' clients with streamWatcher
-	// (one goroutine for all); false, or where it is not available, each
-	// stream reads its client connection from a goroutine of its own.
-	sharedWatch bool
-	// watchFailed logs, once, that streamWatcher stopped.
+	// watcher watches the clients of handed-off streams, and the upstreams
+	// of raw ones, from one goroutine for all (watch_linux.go); close
+	// stops it. nil where epoll is not available: each stream then reads
+	// its client connection from a goroutine of its own.
+	watcher *clientWatcher
+	// watchFailed logs, once, that the watcher stopped.
 	watchFailed sync.Once
 	handedOff   atomic.Int64 // streams handed off so far
 	rawStreams  atomic.Int64 // of which read the upstream socket themselves (upconn.go)
@@ -99,14 +105,17 @@ type requestRecord struct {
 // newTransport returns the upstream transport, tuned for many long streams
 // to a few hosts: a large keep-alive pool, HTTP/2 to TLS upstreams, bounded
 // dial and TLS handshake, and no overall or response-header timeout unless
-// configured (a generation may stream for an hour).
+// configured (a generation may stream for an hour). With the stream
+// hand-off on, the connections it dials are upConns (upconn.go), which raw
+// streams read themselves.
 func newTransport(cfg Config) *http.Transport {
+	dial := (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	if cfg.StreamHandoff {
+		dial = dialUp(dial)
+	}
 	return &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
-		DialContext: dialUp((&net.Dialer{
-			Timeout:   cfg.DialTimeout,
-			KeepAlive: 30 * time.Second,
-		}).DialContext),
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dial,
 		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout,
 		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
@@ -127,26 +136,44 @@ func newTransport(cfg Config) *http.Transport {
 	}
 }
 
+// newProxy returns the proxy of one Server. newServer then sets what the
+// stream hand-off needs when it is on: base, recycle, and the watcher
+// (startWatcher).
 func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, routes *atomic.Pointer[routeTable]) *proxy {
 	p := &proxy{
-		transport:   transport,
-		logger:      logger,
-		errorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
-		cors:        newCORSPolicy(cfg.CORSOrigins),
-		timeout:     cfg.UpstreamTimeout,
-		routes:      routes,
-		sharedWatch: true,
+		transport:     transport,
+		logger:        logger,
+		errorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		cors:          newCORSPolicy(cfg.CORSOrigins),
+		timeout:       cfg.UpstreamTimeout,
+		routes:        routes,
+		streamHandoff: cfg.StreamHandoff,
 	}
 	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
 	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }
 	p.requests.New = func() any { return p.newRequest() }
-	// The client watcher's goroutine lives as long as the process; started
-	// here rather than at the first hand-off (watch would start it too) so
-	// that it is part of the server from its start, like its other loops,
-	// and not a goroutine that appears under load (goroutine-leak checks in
-	// faults_test.go count from the start).
-	streamWatcher.ensure()
 	return p
+}
+
+// startWatcher starts the watcher of handed-off streams (a goroutine, and
+// on Linux an epoll set), which close stops. It starts with the server
+// rather than at the first hand-off, so that its goroutine is part of the
+// server from its start, like its other loops, and not one that appears
+// under load. Where it cannot start, streams watch their clients with a
+// read each.
+func (p *proxy) startWatcher() {
+	w, err := newClientWatcher()
+	if err != nil {
+		p.logger.Warn("no shared watcher of handed-off streams: each watches its client from a goroutine of its own", "error", err)
+	}
+	p.watcher = w
+}
+
+// close stops what startWatcher started. A handed-off stream still
+// running then sees its client leave only at its next write; Server.Close
+// cuts such streams first.
+func (p *proxy) close() {
+	p.watcher.close()
 }
 
 // proxyRequest is the per-request state of one proxied call, pooled. Its
@@ -238,7 +265,8 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	// Without full duplex, net/http closes the request body once the first
 	// response bytes are flushed; a Transport still sending it then aborts
 	// the upstream connection mid-stream ("use of closed network
-	// connection", measured on 1-3 % of short streams).
+	// connection"): a short stream's answer often starts while its request
+	// is still being sent.
 	_ = http.NewResponseController(w).EnableFullDuplex()
 	if req.TransferEncoding != nil && req.ProtoMajor == 1 {
 		// net/http reads a request carrying both Content-Length and
@@ -428,6 +456,10 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 		delete(out.Header, "Upgrade")
 		delete(out.Header, "Connection")
 	}
+	// ReverseProxy puts back "TE: trailers" when the client sent it (for
+	// gRPC); TE is hop-by-hop all the same (RFC 9110 §10.1.4, SPEC §3.3),
+	// so it goes.
+	delete(out.Header, "Te")
 	// Rewrite mode drops these; a transparent proxy passes them as received
 	// and adds none of its own.
 	for _, k := range forwardingHeaders {
@@ -709,9 +741,10 @@ func (w *proxyWriter) WriteHeader(code int) {
 	if !w.flushEach {
 		// Event streams and unknown-length bodies: headers go out now.
 		// Writing them here rather than under ReverseProxy's copy loop
-		// also keeps the deep header write within an 8 KiB goroutine
-		// stack: measured, writing them one call level deeper doubled the
-		// stack every held stream keeps (16 KiB).
+		// also keeps the deep header write within the stack the handler
+		// already has: one call level deeper and it grows to the next
+		// size (a goroutine stack doubles), which every held stream then
+		// keeps.
 		w.rw.(http.Flusher).Flush()
 	}
 	if w.pr.rec.TTFB == 0 {

@@ -26,8 +26,16 @@ import (
 )
 
 // TestProxyRequestHeaders sends one raw request full of hop-by-hop,
-// repeated and empty headers and checks what the upstream received.
+// repeated and empty headers and checks what the upstream received. TE is
+// hop-by-hop whatever it holds: httputil.ReverseProxy alone would forward
+// "TE: trailers" (for gRPC), which SPEC §3.3 does not allow.
 func TestProxyRequestHeaders(t *testing.T) {
+	for _, te := range []string{"gzip", "trailers", "trailers, deflate"} {
+		t.Run("TE: "+te, func(t *testing.T) { testProxyRequestHeaders(t, te) })
+	}
+}
+
+func testProxyRequestHeaders(t *testing.T, te string) {
 	up := newUpstream(t, nil)
 	_, front := newTestServer(t, map[string]string{"/p": up.URL})
 	raw := "GET /p/h HTTP/1.1\r\n" +
@@ -37,7 +45,7 @@ func TestProxyRequestHeaders(t *testing.T) {
 		"Keep-Alive: timeout=5\r\n" +
 		"Proxy-Connection: keep-alive\r\n" +
 		"Proxy-Authorization: Basic Zm9vOmJhcg==\r\n" +
-		"TE: gzip\r\n" +
+		"TE: " + te + "\r\n" +
 		"Trailer: X-Checksum\r\n" +
 		"Upgrade: websocket\r\n" +
 		"X-Multi: a\r\n" +
@@ -841,15 +849,7 @@ func TestProxyUpstreamErrors(t *testing.T) {
 // origins, other OPTIONS requests are proxied, and CORS headers are added
 // to proxied responses only for allowed origins.
 func TestProxyCORS(t *testing.T) {
-	tests := []struct {
-		name       string
-		origins    string // CORS_ALLOW_ORIGINS; "" is the default "*"
-		method     string
-		header     map[string]string
-		wantStatus int
-		wantHits   int64
-		want       map[string]string // response headers; "" must be absent
-	}{
+	tests := []corsCase{
 		{
 			name: "preflight answered locally", method: "OPTIONS",
 			header: map[string]string{
@@ -908,39 +908,56 @@ func TestProxyCORS(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("X-Upstream", "yes")
-				if o := r.Header.Get("X-Upstream-Cors"); o != "" {
-					w.Header().Set("Access-Control-Allow-Origin", o)
-				}
-			})
-			env := map[string]string{}
-			if tt.origins != "" {
-				env["CORS_ALLOW_ORIGINS"] = tt.origins
-			}
-			_, front := newTestServerConfig(t, testConfig(t, env), map[string]string{"/p": up.URL})
-			req, _ := http.NewRequest(tt.method, front.URL+"/p/v1/chat/completions", nil)
-			for k, v := range tt.header {
-				req.Header.Set(k, v)
-			}
-			res, err := front.Client().Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res.Body.Close()
-			if res.StatusCode != tt.wantStatus {
-				t.Errorf("status = %d, want %d", res.StatusCode, tt.wantStatus)
-			}
-			if n := up.Hits(); n != tt.wantHits {
-				t.Errorf("upstream hits = %d, want %d", n, tt.wantHits)
-			}
-			for k, want := range tt.want {
-				if got := strings.Join(res.Header.Values(k), ", "); got != want {
-					t.Errorf("%s = %q, want %q", k, got, want)
-				}
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { checkCORS(t, tt) })
+	}
+}
+
+// corsCase is a request of TestProxyCORS to a server allowing origins,
+// and what it must get.
+type corsCase struct {
+	name       string
+	origins    string // CORS_ALLOW_ORIGINS; "" is the default "*"
+	method     string
+	header     map[string]string
+	wantStatus int
+	wantHits   int64
+	want       map[string]string // response headers; "" must be absent
+}
+
+// checkCORS sends tt's request through a new server to an upstream that
+// answers X-Upstream: yes, and its X-Upstream-Cors request header as its
+// own Access-Control-Allow-Origin.
+func checkCORS(t *testing.T, tt corsCase) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Upstream", "yes")
+		if o := r.Header.Get("X-Upstream-Cors"); o != "" {
+			w.Header().Set("Access-Control-Allow-Origin", o)
+		}
+	})
+	env := map[string]string{}
+	if tt.origins != "" {
+		env["CORS_ALLOW_ORIGINS"] = tt.origins
+	}
+	_, front := newTestServerConfig(t, testConfig(t, env), map[string]string{"/p": up.URL})
+	req, _ := http.NewRequest(tt.method, front.URL+"/p/v1/chat/completions", nil)
+	for k, v := range tt.header {
+		req.Header.Set(k, v)
+	}
+	res, err := front.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != tt.wantStatus {
+		t.Errorf("status = %d, want %d", res.StatusCode, tt.wantStatus)
+	}
+	if n := up.Hits(); n != tt.wantHits {
+		t.Errorf("upstream hits = %d, want %d", n, tt.wantHits)
+	}
+	for k, want := range tt.want {
+		if got := strings.Join(res.Header.Values(k), ", "); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
 	}
 }
 

@@ -11,25 +11,28 @@ import (
 // Runtime tuning, once a second (tuneRuntime): how many processors run Go
 // code, the GC's room under load, and returning free memory once streams
 // idle. All three are process-wide, so run (the process) owns the loop,
-// not a Server.
+// not a Server. None of it runs unless RUNTIME_TUNING is on
+// (Config.RuntimeTuning): by default GOMAXPROCS and GOGC are the Go
+// runtime's own, and runtime.GOMAXPROCS is never called, which would stop
+// the runtime from following a container's CPU limit as it changes.
 //
 // GC room. The GC starts a cycle when the heap reaches twice what was live
 // after the previous one (GOGC=100), and at least 4 MiB. A proxy's live
-// heap is small (1-2 MiB under a 50-connection load) while it allocates
-// several KiB per request, so under load the GC ran 3 times as often as in
-// a plain httputil proxy (whose 32 KiB transport buffers make its live heap
-// 5 MiB), and each cycle's fixed cost (stopping the world, scanning every
-// goroutine stack) made small requests 10 % dearer. So while the process
-// allocates busyAllocs a second or more (the GC would then run several
-// times a second), and for gcBusyHold after, GOGC is raised so that the
-// heap may grow by about gcRoom beyond what is live (gcPercent); otherwise
-// it stays at 100. Not always: a heap that cycles within a few MiB stays
-// in the CPU caches and in pages already touched, and measured so it gave
-// 300 SSE streams a 10-15 % lower event latency than a fixed 16 MiB floor
-// (a ballast, tried first). An operator's GOGC environment variable turns
-// this off. GOGC is process-wide: it is set back to 100 when the loop ends.
+// heap is small while every request allocates, so under load the GC runs
+// far more often than in a plain httputil proxy (whose 32 KiB transport
+// buffers make its live heap larger), and each cycle's fixed cost
+// (stopping the world, scanning every goroutine stack) makes small
+// requests dearer. So while the process allocates busyAllocs a second or
+// more (the GC would then run several times a second), and for gcBusyHold
+// after, GOGC is raised so that the heap may grow by about gcRoom beyond
+// what is live (gcPercent); otherwise it stays at 100. Not always, nor a
+// fixed floor under the heap (a ballast): a heap that cycles within a few
+// MiB stays in the CPU caches and in pages already touched, which keeps
+// the events of many streams quicker. An operator's GOGC environment
+// variable turns this off. GOGC is process-wide: it is set back to 100
+// when the loop ends.
 const (
-	busyAllocs   = 16 << 20 // per tuneEvery: about 2,500 small requests a second
+	busyAllocs   = 16 << 20 // per tuneEvery: small requests by the thousand a second
 	gcBusyHold   = 30 * time.Second
 	gcRoom       = 32 << 20
 	maxGCPercent = 800
@@ -42,18 +45,13 @@ const tuneEvery = time.Second
 // per CPU. A proxy's goroutines hand each request along (the server's
 // connection, the Transport's write and read loops), and with two or more
 // processors every hand-off may wake a thread on another CPU, which on a
-// virtual machine is dear. Measured with the bench on 2 cores, where the
-// proxy shares the CPUs with its load generator and upstream (load and
-// load-post, 6 and 8 interleaved rounds): at GOMAXPROCS=1 a small request
-// cost 0.59-0.68x the CPU of the baseline proxy against 0.93-1.00x at 2,
-// at 1.25-1.41x its requests/s against 0.97-1.03x; a 1 GiB download ran
-// 1.29-1.53x as fast as the baseline against 1.18-1.26x. But on one
-// processor a burst of work holds up every event behind it: 50 SSE
-// streams starting together (0.05-0.1 CPUs) had an event latency p99 of
-// 4.3 ms against 3.7 at 2 (median of 6 alternating rounds), and 300
-// streams (6,000 events a second in bursts, 0.2 CPUs) a 10-15 % higher
-// p50. Where CPUs are idle the second processor's cost is paid with CPU
-// nobody else wants; where they are scarce it is not worth it. So:
+// virtual machine is dear: where the proxy shares a few CPUs with its
+// clients and upstreams, one processor makes small requests cheaper in CPU
+// and faster, and large downloads faster too. But on one processor a burst
+// of work holds up every event behind it, so streams that start together,
+// or whose events come in bursts, see their events later. Where CPUs are
+// idle the second processor's cost is paid with CPU nobody else wants;
+// where they are scarce it is not worth it. So:
 //   - the process starts with two processors (one if the runtime's default
 //     is one);
 //   - fewer: while the process leaves more than half a processor unused
@@ -171,30 +169,28 @@ func (g *gcTuner) tick(allocated, live uint64) int {
 // reuse and gives them back to the OS lazily, as long as the heap stays
 // under its GC goal. A proxy's heap swings: a burst of new streams leaves
 // megabytes of buffers and request state free behind it, which would stay
-// in RSS while the thousands of streams that remain sit idle (measured
-// with the bench's hold scenario: a fifth of the RSS per held stream). So
-// a GC runs and the free memory goes back to the OS at once (when more
-// than freeMemoryThreshold is free or garbage) in two cases:
+// in RSS, a large part of it per stream, while the thousands of streams
+// that remain sit idle. So a GC runs and the free memory goes back to the
+// OS at once (when more than freeMemoryThreshold is free or garbage) in
+// two cases:
 //   - requests are in flight while the process is quiet (in the last
 //     tuneEvery it allocated less than quietAllocs and used less than
 //     quietCPU plus quietCPUPerRequest for each request in flight): they
 //     are idle streams, and their memory is what the proxy holds. The
-//     part per request lets the pings of many idle streams pass for quiet
-//     (10,000 streams with a ping every 5 s used 60 ms of CPU a second,
-//     6 us per stream, and kept 48 KiB per stream instead of 22) while
-//     streams of tokens do not (a stream of 20 events a second uses about
-//     600 us a second). A few hundred token streams among thousands of
-//     idle ones can pass for quiet too; a release then pauses their events
-//     once, and freeMemoryThreshold keeps that rare;
+//     part per request lets the keep-alive pings of many idle streams pass
+//     for quiet, and the memory they hold go back, while streams of
+//     tokens, which use far more CPU each, do not. A few hundred token
+//     streams among thousands of idle ones can pass for quiet too; a
+//     release then pauses their events once, and freeMemoryThreshold
+//     keeps that rare;
 //   - nothing is in flight and the process has been quiet for idleRelease.
 //
 // Never while streams are busy or under load, and not sooner with nothing
-// in flight: the GC and the returning of pages pause what runs (measured:
-// a worse latency p99 of 300 streams when it ran while their events
-// flowed, which allocate almost nothing), and the pages returned are
-// faulted back in by the next burst of requests (it cost the bench's small
-// requests 10-14 % more CPU when memory was returned in every quiet second
-// between its load rounds).
+// in flight: the GC and the returning of pages pause what runs, which
+// shows in the latency of streams whose events flow (they allocate almost
+// nothing, so only their CPU tells them apart), and the pages returned are
+// faulted back in by the next burst of requests, which costs CPU if memory
+// is returned in every quiet second between bursts.
 const (
 	freeMemoryThreshold = 4 << 20
 	quietAllocs         = 1 << 20               // per tuneEvery: a few hundred small requests a second
@@ -228,7 +224,8 @@ func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, freeAndGarba
 // tuneRuntime starts tuning, once a second, GOMAXPROCS (if procs) and
 // GOGC (if gc), and returning free memory; inFlight counts the requests
 // being served. stop ends the tuning and puts what it tuned back to the
-// runtime's defaults.
+// runtime's defaults. run calls it only with RUNTIME_TUNING on, once per
+// process.
 func tuneRuntime(procs, gc bool, inFlight func() int64) (stop func()) {
 	return tuneRuntimeFrom(tuneSources{machine: machineCPU, process: processCPU, every: tuneEvery}, procs, gc, inFlight)
 }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,23 +19,8 @@ import (
 // is free.
 func TestMemoryReleaser(t *testing.T) {
 	const mib = 1 << 20
-	type step struct {
-		allocated uint64        // in the last second
-		busy      time.Duration // in the last second
-		free      uint64
-		inFlight  int64
-		want      bool
-	}
-	run := func(t *testing.T, steps []step) {
-		t.Helper()
-		var m memoryReleaser
-		for i, s := range steps {
-			if got := m.tick(s.allocated, s.busy, s.free, s.inFlight); got != s.want {
-				t.Fatalf("tick %d (allocated %d KiB, busy %v, free %d MiB, in flight %d) = %v, want %v",
-					i, s.allocated>>10, s.busy, s.free/mib, s.inFlight, got, s.want)
-			}
-		}
-	}
+	type step = releaserStep
+	run := runReleaser
 	t.Run("held streams after a burst", func(t *testing.T) {
 		run(t, []step{
 			{allocated: 40 * mib, free: 30 * mib, inFlight: 1000, want: false}, // the burst itself
@@ -51,15 +37,16 @@ func TestMemoryReleaser(t *testing.T) {
 		run(t, steps)
 	})
 	t.Run("many idle streams with pings", func(t *testing.T) {
-		// 10,000 held streams, a ping every 5 s each: 2,000 events a second,
-		// 60 ms of CPU, but 6 µs per stream.
+		// Ten thousand held streams whose pings together keep the process
+		// as busy as the few busy streams below: very little per stream.
 		run(t, []step{
 			{allocated: 200 * mib, busy: 900 * time.Millisecond, free: 150 * mib, inFlight: 10000}, // the burst
 			{allocated: 100 << 10, busy: 60 * time.Millisecond, free: 150 * mib, inFlight: 10000, want: true},
 		})
 	})
 	t.Run("a few busy streams", func(t *testing.T) {
-		// 50 streams of 50 events a second: 60 ms of CPU, 1.2 ms per stream.
+		// Fifty streams of tokens: the same CPU as the pings above, much
+		// more per stream.
 		var steps []step
 		for i := 0; i < 40; i++ {
 			steps = append(steps, step{allocated: 10 << 10, busy: 60 * time.Millisecond, free: 20 * mib, inFlight: 50})
@@ -101,6 +88,28 @@ func TestMemoryReleaser(t *testing.T) {
 			{free: freeMemoryThreshold, inFlight: 10},
 		})
 	})
+}
+
+// releaserStep is one tick of a memoryReleaser and what it must decide.
+type releaserStep struct {
+	allocated uint64        // in the last second
+	busy      time.Duration // in the last second
+	free      uint64
+	inFlight  int64
+	want      bool
+}
+
+// runReleaser ticks a new memoryReleaser through steps, failing at the
+// first decision that is not the step's.
+func runReleaser(t *testing.T, steps []releaserStep) {
+	t.Helper()
+	var m memoryReleaser
+	for i, s := range steps {
+		if got := m.tick(s.allocated, s.busy, s.free, s.inFlight); got != s.want {
+			t.Fatalf("tick %d (allocated %d KiB, busy %v, free %d MiB, in flight %d) = %v, want %v",
+				i, s.allocated>>10, s.busy, s.free>>20, s.inFlight, got, s.want)
+		}
+	}
 }
 
 // TestGCTuner checks that GOGC is raised only while the process allocates
@@ -150,25 +159,8 @@ func TestGCTuner(t *testing.T) {
 // idle, and past two its processors are nearly all busy), one at a time,
 // never past 1 or max.
 func TestProcsTuner(t *testing.T) {
-	type step struct {
-		used, idle float64 // CPUs, over the last second
-		want       int
-	}
-	run := func(t *testing.T, p procsTuner, steps []step) {
-		t.Helper()
-		for i, s := range steps {
-			if got := p.tick(s.used, s.idle); got != s.want {
-				t.Fatalf("tick %d (used %.2f CPUs, %.2f idle): GOMAXPROCS %d, want %d", i, s.used, s.idle, got, s.want)
-			}
-		}
-	}
-	repeat := func(s step, d time.Duration) []step {
-		steps := make([]step, int(d/tuneEvery))
-		for i := range steps {
-			steps[i] = s
-		}
-		return steps
-	}
+	type step = procsStep
+	run, repeat := runProcsTuner, repeatProcsStep
 	then := func(a []step, b ...step) []step { return append(a, b...) }
 	t.Run("starts with two, one where the runtime has one", func(t *testing.T) {
 		if p := newProcsTuner(8); p.n != 2 || p.max != 8 {
@@ -180,10 +172,10 @@ func TestProcsTuner(t *testing.T) {
 	})
 	t.Run("idle or light work on an idle machine keeps two", func(t *testing.T) {
 		run(t, newProcsTuner(4), repeat(step{0.01, 3.9, 2}, time.Minute))
-		run(t, newProcsTuner(4), repeat(step{0.2, 3.5, 2}, time.Minute)) // 300 SSE streams
+		run(t, newProcsTuner(4), repeat(step{0.2, 3.5, 2}, time.Minute)) // hundreds of SSE streams
 	})
 	t.Run("saturated machine: one after procsContendAfter, and stays", func(t *testing.T) {
-		// The bench's small requests: the proxy, its load generator and
+		// Small requests under load: the proxy, its load generator and
 		// upstream share 2 CPUs.
 		steps := then(repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1})
 		run(t, newProcsTuner(2), then(steps, repeat(step{0.95, 0.3, 1}, time.Minute)...))
@@ -228,6 +220,34 @@ func TestProcsTuner(t *testing.T) {
 	t.Run("never below one", func(t *testing.T) {
 		run(t, procsTuner{max: 2, n: 1}, repeat(step{0.2, 0.0, 1}, time.Minute))
 	})
+}
+
+// procsStep is one tick of a procsTuner: the CPUs the process used and
+// the machine's idle CPUs over the last second, and the GOMAXPROCS the
+// tuner must answer.
+type procsStep struct {
+	used, idle float64
+	want       int
+}
+
+// runProcsTuner ticks p through steps, failing at the first answer that
+// is not the step's.
+func runProcsTuner(t *testing.T, p procsTuner, steps []procsStep) {
+	t.Helper()
+	for i, s := range steps {
+		if got := p.tick(s.used, s.idle); got != s.want {
+			t.Fatalf("tick %d (used %.2f CPUs, %.2f idle): GOMAXPROCS %d, want %d", i, s.used, s.idle, got, s.want)
+		}
+	}
+}
+
+// repeatProcsStep returns s once per tuneEvery for d.
+func repeatProcsStep(s procsStep, d time.Duration) []procsStep {
+	steps := make([]procsStep, int(d/tuneEvery))
+	for i := range steps {
+		steps[i] = s
+	}
+	return steps
 }
 
 // TestIdleCPUs checks the idle CPUs worked out from two samples of the
@@ -317,9 +337,12 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 	}
 }
 
-// TestProcessProcessors checks on the real binary that the process serves
-// with two processors (go_sched_gomaxprocs_threads in /metrics) and that
-// an operator's GOMAXPROCS is left as it is.
+// TestProcessProcessors checks on the real binary that runtime tuning is
+// off by default, leaving GOMAXPROCS to the Go runtime (it is never
+// called, so the runtime's own updates to a container's CPU limit keep
+// working); that RUNTIME_TUNING=on serves with two processors
+// (go_sched_gomaxprocs_threads in /metrics); and that an operator's
+// GOMAXPROCS is left as it is either way.
 func TestProcessProcessors(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("one CPU: GOMAXPROCS is 1 anyway")
@@ -327,31 +350,46 @@ func TestProcessProcessors(t *testing.T) {
 	if _, ok := machineCPU(); !ok {
 		t.Skip("no /proc/stat: GOMAXPROCS is not tuned here")
 	}
-	bin := buildBinary(t)
-	gomaxprocs := func(p *proxyProcess) string {
-		t.Helper()
-		res, err := http.Get("http://" + p.addr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "go_sched_gomaxprocs_threads "); ok {
-				return v
-			}
-		}
-		t.Fatalf("no go_sched_gomaxprocs_threads in /metrics:\n%s", b)
-		return ""
+	if os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("GOMAXPROCS is set for the tests: the runtime's default is not known")
 	}
+	def := strconv.Itoa(runtime.GOMAXPROCS(0))
+	bin := buildBinary(t)
 	// An empty variable is unset for the runtime and for the proxy: the
 	// test's own environment does not count.
-	p := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "GOMAXPROCS=", "GOGC=")
-	if got := gomaxprocs(p); got != "2" {
-		t.Errorf("GOMAXPROCS %s once serving, want 2", got)
+	tests := []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"default: the runtime's own", []string{"RUNTIME_TUNING=", "GOMAXPROCS=", "GOGC="}, def},
+		{"tuning on", []string{"RUNTIME_TUNING=on", "GOMAXPROCS=", "GOGC="}, "2"},
+		{"tuning on, GOMAXPROCS set", []string{"RUNTIME_TUNING=on", "GOMAXPROCS=1"}, "1"},
 	}
-	p = startBinary(t, bin, "DATA_DIR="+t.TempDir(), "GOMAXPROCS=1")
-	if got := gomaxprocs(p); got != "1" {
-		t.Errorf("GOMAXPROCS %s with GOMAXPROCS=1 in the environment, want 1", got)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startBinary(t, bin, append([]string{"DATA_DIR=" + t.TempDir()}, tt.env...)...)
+			if got := gomaxprocsOf(t, p); got != tt.want {
+				t.Errorf("GOMAXPROCS %s once serving, want %s", got, tt.want)
+			}
+		})
 	}
+}
+
+// gomaxprocsOf reads go_sched_gomaxprocs_threads from p's /metrics.
+func gomaxprocsOf(t *testing.T, p *proxyProcess) string {
+	t.Helper()
+	res, err := http.Get("http://" + p.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "go_sched_gomaxprocs_threads "); ok {
+			return v
+		}
+	}
+	t.Fatalf("no go_sched_gomaxprocs_threads in /metrics:\n%s", b)
+	return ""
 }

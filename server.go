@@ -38,6 +38,17 @@ type Server struct {
 	reloads     atomic.Int64
 	reloadRetry chan struct{}
 
+	// base is the context of every request the Server's http.Server
+	// (httpServer) serves, and of handed-off streams (stream.go):
+	// cutRequests cancels it, which ends what http.Server.Shutdown cannot,
+	// hijacked connections (WebSocket tunnels, streams), at the end of a
+	// shutdown. recycler gives the connections of finished handed-off
+	// streams back to that http.Server, which serves on it too; nil when
+	// STREAM_HANDOFF is off.
+	base        context.Context
+	cutRequests context.CancelFunc
+	recycler    *connRecycler
+
 	// Admin API (admin.go). adminTokenHash is the SHA-256 of the admin
 	// token, nil until it could be read from the store.
 	adminTokenHash atomic.Pointer[[sha256.Size]byte]
@@ -65,6 +76,9 @@ type watchingStore interface {
 
 // newServer builds a Server on store and loads the first route snapshot.
 // transport is the upstream RoundTripper; nil means newTransport(cfg).
+// With cfg.StreamHandoff it also starts the watcher of handed-off streams
+// (proxy.go), and makes the recycler their connections come back through:
+// Close stops both, so a Server that newServer returned must be closed.
 func newServer(cfg Config, logger *slog.Logger, store Store, transport http.RoundTripper) (*Server, error) {
 	if transport == nil {
 		transport = newTransport(cfg)
@@ -104,6 +118,14 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	}
 	s.metrics = newMetricsHandler(logger, s.stats, s.proxy.active.Load)
 	s.engine = s.newRouter()
+	// Last, once nothing can fail: what Close must stop.
+	s.base, s.cutRequests = context.WithCancel(context.Background())
+	s.proxy.base = s.base
+	if cfg.StreamHandoff {
+		s.recycler = newConnRecycler()
+		s.proxy.recycle = s.recycler
+		s.proxy.startWatcher()
+	}
 	return s, nil
 }
 
@@ -161,9 +183,10 @@ func (s *Server) newRouter() *gin.Engine {
 // under a mapped prefix goes straight to the proxy; Gin routes the rest.
 // No mapping can shadow a route of the server's own (validatePrefix refuses
 // the reserved prefixes), so this is what a Gin NoRoute handler would do,
-// minus Gin's cost on the hot path: measured, Gin's frames pushed the
-// stack of every held stream from 8 KiB to 16 KiB (the response header
-// write is deep), and its writer wrapper cost CPU on every request.
+// minus Gin's cost on the hot path: Gin's frames would deepen the stack
+// every held stream keeps (the response header write is deep, and a
+// goroutine stack grows by doubling), and its writer wrapper costs CPU on
+// every request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if rt, rest := s.proxy.lookup(req); rt != nil {
 		s.proxy.serve(w, req, rt, rest)
@@ -301,13 +324,20 @@ func (s *Server) watchMappings(ctx context.Context) {
 	}
 }
 
-// Close stops the background loops and closes the store. It does not stop
-// the HTTP server: run does that first, so that requests drain.
+// Close stops the background loops, cuts the requests and handed-off
+// streams still running (cutRequests), stops the stream hand-off's watcher
+// and recycler, and closes the store. It does not stop the HTTP server:
+// run does that first, so that requests drain.
 func (s *Server) Close() error {
 	if s.cancel != nil {
 		s.cancel()
 	}
 	s.wg.Wait()
+	s.cutRequests()
+	if s.recycler != nil {
+		s.recycler.Close()
+	}
+	s.proxy.close()
 	s.stats.close() // the last counts, after the HTTP server drained
 	return s.store.Close()
 }
@@ -325,6 +355,10 @@ func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (Store, err
 // accepting, let in-flight requests (streams) drain for up to
 // SHUTDOWN_TIMEOUT, cut what remains, stop the loops, close the store.
 // ready, if not nil, is called with the bound address once serving.
+//
+// Runtime tuning (RUNTIME_TUNING, runtime.go) starts and stops here, not
+// in the Server: GOMAXPROCS and GOGC are the process's, and tests run
+// several Servers in one process.
 func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Addr)) error {
 	store, err := openStore(ctx, cfg, logger)
 	if err != nil {
@@ -338,29 +372,21 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 	// Listen before serving so that a busy port fails here, at start.
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
-		store.Close()
+		s.Close()
 		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
 	}
 	s.Start()
-	// Process-wide settings (runtime.go) are tuned by the process that
-	// serves, not by every Server (tests run several in one process).
-	stopTuning := tuneRuntime(cfg.TuneProcs, cfg.TuneGC, s.proxy.active.Load)
-	defer stopTuning()
-	srv := newHTTPServer(s, logger)
-	// Every request's context derives from reqCtx, so that cancelling it
-	// ends what Shutdown cannot: hijacked connections (ReverseProxy
-	// closes a WebSocket tunnel when its request is cancelled).
-	reqCtx, cancelRequests := context.WithCancel(context.Background())
-	defer cancelRequests()
-	srv.BaseContext = func(net.Listener) context.Context { return reqCtx }
-	s.proxy.base = reqCtx
-	// Connections of finished handed-off streams come back through the
-	// recycler (stream.go); Shutdown closes it with the listener.
-	recycler := newConnRecycler(ln.Addr())
-	s.proxy.recycle = recycler
+	if cfg.RuntimeTuning {
+		stopTuning := tuneRuntime(cfg.TuneProcs, cfg.TuneGC, s.proxy.active.Load)
+		defer stopTuning()
+	}
+	srv := s.httpServer()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	go srv.Serve(recycler)
+	if s.recycler != nil {
+		// Shutdown closes it with the listener.
+		go srv.Serve(s.recycler)
+	}
 	logger.Info("apiproxy listening", "addr", ln.Addr().String(), "store", storeKind(cfg), "mappings", len(s.routes.Load().byPrefix))
 	if ready != nil {
 		ready(ln.Addr())
@@ -372,31 +398,40 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	logger.Info("shutting down", "drain_timeout", cfg.ShutdownTimeout.String(), "active_requests", s.proxy.active.Load())
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	s.shutdown(srv)
+	if err := s.Close(); err != nil {
+		return fmt.Errorf("close store: %w", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+// shutdown stops srv, which serves s: it stops accepting, lets in-flight
+// requests drain for up to SHUTDOWN_TIMEOUT, then cuts what remains and
+// waits a moment for it to end, so that every request is in the final
+// stats flush (Close).
+func (s *Server) shutdown(srv *http.Server) {
+	logger := s.logger
+	logger.Info("shutting down", "drain_timeout", s.cfg.ShutdownTimeout.String(), "active_requests", s.proxy.active.Load())
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		logger.Warn("drain timed out; closing remaining connections", "active_requests", s.proxy.active.Load())
 		srv.Close()
 	}
 	// Shutdown returns without waiting for hijacked connections (WebSocket
-	// tunnels), and Close before the handlers it cut have returned. Wait
-	// for the proxied requests still running until the drain time is up,
-	// then cancel them and give them a moment to return, so that every
-	// request is in the final stats flush (s.Close).
-	if !s.waitProxyIdle(shutdownCtx) {
-		cancelRequests()
-		cutCtx, cancelCut := context.WithTimeout(context.Background(), shutdownCutWait)
-		if !s.waitProxyIdle(cutCtx) {
-			logger.Warn("proxied requests still running after the shutdown; they are not in the stats", "active_requests", s.proxy.active.Load())
-		}
-		cancelCut()
+	// tunnels, handed-off streams), and Close before the handlers it cut
+	// have returned. Wait for the proxied requests still running until the
+	// drain time is up, then cancel them and give them a moment to return.
+	if s.waitProxyIdle(shutdownCtx) {
+		return
 	}
-	if err := s.Close(); err != nil {
-		return fmt.Errorf("close store: %w", err)
+	s.cutRequests()
+	cutCtx, cancelCut := context.WithTimeout(context.Background(), shutdownCutWait)
+	defer cancelCut()
+	if !s.waitProxyIdle(cutCtx) {
+		logger.Warn("proxied requests still running after the shutdown; they are not in the stats", "active_requests", s.proxy.active.Load())
 	}
-	logger.Info("stopped")
-	return nil
 }
 
 // shutdownCutWait bounds how long run waits, after cancelling the requests
@@ -431,6 +466,16 @@ func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
+}
+
+// httpServer returns the http.Server that serves s: newHTTPServer's, with
+// every request's context derived from s.base, so that cutRequests ends
+// what Shutdown cannot (ReverseProxy closes a WebSocket tunnel when its
+// request is cancelled). Serve it on s.recycler too when that is not nil.
+func (s *Server) httpServer() *http.Server {
+	srv := newHTTPServer(s, s.logger)
+	srv.BaseContext = func(net.Listener) context.Context { return s.base }
+	return srv
 }
 
 func storeKind(cfg Config) string {

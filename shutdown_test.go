@@ -142,30 +142,7 @@ type streamResult struct {
 // No accepted request is lost: each one is complete at the client, was
 // served by the upstream, and is in the stats the process flushed.
 func TestShutdownUnderLoad(t *testing.T) {
-	const events, interval = 40, 25 * time.Millisecond // a stream lasts a second
-	var active, served atomic.Int64
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		if !strings.HasSuffix(r.URL.Path, "/stream") {
-			io.WriteString(w, `{"ok":true}`)
-			served.Add(1)
-			return
-		}
-		active.Add(1)
-		defer active.Add(-1)
-		w.Header().Set("Content-Type", "text/event-stream")
-		for i := range events {
-			fmt.Fprintf(w, "data: %d\n\n", i)
-			w.(http.Flusher).Flush()
-			select {
-			case <-time.After(interval):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		io.WriteString(w, "data: [DONE]\n\n")
-		served.Add(1)
-	})
+	up := newLoadUpstream(t)
 	bin := buildBinary(t)
 	dataDir := t.TempDir()
 	if out, err := exec.Command(bin, "map", "-data-dir", dataDir, "set", "/p", up.URL).CombinedOutput(); err != nil {
@@ -174,67 +151,29 @@ func TestShutdownUnderLoad(t *testing.T) {
 	p := startBinary(t, bin, "DATA_DIR="+dataDir, "SHUTDOWN_TIMEOUT=20s")
 	base := "http://" + p.addr
 
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	defer client.CloseIdleConnections()
-	stop := make(chan struct{})
-	var mu sync.Mutex
-	var results []streamResult
-	var wg sync.WaitGroup
-	worker := func(path string) {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			var r streamResult
-			req, _ := http.NewRequest("POST", base+path, strings.NewReader(`{"stream":true}`))
-			res, err := client.Do(req)
-			if err == nil {
-				r.accepted = true
-				var body []byte
-				body, err = io.ReadAll(res.Body)
-				res.Body.Close()
-				done := strings.HasSuffix(path, "/stream") && bytes.HasSuffix(body, []byte("data: [DONE]\n\n")) ||
-					!strings.HasSuffix(path, "/stream") && string(body) == `{"ok":true}`
-				r.complete = err == nil && res.StatusCode == http.StatusOK && done
-				if err == nil && !r.complete {
-					err = fmt.Errorf("status %d, body %q", res.StatusCode, body)
-				}
-			}
-			r.err = err
-			mu.Lock()
-			results = append(results, r)
-			mu.Unlock()
-			if !r.accepted {
-				return // the listener is closed: nothing more will be accepted
-			}
-		}
-	}
+	load := &loadClients{client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, stop: make(chan struct{})}
+	defer load.client.CloseIdleConnections()
 	const streams, small = 40, 4
 	for range streams {
-		wg.Add(1)
-		go worker("/p/v1/stream")
+		load.start(base + "/p/v1/stream")
 	}
 	for range small {
-		wg.Add(1)
-		go worker("/p/v1/models")
+		load.start(base + "/p/v1/models")
 	}
-	eventually(t, func() bool { return active.Load() >= streams && served.Load() >= 100 }, "all streams in flight and 100 requests served")
+	eventually(t, func() bool { return up.active.Load() >= streams && up.served.Load() >= 100 }, "all streams in flight and 100 requests served")
 
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	sigterm := time.Now()
 	eventually(t, func() bool { return refusing(p.addr) }, "the listener to close after SIGTERM")
-	if n := active.Load(); n == 0 {
+	if n := up.active.Load(); n == 0 {
 		t.Errorf("no stream was in flight when the listener closed; the test proves nothing")
 	}
-	close(stop)
+	close(load.stop)
 	code := p.wait(t, testTimeout)
 	took := time.Since(sigterm)
-	wg.Wait()
+	load.wg.Wait()
 	if code != 0 {
 		t.Errorf("exit code %d, want 0; log:\n%s", code, p.stderr.String())
 	}
@@ -246,23 +185,11 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if strings.Contains(p.stderr.String(), "drain timed out") {
 		t.Errorf("the drain hit SHUTDOWN_TIMEOUT (took %v); streams of 1 s should have drained long before; log:\n%s", took, p.stderr.String())
 	}
-
-	var accepted, complete int64
-	for _, r := range results {
-		if r.accepted {
-			accepted++
-			if r.complete {
-				complete++
-			} else {
-				t.Errorf("an accepted request was lost: %v", r.err)
-			}
-		}
+	complete := load.check(t)
+	t.Logf("%d requests complete; SIGTERM to exit %v", complete, took.Round(time.Millisecond))
+	if up.served.Load() != complete {
+		t.Errorf("the upstream served %d requests, the clients got %d complete", up.served.Load(), complete)
 	}
-	t.Logf("%d requests accepted, %d complete; SIGTERM to exit %v", accepted, complete, took.Round(time.Millisecond))
-	if served.Load() != complete {
-		t.Errorf("the upstream served %d requests, the clients got %d complete", served.Load(), complete)
-	}
-
 	d := flushedStats(t, dataDir)
 	if got := d.Total["/p|count"]; got != complete {
 		t.Errorf("the flushed stats count %d requests to /p, want the %d accepted and completed", got, complete)
@@ -273,6 +200,115 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if !strings.Contains(p.stderr.String(), `"msg":"stopped"`) {
 		t.Errorf("no \"stopped\" line in the log:\n%s", p.stderr.String())
 	}
+}
+
+// loadUpstream is TestShutdownUnderLoad's upstream: a path ending in
+// /stream is an event stream of loadEvents events loadInterval apart,
+// any other a small JSON answer. It counts the streams in flight and the
+// requests it served whole.
+type loadUpstream struct {
+	*upstream
+	active, served atomic.Int64
+}
+
+const loadEvents, loadInterval = 40, 25 * time.Millisecond // a stream lasts a second
+
+func newLoadUpstream(t *testing.T) *loadUpstream {
+	u := &loadUpstream{}
+	u.upstream = newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if !strings.HasSuffix(r.URL.Path, "/stream") {
+			io.WriteString(w, `{"ok":true}`)
+			u.served.Add(1)
+			return
+		}
+		u.active.Add(1)
+		defer u.active.Add(-1)
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range loadEvents {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-time.After(loadInterval):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		io.WriteString(w, "data: [DONE]\n\n")
+		u.served.Add(1)
+	})
+	return u
+}
+
+// loadClients send requests, each worker to one URL one after another,
+// until stop is closed or a request is refused, and keep what each saw.
+type loadClients struct {
+	client  *http.Client
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	results []streamResult
+}
+
+// start starts a worker sending POSTs to url.
+func (l *loadClients) start(url string) {
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		for {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
+			r := l.send(url)
+			l.mu.Lock()
+			l.results = append(l.results, r)
+			l.mu.Unlock()
+			if !r.accepted {
+				return // the listener is closed: nothing more will be accepted
+			}
+		}
+	}()
+}
+
+// send sends one request to url and reads its answer whole.
+func (l *loadClients) send(url string) streamResult {
+	var r streamResult
+	req, _ := http.NewRequest("POST", url, strings.NewReader(`{"stream":true}`))
+	res, err := l.client.Do(req)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	r.accepted = true
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	stream := strings.HasSuffix(url, "/stream")
+	done := stream && bytes.HasSuffix(body, []byte("data: [DONE]\n\n")) || !stream && string(body) == `{"ok":true}`
+	r.complete = err == nil && res.StatusCode == http.StatusOK && done
+	if err == nil && !r.complete {
+		err = fmt.Errorf("status %d, body %q", res.StatusCode, body)
+	}
+	r.err = err
+	return r
+}
+
+// check fails the test for every accepted request that was not complete,
+// once the workers have ended, and returns how many were complete.
+func (l *loadClients) check(t *testing.T) (complete int64) {
+	t.Helper()
+	for _, r := range l.results {
+		if !r.accepted {
+			continue
+		}
+		if r.complete {
+			complete++
+		} else {
+			t.Errorf("an accepted request was lost: %v", r.err)
+		}
+	}
+	return complete
 }
 
 // TestShutdownTimeoutCutsStreams: streams still running when

@@ -2,10 +2,10 @@ package main
 
 // Handed-off event streams. An SSE or NDJSON response of unknown length to
 // an HTTP/1.1 client spends nearly all its life idle between tokens, and
-// while net/http serves it the stream keeps the handler goroutine (whose
-// stack ReverseProxy's deep calls grow to 8 KiB), the server's background
-// reader, and the connection's read, write and chunking buffers (10 KiB).
-// Measured with the bench's hold scenario, that was 60 KiB per held stream.
+// while net/http serves it the stream keeps the handler goroutine (with
+// the stack ReverseProxy's deep calls grew), the server's background
+// reader, and the connection's read, write and chunking buffers. A proxy
+// holding thousands of such streams spends most of its memory on them.
 //
 // So once such a response's headers are in, the proxy hijacks the client
 // connection, writes the head itself and hands the stream to a goroutine
@@ -13,16 +13,20 @@ package main
 // into a 2 KiB buffer and writes each read as one HTTP/1.1 chunk, in one
 // write, at once (every chunk flushed as read, SPEC §3.5); from a
 // plain-HTTP/1.1 upstream it passes the chunked body's bytes as read from
-// the socket (streamRaw, upconn.go). A second small
-// goroutine watches the client connection: a client that leaves cancels
-// the upstream request at once (SPEC §3.8), as net/http's own background
-// read did. When the stream ends, the connection goes back to the
-// http.Server through connRecycler, so keep-alive works as before.
+// the socket (streamRaw, upconn.go). The proxy's watcher (watch_linux.go)
+// watches the client connection, or where there is none a second small
+// goroutine reads it: a client that leaves cancels the upstream request at
+// once (SPEC §3.8), as net/http's own background read does. When the
+// stream ends, the connection goes back to the http.Server through
+// connRecycler, so keep-alive works as if net/http had served the stream.
+// What this buys is memory per held stream: a small stack and buffer
+// instead of net/http's.
 //
 // What is not handed off stays on the ordinary ReverseProxy path: HTTP/2
 // clients (no hijacking), HTTP/1.0 clients (no chunking), HEAD, bodies of
 // known length, responses with trailers, requests whose body is still
-// being sent, and requests asking to close the connection.
+// being sent, and requests asking to close the connection. With
+// STREAM_HANDOFF=off (Config.StreamHandoff) nothing is.
 
 import (
 	"bytes"
@@ -68,7 +72,7 @@ type streamState struct {
 	// stopping is set before the stream ends the watcher's read on purpose.
 	stopping   atomic.Bool
 	clientGone atomic.Bool
-	watched    bool // registered with streamWatcher (reg)
+	watched    bool // registered with the proxy's watcher (reg)
 	reg        watchReg
 	watchDone  chan struct{}   // closed when watchClient returns; nil if none runs
 	stopCut    func() bool     // unregisters the shutdown cut
@@ -85,7 +89,7 @@ type streamState struct {
 // as the request tells; it decides whether serve gives the upstream request
 // a context of its own that outlives the handler.
 func (p *proxy) mayHandOff(w http.ResponseWriter, req *http.Request) bool {
-	return req.ProtoMajor == 1 && req.ProtoMinor == 1 &&
+	return p.streamHandoff && req.ProtoMajor == 1 && req.ProtoMinor == 1 &&
 		req.Method != http.MethodHead && !req.Close &&
 		req.Header["Upgrade"] == nil && w.Header()["Connection"] == nil
 }
@@ -129,28 +133,7 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 		})
 	}
 
-	h := res.Header
-	addProxyHeaders(h, pr.p.cors, pr.in)
-	if _, ok := h["Date"]; !ok {
-		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
-	}
-	var head bytes.Buffer
-	head.Grow(512)
-	head.WriteString("HTTP/1.1 ")
-	head.WriteString(strconv.Itoa(res.StatusCode))
-	head.WriteByte(' ')
-	if text := http.StatusText(res.StatusCode); text != "" {
-		head.WriteString(text)
-	} else {
-		head.WriteString("status code " + strconv.Itoa(res.StatusCode))
-	}
-	head.WriteString("\r\n")
-	h.Write(&head) // sorted, as net/http writes them; invalid names dropped
-	head.WriteString("Transfer-Encoding: chunked\r\n")
-	if pr.p.recycle == nil {
-		head.WriteString("Connection: close\r\n")
-	}
-	head.WriteString("\r\n")
+	head := pr.responseHead(res)
 	pr.rec.TTFB = time.Since(pr.rec.Start)
 	pr.p.handedOff.Add(1)
 	if up := pr.up; canReadRaw && up != nil && up.captured && !res.Uncompressed &&
@@ -180,6 +163,36 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 	return true
 }
 
+// responseHead returns the HTTP/1.1 head a handed-off stream writes for
+// res: its status and headers with the proxy's added (SPEC §3.5), a Date
+// if the upstream sent none, and chunked framing; "Connection: close" when
+// the connection cannot go back to the server.
+func (pr *proxyRequest) responseHead(res *http.Response) *bytes.Buffer {
+	h := res.Header
+	addProxyHeaders(h, pr.p.cors, pr.in)
+	if _, ok := h["Date"]; !ok {
+		h["Date"] = []string{time.Now().UTC().Format(http.TimeFormat)}
+	}
+	var head bytes.Buffer
+	head.Grow(512)
+	head.WriteString("HTTP/1.1 ")
+	head.WriteString(strconv.Itoa(res.StatusCode))
+	head.WriteByte(' ')
+	if text := http.StatusText(res.StatusCode); text != "" {
+		head.WriteString(text)
+	} else {
+		head.WriteString("status code " + strconv.Itoa(res.StatusCode))
+	}
+	head.WriteString("\r\n")
+	h.Write(&head) // sorted, as net/http writes them; invalid names dropped
+	head.WriteString("Transfer-Encoding: chunked\r\n")
+	if pr.p.recycle == nil {
+		head.WriteString("Connection: close\r\n")
+	}
+	head.WriteString("\r\n")
+	return &head
+}
+
 // stream copies a handed-off response body to the client, one chunk per
 // read, then gives the connection back to the server (or closes it) and
 // records the request. It owns pr and one count of p.active.
@@ -187,13 +200,11 @@ func (pr *proxyRequest) stream() {
 	p, st := pr.p, &pr.st
 	// A client that already sent more bytes is not watched.
 	if len(st.pending) == 0 && !st.clientGone.Load() {
-		if p.sharedWatch {
-			st.reg, st.watched = streamWatcher.watch(st.conn, st.onEvent)
-			if err := streamWatcher.failed(); !st.watched && err != nil {
-				p.watchFailed.Do(func() {
-					p.logger.Error("the stream watcher stopped: each stream now watches its client from a goroutine of its own", "err", err)
-				})
-			}
+		st.reg, st.watched = p.watcher.watch(st.conn, st.onEvent)
+		if err := p.watcher.failed(); !st.watched && err != nil {
+			p.watchFailed.Do(func() {
+				p.logger.Error("the stream watcher stopped: each stream now watches its client from a goroutine of its own", "err", err)
+			})
 		}
 		if !st.watched {
 			st.watchDone = make(chan struct{})
@@ -211,7 +222,7 @@ func (pr *proxyRequest) stream() {
 	p.streamBufs.Put(buf)
 
 	if st.watched {
-		streamWatcher.unwatch(st.reg)
+		p.watcher.unwatch(st.reg)
 	} else if st.watchDone != nil {
 		st.stopping.Store(true)
 		st.conn.SetReadDeadline(longAgo)
@@ -287,8 +298,7 @@ func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
 const hexDigits = "0123456789abcdef"
 
 // watchClient reads from the client connection while the stream runs, where
-// streamWatcher is not available. The
-// client sends nothing during a response, so the read ends only when the
+// the proxy has no watcher, or it refused. The client sends nothing during a response, so the read ends only when the
 // client closes the connection (the upstream request is cancelled), when
 // it sends its next request early (kept for the server), or when stream
 // ends it with a deadline.
@@ -306,7 +316,7 @@ func (pr *proxyRequest) watchClient() {
 	}
 }
 
-// clientEvent is streamWatcher's callback: the client left (gone), or sent
+// clientEvent is the watcher's callback: the client left (gone), or sent
 // its next request early, which stays in the socket for the server.
 func (pr *proxyRequest) clientEvent(gone bool) {
 	if gone {
@@ -343,16 +353,16 @@ func (c *replayConn) Read(p []byte) (int, error) {
 // connRecycler is a net.Listener that yields the client connections of
 // finished handed-off streams, so that the http.Server (Serve'd on it too)
 // reads their next request: keep-alive works as if net/http had served
-// the stream. Closing it (Server.Shutdown does) makes give refuse.
+// the stream. Closing it (Server.Shutdown does, and Server.Close) makes
+// give refuse.
 type connRecycler struct {
-	addr      net.Addr
 	conns     chan net.Conn
 	done      chan struct{}
 	closeOnce sync.Once
 }
 
-func newConnRecycler(addr net.Addr) *connRecycler {
-	return &connRecycler{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
+func newConnRecycler() *connRecycler {
+	return &connRecycler{conns: make(chan net.Conn), done: make(chan struct{})}
 }
 
 func (l *connRecycler) Accept() (net.Conn, error) {
@@ -369,7 +379,16 @@ func (l *connRecycler) Close() error {
 	return nil
 }
 
-func (l *connRecycler) Addr() net.Addr { return l.addr }
+// Addr is a placeholder: the connections come from the server's own
+// listener, whose address they carry (net/http does not use a listener's
+// Addr to serve).
+func (l *connRecycler) Addr() net.Addr { return recycledAddr{} }
+
+// recycledAddr is connRecycler's address.
+type recycledAddr struct{}
+
+func (recycledAddr) Network() string { return "recycled" }
+func (recycledAddr) String() string  { return "recycled connections" }
 
 // give hands c to the server and reports whether it took it; when it did
 // not (the server is shutting down), c is still the caller's.

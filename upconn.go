@@ -1,8 +1,7 @@
 package main
 
-// Raw upstream reading for handed-off streams. On this kind of machine a
-// system call costs more than anything else a proxy does per event (over
-// half the CPU of an SSE stream is in read and write). Read through the
+// Raw upstream reading for handed-off streams. A system call costs more
+// than anything else a proxy does per event of a stream. Read through the
 // Transport, each event costs three: the read that returns it, the write
 // to the client, and one more read that finds the socket empty before the
 // goroutine waits. A handed-off chunked stream over a plain-TCP HTTP/1.1
@@ -10,16 +9,18 @@ package main
 // one syscall.RawConn.Read, and waits for readiness after a read that
 // emptied it, as nginx does. The body's bytes go to the client as they
 // came, framing included: one read, one write; those that came with the
-// response head go in the head's write. Measured with the bench's
-// sse-wide load (300 streams), 16 rounds in rotating order: 8 % less CPU
-// and 8 % lower median event latency than reading through the Transport.
+// response head go in the head's write. What this buys is CPU and latency
+// per event. It is not used for TLS or HTTP/2 upstreams, bodies that are
+// not chunked, streams that are not handed off (stream.go), outside Linux
+// (canReadRaw), nor at all with STREAM_HANDOFF=off, which also leaves the
+// Transport's connections unwrapped (newTransport).
 //
-// For that the Transport's buffered reader must hold none of the body when
-// the response reaches the proxy. upConn, the connection the Transport
-// dials, makes sure of it: armed by the request that got the connection
-// (httptrace GotConn), it returns the bytes of the response head, and
-// keeps what follows (the first body bytes, which usually come in the same
-// segment) to return on the next read. The bytes and their order are
+// For a raw read the Transport's buffered reader must hold none of the
+// body when the response reaches the proxy. upConn, the connection the
+// Transport dials, makes sure of it: armed by the request that got the
+// connection (httptrace GotConn), it returns the bytes of the response
+// head, and keeps what follows (the first body bytes, which usually come
+// in the same segment) to return on the next read. The bytes and their order are
 // unchanged; only where one read ends moves. When the stream ends cleanly,
 // the Transport is given the body's last chunk to read, so that it sees a
 // complete body and keeps the connection for its next request.
@@ -388,7 +389,7 @@ type rawCopy struct {
 	err         error           // why the body ended before its end
 	extra       bool            // the upstream sent bytes after the body's end
 	writeFailed bool            // a write to the client failed
-	// hangup is set by streamWatcher when the upstream closed or reset
+	// hangup is set by the proxy's watcher when the upstream closed or reset
 	// the connection (readSocket).
 	hangup atomic.Bool
 }

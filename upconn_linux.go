@@ -9,7 +9,8 @@ import (
 	"unsafe"
 )
 
-// canReadRaw: raw streams need streamWatcher to see the upstream hang up.
+// canReadRaw: raw streams read the socket with raw system calls, and the
+// proxy's watcher (watch_linux.go) sees the upstream hang up.
 const canReadRaw = true
 
 // readSocket reads the upstream socket and passes each read to the client
@@ -20,12 +21,14 @@ const canReadRaw = true
 // readable rather than read it empty: the next bytes make it so. A hang-up
 // does not always: the last bytes and the upstream's FIN (or RST) can come
 // as one readiness, and the read returns the bytes and leaves the end for
-// a next read, which the wait would never start. So streamWatcher watches
-// the socket for a hang-up, and when it comes the wait ends (a read
-// deadline in the past) and the socket is read to its end.
+// a next read, which the wait would never start. So the proxy's watcher
+// watches the socket for a hang-up, and when it comes the wait ends (a
+// read deadline in the past) and the socket is read to its end. Without a
+// watcher every read is followed by another until the socket is empty,
+// which finds the end too, at the cost of one more system call per event.
 func (rc *rawCopy) readSocket(up *upConn, b []byte) {
-	st := &rc.pr.st
-	reg, watched := streamWatcher.watchHangup(up.raw, func(bool) {
+	st, watcher := &rc.pr.st, rc.pr.p.watcher
+	reg, watched := watcher.watchHangup(up.raw, func(bool) {
 		rc.hangup.Store(true)
 		up.Conn.SetReadDeadline(longAgo)
 	})
@@ -74,7 +77,7 @@ func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 		break
 	}
 	if watched {
-		streamWatcher.unwatch(reg)
+		watcher.unwatch(reg)
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"runtime"
@@ -13,59 +14,75 @@ import (
 // TestReadSocketHangup: the upstream's last bytes and its hang-up (FIN or
 // RST) are both in the socket before the raw stream starts reading, so
 // they make one readiness. readSocket must pass the bytes and end, not wait
-// for a readiness that never comes (streamWatcher's hang-up watch ends the
-// wait).
+// for a readiness that never comes (the watcher's hang-up watch ends the
+// wait; without a watcher, reading the socket until it is empty finds the
+// end).
 func TestReadSocketHangup(t *testing.T) {
-	const last = "9\r\ndata: 2\n\n\r\n"
 	for _, reset := range []bool{false, true} {
-		name := "FIN"
-		if reset {
-			name = "RST"
-		}
-		t.Run(name, func(t *testing.T) {
-			upstream, upPeer := tcpPair(t)
-			client, clientPeer := tcpPair(t)
-			io.WriteString(upPeer, last)
+		for _, watched := range []bool{true, false} {
+			name := "FIN"
 			if reset {
-				upPeer.(*net.TCPConn).SetLinger(0)
+				name = "RST"
 			}
-			upPeer.Close()
-			raw, err := upstream.(*net.TCPConn).SyscallConn()
-			if err != nil {
-				t.Fatal(err)
-			}
-			waitPeerClosed(t, raw)
-			// The netpoller takes the readiness now, before the stream
-			// starts: RawConn.Read forgets a readiness taken before it.
-			netpollOnce(t)
+			t.Run(fmt.Sprintf("%s/watcher=%v", name, watched), func(t *testing.T) {
+				testReadSocketHangup(t, reset, watched)
+			})
+		}
+	}
+}
 
-			pr := &proxyRequest{p: &proxy{}}
-			pr.body.pr = pr
-			pr.st.conn = client
-			pr.st.rc = rawCopy{pr: pr, more: true}
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				pr.st.rc.readSocket(&upConn{Conn: upstream, raw: raw}, make([]byte, streamBufferSize))
-			}()
-			select {
-			case <-done:
-			case <-time.After(testTimeout):
-				upstream.Close() // ends the read, so the test can end
-				<-done
-				t.Fatal("readSocket still waited after the upstream hung up")
-			}
-			if pr.st.rc.err == nil || pr.st.rc.cp.done() {
-				t.Errorf("err %v, body done %v; want an error before the body's end", pr.st.rc.err, pr.st.rc.cp.done())
-			}
-			if !reset {
-				client.Close()
-				got, _ := io.ReadAll(clientPeer)
-				if string(got) != last {
-					t.Errorf("client got %q, want the last bytes %q", got, last)
-				}
-			}
-		})
+func testReadSocketHangup(t *testing.T, reset, watched bool) {
+	const last = "9\r\ndata: 2\n\n\r\n"
+	upstream, upPeer := tcpPair(t)
+	client, clientPeer := tcpPair(t)
+	io.WriteString(upPeer, last)
+	if reset {
+		upPeer.(*net.TCPConn).SetLinger(0)
+	}
+	upPeer.Close()
+	raw, err := upstream.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitPeerClosed(t, raw)
+	// The netpoller takes the readiness now, before the stream
+	// starts: RawConn.Read forgets a readiness taken before it.
+	netpollOnce(t)
+
+	p := &proxy{}
+	if watched {
+		w, err := newClientWatcher()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.close()
+		p.watcher = w
+	}
+	pr := &proxyRequest{p: p}
+	pr.body.pr = pr
+	pr.st.conn = client
+	pr.st.rc = rawCopy{pr: pr, more: true}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pr.st.rc.readSocket(&upConn{Conn: upstream, raw: raw}, make([]byte, streamBufferSize))
+	}()
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		upstream.Close() // ends the read, so the test can end
+		<-done
+		t.Fatal("readSocket still waited after the upstream hung up")
+	}
+	if pr.st.rc.err == nil || pr.st.rc.cp.done() {
+		t.Errorf("err %v, body done %v; want an error before the body's end", pr.st.rc.err, pr.st.rc.cp.done())
+	}
+	if !reset {
+		client.Close()
+		got, _ := io.ReadAll(clientPeer)
+		if string(got) != last {
+			t.Errorf("client got %q, want the last bytes %q", got, last)
+		}
 	}
 }
 

@@ -2,8 +2,8 @@
 
 package main
 
-// canReadRaw: outside Linux there is no streamWatcher to see an upstream
-// hang up, so streams read through the Transport (streamCopy).
+// canReadRaw: outside Linux there is no watcher to see an upstream hang up,
+// so streams read through the Transport (streamCopy).
 const canReadRaw = false
 
 func (rc *rawCopy) readSocket(*upConn, []byte) {}

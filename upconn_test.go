@@ -257,23 +257,14 @@ func TestStreamRaw(t *testing.T) {
 	})
 	s, addr := rawStreamProxy(t, up.URL)
 
-	// A front whose connections count their writes.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	counting := &countingListener{Listener: ln}
-	front := httptest.NewUnstartedServer(s)
-	front.Listener = counting
-	front.Start()
-	t.Cleanup(func() { closeFront(t, front) })
+	front, counting := newCountingFront(t, s)
 	_, br, res := rawExchange(t, front.Listener.Addr().String(), "/p/stream")
 	body := bufio.NewReader(res.Body)
 	if ev := readEvent(t, body); ev != "data: 1\n\n" {
 		t.Fatalf("first event %q", ev)
 	}
 	// The first event came with the head: it went with it, in one write.
-	if n := counting.writes(); n != 1 {
+	if n := counting.writes(); handoffOn(s) && n != 1 {
 		t.Errorf("%d writes for the head and the first event, want 1", n)
 	}
 	step <- struct{}{} // the upstream sends the rest only now
@@ -290,7 +281,7 @@ func TestStreamRaw(t *testing.T) {
 	if br.Buffered() != 0 {
 		t.Errorf("%d bytes after the end of the body", br.Buffered())
 	}
-	if n := s.proxy.rawStreams.Load(); n != 1 {
+	if n := s.proxy.rawStreams.Load(); handoffOn(s) && n != 1 {
 		t.Errorf("%d raw streams, want 1", n)
 	}
 
@@ -323,107 +314,133 @@ func TestStreamRaw(t *testing.T) {
 // extensions pass as sent; a body whose framing breaks, or whose upstream
 // closes or resets the connection before the last chunk, breaks the
 // client's connection (no last chunk) after the events before the fault;
-// bytes after the end do not reach the client.
+// bytes after the end do not reach the client, not even as the answer to
+// its next request (the raw stream drops the upstream connection).
 func TestStreamRawFraming(t *testing.T) {
-	const head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-	const event = "9\r\ndata: 1\n\n\r\n"
-	for _, tt := range []struct {
-		name  string
-		after string // sent once the client has read the first event
-		end   func(net.Conn)
-		want  string // body the client reads after the first event
-		fails bool   // the client's read ends in an error, not a clean end
-	}{
-		{"extension", "9;ext=1\r\ndata: 2\n\n\r\n0\r\n\r\n", nil, "data: 2\n\n", false},
-		{"trailers", "0\r\nX-T: 1\r\n\r\n", nil, "", false},
-		{"extra bytes", "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", nil, "", false},
-		{"broken framing", "9\r\ndata: 2\n\n\r\n9\r\ndata: 3\n\nXX0\r\n\r\n", nil, "data: 2\n\n", true},
-		{"closed with the last event", "9\r\ndata: 2\n\n\r\n", func(c net.Conn) { c.Close() }, "data: 2\n\n", true},
+	for _, tt := range []rawFramingCase{
+		{"extension", "9;ext=1\r\ndata: 2\n\n\r\n0\r\n\r\n", nil, "data: 2\n\n", false, false},
+		{"trailers", "0\r\nX-T: 1\r\n\r\n", nil, "", false, false},
+		{"extra bytes", "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", nil, "", false, true},
+		{"broken framing", "9\r\ndata: 2\n\n\r\n9\r\ndata: 3\n\nXX0\r\n\r\n", nil, "data: 2\n\n", true, false},
+		{"closed with the last event", "9\r\ndata: 2\n\n\r\n", func(c net.Conn) { c.Close() }, "data: 2\n\n", true, false},
 		{"reset with the last event", "9\r\ndata: 2\n\n\r\n", func(c net.Conn) {
 			c.(*net.TCPConn).SetLinger(0)
 			c.Close()
-		}, "", true},
+		}, "", true, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.rawOnly && !testConfig(t, nil).StreamHandoff {
+				t.Skip("STREAM_HANDOFF=off: ReverseProxy's Transport may read the bytes after the body as the answer to the next request on that connection")
+			}
 			read := make(chan struct{})
-			up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-				conn, rw, err := http.NewResponseController(w).Hijack()
-				if err != nil {
-					t.Errorf("hijack: %v", err)
-					return
-				}
-				defer conn.Close()
-				const next = "HTTP/1.1 200 OK\r\nX-Next: yes\r\nContent-Length: 4\r\n\r\nnext"
-				if r.URL.Path == "/next" {
-					io.WriteString(conn, next)
-					return
-				}
-				io.WriteString(conn, head+event)
-				select {
-				case <-read:
-				case <-r.Context().Done():
-					return
-				}
-				io.WriteString(conn, tt.after)
-				if tt.end != nil {
-					tt.end(conn)
-					return
-				}
-				// A connection the proxy keeps may carry /next.
-				for {
-					req, err := http.ReadRequest(rw.Reader)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					io.WriteString(conn, next)
-				}
-			})
+			up := newFramingUpstream(t, tt, read)
 			// The fault is caused several times: a race between the last
 			// bytes and the hang-up goes either way on a given run.
 			for range faultRepeat * 3 {
-				s, addr := rawStreamProxy(t, up.URL)
-				conn, br, res := rawExchange(t, addr, "/p/stream")
-				body := bufio.NewReader(res.Body)
-				if ev := readEvent(t, body); ev != "data: 1\n\n" {
-					t.Fatalf("first event %q", ev)
-				}
-				read <- struct{}{}
-				got, err := io.ReadAll(body)
-				if tt.fails {
-					if err == nil {
-						t.Fatalf("client read %q and a clean end; want an error", got)
-					}
-					if !strings.HasPrefix(string(got), tt.want) {
-						t.Errorf("client read %q before the error; want %q first", got, tt.want)
-					}
-				} else if err != nil || string(got) != tt.want {
-					t.Fatalf("client read %q, %v; want %q", got, err, tt.want)
-				}
-				if tt.name == "trailers" && res.Trailer.Get("X-T") != "1" {
-					t.Errorf("trailers %v, want X-T: 1", res.Trailer)
-				}
-				if !tt.fails {
-					// The connection serves the next request: nothing of the
-					// upstream's came after the body.
-					io.WriteString(conn, "GET /p/next HTTP/1.1\r\nHost: x\r\n\r\n")
-					next, err := http.ReadResponse(br, nil)
-					if err != nil || next.Header.Get("X-Next") != "yes" {
-						t.Fatalf("next response on the connection: %v, %v; want the upstream's answer to /next", next, err)
-					}
-					next.Body.Close()
-				}
-				if n := s.proxy.rawStreams.Load(); n != 1 {
-					t.Errorf("%d raw streams, want 1", n)
-				}
-				want := endpointCounts{Count: 2, Status: map[string]int64{"2xx": 2}}
-				if tt.fails {
-					want = endpointCounts{Count: 1, ErrorCount: 1, Status: map[string]int64{"2xx": 1}}
-				}
-				waitCounts(t, &http.Client{}, "http://"+addr, "/p", want)
+				checkRawFraming(t, tt, up.URL, read)
 			}
 		})
 	}
+}
+
+// rawFramingCase is an upstream's stream in TestStreamRawFraming, after a
+// first event, and what the client must get of it.
+type rawFramingCase struct {
+	name  string
+	after string // sent once the client has read the first event
+	end   func(net.Conn)
+	want  string // body the client reads after the first event
+	fails bool   // the client's read ends in an error, not a clean end
+	// rawOnly: only a raw stream keeps what the case checks, so it is
+	// skipped with STREAM_HANDOFF=off.
+	rawOnly bool
+}
+
+// newFramingUpstream starts an upstream that answers a chunked event
+// stream whose first event comes with the head, then, once read receives,
+// tt.after and tt.end. A connection it keeps serves /next.
+func newFramingUpstream(t *testing.T, tt rawFramingCase, read <-chan struct{}) *upstream {
+	const head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+	const event = "9\r\ndata: 1\n\n\r\n"
+	const next = "HTTP/1.1 200 OK\r\nX-Next: yes\r\nContent-Length: 4\r\n\r\nnext"
+	return newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		defer conn.Close()
+		if r.URL.Path == "/next" {
+			io.WriteString(conn, next)
+			return
+		}
+		io.WriteString(conn, head+event)
+		select {
+		case <-read:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(conn, tt.after)
+		if tt.end != nil {
+			tt.end(conn)
+			return
+		}
+		for {
+			req, err := http.ReadRequest(rw.Reader)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			io.WriteString(conn, next)
+		}
+	})
+}
+
+// checkRawFraming streams from upURL through a new proxy, tells the
+// upstream (read) once the first event is in, and checks what the client
+// gets after it, that a clean end leaves the connection serving, and the
+// stats.
+func checkRawFraming(t *testing.T, tt rawFramingCase, upURL string, read chan<- struct{}) {
+	t.Helper()
+	s, addr := rawStreamProxy(t, upURL)
+	conn, br, res := rawExchange(t, addr, "/p/stream")
+	body := bufio.NewReader(res.Body)
+	if ev := readEvent(t, body); ev != "data: 1\n\n" {
+		t.Fatalf("first event %q", ev)
+	}
+	read <- struct{}{}
+	got, err := io.ReadAll(body)
+	if tt.fails {
+		if err == nil {
+			t.Fatalf("client read %q and a clean end; want an error", got)
+		}
+		if !strings.HasPrefix(string(got), tt.want) {
+			t.Errorf("client read %q before the error; want %q first", got, tt.want)
+		}
+	} else if err != nil || string(got) != tt.want {
+		t.Fatalf("client read %q, %v; want %q", got, err, tt.want)
+	}
+	if tt.name == "trailers" && res.Trailer.Get("X-T") != "1" {
+		t.Errorf("trailers %v, want X-T: 1", res.Trailer)
+	}
+	if !tt.fails {
+		// The connection serves the next request: nothing of the
+		// upstream's came after the body.
+		io.WriteString(conn, "GET /p/next HTTP/1.1\r\nHost: x\r\n\r\n")
+		next, err := http.ReadResponse(br, nil)
+		if err != nil || next.Header.Get("X-Next") != "yes" {
+			t.Fatalf("next response on the connection: %v, %v; want the upstream's answer to /next", next, err)
+		}
+		next.Body.Close()
+	}
+	if n := s.proxy.rawStreams.Load(); handoffOn(s) && n != 1 {
+		t.Errorf("%d raw streams, want 1", n)
+	}
+	want := endpointCounts{Count: 2, Status: map[string]int64{"2xx": 2}}
+	if tt.fails {
+		want = endpointCounts{Count: 1, ErrorCount: 1, Status: map[string]int64{"2xx": 1}}
+	}
+	waitCounts(t, &http.Client{}, "http://"+addr, "/p", want)
 }
 
 // TestStreamRawTimeout: UPSTREAM_TIMEOUT ends a raw stream that idles: the
@@ -447,9 +464,26 @@ func testStreamRawTimeoutIdle(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("the upstream request was not cancelled at the timeout")
 	}
-	if n := s.proxy.rawStreams.Load(); n != 1 {
+	if n := s.proxy.rawStreams.Load(); handoffOn(s) && n != 1 {
 		t.Errorf("%d raw streams, want 1", n)
 	}
+}
+
+// newCountingFront serves s as newFront does, on a listener whose
+// connections count their writes.
+func newCountingFront(t *testing.T, s *Server) (*httptest.Server, *countingListener) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	counting := &countingListener{Listener: ln}
+	front := httptest.NewUnstartedServer(s)
+	front.Listener = counting
+	front.Config = s.httpServer()
+	front.Start()
+	t.Cleanup(func() { closeFront(t, front) })
+	return front, counting
 }
 
 // countingListener counts the writes to the connections it accepted.
@@ -511,7 +545,7 @@ func testStreamRawTimeoutStuckClient(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("the upstream was still sending after the timeout")
 	}
-	if n := s.proxy.rawStreams.Load(); n != 1 {
+	if n := s.proxy.rawStreams.Load(); handoffOn(s) && n != 1 {
 		t.Errorf("%d raw streams, want 1", n)
 	}
 }
@@ -554,7 +588,7 @@ func TestStreamRawBig(t *testing.T) {
 	if b := readAll(t, next); string(b) != "ok" {
 		t.Errorf("next request on the connection: %q", b)
 	}
-	if n := s.proxy.rawStreams.Load(); n != 1 {
+	if n := s.proxy.rawStreams.Load(); handoffOn(s) && n != 1 {
 		t.Errorf("%d raw streams, want 1", n)
 	}
 }

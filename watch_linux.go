@@ -17,24 +17,46 @@ import (
 // raw streams for a hang-up (upconn_linux.go). Each registration fires at
 // most once.
 //
+// A proxy with the stream hand-off on makes one (newClientWatcher), and
+// Server.Close closes it: its goroutine returns and its descriptors are
+// closed. A nil *clientWatcher watches nothing: register refuses, and
+// streams watch their client with a read of their own.
+//
 // If epoll_wait ever fails (it cannot but for a bug: a bad descriptor or
 // buffer), the watcher stops for good rather than leave registrations that
 // never fire. Each hang-up registration then fires, which makes its raw
 // stream read the socket to its end after every read, without the watch;
 // client registrations are dropped (those streams see their client leave
 // at their next write); and register refuses from then on, so new streams
-// watch their client with a read of their own. failed says why.
+// watch their client with a read of their own. failed says why. Closing
+// the watcher stops it the same way, with failed still nil.
 type clientWatcher struct {
-	once sync.Once
-	epfd int // -1 when epoll is not available: callers fall back to a read
-	// wait is epoll_wait (syscall.EpollWait when nil); a test makes it fail.
+	epfd int
+	// wakeR and wakeW are a pipe whose read end is in the epoll set:
+	// close writes to it to end the loop, since epoll_wait does not
+	// return when its own descriptor is closed.
+	wakeR, wakeW int
+	// wait is epoll_wait; a test makes it fail.
 	wait func(epfd int, events []syscall.EpollEvent, msec int) (int, error)
+	done chan struct{} // closed when loop returns
 
-	mu   sync.Mutex // held while a callback runs, so unwatch can wait it out
-	regs map[int32]watchEntry
-	next int32
-	err  error // why the loop stopped; set once, under mu
+	// fdMu is read-held while a registration is added to or removed from
+	// the epoll set, and write-held to close the set: no EpollCtl ever
+	// runs on a descriptor number that was closed, and perhaps reused for
+	// another file.
+	fdMu      sync.RWMutex
+	fdsClosed bool // under fdMu
+	closeOnce sync.Once
+
+	mu      sync.Mutex // held while a callback runs, so unwatch can wait it out
+	regs    map[int32]watchEntry
+	next    int32
+	stopped bool  // the loop ended: register refuses
+	err     error // why the loop failed; nil if it did not
 }
+
+// wakeID is the epoll data of the wake pipe; registrations never use it.
+const wakeID = 0
 
 // watchEntry is a registration's callback, and whether it watches for a
 // hang-up only (watchHangup).
@@ -43,23 +65,55 @@ type watchEntry struct {
 	hangupOnly bool
 }
 
-var streamWatcher clientWatcher
+// newClientWatcher starts a watcher's goroutine. The caller closes it.
+func newClientWatcher() (*clientWatcher, error) {
+	return startClientWatcher(syscall.EpollWait)
+}
 
-// ensure starts the watcher's goroutine, once per process.
-func (w *clientWatcher) ensure() { w.once.Do(w.start) }
-
-func (w *clientWatcher) start() {
-	w.epfd = -1
-	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+// startClientWatcher is newClientWatcher with epoll_wait given.
+func startClientWatcher(wait func(int, []syscall.EpollEvent, int) (int, error)) (*clientWatcher, error) {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+		syscall.Close(epfd)
+		return nil, fmt.Errorf("pipe2: %w", err)
+	}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: wakeID}
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p[0], &ev); err != nil {
+		syscall.Close(epfd)
+		syscall.Close(p[0])
+		syscall.Close(p[1])
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	w := &clientWatcher{epfd: epfd, wakeR: p[0], wakeW: p[1], wait: wait,
+		done: make(chan struct{}), regs: make(map[int32]watchEntry)}
+	go w.loop()
+	return w, nil
+}
+
+// close ends the watcher: its goroutine returns (each hang-up registration
+// fires first, as when epoll_wait fails), its descriptors are closed, and
+// register refuses from then on. unwatch stays safe to call. Safe to call
+// more than once and on nil.
+func (w *clientWatcher) close() {
+	if w == nil {
 		return
 	}
-	w.epfd = fd
-	w.regs = make(map[int32]watchEntry)
-	if w.wait == nil {
-		w.wait = syscall.EpollWait
-	}
-	go w.loop()
+	w.closeOnce.Do(func() {
+		// The pipe is empty until now, so this write cannot block or fail
+		// for room; a loop that already failed does not read it.
+		syscall.Write(w.wakeW, []byte{1})
+		<-w.done
+		w.fdMu.Lock()
+		defer w.fdMu.Unlock()
+		w.fdsClosed = true
+		syscall.Close(w.epfd)
+		syscall.Close(w.wakeR)
+		syscall.Close(w.wakeW)
+	})
 }
 
 // watch registers c: onEvent runs once, on the watcher's goroutine, with
@@ -68,7 +122,7 @@ func (w *clientWatcher) start() {
 // the registration, or ok false when c cannot be watched this way.
 func (w *clientWatcher) watch(c net.Conn, onEvent func(gone bool)) (reg watchReg, ok bool) {
 	sc, isSC := c.(syscall.Conn)
-	if !isSC {
+	if w == nil || !isSC {
 		return reg, false
 	}
 	raw, err := sc.SyscallConn()
@@ -82,6 +136,9 @@ func (w *clientWatcher) watch(c net.Conn, onEvent func(gone bool)) (reg watchReg
 // resetting it only: onEvent(true) runs once, on the watcher's goroutine.
 // Bytes that arrive do not fire it.
 func (w *clientWatcher) watchHangup(raw syscall.RawConn, onEvent func(gone bool)) (reg watchReg, ok bool) {
+	if w == nil {
+		return reg, false
+	}
 	return w.register(raw, syscall.EPOLLRDHUP, onEvent)
 }
 
@@ -89,16 +146,20 @@ func (w *clientWatcher) watchHangup(raw syscall.RawConn, onEvent func(gone bool)
 // unwatch removes it, inside raw.Control, which keeps the descriptor open
 // meanwhile: once closed, its number may be another connection's.
 func (w *clientWatcher) register(raw syscall.RawConn, events uint32, onEvent func(gone bool)) (reg watchReg, ok bool) {
-	w.ensure()
-	if w.epfd < 0 {
+	w.fdMu.RLock()
+	defer w.fdMu.RUnlock()
+	if w.fdsClosed {
 		return reg, false
 	}
 	w.mu.Lock()
-	if w.err != nil {
+	if w.stopped {
 		w.mu.Unlock()
 		return reg, false
 	}
 	w.next++
+	if w.next == wakeID {
+		w.next++
+	}
 	id := w.next
 	w.regs[id] = watchEntry{onEvent: onEvent, hangupOnly: events == syscall.EPOLLRDHUP}
 	w.mu.Unlock()
@@ -112,7 +173,18 @@ func (w *clientWatcher) register(raw syscall.RawConn, events uint32, onEvent fun
 		w.mu.Unlock()
 		return reg, false
 	}
-	return watchReg{id: id, raw: raw}, true
+	reg = watchReg{id: id, raw: raw}
+	// The loop may have stopped while the descriptor was added: a
+	// registration it did not see would never fire.
+	w.mu.Lock()
+	_, pending := w.regs[id]
+	lost := w.stopped && pending
+	w.mu.Unlock()
+	if lost {
+		w.remove(reg)
+		return watchReg{}, false
+	}
+	return reg, true
 }
 
 // epollOneShot is EPOLLONESHOT (1<<30), which package syscall spells as a
@@ -123,15 +195,29 @@ const epollOneShot = 1 << 30
 // run to its end or will never run. A connection closed meanwhile left the
 // epoll set when it closed.
 func (w *clientWatcher) unwatch(reg watchReg) {
+	if w == nil {
+		return
+	}
+	w.fdMu.RLock()
+	defer w.fdMu.RUnlock()
+	w.remove(reg)
+}
+
+// remove is unwatch with fdMu read-held.
+func (w *clientWatcher) remove(reg watchReg) {
 	w.mu.Lock()
 	delete(w.regs, reg.id)
 	w.mu.Unlock()
+	if w.fdsClosed {
+		return
+	}
 	reg.raw.Control(func(fd uintptr) {
 		syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
 	})
 }
 
 func (w *clientWatcher) loop() {
+	defer close(w.done)
 	events := make([]syscall.EpollEvent, 128)
 	for {
 		n, err := w.wait(w.epfd, events, -1)
@@ -139,10 +225,14 @@ func (w *clientWatcher) loop() {
 			if err == syscall.EINTR {
 				continue
 			}
-			w.stop(err)
+			w.stop(fmt.Errorf("epoll_wait: %w", err))
 			return
 		}
 		for _, ev := range events[:n] {
+			if ev.Fd == wakeID {
+				w.stop(nil)
+				return
+			}
 			gone := ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0
 			w.mu.Lock()
 			if e, ok := w.regs[ev.Fd]; ok {
@@ -154,11 +244,13 @@ func (w *clientWatcher) loop() {
 	}
 }
 
-// stop ends the watcher after epoll_wait failed with err; see clientWatcher.
+// stop ends the watcher's registrations when its loop ends: err is why
+// epoll_wait failed, or nil when the watcher is being closed. See
+// clientWatcher.
 func (w *clientWatcher) stop(err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.err = fmt.Errorf("epoll_wait: %w", err)
+	w.stopped, w.err = true, err
 	for id, e := range w.regs {
 		delete(w.regs, id)
 		if e.hangupOnly {
@@ -167,8 +259,12 @@ func (w *clientWatcher) stop(err error) {
 	}
 }
 
-// failed returns why the watcher stopped, or nil while it runs.
+// failed returns why the watcher's loop failed, or nil while it runs, once
+// it was closed, and on nil.
 func (w *clientWatcher) failed() error {
+	if w == nil {
+		return nil
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.err

@@ -11,11 +11,12 @@ import (
 // watch their client with a read of their own (stream.go).
 type clientWatcher struct{}
 
-var streamWatcher clientWatcher
-
 type watchReg struct{}
 
-func (w *clientWatcher) ensure() {}
+// newClientWatcher returns no watcher: a nil *clientWatcher watches nothing.
+func newClientWatcher() (*clientWatcher, error) { return nil, nil }
+
+func (w *clientWatcher) close() {}
 
 func (w *clientWatcher) watch(net.Conn, func(bool)) (watchReg, bool) { return watchReg{}, false }
 

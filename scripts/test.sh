@@ -2,7 +2,9 @@
 # Runs every test of apiproxy on a fresh Debian machine: installs what the
 # tests need when it is missing (redis-server, Chromium, the e2e npm
 # packages), starts a throwaway redis-server on a spare loopback port, then
-# runs go vet, go test -race and the browser suite. CI (.ci/run) calls this.
+# runs go vet, go test -race, the proxy, stream, fault and shutdown tests
+# once more with STREAM_HANDOFF=off (the plain ReverseProxy path must pass
+# them too), and the browser suite. CI (.ci/run) calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +43,9 @@ echo "test.sh: go vet"
 go vet ./...
 echo "test.sh: go test -race (redis at $APIPROXY_TEST_REDIS_ADDR)"
 go test -race -count=1 -timeout 20m ./...
+echo "test.sh: proxy, stream, fault and shutdown tests with STREAM_HANDOFF=off"
+STREAM_HANDOFF=off go test -race -count=1 -timeout 20m \
+  -run '^(TestProxy|TestStream|TestClientCloses|TestFaults|TestShutdown|TestRun)' .
 
 if [ -f e2e/package.json ]; then
   echo "test.sh: browser tests (e2e/)"
