@@ -36,12 +36,17 @@ type Config struct {
 	StreamHandoff bool
 
 	// RuntimeTuning is RUNTIME_TUNING, default off: the serving process
-	// tunes GOMAXPROCS and GOGC under load and returns free memory to the
-	// OS when idle (runtime.go). Off, the Go runtime's own defaults apply,
+	// tunes GOMAXPROCS and GOGC under load (runtime.go). Off, the Go
+	// runtime's own defaults apply,
 	// container-aware GOMAXPROCS included. When on, TuneProcs and TuneGC
 	// say which tuner may run: each only while the operator left the
 	// runtime's own variable unset.
 	RuntimeTuning bool
+	// MemoryRelease is MEMORY_RELEASE, default on: the serving process
+	// returns free heap memory to the OS once it is quiet (runtime.go),
+	// which keeps the RSS of many idle streams low after a burst. It sets
+	// no runtime variable.
+	MemoryRelease bool
 	TuneProcs     bool // GOMAXPROCS unset
 	TuneGC        bool // GOGC unset
 }
@@ -88,6 +93,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 
 		StreamHandoff: e.onOff("STREAM_HANDOFF", true),
 		RuntimeTuning: e.onOff("RUNTIME_TUNING", false),
+		MemoryRelease: e.onOff("MEMORY_RELEASE", true),
 		TuneProcs:     e.str("GOMAXPROCS", "") == "",
 		TuneGC:        e.str("GOGC", "") == "",
 	}
@@ -186,7 +192,9 @@ func (cfg *Config) newFlagSet(out io.Writer) (fs *flag.FlagSet, port *string, ve
 	fs.Var((*onOff)(&cfg.StreamHandoff), "stream-handoff",
 		"`on|off`: write event streams to HTTP/1.1 clients with the proxy's own stream writer; off serves every response with httputil.ReverseProxy (STREAM_HANDOFF)")
 	fs.Var((*onOff)(&cfg.RuntimeTuning), "runtime-tuning",
-		"`on|off`: tune GOMAXPROCS and GOGC under load and return free memory when idle; off leaves the Go runtime's defaults alone (RUNTIME_TUNING)")
+		"`on|off`: tune GOMAXPROCS and GOGC under load; off leaves the Go runtime's defaults alone (RUNTIME_TUNING)")
+	fs.Var((*onOff)(&cfg.MemoryRelease), "memory-release",
+		"`on|off`: return free heap memory to the OS once the process is quiet (MEMORY_RELEASE)")
 	version = fs.Bool("version", false, "print the build information and exit")
 	return fs, port, version
 }

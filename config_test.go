@@ -117,22 +117,25 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
-// TestLoadConfigSwitches: STREAM_HANDOFF and RUNTIME_TUNING take on or
-// off (or a boolean), and their flags win.
+// TestLoadConfigSwitches: STREAM_HANDOFF, RUNTIME_TUNING and
+// MEMORY_RELEASE take on or off (or a boolean), and their flags win.
 func TestLoadConfigSwitches(t *testing.T) {
 	tests := []struct {
 		name            string
 		env             map[string]string
 		args            []string
 		handoff, tuning bool
+		release         bool
 	}{
-		{"defaults", nil, nil, true, false},
-		{"STREAM_HANDOFF off", map[string]string{"STREAM_HANDOFF": "off"}, nil, false, false},
-		{"STREAM_HANDOFF false", map[string]string{"STREAM_HANDOFF": "false"}, nil, false, false},
-		{"-stream-handoff flag wins", map[string]string{"STREAM_HANDOFF": "off"}, []string{"-stream-handoff", "on"}, true, false},
-		{"-stream-handoff=off", nil, []string{"-stream-handoff=off"}, false, false},
-		{"RUNTIME_TUNING on", map[string]string{"RUNTIME_TUNING": "ON"}, nil, true, true},
-		{"-runtime-tuning flag wins", map[string]string{"RUNTIME_TUNING": "on"}, []string{"-runtime-tuning=off"}, true, false},
+		{"defaults", nil, nil, true, false, true},
+		{"STREAM_HANDOFF off", map[string]string{"STREAM_HANDOFF": "off"}, nil, false, false, true},
+		{"STREAM_HANDOFF false", map[string]string{"STREAM_HANDOFF": "false"}, nil, false, false, true},
+		{"-stream-handoff flag wins", map[string]string{"STREAM_HANDOFF": "off"}, []string{"-stream-handoff", "on"}, true, false, true},
+		{"-stream-handoff=off", nil, []string{"-stream-handoff=off"}, false, false, true},
+		{"RUNTIME_TUNING on", map[string]string{"RUNTIME_TUNING": "ON"}, nil, true, true, true},
+		{"-runtime-tuning flag wins", map[string]string{"RUNTIME_TUNING": "on"}, []string{"-runtime-tuning=off"}, true, false, true},
+		{"MEMORY_RELEASE off", map[string]string{"MEMORY_RELEASE": "off"}, nil, true, false, false},
+		{"-memory-release flag wins", map[string]string{"MEMORY_RELEASE": "off"}, []string{"-memory-release=on"}, true, false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -140,8 +143,9 @@ func TestLoadConfigSwitches(t *testing.T) {
 			if err != nil {
 				t.Fatalf("loadConfig: %v", err)
 			}
-			if cfg.StreamHandoff != tt.handoff || cfg.RuntimeTuning != tt.tuning {
-				t.Errorf("StreamHandoff %v, RuntimeTuning %v; want %v, %v", cfg.StreamHandoff, cfg.RuntimeTuning, tt.handoff, tt.tuning)
+			if cfg.StreamHandoff != tt.handoff || cfg.RuntimeTuning != tt.tuning || cfg.MemoryRelease != tt.release {
+				t.Errorf("StreamHandoff %v, RuntimeTuning %v, MemoryRelease %v; want %v, %v, %v",
+					cfg.StreamHandoff, cfg.RuntimeTuning, cfg.MemoryRelease, tt.handoff, tt.tuning, tt.release)
 			}
 		})
 	}
@@ -170,6 +174,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"ADMIN_TOKEN of 15 characters", map[string]string{"ADMIN_TOKEN": "0123456789abcde"}, nil, "at least 16"},
 		{"STREAM_HANDOFF not a switch", map[string]string{"STREAM_HANDOFF": "maybe"}, nil, "STREAM_HANDOFF"},
 		{"RUNTIME_TUNING not a switch", map[string]string{"RUNTIME_TUNING": "auto"}, nil, "RUNTIME_TUNING"},
+		{"MEMORY_RELEASE not a switch", map[string]string{"MEMORY_RELEASE": "sometimes"}, nil, "MEMORY_RELEASE"},
 		{"-stream-handoff without a value", nil, []string{"-stream-handoff"}, "stream-handoff"},
 		{"-runtime-tuning not a switch", nil, []string{"-runtime-tuning", "2"}, "not on or off"},
 		{"invalid variable with valid flags", map[string]string{"SHUTDOWN_TIMEOUT": "soon"}, []string{"-log-level", "debug"}, "SHUTDOWN_TIMEOUT"},

@@ -11,10 +11,13 @@ import (
 // Runtime tuning, once a second (tuneRuntime): how many processors run Go
 // code, the GC's room under load, and returning free memory once streams
 // idle. All three are process-wide, so run (the process) owns the loop,
-// not a Server. None of it runs unless RUNTIME_TUNING is on
+// not a Server. The first two run only with RUNTIME_TUNING on
 // (Config.RuntimeTuning): by default GOMAXPROCS and GOGC are the Go
 // runtime's own, and runtime.GOMAXPROCS is never called, which would stop
-// the runtime from following a container's CPU limit as it changes.
+// the runtime from following a container's CPU limit as it changes. The
+// memory release runs unless MEMORY_RELEASE is off (Config.MemoryRelease):
+// it changes no runtime setting, and it runs only while the process is
+// quiet, so it costs nothing under load (docs/performance.md).
 //
 // GC room. The GC starts a cycle when the heap reaches twice what was live
 // after the previous one (GOGC=100), and at least 4 MiB. A proxy's live
@@ -222,12 +225,12 @@ func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, freeAndGarba
 }
 
 // tuneRuntime starts tuning, once a second, GOMAXPROCS (if procs) and
-// GOGC (if gc), and returning free memory; inFlight counts the requests
-// being served. stop ends the tuning and puts what it tuned back to the
-// runtime's defaults. run calls it only with RUNTIME_TUNING on, once per
-// process.
-func tuneRuntime(procs, gc bool, inFlight func() int64) (stop func()) {
-	return tuneRuntimeFrom(tuneSources{machine: machineCPU, process: processCPU, every: tuneEvery}, procs, gc, inFlight)
+// GOGC (if gc), and returning free memory (if release); inFlight counts the
+// requests being served. stop ends the tuning and puts what it tuned back
+// to the runtime's defaults. run calls it once per process, when
+// RUNTIME_TUNING or MEMORY_RELEASE is on.
+func tuneRuntime(procs, gc, release bool, inFlight func() int64) (stop func()) {
+	return tuneRuntimeFrom(tuneSources{machine: machineCPU, process: processCPU, every: tuneEvery}, procs, gc, release, inFlight)
 }
 
 // tuneSources is where tuneRuntimeFrom reads the process's and the
@@ -240,7 +243,7 @@ type tuneSources struct {
 
 // tuneRuntimeFrom is tuneRuntime with its sources given. The tuners count
 // time in ticks of tuneEvery whatever src.every is.
-func tuneRuntimeFrom(src tuneSources, procs, gc bool, inFlight func() int64) (stop func()) {
+func tuneRuntimeFrom(src tuneSources, procs, gc, release bool, inFlight func() int64) (stop func()) {
 	pt := newProcsTuner(runtime.GOMAXPROCS(0))
 	machine, ok := src.machine()
 	procs = procs && ok && pt.max > 1
@@ -251,7 +254,7 @@ func tuneRuntimeFrom(src tuneSources, procs, gc bool, inFlight func() int64) (st
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tuneLoop(ctx, src, inFlight, gc, procs, &pt, machine)
+		tuneLoop(ctx, src, inFlight, gc, procs, release, &pt, machine)
 	}()
 	return func() {
 		cancel()
@@ -265,7 +268,7 @@ func tuneRuntimeFrom(src tuneSources, procs, gc bool, inFlight func() int64) (st
 // tuneLoop is tuneRuntime's loop; machine is the machine's CPU time when
 // it started. Garbage counts as free: after a burst the heap may not grow
 // again for a long time, so no GC would run to free it.
-func tuneLoop(ctx context.Context, src tuneSources, inFlight func() int64, tuneGC, tuneProcs bool, procs *procsTuner, machine cpuSample) {
+func tuneLoop(ctx context.Context, src tuneSources, inFlight func() int64, tuneGC, tuneProcs, release bool, procs *procsTuner, machine cpuSample) {
 	sample := []metrics.Sample{
 		{Name: "/gc/heap/allocs:bytes"},              // allocated since start
 		{Name: "/memory/classes/heap/free:bytes"},    // free, not yet returned
@@ -321,7 +324,7 @@ func tuneLoop(ctx context.Context, src tuneSources, inFlight func() int64, tuneG
 			}
 		}
 		garbage := max(int64(v[2])-int64(v[3]), 0)
-		if m.tick(allocated, cpu, v[1]+uint64(garbage), inFlight()) {
+		if release && m.tick(allocated, cpu, v[1]+uint64(garbage), inFlight()) {
 			debug.FreeOSMemory()
 			read() // the next period starts after the GC it ran
 			if tuneProcs {

@@ -318,7 +318,7 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 		every:   time.Millisecond,
 	}
 	saturated.Store(true)
-	stop := tuneRuntimeFrom(src, true, false, func() int64 { return 0 })
+	stop := tuneRuntimeFrom(src, true, false, true, func() int64 { return 0 })
 	defer func() {
 		if stop != nil {
 			stop()

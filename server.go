@@ -376,8 +376,9 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
 	}
 	s.Start()
-	if cfg.RuntimeTuning {
-		stopTuning := tuneRuntime(cfg.TuneProcs, cfg.TuneGC, s.proxy.active.Load)
+	if cfg.RuntimeTuning || cfg.MemoryRelease {
+		stopTuning := tuneRuntime(cfg.RuntimeTuning && cfg.TuneProcs, cfg.RuntimeTuning && cfg.TuneGC,
+			cfg.MemoryRelease, s.proxy.active.Load)
 		defer stopTuning()
 	}
 	srv := s.httpServer()
