@@ -66,7 +66,8 @@ var (
 	// holds no embedded store yet.
 	errNoStore = errors.New("no embedded store in the data directory")
 	// errStoreUnavailable marks every store error that means "cannot be
-	// reached now" (Redis: network, timeout, loading, read-only replica).
+	// reached now" (Redis: network, timeout, loading, read-only replica;
+	// the embedded store: a write that its context gave up waiting for).
 	// The client is told 503; the cause it travels with is for the log.
 	errStoreUnavailable = errors.New("store unavailable")
 	// errStoreNotWritable marks a write that the embedded store could not
