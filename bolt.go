@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -35,8 +36,14 @@ var (
 // DATA_DIR. bbolt serialises writers, which makes create-if-absent atomic,
 // and its file lock keeps every other process out while this one has the
 // file open for writing.
+//
+// Its writes are bounded by their context (see update); its reads are not:
+// bbolt's readers never wait for a writer.
 type boltStore struct {
 	db *bolt.DB
+	// writeErr is the error of the last write if the file system refused
+	// it (errStoreNotWritable), nil if that write landed: writeFailure.
+	writeErr atomic.Pointer[error]
 }
 
 // boltPath is the embedded store's file in dir.
@@ -45,16 +52,41 @@ func boltPath(dir string) string { return filepath.Join(dir, boltFileName) }
 // openBoltStore opens (creating if needed) DATA_DIR/apiproxy.db and seeds
 // the default mappings the first time. A second process on the same file
 // fails after boltLockWait with errStoreLocked instead of hanging.
+//
+// A file that this call created and could not initialise (a full disk
+// cuts bbolt's first write short) is removed before the error returns:
+// left in place, its partial first page would fail every later start with
+// bbolt's "file size too small" until someone deleted it by hand. A file
+// that was there before is never removed, whatever it holds.
 func openBoltStore(dir string) (*boltStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	path := boltPath(dir)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: boltLockWait})
+	// O_EXCL tells whether this call created the file, which a Stat before
+	// the open could not: another process may create it in between.
+	created := false
+	openFile := func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		if name != path || flag&os.O_CREATE == 0 {
+			return os.OpenFile(name, flag, perm)
+		}
+		f, err := os.OpenFile(name, flag|os.O_EXCL, perm)
+		if errors.Is(err, os.ErrExist) {
+			return os.OpenFile(name, flag, perm)
+		}
+		created = err == nil
+		return f, err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: boltLockWait, OpenFile: openFile})
 	if errors.Is(err, bolterrors.ErrTimeout) {
+		// Another process opened the file this call created and holds its
+		// lock: the file is that process's now.
 		return nil, fmt.Errorf("open %s: %w", path, errStoreLocked)
 	}
 	if err != nil {
+		if created {
+			return nil, removeUninitialised(path, err)
+		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -78,9 +110,21 @@ func openBoltStore(dir string) (*boltStore, error) {
 	})
 	if err != nil {
 		db.Close()
+		if created {
+			return nil, removeUninitialised(path, err)
+		}
 		return nil, fmt.Errorf("initialise %s: %w", path, err)
 	}
 	return &boltStore{db: db}, nil
+}
+
+// removeUninitialised removes the store file at path, which this process
+// created and could not initialise (err), and returns the error to report.
+func removeUninitialised(path string, err error) error {
+	if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		return fmt.Errorf("initialise %s: %w (removing the incomplete new file failed too: %v; remove it before the next start)", path, err, rerr)
+	}
+	return fmt.Errorf("initialise %s: %w (the incomplete new file was removed)", path, err)
 }
 
 // openBoltStoreReadOnly opens an existing DATA_DIR/apiproxy.db for reading
@@ -125,7 +169,7 @@ func (s *boltStore) Mappings(ctx context.Context) ([]Mapping, error) {
 }
 
 func (s *boltStore) CreateMapping(ctx context.Context, m Mapping) error {
-	return s.write("create mapping", func(b *bolt.Bucket) error {
+	return s.write(ctx, "create mapping", func(b *bolt.Bucket) error {
 		if b.Get([]byte(m.Prefix)) != nil {
 			return errMappingExists
 		}
@@ -134,7 +178,7 @@ func (s *boltStore) CreateMapping(ctx context.Context, m Mapping) error {
 }
 
 func (s *boltStore) UpdateMapping(ctx context.Context, m Mapping) error {
-	return s.write("update mapping", func(b *bolt.Bucket) error {
+	return s.write(ctx, "update mapping", func(b *bolt.Bucket) error {
 		if b.Get([]byte(m.Prefix)) == nil {
 			return errMappingNotFound
 		}
@@ -143,7 +187,7 @@ func (s *boltStore) UpdateMapping(ctx context.Context, m Mapping) error {
 }
 
 func (s *boltStore) DeleteMapping(ctx context.Context, prefix string) error {
-	return s.write("delete mapping", func(b *bolt.Bucket) error {
+	return s.write(ctx, "delete mapping", func(b *bolt.Bucket) error {
 		if b.Get([]byte(prefix)) == nil {
 			return errMappingNotFound
 		}
@@ -151,10 +195,56 @@ func (s *boltStore) DeleteMapping(ctx context.Context, prefix string) error {
 	})
 }
 
-// write runs fn on the mappings bucket in one transaction. It signals no
-// Changes: the caller reloads (see Store.Changes).
-func (s *boltStore) write(op string, fn func(*bolt.Bucket) error) error {
-	return s.wrap(op, s.db.Update(func(tx *bolt.Tx) error { return fn(tx.Bucket(boltMappings)) }))
+// write runs fn on the mappings bucket in one transaction (update). It
+// signals no Changes: the caller reloads (see Store.Changes).
+func (s *boltStore) write(ctx context.Context, op string, fn func(*bolt.Bucket) error) error {
+	return s.update(ctx, op, func(tx *bolt.Tx) error { return fn(tx.Bucket(boltMappings)) })
+}
+
+// update runs fn in a write transaction (commit) and returns its error,
+// or a context error wrapped with errStoreUnavailable as soon as ctx
+// ends, whichever comes first: an admin call's timeout bounds a write that
+// waits behind a stalled fsync. A write that ctx gave up on goes on in the
+// background and may still land (the next read shows it); Close waits for
+// it. A ctx already done when update is called writes nothing.
+//
+// The transaction runs on a goroutine of its own because bbolt has no way
+// to abandon a transaction that waits for the writer lock or the disk;
+// writes are admin calls, never the request path.
+func (s *boltStore) update(ctx context.Context, op string, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w: %w", op, errStoreUnavailable, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.commit(op, fn) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%s: %w: %w (the write may still complete)", op, errStoreUnavailable, ctx.Err())
+	}
+}
+
+// commit runs fn in a write transaction and returns its error, wrapped
+// (wrap). Its outcome sets writeFailure: a write that landed clears it, one
+// that the file system refused sets it, any other leaves it as it was.
+func (s *boltStore) commit(op string, fn func(*bolt.Tx) error) error {
+	err := s.wrap(op, s.db.Update(fn))
+	switch {
+	case err == nil:
+		s.writeErr.Store(nil)
+	case errors.Is(err, errStoreNotWritable):
+		s.writeErr.Store(&err)
+	}
+	return err
+}
+
+// writeFailure implements writeHealthStore.
+func (s *boltStore) writeFailure() error {
+	if p := s.writeErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (s *boltStore) wrap(op string, err error) error {
@@ -163,6 +253,8 @@ func (s *boltStore) wrap(op string, err error) error {
 		return err
 	case errors.Is(err, bolterrors.ErrDatabaseNotOpen):
 		return fmt.Errorf("%s: %w", op, errStoreClosed)
+	case storageRefused(err):
+		return fmt.Errorf("%s: %w: %w", op, errStoreNotWritable, err)
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }
@@ -173,7 +265,7 @@ func (s *boltStore) Changes() <-chan struct{} { return nil }
 
 func (s *boltStore) AdminToken(ctx context.Context, generate func() (string, error)) (string, error) {
 	var token string
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(ctx, "admin token", func(tx *bolt.Tx) error {
 		meta := tx.Bucket(boltMeta)
 		if v := meta.Get(boltAdminToken); v != nil {
 			token = string(v)
@@ -186,7 +278,10 @@ func (s *boltStore) AdminToken(ctx context.Context, generate func() (string, err
 		token = t
 		return meta.Put(boltAdminToken, []byte(t))
 	})
-	return token, s.wrap("admin token", err)
+	if err != nil {
+		return "", err
+	}
+	return token, nil
 }
 
 func (s *boltStore) Ping(ctx context.Context) error {
@@ -208,9 +303,12 @@ var (
 	boltStatsDays  = []byte("days")
 )
 
-// AddStats implements statsStore in one transaction: all or nothing.
+// AddStats implements statsStore in one transaction: all or nothing. It
+// waits for the transaction whatever ctx says: Stats keeps the figures of
+// a failed flush to write them again, so a flush given up on that landed
+// afterwards would count them twice.
 func (s *boltStore) AddStats(ctx context.Context, d *statsData) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	return s.commit("add stats", func(tx *bolt.Tx) error {
 		root, err := tx.CreateBucketIfNotExists(boltStats)
 		if err != nil {
 			return err
@@ -238,7 +336,6 @@ func (s *boltStore) AddStats(ctx context.Context, d *statsData) error {
 		}
 		return boltAddBuckets(root, boltStatsDays, d.Days, keepDays)
 	})
-	return s.wrap("add stats", err)
 }
 
 // LoadStats implements statsStore.

@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -187,4 +190,67 @@ func TestBoltStoreReadOnly(t *testing.T) {
 	if err := r1.CreateMapping(ctx, newMapping("/x", "https://x.example")); !errors.Is(err, bolterrors.ErrDatabaseReadOnly) {
 		t.Errorf("CreateMapping on a read-only store = %v, want bbolt's ErrDatabaseReadOnly", err)
 	}
+}
+
+// TestBoltStoreWriteHonoursContext: an admin write gives up when its
+// context ends, with errStoreUnavailable (503), instead of waiting for a
+// writer lock or a disk that does not come back; with a context already
+// done it writes nothing. Held here: another write transaction, as a
+// stalled fsync would hold it.
+func TestBoltStoreWriteHonoursContext(t *testing.T) {
+	s := openEmptyBoltStore(t)
+	x := newMapping("/x", "https://x.example")
+	writes := []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"CreateMapping", func(ctx context.Context) error { return s.CreateMapping(ctx, x) }},
+		{"UpdateMapping", func(ctx context.Context) error { return s.UpdateMapping(ctx, x) }},
+		{"DeleteMapping", func(ctx context.Context) error { return s.DeleteMapping(ctx, "/x") }},
+		{"AdminToken", func(ctx context.Context) error {
+			_, err := s.AdminToken(ctx, func() (string, error) { return "token-0123456789abcdef", nil })
+			return err
+		}},
+	}
+
+	t.Run("cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		for _, w := range writes {
+			if err := w.call(ctx); !errors.Is(err, errStoreUnavailable) || !errors.Is(err, context.Canceled) {
+				t.Errorf("%s with a cancelled context = %v, want errStoreUnavailable wrapping context.Canceled", w.name, err)
+			}
+		}
+		if ms, err := s.Mappings(context.Background()); err != nil || len(ms) != 0 {
+			t.Errorf("Mappings() after cancelled writes = %v, %v; want none written", ms, err)
+		}
+	})
+
+	t.Run("blocked", func(t *testing.T) {
+		tx, err := s.db.Begin(true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tx.Rollback() })
+		for _, w := range writes {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+			done := make(chan error, 1)
+			go func() { done <- w.call(ctx) }()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(testTimeout):
+				t.Fatalf("%s still blocked behind another write %v after its context ended", w.name, testTimeout)
+			}
+			cancel()
+			if !errors.Is(err, errStoreUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("%s behind another write = %v, want errStoreUnavailable wrapping context.DeadlineExceeded", w.name, err)
+			}
+			rec := httptest.NewRecorder()
+			writeAPIError(rec, err)
+			if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"store_unavailable"`) {
+				t.Errorf("%s: the client is told %d %s, want 503 store_unavailable", w.name, rec.Code, rec.Body)
+			}
+		}
+	})
 }

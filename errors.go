@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -58,6 +59,12 @@ func writeAPIError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "not_found", "mapping not found")
 	case errors.Is(err, errMappingExists):
 		writeError(w, http.StatusConflict, "conflict", "a mapping with this prefix already exists")
+	case errors.Is(err, errStoreNotWritable):
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable",
+			"store not writable: "+notWritableReason(err)+", so changes cannot be saved now (proxying continues with the current mappings)")
+	case errors.Is(err, errStoreUnavailable) && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable",
+			"store unavailable: the store did not answer in time; a change may still be saved, so list the mappings to check (proxying continues with the last known mappings)")
 	case errors.Is(err, errStoreUnavailable):
 		writeError(w, http.StatusServiceUnavailable, "store_unavailable",
 			"store unavailable: Redis cannot be reached, so changes cannot be saved now (proxying continues with the last known mappings)")

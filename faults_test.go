@@ -180,6 +180,9 @@ func TestFaultsUpstreamNoResponse(t *testing.T) {
 		{"switch protocols unasked", reply("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"), 0, http.StatusBadGateway, "upstream_bad_response"},
 		{"cut inside the headers", reply("HTTP/1.1 200 OK\r\nContent-Type: appl"), 0, http.StatusBadGateway, "upstream_unreachable"},
 		{"not HTTP", reply("220 smtp.example ESMTP ready\r\n\r\n"), 0, http.StatusBadGateway, "upstream_bad_response"},
+		// Over the Transport's 1 MiB bound (newTransport), as a client's head
+		// over 1 MiB is over the server's.
+		{"headers over 1 MiB", reply("HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("x", 2<<20) + "\r\nContent-Length: 0\r\n\r\n"), 0, http.StatusBadGateway, "upstream_bad_response"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -17,8 +17,9 @@ import (
 // handler serving it. The registry is the Server's own (no global
 // registration), so tests can build as many servers as they like.
 // Request metrics are this process's since it started; Prometheus sums
-// the instances of a fleet.
-func newMetricsHandler(logger *slog.Logger, st *Stats, active func() int64) http.Handler {
+// the instances of a fleet. apiproxy_store_writable is there when store
+// tracks its writes (writeHealthStore, the embedded store).
+func newMetricsHandler(logger *slog.Logger, st *Stats, active func() int64, store Store) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -29,6 +30,17 @@ func newMetricsHandler(logger *slog.Logger, st *Stats, active func() int64) http
 			Help: "Proxied requests in flight.",
 		}, func() float64 { return float64(active()) }),
 	)
+	if w, ok := store.(writeHealthStore); ok {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "apiproxy_store_writable",
+			Help: "1 while the embedded store's last write landed, 0 after its disk refused one (full, read-only, I/O error); the next write that lands sets it back to 1.",
+		}, func() float64 {
+			if w.writeFailure() != nil {
+				return 0
+			}
+			return 1
+		}))
+	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		ErrorHandling: promhttp.ContinueOnError,

@@ -133,6 +133,12 @@ func newTransport(cfg Config) *http.Transport {
 		// bulk copy buffer bypass them.
 		ReadBufferSize:  2 << 10,
 		WriteBufferSize: 2 << 10,
+		// An upstream's response head may be as large as a client's request
+		// head (newHTTPServer's MaxHeaderBytes), not net/http's default of
+		// 10 MiB, which every upstream answering at once could make each
+		// request hold (issue 14). Past it the answer is 502
+		// upstream_bad_response (classifyUpstreamError).
+		MaxResponseHeaderBytes: 1 << 20,
 	}
 }
 

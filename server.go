@@ -116,7 +116,7 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	if cfg.EnableStats {
 		s.proxy.observe = s.stats.record
 	}
-	s.metrics = newMetricsHandler(logger, s.stats, s.proxy.active.Load)
+	s.metrics = newMetricsHandler(logger, s.stats, s.proxy.active.Load, store)
 	s.engine = s.newRouter()
 	// Last, once nothing can fail: what Close must stop.
 	s.base, s.cutRequests = context.WithCancel(context.Background())
@@ -207,6 +207,9 @@ func (s *Server) handleHealthz(c *gin.Context) {
 
 // handleReadyz answers 200 while the store is reachable and 503 with the
 // reason otherwise; the proxy keeps routing from its snapshot either way.
+// A store that is reachable but whose last write its disk refused
+// (writeHealthStore) is still ready, since routing needs no write, and
+// says so: 200 {"status":"degraded","reason":"store not writable: …"}.
 func (s *Server) handleReadyz(c *gin.Context) {
 	c.Header("Cache-Control", "no-store")
 	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
@@ -216,7 +219,15 @@ func (s *Server) handleReadyz(c *gin.Context) {
 		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "degraded", "reason": "store unreachable; proxying continues with the last known mappings"})
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"status": "ready", "mappings": len(s.routes.Load().byPrefix)})
+	n := len(s.routes.Load().byPrefix)
+	if w, ok := s.store.(writeHealthStore); ok {
+		if err := w.writeFailure(); err != nil {
+			c.JSON(http.StatusOK, gin.H{"status": "degraded", "mappings": n,
+				"reason": "store not writable: " + notWritableReason(err) + "; admin changes and stats cannot be saved, proxying continues"})
+			return
+		}
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "ready", "mappings": n})
 }
 
 func (s *Server) handleRobots(c *gin.Context) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -65,10 +66,56 @@ var (
 	// holds no embedded store yet.
 	errNoStore = errors.New("no embedded store in the data directory")
 	// errStoreUnavailable marks every store error that means "cannot be
-	// reached now" (Redis: network, timeout, loading, read-only replica).
+	// reached now" (Redis: network, timeout, loading, read-only replica;
+	// the embedded store: a write that its context gave up waiting for).
 	// The client is told 503; the cause it travels with is for the log.
 	errStoreUnavailable = errors.New("store unavailable")
+	// errStoreNotWritable marks a write that the embedded store could not
+	// make because its file system refused it: disk full, quota, read-only,
+	// I/O error (see storageRefused). The client is told 503; the cause it
+	// travels with names the path, for the log.
+	errStoreNotWritable = errors.New("store not writable")
 )
+
+// writeHealthStore is a Store that remembers whether its storage takes
+// writes. writeFailure returns nil while it does, else the error of the
+// last write, which failed with errStoreNotWritable: the last write's
+// outcome sets it, whoever wrote (an admin call, the stats flush every
+// second), and the next write that lands clears it. Safe for concurrent
+// use. Only the embedded store implements it: the Redis store's failures
+// are outages, which /readyz reports through Ping.
+type writeHealthStore interface {
+	writeFailure() error
+}
+
+// storageRefused reports whether err is a file system's refusal to store
+// more: the disk or the quota is full, the file system is read-only or
+// failing. Other errors of a write (a sentinel, a cancelled context) say
+// nothing about the disk.
+func storageRefused(err error) bool {
+	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EIO} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
+}
+
+// notWritableReason says in a few words why a write failed with
+// errStoreNotWritable, for clients and /readyz: no path, no errno.
+func notWritableReason(err error) string {
+	switch {
+	case errors.Is(err, syscall.ENOSPC):
+		return "the data directory's disk is full"
+	case errors.Is(err, syscall.EDQUOT):
+		return "the data directory's disk quota is exhausted"
+	case errors.Is(err, syscall.EROFS):
+		return "the data directory is on a read-only file system"
+	case errors.Is(err, syscall.EIO):
+		return "the data directory's disk reports I/O errors"
+	}
+	return "the data directory cannot be written"
+}
 
 // notify sends a signal on ch without blocking: when one is already
 // pending, its reader will see the latest state anyway. A nil ch is never
