@@ -116,7 +116,7 @@ func TestAdminAuth(t *testing.T) {
 func TestAdminAuthThrottle(t *testing.T) {
 	s, _ := newAdminTestServer(t, nil)
 	now := time.Unix(1_700_000_000, 0)
-	s.authFailures.now = func() time.Time { return now }
+	s.authFailures.local.now = func() time.Time { return now }
 	const attacker, other = "203.0.113.7:5000", "203.0.113.8:5000"
 	wrong := "Bearer guess-0123456789abcdef"
 

@@ -203,7 +203,7 @@ func TestMappingValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkValidation(t, tt.m.validate(), tt.wantErr, tt.code, tt.field)
+			checkValidation(t, tt.m.validate(selfAddrs{}), tt.wantErr, tt.code, tt.field)
 		})
 	}
 }
@@ -251,7 +251,7 @@ func TestDecodeMappingObject(t *testing.T) {
 		if got.Prefix != "/obj" || len(got.Targets) != 0 {
 			t.Errorf("decodeMapping(%q) = %+v, want prefix /obj and no targets", v, got)
 		}
-		if got.validate() == nil {
+		if got.validate(selfAddrs{}) == nil {
 			t.Errorf("the mapping of an object value passes validate")
 		}
 	}
@@ -276,7 +276,7 @@ func TestDefaultMappings(t *testing.T) {
 		t.Errorf("defaultMappings() is not sorted by prefix")
 	}
 	for _, m := range ms {
-		if err := m.validate(); err != nil {
+		if err := m.validate(selfAddrs{}); err != nil {
 			t.Errorf("default %s: %v", m.Prefix, err)
 		}
 	}
