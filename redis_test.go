@@ -1039,7 +1039,9 @@ func TestAdminLockoutFleet(t *testing.T) {
 			t.Errorf("%s: another address: status %d, want 200", name, got)
 		}
 	}
-	ttl, err := redis.NewClient(&redis.Options{Addr: addr}).PTTL(context.Background(), prefix+redisAuthFailuresKey+"203.0.113.50").Result()
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	ttl, err := c.PTTL(context.Background(), prefix+redisAuthFailuresKey+"203.0.113.50").Result()
 	if err != nil || ttl <= 0 || ttl > authWindow {
 		t.Errorf("TTL of the shared counter = %v, %v; want within the window", ttl, err)
 	}
