@@ -1313,9 +1313,13 @@ func TestMaxInFlight(t *testing.T) {
 	}
 	eventually(t, func() bool { return up.Hits() == 2 }, "two requests held at the upstream")
 
-	res, err := front.Client().Get(front.URL + "/p/third")
+	// Bounded: without the cap this request would wait at the upstream.
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", front.URL+"/p/third", nil)
+	res, err := front.Client().Do(req)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("third request: %v", err)
 	}
 	body := readAll(t, res)
 	res.Body.Close()
