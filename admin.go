@@ -11,9 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"reflect"
 	"slices"
@@ -40,6 +38,10 @@ const (
 	// authMaxTracked bounds the failure table; past it, addresses whose
 	// window is over are forgotten first.
 	authMaxTracked = 10000
+	// authStoreTimeout bounds each call to the fleet's failure counts
+	// (Redis), so that a Redis that stopped answering delays an admin
+	// request by this at most before the local counts decide alone.
+	authStoreTimeout = time.Second
 )
 
 // mappingJSON is a mapping in the original form of the admin API's
@@ -113,8 +115,8 @@ func (s *Server) adminToken(ctx context.Context) (*[sha256.Size]byte, error) {
 // failures gets 429 until its block ends, whatever it sends.
 func (s *Server) requireAdmin(c *gin.Context) {
 	req := c.Request
-	addr := clientAddr(req)
-	if wait := s.authFailures.blocked(addr); wait > 0 {
+	addr := s.clientAddr(req)
+	if wait := s.authFailures.blocked(req.Context(), addr); wait > 0 {
 		c.Header("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		writeError(c.Writer, http.StatusTooManyRequests, "too_many_auth_failures",
 			"too many failed admin authentications from this address; retry later")
@@ -130,7 +132,7 @@ func (s *Server) requireAdmin(c *gin.Context) {
 	}
 	got := sha256.Sum256([]byte(bearerToken(req.Header.Get("Authorization"))))
 	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
-		if s.authFailures.fail(addr) {
+		if s.authFailures.fail(req.Context(), addr) {
 			s.logger.Warn("admin API: too many failed authentications; blocking address", "client", addr, "for", authWindow.String())
 		}
 		c.Header("WWW-Authenticate", `Bearer realm="apiproxy admin"`)
@@ -139,7 +141,7 @@ func (s *Server) requireAdmin(c *gin.Context) {
 		c.Abort()
 		return
 	}
-	s.authFailures.succeed(addr)
+	s.authFailures.succeed(req.Context(), addr)
 	c.Header("Cache-Control", "no-store")
 	c.Next()
 }
@@ -190,19 +192,15 @@ func bearerToken(h string) string {
 }
 
 // clientAddr is the address that auth failures are counted against: the
-// peer's IP, or its /64 for IPv6, where one client usually holds the whole
-// block. X-Forwarded-For is not trusted: a client could pick a fresh
-// address for every guess.
-func clientAddr(req *http.Request) string {
-	host, _, err := net.SplitHostPort(req.RemoteAddr)
-	if err != nil {
-		host = req.RemoteAddr
+// client's IP (clientIP: the TCP peer's, or X-Forwarded-For's only when
+// that peer is in TRUSTED_PROXIES, since anyone else could pick a fresh
+// address for every guess), or its /64 for IPv6, where one client usually
+// holds the whole block.
+func (s *Server) clientAddr(req *http.Request) string {
+	ip, ok := s.cfg.TrustedProxies.clientIP(req)
+	if !ok {
+		return req.RemoteAddr
 	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return host
-	}
-	ip = ip.Unmap()
 	if ip.Is6() {
 		p, _ := ip.Prefix(64)
 		return p.String()
@@ -263,7 +261,7 @@ func (s *Server) handleCreateMapping(c *gin.Context) {
 		return
 	}
 	m := newMapping(body.Prefix, body.Target)
-	if err := m.validate(); err != nil {
+	if err := m.validate(s.self); err != nil {
 		writeAPIError(c.Writer, err)
 		return
 	}
@@ -273,7 +271,7 @@ func (s *Server) handleCreateMapping(c *gin.Context) {
 		s.writeStoreError(c, err)
 		return
 	}
-	s.logger.Info("mapping created", "prefix", m.Prefix, "target", m.firstURL(), "client", clientAddr(c.Request))
+	s.logger.Info("mapping created", "prefix", m.Prefix, "target", m.firstURL(), "client", s.clientAddr(c.Request))
 	s.reloadAfterWrite(ctx)
 	c.Header("Location", "/api/mappings"+m.Prefix)
 	c.JSON(http.StatusCreated, mappingJSONOf(m))
@@ -300,7 +298,7 @@ func (s *Server) handleUpdateMapping(c *gin.Context) {
 		return
 	}
 	m := newMapping(prefix, body.Target)
-	if err := m.validate(); err != nil {
+	if err := m.validate(s.self); err != nil {
 		writeAPIError(c.Writer, err)
 		return
 	}
@@ -310,7 +308,7 @@ func (s *Server) handleUpdateMapping(c *gin.Context) {
 		s.writeStoreError(c, err)
 		return
 	}
-	s.logger.Info("mapping updated", "prefix", m.Prefix, "target", m.firstURL(), "client", clientAddr(c.Request))
+	s.logger.Info("mapping updated", "prefix", m.Prefix, "target", m.firstURL(), "client", s.clientAddr(c.Request))
 	s.reloadAfterWrite(ctx)
 	c.JSON(http.StatusOK, mappingJSONOf(m))
 }
@@ -329,7 +327,7 @@ func (s *Server) handleDeleteMapping(c *gin.Context) {
 		s.writeStoreError(c, err)
 		return
 	}
-	s.logger.Info("mapping deleted", "prefix", prefix, "client", clientAddr(c.Request))
+	s.logger.Info("mapping deleted", "prefix", prefix, "client", s.clientAddr(c.Request))
 	s.reloadAfterWrite(ctx)
 	c.JSON(http.StatusOK, gin.H{"prefix": prefix, "deleted": true})
 }
@@ -492,11 +490,100 @@ func jsonKind(t reflect.Type) string {
 	return "object"
 }
 
-// authLimiter counts failed admin authentications per client address and
-// blocks an address that failed authMaxFailures times within authWindow,
-// for authWindow. Memory stays bounded (authMaxTracked). Safe for
-// concurrent use.
+// authCounter keeps the failed admin authentications of client addresses
+// (SPEC §6): an address that failed authMaxFailures times within
+// authWindow is blocked for authWindow. localAuthCounter keeps them in
+// this process; redisAuthCounter (redis.go) in Redis, for the whole fleet.
+// Implementations are safe for concurrent use.
+type authCounter interface {
+	// blocked returns how long addr stays blocked; 0 if it is not.
+	blocked(ctx context.Context, addr string) (time.Duration, error)
+	// fail counts a failure of addr and reports whether it blocked addr.
+	fail(ctx context.Context, addr string) (bool, error)
+	// succeed forgets the failures of addr.
+	succeed(ctx context.Context, addr string) error
+}
+
+// authCountingStore is a Store that keeps failure counts for every
+// instance that shares it (the Redis store), so that the budget of
+// guesses does not grow with the number of replicas.
+type authCountingStore interface {
+	authCounter() authCounter
+}
+
+// authLimiter is the admin lockout. It always counts in this process
+// (local); on a shared store it counts in the store too (shared), and an
+// address blocked by either is blocked. A shared store that fails is
+// logged (at most once a minute) and skipped: the admin API stays usable
+// while Redis is down, and the local limit still holds guessing back.
+// Safe for concurrent use.
 type authLimiter struct {
+	local     *localAuthCounter
+	shared    authCounter // nil: this process alone (the embedded store)
+	logger    *slog.Logger
+	sharedErr logLimiter
+}
+
+// newAuthLimiter returns the lockout of a Server on store.
+func newAuthLimiter(store Store, logger *slog.Logger) *authLimiter {
+	l := &authLimiter{local: newLocalAuthCounter(), logger: logger,
+		sharedErr: logLimiter{every: time.Minute, now: time.Now}}
+	if cs, ok := store.(authCountingStore); ok {
+		l.shared = cs.authCounter()
+	}
+	return l
+}
+
+// blocked returns how long addr stays blocked; 0 if it is not.
+func (l *authLimiter) blocked(ctx context.Context, addr string) time.Duration {
+	wait, _ := l.local.blocked(ctx, addr)
+	if l.shared != nil {
+		ctx, cancel := context.WithTimeout(ctx, authStoreTimeout)
+		defer cancel()
+		w, err := l.shared.blocked(ctx, addr)
+		l.sharedFailed(err)
+		wait = max(wait, w)
+	}
+	return wait
+}
+
+// fail counts a failure of addr and reports whether it blocked addr.
+func (l *authLimiter) fail(ctx context.Context, addr string) bool {
+	blocked, _ := l.local.fail(ctx, addr)
+	if l.shared != nil {
+		ctx, cancel := context.WithTimeout(ctx, authStoreTimeout)
+		defer cancel()
+		b, err := l.shared.fail(ctx, addr)
+		l.sharedFailed(err)
+		blocked = blocked || b
+	}
+	return blocked
+}
+
+// succeed forgets the failures of addr.
+func (l *authLimiter) succeed(ctx context.Context, addr string) {
+	l.local.succeed(ctx, addr)
+	if l.shared != nil {
+		ctx, cancel := context.WithTimeout(ctx, authStoreTimeout)
+		defer cancel()
+		l.sharedFailed(l.shared.succeed(ctx, addr))
+	}
+}
+
+// sharedFailed logs err, if any, from the shared counts.
+func (l *authLimiter) sharedFailed(err error) {
+	if err == nil {
+		return
+	}
+	if suppressed, ok := l.sharedErr.allow(); ok {
+		l.logger.Warn("admin lockout: the fleet's failure counts are unavailable; counting in this instance only",
+			"error", err, "suppressed", suppressed)
+	}
+}
+
+// localAuthCounter is the authCounter of this process. Memory stays
+// bounded (authMaxTracked). Its errors are always nil.
+type localAuthCounter struct {
 	now func() time.Time // time.Now; tests replace it
 
 	mu      sync.Mutex
@@ -509,27 +596,25 @@ type authRecord struct {
 	blockedUntil time.Time // zero unless blocked
 }
 
-func newAuthLimiter() *authLimiter {
-	return &authLimiter{now: time.Now, clients: make(map[string]*authRecord)}
+func newLocalAuthCounter() *localAuthCounter {
+	return &localAuthCounter{now: time.Now, clients: make(map[string]*authRecord)}
 }
 
-// blocked returns how long addr stays blocked; 0 if it is not.
-func (l *authLimiter) blocked(addr string) time.Duration {
+func (l *localAuthCounter) blocked(_ context.Context, addr string) (time.Duration, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r := l.clients[addr]
 	if r == nil || r.blockedUntil.IsZero() {
-		return 0
+		return 0, nil
 	}
 	if wait := r.blockedUntil.Sub(l.now()); wait > 0 {
-		return wait
+		return wait, nil
 	}
 	delete(l.clients, addr) // the block is over: start afresh
-	return 0
+	return 0, nil
 }
 
-// fail counts a failure of addr and reports whether it blocked addr.
-func (l *authLimiter) fail(addr string) bool {
+func (l *localAuthCounter) fail(_ context.Context, addr string) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
@@ -547,22 +632,22 @@ func (l *authLimiter) fail(addr string) bool {
 	r.failures++
 	if r.failures >= authMaxFailures && r.blockedUntil.IsZero() {
 		r.blockedUntil = now.Add(authWindow)
-		return true
+		return true, nil
 	}
-	return false
+	return false, nil
 }
 
-// succeed forgets the failures of addr.
-func (l *authLimiter) succeed(addr string) {
+func (l *localAuthCounter) succeed(_ context.Context, addr string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.clients, addr)
+	return nil
 }
 
 // sweep drops the records that no longer count: window over, not blocked.
 // If every record still counts (many addresses failing at once), the
 // table grows past authMaxTracked rather than letting anyone through.
-func (l *authLimiter) sweep(now time.Time) {
+func (l *localAuthCounter) sweep(now time.Time) {
 	for addr, r := range l.clients {
 		if now.Sub(r.windowStart) >= authWindow && !now.Before(r.blockedUntil) {
 			delete(l.clients, addr)

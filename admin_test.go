@@ -116,7 +116,7 @@ func TestAdminAuth(t *testing.T) {
 func TestAdminAuthThrottle(t *testing.T) {
 	s, _ := newAdminTestServer(t, nil)
 	now := time.Unix(1_700_000_000, 0)
-	s.authFailures.now = func() time.Time { return now }
+	s.authFailures.local.now = func() time.Time { return now }
 	const attacker, other = "203.0.113.7:5000", "203.0.113.8:5000"
 	wrong := "Bearer guess-0123456789abcdef"
 
@@ -732,4 +732,43 @@ func TestAdminWriteReloadRetried(t *testing.T) {
 		t.Fatal("the handler did not reload")
 	}
 	eventually(t, func() bool { return routeTarget(s, "/late") == "https://late.example" }, "the failed reload to be retried")
+}
+
+// TestAdminRefusesSelfLoop: the admin API refuses a target at the
+// instance's own listen address in POST and PUT (issue 14: one request to
+// such a mapping recursed until the file descriptors ran out), and routing
+// skips such a mapping that is stored already (put there by hand, or by an
+// instance listening elsewhere).
+func TestAdminRefusesSelfLoop(t *testing.T) {
+	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken})
+	cfg.ListenAddr = ":18000" // what the server would listen on; httptest serves it elsewhere
+	s, _ := newTestServerConfig(t, cfg, map[string]string{"/a": "https://a.example"})
+	for _, target := range []string{"http://127.0.0.1:18000/loop", "http://localhost:18000", "http://[::1]:18000/v1", "http://127.1.2.3:18000"} {
+		res, body := adminCall(t, s, "POST", "/api/mappings", `{"prefix":"/loop","target":"`+target+`"}`, bearer, "192.0.2.1:1")
+		wantProxyError(t, res, body, http.StatusBadRequest, "invalid_target")
+		if !strings.Contains(string(body), "(a loop)") {
+			t.Errorf("POST %s: message %s, want it to name the loop rule", target, body)
+		}
+		res, body = adminCall(t, s, "PUT", "/api/mappings/a", `{"target":"`+target+`"}`, bearer, "192.0.2.1:1")
+		wantProxyError(t, res, body, http.StatusBadRequest, "invalid_target")
+	}
+	if res, body := adminCall(t, s, "POST", "/api/mappings", `{"prefix":"/next","target":"http://127.0.0.1:18001"}`, bearer, "192.0.2.1:1"); res.StatusCode != http.StatusCreated {
+		t.Errorf("another local port: %d %s, want 201", res.StatusCode, body)
+	}
+	if got, want := storedMappings(t, s), map[string]string{"/a": "https://a.example", "/next": "http://127.0.0.1:18001"}; !maps.Equal(got, want) {
+		t.Errorf("stored %v, want %v", got, want)
+	}
+
+	if err := s.store.CreateMapping(context.Background(), newMapping("/stored", "http://localhost:18000")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.reloadRoutes(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := routeTarget(s, "/stored"); got != "" {
+		t.Errorf("a stored loop mapping routes to %q, want it skipped", got)
+	}
+	if got := routeTarget(s, "/next"); got == "" {
+		t.Errorf("/next does not route")
+	}
 }

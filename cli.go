@@ -54,7 +54,7 @@ func runMapCommand(ctx context.Context, getenv func(string) string, args []strin
 	var m Mapping
 	if args[0] == "set" {
 		m = newMapping(args[1], args[2])
-		if err := m.validate(); err != nil {
+		if err := m.validate(newSelfAddrs(cfg.ListenAddr, net.InterfaceAddrs)); err != nil {
 			return err
 		}
 	}

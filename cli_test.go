@@ -125,6 +125,19 @@ func TestMapSetInvalid(t *testing.T) {
 	}
 }
 
+// TestMapSetRefusesSelfLoop: the CLI applies the loop rule with the
+// configured listen address (LISTEN_ADDR, here the default :8000).
+func TestMapSetRefusesSelfLoop(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	_, _, err := runMap(t, dir, "set", "/loop", "http://127.0.0.1:8000/loop")
+	if err == nil || !strings.Contains(err.Error(), "(a loop)") {
+		t.Errorf("map set /loop -> own address = %v, want the loop rule", err)
+	}
+	if _, _, err := runMap(t, dir, "set", "/other", "http://127.0.0.1:8001"); err != nil {
+		t.Errorf("map set to another local port: %v", err)
+	}
+}
+
 // TestMapWhileServerRuns: while another handle holds the bolt file for
 // writing (a running server), list and set fail within the lock wait with
 // errStoreLocked and the admin API call to make instead.

@@ -24,6 +24,13 @@ type Config struct {
 	LogLevel        string        // LOG_LEVEL: debug, info, warn, error
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT, default 30s
 
+	// TrustedProxies is TRUSTED_PROXIES, default none: the balancers in
+	// front whose X-Forwarded-For names the client (clientip.go).
+	TrustedProxies trustedProxies
+	// MaxInFlight is MAX_IN_FLIGHT, default 10000: proxied requests in
+	// flight beyond which new ones get 503 overloaded; 0 means no cap.
+	MaxInFlight int64
+
 	// Upstream transport. Zero means no limit for the two timeouts.
 	DialTimeout           time.Duration // UPSTREAM_DIAL_TIMEOUT, default 15s
 	TLSHandshakeTimeout   time.Duration // UPSTREAM_TLS_TIMEOUT, default 10s
@@ -86,6 +93,8 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		LogLevel:    e.str("LOG_LEVEL", "info"),
 
 		ShutdownTimeout:       e.duration("SHUTDOWN_TIMEOUT", "30s", true),
+		TrustedProxies:        e.trustedProxies("TRUSTED_PROXIES"),
+		MaxInFlight:           e.count("MAX_IN_FLIGHT", 10000),
 		DialTimeout:           e.duration("UPSTREAM_DIAL_TIMEOUT", "15s", false),
 		TLSHandshakeTimeout:   e.duration("UPSTREAM_TLS_TIMEOUT", "10s", false),
 		ResponseHeaderTimeout: e.duration("UPSTREAM_RESPONSE_HEADER_TIMEOUT", "0", true),
@@ -137,6 +146,25 @@ func (e *envReader) onOff(key string, def bool) bool {
 		return def
 	}
 	return bool(v)
+}
+
+func (e *envReader) trustedProxies(key string) trustedProxies {
+	var tp trustedProxies
+	if err := tp.Set(e.str(key, "")); err != nil {
+		e.fail(key, err)
+	}
+	return tp
+}
+
+// count reads a non-negative integer.
+func (e *envReader) count(key string, def int64) int64 {
+	s := e.str(key, strconv.FormatInt(def, 10))
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		e.fail(key, fmt.Errorf("%q is not a whole number of 0 or more", s))
+		return def
+	}
+	return n
 }
 
 func (e *envReader) duration(key, def string, allowZero bool) time.Duration {
@@ -195,6 +223,10 @@ func (cfg *Config) newFlagSet(out io.Writer) (fs *flag.FlagSet, port *string, ve
 		"`on|off`: tune GOMAXPROCS and GOGC under load; off leaves the Go runtime's defaults alone (RUNTIME_TUNING)")
 	fs.Var((*onOff)(&cfg.MemoryRelease), "memory-release",
 		"`on|off`: return free heap memory to the OS once the process is quiet (MEMORY_RELEASE)")
+	fs.Var(&cfg.TrustedProxies, "trusted-proxies",
+		"comma list of `CIDRs` of balancers in front; only their X-Forwarded-For names the client (TRUSTED_PROXIES)")
+	fs.Int64Var(&cfg.MaxInFlight, "max-in-flight", cfg.MaxInFlight,
+		"proxied requests in flight beyond which new ones get 503 overloaded; 0 = no cap (MAX_IN_FLIGHT)")
 	version = fs.Bool("version", false, "print the build information and exit")
 	return fs, port, version
 }
@@ -216,6 +248,9 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.ShutdownTimeout < 0 || cfg.ResponseHeaderTimeout < 0 {
 		return fmt.Errorf("timeouts must not be negative")
+	}
+	if cfg.MaxInFlight < 0 {
+		return fmt.Errorf("MAX_IN_FLIGHT: must be 0 (no cap) or more")
 	}
 	if cfg.AdminToken != "" && len(cfg.AdminToken) < 16 {
 		return fmt.Errorf("ADMIN_TOKEN: must be at least 16 characters (or unset to have one generated)")

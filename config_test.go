@@ -251,3 +251,38 @@ func TestFlagsNameTheirVariable(t *testing.T) {
 		}
 	})
 }
+
+// TestConfigEdgeLimits: TRUSTED_PROXIES and MAX_IN_FLIGHT from the
+// environment and the flags, and the errors naming what is wrong.
+func TestConfigEdgeLimits(t *testing.T) {
+	load := func(env map[string]string, args ...string) (Config, error) {
+		return loadConfig(func(k string) string { return env[k] }, args, io.Discard)
+	}
+	cfg, err := load(nil)
+	if err != nil || cfg.MaxInFlight != 10000 || len(cfg.TrustedProxies) != 0 {
+		t.Errorf("defaults: MaxInFlight %d, TrustedProxies %v, err %v; want 10000, none", cfg.MaxInFlight, cfg.TrustedProxies, err)
+	}
+	cfg, err = load(map[string]string{"MAX_IN_FLIGHT": "0", "TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7"})
+	if err != nil || cfg.MaxInFlight != 0 || cfg.TrustedProxies.String() != "10.0.0.0/8,192.0.2.7/32" {
+		t.Errorf("env: MaxInFlight %d, TrustedProxies %v, err %v", cfg.MaxInFlight, cfg.TrustedProxies.String(), err)
+	}
+	cfg, err = load(map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8"}, "-max-in-flight", "7", "-trusted-proxies", "fd00::/8")
+	if err != nil || cfg.MaxInFlight != 7 || cfg.TrustedProxies.String() != "fd00::/8" {
+		t.Errorf("flags: MaxInFlight %d, TrustedProxies %v, err %v", cfg.MaxInFlight, cfg.TrustedProxies.String(), err)
+	}
+	for _, tt := range []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8,lb"}, nil, `TRUSTED_PROXIES: "lb"`},
+		{map[string]string{"MAX_IN_FLIGHT": "-1"}, nil, "MAX_IN_FLIGHT"},
+		{map[string]string{"MAX_IN_FLIGHT": "lots"}, nil, "MAX_IN_FLIGHT"},
+		{nil, []string{"-max-in-flight", "-5"}, "MAX_IN_FLIGHT"},
+		{nil, []string{"-trusted-proxies", "10.0.0.0/40"}, `"10.0.0.0/40"`},
+	} {
+		if _, err := load(tt.env, tt.args...); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("env %v args %v: error %v, want one naming %s", tt.env, tt.args, err, tt.want)
+		}
+	}
+}

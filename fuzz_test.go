@@ -270,7 +270,7 @@ func FuzzMappingValidation(f *testing.F) {
 		if err := json.Unmarshal(list.Body.Bytes(), &listed); err != nil || listed.Mappings[sent.Prefix] != sent.Target {
 			t.Fatalf("GET /api/mappings = %s (%v), want %q -> %q", list.Body, err, sent.Prefix, sent.Target)
 		}
-		table, skipped := newRouteTable(mappingsOf(stored))
+		table, skipped := newRouteTable(mappingsOf(stored), selfAddrs{})
 		if len(skipped) != 0 || table.byPrefix[sent.Prefix] == nil {
 			t.Fatalf("a restart would skip the stored mapping %q -> %q", sent.Prefix, sent.Target)
 		}

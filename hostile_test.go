@@ -635,7 +635,7 @@ func TestAdminCrossOrigin(t *testing.T) {
 	// operator out.
 	for range authMaxFailures + 1 {
 		adminCall(t, s, "GET", "/api/mappings", "", "Bearer wrong-token-0123456789", "198.51.100.77:1")
-		s.authFailures.succeed("198.51.100.77") // keep only the cross-origin calls below counting
+		s.authFailures.succeed(context.Background(), "198.51.100.77") // keep only the cross-origin calls below counting
 	}
 	for range authMaxFailures + 1 {
 		req, _ := http.NewRequest("GET", front.URL+"/api/mappings", nil)

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -52,10 +53,12 @@ func (m Mapping) firstURL() string {
 	return m.Targets[0].URL
 }
 
-// validate checks m against SPEC §6. The error is an *apiError (400) whose
-// message names the field and the rule broken: the prefix's if it is
-// invalid, else the first invalid target's.
-func (m Mapping) validate() error {
+// validate checks m against SPEC §6, with self the addresses of the
+// instance that would route it (a target there is a loop; the zero
+// selfAddrs checks none). The error is an *apiError (400) whose message
+// names the field and the rule broken: the prefix's if it is invalid, else
+// the first invalid target's.
+func (m Mapping) validate(self selfAddrs) error {
 	if err := validatePrefix(m.Prefix); err != nil {
 		return err
 	}
@@ -63,7 +66,10 @@ func (m Mapping) validate() error {
 	case 0:
 		return validateTarget("")
 	case 1:
-		return validateTarget(m.Targets[0].URL)
+		if err := validateTarget(m.Targets[0].URL); err != nil {
+			return err
+		}
+		return self.checkTarget(m.Targets[0].URL)
 	}
 	return &apiError{Status: http.StatusBadRequest, Code: "invalid_target",
 		Message: fmt.Sprintf("targets must hold exactly one target, not %d: several targets are not supported yet", len(m.Targets))}
@@ -298,4 +304,99 @@ func atoiOrNeg(s string) int {
 		n = n*10 + int(s[i]-'0')
 	}
 	return n
+}
+
+// selfAddrs is where an instance receives requests: its listen port, on
+// the listen host or, for an unspecified one (":8000", "0.0.0.0:8000",
+// "[::]:8000"), on every address of the machine. A mapping whose target is
+// one of them sends each request back to the proxy, which forwards it
+// again until the file descriptors run out (issue 14). The zero value
+// holds no address. Computed once (newSelfAddrs); safe for concurrent
+// reads.
+type selfAddrs struct {
+	port string // "" or "0": no check (the port is not known)
+	// loopback: every loopback address and name, and the unspecified
+	// addresses (a connection to 0.0.0.0 or [::] reaches the local host),
+	// are this instance.
+	loopback bool
+	ips      []netip.Addr // further addresses, unmapped and without zone
+	names    []string     // host names, lower case, without a final dot
+}
+
+// newSelfAddrs returns the addresses of an instance listening on
+// listenAddr (host:port). interfaceAddrs lists the machine's addresses
+// (net.InterfaceAddrs); it is asked only for an unspecified listen host,
+// and an error from it leaves them out: the loopback addresses are still
+// checked.
+func newSelfAddrs(listenAddr string, interfaceAddrs func() ([]net.Addr, error)) selfAddrs {
+	host, port, err := net.SplitHostPort(listenAddr)
+	if err != nil || port == "0" {
+		return selfAddrs{}
+	}
+	sa := selfAddrs{port: port}
+	ip, err := netip.ParseAddr(host)
+	switch {
+	case host == "" || err == nil && ip.IsUnspecified():
+		sa.loopback = true
+		if addrs, err := interfaceAddrs(); err == nil {
+			for _, a := range addrs {
+				if pfx, err := netip.ParsePrefix(a.String()); err == nil {
+					sa.ips = append(sa.ips, pfx.Addr().WithZone("").Unmap())
+				}
+			}
+		}
+	case err == nil:
+		ip = ip.WithZone("").Unmap()
+		sa.loopback = ip.IsLoopback()
+		sa.ips = append(sa.ips, ip)
+	default:
+		name := strings.TrimSuffix(strings.ToLower(host), ".")
+		sa.loopback = isLocalhostName(name)
+		sa.names = append(sa.names, name)
+	}
+	return sa
+}
+
+// isLocalhostName reports whether name (lower case, no final dot) is a
+// loopback name: "localhost" and the names under it (RFC 6761 §6.3).
+func isLocalhostName(name string) bool {
+	return name == "localhost" || strings.HasSuffix(name, ".localhost")
+}
+
+// checkTarget returns the 400 invalid_target error if target, a URL that
+// validateTarget accepted, is one of these addresses. Only the literal host
+// is compared, with no DNS lookup: a name that resolves to this machine,
+// or a loop through a second instance, is left to MAX_IN_FLIGHT.
+func (sa selfAddrs) checkTarget(target string) error {
+	if sa.port == "" {
+		return nil
+	}
+	u, err := url.Parse(target)
+	if err != nil {
+		return nil
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	if atoiOrNeg(port) != atoiOrNeg(sa.port) || !sa.isSelfHost(u.Hostname()) {
+		return nil
+	}
+	return &apiError{Status: http.StatusBadRequest, Code: "invalid_target", Message: fmt.Sprintf(
+		"target must not be this proxy's own address (%s, port %s): every request would come back to the proxy and be forwarded again, without end (a loop)",
+		u.Host, sa.port)}
+}
+
+// isSelfHost reports whether host, a URL's host name or IP address, is one
+// of these addresses.
+func (sa selfAddrs) isSelfHost(host string) bool {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.WithZone("").Unmap()
+		if sa.loopback && (ip.IsLoopback() || ip.IsUnspecified()) {
+			return true
+		}
+		return slices.Contains(sa.ips, ip)
+	}
+	name := strings.TrimSuffix(strings.ToLower(host), ".")
+	return sa.loopback && isLocalhostName(name) || slices.Contains(sa.names, name)
 }

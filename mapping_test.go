@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"maps"
+	"net"
 	"net/http"
 	"reflect"
 	"slices"
@@ -203,7 +204,7 @@ func TestMappingValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkValidation(t, tt.m.validate(), tt.wantErr, tt.code, tt.field)
+			checkValidation(t, tt.m.validate(selfAddrs{}), tt.wantErr, tt.code, tt.field)
 		})
 	}
 }
@@ -251,7 +252,7 @@ func TestDecodeMappingObject(t *testing.T) {
 		if got.Prefix != "/obj" || len(got.Targets) != 0 {
 			t.Errorf("decodeMapping(%q) = %+v, want prefix /obj and no targets", v, got)
 		}
-		if got.validate() == nil {
+		if got.validate(selfAddrs{}) == nil {
 			t.Errorf("the mapping of an object value passes validate")
 		}
 	}
@@ -276,12 +277,62 @@ func TestDefaultMappings(t *testing.T) {
 		t.Errorf("defaultMappings() is not sorted by prefix")
 	}
 	for _, m := range ms {
-		if err := m.validate(); err != nil {
+		if err := m.validate(selfAddrs{}); err != nil {
 			t.Errorf("default %s: %v", m.Prefix, err)
 		}
 	}
 	ms[0].Targets[0].URL = "https://changed.example"
 	if defaultMappings()[0].Targets[0].URL == "https://changed.example" {
 		t.Errorf("changing a returned default changed the next call's")
+	}
+}
+
+// TestSelfAddrs: a target at the instance's own listen address is a loop
+// and refused, by every name the machine answers to on that port (issue
+// 14); the same host on another port, or another host, is fine.
+func TestSelfAddrs(t *testing.T) {
+	ifaces := func() ([]net.Addr, error) {
+		return []net.Addr{
+			&net.IPNet{IP: net.ParseIP("127.0.0.1"), Mask: net.CIDRMask(8, 32)},
+			&net.IPNet{IP: net.ParseIP("192.0.2.10"), Mask: net.CIDRMask(24, 32)},
+			&net.IPNet{IP: net.ParseIP("2001:db8::10"), Mask: net.CIDRMask(64, 128)},
+		}, nil
+	}
+	tests := []struct {
+		listen string
+		loops  []string
+		fine   []string
+	}{
+		{":8000", []string{
+			"http://127.0.0.1:8000/loop", "http://localhost:8000", "http://LOCALHOST.:8000/x",
+			"http://api.localhost:8000", "http://127.9.8.7:8000", "http://[::1]:8000",
+			"http://0.0.0.0:8000", "http://[::]:8000", "http://[::ffff:127.0.0.1]:8000",
+			"http://192.0.2.10:8000", "http://[2001:db8::10]:8000", "https://127.0.0.1:8000",
+		}, []string{
+			"http://127.0.0.1:8001", "http://localhost", "http://192.0.2.11:8000",
+			"http://example.com:8000", "https://api.openai.com",
+		}},
+		{"0.0.0.0:80", []string{"http://localhost", "http://localhost:80/v1", "http://192.0.2.10"}, []string{"https://localhost"}},
+		{"[::]:443", []string{"https://localhost", "https://[::1]"}, []string{"http://localhost"}},
+		{"127.0.0.1:8000", []string{"http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"},
+			[]string{"http://192.0.2.10:8000", "http://127.0.0.1:9000"}},
+		{"192.0.2.10:8000", []string{"http://192.0.2.10:8000"}, []string{"http://127.0.0.1:8000", "http://localhost:8000"}},
+		{"localhost:8000", []string{"http://localhost:8000", "http://127.0.0.1:8000"}, []string{"http://192.0.2.10:8000"}},
+		{"proxy.internal:8000", []string{"http://Proxy.Internal:8000"}, []string{"http://127.0.0.1:8000"}},
+		{"127.0.0.1:0", nil, []string{"http://127.0.0.1:8000", "http://localhost:1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.listen, func(t *testing.T) {
+			self := newSelfAddrs(tt.listen, ifaces)
+			for _, target := range tt.loops {
+				err := newMapping("/loop", target).validate(self)
+				checkValidation(t, err, "must not be this proxy's own address", "invalid_target", "target")
+			}
+			for _, target := range tt.fine {
+				if err := newMapping("/ok", target).validate(self); err != nil {
+					t.Errorf("listen %s, target %s: %v, want valid", tt.listen, target, err)
+				}
+			}
+		})
 	}
 }

@@ -56,6 +56,10 @@ type proxy struct {
 	timeout   time.Duration // overall per-request limit; 0 means none
 	routes    *atomic.Pointer[routeTable]
 	observe   func(*requestRecord) // called once per finished request; may be nil
+	// maxInFlight is MAX_IN_FLIGHT: past it, serve answers 503 overloaded;
+	// 0 means no cap. trusted is TRUSTED_PROXIES (see rewrite).
+	maxInFlight int64
+	trusted     trustedProxies
 
 	// streamHandoff is STREAM_HANDOFF: event streams to HTTP/1.1 clients
 	// are handed off (stream.go) and may read the upstream socket
@@ -154,6 +158,8 @@ func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, rout
 		timeout:       cfg.UpstreamTimeout,
 		routes:        routes,
 		streamHandoff: cfg.StreamHandoff,
+		maxInFlight:   cfg.MaxInFlight,
+		trusted:       cfg.TrustedProxies,
 	}
 	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
 	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }
@@ -288,6 +294,16 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	pr.in, pr.route, pr.rest, pr.reqBody = req, rt, rest, nil
 	pr.w.reset(w)
 	pr.rec = requestRecord{Prefix: rt.prefix, Start: time.Now(), BytesIn: max(req.ContentLength, 0)}
+	if n := p.active.Add(1); p.maxInFlight > 0 && n > p.maxInFlight {
+		// A loop through another instance (which validation cannot see)
+		// or a flood would otherwise hold descriptors and memory until the
+		// process fails for everyone, /healthz included (issue 14).
+		pr.rec.Status, pr.rec.ProxyErr = http.StatusServiceUnavailable, "overloaded"
+		writeError(w, http.StatusServiceUnavailable, "overloaded",
+			fmt.Sprintf("the proxy has %d requests in flight, its limit (MAX_IN_FLIGHT); retry later", p.maxInFlight))
+		pr.finish(true)
+		return
+	}
 	handOff := p.mayHandOff(w, req)
 	if req.Body != nil && req.Body != http.NoBody && (req.ContentLength < 0 || handOff) {
 		// The Transport may read the body from its own goroutine after
@@ -318,7 +334,6 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	if ctx != req.Context() {
 		req = req.WithContext(ctx)
 	}
-	p.active.Add(1)
 	completed := false
 	defer func() {
 		if completed && pr.st.conn != nil {
@@ -467,9 +482,14 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 	// so it goes.
 	delete(out.Header, "Te")
 	// Rewrite mode drops these; a transparent proxy passes them as received
-	// and adds none of its own.
+	// and adds none of its own. The X-Forwarded-For of a trusted balancer
+	// (TRUSTED_PROXIES) is the exception: it was written for this proxy
+	// alone, to name the client (clientIP), and passing it on would tell
+	// the AI provider every client's address. From any other peer it is
+	// the client's own header and passes as received.
+	dropXFF := pr.p.trusted.peerTrusted(r.In)
 	for _, k := range forwardingHeaders {
-		if v, ok := r.In.Header[k]; ok {
+		if v, ok := r.In.Header[k]; ok && !(dropXFF && k == "X-Forwarded-For") {
 			out.Header[k] = v
 		}
 	}

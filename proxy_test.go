@@ -1274,3 +1274,83 @@ func BenchmarkProxySmall(b *testing.B) {
 		}
 	}
 }
+
+// TestMaxInFlight: past MAX_IN_FLIGHT proxied requests in flight, a new
+// one gets 503 overloaded at once, counted like other proxy errors, and
+// the ones in flight are unaffected (issue 14: a loop through two
+// instances must not take a process down).
+func TestMaxInFlight(t *testing.T) {
+	release := make(chan struct{})
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, "ok")
+	})
+	s, front := newTestServerConfig(t, testConfig(t, map[string]string{"MAX_IN_FLIGHT": "2"}), map[string]string{"/p": up.URL})
+	records := make(chan requestRecord, 8)
+	observe := s.proxy.observe
+	s.proxy.observe = func(rec *requestRecord) {
+		records <- *rec
+		if observe != nil {
+			observe(rec)
+		}
+	}
+
+	held := make(chan int, 2)
+	for range 2 {
+		go func() {
+			res, err := front.Client().Get(front.URL + "/p/held")
+			if err != nil {
+				held <- 0
+				return
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			held <- res.StatusCode
+		}()
+	}
+	eventually(t, func() bool { return up.Hits() == 2 }, "two requests held at the upstream")
+
+	// Bounded: without the cap this request would wait at the upstream.
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", front.URL+"/p/third", nil)
+	res, err := front.Client().Do(req)
+	if err != nil {
+		t.Fatalf("third request: %v", err)
+	}
+	body := readAll(t, res)
+	res.Body.Close()
+	wantProxyError(t, res, body, http.StatusServiceUnavailable, "overloaded")
+	if got := up.Hits(); got != 2 {
+		t.Errorf("upstream hits = %d, want 2: the refused request must not reach it", got)
+	}
+	select {
+	case rec := <-records:
+		if rec.Status != http.StatusServiceUnavailable || rec.ProxyErr != "overloaded" || rec.Prefix != "/p" {
+			t.Errorf("recorded %d %q for %s, want 503 \"overloaded\" for /p", rec.Status, rec.ProxyErr, rec.Prefix)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("the refused request was not recorded")
+	}
+
+	close(release)
+	for range 2 {
+		select {
+		case code := <-held:
+			if code != http.StatusOK {
+				t.Errorf("held request: status %d, want 200", code)
+			}
+		case <-time.After(testTimeout):
+			t.Fatal("held requests did not finish")
+		}
+	}
+	eventually(t, func() bool { return s.proxy.active.Load() == 0 }, "no request in flight")
+	if res, err := front.Client().Get(front.URL + "/p/after"); err != nil || res.StatusCode != http.StatusOK {
+		t.Errorf("after the load: %v %v, want 200", res, err)
+	} else {
+		res.Body.Close()
+	}
+}

@@ -33,6 +33,9 @@ const (
 	redisUpdatesChannel = "mappings:updates" // Pub/Sub: one message per change
 	redisAdminTokenKey  = "admin_token"      // string: the generated admin token
 	redisSeededKey      = "seeded"           // string: set once the hash was initialised
+	// redisAuthFailuresKey + client address: the admin lockout's failure
+	// count of that address (redisAuthCounter), expiring with its window.
+	redisAuthFailuresKey = "auth_failures:"
 )
 
 const (
@@ -90,6 +93,20 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
 if #ARGV >= 5 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1`)
+	// authFail counts one failed admin authentication. The first failure
+	// starts the window (the key's TTL); the failure that reaches the
+	// limit restarts it, so the block lasts a full window from then.
+	// KEYS[1] the address's counter; ARGV: window in ms, limit.
+	redisAuthFailScript = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or n == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n`)
+	// authBlocked answers the ms an address stays blocked, 0 if it is not.
+	// KEYS[1] the address's counter; ARGV: limit.
+	redisAuthBlockedScript = redis.NewScript(`
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n < tonumber(ARGV[1]) then return 0 end
+return math.max(redis.call('PTTL', KEYS[1]), 0)`)
 	// initDefaults is init-redis: add each missing default, overwrite a
 	// different value only when forced, and report what happened to each
 	// as action, previous value pairs.
@@ -790,4 +807,42 @@ func redisReadFields(src map[string]string, dst map[string]int64) {
 			dst[f] += n
 		}
 	}
+}
+
+// authCounter returns the fleet's admin lockout counts, kept in this
+// store's Redis (authCountingStore).
+func (s *redisStore) authCounter() authCounter {
+	return &redisAuthCounter{client: s.client, keyPrefix: s.key(redisAuthFailuresKey)}
+}
+
+// redisAuthCounter is the authCounter of every instance on one Redis: one
+// counter per address (redisAuthFailuresKey), its window the key's TTL.
+// Errors are the Redis client's, unwrapped: authLimiter logs them and goes
+// on with its local counts.
+type redisAuthCounter struct {
+	client    *redis.Client
+	keyPrefix string
+}
+
+func (c *redisAuthCounter) blocked(ctx context.Context, addr string) (time.Duration, error) {
+	ms, err := redisAuthBlockedScript.Run(ctx, c.client, []string{c.keyPrefix + addr}, authMaxFailures).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("read auth failures: %w", err)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+func (c *redisAuthCounter) fail(ctx context.Context, addr string) (bool, error) {
+	n, err := redisAuthFailScript.Run(ctx, c.client, []string{c.keyPrefix + addr}, authWindow.Milliseconds(), authMaxFailures).Int64()
+	if err != nil {
+		return false, fmt.Errorf("count auth failure: %w", err)
+	}
+	return n == authMaxFailures, nil
+}
+
+func (c *redisAuthCounter) succeed(ctx context.Context, addr string) error {
+	if err := c.client.Del(ctx, c.keyPrefix+addr).Err(); err != nil {
+		return fmt.Errorf("reset auth failures: %w", err)
+	}
+	return nil
 }

@@ -1009,3 +1009,61 @@ func TestInitRedisCommand(t *testing.T) {
 		t.Errorf("output:\n%s", out.String())
 	}
 }
+
+// TestAdminLockoutFleet: on Redis the failure counts are the fleet's, so
+// the budget of guesses does not grow with the replicas (issue 14): 10
+// failures split over two instances block the address on both, and only
+// that address.
+func TestAdminLockoutFleet(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken})
+	a, _ := newRedisTestServer(t, cfg, openTestRedisStore(t, addr, prefix, ""))
+	b, _ := newRedisTestServer(t, cfg, openTestRedisStore(t, addr, prefix, ""))
+	const guesser, operator = "203.0.113.50:4000", "203.0.113.51:4000"
+	wrong := "Bearer guess-0123456789abcdef"
+	for i := range authMaxFailures {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		if got := adminCallXFF(t, s, wrong, guesser, ""); got != http.StatusUnauthorized {
+			t.Fatalf("failure %d: status %d, want 401", i+1, got)
+		}
+	}
+	for name, s := range map[string]*Server{"A": a, "B": b} {
+		if got := adminCallXFF(t, s, bearer, guesser, ""); got != http.StatusTooManyRequests {
+			t.Errorf("%s: the guesser with the right token: status %d, want 429", name, got)
+		}
+		if got := adminCallXFF(t, s, bearer, operator, ""); got != http.StatusOK {
+			t.Errorf("%s: another address: status %d, want 200", name, got)
+		}
+	}
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	ttl, err := c.PTTL(context.Background(), prefix+redisAuthFailuresKey+"203.0.113.50").Result()
+	if err != nil || ttl <= 0 || ttl > authWindow {
+		t.Errorf("TTL of the shared counter = %v, %v; want within the window", ttl, err)
+	}
+}
+
+// TestAdminLockoutRedisDown: with Redis gone the lockout counts in each
+// instance: the admin API stays usable, and guessing is still limited.
+func TestAdminLockoutRedisDown(t *testing.T) {
+	rs := startRedisServer(t)
+	s, _, _ := newServerOnRedis(t, rs)
+	rs.kill()
+	const guesser, operator = "203.0.113.60:4000", "203.0.113.61:4000"
+	for i := 1; i <= authMaxFailures; i++ {
+		if got := adminCallXFF(t, s, "Bearer guess-0123456789abcdef", guesser, ""); got != http.StatusUnauthorized {
+			t.Fatalf("failure %d: status %d, want 401", i, got)
+		}
+	}
+	if got := adminCallXFF(t, s, bearer, guesser, ""); got != http.StatusTooManyRequests {
+		t.Errorf("the guesser with the right token: status %d, want 429", got)
+	}
+	// Past authentication the listing needs the store: 503, not 401 or 429.
+	if got := adminCallXFF(t, s, bearer, operator, ""); got == http.StatusUnauthorized || got == http.StatusTooManyRequests {
+		t.Errorf("another address with the right token: status %d, want it past the lockout", got)
+	}
+}

@@ -24,14 +24,15 @@ type routeTable struct {
 	maxLen   int      // longest prefix, to skip impossible candidates
 }
 
-// newRouteTable prepares mappings, whose prefixes are unique, for routing.
-// Mappings that fail validate (which a store never holds, but a
-// hand-edited Redis hash or a value this version cannot read might) are
-// skipped, and their prefixes returned sorted in skipped.
-func newRouteTable(mappings []Mapping) (t *routeTable, skipped []string) {
+// newRouteTable prepares mappings, whose prefixes are unique, for routing
+// by the instance at self. Mappings that fail validate (which a store never
+// holds, but a hand-edited Redis hash, a value this version cannot read,
+// or a mapping another instance accepted that points at this one might)
+// are skipped, and their prefixes returned sorted in skipped.
+func newRouteTable(mappings []Mapping, self selfAddrs) (t *routeTable, skipped []string) {
 	t = &routeTable{byPrefix: make(map[string]*route, len(mappings))}
 	for _, m := range mappings {
-		if m.validate() != nil {
+		if m.validate(self) != nil {
 			skipped = append(skipped, m.Prefix)
 			continue
 		}

@@ -13,7 +13,7 @@ func TestRouteTableMatch(t *testing.T) {
 		"/openai":       "https://api.openai.com",
 		"/x.y":          "http://xy.example",
 		"/deep/er/path": "http://deep.example",
-	}))
+	}), selfAddrs{})
 	if len(skipped) != 0 {
 		t.Fatalf("skipped = %v, want none", skipped)
 	}
@@ -60,7 +60,7 @@ func TestRouteTableMatch(t *testing.T) {
 		})
 	}
 	t.Run("empty table", func(t *testing.T) {
-		empty, _ := newRouteTable(nil)
+		empty, _ := newRouteTable(nil, selfAddrs{})
 		if r, _ := empty.match("/openai/x"); r != nil {
 			t.Errorf("match on an empty table = %q, want none", r.prefix)
 		}
@@ -81,7 +81,7 @@ func TestRouteTableSkipsInvalid(t *testing.T) {
 	object, _ := decodeMapping("/object", `{"targets":[{"url":"https://api.openai.com"}]}`)
 	two := Mapping{Prefix: "/two", Targets: []Target{{URL: "https://a.example"}, {URL: "https://b.example"}}}
 	stored = append(stored, object, two)
-	table, skipped := newRouteTable(stored)
+	table, skipped := newRouteTable(stored, selfAddrs{})
 	if got, want := strings.Join(skipped, " "), "/a/../b /api/x /bad /object /two /userinf noslash"; got != want {
 		t.Errorf("skipped = %q, want %q", got, want)
 	}
@@ -155,7 +155,7 @@ func BenchmarkRouteMatch(b *testing.B) {
 	ms := append(defaultMappings(),
 		newMapping("/local/ollama", "http://127.0.0.1:11434"),
 		newMapping("/a/b/c", "http://127.0.0.1:8080"))
-	table, _ := newRouteTable(ms)
+	table, _ := newRouteTable(ms, selfAddrs{})
 	paths := []string{
 		"/openai/v1/chat/completions",
 		"/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent",

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -55,6 +56,11 @@ type Server struct {
 	adminTokenMu   sync.Mutex // serialises late token resolution
 	authFailures   *authLimiter
 
+	// self is where this instance receives requests (cfg.ListenAddr, or
+	// the bound address when that asks for any port): a mapping pointing
+	// there is a loop, refused by the admin API and skipped by routing.
+	self selfAddrs
+
 	stats   *Stats       // stats.go; records only when cfg.EnableStats
 	metrics http.Handler // GET /metrics (metrics.go)
 }
@@ -83,7 +89,8 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	if transport == nil {
 		transport = newTransport(cfg)
 	}
-	s := &Server{cfg: cfg, logger: logger, store: store, started: time.Now(), authFailures: newAuthLimiter()}
+	s := &Server{cfg: cfg, logger: logger, store: store, started: time.Now(),
+		authFailures: newAuthLimiter(store, logger), self: newSelfAddrs(cfg.ListenAddr, net.InterfaceAddrs)}
 	s.reloadRetry = make(chan struct{}, 1)
 	s.routes.Store(&routeTable{byPrefix: map[string]*route{}})
 	s.proxy = newProxy(cfg, logger, transport, &s.routes)
@@ -98,7 +105,7 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 			return nil, err
 		}
 		m, readAt, ok := off.offlineMappings()
-		t, _ := newRouteTable(m)
+		t, _ := newRouteTable(m, s.self)
 		s.routes.Store(t)
 		if ok {
 			logger.Warn("store unreachable at start; routing with the local snapshot until it is back",
@@ -266,7 +273,7 @@ func (s *Server) reloadRoutes(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load mappings: %w", err)
 	}
-	t, skipped := newRouteTable(m)
+	t, skipped := newRouteTable(m, s.self)
 	if len(skipped) > 0 {
 		s.logger.Warn("ignoring invalid stored mappings", "prefixes", skipped)
 	}
@@ -386,6 +393,10 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 		s.Close()
 		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
 	}
+	if s.self.port == "" {
+		// Any port was asked for: the loop check needs the one bound.
+		s.self = newSelfAddrs(ln.Addr().String(), net.InterfaceAddrs)
+	}
 	s.Start()
 	if cfg.RuntimeTuning || cfg.MemoryRelease {
 		stopTuning := tuneRuntime(cfg.RuntimeTuning && cfg.TuneProcs, cfg.RuntimeTuning && cfg.TuneGC,
@@ -476,7 +487,7 @@ func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		ErrorLog:          log.New(newServerErrorLog(logger), "", 0),
 	}
 }
 

@@ -45,7 +45,7 @@ func (c *fakeClock) Set(t time.Time) {
 // testRoutes returns a route table pointer holding mappings.
 func testRoutes(t testing.TB, mappings map[string]string) *atomic.Pointer[routeTable] {
 	t.Helper()
-	rt, skipped := newRouteTable(mappingsOf(mappings))
+	rt, skipped := newRouteTable(mappingsOf(mappings), selfAddrs{})
 	if len(skipped) > 0 {
 		t.Fatalf("invalid test mappings %v", skipped)
 	}
