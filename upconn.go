@@ -472,13 +472,13 @@ type rawCopy struct {
 	more        bool            // the body has not ended
 	err         error           // why the body ended before its end
 	extra       bool            // the upstream sent bytes after the body's end
-	// end holds the bytes of the body's end read so far, until it is
-	// whole (chunkParser.scan).
-	end []byte
 	writeFailed bool            // a write to the client failed
 	// hangup is set by the proxy's watcher when the upstream closed or reset
 	// the connection (readSocket).
 	hangup atomic.Bool
+	// end holds the bytes of the body's end read so far, until it is
+	// whole (chunkParser.scan).
+	end []byte
 }
 
 // pass writes p, the next bytes of the body as received, to the client,
