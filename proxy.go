@@ -634,10 +634,13 @@ func (pr *proxyRequest) handleError(rw http.ResponseWriter, req *http.Request, e
 	}
 	if pr.in.Context().Err() != nil {
 		// The client left first; there is nobody to answer. 499 as nginx
-		// and Caddy count it, apart from upstream errors.
+		// and Caddy count it, apart from upstream errors; it is a figure
+		// for the stats, never a status line: a client that only
+		// half-closed would read it. Aborting the handler makes net/http
+		// close the connection with nothing written, and serve's deferred
+		// finish records the request, once.
 		pr.rec.Status, pr.rec.ProxyErr = 499, "client_closed"
-		rw.WriteHeader(499)
-		return
+		panic(http.ErrAbortHandler)
 	}
 	if pr.reqBody != nil && pr.reqBody.failed.Load() {
 		// The client is still there but its chunked body broke its own

@@ -35,6 +35,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -69,6 +70,9 @@ const chunkHead = 10
 type streamState struct {
 	conn    net.Conn
 	pending []byte // bytes the client sent after its request (pipelined), replayed to the server
+	// early holds what watchClient read from the client during the
+	// stream (its next request, sent early), replayed after pending.
+	early []byte
 	// stopping is set before the stream ends the watcher's read on purpose.
 	stopping   atomic.Bool
 	clientGone atomic.Bool
@@ -144,7 +148,7 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 		pr.p.rawStreams.Add(1)
 		upCtx := res.Request.Context()
 		st.rc = rawCopy{pr: pr, more: true, done: upCtx.Done()}
-		if sc, ok := conn.(syscall.Conn); ok {
+		if sc, ok := socketOf(conn).(syscall.Conn); ok {
 			st.rc.client, _ = sc.SyscallConn()
 		}
 		// The Transport cancels the request by closing the upstream
@@ -198,9 +202,10 @@ func (pr *proxyRequest) responseHead(res *http.Response) *bytes.Buffer {
 // records the request. It owns pr and one count of p.active.
 func (pr *proxyRequest) stream() {
 	p, st := pr.p, &pr.st
-	// A client that already sent more bytes is not watched.
-	if len(st.pending) == 0 && !st.clientGone.Load() {
-		st.reg, st.watched = p.watcher.watch(st.conn, st.onEvent)
+	// A client that already sent its next request is watched too: the
+	// watcher looks for a hang-up only, and watchClient keeps what it reads.
+	if !st.clientGone.Load() {
+		st.reg, st.watched = p.watcher.watch(socketOf(st.conn), st.onEvent)
 		if err := p.watcher.failed(); !st.watched && err != nil {
 			p.watchFailed.Do(func() {
 				p.logger.Error("the stream watcher stopped: each stream now watches its client from a goroutine of its own", "err", err)
@@ -236,10 +241,7 @@ func (pr *proxyRequest) stream() {
 	}
 	pr.body.Close()
 	if complete && !writeCut && !st.clientGone.Load() && p.recycle != nil && st.conn.SetDeadline(time.Time{}) == nil {
-		var c net.Conn = st.conn
-		if len(st.pending) > 0 {
-			c = &replayConn{Conn: st.conn, pending: bytes.Clone(st.pending)}
-		}
+		c := replayNext(st.conn, st.pending, st.early)
 		if !p.recycle.give(c) {
 			c.Close()
 		}
@@ -297,27 +299,51 @@ func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
 
 const hexDigits = "0123456789abcdef"
 
-// watchClient reads from the client connection while the stream runs, where
-// the proxy has no watcher, or it refused. The client sends nothing during a response, so the read ends only when the
-// client closes the connection (the upstream request is cancelled), when
-// it sends its next request early (kept for the server), or when stream
-// ends it with a deadline.
+// maxEarlyBytes bounds what watchClient keeps of the bytes a client sends
+// during a stream (its next requests, sent early). Past it watchClient
+// stops reading, so that a client cannot make the proxy buffer without
+// limit; such a client is seen leaving at the stream's next write.
+const maxEarlyBytes = 64 << 10
+
+// watchClient reads from the client's socket while the stream runs, where
+// the proxy has no watcher, or it refused. The read ends when the client
+// closes the connection (the upstream request is cancelled) or when stream
+// ends it with a deadline. Bytes the client sends meanwhile (its next
+// request, sent early) are kept in early for the server, and the read goes
+// on: a client that pipelined is seen leaving too. It reads the socket
+// itself, not a replayConn's buffer: the bytes there were sent before.
 func (pr *proxyRequest) watchClient() {
 	st := &pr.st
 	defer close(st.watchDone)
-	n, err := st.conn.Read(st.oneByte[:])
-	if n == 1 {
-		st.pending = append(st.pending[:0], st.oneByte[0])
-		return
-	}
-	if err != nil && !st.stopping.Load() {
-		st.clientGone.Store(true)
-		pr.cancelUp(errClientGone)
+	sock := socketOf(st.conn)
+	for {
+		var n int
+		var err error
+		if len(st.early) == 0 {
+			// One byte: most clients send nothing during a stream, and
+			// the wait then holds no buffer.
+			n, err = sock.Read(st.oneByte[:])
+			st.early = append(st.early, st.oneByte[:n]...)
+		} else {
+			if len(st.early) >= maxEarlyBytes {
+				return
+			}
+			st.early = slices.Grow(st.early, 512)
+			end := min(cap(st.early), maxEarlyBytes)
+			n, err = sock.Read(st.early[len(st.early):end])
+			st.early = st.early[:len(st.early)+n]
+		}
+		if err != nil {
+			if !st.stopping.Load() {
+				st.clientGone.Store(true)
+				pr.cancelUp(errClientGone)
+			}
+			return
+		}
 	}
 }
 
-// clientEvent is the watcher's callback: the client left (gone), or sent
-// its next request early, which stays in the socket for the server.
+// clientEvent is the watcher's callback: the client left (gone).
 func (pr *proxyRequest) clientEvent(gone bool) {
 	if gone {
 		pr.st.clientGone.Store(true)
@@ -330,24 +356,86 @@ func (st *streamState) reset() {
 	st.conn, st.stopCut, st.watchDone, st.watched, st.raw = nil, nil, nil, false, false
 	st.rc, st.stopWriteCut = rawCopy{}, nil
 	st.pending = st.pending[:0]
+	if cap(st.early) > 512 {
+		st.early = nil // a large one is not kept in the pool
+	}
+	st.early = st.early[:0]
 	st.stopping.Store(false)
 	st.clientGone.Store(false)
 }
 
 // replayConn is a client connection given back to the server with bytes
-// the client had already sent: they are read first.
+// the client had already sent: buf[off:] is read first, then the socket.
+// A connection is wrapped once at most (replayNext): a client that
+// pipelines stream after stream would otherwise get one layer per stream,
+// each read recursing through all of them. Not safe for concurrent reads,
+// as net.Conn reads never are in net/http.
 type replayConn struct {
-	net.Conn
-	pending []byte
+	net.Conn // the socket
+	buf      []byte
+	off      int
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {
-	if len(c.pending) > 0 {
-		n := copy(p, c.pending)
-		c.pending = c.pending[n:]
+	if c.off < len(c.buf) {
+		n := copy(p, c.buf[c.off:])
+		c.off += n
+		if c.off == len(c.buf) {
+			c.buf, c.off = nil, 0
+		}
 		return n, nil
 	}
 	return c.Conn.Read(p)
+}
+
+// buffered returns how many bytes are left to replay.
+func (c *replayConn) buffered() int { return len(c.buf) - c.off }
+
+// unread puts b back before the bytes left to replay. The bytes a server
+// still held at the hijack are, while bytes are left to replay, the last
+// ones it read from c: the offset then moves back over them, and nothing
+// is copied, so a client pipelining many streams costs linear time.
+func (c *replayConn) unread(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if len(b) <= c.off && bytes.Equal(c.buf[c.off-len(b):c.off], b) {
+		c.off -= len(b)
+		return
+	}
+	c.buf = append(bytes.Clone(b), c.buf[c.off:]...)
+	c.off = 0
+}
+
+// socketOf returns the connection under a replayConn, or c: the watcher
+// and raw writes need its descriptor, and bytes left to replay are the
+// server's to read, not the stream's.
+func socketOf(c net.Conn) net.Conn {
+	if rc, ok := c.(*replayConn); ok {
+		return rc.Conn
+	}
+	return c
+}
+
+// replayNext returns the connection to give back to the server after a
+// stream on c: the bytes the server held at the hijack (pending) are read
+// first, then those left in c's replay buffer if c is a replayConn, then
+// those watchClient took from the socket (early), then the socket. c is
+// wrapped only if some are left, and never twice.
+func replayNext(c net.Conn, pending, early []byte) net.Conn {
+	rc, ok := c.(*replayConn)
+	if !ok {
+		if len(pending) == 0 && len(early) == 0 {
+			return c
+		}
+		rc = &replayConn{Conn: c}
+	}
+	rc.unread(pending)
+	rc.buf = append(rc.buf, early...)
+	if rc.buffered() == 0 {
+		return rc.Conn
+	}
+	return rc
 }
 
 // connRecycler is a net.Listener that yields the client connections of

@@ -8,13 +8,16 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -361,4 +364,155 @@ func TestStreamHandoffSwitch(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStreamHandOffManyPipelined: a client that pipelines thousands of
+// stream requests on one connection gets every response, in order and
+// whole, in time linear in their number: the connection each stream gives
+// back to the server is wrapped once at most (replayConn), and its client
+// is still watched by the shared watcher, its head and events written by
+// the fast path.
+func TestStreamHandOffManyPipelined(t *testing.T) {
+	const n = 8000
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: "+r.URL.Query().Get("i")+"\n\n")
+		w.(http.Flusher).Flush() // chunked: no length known with the head
+	})
+	s := newTestServerOnly(t, testConfig(t, nil), map[string]string{"/p": up.URL})
+	var maxDepth atomic.Int64
+	front := httptest.NewUnstartedServer(s)
+	front.Config = s.httpServer()
+	front.Config.ConnState = func(c net.Conn, state http.ConnState) {
+		if d := int64(replayDepth(c)); state == http.StateNew && d > maxDepth.Load() {
+			maxDepth.Store(d) // only the one client connection's goroutine changes it
+		}
+	}
+	front.Start()
+	serveRecycled(front, s)
+	t.Cleanup(func() { closeFront(t, front) })
+
+	conn, err := net.Dial("tcp", front.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(3 * testTimeout))
+	go func() {
+		var b bytes.Buffer
+		for i := range n {
+			fmt.Fprintf(&b, "GET /p/stream?i=%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
+		}
+		conn.Write(b.Bytes())
+	}()
+	br := bufio.NewReader(conn)
+	for i := range n {
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		body, err := io.ReadAll(res.Body)
+		if want := fmt.Sprintf("data: %d\n\n", i); err != nil || string(body) != want {
+			t.Fatalf("response %d: %q, %v; want %q", i, body, err, want)
+		}
+	}
+	if d := maxDepth.Load(); d > 1 {
+		t.Errorf("the connection came back to the server wrapped %d deep, want 1 at most", d)
+	}
+	if !handoffOn(s) {
+		return
+	}
+	if got := s.proxy.handedOff.Load(); got != n {
+		t.Errorf("%d streams handed off, want %d", got, n)
+	}
+	if w := s.proxy.watcher; w != nil {
+		// The last stream may register after its client read it whole:
+		// the head write can carry the entire body.
+		eventually(t, func() bool { return w.clientCount() >= n }, "the watcher to watch every client, those with pipelined bytes included")
+		if got := w.clientCount(); got != n {
+			t.Errorf("the watcher watched %d clients, want %d", got, n)
+		}
+	}
+}
+
+// replayDepth returns how many replayConns c is wrapped in.
+func replayDepth(c net.Conn) int {
+	d := 0
+	for {
+		rc, ok := c.(*replayConn)
+		if !ok {
+			return d
+		}
+		d++
+		c = rc.Conn
+	}
+}
+
+// TestStreamHandOffPipelinedClientLeaves: a client that sent its next
+// request, with the stream's or during it, and then closes the connection
+// while the stream idles is seen leaving at once, as one that did not: the
+// upstream request is cancelled long before any next event. Both with the
+// shared watcher and with a read per stream. With STREAM_HANDOFF=off
+// net/http's background read stops at the first byte of a request sent
+// during a response, so only the same-packet case applies there.
+func TestStreamHandOffPipelinedClientLeaves(t *testing.T) {
+	const stream, next = "GET /p/stream HTTP/1.1\r\nHost: x\r\n\r\n", "GET /p/next HTTP/1.1\r\nHost: x\r\n\r\n"
+	for _, shared := range []bool{true, false} {
+		for _, during := range []bool{false, true} {
+			t.Run(fmt.Sprintf("sharedWatch=%v/during=%v", shared, during), func(t *testing.T) {
+				up, cancelled := newIdleStreamUpstream(t)
+				s, front := newTestServer(t, map[string]string{"/p": up.URL})
+				if !handoffOn(s) && (during || !shared) {
+					t.Skip("STREAM_HANDOFF=off: net/http watches the client; see above")
+				}
+				if !shared {
+					withoutWatcher(s)
+				}
+				conn, err := net.Dial("tcp", front.Listener.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				if during {
+					io.WriteString(conn, stream)
+				} else {
+					io.WriteString(conn, stream+next)
+				}
+				res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				readEvent(t, bufio.NewReader(res.Body))
+				if during {
+					io.WriteString(conn, next)
+				}
+				conn.Close()
+				waitClosed(t, cancelled, "the upstream request to be cancelled after the client left")
+				waitCounts(t, &http.Client{}, front.URL, "/p", endpointCounts{Count: 1, ClientClosed: 1, Status: map[string]int64{}})
+			})
+		}
+	}
+}
+
+// newTestServerOnly is newTestServerConfig without the frontend, for a test
+// that serves s its own way.
+func newTestServerOnly(t testing.TB, cfg Config, mappings map[string]string) *Server {
+	t.Helper()
+	store, err := openBoltStore(cfg.DataDir)
+	if err != nil {
+		t.Fatalf("openBoltStore: %v", err)
+	}
+	s, err := newServer(cfg, testLogger(), store, nil)
+	if err != nil {
+		store.Close()
+		t.Fatalf("newServer: %v", err)
+	}
+	t.Cleanup(func() {
+		if c, ok := s.proxy.transport.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+		s.Close()
+	})
+	setMappings(t, s, mappings)
+	return s
 }

@@ -26,10 +26,15 @@ package main
 // complete body and keeps the connection for its next request.
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
+	"net/http"
+	"net/textproto"
+	"slices"
 	"sync/atomic"
 	"syscall"
 )
@@ -175,16 +180,50 @@ var errUpstreamCancelled = errors.New("apiproxy: upstream request cancelled")
 // errChunked is a chunked body whose framing is not valid.
 var errChunked = errors.New("apiproxy: malformed chunked encoding from the upstream")
 
+// errTrailer is a chunked body whose trailer section net/http's Transport
+// would refuse: too long, or not valid header lines.
+var errTrailer = errors.New("apiproxy: malformed trailer section from the upstream")
+
+// maxTrailerSection is the longest trailer section, its final CRLF CRLF
+// included, that the Transport reads: it must end within one fill of the
+// connection's read buffer (net/http's readTrailer), whose size is
+// newTransport's ReadBufferSize.
+const maxTrailerSection = 2 << 10
+
 // chunkParser follows the framing of a chunked body (RFC 9112 §7.1) as
 // its bytes pass, so that a raw stream knows its data (for usage
 // accounting) and where it ends, while the client gets the bytes as they
-// came.
+// came. The body's end, its last chunk and trailer section, is checked as
+// net/http's Transport checks it, before any of it is passed on (scan).
+//
+// Trailers: a handed-off response declared none (canHandOff), so any the
+// upstream sends are undeclared. Through ReverseProxy (STREAM_HANDOFF=off)
+// a Go Transport reads undeclared trailers like declared ones, and the
+// server writes them to the client as trailers, re-written by
+// http.Header.Write: canonical names, one field per line, sorted, invalid
+// names dropped. A raw stream does the same (trailerOut), so both paths
+// give a client the same trailers, and what the Transport refuses (an
+// invalid field line, a section not ending in CRLF CRLF within
+// maxTrailerSection) breaks the client's connection on both.
 type chunkParser struct {
 	state  int
 	size   uint64 // of the chunk being read, or left of it in cpData
 	digits int
 	line   int // bytes of the size line so far
+	// endLine is the length of the last chunk's line, once read.
+	endLine int
+	// trailer holds the trailer section read so far, when it is not a
+	// bare CRLF.
+	trailer []byte
+	// Once done: sectionLen is how many bytes the trailer section took,
+	// trailerOut what to send for them, and extraLen how many of them
+	// follow the section as net/http reads it (bytes after the body's end).
+	sectionLen int
+	trailerOut []byte
+	extraLen   int
 }
+
+var crlf = []byte("\r\n")
 
 // maxChunkLine is the limit net/http's chunked reader (a Go client's)
 // puts on a chunk-size line, CRLF included.
@@ -198,9 +237,9 @@ const (
 	cpData
 	cpDataCR
 	cpDataLF
-	cpTrailerStart // start of a trailer line (or of the final empty line)
-	cpTrailerCR    // "\r" at the start of a line
-	cpTrailerLine
+	cpTrailerStart // after the last chunk's line
+	cpTrailerCR    // "\r" after it
+	cpTrailerLine  // a trailer section, in c.trailer
 	cpDone
 )
 
@@ -262,12 +301,14 @@ func (c *chunkParser) next(p []byte) (data, rest []byte, err error) {
 			if b != '\n' {
 				return nil, p[i:], errChunked
 			}
-			c.line = 0
 			if c.size == 0 {
+				// The last chunk: scan notes where it started.
+				c.endLine, c.line = c.line, 0
 				c.state = cpTrailerStart
-			} else {
-				c.state = cpData
+				return nil, p[i+1:], nil
 			}
+			c.line = 0
+			c.state = cpData
 		case cpData:
 			n := uint64(len(p) - i)
 			if n > c.size {
@@ -289,25 +330,32 @@ func (c *chunkParser) next(p []byte) (data, rest []byte, err error) {
 			}
 			c.state, c.size, c.digits = cpSize, 0, 0
 		case cpTrailerStart:
-			switch b {
-			case '\n':
-				c.state = cpDone
-				return nil, p[i+1:], nil
-			case '\r':
+			// As net/http's readTrailer: a CRLF ends the body at once;
+			// anything else starts a trailer section, which must end in
+			// CRLF CRLF within maxTrailerSection.
+			if b == '\r' {
 				c.state = cpTrailerCR
-			default:
+			} else {
+				c.trailer = append(c.trailer[:0], b)
 				c.state = cpTrailerLine
 			}
 		case cpTrailerCR:
 			if b == '\n' {
-				c.state = cpDone
+				c.state, c.sectionLen, c.trailerOut = cpDone, 2, crlf
 				return nil, p[i+1:], nil
 			}
+			c.trailer = append(c.trailer[:0], '\r', b)
 			c.state = cpTrailerLine
-			i--
 		case cpTrailerLine:
-			if b == '\n' {
-				c.state = cpTrailerStart
+			c.trailer = append(c.trailer, b)
+			if bytes.HasSuffix(c.trailer, doubleCRLF) {
+				if err := c.endTrailer(); err != nil {
+					return nil, p[i:], err
+				}
+				return nil, p[i+1:], nil
+			}
+			if len(c.trailer) >= maxTrailerSection {
+				return nil, p[i:], errTrailer
 			}
 		case cpDone:
 			return nil, p[i:], nil
@@ -316,18 +364,54 @@ func (c *chunkParser) next(p []byte) (data, rest []byte, err error) {
 	return nil, nil, nil
 }
 
+var doubleCRLF = []byte("\r\n\r\n")
+
+// endTrailer reads the trailer section, whole in c.trailer, as net/http's
+// Transport reads it (textproto's ReadMIMEHeader, which may stop at an
+// empty line before the section's CRLF CRLF), and sets what the client is
+// sent for it.
+func (c *chunkParser) endTrailer() error {
+	r := bytes.NewReader(c.trailer)
+	br := bufio.NewReader(r)
+	hdr, err := textproto.NewReader(br).ReadMIMEHeader()
+	if err != nil {
+		return errTrailer
+	}
+	var out bytes.Buffer
+	http.Header(hdr).Write(&out)
+	out.Write(crlf)
+	c.state, c.sectionLen, c.trailerOut = cpDone, len(c.trailer), out.Bytes()
+	c.extraLen = br.Buffered() + r.Len()
+	return nil
+}
+
 // scan consumes p and returns how many of its bytes belong to the body:
-// all of them unless the body ends in p, or those before an error.
-func (c *chunkParser) scan(p []byte) (int, error) {
+// all of them unless the body ends in p, or those before an error. The
+// bytes from held on belong to the body's end (the last chunk and its
+// trailer section), which is passed on only once whole and checked.
+func (c *chunkParser) scan(p []byte) (n, held int, err error) {
 	q := p
+	held = -1
+	if c.state >= cpTrailerStart {
+		held = 0
+	}
 	for len(q) > 0 && c.state != cpDone {
-		_, rest, err := c.next(q)
+		var rest []byte
+		_, rest, err = c.next(q)
+		if held < 0 && c.state >= cpTrailerStart {
+			held = max(0, len(p)-len(rest)-c.endLine)
+		}
 		if err != nil {
-			return len(p) - len(rest), err
+			q = rest
+			break
 		}
 		q = rest
 	}
-	return len(p) - len(q), nil
+	n = len(p) - len(q)
+	if held < 0 {
+		held = n
+	}
+	return n, held, err
 }
 
 // done reports whether the body's end has been consumed.
@@ -392,6 +476,9 @@ type rawCopy struct {
 	// hangup is set by the proxy's watcher when the upstream closed or reset
 	// the connection (readSocket).
 	hangup atomic.Bool
+	// end holds the bytes of the body's end read so far, until it is
+	// whole (chunkParser.scan).
+	end []byte
 }
 
 // pass writes p, the next bytes of the body as received, to the client,
@@ -400,8 +487,20 @@ type rawCopy struct {
 func (rc *rawCopy) pass(prefix, p []byte) bool {
 	st := &rc.pr.st
 	before := rc.cp
-	n, err := rc.cp.scan(p)
-	out := p[:n]
+	n, held, err := rc.cp.scan(p)
+	out := p[:held]
+	switch {
+	case err != nil:
+	case !rc.cp.done():
+		rc.end = append(rc.end, p[held:n]...)
+	case len(rc.end) == 0 && bytes.Equal(p[n-rc.cp.sectionLen:n], rc.cp.trailerOut):
+		out = p[:n] // the end came whole in p, and passes as it came
+	default:
+		end := append(rc.end, p[held:n]...)
+		end = end[:len(end)-rc.cp.sectionLen]
+		out = slices.Concat(prefix, out, end, rc.cp.trailerOut)
+		prefix = nil
+	}
 	if len(prefix) > 0 {
 		out = append(prefix, out...)
 	}
@@ -419,7 +518,7 @@ func (rc *rawCopy) pass(prefix, p []byte) bool {
 			return false
 		}
 	}
-	cp, q := before, p[:n]
+	cp, q := before, p[:held]
 	for len(q) > 0 {
 		var data []byte
 		data, q, _ = cp.next(q)
@@ -432,7 +531,7 @@ func (rc *rawCopy) pass(prefix, p []byte) bool {
 		rc.err = err
 		rc.more = false
 	case rc.cp.done():
-		rc.extra = n < len(p)
+		rc.extra = n < len(p) || rc.cp.extraLen > 0
 		rc.more = false
 	}
 	return rc.more

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -13,9 +14,10 @@ import (
 // the client leaving, all of them from one goroutine blocked in
 // epoll_wait, instead of one goroutine per stream blocked in a read
 // (stream.go). A read would also take the bytes of a request the client
-// pipelined; epoll only looks. It also watches the upstream connections of
-// raw streams for a hang-up (upconn_linux.go). Each registration fires at
-// most once.
+// pipelined; epoll only looks, and only for a hang-up: bytes the client
+// sends (its next request) stay in the socket for the server and do not
+// end the watch. It also watches the upstream connections of raw streams
+// for a hang-up (upconn_linux.go). Each registration fires at most once.
 //
 // A proxy with the stream hand-off on makes one (newClientWatcher), and
 // Server.Close closes it: its goroutine returns and its descriptors are
@@ -53,16 +55,19 @@ type clientWatcher struct {
 	next    int32
 	stopped bool  // the loop ended: register refuses
 	err     error // why the loop failed; nil if it did not
+
+	// clients counts the client registrations made so far.
+	clients atomic.Int64
 }
 
 // wakeID is the epoll data of the wake pipe; registrations never use it.
 const wakeID = 0
 
-// watchEntry is a registration's callback, and whether it watches for a
-// hang-up only (watchHangup).
+// watchEntry is a registration's callback, and whether it is an
+// upstream's (watchHangup), which fires when the watcher stops.
 type watchEntry struct {
-	onEvent    func(gone bool)
-	hangupOnly bool
+	onEvent  func(gone bool)
+	upstream bool
 }
 
 // newClientWatcher starts a watcher's goroutine. The caller closes it.
@@ -116,10 +121,12 @@ func (w *clientWatcher) close() {
 	})
 }
 
-// watch registers c: onEvent runs once, on the watcher's goroutine, with
-// gone true when the client closed or reset the connection and false when
-// it sent bytes (its next request; they stay in the socket). It returns
-// the registration, or ok false when c cannot be watched this way.
+// watch registers c: onEvent(true) runs once, on the watcher's goroutine,
+// when the client closed (or half-closed) or reset the connection. Bytes
+// it sends, before or during the stream, do not fire it: they stay in the
+// socket for the server, and a client that pipelined its next request is
+// still seen leaving. It returns the registration, or ok false when c
+// cannot be watched this way.
 func (w *clientWatcher) watch(c net.Conn, onEvent func(gone bool)) (reg watchReg, ok bool) {
 	sc, isSC := c.(syscall.Conn)
 	if w == nil || !isSC {
@@ -129,7 +136,20 @@ func (w *clientWatcher) watch(c net.Conn, onEvent func(gone bool)) (reg watchReg
 	if err != nil {
 		return reg, false
 	}
-	return w.register(raw, syscall.EPOLLIN|syscall.EPOLLRDHUP, onEvent)
+	reg, ok = w.register(raw, syscall.EPOLLRDHUP, onEvent, false)
+	if ok {
+		w.clients.Add(1)
+	}
+	return reg, ok
+}
+
+// clientCount returns how many client registrations were made so far; 0
+// on nil.
+func (w *clientWatcher) clientCount() int64 {
+	if w == nil {
+		return 0
+	}
+	return w.clients.Load()
 }
 
 // watchHangup registers the connection of raw for its peer closing or
@@ -139,13 +159,14 @@ func (w *clientWatcher) watchHangup(raw syscall.RawConn, onEvent func(gone bool)
 	if w == nil {
 		return reg, false
 	}
-	return w.register(raw, syscall.EPOLLRDHUP, onEvent)
+	return w.register(raw, syscall.EPOLLRDHUP, onEvent, true)
 }
 
 // register adds the descriptor of raw to the epoll set. It does so, and
 // unwatch removes it, inside raw.Control, which keeps the descriptor open
 // meanwhile: once closed, its number may be another connection's.
-func (w *clientWatcher) register(raw syscall.RawConn, events uint32, onEvent func(gone bool)) (reg watchReg, ok bool) {
+// upstream marks a registration that fires when the watcher stops.
+func (w *clientWatcher) register(raw syscall.RawConn, events uint32, onEvent func(gone bool), upstream bool) (reg watchReg, ok bool) {
 	w.fdMu.RLock()
 	defer w.fdMu.RUnlock()
 	if w.fdsClosed {
@@ -161,7 +182,7 @@ func (w *clientWatcher) register(raw syscall.RawConn, events uint32, onEvent fun
 		w.next++
 	}
 	id := w.next
-	w.regs[id] = watchEntry{onEvent: onEvent, hangupOnly: events == syscall.EPOLLRDHUP}
+	w.regs[id] = watchEntry{onEvent: onEvent, upstream: upstream}
 	w.mu.Unlock()
 	ev := syscall.EpollEvent{Events: events | epollOneShot, Fd: id}
 	var err error
@@ -253,7 +274,7 @@ func (w *clientWatcher) stop(err error) {
 	w.stopped, w.err = true, err
 	for id, e := range w.regs {
 		delete(w.regs, id)
-		if e.hangupOnly {
+		if e.upstream {
 			e.onEvent(true)
 		}
 	}

@@ -27,3 +27,5 @@ func (w *clientWatcher) watchHangup(syscall.RawConn, func(bool)) (watchReg, bool
 func (w *clientWatcher) unwatch(watchReg) {}
 
 func (w *clientWatcher) failed() error { return nil }
+
+func (w *clientWatcher) clientCount() int64 { return 0 }
