@@ -280,12 +280,16 @@ func TestHostileSlowClients(t *testing.T) {
 	addr := serveWithHTTPServer(t, s, func(srv *http.Server) { srv.ReadHeaderTimeout = headerTimeout })
 
 	t.Run("slow head is cut", func(t *testing.T) {
+		// The server's header deadline starts once it accepted the
+		// connection, which may be before Dial returns here: start the
+		// clock before dialling, so that elapsed is never shorter than the
+		// server's own wait.
+		start := time.Now()
 		conn, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		start := time.Now()
 		head := "GET /p/x HTTP/1.1\r\nHost: h\r\nX-Slow: " + strings.Repeat("s", 100)
 		closed := make(chan error, 1)
 		go func() {
