@@ -304,9 +304,10 @@ var (
 )
 
 // AddStats implements statsStore in one transaction: all or nothing. It
-// waits for the transaction whatever ctx says: Stats keeps the figures of
-// a failed flush to write them again, so a flush given up on that landed
-// afterwards would count them twice.
+// waits for the transaction whatever ctx says: Stats gives a batch whose
+// write failed again, so a write given up on that landed afterwards would
+// count it twice. d.Batch needs no record here: an error means the
+// transaction did not commit.
 func (s *boltStore) AddStats(ctx context.Context, d *statsData) error {
 	return s.commit("add stats", func(tx *bolt.Tx) error {
 		root, err := tx.CreateBucketIfNotExists(boltStats)

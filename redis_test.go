@@ -1067,3 +1067,91 @@ func TestAdminLockoutRedisDown(t *testing.T) {
 		t.Errorf("another address with the right token: status %d, want it past the lockout", got)
 	}
 }
+
+// muteRelay forwards TCP connections to a server and, while muted, drops
+// what the server sends back: a network that loses replies after the
+// server acted on the commands. Cleanup closes it and its connections.
+type muteRelay struct {
+	ln      net.Listener
+	target  string
+	muted   atomic.Bool
+	dropped chan struct{} // a value after replies were dropped; coalesced
+
+	mu     sync.Mutex
+	conns  []net.Conn
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// newMuteRelay starts a relay to target on a port of its own.
+func newMuteRelay(t testing.TB, target string) *muteRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &muteRelay{ln: ln, target: target, dropped: make(chan struct{}, 1)}
+	r.wg.Add(1)
+	go r.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		r.mu.Lock()
+		r.closed = true
+		for _, c := range r.conns {
+			c.Close()
+		}
+		r.mu.Unlock()
+		r.wg.Wait()
+	})
+	return r
+}
+
+func (r *muteRelay) addr() string { return r.ln.Addr().String() }
+
+func (r *muteRelay) accept() {
+	defer r.wg.Done()
+	for {
+		client, err := r.ln.Accept()
+		if err != nil {
+			return
+		}
+		server, err := net.Dial("tcp", r.target)
+		if err != nil {
+			client.Close()
+			continue
+		}
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			client.Close()
+			server.Close()
+			return
+		}
+		r.conns = append(r.conns, client, server)
+		r.wg.Add(2)
+		r.mu.Unlock()
+		go func() {
+			defer r.wg.Done()
+			io.Copy(server, client)
+			server.Close()
+		}()
+		go func() {
+			defer r.wg.Done()
+			defer client.Close()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := server.Read(buf)
+				if n > 0 {
+					if r.muted.Load() {
+						notify(r.dropped)
+					} else if _, werr := client.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -12,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -27,9 +30,12 @@ import (
 //   - drain, run by the stats loop every second (and before /stats and
 //     /metrics answer), moves what the counters gained into pending: a
 //     statsData of per-hour, per-day and all-time deltas.
-//   - flush hands pending to the store (AddStats), which adds it to what
-//     every instance wrote: bbolt, or Redis hashes (HINCRBY) shared by the
-//     fleet. A failed flush keeps the delta for the next try.
+//   - flush hands pending to the store (AddStats) as a batch with an id,
+//     which the store adds to what every instance wrote: bbolt, or Redis
+//     hashes (HINCRBY) shared by the fleet. A batch whose write failed may
+//     still have been applied (Redis applied it, its reply was lost), so
+//     it is kept as it is and given again with the same id, which the
+//     store applies at most once, before newer counts go as a new batch.
 //
 // The stored form, statsData, is in store.go. /stats (statsview.go) shows
 // what the store holds (read at most once per statsCacheTTL) plus this
@@ -69,8 +75,10 @@ const (
 	perfWindow = 60
 
 	// statsSpillFile holds, under DATA_DIR, the deltas a final flush could
-	// not write (the store was down at shutdown); the next start writes
-	// them.
+	// not write (the store was down at shutdown): a JSON array of
+	// statsData, the unacknowledged batches with their ids and then the
+	// counts never handed to the store, without one. The next start writes
+	// them. A file of one statsData object is read too (the older form).
 	statsSpillFile = "stats-unflushed.json"
 )
 
@@ -354,14 +362,25 @@ type Stats struct {
 
 	// mu guards the aggregates below and the drained parts of
 	// prefixStats. Never taken by record.
-	mu       sync.Mutex
-	pending  *statsData // drained, not yet handed to the store
-	inflight *statsData // being written by flush; nil otherwise
-	base     *statsData // last LoadStats; flushes made since are added to it
-	baseAt   time.Time
-	baseErr  bool       // the last load failed (logged once per outage)
-	perfAcc  perfSample // drained since the last performance sample
-	unspill  bool       // remove the spill file after the next successful flush
+	mu      sync.Mutex
+	pending *statsData // drained, not yet handed to the store; no Batch
+	// unacked are the batches handed to the store (the first one may be
+	// being written now) whose write was not acknowledged, oldest first,
+	// each with its Batch id. The store may hold them already, so they
+	// are given again as they are, never merged with newer counts. flush
+	// cuts a new batch only when none is left: at most one, but for those
+	// read from the spill file.
+	unacked []*statsData
+	base    *statsData // last LoadStats; flushes made since are added to it
+	baseAt  time.Time
+	baseErr bool       // the last load failed (logged once per outage)
+	perfAcc perfSample // drained since the last performance sample
+	unspill bool       // remove the spill file after the next successful flush
+	// batchPrefix, random, and batchSeq make the ids of this Stats'
+	// batches, unique across instances and restarts; batchSeq is owned by
+	// flush (ioMu).
+	batchPrefix string
+	batchSeq    uint64
 
 	// ioMu serialises store reads and writes, so that base never misses
 	// nor double counts a flush.
@@ -408,6 +427,8 @@ func newStats(c statsConfig) *Stats {
 		active:  c.active,
 		routes:  c.routes,
 		pending: newStatsData(),
+		// 130 random bits: no two processes ever share a batch id.
+		batchPrefix: rand.Text() + "-",
 		memSamples: []metrics.Sample{
 			{Name: "/memory/classes/total:bytes"},
 			{Name: "/memory/classes/heap/released:bytes"},
@@ -673,36 +694,53 @@ func (st *Stats) tick(ctx context.Context) {
 	}
 }
 
-// flush hands pending to the store. On failure it stays pending, to be
-// retried.
+// flush writes the unacknowledged batches to the store, each with its id,
+// then hands pending to it as a new batch. It stops at the first error:
+// the batch that failed stays unacknowledged, to be given again as it is
+// by the next flush, and newer counts stay pending.
 func (st *Stats) flush(ctx context.Context) error {
 	st.ioMu.Lock()
 	defer st.ioMu.Unlock()
 	now := st.now()
 	st.mu.Lock()
 	st.drainLocked(now)
-	d := st.pending
-	if d.empty() {
-		st.mu.Unlock()
-		return nil
-	}
-	st.pending, st.inflight = newStatsData(), d
-	st.mu.Unlock()
-
-	err := st.store.AddStats(ctx, d)
-
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.inflight = nil
-	if err != nil {
-		d.add(st.pending)
+	// Buckets that stores no longer keep are dropped, so that a long
+	// outage cannot grow what waits without bound. Dropping them from a
+	// batch the store may hold is harmless: it skips a known id whole.
+	st.pending.prune(now)
+	for _, d := range st.unacked {
 		d.prune(now)
-		st.pending = d
-		return err
 	}
-	if st.base != nil {
-		st.base.add(d)
-		st.base.prune(now)
+	st.mu.Unlock()
+	// One new batch at most: counts drained meanwhile (a /stats answer
+	// drains too) wait for the next flush.
+	for cut := false; !cut; {
+		st.mu.Lock()
+		var d *statsData
+		switch {
+		case len(st.unacked) > 0:
+			d = st.unacked[0]
+		case !st.pending.empty():
+			d, cut = st.pending, true
+			st.batchSeq++
+			d.Batch = st.batchPrefix + strconv.FormatUint(st.batchSeq, 10)
+			st.pending = newStatsData()
+			st.unacked = append(st.unacked, d)
+		}
+		st.mu.Unlock()
+		if d == nil {
+			break
+		}
+		if err := st.store.AddStats(ctx, d); err != nil {
+			return err
+		}
+		st.mu.Lock()
+		st.unacked = slices.Delete(st.unacked, 0, 1)
+		if st.base != nil {
+			st.base.add(d)
+			st.base.prune(now)
+		}
+		st.mu.Unlock()
 	}
 	if st.unspill {
 		st.unspill = false
@@ -726,14 +764,17 @@ func (st *Stats) close() {
 	if err == nil {
 		return
 	}
-	st.mu.Lock()
-	d := st.pending
-	st.mu.Unlock()
 	if st.spill == "" {
 		st.logger.Error("final stats flush failed; these counts are lost", "error", err)
 		return
 	}
-	b, merr := json.Marshal(d)
+	st.mu.Lock()
+	spilled := slices.Clone(st.unacked)
+	if !st.pending.empty() {
+		spilled = append(spilled, st.pending)
+	}
+	b, merr := json.Marshal(spilled)
+	st.mu.Unlock()
 	if merr == nil {
 		merr = writeFileAtomic(st.spill, b)
 	}
@@ -744,25 +785,62 @@ func (st *Stats) close() {
 	st.logger.Warn("final stats flush failed; counts saved for the next start", "path", st.spill, "error", err)
 }
 
-// loadSpill takes the deltas a previous process could not write into
+// loadSpill takes the deltas a previous process could not write: its
+// unacknowledged batches, ids kept, into unacked and the rest into
 // pending. The file is removed once they are flushed.
 func (st *Stats) loadSpill() {
 	b, err := os.ReadFile(st.spill)
 	if errors.Is(err, os.ErrNotExist) {
 		return
 	}
-	d := newStatsData()
+	var spilled []*statsData
 	if err == nil {
-		err = json.Unmarshal(b, d)
+		spilled, err = decodeSpill(b)
 	}
 	if err != nil {
 		st.logger.Warn("ignoring unreadable stats spill file", "path", st.spill, "error", err)
 		return
 	}
-	st.pending.add(d)
-	st.pending.prune(st.now())
+	now := st.now()
+	for _, d := range spilled {
+		d.prune(now)
+		if d.Batch != "" {
+			st.unacked = append(st.unacked, d)
+		} else {
+			st.pending.add(d)
+		}
+	}
 	st.unspill = true
 	st.logger.Info("stats of the previous run that were not flushed will be written now", "path", st.spill)
+}
+
+// decodeSpill reads a spill file: a JSON array of statsData, or one
+// statsData object (the form written before batches had ids). Every
+// returned statsData is non-nil, with non-nil maps.
+func decodeSpill(b []byte) ([]*statsData, error) {
+	b = bytes.TrimSpace(b)
+	var out []*statsData
+	if len(b) > 0 && b[0] != '[' {
+		out = []*statsData{{}}
+		if err := json.Unmarshal(b, out[0]); err != nil {
+			return nil, err
+		}
+	} else if err := json.Unmarshal(b, &out); err != nil {
+		return nil, err
+	}
+	// Copied into fresh maps: a field written as null would leave a nil
+	// map, which add and drain cannot write to.
+	clean := make([]*statsData, 0, len(out))
+	for _, d := range out {
+		if d == nil {
+			continue
+		}
+		n := newStatsData()
+		n.add(d)
+		n.Batch = d.Batch
+		clean = append(clean, n)
+	}
+	return clean, nil
 }
 
 // perfFigures are the process figures of /stats, computed by the loop.

@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -444,8 +447,8 @@ func TestStatsStoreOutage(t *testing.T) {
 	if err := st.flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := fs.writes.Load(); n != 2 {
-		t.Errorf("%d writes, want 2 (before and after the outage; nothing left to write after)", n)
+	if n := fs.writes.Load(); n != 3 {
+		t.Errorf("%d writes, want 3 (before the outage; after it, the batch that failed as it was, then the newer counts; nothing left to write after)", n)
 	}
 	d, _ := fs.memStatsStore.LoadStats(ctx, clock.Now())
 	if got := d.Total["/a|count"]; got != 8 {
@@ -1069,5 +1072,224 @@ func TestStatsGzip(t *testing.T) {
 		if err := json.Unmarshal(body, &v); err != nil || v.Endpoints["/p"] == nil {
 			t.Errorf("Accept-Encoding %q: body %.200q is not the stats JSON with /p (%v)", tt.accept, body, err)
 		}
+	}
+}
+
+// openMutedRedisStore opens a Redis store on addr under keyPrefix through
+// a muteRelay, with a short read timeout and no client retries, so that a
+// write whose reply the relay drops fails fast.
+func openMutedRedisStore(t testing.TB, addr, keyPrefix string) (*redisStore, *muteRelay) {
+	t.Helper()
+	relay := newMuteRelay(t, addr)
+	opts := &redis.Options{Addr: relay.addr(), ReadTimeout: 200 * time.Millisecond, MaxRetries: -1}
+	s, err := openRedisStoreWith(context.Background(), opts, keyPrefix, "", testLogger())
+	if err != nil {
+		t.Fatalf("open redis store through the relay: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	// Loaded now, so that a muted write is an EVALSHA that Redis runs,
+	// not a NOSCRIPT answer that the relay drops.
+	if err := redisStatsAddScript.Load(context.Background(), s.client).Err(); err != nil {
+		t.Fatalf("load the stats script: %v", err)
+	}
+	return s, relay
+}
+
+// storedCount returns the all-time request count of prefix in store.
+func storedCount(t testing.TB, store statsStore, prefix string) int64 {
+	t.Helper()
+	d, err := store.LoadStats(context.Background(), time.Now())
+	if err != nil {
+		t.Fatalf("LoadStats: %v", err)
+	}
+	return d.Total[prefix+"|"+fieldCount]
+}
+
+// flushMuted flushes st while relay drops Redis's replies: the write is
+// applied, its reply lost. It returns once the relay dropped the reply,
+// unmuted.
+func flushMuted(t testing.TB, relay *muteRelay, flush func() error) {
+	t.Helper()
+	relay.muted.Store(true)
+	if err := flush(); err == nil {
+		t.Fatal("flush whose reply was dropped succeeded")
+	}
+	waitClosed(t, relay.dropped, "the relay to drop the reply")
+	relay.muted.Store(false)
+}
+
+// TestStatsRedisLostReply: a batch that Redis applied but whose reply was
+// lost is given again after the error and counted once, with the stored
+// keys and expiries of any other batch.
+func TestStatsRedisLostReply(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	store, relay := openMutedRedisStore(t, addr, prefix)
+	direct := openTestRedisStore(t, addr, prefix, "")
+	clock := &fakeClock{t: time.Now()} // Redis expires buckets by their time
+	st := newTestStats(t, store, clock)
+	ctx := context.Background()
+
+	st.record(rec("/a", clock.Now(), 200, time.Millisecond))
+	if err := st.flush(ctx); err != nil {
+		t.Fatalf("first flush: %v", err)
+	}
+	if got := storedCount(t, direct, "/a"); got != 1 {
+		t.Fatalf("Redis counts %d requests after the first flush, want 1", got)
+	}
+
+	st.record(rec("/a", clock.Now(), 200, time.Millisecond))
+	flushMuted(t, relay, func() error {
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return st.flush(fctx)
+	})
+	if err := st.flush(ctx); err != nil {
+		t.Fatalf("flush after the lost reply: %v", err)
+	}
+	if got := storedCount(t, direct, "/a"); got != 2 {
+		t.Errorf("Redis counts %d requests, want the 2 recorded", got)
+	}
+	st.mu.Lock()
+	left := len(st.unacked)
+	st.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d batches unacknowledged after a flush that succeeded, want 0", left)
+	}
+
+	// The key layout: the same hashes and expiries as before batches had
+	// ids, plus one marker per batch that expires.
+	rc := redis.NewClient(&redis.Options{Addr: addr})
+	defer rc.Close()
+	now := clock.Now().Unix()
+	h, day := strconv.FormatInt(now/hourSeconds, 10), strconv.FormatInt(now/daySeconds, 10)
+	wantExpiry := map[string]int64{
+		redisStatsTotalKey:     -1,
+		redisStatsLastKey:      -1,
+		redisStatsHourKey + h:  (now/hourSeconds + 1 + keepHours) * hourSeconds,
+		redisStatsDayKey + day: (now/daySeconds + 1 + keepDays) * daySeconds,
+	}
+	keys, err := rc.Keys(ctx, prefix+"stats:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	markers := 0
+	for _, k := range keys {
+		name := strings.TrimPrefix(k, prefix)
+		if strings.HasPrefix(name, redisStatsAppliedKey) {
+			markers++
+			if ttl := rc.TTL(ctx, k).Val(); ttl <= 0 || ttl > redisStatsAppliedTTL {
+				t.Errorf("TTL of marker %s = %v, want within %v", name, ttl, redisStatsAppliedTTL)
+			}
+			continue
+		}
+		want, ok := wantExpiry[name]
+		if !ok {
+			t.Errorf("unexpected stats key %s", name)
+			continue
+		}
+		delete(wantExpiry, name)
+		if got, err := rc.Do(ctx, "EXPIRETIME", k).Int64(); got != want || err != nil {
+			t.Errorf("EXPIRETIME %s = %d, %v; want %d", name, got, err, want)
+		}
+	}
+	if len(wantExpiry) > 0 {
+		t.Errorf("stats keys missing: %v", slices.Sorted(maps.Keys(wantExpiry)))
+	}
+	if markers != 2 {
+		t.Errorf("%d batch markers, want 2 (one per batch)", markers)
+	}
+}
+
+// TestStatsSpillUnacked: a final flush whose reply was lost spills its
+// batch with the batch's id; the next start gives it again and Redis
+// counts it once, and the counts never handed to Redis once too.
+func TestStatsSpillUnacked(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	store, relay := openMutedRedisStore(t, addr, prefix)
+	direct := openTestRedisStore(t, addr, prefix, "")
+	clock := &fakeClock{t: time.Now()}
+	dir := t.TempDir()
+	newSt := func(store statsStore) *Stats {
+		return newStats(statsConfig{enabled: true, store: store, logger: testLogger(),
+			now: clock.Now, routes: testRoutes(t, nil), dataDir: dir})
+	}
+	st := newSt(store)
+	for range 2 {
+		st.record(rec("/a", clock.Now(), 200, time.Millisecond))
+	}
+	flushMuted(t, relay, func() error { return st.flush(context.Background()) })
+	for range 3 {
+		st.record(rec("/a", clock.Now(), 200, time.Millisecond))
+	}
+	// The final flush gives the unacknowledged batch again and loses that
+	// reply too; the 3 newer requests are never sent.
+	spill := filepath.Join(dir, statsSpillFile)
+	flushMuted(t, relay, func() error {
+		st.close()
+		// close reports a failed final flush by writing the spill file.
+		if _, err := os.Stat(spill); err != nil {
+			return nil
+		}
+		return errors.New("final flush failed")
+	})
+	if got := storedCount(t, direct, "/a"); got != 2 {
+		t.Fatalf("Redis counts %d requests before the restart, want the 2 of the batch whose reply was lost", got)
+	}
+	b, err := os.ReadFile(spill)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spilled, err := decodeSpill(b)
+	if err != nil {
+		t.Fatalf("decode the spill file: %v", err)
+	}
+	if len(spilled) != 2 || spilled[0].Batch == "" || spilled[0].Total["/a|count"] != 2 ||
+		spilled[1].Batch != "" || spilled[1].Total["/a|count"] != 3 {
+		t.Fatalf("spill file = %s, want the batch of 2 with its id, then the 3 never sent without one", b)
+	}
+
+	st = newSt(direct)
+	if err := st.flush(context.Background()); err != nil {
+		t.Fatalf("first flush after the restart: %v", err)
+	}
+	if got := storedCount(t, direct, "/a"); got != 5 {
+		t.Errorf("Redis counts %d requests, want the 5 recorded", got)
+	}
+	if _, err := os.Stat(spill); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("spill file still there after its counts were written: %v", err)
+	}
+}
+
+// TestStatsSpillOldFormat: a spill file of one statsData object, as
+// written before batches had ids, is still read and written once.
+func TestStatsSpillOldFormat(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
+	dir := t.TempDir()
+	h := clock.Now().Unix() / hourSeconds
+	old := fmt.Sprintf(`{"total":{"/a|count":4},"hours":{"%d":{"/a|count":4}},"days":{},"last":{"/a":%d}}`, h, clock.Now().Unix())
+	spill := filepath.Join(dir, statsSpillFile)
+	if err := os.WriteFile(spill, []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs := &failingStore{}
+	st := newStats(statsConfig{enabled: true, store: fs, logger: testLogger(),
+		now: clock.Now, routes: testRoutes(t, nil), dataDir: dir})
+	if v := viewOf(t, st); v.Total != 4 {
+		t.Errorf("/stats before the first flush: total %d, want the 4 spilled", v.Total)
+	}
+	if err := st.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := fs.memStatsStore.LoadStats(context.Background(), clock.Now())
+	if got, gotH := d.Total["/a|count"], d.Hours[h]["/a|count"]; got != 4 || gotH != 4 {
+		t.Errorf("stored count = %d, this hour %d, want 4 and 4", got, gotH)
+	}
+	if _, err := os.Stat(spill); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("spill file still there after its counts were written: %v", err)
 	}
 }

@@ -185,16 +185,19 @@ type seriesPoint struct {
 	Errors int64 `json:"errors"`
 }
 
-// viewLocked computes /stats at now from the stored figures, the flush in
-// progress and pending. st.mu must be held.
+// viewLocked computes /stats at now from the stored figures, the batches
+// not acknowledged yet (one may be being written) and pending: each count
+// is in exactly one of them. st.mu must be held.
 func (st *Stats) viewLocked(now time.Time) *statsView {
 	v := newStatsView(st.enabled, now)
 	all := endpointSet{} // every prefix with stats, deleted ones too
-	for _, d := range []*statsData{st.base, st.inflight, st.pending} {
-		if d != nil {
-			v.addData(all, d)
-		}
+	if st.base != nil {
+		v.addData(all, st.base)
 	}
+	for _, d := range st.unacked {
+		v.addData(all, d)
+	}
+	v.addData(all, st.pending)
 	for _, e := range all {
 		e.finish()
 		v.addEndpoint(e)
@@ -476,8 +479,8 @@ func (st *Stats) render(ctx context.Context, now time.Time) []byte {
 }
 
 // refresh reads the stored figures into base when they are older than
-// statsCacheTTL. A flush in progress keeps the old base: it is added to
-// base when done, and shown as inflight until then.
+// statsCacheTTL. A flush in progress keeps the old base: a batch is added
+// to base when the store acknowledged it, and shown as unacked until then.
 func (st *Stats) refresh(ctx context.Context, now time.Time) {
 	st.mu.Lock()
 	fresh := st.base != nil && now.Sub(st.baseAt) < statsCacheTTL && !now.Before(st.baseAt)

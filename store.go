@@ -171,7 +171,12 @@ func writeFileAtomic(path string, data []byte) error {
 // concurrent use.
 type statsStore interface {
 	// AddStats adds d to the stored figures, atomically: all or nothing.
-	// Counters add; Last keeps the larger value.
+	// Counters add; Last keeps the larger value. After an error the
+	// caller gives the same d again, Batch id and all. A store that can
+	// apply a write and still return an error (Redis: the reply was lost)
+	// adds a d with a Batch id at most once, however often it is given; a
+	// store whose error means "not added" (bbolt) may ignore Batch. A d
+	// without a Batch is added each time.
 	AddStats(ctx context.Context, d *statsData) error
 	// LoadStats returns the stored all-time figures, the hourly buckets of
 	// the windowHours hours up to now's and the daily buckets of the
@@ -187,6 +192,11 @@ type statsData struct {
 	Hours map[int64]map[string]int64 `json:"hours"`
 	Days  map[int64]map[string]int64 `json:"days"`
 	Last  map[string]int64           `json:"last"` // prefix → Unix time of the last request; the larger wins
+	// Batch identifies a set of deltas handed to a store, so that giving
+	// it again after an error cannot add it twice (statsStore.AddStats);
+	// "" for figures read from a store and deltas not yet handed over.
+	// add and the other methods ignore it.
+	Batch string `json:"batch,omitempty"`
 }
 
 // Field names after "<prefix>|". Total also holds "s<class>" for each of
