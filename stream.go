@@ -24,9 +24,11 @@ package main
 //
 // What is not handed off stays on the ordinary ReverseProxy path: HTTP/2
 // clients (no hijacking), HTTP/1.0 clients (no chunking), HEAD, bodies of
-// known length, responses with trailers, requests whose body is still
-// being sent, and requests asking to close the connection. With
-// STREAM_HANDOFF=off (Config.StreamHandoff) nothing is.
+// known length, responses that declare trailers, requests whose body is
+// still being sent, and requests asking to close the connection. With
+// STREAM_HANDOFF=off (Config.StreamHandoff) nothing is. Trailers an
+// upstream sends undeclared pass to the client on every path, as
+// ReverseProxy passes them (see chunkParser in upconn.go).
 
 import (
 	"bytes"
@@ -87,6 +89,11 @@ type streamState struct {
 	raw          bool
 	rc           rawCopy
 	stopWriteCut func() bool // unregisters the raw stream's write cut
+	// trailer is the upstream response's Trailer map, which the
+	// Transport fills in when its reader reaches the body's end:
+	// streamCopy sends it after the last chunk. Only the map is kept,
+	// not the response.
+	trailer http.Header
 }
 
 // mayHandOff reports whether a response to req could be handed off, as far
@@ -157,8 +164,18 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 		st.stopWriteCut = context.AfterFunc(upCtx, func() { conn.SetWriteDeadline(longAgo) })
 		st.rc.pass(head.Bytes(), up.stash)
 		up.stash, up.stashBuf = nil, nil // the stream may idle for long: keep no buffer
-	} else if _, err := conn.Write(head.Bytes()); err != nil {
-		st.clientGone.Store(true)
+	} else {
+		// Trailers the upstream sends undeclared are merged into
+		// res.Trailer by the Transport (HTTP/1 and HTTP/2 alike) when the
+		// body ends; a nil Trailer would be replaced with a new map there,
+		// which the stream, holding no reference to res, would not see.
+		if res.Trailer == nil {
+			res.Trailer = make(http.Header)
+		}
+		st.trailer = res.Trailer
+		if _, err := conn.Write(head.Bytes()); err != nil {
+			st.clientGone.Store(true)
+		}
 	}
 	// net/http's request and response, and through them the connection's
 	// buffers, are garbage once the handler returns: hold no reference.
@@ -260,7 +277,10 @@ func (pr *proxyRequest) stream() {
 }
 
 // streamCopy copies the body through the Transport's reader, one chunk per
-// read, and reports whether it reached the body's end.
+// read, and reports whether it reached the body's end. The last chunk
+// carries the trailers the Transport read, as net/http's server writes
+// them (http.Header.Write: canonical, sorted, invalid names dropped), as
+// ReverseProxy and a raw stream pass them.
 func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
 	st := &pr.st
 	for !st.clientGone.Load() {
@@ -283,7 +303,11 @@ func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
 			break
 		}
 		if err == io.EOF {
-			if _, werr := st.conn.Write(lastChunk); werr != nil {
+			end := lastChunk
+			if len(st.trailer) > 0 {
+				end = appendLastChunk(b[:0], st.trailer)
+			}
+			if _, werr := st.conn.Write(end); werr != nil {
 				st.clientGone.Store(true)
 			} else {
 				complete = true
@@ -298,6 +322,15 @@ func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
 }
 
 const hexDigits = "0123456789abcdef"
+
+// appendLastChunk appends to b a last chunk carrying trailer h, in one
+// piece so that it goes in one write.
+func appendLastChunk(b []byte, h http.Header) []byte {
+	out := bytes.NewBuffer(append(b, "0\r\n"...))
+	h.Write(out)
+	out.WriteString("\r\n")
+	return out.Bytes()
+}
 
 // maxEarlyBytes bounds what watchClient keeps of the bytes a client sends
 // during a stream (its next requests, sent early). Past it watchClient
@@ -354,7 +387,7 @@ func (pr *proxyRequest) clientEvent(gone bool) {
 // reset clears a stream's state for the pool.
 func (st *streamState) reset() {
 	st.conn, st.stopCut, st.watchDone, st.watched, st.raw = nil, nil, nil, false, false
-	st.rc, st.stopWriteCut = rawCopy{}, nil
+	st.rc, st.stopWriteCut, st.trailer = rawCopy{}, nil, nil
 	st.pending = st.pending[:0]
 	if cap(st.early) > 512 {
 		st.early = nil // a large one is not kept in the pool

@@ -201,10 +201,12 @@ const maxTrailerSection = 2 << 10
 // a Go Transport reads undeclared trailers like declared ones, and the
 // server writes them to the client as trailers, re-written by
 // http.Header.Write: canonical names, one field per line, sorted, invalid
-// names dropped. A raw stream does the same (trailerOut), so both paths
-// give a client the same trailers, and what the Transport refuses (an
-// invalid field line, a section not ending in CRLF CRLF within
-// maxTrailerSection) breaks the client's connection on both.
+// names dropped. A raw stream does the same (trailerOut), and a stream
+// read through the Transport (streamCopy) writes the trailers the
+// Transport read the same way, so every path gives a client the same
+// trailers, and what the Transport refuses (an invalid field line, a
+// section not ending in CRLF CRLF within maxTrailerSection) breaks the
+// client's connection on each.
 type chunkParser struct {
 	state  int
 	size   uint64 // of the chunk being read, or left of it in cpData

@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -347,10 +349,15 @@ type rawFramingCase struct {
 // stream whose first event comes with the head, then, once read receives,
 // tt.after and tt.end. A connection it keeps serves /next.
 func newFramingUpstream(t *testing.T, tt rawFramingCase, read <-chan struct{}) *upstream {
+	return newUpstream(t, framingHandler(t, tt, read))
+}
+
+// framingHandler is newFramingUpstream's handler.
+func framingHandler(t *testing.T, tt rawFramingCase, read <-chan struct{}) http.HandlerFunc {
 	const head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 	const event = "9\r\ndata: 1\n\n\r\n"
 	const next = "HTTP/1.1 200 OK\r\nX-Next: yes\r\nContent-Length: 4\r\n\r\nnext"
-	return newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
 		conn, rw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			t.Errorf("hijack: %v", err)
@@ -380,7 +387,7 @@ func newFramingUpstream(t *testing.T, tt rawFramingCase, read <-chan struct{}) *
 			io.Copy(io.Discard, req.Body)
 			io.WriteString(conn, next)
 		}
-	})
+	}
 }
 
 // checkRawFraming streams from upURL through a new proxy, tells the
@@ -581,11 +588,15 @@ func TestStreamRawBig(t *testing.T) {
 }
 
 // TestStreamRawTrailers: the trailer section of a raw stream is checked as
-// the Transport checks it, and both paths (a raw stream, and ReverseProxy
-// with STREAM_HANDOFF=off) give the client the same: undeclared but valid
-// trailers pass as trailers, in net/http's spelling; a malformed section,
-// or a last chunk or section ending in a bare LF, breaks the client's
-// connection (no clean end) and counts as an upstream error.
+// the Transport checks it, and every path gives the client the same:
+// undeclared but valid trailers pass as trailers, in net/http's spelling;
+// a malformed section, or a last chunk or section ending in a bare LF,
+// breaks the client's connection (no clean end) and counts as an upstream
+// error. The paths: from a plain-HTTP upstream, a raw stream (hand-off on)
+// and ReverseProxy (off); from an HTTPS upstream, HTTP/1.1 or HTTP/2, a
+// stream read through the Transport (streamCopy, on) and ReverseProxy
+// (off). An HTTP/2 upstream sends only the well-formed cases: its framing
+// has no room for the others.
 func TestStreamRawTrailers(t *testing.T) {
 	closeConn := func(c net.Conn) { c.Close() }
 	for _, tt := range []struct {
@@ -597,6 +608,7 @@ func TestStreamRawTrailers(t *testing.T) {
 		{"undeclared trailers", "0\r\nSet-Cookie: evil=1\r\nX-Trailer: injected\r\n\r\n", false,
 			http.Header{"Set-Cookie": {"evil=1"}, "X-Trailer": {"injected"}}},
 		{"non-canonical trailer", "0\r\nx-t:   1\r\nx-t: 2\r\n\r\n", false, http.Header{"X-T": {"1", "2"}}},
+		{"no trailer", "0\r\n\r\n", false, nil},
 		{"malformed trailer line", "0\r\nX-Trailer injected\r\n\r\n", true, nil},
 		{"trailer line folded", "0\r\n folded: 1\r\n\r\n", true, nil},
 		{"bare-LF last chunk", "0\n\n", true, nil},
@@ -605,39 +617,128 @@ func TestStreamRawTrailers(t *testing.T) {
 		{"trailer section too long", "0\r\nX-T: " + strings.Repeat("x", maxTrailerSection) + "\r\n\r\n", true, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			var got [2]trailerOutcome
-			for i, mode := range []string{"on", "off"} {
-				read := make(chan struct{})
-				up := newFramingUpstream(t, rawFramingCase{after: tt.after, end: closeConn}, read)
-				s, front := newTestServerConfig(t, testConfig(t, map[string]string{"STREAM_HANDOFF": mode}), map[string]string{"/p": up.URL})
-				_, _, res := rawExchange(t, front.Listener.Addr().String(), "/p/stream")
-				body := bufio.NewReader(res.Body)
-				if ev := readEvent(t, body); ev != "data: 1\n\n" {
-					t.Fatalf("STREAM_HANDOFF=%s: first event %q", mode, ev)
-				}
-				read <- struct{}{}
-				rest, err := io.ReadAll(body)
-				got[i] = trailerOutcome{string(rest), err != nil, res.Trailer}
-				if err == nil && len(res.Trailer) == 0 {
-					got[i].trailer = nil
-				}
-				if n := s.proxy.rawStreams.Load(); mode == "on" && canReadRaw && n != 1 {
-					t.Errorf("%d raw streams, want 1", n)
-				}
-				want := endpointCounts{Count: 1, Status: map[string]int64{"2xx": 1}}
-				if tt.fails {
-					want.ErrorCount = 1
-				}
-				waitCounts(t, &http.Client{}, front.URL, "/p", want)
+			upstreams := []string{"http", "https"}
+			if !tt.fails {
+				upstreams = append(upstreams, "h2")
 			}
-			on, off := got[0], got[1]
-			if on.failed != tt.fails || on.body != "" || fmt.Sprint(on.trailer) != fmt.Sprint(tt.trailer) {
-				t.Errorf("raw stream: client read %q, failed %v, trailers %v; want failed %v, trailers %v", on.body, on.failed, on.trailer, tt.fails, tt.trailer)
+			var paths []string
+			var got []trailerOutcome
+			for _, upKind := range upstreams {
+				for _, mode := range []string{"on", "off"} {
+					path := upKind + " upstream, STREAM_HANDOFF=" + mode
+					read := make(chan struct{})
+					var upURL string
+					var trust *httptest.Server
+					switch upKind {
+					case "http":
+						upURL = newFramingUpstream(t, rawFramingCase{after: tt.after, end: closeConn}, read).URL
+					case "https":
+						trust = newTLSUpstream(t, false, framingHandler(t, rawFramingCase{after: tt.after, end: closeConn}, read))
+						upURL = trust.URL
+					case "h2":
+						trust = newTLSUpstream(t, true, trailerHandler(tt.trailer, read))
+						upURL = trust.URL
+					}
+					s, front := newTestServerConfig(t, testConfig(t, map[string]string{"STREAM_HANDOFF": mode}), map[string]string{"/p": upURL})
+					if trust != nil {
+						trustUpstream(t, s, trust)
+					}
+					_, _, res := rawExchange(t, front.Listener.Addr().String(), "/p/stream")
+					body := bufio.NewReader(res.Body)
+					if ev := readEvent(t, body); ev != "data: 1\n\n" {
+						t.Fatalf("%s: first event %q", path, ev)
+					}
+					read <- struct{}{}
+					rest, err := io.ReadAll(body)
+					out := trailerOutcome{string(rest), err != nil, res.Trailer}
+					if err == nil && len(res.Trailer) == 0 {
+						out.trailer = nil
+					}
+					paths, got = append(paths, path), append(got, out)
+					if mode == "on" {
+						handed, raw := s.proxy.handedOff.Load(), s.proxy.rawStreams.Load()
+						if handed != 1 {
+							t.Errorf("%s: %d streams handed off, want 1", path, handed)
+						}
+						wantRaw := int64(0)
+						if upKind == "http" && canReadRaw {
+							wantRaw = 1
+						}
+						if raw != wantRaw {
+							t.Errorf("%s: %d raw streams, want %d", path, raw, wantRaw)
+						}
+					}
+					want := endpointCounts{Count: 1, Status: map[string]int64{"2xx": 1}}
+					if tt.fails {
+						want.ErrorCount = 1
+					}
+					waitCounts(t, &http.Client{}, front.URL, "/p", want)
+				}
 			}
-			if fmt.Sprint(on) != fmt.Sprint(off) {
-				t.Errorf("the paths disagree: raw stream %+v, STREAM_HANDOFF=off %+v", on, off)
+			first := got[0]
+			if first.failed != tt.fails || first.body != "" || fmt.Sprint(first.trailer) != fmt.Sprint(tt.trailer) {
+				t.Errorf("%s: client read %q, failed %v, trailers %v; want failed %v, trailers %v", paths[0], first.body, first.failed, first.trailer, tt.fails, tt.trailer)
+			}
+			for i := 1; i < len(got); i++ {
+				if fmt.Sprint(got[i]) != fmt.Sprint(first) {
+					t.Errorf("the paths disagree: %s %+v, %s %+v", paths[0], first, paths[i], got[i])
+				}
 			}
 		})
+	}
+}
+
+// newTLSUpstream starts an HTTPS backend running h, speaking HTTP/2 if h2
+// (and HTTP/1.1 only otherwise). Cleanup cuts its connections and closes
+// it.
+func newTLSUpstream(t *testing.T, h2 bool, h http.HandlerFunc) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || (r.ProtoMajor == 2) != h2 {
+			t.Errorf("HTTPS upstream got %s (TLS %v), want HTTP/2 %v", r.Proto, r.TLS != nil, h2)
+		}
+		h(w, r)
+	}))
+	srv.EnableHTTP2 = h2
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // handshakes cut by Close
+	srv.StartTLS()
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	return srv
+}
+
+// trustUpstream makes s's Transport trust up's certificate. It must run
+// before s's first request to up: the Transport reads its TLS config at
+// each dial.
+func trustUpstream(t *testing.T, s *Server, up *httptest.Server) {
+	t.Helper()
+	tr, ok := s.proxy.transport.(*http.Transport)
+	if !ok {
+		t.Fatalf("the proxy's transport is a %T, want an *http.Transport", s.proxy.transport)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(up.Certificate())
+	tr.TLSClientConfig.RootCAs = pool
+}
+
+// trailerHandler answers an event stream whose first event is flushed
+// with the head, then, once read receives, ends with trailer as
+// undeclared trailers, in lower case as HTTP/2 sends them.
+func trailerHandler(trailer http.Header, read <-chan struct{}) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-read:
+		case <-r.Context().Done():
+			return
+		}
+		for k, vv := range trailer {
+			w.Header()[http.TrailerPrefix+strings.ToLower(k)] = vv
+		}
 	}
 }
 
