@@ -73,6 +73,14 @@ func newTestServer(t testing.TB, mappings map[string]string) (*Server, *httptest
 // connections, and the Server with its store.
 func newTestServerConfig(t testing.TB, cfg Config, mappings map[string]string) (*Server, *httptest.Server) {
 	t.Helper()
+	s := newTestServerOnly(t, cfg, mappings)
+	return s, newFront(t, s)
+}
+
+// newTestServerOnly is newTestServerConfig without the frontend, for a test
+// that serves s its own way.
+func newTestServerOnly(t testing.TB, cfg Config, mappings map[string]string) *Server {
+	t.Helper()
 	store, err := openBoltStore(cfg.DataDir)
 	if err != nil {
 		t.Fatalf("openBoltStore: %v", err)
@@ -89,7 +97,7 @@ func newTestServerConfig(t testing.TB, cfg Config, mappings map[string]string) (
 		s.Close()
 	})
 	setMappings(t, s, mappings)
-	return s, newFront(t, s)
+	return s
 }
 
 // newFront serves s with httptest on the http.Server run builds

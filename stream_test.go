@@ -493,26 +493,3 @@ func TestStreamHandOffPipelinedClientLeaves(t *testing.T) {
 		}
 	}
 }
-
-// newTestServerOnly is newTestServerConfig without the frontend, for a test
-// that serves s its own way.
-func newTestServerOnly(t testing.TB, cfg Config, mappings map[string]string) *Server {
-	t.Helper()
-	store, err := openBoltStore(cfg.DataDir)
-	if err != nil {
-		t.Fatalf("openBoltStore: %v", err)
-	}
-	s, err := newServer(cfg, testLogger(), store, nil)
-	if err != nil {
-		store.Close()
-		t.Fatalf("newServer: %v", err)
-	}
-	t.Cleanup(func() {
-		if c, ok := s.proxy.transport.(interface{ CloseIdleConnections() }); ok {
-			c.CloseIdleConnections()
-		}
-		s.Close()
-	})
-	setMappings(t, s, mappings)
-	return s
-}
