@@ -682,7 +682,7 @@ func TestAdminWriteReloadsOnce(t *testing.T) {
 		if err := other.CreateMapping(ctx, newMapping("/other", "https://other.example")); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, func() bool { return routeTarget(s, "/other") != "" }, "the other instance's write to route")
+		eventually(t, func() bool { return routedURL(s, "/other") != "" }, "the other instance's write to route")
 		if got := s.reloads.Load() - before; got != 1 {
 			t.Errorf("%d reloads for another instance's write, want 1", got)
 		}
@@ -731,7 +731,7 @@ func TestAdminWriteReloadRetried(t *testing.T) {
 	if store.failNext.Load() {
 		t.Fatal("the handler did not reload")
 	}
-	eventually(t, func() bool { return routeTarget(s, "/late") == "https://late.example" }, "the failed reload to be retried")
+	eventually(t, func() bool { return routedURL(s, "/late") == "https://late.example" }, "the failed reload to be retried")
 }
 
 // TestAdminRefusesSelfLoop: the admin API refuses a target at the
@@ -765,10 +765,10 @@ func TestAdminRefusesSelfLoop(t *testing.T) {
 	if err := s.reloadRoutes(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got := routeTarget(s, "/stored"); got != "" {
+	if got := routedURL(s, "/stored"); got != "" {
 		t.Errorf("a stored loop mapping routes to %q, want it skipped", got)
 	}
-	if got := routeTarget(s, "/next"); got == "" {
+	if got := routedURL(s, "/next"); got == "" {
 		t.Errorf("/next does not route")
 	}
 }

@@ -88,7 +88,7 @@ func TestBoltStoreValues(t *testing.T) {
 	if err := s.CreateMapping(ctx, newMapping("/b", "https://b.example/v1")); err != nil {
 		t.Fatal(err)
 	}
-	const object = `{"prefix":"/a","targets":[{"url":"https://a.example"}]}`
+	const object = `{"prefix":"/a","targets":[{"url":"https://a.example"},{"url":"https://a2.example","weight":3}],"balance":"weighted"}`
 	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(boltMappings).Put([]byte("/a"), []byte(object)) })
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +102,8 @@ func TestBoltStoreValues(t *testing.T) {
 		t.Errorf("stored value of /b = %q, want the target URL", raw)
 	}
 	got, err := s.Mappings(ctx)
-	want := []Mapping{{Prefix: "/a"}, newMapping("/b", "https://b.example/v1")}
+	want := []Mapping{{Prefix: "/a", Balance: "weighted", Targets: []Target{{URL: "https://a.example"}, {URL: "https://a2.example", Weight: 3}}},
+		newMapping("/b", "https://b.example/v1")}
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("Mappings() = %+v, %v; want %+v", got, err, want)
 	}

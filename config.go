@@ -36,6 +36,11 @@ type Config struct {
 	TLSHandshakeTimeout   time.Duration // UPSTREAM_TLS_TIMEOUT, default 10s
 	ResponseHeaderTimeout time.Duration // UPSTREAM_RESPONSE_HEADER_TIMEOUT, default 0 (none)
 	UpstreamTimeout       time.Duration // UPSTREAM_TIMEOUT, overall per request, default 0 (none)
+	// RetryBodyLimit is RETRY_BODY_LIMIT, default 8 MiB: request bodies up
+	// to this size are kept while a request to a mapping with several
+	// targets is tried, so that it can be sent again (failover.go); 0
+	// keeps none, and only requests without a body fail over.
+	RetryBodyLimit int64
 
 	// StreamHandoff is STREAM_HANDOFF, default on: the proxy writes event
 	// streams to HTTP/1.1 clients itself (stream.go, upconn.go). Off, every
@@ -99,6 +104,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		TLSHandshakeTimeout:   e.duration("UPSTREAM_TLS_TIMEOUT", "10s", false),
 		ResponseHeaderTimeout: e.duration("UPSTREAM_RESPONSE_HEADER_TIMEOUT", "0", true),
 		UpstreamTimeout:       e.duration("UPSTREAM_TIMEOUT", "0", true),
+		RetryBodyLimit:        e.size("RETRY_BODY_LIMIT", "8MiB"),
 
 		StreamHandoff: e.onOff("STREAM_HANDOFF", true),
 		RuntimeTuning: e.onOff("RUNTIME_TUNING", false),
@@ -165,6 +171,37 @@ func (e *envReader) count(key string, def int64) int64 {
 		return def
 	}
 	return n
+}
+
+// size reads a byte count: a whole number, or one followed by KiB, MiB or
+// GiB.
+func (e *envReader) size(key, def string) int64 {
+	s := e.str(key, def)
+	n, err := parseSize(s)
+	if err != nil {
+		e.fail(key, err)
+		n, _ = parseSize(def)
+	}
+	return n
+}
+
+// parseSize parses a byte count such as "1048576", "512KiB" or "8MiB".
+func parseSize(s string) (int64, error) {
+	num, mult := s, int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if strings.HasSuffix(s, u.suffix) {
+			num, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > (1<<40)/mult {
+		return 0, fmt.Errorf("%q is not a size: want a whole number of bytes, or one with KiB, MiB or GiB, up to 1024GiB", s)
+	}
+	return n * mult, nil
 }
 
 func (e *envReader) duration(key, def string, allowZero bool) time.Duration {

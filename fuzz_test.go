@@ -159,22 +159,22 @@ func FuzzRouteUpstream(f *testing.F) {
 			t.Fatalf("%q was not forwarded (status %d, %s), want it sent to %s", target, rec.Code, rec.Body, fuzzMappings[want])
 		}
 		rt := s.routes.Load().byPrefix[want]
-		if out.URL.Scheme != rt.scheme || out.URL.Host != rt.host || (out.Host != "" && out.Host != rt.host) {
-			t.Fatalf("%q: sent to %s://%s (Host %q), want %s://%s", target, out.URL.Scheme, out.URL.Host, out.Host, rt.scheme, rt.host)
+		if out.URL.Scheme != rt.targets[0].scheme || out.URL.Host != rt.targets[0].host || (out.Host != "" && out.Host != rt.targets[0].host) {
+			t.Fatalf("%q: sent to %s://%s (Host %q), want %s://%s", target, out.URL.Scheme, out.URL.Host, out.Host, rt.targets[0].scheme, rt.targets[0].host)
 		}
 		// Read the request back as the upstream would.
 		up, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(wire)))
 		if err != nil {
 			t.Fatalf("%q: the upstream cannot parse what was sent: %v\n%s", target, err, wire)
 		}
-		if up.Host != rt.host {
-			t.Fatalf("%q: upstream Host = %q, want %q\n%s", target, up.Host, rt.host, wire)
+		if up.Host != rt.targets[0].host {
+			t.Fatalf("%q: upstream Host = %q, want %q\n%s", target, up.Host, rt.targets[0].host, wire)
 		}
 		if !strings.HasPrefix(up.RequestURI, "/") || up.URL.Host != "" {
 			t.Fatalf("%q: upstream request target %q is not in origin form", target, up.RequestURI)
 		}
 		upPath, upQuery, hasQuery := strings.Cut(up.RequestURI, "?")
-		wantPath := rt.rawPath + rest
+		wantPath := rt.targets[0].rawPath + rest
 		if wantPath == "" {
 			wantPath = "/"
 		}
@@ -270,7 +270,7 @@ func FuzzMappingValidation(f *testing.F) {
 		if err := json.Unmarshal(list.Body.Bytes(), &listed); err != nil || listed.Mappings[sent.Prefix] != sent.Target {
 			t.Fatalf("GET /api/mappings = %s (%v), want %q -> %q", list.Body, err, sent.Prefix, sent.Target)
 		}
-		table, skipped := newRouteTable(mappingsOf(stored), selfAddrs{})
+		table, skipped := newRouteTable(mappingsOf(stored), selfAddrs{}, nil)
 		if len(skipped) != 0 || table.byPrefix[sent.Prefix] == nil {
 			t.Fatalf("a restart would skip the stored mapping %q -> %q", sent.Prefix, sent.Target)
 		}

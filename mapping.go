@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -10,33 +11,77 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
-// Mapping is one prefix and the upstream(s) it goes to (SPEC §9). It is the
-// one shape every layer speaks: the stores keep it, the admin API and the
-// CLI build it, the route table prepares it for the request path.
+// Mapping is one prefix and the upstreams it goes to (SPEC §9). It is the
+// one shape every layer speaks: the stores keep it (encodeValue), the admin
+// API and the CLI build it (mappingObject), the route table prepares it for
+// the request path (newRouteTable).
 //
-// The options of SPEC §9 (balance, retry_on, auth, limits,
-// stream_idle_timeout) join as fields here when their feature lands, each
-// validated in validate. A mapping that sets any of them no longer has the
-// plain stored form (see encodeValue).
+// The zero value of each option is its default, so that newMapping and a
+// literal with only Prefix and Targets are the original form: one target,
+// failover, the default retry_on, passthrough, no limits, no idle timeout.
 type Mapping struct {
 	// Prefix is the path prefix that routes to the targets, such as
 	// "/openai" (rules in validatePrefix).
 	Prefix string
-	// Targets are the upstreams in the order they are tried. Exactly one
-	// until several targets land (issue 15); validate enforces it.
+	// Targets are the upstreams in the order they are tried: 1 to
+	// maxTargets.
 	Targets []Target
+	// Balance is balanceFailover (or "", the same) or balanceWeighted.
+	Balance string
+	// RetryOn are the statuses (400-599) on which the next target is
+	// tried. nil means defaultRetryOn; an empty, non-nil slice means none
+	// (only connection errors and timeouts fail over).
+	RetryOn []int
+	// Auth is authPassthrough (or "", the same) or authKeys (SPEC §10).
+	Auth string
+	// Limits are SPEC §11's; zero means none.
+	Limits Limits
+	// StreamIdleTimeout cuts a response whose upstream sends nothing for
+	// that long (SPEC §9); 0 means none.
+	StreamIdleTimeout time.Duration
 }
 
-// Target is one upstream of a Mapping. SPEC §9's weight, key and
-// auth_style join as fields here when their feature lands.
+// Target is one upstream of a Mapping.
 type Target struct {
 	// URL is the absolute http or https URL that requests go to; it may
 	// carry a base path (rules in validateTarget).
 	URL string
+	// Weight is the share of first tries of a weighted mapping, 1-1000;
+	// 0 means 1.
+	Weight int
+	// Key is the upstream key the proxy sends to this target for callers
+	// that showed a proxy key (SPEC §10), in AuthStyle; "" means none.
+	// Write-only: answers show keyHint.
+	Key       string
+	AuthStyle string
 }
+
+// Limits are the limits of SPEC §11; 0 means none.
+type Limits struct {
+	RPM, TPM, Concurrency int64
+}
+
+// The words of a Mapping's options, and their bounds (SPEC §9).
+const (
+	balanceFailover = "failover"
+	balanceWeighted = "weighted"
+	authPassthrough = "passthrough"
+	authKeys        = "keys"
+
+	maxTargets       = 16
+	maxWeight        = 1000
+	maxMappingPeriod = 24 * time.Hour
+)
+
+// defaultRetryOn is retry_on when a mapping does not set it. Never modified.
+var defaultRetryOn = []int{429, 500, 502, 503, 504}
+
+// authStyles are the ways a target's key can be sent (SPEC §9).
+var authStyles = []string{"bearer", "x-api-key", "x-goog-api-key", "api-key", "query-key"}
 
 // newMapping returns the mapping of the original form: prefix to one
 // target URL, no options.
@@ -53,26 +98,266 @@ func (m Mapping) firstURL() string {
 	return m.Targets[0].URL
 }
 
-// validate checks m against SPEC §6, with self the addresses of the
+// weight is t's weight with the default applied.
+func (t Target) weight() int {
+	if t.Weight == 0 {
+		return 1
+	}
+	return t.Weight
+}
+
+// balance, auth and retryOn are m's options with their defaults applied.
+// retryOn's result is shared: never modify it.
+func (m Mapping) balance() string {
+	if m.Balance == "" {
+		return balanceFailover
+	}
+	return m.Balance
+}
+
+func (m Mapping) auth() string {
+	if m.Auth == "" {
+		return authPassthrough
+	}
+	return m.Auth
+}
+
+func (m Mapping) retryOn() []int {
+	if m.RetryOn == nil {
+		return defaultRetryOn
+	}
+	return m.RetryOn
+}
+
+// plain reports whether m has the original form: one target and every
+// option at its default. Such a mapping is stored as its URL alone.
+func (m Mapping) plain() bool {
+	return len(m.Targets) == 1 && m.Targets[0].weight() == 1 && m.Targets[0].Key == "" &&
+		m.Targets[0].AuthStyle == "" && m.balance() == balanceFailover &&
+		slices.Equal(m.retryOn(), defaultRetryOn) && m.auth() == authPassthrough &&
+		m.Limits == (Limits{}) && m.StreamIdleTimeout == 0
+}
+
+// validate checks m against SPEC §6 and §9, with self the addresses of the
 // instance that would route it (a target there is a loop; the zero
 // selfAddrs checks none). The error is an *apiError (400) whose message
-// names the field and the rule broken: the prefix's if it is invalid, else
-// the first invalid target's.
+// names the field and the rule broken: the prefix's first, then each
+// target's in order, then the options'.
 func (m Mapping) validate(self selfAddrs) error {
 	if err := validatePrefix(m.Prefix); err != nil {
 		return err
 	}
-	switch len(m.Targets) {
-	case 0:
+	switch n := len(m.Targets); {
+	case n == 0:
 		return validateTarget("")
-	case 1:
-		if err := validateTarget(m.Targets[0].URL); err != nil {
+	case n > maxTargets:
+		return invalidTarget(fmt.Sprintf("targets must hold 1 to %d targets, not %d", maxTargets, n))
+	}
+	field := func(i int, name string) string {
+		if len(m.Targets) == 1 && name == "url" {
+			return "target" // the original form's one field
+		}
+		return fmt.Sprintf("targets[%d].%s", i, name)
+	}
+	for i, t := range m.Targets {
+		if err := validateTarget(t.URL); err != nil {
+			if len(m.Targets) > 1 {
+				err.(*apiError).Message = strings.Replace(err.(*apiError).Message, "target", field(i, "url"), 1)
+			}
 			return err
 		}
-		return self.checkTarget(m.Targets[0].URL)
+		if err := self.checkTarget(t.URL); err != nil {
+			if len(m.Targets) > 1 {
+				err.(*apiError).Message = strings.Replace(err.(*apiError).Message, "target", field(i, "url"), 1)
+			}
+			return err
+		}
+		if t.Weight < 0 || t.Weight > maxWeight {
+			return invalidTarget(fmt.Sprintf("%s must be an integer from 1 to %d", field(i, "weight"), maxWeight))
+		}
+		if t.AuthStyle != "" && !slices.Contains(authStyles, t.AuthStyle) {
+			return invalidTarget(fmt.Sprintf("%s must be one of %s", field(i, "auth_style"), strings.Join(authStyles, ", ")))
+		}
+		if len(t.Key) > 4096 || strings.ContainsFunc(t.Key, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+			return invalidTarget(fmt.Sprintf("%s must be at most 4096 bytes without control characters", field(i, "key")))
+		}
+		if t.Key != "" && m.auth() != authKeys {
+			return invalidTarget(fmt.Sprintf(`%s is only allowed with "auth": "keys": an upstream key is only ever used for callers that showed a proxy key`, field(i, "key")))
+		}
 	}
-	return &apiError{Status: http.StatusBadRequest, Code: "invalid_target",
-		Message: fmt.Sprintf("targets must hold exactly one target, not %d: several targets are not supported yet", len(m.Targets))}
+	if b := m.balance(); b != balanceFailover && b != balanceWeighted {
+		return invalidMapping(fmt.Sprintf("balance must be %q or %q", balanceFailover, balanceWeighted))
+	}
+	for _, s := range m.retryOn() {
+		if s < 400 || s > 599 {
+			return invalidMapping(fmt.Sprintf("retry_on must hold statuses from 400 to 599 (found %d)", s))
+		}
+	}
+	if len(m.RetryOn) > 200 {
+		return invalidMapping("retry_on must hold each status at most once")
+	}
+	switch m.auth() {
+	case authPassthrough:
+	case authKeys:
+		// SPEC §10 (issue 16): until this version checks proxy keys, a
+		// keys mapping would pass every caller through unchecked.
+		return invalidMapping(`auth "keys" is not supported by this version yet; use "passthrough"`)
+	default:
+		return invalidMapping(fmt.Sprintf("auth must be %q or %q", authPassthrough, authKeys))
+	}
+	for _, l := range []struct {
+		name string
+		v    int64
+	}{{"limits.rpm", m.Limits.RPM}, {"limits.tpm", m.Limits.TPM}, {"limits.concurrency", m.Limits.Concurrency}} {
+		switch {
+		case l.v < 0:
+			return invalidMapping(l.name + " must be a non-negative integer (0 means no limit)")
+		case l.v > 0:
+			// SPEC §11 (issue 17): a limit that is not enforced would
+			// only seem to hold.
+			return invalidMapping(l.name + " is not supported by this version yet; use 0")
+		}
+	}
+	if d := m.StreamIdleTimeout; d < 0 || d > maxMappingPeriod {
+		return invalidMapping("stream_idle_timeout must be a duration from 0s to 24h")
+	}
+	return nil
+}
+
+func invalidTarget(msg string) error {
+	return &apiError{Status: http.StatusBadRequest, Code: "invalid_target", Message: msg}
+}
+
+func invalidMapping(msg string) error {
+	return &apiError{Status: http.StatusBadRequest, Code: "invalid_mapping", Message: msg}
+}
+
+// mappingObject is the JSON form of a Mapping (SPEC §9): the admin API's
+// requests and answers, the CLI's files, and the stored value of a mapping
+// that is not plain. Every field is optional on input but targets (or
+// the original form's target, in the admin API); answers show each option.
+type mappingObject struct {
+	Prefix string `json:"prefix"`
+	// Target is the original form's one URL on input, and the first
+	// target's URL in answers. Never in a stored value.
+	Target            string         `json:"target,omitempty"`
+	Targets           []targetObject `json:"targets,omitempty"`
+	Balance           string         `json:"balance,omitempty"`
+	RetryOn           []int          `json:"retry_on"`
+	Auth              string         `json:"auth,omitempty"`
+	Limits            *limitsObject  `json:"limits,omitempty"`
+	StreamIdleTimeout string         `json:"stream_idle_timeout,omitempty"`
+}
+
+// targetObject is one target of a mappingObject. Key is write-only: an
+// answer shows KeySet and KeyHint instead; both are accepted on input
+// (so that an answer can be sent back) and ignored.
+type targetObject struct {
+	URL       string  `json:"url"`
+	Weight    *int    `json:"weight,omitempty"`
+	Key       *string `json:"key,omitempty"`
+	AuthStyle string  `json:"auth_style,omitempty"`
+	KeySet    bool    `json:"key_set,omitempty"`
+	KeyHint   string  `json:"key_hint,omitempty"`
+}
+
+type limitsObject struct {
+	RPM         int64 `json:"rpm"`
+	TPM         int64 `json:"tpm"`
+	Concurrency int64 `json:"concurrency"`
+}
+
+// object returns m in its JSON form with every option shown. withKeys
+// puts each target's key in (the stored form); otherwise a target with a
+// key shows key_set and key_hint (an answer).
+func (m Mapping) object(withKeys bool) mappingObject {
+	o := mappingObject{
+		Prefix:            m.Prefix,
+		Balance:           m.balance(),
+		RetryOn:           slices.Clone(m.retryOn()),
+		Auth:              m.auth(),
+		Limits:            &limitsObject{RPM: m.Limits.RPM, TPM: m.Limits.TPM, Concurrency: m.Limits.Concurrency},
+		StreamIdleTimeout: m.StreamIdleTimeout.String(),
+	}
+	if !withKeys {
+		o.Target = m.firstURL()
+	}
+	for _, t := range m.Targets {
+		w := t.weight()
+		to := targetObject{URL: t.URL, Weight: &w, AuthStyle: t.AuthStyle}
+		if t.Key != "" {
+			if withKeys {
+				k := t.Key
+				to.Key = &k
+			} else {
+				to.KeySet, to.KeyHint = true, keyHint(t.Key)
+			}
+		}
+		o.Targets = append(o.Targets, to)
+	}
+	return o
+}
+
+// keyHint is what answers show of an upstream key: its last 4
+// characters, or none of a key too short to hide the rest.
+func keyHint(key string) string {
+	if len(key) < 12 {
+		return "…"
+	}
+	return "…" + key[len(key)-4:]
+}
+
+// mapping converts o into a Mapping, which the caller then validates. An
+// error is a 400 naming the field: an explicit weight of 0, a duration
+// that is not one, both or neither of target and targets. Keys absent
+// from o's targets are left "" (see keepKeys).
+func (o mappingObject) mapping() (Mapping, error) {
+	m := Mapping{Prefix: o.Prefix, Balance: o.Balance, RetryOn: o.RetryOn, Auth: o.Auth}
+	switch {
+	case o.Target != "" && o.Targets != nil:
+		return m, invalidTarget(`give either "target" (one URL) or "targets" (a list), not both`)
+	case o.Target != "":
+		m.Targets = []Target{{URL: o.Target}}
+	case o.Targets == nil:
+		return m, invalidTarget("target is required (or targets, a list of 1 to 16 targets)")
+	case len(o.Targets) == 0:
+		return m, invalidTarget(fmt.Sprintf("targets must hold 1 to %d targets, not 0", maxTargets))
+	}
+	for i, to := range o.Targets {
+		t := Target{URL: to.URL, AuthStyle: to.AuthStyle}
+		if to.Weight != nil {
+			if *to.Weight < 1 || *to.Weight > maxWeight {
+				return m, invalidTarget(fmt.Sprintf("targets[%d].weight must be an integer from 1 to %d", i, maxWeight))
+			}
+			t.Weight = *to.Weight
+		}
+		if to.Key != nil {
+			t.Key = *to.Key
+		}
+		m.Targets = append(m.Targets, t)
+	}
+	if o.Limits != nil {
+		m.Limits = Limits{RPM: o.Limits.RPM, TPM: o.Limits.TPM, Concurrency: o.Limits.Concurrency}
+	}
+	if o.StreamIdleTimeout != "" {
+		d, err := time.ParseDuration(o.StreamIdleTimeout)
+		if err != nil {
+			return m, invalidMapping(fmt.Sprintf(`stream_idle_timeout must be a duration such as "30s" or "2m" (got %q)`, truncate(o.StreamIdleTimeout, 40)))
+		}
+		m.StreamIdleTimeout = d
+	}
+	return m, nil
+}
+
+// keepKeys gives each target of m that has no key, and whose URL is the
+// one at the same position in old, old's key there (SPEC §9: a PUT that
+// leaves key out of a target whose URL is unchanged keeps its key).
+func (m *Mapping) keepKeys(old Mapping, given []bool) {
+	for i := range m.Targets {
+		if i < len(old.Targets) && !given[i] && m.Targets[i].URL == old.Targets[i].URL {
+			m.Targets[i].Key = old.Targets[i].Key
+		}
+	}
 }
 
 // encodeValue is m as a value of the stores (the Redis hash, the bbolt
@@ -80,32 +365,51 @@ func (m Mapping) validate(self selfAddrs) error {
 //
 // SPEC §9 "Redis": a mapping with one target and no options keeps the
 // original value, the target's URL, which the original design and every
-// older instance read. Any other mapping is to be a JSON object, a value
-// starting with "{"; that encoding belongs here, beside its decoding in
-// decodeMapping, once Mapping can hold such a mapping (issue 15). Until
-// then validate refuses every mapping without the plain form.
+// older instance read. Any other is a JSON object (a value starting with
+// "{"), with every option shown and the targets' keys in.
 func (m Mapping) encodeValue() string {
-	return m.firstURL()
+	if m.plain() {
+		return m.firstURL()
+	}
+	b, _ := json.Marshal(m.object(true))
+	return string(b)
 }
-
-// errObjectMapping is returned by decodeMapping for a stored value in the
-// object form, which this version cannot read.
-var errObjectMapping = errors.New("stored mapping is a JSON object, which this version of apiproxy cannot read")
 
 // decodeMapping reads a stored value (see encodeValue) back into the
 // mapping of prefix. It does not validate: a value put into Redis by hand
 // may be any string, and routing skips what fails validate.
 //
-// A value starting with "{" is the object form of SPEC §9. This version
-// cannot read it: decodeMapping returns errObjectMapping with the mapping
-// of prefix and no targets, which validate refuses, so that routing skips
-// it while the admin API still lists it (and can delete it).
+// A value starting with "{" is the object form. Its fields are read
+// strictly: one this version does not know (written by a newer one, such
+// as an auth rule) gives an error and the mapping of prefix with no
+// targets, which validate refuses, so that routing skips it rather than
+// route it without that rule, while the admin API still lists it (and can
+// delete it). The prefix inside the object, if any, must be prefix.
 func decodeMapping(prefix, value string) (Mapping, error) {
-	if strings.HasPrefix(value, "{") {
-		return Mapping{Prefix: prefix}, fmt.Errorf("mapping %s: %w", prefix, errObjectMapping)
+	if !strings.HasPrefix(value, "{") {
+		return newMapping(prefix, value), nil
 	}
-	return newMapping(prefix, value), nil
+	var o mappingObject
+	dec := json.NewDecoder(strings.NewReader(value))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&o)
+	if err == nil && o.Prefix != "" && o.Prefix != prefix {
+		err = fmt.Errorf("holds prefix %q", o.Prefix)
+	}
+	var m Mapping
+	if err == nil {
+		o.Prefix = prefix
+		m, err = o.mapping()
+	}
+	if err != nil {
+		return Mapping{Prefix: prefix}, fmt.Errorf("mapping %s: stored object: %w: %w", prefix, errObjectMapping, err)
+	}
+	return m, nil
 }
+
+// errObjectMapping is returned by decodeMapping for a stored object it
+// cannot read.
+var errObjectMapping = errors.New("stored mapping object is not valid for this version of apiproxy")
 
 // sortMappings sorts ms by prefix, the order of every listing.
 func sortMappings(ms []Mapping) {
@@ -210,9 +514,7 @@ func isUnreserved(c byte) bool {
 // or https URL with a host and no user info, query or fragment. Loopback and
 // private addresses are allowed (local models, sidecars).
 func validateTarget(target string) error {
-	bad := func(msg string) error {
-		return &apiError{Status: http.StatusBadRequest, Code: "invalid_target", Message: "target " + msg}
-	}
+	bad := func(msg string) error { return invalidTarget("target " + msg) }
 	if target == "" {
 		return bad("is required")
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"maps"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // mappingsOf turns prefix → target URL pairs into plain mappings, sorted
@@ -199,8 +201,28 @@ func TestMappingValidate(t *testing.T) {
 		{"bad target", newMapping("/openai", "ftp://x"), "http or https scheme", "invalid_target", "target "},
 		{"both bad: the prefix is named", newMapping("/api", "ftp://x"), "reserved", "invalid_prefix", "prefix "},
 		{"no targets", Mapping{Prefix: "/openai"}, "is required", "invalid_target", "target "},
-		{"two targets", Mapping{Prefix: "/openai", Targets: []Target{{URL: "https://a.example"}, {URL: "https://b.example"}}},
-			"exactly one target", "invalid_target", "targets "},
+		{"two targets", Mapping{Prefix: "/openai", Targets: []Target{{URL: "https://a.example"}, {URL: "https://b.example"}}}, "", "", ""},
+		{"second target bad", Mapping{Prefix: "/openai", Targets: []Target{{URL: "https://a.example"}, {URL: "https://b.example?x=1"}}},
+			"must not contain a query", "invalid_target", "targets[1].url "},
+		{"17 targets", Mapping{Prefix: "/openai", Targets: make([]Target, 17)}, "1 to 16 targets", "invalid_target", "targets "},
+		{"weight over 1000", Mapping{Prefix: "/openai", Targets: []Target{{URL: "https://a.example", Weight: 1001}}},
+			"integer from 1 to 1000", "invalid_target", "targets[0].weight "},
+		{"unknown balance", Mapping{Prefix: "/o", Targets: []Target{{URL: "https://a.example"}}, Balance: "random"},
+			`"failover" or "weighted"`, "invalid_mapping", "balance "},
+		{"retry_on outside 400-599", Mapping{Prefix: "/o", Targets: []Target{{URL: "https://a.example"}}, RetryOn: []int{503, 302}},
+			"found 302", "invalid_mapping", "retry_on "},
+		{"unknown auth", Mapping{Prefix: "/o", Targets: []Target{{URL: "https://a.example"}}, Auth: "open"},
+			`"passthrough" or "keys"`, "invalid_mapping", "auth "},
+		{"keys auth not yet", Mapping{Prefix: "/o", Targets: []Target{{URL: "https://a.example"}}, Auth: "keys"},
+			"not supported by this version yet", "invalid_mapping", "auth "},
+		{"key on passthrough", Mapping{Prefix: "/o", Targets: []Target{{URL: "https://a.example"}, {URL: "https://b.example", Key: "sk-secret"}}},
+			`only allowed with "auth": "keys"`, "invalid_target", "targets[1].key "},
+		{"unknown auth_style", Mapping{Prefix: "/o", Targets: []Target{{URL: "https://a.example", AuthStyle: "cookie"}}},
+			"must be one of bearer", "invalid_target", "targets[0].auth_style "},
+		{"negative limit", Mapping{Prefix: "/o", Targets: []Target{{URL: "https://a.example"}}, Limits: Limits{TPM: -1}},
+			"non-negative integer", "invalid_mapping", "limits.tpm "},
+		{"idle timeout over 24h", Mapping{Prefix: "/o", Targets: []Target{{URL: "https://a.example"}}, StreamIdleTimeout: 25 * time.Hour},
+			"from 0s to 24h", "invalid_mapping", "stream_idle_timeout "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -240,11 +262,74 @@ func TestMappingEncodeDecode(t *testing.T) {
 	})
 }
 
-// TestDecodeMappingObject: a value starting with "{" is the object form of
-// SPEC §9, which this version cannot read: an error, and a mapping that
-// validate refuses (so routing skips it).
+// TestMappingObjectRoundTrip: a mapping with several targets or any
+// option is stored as a JSON object (a value starting with "{") and reads
+// back equal; a plain one whose options are spelled out at their defaults
+// is still stored as its URL.
+func TestMappingObjectRoundTrip(t *testing.T) {
+	ms := []Mapping{
+		{Prefix: "/two", Targets: []Target{{URL: "https://a.example"}, {URL: "http://127.0.0.1:9/v1", Weight: 7}}, Balance: balanceWeighted},
+		{Prefix: "/idle", Targets: []Target{{URL: "https://a.example"}}, StreamIdleTimeout: 90 * time.Second},
+		{Prefix: "/noretry", Targets: []Target{{URL: "https://a.example"}, {URL: "https://b.example"}}, RetryOn: []int{}},
+		{Prefix: "/retry", Targets: []Target{{URL: "https://a.example"}}, RetryOn: []int{429}},
+	}
+	for _, m := range ms {
+		v := m.encodeValue()
+		if !strings.HasPrefix(v, "{") || strings.Contains(v, `"target"`) {
+			t.Errorf("encodeValue(%s) = %s, want a JSON object without the answers' \"target\"", m.Prefix, v)
+		}
+		got, err := decodeMapping(m.Prefix, v)
+		if err != nil || got.validate(selfAddrs{}) != nil {
+			t.Fatalf("decodeMapping(%s) = %+v, %v", v, got, err)
+		}
+		if got.encodeValue() != v || !slices.Equal(got.retryOn(), m.retryOn()) || got.StreamIdleTimeout != m.StreamIdleTimeout ||
+			got.balance() != m.balance() || len(got.Targets) != len(m.Targets) || got.Targets[len(got.Targets)-1].weight() != m.Targets[len(m.Targets)-1].weight() {
+			t.Errorf("decodeMapping(%s) = %+v, want %+v", v, got, m)
+		}
+	}
+	spelled := newMapping("/p", "https://a.example")
+	spelled.Balance, spelled.Auth, spelled.RetryOn = balanceFailover, authPassthrough, []int{429, 500, 502, 503, 504}
+	spelled.Targets[0].Weight = 1
+	if v := spelled.encodeValue(); v != "https://a.example" {
+		t.Errorf("encodeValue of a plain mapping with its defaults spelled out = %s, want the URL", v)
+	}
+}
+
+// TestMappingObjectInput: the admin API's JSON form converts to the
+// mapping it says, with 400s naming the field for what validate cannot
+// see (an explicit weight of 0, a bad duration, target and targets both).
+func TestMappingObjectInput(t *testing.T) {
+	var o mappingObject
+	if err := json.Unmarshal([]byte(`{"prefix":"/x","targets":[{"url":"https://a.example","weight":2},{"url":"https://b.example"}],"stream_idle_timeout":"1m30s","retry_on":[503]}`), &o); err != nil {
+		t.Fatal(err)
+	}
+	m, err := o.mapping()
+	if err != nil || m.validate(selfAddrs{}) != nil || len(m.Targets) != 2 || m.Targets[0].Weight != 2 ||
+		m.StreamIdleTimeout != 90*time.Second || !slices.Equal(m.RetryOn, []int{503}) {
+		t.Errorf("mapping() = %+v, %v", m, err)
+	}
+	for _, tt := range []struct{ body, want, code, field string }{
+		{`{"prefix":"/x","targets":[{"url":"https://a.example","weight":0}]}`, "integer from 1 to 1000", "invalid_target", "targets[0].weight "},
+		{`{"prefix":"/x","targets":[{"url":"https://a.example"}],"stream_idle_timeout":"soon"}`, "must be a duration", "invalid_mapping", "stream_idle_timeout "},
+		{`{"prefix":"/x","target":"https://a.example","targets":[{"url":"https://a.example"}]}`, "not both", "invalid_target", "give "},
+		{`{"prefix":"/x","targets":[]}`, "1 to 16 targets, not 0", "invalid_target", "targets "},
+		{`{"prefix":"/x"}`, "is required", "invalid_target", "target "},
+	} {
+		var o mappingObject
+		if err := json.Unmarshal([]byte(tt.body), &o); err != nil {
+			t.Fatal(err)
+		}
+		_, err := o.mapping()
+		checkValidation(t, err, tt.want, tt.code, tt.field)
+	}
+}
+
+// TestDecodeMappingObject: a stored object this version cannot read (an
+// unknown field, as a newer version might write, or broken JSON) gives an
+// error and a mapping that validate refuses (so routing skips it).
 func TestDecodeMappingObject(t *testing.T) {
-	for _, v := range []string{`{"targets":[{"url":"https://api.openai.com"}]}`, "{", "{broken"} {
+	for _, v := range []string{`{"targets":[{"url":"https://api.openai.com"}],"newer_rule":true}`, "{", "{broken",
+		`{"prefix":"/other","targets":[{"url":"https://api.openai.com"}]}`} {
 		got, err := decodeMapping("/obj", v)
 		if !errors.Is(err, errObjectMapping) {
 			t.Errorf("decodeMapping(%q) error = %v, want errObjectMapping", v, err)

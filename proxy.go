@@ -59,6 +59,10 @@ type proxy struct {
 	// 0 means no cap. trusted is TRUSTED_PROXIES (see rewrite).
 	maxInFlight int64
 	trusted     trustedProxies
+	// retryBodyLimit is RETRY_BODY_LIMIT (failover.go); states keeps the
+	// targets' cooldowns across route tables.
+	retryBodyLimit int64
+	states         *targetStates
 
 	// streamHandoff is STREAM_HANDOFF: event streams to HTTP/1.1 clients
 	// are handed off (stream.go) and may read the upstream socket
@@ -103,6 +107,9 @@ type requestRecord struct {
 	// (usage.go); Usage.Known is false when there was none, or when stats
 	// are off.
 	Usage tokenUsage
+	// Tries are the tries of the mapping's targets, in order (failover.go);
+	// empty when no upstream was tried (the proxy refused the request).
+	Tries []targetTry
 }
 
 // newTransport returns the upstream transport, tuned for many long streams
@@ -159,6 +166,9 @@ func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, rout
 		streamHandoff: cfg.StreamHandoff,
 		maxInFlight:   cfg.MaxInFlight,
 		trusted:       cfg.TrustedProxies,
+
+		retryBodyLimit: cfg.RetryBodyLimit,
+		states:         newTargetStates(),
 	}
 	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
 	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }
@@ -198,6 +208,18 @@ type proxyRequest struct {
 	in    *http.Request
 	route *route
 	rest  string // escaped path after the prefix, as received
+	// target is the route's target being tried. order holds the targets
+	// in the order to try them, for a route that fails over (planTries);
+	// tries records the tries so far. Both use the arrays below.
+	target   *routeTarget
+	order    []*routeTarget
+	tries    []targetTry
+	orderBuf [maxTargets]*routeTarget
+	triesBuf [maxTargets]targetTry
+	// keep keeps the request body for a retry; idle watches the current
+	// try for stream_idle_timeout. nil when not used (failover.go).
+	keep *bodyKeeper
+	idle *idleWatch
 	// reqBody is the wrapped request body of unknown length; nil if none.
 	reqBody *countingBody
 
@@ -293,6 +315,17 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	pr.in, pr.route, pr.rest, pr.reqBody = req, rt, rest, nil
 	pr.w.reset(w)
 	pr.rec = requestRecord{Prefix: rt.prefix, Start: time.Now(), BytesIn: max(req.ContentLength, 0)}
+	pr.tries = pr.triesBuf[:0]
+	if rt.multi || rt.idle > 0 {
+		// The failover loop is the Transport (failover.go); a mapping
+		// with one target and no idle timeout never enters it.
+		pr.rp.Transport = pr
+		pr.planTries()
+		pr.target = pr.order[0]
+	} else {
+		pr.rp.Transport = p.transport
+		pr.target = rt.targets[0]
+	}
 	if n := p.active.Add(1); p.maxInFlight > 0 && n > p.maxInFlight {
 		// A loop through another instance (which validation cannot see)
 		// or a flood would otherwise hold descriptors and memory until the
@@ -303,7 +336,9 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		pr.finish(true)
 		return
 	}
-	handOff := p.mayHandOff(w, req)
+	// A route with an idle timeout keeps its responses under
+	// ReverseProxy, whose reads the timeout watches (touchIdle).
+	handOff := p.mayHandOff(w, req) && rt.idle == 0
 	if req.Body != nil && req.Body != http.NoBody && (req.ContentLength < 0 || handOff) {
 		// The Transport may read the body from its own goroutine after
 		// ServeHTTP returns, so this counter is not pooled.
@@ -323,7 +358,7 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		// own values.
 		inCtx := req.Context()
 		pr.stopParent = context.AfterFunc(inCtx, func() { cancel(context.Cause(inCtx)) })
-		if rt.scheme == "http" {
+		if rt.multi || pr.target.scheme == "http" {
 			ctx = httptrace.WithClientTrace(ctx, &pr.trace)
 		}
 	}
@@ -373,12 +408,27 @@ func (pr *proxyRequest) finish(completed bool) {
 	if pr.reqBody != nil {
 		pr.rec.BytesIn = pr.reqBody.n.Load()
 	}
+	if pr.idle != nil && pr.idle.fired.Load() && len(pr.tries) > 0 {
+		// Cut after the head: the client's connection was broken.
+		pr.rec.ProxyErr = "upstream_idle_timeout"
+		pr.tries[len(pr.tries)-1].Outcome = tryError
+	}
+	pr.endTry()
 	if !completed && pr.rec.ProxyErr == "" {
 		pr.rec.ProxyErr = "aborted"
 		if pr.in.Context().Err() != nil {
 			pr.rec.Status = 499
 		}
 	}
+	if len(pr.tries) == 0 && pr.rec.ProxyErr != "overloaded" {
+		// One target, tried once: it failed as SPEC §9 counts failures.
+		o := tryOK
+		if upstreamFailure(pr.rec.ProxyErr) || pr.route.retries(pr.rec.Status) && pr.rec.ProxyErr == "" {
+			o = tryError
+		}
+		pr.tries = append(pr.tries, targetTry{Outcome: o})
+	}
+	pr.rec.Tries = pr.tries
 	if p.observe != nil {
 		p.observe(&pr.rec)
 	}
@@ -387,6 +437,9 @@ func (pr *proxyRequest) finish(completed bool) {
 	p.active.Add(-1)
 	if completed {
 		pr.in, pr.route, pr.reqBody = nil, nil, nil
+		pr.target, pr.keep = nil, nil
+		clear(pr.orderBuf[:len(pr.order)])
+		pr.order, pr.rec.Tries = nil, nil
 		pr.cancelUp, pr.stopParent, pr.cancelTimeout = nil, nil, nil
 		pr.up = nil
 		pr.st.reset()
@@ -435,36 +488,12 @@ func badPath(rest string) string {
 
 var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
-// rewrite points the outgoing request at the route's target. The path goes
-// through URL.Opaque, which the Transport writes to the request line as it
-// is: the bytes after the prefix arrive exactly as the client sent them.
+// rewrite points the outgoing request at pr.target (pointAt) and passes
+// the headers a transparent proxy passes.
 func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
-	rt, out := pr.route, r.Out
-	out.URL.Scheme = rt.scheme
-	out.URL.Host = rt.host
+	out := r.Out
+	pr.pointAt(out.URL, pr.target)
 	out.Host = ""
-	path := rt.rawPath + pr.rest
-	if strings.HasPrefix(path, "//") {
-		// An Opaque starting with "//" would be sent in absolute form with
-		// whatever follows as its authority; Path keeps it a plain path.
-		// net/url sends RawPath only if it is a valid encoding of Path, and
-		// re-escapes Path otherwise, which would turn a received "%2F" into
-		// "/" (found by FuzzRouteUpstream). rawPathOf makes it valid by
-		// encoding the few bytes net/url will not send raw (`"`, `{`,
-		// non-ASCII, ...) and keeps every escape as received.
-		raw := rawPathOf(path)
-		p, err := url.PathUnescape(raw)
-		if err != nil {
-			// Cannot happen: net/http refused invalid escapes.
-			p = rt.path + strings.TrimPrefix(pr.in.URL.Path, rt.prefix)
-		}
-		out.URL.Opaque, out.URL.Path, out.URL.RawPath = "", p, raw
-	} else {
-		if path == "" {
-			path = "/"
-		}
-		out.URL.Opaque = path
-	}
 	out.URL.RawQuery = r.In.URL.RawQuery
 	out.URL.ForceQuery = r.In.URL.ForceQuery
 	if up, ok := out.Header["Upgrade"]; ok && !(len(up) == 1 && strings.EqualFold(up[0], "websocket")) {
@@ -492,6 +521,38 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 			out.Header[k] = v
 		}
 	}
+}
+
+// pointAt points u, an outgoing request's URL, at target t: its scheme,
+// host and base path followed by the rest of the request's path. The path
+// goes through URL.Opaque, which the Transport writes to the request line
+// as it is: the bytes after the prefix arrive exactly as the client sent
+// them.
+func (pr *proxyRequest) pointAt(u *url.URL, t *routeTarget) {
+	u.Scheme = t.scheme
+	u.Host = t.host
+	path := t.rawPath + pr.rest
+	if strings.HasPrefix(path, "//") {
+		// An Opaque starting with "//" would be sent in absolute form with
+		// whatever follows as its authority; Path keeps it a plain path.
+		// net/url sends RawPath only if it is a valid encoding of Path, and
+		// re-escapes Path otherwise, which would turn a received "%2F" into
+		// "/" (found by FuzzRouteUpstream). rawPathOf makes it valid by
+		// encoding the few bytes net/url will not send raw (`"`, `{`,
+		// non-ASCII, ...) and keeps every escape as received.
+		raw := rawPathOf(path)
+		p, err := url.PathUnescape(raw)
+		if err != nil {
+			// Cannot happen: net/http refused invalid escapes.
+			p = t.path + strings.TrimPrefix(pr.in.URL.Path, pr.route.prefix)
+		}
+		u.Opaque, u.Path, u.RawPath = "", p, raw
+		return
+	}
+	if path == "" {
+		path = "/"
+	}
+	u.Opaque, u.Path, u.RawPath = path, "", ""
 }
 
 // rawPathOf returns the escaped path p with the bytes that net/url does not
@@ -651,7 +712,7 @@ func (pr *proxyRequest) handleError(rw http.ResponseWriter, req *http.Request, e
 	}
 	status, code, msg := classifyUpstreamError(err)
 	pr.rec.Status, pr.rec.ProxyErr = status, code
-	host := pr.route.host
+	host := pr.target.host
 	if pr.p.logger.Enabled(req.Context(), slog.LevelWarn) {
 		pr.p.logger.LogAttrs(req.Context(), slog.LevelWarn, "upstream error",
 			slog.String("prefix", pr.route.prefix), slog.String("upstream", host),
@@ -665,6 +726,8 @@ func (pr *proxyRequest) handleError(rw http.ResponseWriter, req *http.Request, e
 func classifyUpstreamError(err error) (status int, code, msg string) {
 	var ne net.Error
 	switch {
+	case errors.Is(err, errUpstreamIdle):
+		return http.StatusGatewayTimeout, "upstream_timeout", "sent nothing for the mapping's stream_idle_timeout"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout(),
 		strings.Contains(err.Error(), "timeout awaiting response headers"):
 		return http.StatusGatewayTimeout, "upstream_timeout", "timed out"
@@ -718,6 +781,16 @@ func sanitizeError(err error) string {
 		s = s[:i] + "?…"
 	}
 	return s
+}
+
+// upstreamFailure reports whether code, a requestRecord's ProxyErr, says
+// the upstream failed (SPEC §9 counts it in the target's errors).
+func upstreamFailure(code string) bool {
+	switch code {
+	case "upstream_unreachable", "upstream_timeout", "upstream_bad_response", "upstream_idle_timeout":
+		return true
+	}
+	return false
 }
 
 func truncate(s string, n int) string {

@@ -30,10 +30,13 @@ type proxyWriter struct {
 
 	mu            sync.Mutex // held while flushing, so the timer never races a Write
 	headerPending atomic.Bool
+	// interimSent is set once a 1xx other than 100 Continue went to the
+	// client: the request is not retried after it (failover.go).
+	interimSent bool
 }
 
 func (w *proxyWriter) reset(rw http.ResponseWriter) {
-	w.rw, w.flushEach, w.bodyStarted = rw, false, false
+	w.rw, w.flushEach, w.bodyStarted, w.interimSent = rw, false, false, false
 	w.headerPending.Store(false)
 }
 
@@ -46,6 +49,7 @@ func (w *proxyWriter) WriteHeader(code int) {
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
 		// 1xx (100 Continue, 103 Early Hints) pass on as they come; the
 		// final status follows.
+		w.interimSent = w.interimSent || code != http.StatusContinue
 		w.rw.WriteHeader(code)
 		return
 	}
@@ -150,6 +154,9 @@ func (b *responseBody) Read(p []byte) (int, error) {
 // parsing delays no event (stream.go).
 func (b *responseBody) account(p []byte, err error) {
 	b.pr.rec.BytesOut += int64(len(p))
+	if b.pr.idle != nil && len(p) > 0 {
+		b.pr.touchIdle()
+	}
 	if b.usage.active() {
 		b.usage.feed(p)
 		if err != nil && !b.usage.gzipped() {

@@ -120,10 +120,10 @@ func waitReadyz(t testing.TB, client *http.Client, front *httptest.Server, code 
 	}, what)
 }
 
-// routeTarget is the target s routes prefix to now, "" if none.
-func routeTarget(s *Server, prefix string) string {
+// routedURL is the target s routes prefix to now, "" if none.
+func routedURL(s *Server, prefix string) string {
 	if r := s.routes.Load().byPrefix[prefix]; r != nil {
-		return r.target
+		return r.targets[0].url
 	}
 	return ""
 }
@@ -151,7 +151,7 @@ func TestRedisCrossInstance(t *testing.T) {
 	if res, body := adminRequest(t, frontA, "POST", "/api/mappings", `{"prefix":"/shared","target":"`+up1.URL+`"}`); res.StatusCode != http.StatusCreated {
 		t.Fatalf("create on A: %d %s", res.StatusCode, body)
 	}
-	eventually(t, func() bool { return routeTarget(b, "/shared") == up1.URL }, "B to route /shared to the first upstream")
+	eventually(t, func() bool { return routedURL(b, "/shared") == up1.URL }, "B to route /shared to the first upstream")
 	if code, body := getB(); code != http.StatusOK || body != "one" {
 		t.Errorf("GET B /shared/x = %d %q, want 200 \"one\"", code, body)
 	}
@@ -159,7 +159,7 @@ func TestRedisCrossInstance(t *testing.T) {
 	if res, body := adminRequest(t, frontA, "PUT", "/api/mappings/shared", `{"target":"`+up2.URL+`"}`); res.StatusCode != http.StatusOK {
 		t.Fatalf("update on A: %d %s", res.StatusCode, body)
 	}
-	eventually(t, func() bool { return routeTarget(b, "/shared") == up2.URL }, "B to route /shared to the second upstream")
+	eventually(t, func() bool { return routedURL(b, "/shared") == up2.URL }, "B to route /shared to the second upstream")
 	if code, body := getB(); code != http.StatusOK || body != "two" {
 		t.Errorf("GET B /shared/x = %d %q, want 200 \"two\"", code, body)
 	}
@@ -167,7 +167,7 @@ func TestRedisCrossInstance(t *testing.T) {
 	if res, body := adminRequest(t, frontA, "DELETE", "/api/mappings/shared", ""); res.StatusCode != http.StatusOK {
 		t.Fatalf("delete on A: %d %s", res.StatusCode, body)
 	}
-	eventually(t, func() bool { return routeTarget(b, "/shared") == "" }, "B to drop /shared")
+	eventually(t, func() bool { return routedURL(b, "/shared") == "" }, "B to drop /shared")
 	if code, _ := getB(); code != http.StatusNotFound {
 		t.Errorf("GET B /shared/x after delete = %d, want 404", code)
 	}
@@ -182,7 +182,7 @@ func TestRedisCrossInstance(t *testing.T) {
 	if err := c.Publish(ctx, prefix+redisUpdatesChannel, "/byhand").Err(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool { return routeTarget(b, "/byhand") == up1.URL }, "B to route a mapping written by hand")
+	eventually(t, func() bool { return routedURL(b, "/byhand") == up1.URL }, "B to route a mapping written by hand")
 }
 
 // TestCrossInstanceDelay: a mapping created through the admin API of
@@ -235,7 +235,7 @@ func measureCrossInstanceDelay(t testing.TB, n int) []time.Duration {
 		if res.StatusCode != http.StatusCreated {
 			t.Fatalf("create %s on A: %d %s", p, res.StatusCode, body)
 		}
-		waitRoute(t, func() bool { return routeTarget(b, p) != "" }, p)
+		waitRoute(t, func() bool { return routedURL(b, p) != "" }, p)
 		delays = append(delays, time.Since(start))
 	}
 	return delays
@@ -568,7 +568,7 @@ func TestRedisOutage(t *testing.T) {
 		}
 	}
 	load.waitMore(t, 50, "proxied requests during the outage")
-	if got := routeTarget(s, "/llm"); got != up.URL {
+	if got := routedURL(s, "/llm"); got != up.URL {
 		t.Errorf("during the outage /llm routes to %q, want %q", got, up.URL)
 	}
 
@@ -812,8 +812,8 @@ func TestRedisObjectValue(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if routeTarget(s, "/obj") != "" || routeTarget(s, "/plain") != "https://plain.example" {
-		t.Errorf("routes: /obj -> %q, /plain -> %q; want /obj skipped and /plain routed", routeTarget(s, "/obj"), routeTarget(s, "/plain"))
+	if routedURL(s, "/obj") != "" || routedURL(s, "/plain") != "https://plain.example" {
+		t.Errorf("routes: /obj -> %q, /plain -> %q; want /obj skipped and /plain routed", routedURL(s, "/obj"), routedURL(s, "/plain"))
 	}
 	res, body := adminCall(t, s, "GET", "/api/mappings", "", bearer, "192.0.2.1:1")
 	var list struct {

@@ -4,16 +4,46 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"time"
 )
 
-// route is one mapping, prepared for the request path. Immutable.
+// route is one mapping, prepared for the request path. Immutable, but for
+// the targets' states.
 type route struct {
-	prefix  string // Mapping.Prefix
-	target  string // the first target's URL, as stored
+	prefix  string
+	targets []*routeTarget // 1 to maxTargets, in the mapping's order
+	// multi: the mapping has several targets, and requests go through
+	// the failover loop (failover.go). A mapping with one target never
+	// does: it costs what it cost before targets were a list.
+	multi    bool
+	weighted bool
+	// retryOn holds the retry_on statuses, bit s-400 for status s.
+	retryOn [200/64 + 1]uint64
+	// idle is the mapping's stream_idle_timeout; 0 means none.
+	idle time.Duration
+	// mapping is what the route was built from, for listings.
+	mapping Mapping
+}
+
+// routeTarget is one target of a route.
+type routeTarget struct {
+	index   int    // position in the mapping
+	url     string // as stored
 	scheme  string // "http" or "https"
-	host    string // host[:port] of the target
-	path    string // the target's decoded base path without trailing "/"
+	host    string // host[:port]
+	path    string // the decoded base path without trailing "/"
 	rawPath string // the same, escaped
+	weight  int
+	// state is the target's failures and cooldown, shared by the route
+	// tables that keep this target at this position (targetStates); nil
+	// on a route with one target, which needs none.
+	state *targetState
+}
+
+// retries reports whether status is in the route's retry_on.
+func (r *route) retries(status int) bool {
+	i := status - 400
+	return i >= 0 && i < 200 && r.retryOn[i/64]&(1<<(i%64)) != 0
 }
 
 // routeTable is an immutable snapshot of the mappings, published through an
@@ -28,28 +58,42 @@ type routeTable struct {
 // by the instance at self. Mappings that fail validate (which a store never
 // holds, but a hand-edited Redis hash, a value this version cannot read,
 // or a mapping another instance accepted that points at this one might)
-// are skipped, and their prefixes returned sorted in skipped.
-func newRouteTable(mappings []Mapping, self selfAddrs) (t *routeTable, skipped []string) {
+// are skipped, and their prefixes returned sorted in skipped. states keeps
+// the targets' cooldowns across tables (nil: fresh states).
+func newRouteTable(mappings []Mapping, self selfAddrs, states *targetStates) (t *routeTable, skipped []string) {
 	t = &routeTable{byPrefix: make(map[string]*route, len(mappings))}
 	for _, m := range mappings {
 		if m.validate(self) != nil {
 			skipped = append(skipped, m.Prefix)
 			continue
 		}
-		target := m.firstURL()
-		u, _ := url.Parse(target)
-		r := &route{
-			prefix:  m.Prefix,
-			target:  target,
-			scheme:  u.Scheme,
-			host:    u.Host,
-			path:    strings.TrimSuffix(u.Path, "/"),
-			rawPath: strings.TrimSuffix(u.EscapedPath(), "/"),
+		r := &route{prefix: m.Prefix, multi: len(m.Targets) > 1, weighted: m.balance() == balanceWeighted,
+			idle: m.StreamIdleTimeout, mapping: m}
+		for _, s := range m.retryOn() {
+			i := s - 400
+			r.retryOn[i/64] |= 1 << (i % 64)
+		}
+		for i, tg := range m.Targets {
+			u, _ := url.Parse(tg.URL)
+			rt := &routeTarget{
+				index:   i,
+				url:     tg.URL,
+				scheme:  u.Scheme,
+				host:    u.Host,
+				path:    strings.TrimSuffix(u.Path, "/"),
+				rawPath: strings.TrimSuffix(u.EscapedPath(), "/"),
+				weight:  tg.weight(),
+			}
+			if r.multi {
+				rt.state = states.get(m.Prefix, i, tg.URL)
+			}
+			r.targets = append(r.targets, rt)
 		}
 		t.byPrefix[m.Prefix] = r
 		t.sorted = append(t.sorted, r)
 		t.maxLen = max(t.maxLen, len(m.Prefix))
 	}
+	states.keepOnly(t)
 	sort.Slice(t.sorted, func(i, j int) bool { return t.sorted[i].prefix < t.sorted[j].prefix })
 	sort.Strings(skipped)
 	return t, skipped

@@ -13,7 +13,7 @@ func TestRouteTableMatch(t *testing.T) {
 		"/openai":       "https://api.openai.com",
 		"/x.y":          "http://xy.example",
 		"/deep/er/path": "http://deep.example",
-	}), selfAddrs{})
+	}), selfAddrs{}, nil)
 	if len(skipped) != 0 {
 		t.Fatalf("skipped = %v, want none", skipped)
 	}
@@ -60,7 +60,7 @@ func TestRouteTableMatch(t *testing.T) {
 		})
 	}
 	t.Run("empty table", func(t *testing.T) {
-		empty, _ := newRouteTable(nil, selfAddrs{})
+		empty, _ := newRouteTable(nil, selfAddrs{}, nil)
 		if r, _ := empty.match("/openai/x"); r != nil {
 			t.Errorf("match on an empty table = %q, want none", r.prefix)
 		}
@@ -76,22 +76,25 @@ func TestRouteTableSkipsInvalid(t *testing.T) {
 		"/a/../b":  "https://api.openai.com",
 		"/userinf": "https://u:p@api.openai.com",
 	})
-	// A value this version cannot read comes out of the store without
-	// targets (decodeMapping); several targets are not routed yet.
-	object, _ := decodeMapping("/object", `{"targets":[{"url":"https://api.openai.com"}]}`)
-	two := Mapping{Prefix: "/two", Targets: []Target{{URL: "https://a.example"}, {URL: "https://b.example"}}}
-	stored = append(stored, object, two)
-	table, skipped := newRouteTable(stored, selfAddrs{})
-	if got, want := strings.Join(skipped, " "), "/a/../b /api/x /bad /object /two /userinf noslash"; got != want {
+	// A value this version cannot read (an unknown field) comes out of
+	// the store without targets (decodeMapping).
+	object, _ := decodeMapping("/object", `{"targets":[{"url":"https://api.openai.com"}],"newer":1}`)
+	seventeen := Mapping{Prefix: "/seventeen"}
+	for range maxTargets + 1 {
+		seventeen.Targets = append(seventeen.Targets, Target{URL: "https://a.example"})
+	}
+	stored = append(stored, object, seventeen)
+	table, skipped := newRouteTable(stored, selfAddrs{}, nil)
+	if got, want := strings.Join(skipped, " "), "/a/../b /api/x /bad /object /seventeen /userinf noslash"; got != want {
 		t.Errorf("skipped = %q, want %q", got, want)
 	}
 	r := table.byPrefix["/ok"]
 	if r == nil || len(table.byPrefix) != 1 || len(table.sorted) != 1 {
 		t.Fatalf("table holds %d routes, want only /ok", len(table.byPrefix))
 	}
-	if r.prefix != "/ok" || r.target != "https://api.openai.com/v1/" || r.scheme != "https" || r.host != "api.openai.com" || r.path != "/v1" || r.rawPath != "/v1" {
-		t.Errorf("route = %s %s %s %s %q %q, want /ok https://api.openai.com/v1/ https api.openai.com \"/v1\" \"/v1\"",
-			r.prefix, r.target, r.scheme, r.host, r.path, r.rawPath)
+	if tg := r.targets[0]; r.prefix != "/ok" || len(r.targets) != 1 || r.multi || tg.url != "https://api.openai.com/v1/" || tg.scheme != "https" || tg.host != "api.openai.com" || tg.path != "/v1" || tg.rawPath != "/v1" || tg.state != nil {
+		t.Errorf("route = %s %s %s %s %q %q (%d targets, multi %v), want /ok https://api.openai.com/v1/ https api.openai.com \"/v1\" \"/v1\" alone",
+			r.prefix, tg.url, tg.scheme, tg.host, tg.path, tg.rawPath, len(r.targets), r.multi)
 	}
 }
 
@@ -155,7 +158,7 @@ func BenchmarkRouteMatch(b *testing.B) {
 	ms := append(defaultMappings(),
 		newMapping("/local/ollama", "http://127.0.0.1:11434"),
 		newMapping("/a/b/c", "http://127.0.0.1:8080"))
-	table, _ := newRouteTable(ms, selfAddrs{})
+	table, _ := newRouteTable(ms, selfAddrs{}, nil)
 	paths := []string{
 		"/openai/v1/chat/completions",
 		"/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent",

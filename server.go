@@ -105,7 +105,7 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 			return nil, err
 		}
 		m, readAt, ok := off.offlineMappings()
-		t, _ := newRouteTable(m, s.self)
+		t, _ := newRouteTable(m, s.self, s.proxy.states)
 		s.routes.Store(t)
 		if ok {
 			logger.Warn("store unreachable at start; routing with the local snapshot until it is back",
@@ -273,7 +273,7 @@ func (s *Server) reloadRoutes(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load mappings: %w", err)
 	}
-	t, skipped := newRouteTable(m, s.self)
+	t, skipped := newRouteTable(m, s.self, s.proxy.states)
 	if len(skipped) > 0 {
 		s.logger.Warn("ignoring invalid stored mappings", "prefixes", skipped)
 	}

@@ -48,7 +48,7 @@ func (c *fakeClock) Set(t time.Time) {
 // testRoutes returns a route table pointer holding mappings.
 func testRoutes(t testing.TB, mappings map[string]string) *atomic.Pointer[routeTable] {
 	t.Helper()
-	rt, skipped := newRouteTable(mappingsOf(mappings), selfAddrs{})
+	rt, skipped := newRouteTable(mappingsOf(mappings), selfAddrs{}, nil)
 	if len(skipped) > 0 {
 		t.Fatalf("invalid test mappings %v", skipped)
 	}
@@ -979,7 +979,7 @@ func TestStatsRedisFleet(t *testing.T) {
 	// is the final one, and later reloads keep it.
 	setMappings(t, servers[0], map[string]string{"/p": up.URL})
 	for i, s := range servers {
-		eventually(t, func() bool { return routeTarget(s, "/p") == up.URL }, fmt.Sprintf("instance %d to route /p", i))
+		eventually(t, func() bool { return routedURL(s, "/p") == up.URL }, fmt.Sprintf("instance %d to route /p", i))
 	}
 	for i, n := range []int{3, 2} {
 		for range n {

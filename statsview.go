@@ -206,7 +206,7 @@ func (st *Stats) viewLocked(now time.Time) *statsView {
 	// in the totals above but it has no row.
 	for _, r := range st.routes.Load().sorted {
 		e := all.get(r.prefix)
-		e.Target = r.target
+		e.Target = r.targets[0].url
 		v.Endpoints[r.prefix] = e
 	}
 	v.Performance = st.perfAt(now)
