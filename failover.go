@@ -338,7 +338,7 @@ func (pr *proxyRequest) try(out *http.Request, t *routeTarget) (*http.Response, 
 		ctx = pr.startIdle(ctx)
 	}
 	req := out.WithContext(ctx)
-	if len(pr.tries) > 0 {
+	if t != pr.order[0] { // rewrite pointed out at pr.order[0]
 		u := *out.URL
 		pr.pointAt(&u, t)
 		req.URL = &u

@@ -152,6 +152,11 @@ type redisStore struct {
 	// ownMessages counts the messages of this store that watch received
 	// and did not signal, so that a test can wait for one.
 	ownMessages atomic.Int64
+	// cooldownsOut queues the cooldowns to share (writeCooldowns);
+	// cooldownsIn receives those of other instances, set before watch
+	// (cooldowns_redis.go).
+	cooldownsOut chan cooldownMessage
+	cooldownsIn  func(k targetKey, until time.Time)
 
 	// snapshotPath is the snapshot file; "" keeps none. source names the
 	// Redis (address, db, key prefix) in the file, so that a snapshot of
@@ -246,6 +251,7 @@ func newRedisStore(client *redis.Client, keyPrefix, snapshotPath string, logger 
 		snapshotPath: snapshotPath,
 		source:       fmt.Sprintf("%s/%d %s", opts.Addr, opts.DB, keyPrefix),
 		instance:     rand.Text(),
+		cooldownsOut: make(chan cooldownMessage, cooldownQueue),
 	}
 }
 
@@ -570,8 +576,14 @@ func (s *redisStore) watch(ctx context.Context) {
 		defer wg.Done()
 		s.persistLoop(ctx)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.writeCooldowns(ctx)
+	}()
 	defer wg.Wait()
-	ps := s.client.Subscribe(ctx, s.key(redisUpdatesChannel))
+	cooldowns := s.key(redisCooldownChannel)
+	ps := s.client.Subscribe(ctx, s.key(redisUpdatesChannel), cooldowns)
 	defer ps.Close()
 	// go-redis reconnects and resubscribes by itself, pings an idle
 	// connection, and delivers a *redis.Subscription after each subscribe.
@@ -592,12 +604,20 @@ func (s *redisStore) watch(ctx context.Context) {
 				if m.Kind != "subscribe" {
 					continue
 				}
+				if m.Channel == cooldowns {
+					s.loadCooldowns(ctx)
+					continue
+				}
 				if subscribed {
 					s.logger.Info("redis subscription restored; resyncing mappings")
 				}
 				subscribed = true
 				s.signal()
 			case *redis.Message:
+				if m.Channel == cooldowns {
+					s.receiveCooldown(m.Payload)
+					continue
+				}
 				if s.ownMessage(m.Payload) {
 					s.ownMessages.Add(1)
 					continue

@@ -94,6 +94,10 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	s.reloadRetry = make(chan struct{}, 1)
 	s.routes.Store(&routeTable{byPrefix: map[string]*route{}})
 	s.proxy = newProxy(cfg, logger, transport, &s.routes)
+	if cs, ok := store.(cooldownSharingStore); ok {
+		s.proxy.states.share = cs.shareCooldown
+		cs.onCooldown(s.proxy.states.apply)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := s.reloadRoutes(ctx); err != nil {
