@@ -260,7 +260,7 @@ func (pr *proxyRequest) RoundTrip(out *http.Request) (*http.Response, error) {
 	}
 	upgrade := out.Header["Upgrade"] != nil
 	k := pr.claimNext(-1, time.Now().UnixNano())
-	t := pr.target
+	var t *routeTarget
 	if k < 0 {
 		// Every target is cooling: the one whose cooldown ends first is
 		// tried (SPEC §9: a request is never refused for cooldowns), and
@@ -276,7 +276,9 @@ func (pr *proxyRequest) RoundTrip(out *http.Request) (*http.Response, error) {
 		failed, retryAfter := false, time.Duration(0)
 		switch {
 		case err != nil:
-			failed = pr.in.Context().Err() == nil
+			// Not the target's fault when the client left, or broke its
+			// own chunked body.
+			failed = pr.in.Context().Err() == nil && (pr.reqBody == nil || !pr.reqBody.failed.Load())
 		case upgrade:
 			failed = res.StatusCode != http.StatusSwitchingProtocols
 		default:
@@ -467,9 +469,11 @@ type bodyKeeper struct {
 	kept     []byte        // the bytes read from src so far, while not overflowed
 	n        int64         // bytes read from src so far
 	limit    int64
-	overflow bool  // kept was dropped (or never kept): no replay
 	srcErr   error // src's final error (io.EOF at its end)
 	current  *keptReader
+	// overflow is set once kept was dropped (or never kept): no replay.
+	// Atomic, so that replayable need not wait for a read in progress.
+	overflow atomic.Bool
 }
 
 // newBodyKeeper keeps body, whose length is contentLength (-1 unknown),
@@ -478,7 +482,7 @@ func newBodyKeeper(body io.ReadCloser, contentLength, limit int64) *bodyKeeper {
 	k := &bodyKeeper{src: body, limit: limit}
 	switch {
 	case contentLength > limit:
-		k.overflow = true
+		k.overflow.Store(true)
 	case contentLength > 0:
 		k.kept = make([]byte, 0, contentLength)
 	}
@@ -486,11 +490,7 @@ func newBodyKeeper(body io.ReadCloser, contentLength, limit int64) *bodyKeeper {
 }
 
 // replayable reports whether every byte read so far is kept.
-func (k *bodyKeeper) replayable() bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return !k.overflow
-}
+func (k *bodyKeeper) replayable() bool { return !k.overflow.Load() }
 
 // reader returns a reader of the body from its start for a new try.
 func (k *bodyKeeper) reader() io.ReadCloser {
@@ -515,7 +515,7 @@ func (r *keptReader) Read(p []byte) (int, error) {
 		return 0, errRetried
 	}
 	if r.off < k.n {
-		if k.overflow {
+		if k.overflow.Load() {
 			return 0, errRetried // cannot happen: a reader behind is superseded
 		}
 		n := copy(p, k.kept[r.off:])
@@ -528,9 +528,10 @@ func (r *keptReader) Read(p []byte) (int, error) {
 	// Held across the read: a superseded try's Transport may be reading
 	// too, and each byte must be read from the client once and kept.
 	n, err := k.src.Read(p)
-	if n > 0 && !k.overflow {
+	if n > 0 && !k.overflow.Load() {
 		if k.n+int64(n) > k.limit {
-			k.overflow, k.kept = true, nil
+			k.overflow.Store(true)
+			k.kept = nil
 		} else {
 			if len(k.kept)+n > cap(k.kept) {
 				grown := make([]byte, len(k.kept), min(max(2*cap(k.kept), len(k.kept)+n, 4<<10), int(k.limit)))

@@ -678,3 +678,92 @@ func TestParseRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// connSet counts the distinct client connections (remote addresses) that
+// requests came on.
+type connSet struct {
+	mu sync.Mutex
+	m  map[string]bool
+}
+
+func (c *connSet) add(r *http.Request) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]bool{}
+	}
+	c.m[r.RemoteAddr] = true
+}
+
+func (c *connSet) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
+}
+
+// TestFailoverReusesConnections: the failed answer's body is drained, so
+// its connection is kept: a failover costs one dial to each target the
+// first time, and none after.
+func TestFailoverReusesConnections(t *testing.T) {
+	var busyConns, okConns connSet
+	busy := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		busyConns.add(r)
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, strings.Repeat("overloaded ", 100))
+	})
+	ok := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		okConns.add(r)
+		io.WriteString(w, "ok")
+	})
+	s, front := newTestServer(t, nil)
+	setMapping(t, s, targetsOf("/ai", busy.URL, ok.URL))
+	for range 20 {
+		res, err := front.Client().Post(front.URL+"/ai/x", "application/json", strings.NewReader(`{"n":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("status %d, want 200", res.StatusCode)
+		}
+	}
+	// 3 failures put the busy target in cooldown: 3 tries, on one connection.
+	if busy.Hits() != 3 || busyConns.len() != 1 || okConns.len() != 1 {
+		t.Errorf("busy target: %d tries on %d connections; ok target: %d connections; want 3 on 1, and 1",
+			busy.Hits(), busyConns.len(), okConns.len())
+	}
+}
+
+// BenchmarkFailover measures what a failover adds to a request: "direct"
+// goes to a target that answers, "after-503" to one that answers 503 and
+// then to that same answering target (the busy one never cools: its
+// failures are cleared before each request). Both through real loopback
+// connections, kept alive.
+func BenchmarkFailover(b *testing.B) {
+	busy := statusUpstream(b, http.StatusServiceUnavailable, "busy")
+	ok := statusUpstream(b, http.StatusOK, strings.Repeat("x", 1<<10))
+	s, front := newTestServer(b, nil)
+	setMapping(b, s, targetsOf("/direct", ok.URL))
+	setMapping(b, s, targetsOf("/failover", busy.URL, ok.URL))
+	st := s.routes.Load().byPrefix["/failover"].targets[0].state
+	client := front.Client()
+	for _, path := range []string{"/direct", "/failover"} {
+		name := map[string]string{"/direct": "direct", "/failover": "after-503"}[path]
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				st.fails.Store(0)
+				res, err := client.Get(front.URL + path + "/v1/chat")
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode != http.StatusOK {
+					b.Fatalf("status %d", res.StatusCode)
+				}
+			}
+		})
+	}
+}

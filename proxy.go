@@ -408,7 +408,7 @@ func (pr *proxyRequest) finish(completed bool) {
 	if pr.reqBody != nil {
 		pr.rec.BytesIn = pr.reqBody.n.Load()
 	}
-	if pr.idle != nil && pr.idle.fired.Load() && len(pr.tries) > 0 {
+	if !completed && pr.idle != nil && pr.idle.fired.Load() && len(pr.tries) > 0 {
 		// Cut after the head: the client's connection was broken.
 		pr.rec.ProxyErr = "upstream_idle_timeout"
 		pr.tries[len(pr.tries)-1].Outcome = tryError
