@@ -66,7 +66,7 @@ var metricsBuckets = func() []int {
 // statsCollector exposes the counters of a Stats. It reads them at scrape
 // time, so the request path pays nothing for metrics: labels come from
 // bounded sets only (prefixes, status codes, at most maxModels+1 model
-// names per prefix).
+// names and maxTargets target indexes per prefix).
 type statsCollector struct {
 	st                                                    *Stats
 	requests, duration, ttfb, tokens, bytesDesc, attempts *prometheus.Desc
