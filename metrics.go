@@ -66,10 +66,10 @@ var metricsBuckets = func() []int {
 // statsCollector exposes the counters of a Stats. It reads them at scrape
 // time, so the request path pays nothing for metrics: labels come from
 // bounded sets only (prefixes, status codes, at most maxModels+1 model
-// names per prefix).
+// names and maxTargets target indexes per prefix).
 type statsCollector struct {
-	st                                          *Stats
-	requests, duration, ttfb, tokens, bytesDesc *prometheus.Desc
+	st                                                    *Stats
+	requests, duration, ttfb, tokens, bytesDesc, attempts *prometheus.Desc
 }
 
 func newStatsCollector(st *Stats) *statsCollector {
@@ -90,6 +90,9 @@ func newStatsCollector(st *Stats) *statsCollector {
 		bytesDesc: prometheus.NewDesc("apiproxy_bytes_total",
 			"Body bytes proxied, by prefix and direction (in: from clients, out: to clients).",
 			[]string{"prefix", "direction"}, nil),
+		attempts: prometheus.NewDesc("apiproxy_upstream_attempts_total",
+			"Tries of a mapping's targets, by prefix, target (its index in the mapping) and outcome (ok; error: it failed and its answer went to the client; retried: it failed and the next target was tried).",
+			[]string{"prefix", "target", "outcome"}, nil),
 	}
 }
 
@@ -99,6 +102,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.ttfb
 	ch <- c.tokens
 	ch <- c.bytesDesc
+	ch <- c.attempts
 }
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
@@ -153,6 +157,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstHistogram(c.ttfb, ttfb[i].count, ttfb[i].sum, ttfb[i].buckets, p)
 		ch <- prometheus.MustNewConstMetric(c.bytesDesc, prometheus.CounterValue, float64(ps.bytesIn.Load()), p, "in")
 		ch <- prometheus.MustNewConstMetric(c.bytesDesc, prometheus.CounterValue, float64(ps.bytesOut.Load()), p, "out")
+		c.collectAttempts(ch, ps)
 
 		for _, m := range *ps.modelList.Load() {
 			counts := m.tokens.load()
@@ -186,4 +191,25 @@ func promBuckets(h *[histBuckets]int64) (uint64, map[float64]uint64) {
 		}
 	}
 	return uint64(cum), out
+}
+
+// collectAttempts sends the tries of each target of ps. A target that was
+// tried gets a series for every outcome, zeros included, so that ratios of
+// outcomes are defined from its first try on; one never tried gets none.
+func (c *statsCollector) collectAttempts(ch chan<- prometheus.Metric, ps *prefixStats) {
+	for i := range ps.targets {
+		var n [numTryOutcomes]int64
+		var tried int64
+		for o := range n {
+			n[o] = ps.targets[i][o].Load()
+			tried |= n[o]
+		}
+		if tried == 0 {
+			continue
+		}
+		target := strconv.Itoa(i)
+		for o, outcome := range tryOutcomes {
+			ch <- prometheus.MustNewConstMetric(c.attempts, prometheus.CounterValue, float64(n[o]), ps.prefix, target, outcome)
+		}
+	}
 }

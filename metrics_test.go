@@ -80,6 +80,9 @@ func TestMetrics(t *testing.T) {
 		{"apiproxy_tokens_total", []string{`prefix="/p"`, `model="gemini-2.0-flash"`, `kind="completion"`}, 35},
 		{"apiproxy_tokens_total", []string{`prefix="/q"`, `model="gpt-4o-2024-08-06"`, `kind="completion"`}, 46},
 		{"apiproxy_bytes_total", []string{`prefix="/p"`, `direction="out"`}, float64(2*len(openAIChatJSON) + len(geminiSSE))},
+		{"apiproxy_upstream_attempts_total", []string{`prefix="/p"`, `target="0"`, `outcome="ok"`}, 3},
+		{"apiproxy_upstream_attempts_total", []string{`prefix="/p"`, `target="0"`, `outcome="error"`}, 1}, // 429 is in retry_on
+		{"apiproxy_upstream_attempts_total", []string{`prefix="/p"`, `target="0"`, `outcome="retried"`}, 0},
 		{"apiproxy_active_requests", nil, 0},
 	} {
 		if got := metricValue(t, body, c.name, c.labels...); got != c.want {
@@ -106,6 +109,37 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("bucket bound %v after %v", le, prev)
 		}
 		prev = le
+	}
+}
+
+// TestMetricsUpstreamAttempts: each try of a target counts under its
+// index and outcome; a target that was tried has every outcome, a target
+// never tried has none.
+func TestMetricsUpstreamAttempts(t *testing.T) {
+	_, front, _, _ := newFailoverServer(t)
+	client := front.Client()
+	for range 2 {
+		if code, _ := getStatus(t, client, front.URL+"/f/x"); code != 200 {
+			t.Fatalf("GET /f/x = %d, want 200", code)
+		}
+	}
+	_, body := getStatus(t, client, front.URL+"/metrics")
+	for _, c := range []struct {
+		target, outcome string
+		want            float64
+	}{
+		{"0", "ok", 0},
+		{"0", "error", 0},
+		{"0", "retried", 2},
+		{"1", "ok", 2},
+		{"1", "error", 0},
+		{"1", "retried", 0},
+		{"2", "ok", -1},
+	} {
+		labels := []string{`prefix="/f"`, `target="` + c.target + `"`, `outcome="` + c.outcome + `"`}
+		if got := metricValue(t, string(body), "apiproxy_upstream_attempts_total", labels...); got != c.want {
+			t.Errorf("apiproxy_upstream_attempts_total%v = %v, want %v", labels, got, c.want)
+		}
 	}
 }
 

@@ -129,6 +129,38 @@ func (c *tokenCounts) add(o *tokenCounts) {
 // Status classes, the Total fields "s1xx".."s5xx".
 var statusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 
+// Per-target figures (SPEC §9), in targetFigures order: the tries of a
+// target, those that failed (they count in its errors) and those followed
+// by a try of another target. Each is the Total field
+// "t<index>|<figure>" of a prefix, index being the target's position in
+// its mapping; stored data and users' scripts depend on these names.
+const (
+	figTries = iota
+	figErrors
+	figFailovers
+	numTargetFigures
+)
+
+var targetFigures = [numTargetFigures]string{fieldCount, fieldErrors, "failovers"}
+
+// targetTries counts the tries of one target of a prefix by outcome
+// (tryOutcome), since the process started.
+type targetTries [numTryOutcomes]atomic.Int64
+
+// figuresOf returns the target figures (targetFigures order) of tries
+// counted by outcome.
+func figuresOf(byOutcome *[numTryOutcomes]int64) [numTargetFigures]int64 {
+	var f [numTargetFigures]int64
+	for o, n := range byOutcome {
+		f[figTries] += n
+		if (targetTry{Outcome: tryOutcome(o)}).failed() {
+			f[figErrors] += n
+		}
+	}
+	f[figFailovers] = byOutcome[tryRetried]
+	return f
+}
+
 // histIndex returns the histogram bucket of a duration of us microseconds:
 // exact below 4 µs, then 4 buckets per power of two, the last one open.
 func histIndex(us int64) int {
@@ -232,6 +264,7 @@ type prefixStats struct {
 	bytesIn, bytesOut atomic.Int64
 	noModel           tokenCounters // tokens of responses that named no model; the rest are per model
 	unknown           atomic.Int64
+	targets           [maxTargets]targetTries // by the target's index in the mapping
 
 	models    atomic.Pointer[map[string]*modelStats] // by raw name as received; copy on write
 	modelList atomic.Pointer[[]*modelStats]          // each model once
@@ -245,6 +278,7 @@ type prefixStats struct {
 		bytesIn, bytesOut int64
 		noModel           tokenCounts
 		unknown           int64
+		targets           [maxTargets][numTryOutcomes]int64
 	}
 	// Process-lifetime histograms for /metrics.
 	procLatency, procTTFB       [histBuckets]int64
@@ -257,6 +291,7 @@ type prefixFields struct {
 	classes                                                         [len(statusClasses)]string
 	tokens                                                          [numTokenKinds]string
 	latency, ttfb                                                   [histBuckets]string
+	targets                                                         [maxTargets][numTargetFigures]string
 }
 
 func newPrefixStats(prefix string) *prefixStats {
@@ -276,6 +311,11 @@ func newPrefixStats(prefix string) *prefixStats {
 	for i := range histBuckets {
 		f.latency[i] = p + fieldLatency + strconv.Itoa(i)
 		f.ttfb[i] = p + fieldTTFB + strconv.Itoa(i)
+	}
+	for i := range maxTargets {
+		for k, name := range targetFigures {
+			f.targets[i][k] = p + fieldTarget + strconv.Itoa(i) + "|" + name
+		}
 	}
 	return ps
 }
@@ -477,6 +517,11 @@ func (st *Stats) record(rec *requestRecord) {
 		}
 	}
 	ps.codes[code].Add(1)
+	for _, t := range rec.Tries {
+		if int(t.Index) < maxTargets && t.Outcome < numTryOutcomes {
+			ps.targets[t.Index][t.Outcome].Add(1)
+		}
+	}
 	if rec.BytesIn != 0 {
 		ps.bytesIn.Add(rec.BytesIn)
 	}
@@ -585,7 +630,8 @@ func (st *Stats) drainSlots(ps *prefixStats, hour int64) (requests int64) {
 }
 
 // drainCumulative adds to pending's totals what the cumulative counters of
-// ps (status codes, bytes, tokens, models) gained since the last drain.
+// ps (status codes, bytes, tokens, models, target tries) gained since the
+// last drain.
 func (st *Stats) drainCumulative(ps *prefixStats) {
 	d, f, dr := st.pending, &ps.f, &ps.drained
 	for code := range statusSlots {
@@ -605,6 +651,17 @@ func (st *Stats) drainCumulative(ps *prefixStats) {
 	dr.bytesIn = drainCounter(d.Total, f.bytesIn, &ps.bytesIn, dr.bytesIn)
 	dr.bytesOut = drainCounter(d.Total, f.bytesOut, &ps.bytesOut, dr.bytesOut)
 	dr.unknown = drainCounter(d.Total, f.unknown, &ps.unknown, dr.unknown)
+	for i := range ps.targets {
+		var delta [numTryOutcomes]int64
+		for o := range delta {
+			v := ps.targets[i][o].Load()
+			delta[o] = v - dr.targets[i][o]
+			dr.targets[i][o] = v
+		}
+		for k, n := range figuresOf(&delta) {
+			addNonZero(d.Total, f.targets[i][k], n)
+		}
+	}
 	// The prefix's tokens are those of responses without a model plus
 	// those of every model.
 	var tokens tokenCounts

@@ -48,7 +48,14 @@ func (c *fakeClock) Set(t time.Time) {
 // testRoutes returns a route table pointer holding mappings.
 func testRoutes(t testing.TB, mappings map[string]string) *atomic.Pointer[routeTable] {
 	t.Helper()
-	rt, skipped := newRouteTable(mappingsOf(mappings), selfAddrs{}, nil)
+	return testRouteObjects(t, mappingsOf(mappings)...)
+}
+
+// testRouteObjects returns a route table pointer holding mappings, whose
+// targets have fresh states.
+func testRouteObjects(t testing.TB, mappings ...Mapping) *atomic.Pointer[routeTable] {
+	t.Helper()
+	rt, skipped := newRouteTable(mappings, selfAddrs{}, newTargetStates())
 	if len(skipped) > 0 {
 		t.Fatalf("invalid test mappings %v", skipped)
 	}
@@ -88,9 +95,16 @@ func viewOf(t testing.TB, st *Stats) statsView {
 	return v
 }
 
-// rec is a finished request of prefix at start, lasting d.
+// rec is a finished request of prefix at start, lasting d, that tried the
+// first target once: a failure if status is one of defaultRetryOn, as the
+// proxy counts a mapping with one target.
 func rec(prefix string, start time.Time, status int, d time.Duration) *requestRecord {
-	return &requestRecord{Prefix: prefix, Status: status, Start: start, Duration: d, TTFB: d / 2, BytesIn: 100, BytesOut: 1000}
+	o := tryOK
+	if slices.Contains(defaultRetryOn, status) {
+		o = tryError
+	}
+	return &requestRecord{Prefix: prefix, Status: status, Start: start, Duration: d, TTFB: d / 2, BytesIn: 100, BytesOut: 1000,
+		Tries: []targetTry{{Index: 0, Outcome: o}}}
 }
 
 func TestHistIndex(t *testing.T) {
@@ -359,6 +373,154 @@ func TestStatsDeletedPrefix(t *testing.T) {
 	}
 }
 
+// failoverMappings are "/f", two targets failing over, and "/a", one.
+func failoverMappings() []Mapping {
+	return []Mapping{
+		{Prefix: "/f", Targets: []Target{{URL: "https://f0.example"}, {URL: "https://f1.example/v1"}}},
+		newMapping("/a", "https://a.example"),
+	}
+}
+
+// targetRec is a finished request of prefix at now with status and tries.
+func targetRec(prefix string, now time.Time, status int, tries ...targetTry) *requestRecord {
+	r := rec(prefix, now.Add(-time.Millisecond), status, time.Millisecond)
+	r.Tries = tries
+	return r
+}
+
+// recordFailovers records, at clock's time, requests of "/f" (two
+// targets), "/a" (one) and "/gone" (no longer mapped), flushing half of
+// them: 3 failovers in all, 2 of them of "/f"'s target 0.
+func recordFailovers(st *Stats, clock *fakeClock) error {
+	now := clock.Now()
+	for _, r := range []*requestRecord{
+		targetRec("/f", now, 200, targetTry{0, tryRetried}, targetTry{1, tryOK}),
+		targetRec("/f", now, 503, targetTry{0, tryRetried}, targetTry{1, tryError}),
+		targetRec("/a", now, 200, targetTry{0, tryOK}),
+		targetRec("/gone", now, 200, targetTry{0, tryRetried}, targetTry{1, tryOK}),
+	} {
+		st.record(r)
+	}
+	if err := st.flush(context.Background()); err != nil {
+		return err
+	}
+	for _, r := range []*requestRecord{
+		targetRec("/f", now, 200, targetTry{1, tryOK}), // target 0 cooling down
+		targetRec("/f", now, 503),                      // refused before any try
+		targetRec("/a", now, 502, targetTry{0, tryError}),
+	} {
+		st.record(r)
+	}
+	return nil
+}
+
+// checkFailoverTargets checks what recordFailovers recorded n times, seen
+// in v: cool is "/f"'s target 1's cooldown_until.
+func checkFailoverTargets(t testing.TB, v *statsView, n, cool int64) {
+	t.Helper()
+	f, a := v.Endpoints["/f"], v.Endpoints["/a"]
+	if f == nil || a == nil {
+		t.Fatalf("endpoints = %v, want /f and /a", v.Endpoints)
+	}
+	want := map[string][]targetView{
+		"/f": {
+			{URL: "https://f0.example", Count: 2 * n, Errors: 2 * n, Failovers: 2 * n},
+			{URL: "https://f1.example/v1", Count: 3 * n, Errors: n, CooldownUntil: cool},
+		},
+		"/a": {{URL: "https://a.example", Count: 2 * n, Errors: n}},
+	}
+	for prefix, w := range want {
+		if got := v.Endpoints[prefix].Targets; !slices.Equal(got, w) {
+			t.Errorf("%s targets = %+v, want %+v", prefix, got, w)
+		}
+	}
+	checkCounts(t, []countCheck{
+		{"failovers", v.Failovers, 3 * n},
+		{"total", v.Total, 7 * n},
+		{"/f count", f.Count, 4 * n},
+		{"/f error_count", f.ErrorCount, 2 * n},
+		{"/a count", a.Count, 2 * n},
+	})
+}
+
+// TestStatsTargets: the tries of each target are counted by position,
+// flushed or pending, and shown for the current mapping's targets with
+// their cooldowns; failovers of every prefix add up at the top level.
+func TestStatsTargets(t *testing.T) {
+	now := time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)
+	clock := &fakeClock{t: now}
+	st := newTestStats(t, nil, clock)
+	st.routes = testRouteObjects(t, failoverMappings()...)
+	if err := recordFailovers(st, clock); err != nil {
+		t.Fatal(err)
+	}
+	st.routes.Load().byPrefix["/f"].targets[1].state.failed(now, 90*time.Second)
+	v := viewOf(t, st)
+	checkFailoverTargets(t, &v, 1, now.Unix()+90)
+
+	// The mapping edited: positions keep their counts, under the new URLs;
+	// a position without tries shows zeros.
+	st.routes = testRouteObjects(t,
+		Mapping{Prefix: "/f", Targets: []Target{{URL: "https://f1.example/v1"}, {URL: "https://new.example"}, {URL: "https://f2.example"}}},
+		Mapping{Prefix: "/a", Targets: []Target{{URL: "https://a.example"}, {URL: "https://a2.example"}}})
+	v = viewOf(t, st)
+	wantF := []targetView{
+		{URL: "https://f1.example/v1", Count: 2, Errors: 2, Failovers: 2},
+		{URL: "https://new.example", Count: 3, Errors: 1},
+		{URL: "https://f2.example"},
+	}
+	if got := v.Endpoints["/f"].Targets; !slices.Equal(got, wantF) {
+		t.Errorf("edited /f targets = %+v, want %+v", got, wantF)
+	}
+	if got := v.Endpoints["/a"].Targets; len(got) != 2 || got[1] != (targetView{URL: "https://a2.example"}) {
+		t.Errorf("edited /a targets = %+v, want a zero second target", got)
+	}
+
+	// Stored as Total fields "<prefix>|t<index>|<figure>".
+	if err := st.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := st.store.LoadStats(context.Background(), now)
+	for field, want := range map[string]int64{
+		"/f|t0|count": 2, "/f|t0|errors": 2, "/f|t0|failovers": 2,
+		"/f|t1|count": 3, "/f|t1|errors": 1, "/f|t1|failovers": 0,
+		"/a|t0|count": 2, "/a|t0|errors": 1, "/gone|t0|failovers": 1, "/gone|t1|count": 1,
+	} {
+		if got := d.Total[field]; got != want {
+			t.Errorf("stored %s = %d, want %d", field, got, want)
+		}
+	}
+}
+
+// TestTargetField: stored target fields are read back, anything else
+// that looks like one is ignored.
+func TestTargetField(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		index, figure int
+		ok            bool
+	}{
+		{"t0|count", 0, figTries, true},
+		{"t15|errors", 15, figErrors, true},
+		{"t3|failovers", 3, figFailovers, true},
+		{"t16|count", 0, 0, false},
+		{"t-1|count", 0, 0, false},
+		{"t+1|count", 0, 0, false},
+		{"t|count", 0, 0, false},
+		{"t1|retried", 0, 0, false},
+		{"t1", 0, 0, false},
+		{"tok_prompt", 0, 0, false},
+		{"ttfb|3", 0, 0, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			i, f, ok := targetField(tt.name)
+			if i != tt.index || f != tt.figure || ok != tt.ok {
+				t.Errorf("targetField(%q) = %d, %d, %v; want %d, %d, %v", tt.name, i, f, ok, tt.index, tt.figure, tt.ok)
+			}
+		})
+	}
+}
+
 // memStatsStore keeps stats in memory: the statsStore of tests that need
 // no real store. Safe for concurrent use.
 type memStatsStore struct {
@@ -594,12 +756,13 @@ func TestStatsBoltPrunes(t *testing.T) {
 }
 
 // TestRecordAllocs: the proxy's observer allocates nothing once the prefix
-// and model were seen.
+// and model were seen, whatever tries the request made.
 func TestRecordAllocs(t *testing.T) {
 	st := newTestStats(t, nil, &fakeClock{t: time.Now()})
 	r := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	ru := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	ru.Usage = tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 10, tokCompletion: 20, tokTotal: 30}, Model: []byte("gpt-4o")}
+	ru.Tries = []targetTry{{0, tryRetried}, {2, tryRetried}, {1, tryOK}}
 	st.record(r)
 	st.record(ru)
 	if n := testing.AllocsPerRun(1000, func() { st.record(r); st.record(ru) }); n != 0 {
@@ -608,13 +771,15 @@ func TestRecordAllocs(t *testing.T) {
 }
 
 // BenchmarkRecord measures the proxy's observer: a request without usage
-// (most proxied calls), one with usage and a model, and all cores
-// recording on one prefix at once.
+// (most proxied calls), one with usage and a model, one that failed over
+// to a second target, and all cores recording on one prefix at once.
 func BenchmarkRecord(b *testing.B) {
 	st := newTestStats(b, nil, &fakeClock{t: time.Now()})
 	plain := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	usage := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	usage.Usage = tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 10, tokCompletion: 20, tokTotal: 30}, Model: []byte("gpt-4o-2024-08-06")}
+	failover := rec("/a", time.Now(), 200, 3*time.Millisecond)
+	failover.Tries = []targetTry{{0, tryRetried}, {1, tryOK}}
 	st.record(usage)
 	b.Run("plain", func(b *testing.B) {
 		b.ReportAllocs()
@@ -626,6 +791,12 @@ func BenchmarkRecord(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			st.record(usage)
+		}
+	})
+	b.Run("failover", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			st.record(failover)
 		}
 	})
 	b.Run("parallel", func(b *testing.B) {
@@ -824,6 +995,73 @@ func TestStatsThroughProxy(t *testing.T) {
 	_ = s
 }
 
+// newFailoverServer serves a Server mapping "/f" to two upstreams: the
+// first answers 503, the second 200 "ok".
+func newFailoverServer(t testing.TB) (s *Server, front *httptest.Server, first, second *upstream) {
+	t.Helper()
+	first = newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "busy")
+	})
+	second = newUpstream(t, nil)
+	s, front = newTestServer(t, nil)
+	ctx := context.Background()
+	m := Mapping{Prefix: "/f", Targets: []Target{{URL: first.URL}, {URL: second.URL}}}
+	if err := s.store.CreateMapping(ctx, m); err != nil {
+		t.Fatalf("create mapping: %v", err)
+	}
+	if err := s.reloadRoutes(ctx); err != nil {
+		t.Fatalf("reloadRoutes: %v", err)
+	}
+	return s, front, first, second
+}
+
+// TestStatsFailoverThroughProxy: requests whose first target answers 503
+// and whose second answers 200 count a failed try and a failover of the
+// first, a try of the second, and, once the first failed failuresToCool
+// times, its cooldown.
+func TestStatsFailoverThroughProxy(t *testing.T) {
+	_, front, first, second := newFailoverServer(t)
+	client := front.Client()
+	before := time.Now().Unix()
+	for range failuresToCool {
+		if code, body := getStatus(t, client, front.URL+"/f/x"); code != 200 || string(body) != "ok" {
+			t.Fatalf("GET /f/x = %d %q, want the second target's 200 ok", code, body)
+		}
+	}
+	after := time.Now().Unix()
+	if first.Hits() != failuresToCool || second.Hits() != failuresToCool {
+		t.Fatalf("upstream hits %d, %d; want %d each", first.Hits(), second.Hits(), failuresToCool)
+	}
+	n := int64(failuresToCool)
+	v := waitStats(t, client, front.URL, func(v statsView) bool {
+		f := v.Endpoints["/f"]
+		return f != nil && f.Count == n && len(f.Targets) == 2 && f.Targets[1].Count == n
+	}, "/stats to count the requests of /f")
+	f := v.Endpoints["/f"]
+	t0, t1 := f.Targets[0], f.Targets[1]
+	checkCounts(t, []countCheck{
+		{"failovers", v.Failovers, n},
+		{"/f error_count", f.ErrorCount, 0},
+		{"/f 2xx", f.Status.S2xx, n},
+		{"targets[0].count", t0.Count, n},
+		{"targets[0].errors", t0.Errors, n},
+		{"targets[0].failovers", t0.Failovers, n},
+		{"targets[1].count", t1.Count, n},
+		{"targets[1].errors", t1.Errors, 0},
+		{"targets[1].failovers", t1.Failovers, 0},
+		{"targets[1].cooldown_until", t1.CooldownUntil, 0},
+	})
+	if t0.URL != first.URL || t1.URL != second.URL || f.Target != first.URL {
+		t.Errorf("target %q, targets %q and %q; want %q first, then %q", f.Target, t0.URL, t1.URL, first.URL, second.URL)
+	}
+	cool := int64(failureCooldown / time.Second)
+	if t0.CooldownUntil < before+cool || t0.CooldownUntil > after+cool+1 {
+		t.Errorf("targets[0].cooldown_until = %d, want %v after the third failure, between %d and %d",
+			t0.CooldownUntil, failureCooldown, before+cool, after+cool+1)
+	}
+}
+
 // TestStatsJSONShape checks the field names of /stats that the dashboard
 // and users' scripts read (SPEC §4).
 func TestStatsJSONShape(t *testing.T) {
@@ -843,11 +1081,16 @@ func TestStatsJSONShape(t *testing.T) {
 			}
 		}
 	}
-	has(m, "/stats", "total", "errors", "last_24h", "last_7d", "last_30d", "tokens", "endpoints", "series", "performance")
+	has(m, "/stats", "total", "errors", "failovers", "last_24h", "last_7d", "last_30d", "tokens", "endpoints", "series", "performance")
 	has(m["tokens"].(map[string]any), "tokens", "prompt", "completion", "total")
 	ep := m["endpoints"].(map[string]any)["/openai"].(map[string]any)
 	has(ep, "endpoint", "target", "count", "error_count", "last_request", "last_24h", "last_7d", "last_30d",
-		"status", "client_closed", "bytes_in", "bytes_out", "latency_ms", "ttfb_ms", "tokens", "models")
+		"status", "client_closed", "bytes_in", "bytes_out", "latency_ms", "ttfb_ms", "tokens", "models", "targets")
+	targets, _ := ep["targets"].([]any)
+	if len(targets) != 1 {
+		t.Fatalf("endpoint targets = %v, want one", ep["targets"])
+	}
+	has(targets[0].(map[string]any), "endpoint target", "url", "count", "errors", "failovers", "cooldown_until")
 	has(ep["status"].(map[string]any), "status", "2xx", "3xx", "4xx", "5xx")
 	has(ep["latency_ms"].(map[string]any), "latency_ms", "avg", "p50", "p95", "p99")
 	has(ep["ttfb_ms"].(map[string]any), "ttfb_ms", "p50", "p95", "p99")
@@ -992,6 +1235,35 @@ func TestStatsRedisFleet(t *testing.T) {
 		waitStats(t, f.Client(), f.URL, func(v statsView) bool {
 			return v.Total == 5 && v.Endpoints["/p"] != nil && v.Endpoints["/p"].Count == 5 && v.Last24h == 5
 		}, fmt.Sprintf("instance %d to show the fleet's 5 requests", i))
+	}
+}
+
+// TestStatsRedisFleetTargets: the per-target figures of two instances
+// flushing to one Redis add up, and either shows the fleet's.
+func TestStatsRedisFleetTargets(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	now := time.Now() // Redis expires buckets by their time
+	clock := &fakeClock{t: now}
+	var fleet []*Stats
+	for range 2 {
+		st := newTestStats(t, openTestRedisStore(t, addr, prefix, ""), clock)
+		st.routes = testRouteObjects(t, failoverMappings()...)
+		if err := recordFailovers(st, clock); err != nil {
+			t.Fatal(err)
+		}
+		fleet = append(fleet, st)
+	}
+	for _, st := range fleet {
+		if err := st.flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, st := range fleet {
+		t.Run(fmt.Sprintf("instance %d", i), func(t *testing.T) {
+			v := viewOf(t, st)
+			checkFailoverTargets(t, &v, 2, 0)
+		})
 	}
 }
 

@@ -21,6 +21,7 @@ type statsView struct {
 	Total        int64                    `json:"total"`
 	Errors       int64                    `json:"errors"`
 	ClientClosed int64                    `json:"client_closed"`
+	Failovers    int64                    `json:"failovers"` // tries followed by a try of another target
 	Last24h      int64                    `json:"last_24h"`
 	Last7d       int64                    `json:"last_7d"`
 	Last30d      int64                    `json:"last_30d"`
@@ -142,10 +143,28 @@ type endpointView struct {
 	TTFBMS       ttfbView              `json:"ttfb_ms"`
 	Tokens       tokenView             `json:"tokens"`
 	Models       map[string]*modelView `json:"models"`
+	// Targets are the figures of the current mapping's targets, in its
+	// order: those counted under each position, whatever URL it had then.
+	Targets []targetView `json:"targets"`
 
 	// Last 24 hours, for the latency figures.
 	latSum        int64
 	latency, ttfb [histBuckets]int64
+	// tries holds the target figures by position (targetFigures order),
+	// of every position stored, mapped now or not.
+	tries [maxTargets][numTargetFigures]int64
+}
+
+// targetView is the figures of one target of a mapping (SPEC §9), all-time
+// but for its cooldown, which is now's.
+type targetView struct {
+	URL       string `json:"url"`
+	Count     int64  `json:"count"`     // tries
+	Errors    int64  `json:"errors"`    // tries that failed, failovers included
+	Failovers int64  `json:"failovers"` // failed tries followed by a try of another target
+	// CooldownUntil is when the target's cooldown ends, Unix seconds; 0
+	// when it is not cooling down (always, for a mapping with one target).
+	CooldownUntil int64 `json:"cooldown_until"`
 }
 
 // statusView counts requests by status class, all-time.
@@ -207,6 +226,12 @@ func (st *Stats) viewLocked(now time.Time) *statsView {
 	for _, r := range st.routes.Load().sorted {
 		e := all.get(r.prefix)
 		e.Target = r.targets[0].url
+		e.Targets = make([]targetView, len(r.targets))
+		for i, t := range r.targets {
+			f := &e.tries[t.index]
+			e.Targets[i] = targetView{URL: t.url, Count: f[figTries], Errors: f[figErrors],
+				Failovers: f[figFailovers], CooldownUntil: t.state.cooldownUntil(now)}
+		}
 		v.Endpoints[r.prefix] = e
 	}
 	v.Performance = st.perfAt(now)
@@ -296,6 +321,9 @@ func (v *statsView) addEndpoint(e *endpointView) {
 	v.Total += e.Count
 	v.Errors += e.ErrorCount
 	v.ClientClosed += e.ClientClosed
+	for i := range e.tries {
+		v.Failovers += e.tries[i][figFailovers]
+	}
 	v.Last24h += e.Last24h
 	v.Last7d += e.Last7d
 	v.Last30d += e.Last30d
@@ -344,8 +372,33 @@ func (e *endpointView) addTotal(name string, n int64) {
 				e.Models[rest[:i]] = m
 			}
 			m.add(rest[i+1:], n)
+		} else if i, fig, ok := targetField(name); ok {
+			e.tries[i][fig] += n
 		}
 	}
+}
+
+// targetField parses "t<index>|<figure>" (fieldTarget), index below
+// maxTargets and figure one of targetFigures.
+func targetField(name string) (index, figure int, ok bool) {
+	rest, ok := strings.CutPrefix(name, fieldTarget)
+	if !ok {
+		return 0, 0, false
+	}
+	num, fig, ok := strings.Cut(rest, "|")
+	if !ok || num == "" || num[0] < '0' || num[0] > '9' {
+		return 0, 0, false
+	}
+	i, err := strconv.Atoi(num)
+	if err != nil || i >= maxTargets {
+		return 0, 0, false
+	}
+	for k, f := range targetFigures {
+		if f == fig {
+			return i, k, true
+		}
+	}
+	return 0, 0, false
 }
 
 // addHour adds n to the field name of an hour in the last 24.

@@ -44,15 +44,18 @@ func checkGolden(t testing.TB, name string, got []byte) {
 }
 
 // goldenStats returns a Stats holding known data: three prefixes (one no
-// longer mapped), requests over 40 days, every status class, a client that
-// left, token usage with and without a model, models past maxModels, and
-// counts both flushed to the store and still pending. The process figures
-// are fixed.
+// longer mapped, one with two targets, the second cooling down), requests
+// over 40 days, every status class, a client that left, token usage with
+// and without a model, models past maxModels, failovers, and counts both
+// flushed to the store and still pending. The process figures are fixed.
 func goldenStats(t testing.TB) (*Stats, time.Time) {
 	t.Helper()
 	now0 := time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)
 	clock := &fakeClock{t: now0.Add(-40 * 24 * time.Hour)}
 	st := newTestStats(t, nil, clock)
+	st.routes = testRouteObjects(t,
+		Mapping{Prefix: "/a", Targets: []Target{{URL: "https://a.example"}, {URL: "https://a2.example"}}},
+		newMapping("/b", "http://b.example/base"))
 	ctx := context.Background()
 	ms, day := time.Millisecond, 24*time.Hour
 	at := func(ago time.Duration, flush bool, recs ...*requestRecord) {
@@ -81,10 +84,17 @@ func goldenStats(t testing.TB) (*Stats, time.Time) {
 	closed.ProxyErr = "client_closed"
 	unreachable := rec("/a", now0, 502, ms)
 	unreachable.ProxyErr, unreachable.BytesOut, unreachable.TTFB = "upstream_unreachable", 0, 0
+	unreachable.Tries = []targetTry{{0, tryRetried}, {1, tryError}}
 	odd := rec("/b", now0, 99, 2*ms)
+	failedOver := rec("/a", now0, 200, 12*ms)
+	failedOver.Tries = []targetTry{{0, tryRetried}, {1, tryOK}}
+	goneFailedOver := rec("/gone", now0, 404, 5*ms)
+	goneFailedOver.Tries = []targetTry{{0, tryRetried}, {1, tryOK}}
+	limited := rec("/a", now0, 429, 3*ms)
+	limited.Tries = []targetTry{{0, tryRetried}, {1, tryError}}
 
 	at(40*day, true, rec("/a", now0, 200, 10*ms), rec("/gone", now0, 200, 3*ms))
-	at(10*day, true, rec("/a", now0, 200, 12*ms), rec("/a", now0, 500, 30*ms), rec("/gone", now0, 404, 5*ms))
+	at(10*day, true, failedOver, rec("/a", now0, 500, 30*ms), goneFailedOver)
 	at(3*day, true, rec("/a", now0, 201, 9*ms), rec("/b", now0, 101, 2*ms), rec("/b", now0, 304, 4*ms))
 	at(5*time.Hour, true, closed, odd, rec("/b", now0, 200, 250*ms),
 		usage("/b", "", 200, 40*ms, tokenCounts{tokPrompt: 7, tokCompletion: 3, tokTotal: 10}))
@@ -110,11 +120,12 @@ func goldenStats(t testing.TB) (*Stats, time.Time) {
 	}
 	// Pending: counted here, not yet written to the store.
 	at(0, false, usage("/a", "gpt-4o", 200, 600*ms, tokenCounts{tokPrompt: 9, tokCompletion: 12, tokTotal: 21}),
-		rec("/a", now0, 429, 3*ms), rec("/gone", now0, 200, time.Second))
+		limited, rec("/gone", now0, 200, time.Second))
 	st.perf.Store(&perfFigures{RequestsPerSec: 1.25, AvgResponseTimeMS: 12.5, ErrorRate: 3.33,
 		MemoryUsageMB: 10.5, GoroutineCount: 7})
 	now := now0.Add(2 * time.Second)
 	clock.Set(now)
+	st.routes.Load().byPrefix["/a"].targets[1].state.failed(now, 2*time.Minute)
 	return st, now
 }
 

@@ -213,6 +213,7 @@ const (
 	fieldTokens       = "tok_"        // "tok_<kind>" with a token kind (tokenKinds)
 	fieldUnknown      = "tok_unknown" // 2xx responses that carried no usage
 	fieldModel        = "m|"          // "m|<model>|<kind>" with kind "count" or a token kind
+	fieldTarget       = "t"           // "t<index>|<figure>" with a figure of targetFigures
 )
 
 func newStatsData() *statsData {
