@@ -464,13 +464,13 @@ func (pr *proxyRequest) touchIdle() {
 // reading from its own goroutine. Past limit the kept bytes are dropped
 // and the body can no longer be sent again. Safe for concurrent use.
 type bodyKeeper struct {
-	mu       sync.Mutex
-	src      io.ReadCloser // the client's body
-	kept     []byte        // the bytes read from src so far, while not overflowed
-	n        int64         // bytes read from src so far
-	limit    int64
-	srcErr   error // src's final error (io.EOF at its end)
-	current  *keptReader
+	mu      sync.Mutex
+	src     io.ReadCloser // the client's body
+	kept    []byte        // the bytes read from src so far, while not overflowed
+	n       int64         // bytes read from src so far
+	limit   int64
+	srcErr  error // src's final error (io.EOF at its end)
+	current *keptReader
 	// overflow is set once kept was dropped (or never kept): no replay.
 	// Atomic, so that replayable need not wait for a read in progress.
 	overflow atomic.Bool
