@@ -789,10 +789,11 @@ func TestRedisSnapshotFileOldFormat(t *testing.T) {
 	}
 }
 
-// TestRedisObjectValue: a value in the object form of SPEC §9 (written by
-// hand, or by a newer version) is not routed, is listed by the admin API
-// with its prefix, can be deleted there, and is kept as it is in the
-// snapshot file; the plain values beside it work as before.
+// TestRedisObjectValue: a value in the object form of SPEC §9 that this
+// version cannot read (a field a newer version added) is not routed, is
+// listed by the admin API with its prefix, can be deleted there, and is
+// kept as it is in the snapshot file; the plain values beside it work as
+// before.
 func TestRedisObjectValue(t *testing.T) {
 	ctx := context.Background()
 	addr := testRedisAddr(t)
@@ -802,7 +803,7 @@ func TestRedisObjectValue(t *testing.T) {
 	if _, err := store.Mappings(ctx); err != nil { // seed the defaults
 		t.Fatal(err)
 	}
-	const object = `{"prefix":"/obj","targets":[{"url":"https://a.example"},{"url":"https://b.example"}]}`
+	const object = `{"prefix":"/obj","targets":[{"url":"https://a.example"},{"url":"https://b.example"}],"newer_rule":true}`
 	if err := store.client.HSet(ctx, prefix+redisMappingsKey, "/obj", object, "/plain", "https://plain.example").Err(); err != nil {
 		t.Fatal(err)
 	}
