@@ -267,7 +267,7 @@ func (s *Server) handleCreateMapping(c *gin.Context) {
 		s.writeStoreError(c, err)
 		return
 	}
-	s.logger.Info("mapping created", "prefix", m.Prefix, "targets", m.urls(), "client", s.clientAddr(c.Request))
+	s.logger.Info("mapping created", "prefix", m.Prefix, "target", m.firstURL(), "targets", m.urls(), "client", s.clientAddr(c.Request))
 	s.reloadAfterWrite(ctx)
 	c.Header("Location", "/api/mappings"+m.Prefix)
 	c.JSON(http.StatusCreated, m.object(false))
@@ -333,7 +333,7 @@ func (s *Server) handleUpdateMapping(c *gin.Context) {
 		s.writeStoreError(c, err)
 		return
 	}
-	s.logger.Info("mapping updated", "prefix", m.Prefix, "targets", m.urls(), "client", s.clientAddr(c.Request))
+	s.logger.Info("mapping updated", "prefix", m.Prefix, "target", m.firstURL(), "targets", m.urls(), "client", s.clientAddr(c.Request))
 	s.reloadAfterWrite(ctx)
 	c.JSON(http.StatusOK, m.object(false))
 }
