@@ -44,23 +44,13 @@ const (
 	authStoreTimeout = time.Second
 )
 
-// mappingJSON is a mapping in the original form of the admin API's
-// requests and responses: a prefix and its (first) target's URL.
-type mappingJSON struct {
-	Prefix string `json:"prefix"`
-	Target string `json:"target"`
-}
-
-// mappingJSONOf is m in the original form.
-func mappingJSONOf(m Mapping) mappingJSON {
-	return mappingJSON{Prefix: m.Prefix, Target: m.firstURL()}
-}
-
-// updateJSON is the body of PUT /api/mappings/{prefix}. Prefix is optional;
-// when present it must name the same mapping as the path.
-type updateJSON struct {
+// updateObject is the body of PUT /api/mappings/{prefix}: the mapping
+// object of SPEC §9, whose prefix is optional and, when present, must name
+// the same mapping as the path. Its Prefix shadows mappingObject's so that
+// `"prefix": ""` is told apart from no prefix at all.
+type updateObject struct {
 	Prefix *string `json:"prefix"`
-	Target string  `json:"target"`
+	mappingObject
 }
 
 // generateAdminToken returns a new random admin token: 26 base32
@@ -222,20 +212,24 @@ func (s *Server) storeMappings(c *gin.Context) (ms []Mapping, ok bool) {
 }
 
 // handleListMappings answers {"mappings": {prefix: first target URL},
-// "count": N} (SPEC §6).
+// "count": N, "items": [mapping objects]} (SPEC §6, §9), sorted by prefix.
+// Items never hold a key, only key_set and key_hint.
 func (s *Server) handleListMappings(c *gin.Context) {
 	ms, ok := s.storeMappings(c)
 	if !ok {
 		return
 	}
 	byPrefix := make(map[string]string, len(ms))
+	items := make([]mappingObject, 0, len(ms))
 	for _, m := range ms {
 		byPrefix[m.Prefix] = m.firstURL()
+		items = append(items, m.object(false))
 	}
-	c.JSON(http.StatusOK, gin.H{"mappings": byPrefix, "count": len(byPrefix)})
+	c.JSON(http.StatusOK, gin.H{"mappings": byPrefix, "count": len(byPrefix), "items": items})
 }
 
-// handleGetMapping answers one mapping; /api/mappings/ is the list.
+// handleGetMapping answers one mapping object, every option shown and
+// "target" its first URL; /api/mappings/ is the list.
 func (s *Server) handleGetMapping(c *gin.Context) {
 	prefix := c.Param("prefix")
 	if prefix == "/" {
@@ -251,17 +245,19 @@ func (s *Server) handleGetMapping(c *gin.Context) {
 		writeAPIError(c.Writer, errMappingNotFound)
 		return
 	}
-	c.JSON(http.StatusOK, mappingJSONOf(ms[i]))
+	c.JSON(http.StatusOK, ms[i].object(false))
 }
 
+// handleCreateMapping stores the mapping object of the body (SPEC §9), or
+// the original {"prefix", "target"}, and answers it with 201.
 func (s *Server) handleCreateMapping(c *gin.Context) {
-	var body mappingJSON
-	if err := decodeJSONBody(c.Writer, c.Request, &body); err != nil {
+	var o mappingObject
+	if err := decodeJSONBody(c.Writer, c.Request, &o); err != nil {
 		writeAPIError(c.Writer, err)
 		return
 	}
-	m := newMapping(body.Prefix, body.Target)
-	if err := m.validate(s.self); err != nil {
+	m, err := s.requestMapping(o)
+	if err != nil {
 		writeAPIError(c.Writer, err)
 		return
 	}
@@ -271,12 +267,16 @@ func (s *Server) handleCreateMapping(c *gin.Context) {
 		s.writeStoreError(c, err)
 		return
 	}
-	s.logger.Info("mapping created", "prefix", m.Prefix, "target", m.firstURL(), "client", s.clientAddr(c.Request))
+	s.logger.Info("mapping created", "prefix", m.Prefix, "target", m.firstURL(), "targets", m.urls(), "client", s.clientAddr(c.Request))
 	s.reloadAfterWrite(ctx)
 	c.Header("Location", "/api/mappings"+m.Prefix)
-	c.JSON(http.StatusCreated, mappingJSONOf(m))
+	c.JSON(http.StatusCreated, m.object(false))
 }
 
+// handleUpdateMapping replaces the whole mapping of the path with the
+// object of the body (SPEC §9); {"target": "…"} alone means one target
+// and no options. A target that leaves "key" out and whose URL is the
+// stored one at its position keeps its stored key (keepKeys).
 func (s *Server) handleUpdateMapping(c *gin.Context) {
 	prefix, ok := pathPrefix(c)
 	if !ok {
@@ -286,7 +286,7 @@ func (s *Server) handleUpdateMapping(c *gin.Context) {
 		writeAPIError(c.Writer, err)
 		return
 	}
-	var body updateJSON
+	var body updateObject
 	if err := decodeJSONBody(c.Writer, c.Request, &body); err != nil {
 		writeAPIError(c.Writer, err)
 		return
@@ -294,11 +294,36 @@ func (s *Server) handleUpdateMapping(c *gin.Context) {
 	if body.Prefix != nil && *body.Prefix != prefix {
 		writeError(c.Writer, http.StatusBadRequest, "invalid_prefix", fmt.Sprintf(
 			"prefix in the body (%q) differs from the one in the path (%q); to rename a mapping, create the new one and delete the old one",
-			*body.Prefix, prefix))
+			truncate(*body.Prefix, 200), prefix))
 		return
 	}
-	m := newMapping(prefix, body.Target)
+	o := body.mappingObject
+	o.Prefix = prefix
+	m, err := s.requestMapping(o)
+	if err != nil {
+		writeAPIError(c.Writer, err)
+		return
+	}
+	ms, ok := s.storeMappings(c)
+	if !ok {
+		return
+	}
+	i := slices.IndexFunc(ms, func(old Mapping) bool { return old.Prefix == prefix })
+	if i < 0 {
+		writeAPIError(c.Writer, errMappingNotFound)
+		return
+	}
+	given := make([]bool, len(m.Targets))
+	for j, t := range o.Targets {
+		given[j] = t.Key != nil
+	}
+	m.keepKeys(ms[i], given)
 	if err := m.validate(s.self); err != nil {
+		// The body alone was valid: a kept key made it invalid (a key with
+		// auth "passthrough").
+		if ae, ok := err.(*apiError); ok {
+			ae.Message += `; a target that leaves "key" out keeps its stored key while its URL is unchanged: send "key": "" to remove it`
+		}
 		writeAPIError(c.Writer, err)
 		return
 	}
@@ -308,9 +333,26 @@ func (s *Server) handleUpdateMapping(c *gin.Context) {
 		s.writeStoreError(c, err)
 		return
 	}
-	s.logger.Info("mapping updated", "prefix", m.Prefix, "target", m.firstURL(), "client", s.clientAddr(c.Request))
+	s.logger.Info("mapping updated", "prefix", m.Prefix, "target", m.firstURL(), "targets", m.urls(), "client", s.clientAddr(c.Request))
 	s.reloadAfterWrite(ctx)
-	c.JSON(http.StatusOK, mappingJSONOf(m))
+	c.JSON(http.StatusOK, m.object(false))
+}
+
+// requestMapping converts the mapping object of an admin request and
+// validates it, so that the error names the first field at fault in the
+// order validate uses: the prefix, the targets, then the options.
+func (s *Server) requestMapping(o mappingObject) (Mapping, error) {
+	if err := validatePrefix(o.Prefix); err != nil {
+		return Mapping{}, err
+	}
+	m, err := o.mapping()
+	if err != nil {
+		return Mapping{}, err
+	}
+	if err := m.validate(s.self); err != nil {
+		return Mapping{}, err
+	}
+	return m, nil
 }
 
 // handleDeleteMapping removes a mapping. The prefix is not validated, so
@@ -383,22 +425,34 @@ func (s *Server) writeStoreError(c *gin.Context, err error) {
 }
 
 // decodeJSONBody reads the request body as one JSON object into dst, a
-// pointer to a struct. Each way a body can be wrong gets its own 400 message
-// naming the field where there is one: not JSON, not an object, a field
-// of the wrong type, an unknown field (a typo such as "traget"), data after
-// the object. A body over maxAdminBody is 413.
+// pointer to a struct (see decodeJSON). A body over maxAdminBody is 413.
 func decodeJSONBody(w http.ResponseWriter, req *http.Request, dst any) error {
 	tooLarge := &apiError{Status: http.StatusRequestEntityTooLarge, Code: "body_too_large",
 		Message: fmt.Sprintf("request body must be at most %d KiB", maxAdminBody>>10)}
 	if req.ContentLength > maxAdminBody {
 		return tooLarge
 	}
+	err := decodeJSON(http.MaxBytesReader(w, req.Body, maxAdminBody), dst, "request body")
+	var maxErr *http.MaxBytesError
+	if errors.As(err, &maxErr) {
+		return tooLarge
+	}
+	return err
+}
+
+// decodeJSON reads r, named what in messages ("request body", "file
+// m.json"), as one JSON object into dst, a pointer to a struct. Each way
+// it can be wrong gets its own 400 invalid_json *apiError naming the field
+// where there is one: not JSON, not an object, a field of the wrong type,
+// an unknown field (a typo such as "traget"), data after the object. A
+// *http.MaxBytesError from r is returned as it is.
+func decodeJSON(r io.Reader, dst any, what string) error {
 	bad := func(msg string) error {
 		return &apiError{Status: http.StatusBadRequest, Code: "invalid_json", Message: msg}
 	}
 	fields := jsonFieldNames(dst)
 	example := "a JSON object with the fields " + fields
-	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, maxAdminBody))
+	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
 	err := dec.Decode(dst)
 	if err == nil {
@@ -420,43 +474,76 @@ func decodeJSONBody(w http.ResponseWriter, req *http.Request, dst any) error {
 	case err == nil:
 		return nil
 	case errors.As(err, &maxErr):
-		return tooLarge
+		return err
 	case errors.Is(err, io.EOF):
-		return bad("request body is empty; send " + example)
+		return bad(what + " is empty; send " + example)
 	case errors.Is(err, errTrailingData):
-		return bad("request body must hold a single JSON object; found more data after it")
+		return bad(what + " must hold a single JSON object; found more data after it")
 	case errors.As(err, &syntaxErr):
-		return bad(fmt.Sprintf("request body is not valid JSON (at byte %d): %s", syntaxErr.Offset, strings.TrimPrefix(syntaxErr.Error(), "json: ")))
+		return bad(fmt.Sprintf("%s is not valid JSON (at byte %d): %s", what, syntaxErr.Offset, strings.TrimPrefix(syntaxErr.Error(), "json: ")))
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return bad("request body is not valid JSON: it ends before the object is complete")
+		return bad(what + " is not valid JSON: it ends before the object is complete")
 	case errors.As(err, &typeErr):
 		if typeErr.Field == "" {
-			return bad(fmt.Sprintf("request body must be %s, not %s", example, withArticle(typeErr.Value)))
+			return bad(fmt.Sprintf("%s must be %s, not %s", what, example, withArticle(typeErr.Value)))
 		}
-		return bad(fmt.Sprintf("field %q must be a JSON %s, not %s", typeErr.Field, jsonKind(typeErr.Type), withArticle(typeErr.Value)))
+		field := typeErr.Field
+		// encoding/json names a field of an embedded struct with the
+		// struct's Go name first ("mappingObject.target"); the JSON has none.
+		for _, f := range reflect.VisibleFields(reflect.TypeOf(dst).Elem()) {
+			if f.Anonymous {
+				field = strings.TrimPrefix(field, f.Name+".")
+			}
+		}
+		return bad(fmt.Sprintf("field %q must be a JSON %s, not %s", field, jsonKind(typeErr.Type), withArticle(typeErr.Value)))
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		// encoding/json has no typed error for this one.
 		name := strings.TrimPrefix(err.Error(), "json: unknown field ")
 		return bad(fmt.Sprintf("unknown field %s; the allowed fields are %s", name, fields))
 	}
-	return bad("request body is not valid JSON: " + strings.TrimPrefix(err.Error(), "json: "))
+	return bad(what + " is not valid JSON: " + strings.TrimPrefix(err.Error(), "json: "))
 }
 
 var errTrailingData = errors.New("data after the JSON value")
 
-// jsonFieldNames lists the JSON names of the fields of *struct dst, for
-// messages: `"prefix" and "target"`.
+// jsonFieldNames lists the JSON names of the fields of *struct dst for
+// messages, those of embedded structs included, and then those of each
+// field that is an object or a list of objects:
+// `"prefix", "targets" and "limits"; in "limits": "rpm" and "tpm"`.
 func jsonFieldNames(dst any) string {
 	t := reflect.TypeOf(dst).Elem()
-	var names []string
-	for i := 0; i < t.NumField(); i++ {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		names = append(names, strconv.Quote(name))
+	list := func(t reflect.Type) (names []string, nested []reflect.StructField) {
+		for _, f := range reflect.VisibleFields(t) {
+			if f.Anonymous || !f.IsExported() {
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			names = append(names, strconv.Quote(name))
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				f.Type = ft
+				nested = append(nested, f)
+			}
+		}
+		return names, nested
 	}
-	if len(names) < 2 {
-		return strings.Join(names, "")
+	and := func(names []string) string {
+		if len(names) < 2 {
+			return strings.Join(names, "")
+		}
+		return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
 	}
-	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
+	names, nested := list(t)
+	out := and(names)
+	for _, f := range nested {
+		sub, _ := list(f.Type)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		out += fmt.Sprintf("; in %q: %s", name, and(sub))
+	}
+	return out
 }
 
 // withArticle turns the JSON type named in a json.UnmarshalTypeError
@@ -479,8 +566,9 @@ func jsonKind(t reflect.Type) string {
 	case reflect.Bool:
 		return "boolean"
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
-		reflect.Float32, reflect.Float64:
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "integer" // "not a number 1.5" would read as a contradiction
+	case reflect.Float32, reflect.Float64:
 		return "number"
 	case reflect.Slice, reflect.Array:
 		return "array"

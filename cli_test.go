@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runMap runs `apiproxy map args...` with DATA_DIR=dir and nothing else in
@@ -148,6 +151,10 @@ func TestMapWhileServerRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { server.Close() }) // after the parallel subtests
+	file := filepath.Join(t.TempDir(), "m.json")
+	if err := os.WriteFile(file, []byte(`{"targets":[{"url":"https://a.example"},{"url":"https://b.example"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		args []string
 		want []string
@@ -155,9 +162,13 @@ func TestMapWhileServerRuns(t *testing.T) {
 		{[]string{"list"}, []string{"admin API", `curl -H "Authorization: Bearer $ADMIN_TOKEN" http://localhost:8000/api/mappings`}},
 		{[]string{"set", "/x", "https://x.example"}, []string{"admin API", `-d '{"prefix":"/x","target":"https://x.example"}' http://localhost:8000/api/mappings`, "curl -X PUT"}},
 		{[]string{"rm", "/x"}, []string{"admin API", `curl -X DELETE -H "Authorization: Bearer $ADMIN_TOKEN" http://localhost:8000/api/mappings/x`}},
+		{[]string{"set", "/y", "https://a.example", "https://b.example", "-balance", "weighted"}, []string{"admin API",
+			`-d '{"prefix":"/y","targets":[{"url":"https://a.example","weight":1},{"url":"https://b.example","weight":1}],"balance":"weighted",`,
+			`curl -X PUT -H "Authorization: Bearer $ADMIN_TOKEN" -d '{"prefix":"/y",`, "http://localhost:8000/api/mappings/y"}},
+		{[]string{"set", "/z", "-file", file}, []string{"-d '@" + file + "' http://localhost:8000/api/mappings", "/api/mappings/z"}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.args[0], func(t *testing.T) {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			t.Parallel()
 			_, _, err := runMap(t, dir, tt.args...)
 			if !errors.Is(err, errStoreLocked) {
@@ -184,5 +195,230 @@ func TestLocalAddr(t *testing.T) {
 		if got := localAddr(in); got != want {
 			t.Errorf("localAddr(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// readStore returns the mappings of the embedded store in dir, opened and
+// closed again (no server holds it in these tests).
+func readStore(t testing.TB, dir string) []Mapping {
+	t.Helper()
+	s, err := openBoltStore(dir)
+	if err != nil {
+		t.Fatalf("openBoltStore: %v", err)
+	}
+	defer s.Close()
+	ms, err := s.Mappings(context.Background())
+	if err != nil {
+		t.Fatalf("Mappings: %v", err)
+	}
+	return ms
+}
+
+// findMapping returns the mapping of prefix in ms, or fails the test.
+func findMapping(t testing.TB, ms []Mapping, prefix string) Mapping {
+	t.Helper()
+	i := slices.IndexFunc(ms, func(m Mapping) bool { return m.Prefix == prefix })
+	if i < 0 {
+		t.Fatalf("%s is not stored", prefix)
+	}
+	return ms[i]
+}
+
+// writeFile writes content to a new file in a temporary directory and
+// returns its path.
+func writeFile(t testing.TB, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestMapSetObject: set takes several targets and the options of SPEC §9
+// (before or after its arguments, with - or --), or a -file holding the
+// mapping object; it stores exactly that mapping, replacing every option
+// of an existing one, and list and set show the targets and the options
+// that are not at their default. A plain mapping keeps its original line.
+func TestMapSetObject(t *testing.T) {
+	file := writeFile(t, "m.json", `{"prefix":"/f","targets":[{"url":"https://a.example","weight":2},{"url":"https://b.example"}],"balance":"weighted","retry_on":[]}`)
+	noPrefix := writeFile(t, "n.json", `{"targets":[{"url":"https://a.example"}],"stream_idle_timeout":"2m"}`)
+	tests := []struct {
+		name    string
+		args    []string
+		want    Mapping
+		setLine string // stdout of set
+		line    string // of list
+	}{
+		{"options after the targets",
+			[]string{"set", "/multi", "https://a.example", "http://127.0.0.1:11434/v1", "-balance", "weighted", "-weight", "3,1", "-retry-on", "429,503", "-stream-idle-timeout", "30s"},
+			Mapping{Prefix: "/multi", Targets: []Target{{URL: "https://a.example", Weight: 3}, {URL: "http://127.0.0.1:11434/v1", Weight: 1}},
+				Balance: balanceWeighted, RetryOn: []int{429, 503}, StreamIdleTimeout: 30 * time.Second},
+			"/multi -> https://a.example,http://127.0.0.1:11434/v1 balance=weighted weight=3,1 retry-on=429,503 stream-idle-timeout=30s\n",
+			"/multi\thttps://a.example,http://127.0.0.1:11434/v1\tbalance=weighted weight=3,1 retry-on=429,503 stream-idle-timeout=30s\n"},
+		{"options first, double dashes, no retries",
+			[]string{"set", "--retry-on", "", "/two", "--weight=1,1", "https://a.example", "https://b.example"},
+			Mapping{Prefix: "/two", Targets: []Target{{URL: "https://a.example"}, {URL: "https://b.example"}}, RetryOn: []int{}},
+			"/two -> https://a.example,https://b.example retry-on=none\n",
+			"/two\thttps://a.example,https://b.example\tretry-on=none\n"},
+		{"several targets and no option",
+			[]string{"set", "/failover", "https://a.example", "https://b.example", "https://c.example"},
+			Mapping{Prefix: "/failover", Targets: []Target{{URL: "https://a.example"}, {URL: "https://b.example"}, {URL: "https://c.example"}}},
+			"/failover -> https://a.example,https://b.example,https://c.example\n",
+			"/failover\thttps://a.example,https://b.example,https://c.example\n"},
+		{"one target with an option",
+			[]string{"set", "/idle", "https://a.example", "-stream-idle-timeout", "1m30s"},
+			Mapping{Prefix: "/idle", Targets: []Target{{URL: "https://a.example"}}, StreamIdleTimeout: 90 * time.Second},
+			"/idle -> https://a.example stream-idle-timeout=1m30s\n",
+			"/idle\thttps://a.example\tstream-idle-timeout=1m30s\n"},
+		{"file with its prefix",
+			[]string{"set", "-file", file},
+			Mapping{Prefix: "/f", Targets: []Target{{URL: "https://a.example", Weight: 2}, {URL: "https://b.example"}}, Balance: balanceWeighted, RetryOn: []int{}},
+			"/f -> https://a.example,https://b.example balance=weighted weight=2,1 retry-on=none\n",
+			"/f\thttps://a.example,https://b.example\tbalance=weighted weight=2,1 retry-on=none\n"},
+		{"file with the same prefix as the argument",
+			[]string{"set", "/f", "-file", file},
+			Mapping{Prefix: "/f", Targets: []Target{{URL: "https://a.example", Weight: 2}, {URL: "https://b.example"}}, Balance: balanceWeighted, RetryOn: []int{}},
+			"/f -> https://a.example,https://b.example balance=weighted weight=2,1 retry-on=none\n",
+			"/f\thttps://a.example,https://b.example\tbalance=weighted weight=2,1 retry-on=none\n"},
+		{"file without a prefix",
+			[]string{"set", "--file", noPrefix, "/n"},
+			Mapping{Prefix: "/n", Targets: []Target{{URL: "https://a.example"}}, StreamIdleTimeout: 2 * time.Minute},
+			"/n -> https://a.example stream-idle-timeout=2m0s\n",
+			"/n\thttps://a.example\tstream-idle-timeout=2m0s\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			// Over an existing plain mapping: set replaces the whole of it.
+			if _, _, err := runMap(t, dir, "set", tt.want.Prefix, "https://old.example"); err != nil {
+				t.Fatal(err)
+			}
+			stdout, _, err := runMap(t, dir, tt.args...)
+			if err != nil || stdout != tt.setLine {
+				t.Fatalf("map set = %q, %v; want %q", stdout, err, tt.setLine)
+			}
+			if got, want := storedForm(findMapping(t, readStore(t, dir), tt.want.Prefix)), storedForm(tt.want); got != want {
+				t.Errorf("stored %s, want %s", got, want)
+			}
+			stdout, _, err = runMap(t, dir, "list")
+			if err != nil || !strings.Contains(stdout, "\n"+tt.line) {
+				t.Errorf("map list = %q, %v; want the line %q", stdout, err, tt.line)
+			}
+			// Back to the original form: the original line, every option gone.
+			stdout, _, err = runMap(t, dir, "set", tt.want.Prefix, "https://plain.example")
+			if err != nil || stdout != tt.want.Prefix+" -> https://plain.example\n" {
+				t.Errorf("map set of one target = %q, %v", stdout, err)
+			}
+			if m := findMapping(t, readStore(t, dir), tt.want.Prefix); !m.plain() {
+				t.Errorf("after set of one URL, %s = %+v, want a plain mapping", tt.want.Prefix, m)
+			}
+			if stdout, _, _ := runMap(t, dir, "list"); !strings.Contains(stdout, "\n"+tt.want.Prefix+"\thttps://plain.example\n") {
+				t.Errorf("map list = %q, want the original line for %s", stdout, tt.want.Prefix)
+			}
+		})
+	}
+}
+
+// TestMapSetObjectInvalid: each wrong argument, option or file is an
+// error naming what is wrong, before any store is opened or created.
+func TestMapSetObjectInvalid(t *testing.T) {
+	var seventeen []string
+	for i := range 17 {
+		seventeen = append(seventeen, fmt.Sprintf("https://t%d.example", i))
+	}
+	keyFile := writeFile(t, "key.json", `{"targets":[{"url":"https://a.example","key":"sk-never-printed-1234"}]}`)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no target", []string{"set", "/x"}, "at least one TARGET"},
+		{"no prefix", []string{"set"}, "give PREFIX"},
+		{"17 targets", append([]string{"set", "/x"}, seventeen...), "targets must hold 1 to 16 targets, not 17"},
+		{"second URL bad", []string{"set", "/x", "https://a.example", "ftp://b.example"}, "targets[1].url must use the http or https scheme"},
+		{"weights fewer than targets", []string{"set", "/x", "https://a.example", "https://b.example", "-weight", "2"}, "-weight gives 1 weights for 2 targets"},
+		{"weight 0", []string{"set", "/x", "https://a.example", "https://b.example", "-weight", "0,1"}, `each weight must be an integer from 1 to 1000 (found "0")`},
+		{"weight 1001", []string{"set", "/x", "https://a.example", "-weight", "1001"}, "from 1 to 1000"},
+		{"weight not a number", []string{"set", "/x", "https://a.example", "-weight", "two"}, `(found "two")`},
+		{"unknown balance", []string{"set", "/x", "https://a.example", "-balance", "random"}, `balance must be "failover" or "weighted"`},
+		{"retry-on 302", []string{"set", "/x", "https://a.example", "-retry-on", "429,302"}, "retry_on must hold statuses from 400 to 599 (found 302)"},
+		{"retry-on not a status", []string{"set", "/x", "https://a.example", "-retry-on", "5xx"}, `-retry-on: "5xx" is not a status`},
+		{"bad duration", []string{"set", "/x", "https://a.example", "-stream-idle-timeout", "soon"}, `-stream-idle-timeout: "soon" is not a duration`},
+		{"duration over 24h", []string{"set", "/x", "https://a.example", "-stream-idle-timeout", "25h"}, "stream_idle_timeout must be a duration from 0s to 24h"},
+		{"unknown option", []string{"set", "/x", "https://a.example", "-balanse", "weighted"}, "flag provided but not defined: -balanse"},
+		{"file and targets", []string{"set", "/x", "https://a.example", "-file", keyFile}, "with -file, give at most PREFIX"},
+		{"file and an option", []string{"set", "/x", "-file", keyFile, "-balance", "weighted"}, "-balance with -file: put the options in the file"},
+		{"file missing", []string{"set", "/x", "-file", filepath.Join(t.TempDir(), "none.json")}, "no such file"},
+		{"file with an unknown field", []string{"set", "-file", writeFile(t, "u.json", `{"prefix":"/x","traget":"https://a.example"}`)}, `unknown field "traget"`},
+		{"file with a wrong type", []string{"set", "-file", writeFile(t, "w.json", `{"prefix":"/x","targets":[{"url":"https://a.example","weight":"2"}]}`)}, `field "targets.weight" must be a JSON integer`},
+		{"file with trailing data", []string{"set", "-file", writeFile(t, "t.json", `{"prefix":"/x","target":"https://a.example"} {}`)}, "more data after it"},
+		{"file not JSON", []string{"set", "-file", writeFile(t, "j.json", `prefix: /x`)}, "is not valid JSON"},
+		{"file too large", []string{"set", "-file", writeFile(t, "big.json", `{"prefix":"/x","target":"https://a.example"}`+strings.Repeat(" ", maxAdminBody))}, "must be at most 64 KiB"},
+		{"file weight 0", []string{"set", "-file", writeFile(t, "z.json", `{"prefix":"/x","targets":[{"url":"https://a.example","weight":0}]}`)}, "targets[0].weight must be an integer from 1 to 1000"},
+		{"file with a key on passthrough", []string{"set", "/x", "-file", keyFile}, `targets[0].key is only allowed with "auth": "keys"`},
+		{"file prefix differs", []string{"set", "/y", "-file", writeFile(t, "p.json", `{"prefix":"/x","target":"https://a.example"}`)}, `the prefix in`},
+		{"file and no prefix anywhere", []string{"set", "-file", writeFile(t, "np.json", `{"target":"https://a.example"}`)}, "prefix is required"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			stdout, stderr, err := runMap(t, dir, tt.args...)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("map %q = %v (stdout %q), want an error containing %q", tt.args, err, stdout, tt.want)
+			}
+			if strings.Contains(err.Error()+stdout+stderr, "sk-never-printed") {
+				t.Errorf("the output holds the key: %v %q %q", err, stdout, stderr)
+			}
+			if _, serr := os.Stat(dir); !errors.Is(serr, os.ErrNotExist) {
+				t.Errorf("an invalid map set created %s", dir)
+			}
+		})
+	}
+}
+
+// TestMapSetKeepsKeys: like a PUT of the admin API, set keeps the stored
+// key of a target that gives none while its URL is unchanged, and the
+// listing shows only its hint. The keyed mapping is put into the store
+// directly: validate refuses "auth": "keys" until SPEC §10 (issue 16).
+func TestMapSetKeepsKeys(t *testing.T) {
+	const key = "sk-stored-secret-abcdwxyz"
+	dir := t.TempDir()
+	s, err := openBoltStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyed := Mapping{Prefix: "/k", Auth: authKeys, Targets: []Target{{URL: "https://a.example", Key: key}, {URL: "https://b.example"}}}
+	if err := s.CreateMapping(context.Background(), keyed); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	stdout, _, err := runMap(t, dir, "list")
+	if want := "/k\thttps://a.example,https://b.example\tauth=keys key[0]=…wxyz\n"; err != nil || !strings.Contains(stdout, want) {
+		t.Errorf("map list = %q, %v; want the line %q", stdout, err, want)
+	}
+	if strings.Contains(stdout, "secret") {
+		t.Errorf("map list shows the key: %q", stdout)
+	}
+	// The kept key makes a passthrough mapping, which is refused; the
+	// message says how to remove the key, and the store is unchanged.
+	_, _, err = runMap(t, dir, "set", "/k", "https://a.example", "https://b.example")
+	if err == nil || !strings.Contains(err.Error(), "targets[0].key") || !strings.Contains(err.Error(), `give "key": ""`) {
+		t.Errorf("map set leaving the key out = %v, want the kept key refused and how to remove it", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "secret") {
+		t.Errorf("the error shows the key: %v", err)
+	}
+	if got := storedForm(findMapping(t, readStore(t, dir), "/k")); got != storedForm(keyed) {
+		t.Errorf("a refused set changed /k to %s", got)
+	}
+	// "key": "" removes it; a changed URL would drop it.
+	clear := writeFile(t, "clear.json", `{"targets":[{"url":"https://a.example","key":""},{"url":"https://b.example"}]}`)
+	if _, _, err := runMap(t, dir, "set", "/k", "-file", clear); err != nil {
+		t.Fatalf("map set with \"key\": \"\": %v", err)
+	}
+	if m := findMapping(t, readStore(t, dir), "/k"); m.Targets[0].Key != "" || m.auth() != authPassthrough {
+		t.Errorf("after removing the key /k = %+v", m)
 	}
 }

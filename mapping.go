@@ -98,6 +98,16 @@ func (m Mapping) firstURL() string {
 	return m.Targets[0].URL
 }
 
+// urls returns the URLs of m's targets in their order, for logs and the
+// CLI: never a key.
+func (m Mapping) urls() []string {
+	urls := make([]string, len(m.Targets))
+	for i, t := range m.Targets {
+		urls[i] = t.URL
+	}
+	return urls
+}
+
 // weight is t's weight with the default applied.
 func (t Target) weight() int {
 	if t.Weight == 0 {

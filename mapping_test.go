@@ -421,3 +421,42 @@ func TestSelfAddrs(t *testing.T) {
 		})
 	}
 }
+
+// TestMappingKeepKeys: a target that gave no key keeps the stored key of
+// the target at its position when the URL there is unchanged; a given key
+// (even "") wins, and a changed or new position keeps nothing.
+func TestMappingKeepKeys(t *testing.T) {
+	old := Mapping{Prefix: "/k", Auth: authKeys, Targets: []Target{
+		{URL: "https://a.example", Key: "key-a"}, {URL: "https://b.example", Key: "key-b"}}}
+	tests := []struct {
+		name  string
+		urls  []string
+		keys  []string // "" and not given: see given
+		given []bool
+		want  []string
+	}{
+		{"same URLs, no keys given: both kept", []string{"https://a.example", "https://b.example"}, []string{"", ""}, []bool{false, false}, []string{"key-a", "key-b"}},
+		{"a given key wins", []string{"https://a.example", "https://b.example"}, []string{"new", ""}, []bool{true, false}, []string{"new", "key-b"}},
+		{`a given "" removes`, []string{"https://a.example", "https://b.example"}, []string{"", ""}, []bool{true, false}, []string{"", "key-b"}},
+		{"changed URL: dropped", []string{"https://c.example", "https://b.example"}, []string{"", ""}, []bool{false, false}, []string{"", "key-b"}},
+		{"swapped: keys follow positions, not URLs", []string{"https://b.example", "https://a.example"}, []string{"", ""}, []bool{false, false}, []string{"", ""}},
+		{"a new third target keeps nothing", []string{"https://a.example", "https://b.example", "https://a.example"}, []string{"", "", ""}, []bool{false, false, false}, []string{"key-a", "key-b", ""}},
+		{"fewer targets", []string{"https://a.example"}, []string{""}, []bool{false}, []string{"key-a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := Mapping{Prefix: "/k", Auth: authKeys}
+			for i, u := range tt.urls {
+				m.Targets = append(m.Targets, Target{URL: u, Key: tt.keys[i]})
+			}
+			m.keepKeys(old, tt.given)
+			var got []string
+			for _, tg := range m.Targets {
+				got = append(got, tg.Key)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("keys = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -790,9 +790,10 @@ func TestRedisSnapshotFileOldFormat(t *testing.T) {
 }
 
 // TestRedisObjectValue: a value in the object form of SPEC §9 that this
-// version cannot read (a newer version's field) is not routed, is listed by the admin API
-// with its prefix, can be deleted there, and is kept as it is in the
-// snapshot file; the plain values beside it work as before.
+// version cannot read (a field a newer version added) is not routed, is
+// listed by the admin API with its prefix, can be deleted there, and is
+// kept as it is in the snapshot file; the plain values beside it work as
+// before.
 func TestRedisObjectValue(t *testing.T) {
 	ctx := context.Background()
 	addr := testRedisAddr(t)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -9,6 +10,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // storeOpener opens a fresh store for one test, initialised as a first
@@ -146,6 +150,65 @@ func testStoreContract(t *testing.T, open storeOpener) {
 		if err := s.DeleteMapping(ctx, "/openai"); !errors.Is(err, errMappingNotFound) {
 			t.Errorf("second DeleteMapping(/openai) = %v, want errMappingNotFound", err)
 		}
+	})
+
+	// SPEC §9: a mapping with several targets or any option is stored as
+	// a JSON object and reads back equal, on this handle and after a
+	// restart; a plain one keeps the original value, its URL.
+	t.Run("object mappings are stored and read back equal", func(t *testing.T) {
+		s, reopen := open(t)
+		ms := []Mapping{
+			newMapping("/plain", "https://plain.example/v1"),
+			{Prefix: "/multi", Targets: []Target{{URL: "https://a.example", Weight: 3}, {URL: "http://127.0.0.1:11434/v1", Weight: 1}},
+				Balance: balanceWeighted, RetryOn: []int{429, 503}, StreamIdleTimeout: 45 * time.Second},
+			{Prefix: "/noretry", Targets: []Target{{URL: "https://a.example"}}, RetryOn: []int{}},
+			{Prefix: "/keyed", Auth: authKeys, Targets: []Target{{URL: "https://a.example", Key: "sk-contract-0123456789", AuthStyle: "x-api-key"}}},
+		}
+		for _, m := range ms {
+			if err := s.CreateMapping(ctx, m); err != nil {
+				t.Fatalf("CreateMapping(%s): %v", m.Prefix, err)
+			}
+		}
+		check := func(t *testing.T, s Store) {
+			t.Helper()
+			got := mustList(t, s)
+			for _, want := range ms {
+				i := slices.IndexFunc(got, func(m Mapping) bool { return m.Prefix == want.Prefix })
+				if i < 0 {
+					t.Errorf("%s is not listed", want.Prefix)
+					continue
+				}
+				if g, w := storedForm(got[i]), storedForm(want); g != w {
+					t.Errorf("%s reads back as %s, want %s", want.Prefix, g, w)
+				}
+			}
+		}
+		check(t, s)
+		if v := rawStoredValue(t, s, "/plain"); v != "https://plain.example/v1" {
+			t.Errorf("stored value of /plain = %q, want the URL alone", v)
+		}
+		for _, p := range []string{"/multi", "/noretry", "/keyed"} {
+			if v := rawStoredValue(t, s, p); !strings.HasPrefix(v, "{") {
+				t.Errorf("stored value of %s = %q, want a JSON object", p, v)
+			}
+		}
+		// Replaced by the original form, the object becomes a URL again.
+		if err := s.UpdateMapping(ctx, newMapping("/noretry", "https://b.example")); err != nil {
+			t.Fatalf("UpdateMapping(/noretry): %v", err)
+		}
+		if v := rawStoredValue(t, s, "/noretry"); v != "https://b.example" {
+			t.Errorf("stored value of /noretry after a plain update = %q, want the URL", v)
+		}
+		// And a plain mapping replaced by an object becomes one.
+		ms[0] = Mapping{Prefix: "/plain", Targets: []Target{{URL: "https://plain.example/v1"}, {URL: "https://b.example"}}}
+		if err := s.UpdateMapping(ctx, ms[0]); err != nil {
+			t.Fatalf("UpdateMapping(/plain): %v", err)
+		}
+		if v := rawStoredValue(t, s, "/plain"); !strings.HasPrefix(v, "{") {
+			t.Errorf("stored value of /plain after an object update = %q, want a JSON object", v)
+		}
+		ms[2] = newMapping("/noretry", "https://b.example")
+		check(t, reopen(t))
 	})
 
 	t.Run("a deleted default stays deleted after a restart", func(t *testing.T) {
@@ -338,6 +401,40 @@ func testStoreContract(t *testing.T, open storeOpener) {
 			t.Errorf("Ping after Close = %v, want errStoreClosed", err)
 		}
 	})
+}
+
+// storedForm is m as JSON with every option and key shown, so that two
+// mappings that mean the same compare equal (a Weight of 0 is 1, …).
+func storedForm(m Mapping) string {
+	b, _ := json.Marshal(m.object(true))
+	return string(b)
+}
+
+// rawStoredValue is the value s keeps for prefix, as another program
+// reading the store would see it: the bbolt bucket's value, or the field
+// of the Redis hash apiproxy:mappings (under s's key prefix).
+func rawStoredValue(t *testing.T, s Store, prefix string) string {
+	t.Helper()
+	var v string
+	switch s := s.(type) {
+	case *boltStore:
+		err := s.db.View(func(tx *bolt.Tx) error {
+			v = string(tx.Bucket(boltMappings).Get([]byte(prefix)))
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("read %s from bolt: %v", prefix, err)
+		}
+	case *redisStore:
+		var err error
+		v, err = s.client.HGet(context.Background(), s.key(redisMappingsKey), prefix).Result()
+		if err != nil {
+			t.Fatalf("HGET %s %s: %v", s.key(redisMappingsKey), prefix, err)
+		}
+	default:
+		t.Fatalf("rawStoredValue: no raw reader for %T", s)
+	}
+	return v
 }
 
 // drainSignals empties a coalescing signal channel.
