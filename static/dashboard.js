@@ -30,6 +30,7 @@
     window.clearTimeout(state.timer);
     const ctrl = new AbortController();
     const abort = window.setTimeout(() => ctrl.abort(), TIMEOUT_MS);
+    let fresh = false;
     try {
       const res = await fetch('/stats', { cache: 'no-store', signal: ctrl.signal, headers: { Accept: 'application/json' } });
       if (!res.ok) {
@@ -42,7 +43,7 @@
       state.okAt = Date.now();
       state.downSince = 0;
       state.httpStatus = 0;
-      render();
+      fresh = true;
     } catch (e) {
       if (!state.downSince) state.downSince = Date.now();
       if (!(e instanceof Error && e.message.startsWith('HTTP '))) state.httpStatus = 0;
@@ -51,6 +52,9 @@
       renderStatus();
       if (!document.hidden) state.timer = window.setTimeout(refresh, REFRESH_S * 1000);
     }
+    // Outside the try: a bug in rendering is reported as one (the browser
+    // tests fail on it), not shown as an unreachable server.
+    if (fresh) render();
   }
 
   function render() {
@@ -286,6 +290,10 @@
     });
     r.c.tgts.replaceChildren(head, ...body);
   }
+
+  function proxyURL(prefix) { return window.location.origin + prefix; }
+
+  function setTitle(n, s) { if (n.title !== s) n.title = s; }
 
   function updateRow(r, prefix, e) {
     const c = r.c;
