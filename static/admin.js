@@ -497,6 +497,9 @@
     setFieldError($('add-target'), $('add-target-error'), '');
     $('add-target-field').hidden = true;
     $('add-editor').hidden = false;
+    // The Add button follows the editor, in reading and in tab order.
+    $('add-form').classList.add('expanded');
+    $('add-editor').after($('add-btn').parentElement);
     $('add-more').setAttribute('aria-expanded', 'true');
     setText($('add-more'), t('add.less'));
     focusFirstURL(addEditor);
@@ -517,6 +520,8 @@
     setText($('add-error'), '');
     $('add-target-field').hidden = false;
     $('add-editor').hidden = true;
+    $('add-form').classList.remove('expanded');
+    $('add-target-field').after($('add-btn').parentElement);
     $('add-more').setAttribute('aria-expanded', 'false');
     setText($('add-more'), t('add.more'));
     if (!force) $('add-target').focus();
