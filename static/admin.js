@@ -790,7 +790,7 @@
         if (e.key === 'Enter') { e.preventDefault(); saveEdit(prefix); }
         if (e.key === 'Escape') { e.preventDefault(); setMode(prefix, null, 'edit'); }
       });
-      const more = el('button', { type: 'button', className: 'link-btn', dataset: { action: 'more' }, onclick: () => openFull(prefix, input.value) }, t('add.more'));
+      const more = el('button', { type: 'button', className: 'link-btn', dataset: { action: 'more' }, 'aria-label': t('row.more', { prefix }), onclick: () => openFull(prefix, input.value) }, t('add.more'));
       targetTd = el('td', { className: 'full', ...label('list.target') }, el('div', { className: 'edit-box' }, input, err, el('div', {}, more)));
       actions = [
         el('button', { type: 'button', className: 'primary', dataset: { action: 'save' }, onclick: () => saveEdit(prefix) }, t('row.save')),
