@@ -346,6 +346,56 @@ func TestStaticScriptsUseTextOnly(t *testing.T) {
 	}
 }
 
+// TestStaticI18nKeys checks every string of the pages exists in English
+// and Chinese, and every key the pages name literally (t('key'),
+// data-i18n="key") is defined, so neither language shows a raw key.
+func TestStaticI18nKeys(t *testing.T) {
+	src, err := fs.ReadFile(staticFS, "static/i18n.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(src)
+	en, zh := strings.Index(text, "\n    en: {"), strings.Index(text, "\n    zh: {")
+	end := strings.Index(text, "const LANG_KEY")
+	if en < 0 || zh < en || end < zh {
+		t.Fatal("i18n.js: STRINGS.en, STRINGS.zh not found where expected")
+	}
+	keyDef := regexp.MustCompile(`(?m)^\s*'([A-Za-z0-9_.]+)':`)
+	keys := func(block string) map[string]bool {
+		m := map[string]bool{}
+		for _, k := range keyDef.FindAllStringSubmatch(block, -1) {
+			m[k[1]] = true
+		}
+		return m
+	}
+	enKeys, zhKeys := keys(text[en:zh]), keys(text[zh:end])
+	if len(enKeys) < 50 {
+		t.Fatalf("found %d English strings, want the pages' (the pattern no longer matches?)", len(enKeys))
+	}
+	for k := range enKeys {
+		if !zhKeys[k] {
+			t.Errorf("i18n.js: %q has no Chinese string", k)
+		}
+	}
+	for k := range zhKeys {
+		if !enKeys[k] {
+			t.Errorf("i18n.js: %q has no English string", k)
+		}
+	}
+	used := regexp.MustCompile(`\bt\('([A-Za-z0-9_.]+)'|data-i18n(?:-[a-z-]+)?="([A-Za-z0-9_.]+)"`)
+	for _, name := range []string{"static/i18n.js", "static/admin.js", "static/dashboard.js", "static/admin.html", "static/index.html"} {
+		b, err := fs.ReadFile(staticFS, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range used.FindAllStringSubmatch(string(b), -1) {
+			if k := m[1] + m[2]; !enKeys[k] {
+				t.Errorf("%s uses the string %q, which i18n.js does not define", name, k)
+			}
+		}
+	}
+}
+
 // TestAcceptsGzip covers the Accept-Encoding parsing on its own.
 func TestAcceptsGzip(t *testing.T) {
 	tests := []struct {

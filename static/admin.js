@@ -1,20 +1,29 @@
 // The admin page: log in with the admin token, then list, add, edit and
-// delete mappings through /api/mappings (SPEC §6). The token lives in
+// delete mappings through /api/mappings (SPEC §6, §9). The token lives in
 // sessionStorage only, so it is gone when the tab closes or on Log out.
-// Errors from the API are shown as text next to the field they concern.
+// Errors from the API are shown as text next to the field they concern:
+// the field is the first word of the API's message ("targets[1].url …").
+//
+// A plain mapping (one target, no options) is added and edited with one
+// URL field, as before SPEC §9; "Several targets and options" opens the
+// editor of the whole object. Upstream keys are write-only on the server
+// and are never shown, only their hint ("…wxyz").
 'use strict';
 
 (function () {
   const ui = window.ui;
   const { t, el, setText, fmt } = ui;
   const TOKEN_KEY = 'apiproxy.adminToken';
+  const DEFAULT_RETRY = [429, 500, 502, 503, 504];
 
   let token = '';
-  let mappings = {};                 // prefix -> target, as the server last said
+  const items = new Map();           // prefix -> mapping object (see normalize), as the server last said
   const rows = new Map();            // prefix -> <tr>
-  const mode = new Map();            // prefix -> 'edit' | 'confirm'
+  const mode = new Map();            // prefix -> 'edit' | 'full' | 'confirm'
   const drafts = new Map();          // prefix -> target being typed in edit mode
+  const editors = new Map();         // prefix -> editor of a row in full mode
   const rowErrors = new Map();       // prefix -> message under the edit field
+  let addEditor = null;              // the add form's editor while expanded
 
   const $ = (id) => document.getElementById(id);
 
@@ -45,6 +54,78 @@
     return '/api/mappings/' + prefix.replace(/^\//, '').split('/').map(encodeURIComponent).join('/');
   }
 
+  // Mapping objects
+
+  function int(v, d) {
+    const n = Number(v);
+    return Number.isInteger(n) ? n : d;
+  }
+
+  // normalize turns an answer of the API into the page's mapping object:
+  // an item of GET /api/mappings (SPEC §9), or the original form
+  // {prefix, target} of a server from before §9. Every option is filled in
+  // with its default, so later code never checks for absent fields.
+  function normalize(raw, prefix, target) {
+    const o = raw && typeof raw === 'object' ? raw : {};
+    const list = Array.isArray(o.targets) && o.targets.length ? o.targets : [{ url: o.target || target || '' }];
+    const limits = o.limits && typeof o.limits === 'object' ? o.limits : {};
+    return {
+      prefix: String(o.prefix || prefix || ''),
+      targets: list.map((x) => {
+        const tg = x && typeof x === 'object' ? x : {};
+        return {
+          url: String(tg.url || ''),
+          weight: int(tg.weight, 1),
+          auth_style: tg.auth_style ? String(tg.auth_style) : '',
+          key_set: Boolean(tg.key_set),
+          key_hint: tg.key_hint ? String(tg.key_hint) : '',
+        };
+      }),
+      balance: o.balance ? String(o.balance) : 'failover',
+      retry_on: Array.isArray(o.retry_on) ? o.retry_on.map((s) => int(s, 0)) : DEFAULT_RETRY.slice(),
+      auth: o.auth ? String(o.auth) : 'passthrough',
+      limits: { rpm: int(limits.rpm, 0), tpm: int(limits.tpm, 0), concurrency: int(limits.concurrency, 0) },
+      stream_idle_timeout: o.stream_idle_timeout ? String(o.stream_idle_timeout) : '0s',
+    };
+  }
+
+  function sameList(a, b) {
+    return a.length === b.length && a.every((v, i) => v === b[i]);
+  }
+
+  // zeroDuration is true for "0s", "0", "" and the like: no idle timeout.
+  function zeroDuration(s) {
+    return /^\s*0*(\.0*)?\s*(ns|us|µs|ms|s|m|h)?\s*$/.test(String(s || ''));
+  }
+
+  // plain is true for a mapping of the original form: one target and every
+  // option at its default. Such a mapping keeps the one-field editor.
+  function plain(m) {
+    const tg = m.targets[0];
+    return m.targets.length === 1 && tg.weight === 1 && !tg.key_set && !tg.auth_style &&
+      m.balance === 'failover' && sameList(m.retry_on, DEFAULT_RETRY) && m.auth === 'passthrough' &&
+      m.limits.rpm === 0 && m.limits.tpm === 0 && m.limits.concurrency === 0 && zeroDuration(m.stream_idle_timeout);
+  }
+
+  function setItems(data) {
+    items.clear();
+    if (Array.isArray(data.items)) {
+      for (const raw of data.items) {
+        const m = normalize(raw);
+        if (m.prefix) items.set(m.prefix, m);
+      }
+    } else {
+      for (const [prefix, target] of Object.entries(data.mappings || {})) items.set(prefix, normalize(null, prefix, String(target)));
+    }
+  }
+
+  // fieldOf returns the field an API message names in its first word
+  // ("targets[1].url must be …" → "targets[1].url"), or "".
+  function fieldOf(message) {
+    const m = /^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+)?)\b/.exec(String(message || ''));
+    return m ? m[1] : '';
+  }
+
   // Answers that mean the same on every call. Returns true when handled.
   function handleCommon(r) {
     switch (r.status) {
@@ -72,6 +153,242 @@
     const b = $('banner');
     b.textContent = msg;
     b.hidden = !msg;
+  }
+
+  // The editor of a whole mapping object: its targets in order (URL,
+  // weight, the key's hint), and the options balance, retry_on and
+  // stream_idle_timeout. auth and limits are kept as they were: this page
+  // does not change them yet (SPEC §10, §11).
+  //
+  // idBase makes the ids of its fields unique on the page. onEnter, when
+  // given, is called on Enter in a text field (the add form submits by
+  // itself). The returned object's body() gives the request body, or
+  // shows a local error and returns null.
+  function makeEditor(idBase, m, onEnter) {
+    const draft = {
+      targets: m.targets.map((tg, i) => ({ ...tg, weight: String(tg.weight), was: i, wasURL: tg.url })),
+      balance: m.balance,
+      retry_on: m.retry_on.join(', '),
+      stream_idle_timeout: zeroDuration(m.stream_idle_timeout) ? '0s' : m.stream_idle_timeout,
+      auth: m.auth,
+      limits: { ...m.limits },
+    };
+    const errors = new Map(); // field key -> message
+    const root = el('div', { className: 'editor' });
+
+    function fieldId(key) {
+      return idBase + '-' + key.replace(/[^A-Za-z0-9]+/g, '-');
+    }
+
+    // input builds a labelled text field bound to get/set, with its error
+    // line under it.
+    function input(key, labelNodes, value, set, attrs, hintText) {
+      const id = fieldId(key);
+      const err = el('p', { className: 'field-error', id: id + '-error', 'aria-live': 'polite' }, errors.get(key) || '');
+      const described = [hintText ? id + '-hint' : '', id + '-error'].filter(Boolean).join(' ');
+      const inp = el('input', {
+        id, type: 'text', autocomplete: 'off', spellcheck: false, value,
+        dataset: { field: key }, 'aria-describedby': described, 'aria-invalid': String(errors.has(key)), ...attrs,
+      });
+      inp.addEventListener('input', () => {
+        set(inp.value);
+        if (errors.delete(key)) {
+          setText(err, '');
+          inp.setAttribute('aria-invalid', 'false');
+        }
+      });
+      if (onEnter) {
+        inp.addEventListener('keydown', (e) => {
+          if (e.key === 'Enter') { e.preventDefault(); onEnter(); }
+        });
+      }
+      return el('div', { className: 'field' },
+        el('label', { htmlFor: id }, ...labelNodes),
+        inp,
+        hintText ? el('p', { className: 'hint', id: id + '-hint' }, hintText) : null,
+        err);
+    }
+
+    function move(i, d) {
+      const j = i + d;
+      if (j < 0 || j >= draft.targets.length) return;
+      const list = draft.targets;
+      [list[i], list[j]] = [list[j], list[i]];
+      errors.clear();
+      // Focus stays on the button pressed, now on the moved target, unless
+      // that target reached the end of the list.
+      const atEnd = (d < 0 && j === 0) || (d > 0 && j === list.length - 1);
+      render('[data-move="' + (atEnd ? -d : d) + '"][data-index="' + j + '"]');
+      ui.announce(t('ed.moved', { n: i + 1, m: j + 1 }));
+    }
+
+    function remove(i) {
+      if (draft.targets.length <= 1) return;
+      draft.targets.splice(i, 1);
+      errors.clear();
+      const next = Math.min(i, draft.targets.length - 1);
+      render('#' + CSS.escape(fieldId('targets[' + next + '].url')));
+      ui.announce(t('ed.removed', { n: i + 1 }));
+    }
+
+    function addTarget() {
+      draft.targets.push({ url: '', weight: '1', auth_style: '', key_set: false, key_hint: '', was: -1, wasURL: '' });
+      errors.delete('targets');
+      render('#' + CSS.escape(fieldId('targets[' + (draft.targets.length - 1) + '].url')));
+    }
+
+    function targetItem(tg, i) {
+      const n = i + 1;
+      const count = draft.targets.length;
+      const label = (text) => [el('span', { className: 'sr-only' }, t('ed.targetN', { n }) + ' '), text];
+      const url = input('targets[' + i + '].url', label(t('ed.url')), tg.url, (v) => { tg.url = v; },
+        { inputMode: 'url', placeholder: 'https://api.example.com', className: 'tgt-url' });
+      url.classList.add('wide');
+      const weight = input('targets[' + i + '].weight', label(t('ed.weight')), tg.weight, (v) => { tg.weight = v; },
+        { inputMode: 'numeric', className: 'tgt-weight' });
+      weight.classList.add('narrow');
+      // Keys are set with auth "keys" (SPEC §10), which this version
+      // refuses: the field is there, disabled, and shows the hint of a
+      // key set elsewhere.
+      const lost = tg.key_set && (tg.was !== i || tg.url !== tg.wasURL);
+      const key = input('targets[' + i + '].key', label(t('ed.key')), '', () => {},
+        { type: 'password', disabled: true, className: 'tgt-key', placeholder: tg.key_set ? tg.key_hint || '…' : t('ed.keyNone') },
+        lost ? t('ed.keyLost') : tg.key_set ? t('ed.keySet', { hint: tg.key_hint || '…' }) : '');
+      key.classList.add('narrow');
+      const btn = (text, aria, action, props) => el('button', { type: 'button', 'aria-label': aria, title: aria, ...props, dataset: { index: String(i), ...action } }, text);
+      const up = btn('↑', t('ed.up', { n }), { move: '-1' }, { className: 'icon', disabled: i === 0, onclick: () => move(i, -1) });
+      const down = btn('↓', t('ed.down', { n }), { move: '1' }, { className: 'icon', disabled: i === count - 1, onclick: () => move(i, 1) });
+      const rm = btn(t('ed.remove'), t('ed.removeN', { n }), { remove: '1' }, { className: 'danger-outline', disabled: count === 1, onclick: () => remove(i) });
+      return el('li', { className: 'tgt', dataset: { index: String(i) } },
+        el('div', { className: 'tgt-head' },
+          el('span', { className: 'tgt-num', 'aria-hidden': 'true' }, String(n)),
+          tg.key_set ? el('span', { className: 'tag' }, t('ed.keyTag', { hint: tg.key_hint || '…' })) : null,
+          el('span', { className: 'grow' }),
+          el('div', { className: 'tgt-actions', role: 'group', 'aria-label': t('ed.targetN', { n }) }, up, down, rm)),
+        el('div', { className: 'tgt-fields' }, url, weight, key));
+    }
+
+    function render(focusSelector) {
+      const balanceId = fieldId('balance');
+      const balanceErr = el('p', { className: 'field-error', id: balanceId + '-error', 'aria-live': 'polite' }, errors.get('balance') || '');
+      const balance = el('select', { id: balanceId, dataset: { field: 'balance' }, 'aria-describedby': balanceId + '-hint ' + balanceId + '-error', 'aria-invalid': String(errors.has('balance')) },
+        el('option', { value: 'failover' }, t('ed.failover')),
+        el('option', { value: 'weighted' }, t('ed.weighted')));
+      if (draft.balance !== 'failover' && draft.balance !== 'weighted') balance.append(el('option', { value: draft.balance }, draft.balance));
+      balance.value = draft.balance;
+      balance.addEventListener('change', () => {
+        draft.balance = balance.value;
+        errors.delete('balance');
+        setText(balanceErr, '');
+        balance.setAttribute('aria-invalid', 'false');
+      });
+      const general = el('p', { className: 'field-error', 'aria-live': 'polite', dataset: { field: '' } }, errors.get('') || '');
+      root.replaceChildren(
+        el('fieldset', { className: 'targets-fs' },
+          el('legend', {}, t('ed.targets')),
+          el('p', { className: 'hint' }, t('ed.targetsHint')),
+          el('ol', { className: 'tgt-list' }, ...draft.targets.map(targetItem)),
+          el('p', { className: 'field-error', 'aria-live': 'polite', dataset: { field: 'targets' } }, errors.get('targets') || ''),
+          el('button', { type: 'button', className: 'add-target', disabled: draft.targets.length >= 16, onclick: addTarget }, t('ed.addTarget'))),
+        el('div', { className: 'opts' },
+          el('div', { className: 'field' },
+            el('label', { htmlFor: balanceId }, t('ed.balance')),
+            balance,
+            el('p', { className: 'hint', id: balanceId + '-hint' }, t('ed.balanceHint')),
+            balanceErr),
+          input('retry_on', [t('ed.retryOn')], draft.retry_on, (v) => { draft.retry_on = v; },
+            { inputMode: 'numeric', placeholder: DEFAULT_RETRY.join(', ') }, t('ed.retryHint')),
+          input('stream_idle_timeout', [t('ed.idle')], draft.stream_idle_timeout, (v) => { draft.stream_idle_timeout = v; },
+            { placeholder: '0s' }, t('ed.idleHint'))),
+        el('p', { className: 'hint' }, t('ed.keyNote')),
+        general);
+      if (focusSelector) {
+        const f = root.querySelector(focusSelector);
+        if (f && !f.disabled) f.focus();
+        else {
+          const first = root.querySelector('input.tgt-url');
+          if (first) first.focus();
+        }
+      }
+    }
+
+    // isPlain is true when the draft says what the one-field form says.
+    function isPlain() {
+      return draft.targets.length === 1 && !draft.targets[0].key_set && !draft.targets[0].auth_style &&
+        ['', '1'].includes(draft.targets[0].weight.trim()) && draft.balance === 'failover' &&
+        sameList(parseRetry(draft.retry_on) || [], DEFAULT_RETRY) && zeroDuration(draft.stream_idle_timeout) &&
+        draft.auth === 'passthrough' && draft.limits.rpm === 0 && draft.limits.tpm === 0 && draft.limits.concurrency === 0;
+    }
+
+    function parseRetry(s) {
+      const parts = String(s).split(/[\s,;]+/).filter(Boolean);
+      if (!parts.every((p) => /^\d+$/.test(p))) return null;
+      return parts.map(Number);
+    }
+
+    // body returns the mapping object to send, without prefix: the
+    // original form {target} when the draft is plain (so a server from
+    // before SPEC §9 takes it too), or null after showing a local error.
+    function body() {
+      errors.clear();
+      if (isPlain()) return { target: draft.targets[0].url.trim() };
+      const retry = parseRetry(draft.retry_on);
+      if (!retry) {
+        show('retry_on', t('ed.retryBad'));
+        return null;
+      }
+      const targets = [];
+      for (const [i, tg] of draft.targets.entries()) {
+        const out = { url: tg.url.trim() };
+        const w = tg.weight.trim();
+        if (w !== '') {
+          if (!/^-?\d+$/.test(w)) {
+            show('targets[' + i + '].weight', t('ed.weightBad'));
+            return null;
+          }
+          out.weight = Number(w);
+        }
+        if (tg.auth_style) out.auth_style = tg.auth_style;
+        // No key: the server keeps a target's stored key when its URL at
+        // that position is unchanged (SPEC §9).
+        targets.push(out);
+      }
+      return {
+        targets,
+        balance: draft.balance,
+        retry_on: retry,
+        auth: draft.auth,
+        limits: { ...draft.limits },
+        stream_idle_timeout: draft.stream_idle_timeout.trim() || '0s',
+      };
+    }
+
+    // show puts msg next to the field key ("targets[1].url", "balance",
+    // "" for the editor as a whole), focuses that field, and reports
+    // whether the editor has such a field.
+    function show(key, msg) {
+      const m = /^targets\[(\d+)\]\.(\w+)$/.exec(key);
+      let k = key;
+      if (k === 'target') k = 'targets[0].url';
+      else if (m && Number(m[1]) >= draft.targets.length) k = 'targets';
+      else if (m && !['url', 'weight'].includes(m[2])) k = 'targets[' + m[1] + '].key';
+      else if (!m && !['targets', 'balance', 'retry_on', 'stream_idle_timeout'].includes(k)) k = '';
+      errors.set(k, msg);
+      render(k === '' || k === 'targets' ? null : '#' + CSS.escape(fieldId(k)));
+      return k !== '';
+    }
+
+    function firstURL() {
+      return draft.targets[0].url;
+    }
+
+    render(null);
+    return { root, body, show, isPlain, firstURL, render: () => render(null), draft };
+  }
+
+  function focusFirstURL(editor) {
+    const first = editor.root.querySelector('input.tgt-url');
+    if (first) first.focus();
   }
 
   // Login
@@ -106,7 +423,7 @@
     if (r.status === 200 && r.data && typeof r.data.mappings === 'object') {
       ui.session.set(TOKEN_KEY, candidate);
       $('token').value = '';
-      mappings = r.data.mappings || {};
+      setItems(r.data);
       showAdmin();
       // The login button that had focus is gone; start from the heading.
       $('h-admin').focus();
@@ -130,20 +447,22 @@
   function logout(message) {
     ui.session.set(TOKEN_KEY, null);
     token = '';
-    mappings = {};
+    items.clear();
     mode.clear();
     drafts.clear();
+    editors.clear();
     rowErrors.clear();
     for (const tr of rows.values()) tr.remove();
     rows.clear();
     clearAddErrors();
+    collapseAdd(true);
     showLogin(message || '');
   }
 
   async function reload() {
     const r = await api('GET', '/api/mappings');
     if (r.status === 200 && r.data && typeof r.data.mappings === 'object') {
-      mappings = r.data.mappings || {};
+      setItems(r.data);
       renderTable();
       return true;
     }
@@ -164,37 +483,94 @@
     setText($('add-error'), '');
   }
 
+  // expandAdd swaps the one URL field for the editor of a whole mapping,
+  // its first target's URL the one typed so far.
+  function expandAdd() {
+    const url = $('add-target').value;
+    if (!addEditor) {
+      addEditor = makeEditor('add', normalize(null, '', url), null);
+      $('add-editor').replaceChildren(addEditor.root);
+    } else {
+      addEditor.draft.targets[0].url = url;
+      addEditor.render();
+    }
+    setFieldError($('add-target'), $('add-target-error'), '');
+    $('add-target-field').hidden = true;
+    $('add-editor').hidden = false;
+    // The Add button follows the editor, in reading and in tab order.
+    $('add-form').classList.add('expanded');
+    $('add-editor').after($('add-btn').parentElement);
+    $('add-more').setAttribute('aria-expanded', 'true');
+    setText($('add-more'), t('add.less'));
+    focusFirstURL(addEditor);
+  }
+
+  // collapseAdd goes back to the one URL field, which only says as much as
+  // the editor when the editor holds a plain mapping; force drops the rest.
+  function collapseAdd(force) {
+    if (addEditor && !force && !addEditor.isPlain()) {
+      setText($('add-error'), t('add.lessRefused'));
+      return;
+    }
+    if (addEditor && !force) $('add-target').value = addEditor.firstURL();
+    if (force) {
+      addEditor = null;
+      $('add-editor').replaceChildren();
+    }
+    setText($('add-error'), '');
+    $('add-target-field').hidden = false;
+    $('add-editor').hidden = true;
+    $('add-form').classList.remove('expanded');
+    $('add-target-field').after($('add-btn').parentElement);
+    $('add-more').setAttribute('aria-expanded', 'false');
+    setText($('add-more'), t('add.more'));
+    if (!force) $('add-target').focus();
+  }
+
   async function addMapping(ev) {
     ev.preventDefault();
     clearAddErrors();
     const prefixIn = $('add-prefix');
     const targetIn = $('add-target');
     const prefix = prefixIn.value.trim();
-    const target = targetIn.value.trim();
+    const expanded = addEditor !== null && !$('add-editor').hidden;
+    let body;
+    if (expanded) {
+      const b = addEditor.body();
+      if (!b) return;
+      body = { prefix, ...b };
+    } else {
+      body = { prefix, target: targetIn.value.trim() };
+    }
     const btn = $('add-btn');
     btn.disabled = true;
-    const r = await api('POST', '/api/mappings', { prefix, target });
+    const r = await api('POST', '/api/mappings', body);
     btn.disabled = false;
     if (r.status === 201) {
-      const p = r.data && r.data.prefix ? String(r.data.prefix) : prefix;
-      mappings[p] = r.data && r.data.target ? String(r.data.target) : target;
+      const answer = r.data && typeof r.data === 'object' && (r.data.targets || r.data.target) ? r.data : body;
+      const m = normalize(answer, prefix, body.target);
+      items.set(m.prefix, m);
       prefixIn.value = '';
       targetIn.value = '';
+      if (expanded) collapseAdd(true);
       showBanner('');
       renderTable();
-      const tr = rows.get(p);
+      const tr = rows.get(m.prefix);
       if (tr) {
         tr.classList.add('fresh');
         tr.scrollIntoView({ block: 'nearest' });
       }
-      ui.announce(t('add.done', { prefix: p }));
+      ui.announce(t('add.done', { prefix: m.prefix }));
       prefixIn.focus();
       return;
     }
     if (handleCommon(r)) return;
-    if (r.code === 'invalid_prefix' || r.status === 409) {
+    const field = fieldOf(r.message);
+    if (r.code === 'invalid_prefix' || r.status === 409 || field === 'prefix') {
       setFieldError(prefixIn, $('add-prefix-error'), r.message);
       prefixIn.focus();
+    } else if (expanded) {
+      if (!addEditor.show(field, r.message)) focusFirstURL(addEditor);
     } else if (r.code === 'invalid_target') {
       setFieldError(targetIn, $('add-target-error'), r.message);
       targetIn.focus();
@@ -205,17 +581,25 @@
 
   // Edit and delete
 
+  function afterSave(prefix, answer, body) {
+    const m = normalize(answer && typeof answer === 'object' && (answer.targets || answer.target) ? answer : body, prefix, body.target);
+    m.prefix = prefix;
+    items.set(prefix, m);
+    mode.delete(prefix);
+    drafts.delete(prefix);
+    editors.delete(prefix);
+    rowErrors.delete(prefix);
+    showBanner('');
+    renderRow(prefix, 'edit');
+    ui.announce(t('row.saved', { prefix }));
+  }
+
   async function saveEdit(prefix) {
-    const target = (drafts.get(prefix) ?? mappings[prefix] ?? '').trim();
-    const r = await api('PUT', mappingPath(prefix), { target });
+    const target = (drafts.get(prefix) ?? (items.has(prefix) ? items.get(prefix).targets[0].url : '')).trim();
+    const body = { target };
+    const r = await api('PUT', mappingPath(prefix), body);
     if (r.status === 200) {
-      mappings[prefix] = r.data && r.data.target ? String(r.data.target) : target;
-      mode.delete(prefix);
-      drafts.delete(prefix);
-      rowErrors.delete(prefix);
-      showBanner('');
-      renderRow(prefix, 'edit');
-      ui.announce(t('row.saved', { prefix }));
+      afterSave(prefix, r.data, body);
       return;
     }
     if (r.status === 404) {
@@ -228,12 +612,32 @@
     renderRow(prefix, 'input');
   }
 
+  async function saveFull(prefix) {
+    const editor = editors.get(prefix);
+    if (!editor) return;
+    const body = editor.body();
+    if (!body) return;
+    const r = await api('PUT', mappingPath(prefix), body);
+    if (r.status === 200) {
+      afterSave(prefix, r.data, body);
+      return;
+    }
+    if (r.status === 404) {
+      await reload();
+      showBanner(t('row.gone', { prefix }));
+      return;
+    }
+    if (handleCommon(r)) return;
+    if (!editor.show(fieldOf(r.message), r.message)) focusFirstURL(editor);
+  }
+
   async function confirmDelete(prefix) {
     const r = await api('DELETE', mappingPath(prefix));
     if (r.status === 200 || r.status === 404) {
-      delete mappings[prefix];
+      items.delete(prefix);
       mode.delete(prefix);
       drafts.delete(prefix);
+      editors.delete(prefix);
       rowErrors.delete(prefix);
       showBanner('');
       renderTable();
@@ -251,20 +655,43 @@
       drafts.delete(prefix);
       rowErrors.delete(prefix);
     }
+    if (m !== 'full') editors.delete(prefix);
     renderRow(prefix, focus);
+  }
+
+  // openFull edits the whole mapping object of prefix; url, when given, is
+  // the first target's URL typed so far in the one-field editor.
+  function openFull(prefix, url) {
+    const m = items.get(prefix);
+    if (!m) return;
+    const editor = makeEditor('row-' + prefix.replace(/[^A-Za-z0-9_-]/g, '_'), m, () => saveFull(prefix));
+    if (url !== undefined) editor.draft.targets[0].url = url;
+    editor.render();
+    mode.set(prefix, 'full');
+    drafts.delete(prefix);
+    rowErrors.delete(prefix);
+    editors.set(prefix, editor);
+    renderRow(prefix, 'input');
+  }
+
+  function startEdit(prefix) {
+    const m = items.get(prefix);
+    if (m && !plain(m)) openFull(prefix);
+    else setMode(prefix, 'edit', 'input');
   }
 
   // Table, keyed by prefix; a row is rebuilt only when it changes.
 
   function renderTable() {
-    const prefixes = Object.keys(mappings).sort();
+    const prefixes = [...items.keys()].sort();
     const body = $('map-body');
     for (const [prefix, tr] of rows) {
-      if (!(prefix in mappings)) {
+      if (!items.has(prefix)) {
         tr.remove();
         rows.delete(prefix);
         mode.delete(prefix);
         drafts.delete(prefix);
+        editors.delete(prefix);
         rowErrors.delete(prefix);
       }
     }
@@ -274,7 +701,7 @@
         tr = el('tr', { dataset: { prefix } });
         rows.set(prefix, tr);
         renderRow(prefix);
-      } else if (tr.dataset.target !== mappings[prefix] && mode.get(prefix) !== 'edit') {
+      } else if (tr.dataset.sig !== JSON.stringify(items.get(prefix)) && !['edit', 'full'].includes(mode.get(prefix))) {
         renderRow(prefix);
       }
       if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
@@ -286,7 +713,8 @@
     const q = $('map-filter').value.trim().toLowerCase();
     let shown = 0;
     for (const [prefix, tr] of rows) {
-      const hit = !q || prefix.toLowerCase().includes(q) || String(mappings[prefix]).toLowerCase().includes(q);
+      const m = items.get(prefix);
+      const hit = !q || prefix.toLowerCase().includes(q) || (m && m.targets.some((tg) => tg.url.toLowerCase().includes(q)));
       tr.hidden = !hit;
       if (hit) shown++;
     }
@@ -297,14 +725,31 @@
     setText(empty, n === 0 ? t('list.none') : t('list.noMatch'));
   }
 
+  // targetsView shows the targets and options of a mapping that is not
+  // plain: the URLs in order, each with its weight and key hint, and a
+  // line of the options that differ from their defaults.
+  function targetsView(m) {
+    const weighted = m.balance === 'weighted';
+    const list = el('ol', { className: 'tgt-view' }, ...m.targets.map((tg) => el('li', {},
+      el('span', { className: 'mono turl', title: tg.url }, tg.url),
+      weighted || tg.weight !== 1 ? el('span', { className: 'tag', title: t('ed.weight') }, t('view.weight', { n: fmt.int(tg.weight) })) : null,
+      tg.key_set ? el('span', { className: 'tag', title: t('ed.key') }, t('ed.keyTag', { hint: tg.key_hint || '…' })) : null)));
+    const opts = [m.balance === 'weighted' ? t('ed.weighted') : t('ed.failover')];
+    if (!sameList(m.retry_on, DEFAULT_RETRY)) opts.push(m.retry_on.length ? t('view.retry', { list: m.retry_on.join(', ') }) : t('view.noRetry'));
+    if (!zeroDuration(m.stream_idle_timeout)) opts.push(t('view.idle', { d: m.stream_idle_timeout }));
+    if (m.auth !== 'passthrough') opts.push(t('view.auth', { auth: m.auth }));
+    return el('div', { className: 'tgt-summary' }, list, el('p', { className: 'opts-line' }, opts.join(' · ')));
+  }
+
   // renderRow rebuilds the cells of one row for its mode. focus names the
   // control to focus afterwards: 'edit', 'delete', 'input', 'cancel'.
   function renderRow(prefix, focus) {
     const tr = rows.get(prefix);
     if (!tr) return;
-    const target = mappings[prefix] || '';
+    const item = items.get(prefix) || normalize(null, prefix, '');
+    const target = item.targets[0].url;
     const m = mode.get(prefix);
-    tr.dataset.target = target;
+    tr.dataset.sig = JSON.stringify(item);
     tr.className = m ? 'mode-' + m : '';
     const url = window.location.origin + prefix;
     const label = (key) => ({ dataset: { label: t(key) } });
@@ -313,8 +758,23 @@
     let targetTd;
     let actions;
     let toFocus = null;
+    let wide = false;
 
-    if (m === 'edit') {
+    if (m === 'full') {
+      const editor = editors.get(prefix);
+      const form = el('form', { className: 'row-editor', noValidate: true, 'aria-label': t('row.editFull', { prefix }) }, editor.root);
+      form.addEventListener('submit', (e) => { e.preventDefault(); saveFull(prefix); });
+      form.addEventListener('keydown', (e) => {
+        if (e.key === 'Escape') { e.preventDefault(); setMode(prefix, null, 'edit'); }
+      });
+      targetTd = el('td', { className: 'full', colSpan: 2, ...label('list.target') }, form);
+      wide = true;
+      actions = [
+        el('button', { type: 'button', className: 'primary', dataset: { action: 'save' }, onclick: () => saveFull(prefix) }, t('row.save')),
+        el('button', { type: 'button', dataset: { action: 'cancel' }, onclick: () => setMode(prefix, null, 'edit') }, t('row.cancel')),
+      ];
+      if (focus === 'input') toFocus = editor.root.querySelector('input.tgt-url');
+    } else if (m === 'edit') {
       const input = el('input', {
         type: 'text', inputMode: 'url', spellcheck: false, autocomplete: 'off',
         value: drafts.has(prefix) ? drafts.get(prefix) : target,
@@ -330,14 +790,17 @@
         if (e.key === 'Enter') { e.preventDefault(); saveEdit(prefix); }
         if (e.key === 'Escape') { e.preventDefault(); setMode(prefix, null, 'edit'); }
       });
-      targetTd = el('td', { className: 'full', ...label('list.target') }, el('div', { className: 'edit-box' }, input, err));
+      const more = el('button', { type: 'button', className: 'link-btn', dataset: { action: 'more' }, 'aria-label': t('row.more', { prefix }), onclick: () => openFull(prefix, input.value) }, t('add.more'));
+      targetTd = el('td', { className: 'full', ...label('list.target') }, el('div', { className: 'edit-box' }, input, err, el('div', {}, more)));
       actions = [
         el('button', { type: 'button', className: 'primary', dataset: { action: 'save' }, onclick: () => saveEdit(prefix) }, t('row.save')),
         el('button', { type: 'button', dataset: { action: 'cancel' }, onclick: () => setMode(prefix, null, 'edit') }, t('row.cancel')),
       ];
       if (focus === 'input' || focus === undefined) toFocus = input;
     } else {
-      targetTd = el('td', { className: 'target mono', title: target, ...label('list.target') }, target);
+      targetTd = plain(item)
+        ? el('td', { className: 'target mono', title: target, ...label('list.target') }, target)
+        : el('td', { className: 'targets', ...label('list.target') }, targetsView(item));
       if (m === 'confirm') {
         const cancel = el('button', { type: 'button', dataset: { action: 'cancel' }, onclick: () => setMode(prefix, null, 'delete') }, t('row.cancel'));
         actions = [
@@ -347,7 +810,7 @@
         ];
         if (focus === 'cancel') toFocus = cancel;
       } else {
-        const edit = el('button', { type: 'button', dataset: { action: 'edit' }, 'aria-label': t('row.edit') + ' ' + prefix, onclick: () => setMode(prefix, 'edit', 'input') }, t('row.edit'));
+        const edit = el('button', { type: 'button', dataset: { action: 'edit' }, 'aria-label': t('row.edit') + ' ' + prefix, onclick: () => startEdit(prefix) }, t('row.edit'));
         const del = el('button', { type: 'button', className: 'danger-outline', dataset: { action: 'delete' }, 'aria-label': t('row.delete') + ' ' + prefix, onclick: () => setMode(prefix, 'confirm', 'cancel') }, t('row.delete'));
         actions = [edit, del];
         if (focus === 'edit') toFocus = edit;
@@ -359,7 +822,9 @@
     actTd.addEventListener('keydown', (e) => {
       if (e.key === 'Escape' && mode.get(prefix) === 'confirm') { e.preventDefault(); setMode(prefix, null, 'delete'); }
     });
-    tr.replaceChildren(prefixTd, targetTd, urlTd, actTd);
+    // The editor of a whole mapping takes the URL column too.
+    if (wide) tr.replaceChildren(prefixTd, targetTd, actTd);
+    else tr.replaceChildren(prefixTd, targetTd, urlTd, actTd);
     if (toFocus) toFocus.focus();
     if (toFocus && toFocus.select) toFocus.select();
   }
@@ -371,11 +836,18 @@
     });
     $('logout').addEventListener('click', () => logout(''));
     $('add-form').addEventListener('submit', addMapping);
+    $('add-more').addEventListener('click', () => {
+      if ($('add-more').getAttribute('aria-expanded') === 'true') collapseAdd(false);
+      else expandAdd();
+    });
     $('map-filter').addEventListener('input', applyFilter);
     for (const id of ['add-prefix', 'add-target']) {
       $(id).addEventListener('input', () => setFieldError($(id), $(id + '-error'), ''));
     }
     ui.onLangChange(() => {
+      for (const editor of editors.values()) editor.render();
+      if (addEditor) addEditor.render();
+      setText($('add-more'), t($('add-more').getAttribute('aria-expanded') === 'true' ? 'add.less' : 'add.more'));
       for (const prefix of rows.keys()) renderRow(prefix, null);
       applyFilter();
       if (!$('login-btn').disabled) $('login-btn').textContent = t('login.submit');

@@ -1,6 +1,8 @@
 // The stats dashboard: polls GET /stats (SPEC §4 shape) every few seconds
 // and updates the cards, charts and endpoint table in place, so the scroll
 // position, a text selection or a focused Copy button survive a refresh.
+// An endpoint with more than one target (SPEC §9) gets a row under it with
+// each target's figures and cooldown.
 'use strict';
 
 (function () {
@@ -18,8 +20,7 @@
     timer: 0,
     renders: 0,
   };
-  const rows = new Map(); // prefix -> {tr, cells}
-  let rowOrder = [];
+  const rows = new Map(); // prefix -> {tr, sub, c, multi}
   let chartKeys = { hourly: '', daily: '' };
   let snippetKey = '';
 
@@ -29,6 +30,7 @@
     window.clearTimeout(state.timer);
     const ctrl = new AbortController();
     const abort = window.setTimeout(() => ctrl.abort(), TIMEOUT_MS);
+    let fresh = false;
     try {
       const res = await fetch('/stats', { cache: 'no-store', signal: ctrl.signal, headers: { Accept: 'application/json' } });
       if (!res.ok) {
@@ -41,7 +43,7 @@
       state.okAt = Date.now();
       state.downSince = 0;
       state.httpStatus = 0;
-      render();
+      fresh = true;
     } catch (e) {
       if (!state.downSince) state.downSince = Date.now();
       if (!(e instanceof Error && e.message.startsWith('HTTP '))) state.httpStatus = 0;
@@ -50,6 +52,9 @@
       renderStatus();
       if (!document.hidden) state.timer = window.setTimeout(refresh, REFRESH_S * 1000);
     }
+    // Outside the try: a bug in rendering is reported as one (the browser
+    // tests fail on it), not shown as an unreachable server.
+    if (fresh) render();
   }
 
   function render() {
@@ -119,6 +124,12 @@
       card('p95_sub', t('card.p95.sub'), t('card.p95.title'));
     }
     card('error_rate', fmt.dec(perf.error_rate, 2) + ' %');
+    // failovers exists from SPEC §9 on; an older server has no such card.
+    const fo = document.getElementById('card-failovers');
+    if (fo) {
+      fo.hidden = typeof d.failovers !== 'number';
+      card('failovers', fmt.compact(d.failovers), fmt.int(d.failovers));
+    }
     card('tokens', fmt.compact(tokens.total), fmt.int(tokens.total));
     card('tokens_sub', t('card.tokensSub', { p: fmt.compact(tokens.prompt), c: fmt.compact(tokens.completion) }));
     card('memory', fmt.dec(perf.memory_usage_mb, 1) + ' MB');
@@ -240,19 +251,56 @@
       c[k] = el('td', { className: 'num' }, el('div', {}, c[k + 'Main'], c[k + 'Sub']));
     }
     for (const [k] of COLS) tr.append(c[k]);
-    labelRow(c);
-    return { tr, c };
+    // The row of the targets, in the table only while there are several.
+    c.tgts = el('div', { className: 'tgt-stats', role: 'table' });
+    c.tgtTd = el('td', { className: 'tgt-td', colSpan: COLS.length }, c.tgts);
+    const sub = el('tr', { className: 'targets-row', dataset: { targetsOf: prefix } }, c.tgtTd);
+    labelRow(c, prefix);
+    return { tr, sub, c, multi: false, tgtKey: '' };
   }
 
-  function labelRow(c) {
+  function labelRow(c, prefix) {
     for (const [k, key] of COLS) c[k].dataset.label = t(key);
+    c.tgtTd.dataset.label = t('tg.label');
+    c.tgts.setAttribute('aria-label', t('tg.title', { prefix }));
+  }
+
+  // renderTargets fills the targets row of r from e.targets: URL, tries,
+  // errors, failovers and the cooldown of each, in the mapping's order.
+  // It rebuilds only when a figure changed.
+  function renderTargets(r, list, nowS) {
+    const key = JSON.stringify([ui.lang, list.map((x) => [x.url, x.count, x.errors, x.failovers, num(x.cooldown_until) > nowS ? x.cooldown_until : 0])]);
+    if (key === r.tgtKey) return;
+    r.tgtKey = key;
+    const cell = (cls, title, ...children) => el('span', { role: 'cell', className: cls, title }, ...children);
+    const head = el('div', { role: 'row', className: 'tgt-row head' },
+      ...[['tgt-url', 'tg.url'], ['num', 'tg.count'], ['num', 'tg.errors'], ['num', 'tg.failovers'], ['tgt-state', 'tg.state']]
+        .map(([cls, k]) => el('span', { role: 'columnheader', className: cls }, t(k))));
+    const body = list.map((x, i) => {
+      const url = String(x.url || '');
+      const until = num(x.cooldown_until);
+      const cooling = until > nowS;
+      const errs = num(x.errors);
+      return el('div', { role: 'row', className: 'tgt-row' + (cooling ? ' cooling' : ''), dataset: { index: String(i) } },
+        cell('tgt-url', url, el('span', { className: 'tgt-n' }, (i + 1) + '. '), el('span', { className: 'mono' }, url)),
+        cell('num', undefined, fmt.int(x.count)),
+        cell('num' + (errs > 0 ? ' err-count' : ''), undefined, fmt.int(errs)),
+        cell('num', undefined, fmt.int(x.failovers)),
+        cell('tgt-state', cooling ? fmt.dateTime(until) : undefined, cooling ? t('tg.cooling', { time: fmt.time(until * 1000) }) : t('tg.ok')));
+    });
+    r.c.tgts.replaceChildren(head, ...body);
   }
 
   function proxyURL(prefix) { return window.location.origin + prefix; }
 
   function setTitle(n, s) { if (n.title !== s) n.title = s; }
 
-  function updateRow(c, prefix, e) {
+  function updateRow(r, prefix, e) {
+    const c = r.c;
+    const list = Array.isArray(e.targets) ? e.targets.filter((x) => x && typeof x === 'object') : [];
+    r.multi = list.length > 1;
+    r.tr.classList.toggle('has-targets', r.multi);
+    if (r.multi) renderTargets(r, list, Date.now() / 1000);
     const count = num(e.count);
     const errs = num(e.error_count);
     const lat = e.latency_ms || {};
@@ -290,7 +338,8 @@
     const entries = Object.entries(endpoints);
     const q = $('ep-filter').value.trim().toLowerCase();
     const shown = entries
-      .filter(([p, e]) => !q || p.toLowerCase().includes(q) || String(e.target || '').toLowerCase().includes(q))
+      .filter(([p, e]) => !q || p.toLowerCase().includes(q) || String(e.target || '').toLowerCase().includes(q) ||
+        (Array.isArray(e.targets) && e.targets.some((x) => x && String(x.url || '').toLowerCase().includes(q))))
       .sort((a, b) => num(b[1].count) - num(a[1].count) || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     const body = $('ep-body');
     const keep = new Set();
@@ -301,20 +350,28 @@
         r = newRow(prefix);
         rows.set(prefix, r);
       }
-      updateRow(r.c, prefix, e || {});
+      updateRow(r, prefix, e || {});
       keep.add(prefix);
       order.push(prefix);
     }
     for (const [prefix, r] of rows) {
       if (!keep.has(prefix)) {
         r.tr.remove();
+        r.sub.remove();
         if (!(prefix in endpoints)) rows.delete(prefix);
+      } else if (!r.multi) {
+        r.sub.remove();
       }
     }
-    if (order.join('\n') !== rowOrder.join('\n') || body.children.length !== order.length) {
+    const want = [];
+    for (const prefix of order) {
+      const r = rows.get(prefix);
+      want.push(r.tr);
+      if (r.multi) want.push(r.sub);
+    }
+    if (body.children.length !== want.length || want.some((n, i) => body.children[i] !== n)) {
       // append moves a row already in place, so only the order changes.
-      for (const prefix of order) body.append(rows.get(prefix).tr);
-      rowOrder = order;
+      for (const n of want) body.append(n);
     }
     $('ep-empty').hidden = entries.length !== 0;
     setText($('ep-count'), q ? t('ep.countFiltered', { shown: fmt.int(order.length), n: fmt.int(entries.length) }) : t('ep.count', { n: fmt.int(entries.length) }));
@@ -399,7 +456,7 @@
   }
 
   function relabel() {
-    for (const r of rows.values()) labelRow(r.c);
+    for (const [prefix, r] of rows) labelRow(r.c, prefix);
     chartKeys = { hourly: '', daily: '' };
     render();
     renderStatus();
