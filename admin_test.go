@@ -958,7 +958,6 @@ func TestAdminObjectValidation(t *testing.T) {
 		{"key on passthrough", `"targets":[{"url":"https://a.example","key":"sk-never-echoed-1234"}]`, "invalid_target", `targets[0].key is only allowed with "auth": "keys"`},
 		{"auth_style unknown", `"targets":[{"url":"https://a.example","auth_style":"cookie"}]`, "invalid_target", "targets[0].auth_style must be one of bearer, x-api-key, x-goog-api-key, api-key, query-key"},
 		{"auth unknown", `"targets":` + two + `,"auth":"open"`, "invalid_mapping", `auth must be "passthrough" or "keys"`},
-		{"auth keys not yet", `"targets":` + two + `,"auth":"keys"`, "invalid_mapping", `auth "keys" is not supported by this version yet`},
 		{"limit negative", `"targets":` + two + `,"limits":{"rpm":-1}`, "invalid_mapping", "limits.rpm must be a non-negative integer"},
 		{"limit not yet", `"targets":` + two + `,"limits":{"concurrency":2}`, "invalid_mapping", "limits.concurrency is not supported by this version yet"},
 		{"unknown target field", `"targets":[{"url":"https://a.example","wieght":2}]`, "invalid_json", `unknown field "wieght"`},

@@ -59,6 +59,10 @@ func writeAPIError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "not_found", "mapping not found")
 	case errors.Is(err, errMappingExists):
 		writeError(w, http.StatusConflict, "conflict", "a mapping with this prefix already exists")
+	case errors.Is(err, errKeyNotFound):
+		writeError(w, http.StatusNotFound, "not_found", "key not found")
+	case errors.Is(err, errKeyExists):
+		writeError(w, http.StatusConflict, "conflict", "a key with this id already exists")
 	case errors.Is(err, errStoreNotWritable):
 		writeError(w, http.StatusServiceUnavailable, "store_unavailable",
 			"store not writable: "+notWritableReason(err)+", so changes cannot be saved now (proxying continues with the current mappings)")

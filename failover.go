@@ -344,6 +344,12 @@ func (pr *proxyRequest) try(out *http.Request, t *routeTarget) (*http.Response, 
 		u := *out.URL
 		pr.pointAt(&u, t)
 		req.URL = &u
+		if pr.route.keys {
+			// This target's key, not the first's: rewrite set that one.
+			req.Header = out.Header.Clone()
+			stripCredentials(req)
+			addTargetKey(req, t.key, t.authStyle)
+		}
 	}
 	if pr.keep != nil {
 		req.Body = pr.keep.reader()

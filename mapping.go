@@ -209,9 +209,6 @@ func (m Mapping) validate(self selfAddrs) error {
 	switch m.auth() {
 	case authPassthrough:
 	case authKeys:
-		// SPEC §10 (issue 16): until this version checks proxy keys, a
-		// keys mapping would pass every caller through unchecked.
-		return invalidMapping(`auth "keys" is not supported by this version yet; use "passthrough"`)
 	default:
 		return invalidMapping(fmt.Sprintf("auth must be %q or %q", authPassthrough, authKeys))
 	}

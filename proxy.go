@@ -63,6 +63,8 @@ type proxy struct {
 	// targets' cooldowns across route tables.
 	retryBodyLimit int64
 	states         *targetStates
+	// keys are the proxy keys that callers of a keys mapping show (auth.go).
+	keys *atomic.Pointer[keyTable]
 
 	// streamHandoff is STREAM_HANDOFF: event streams to HTTP/1.1 clients
 	// are handed off (stream.go) and may read the upstream socket
@@ -110,6 +112,9 @@ type requestRecord struct {
 	// Tries are the tries of the mapping's targets, in order (failover.go);
 	// empty when no upstream was tried (the proxy refused the request).
 	Tries []targetTry
+	// KeyID is the id of the proxy key the caller showed on a keys
+	// mapping (SPEC §10), "" when none was recognised.
+	KeyID string
 }
 
 // newTransport returns the upstream transport, tuned for many long streams
@@ -220,6 +225,9 @@ type proxyRequest struct {
 	// try for stream_idle_timeout. nil when not used (failover.go).
 	keep *bodyKeeper
 	idle *idleWatch
+	// forwarded is set once the request goes to ReverseProxy: one not
+	// forwarded (refused by the proxy) has no tries.
+	forwarded bool
 	// reqBody is the wrapped request body of unknown length; nil if none.
 	reqBody *countingBody
 
@@ -336,6 +344,10 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		pr.finish(true)
 		return
 	}
+	if rt.keys && !pr.checkKey() {
+		pr.finish(true)
+		return
+	}
 	// A route with an idle timeout keeps its responses under
 	// ReverseProxy, whose reads the timeout watches (touchIdle).
 	handOff := p.mayHandOff(w, req) && rt.idle == 0
@@ -376,6 +388,7 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		}
 		pr.finish(completed)
 	}()
+	pr.forwarded = true
 	pr.rp.ServeHTTP(&pr.w, req)
 	completed = true
 }
@@ -420,7 +433,7 @@ func (pr *proxyRequest) finish(completed bool) {
 			pr.rec.Status = 499
 		}
 	}
-	if len(pr.tries) == 0 && pr.rec.ProxyErr != "overloaded" {
+	if len(pr.tries) == 0 && pr.forwarded {
 		// One target, tried once: it failed as SPEC §9 counts failures.
 		o := tryOK
 		if upstreamFailure(pr.rec.ProxyErr) || pr.route.retries(pr.rec.Status) && pr.rec.ProxyErr == "" {
@@ -437,7 +450,7 @@ func (pr *proxyRequest) finish(completed bool) {
 	p.active.Add(-1)
 	if completed {
 		pr.in, pr.route, pr.reqBody = nil, nil, nil
-		pr.target, pr.keep = nil, nil
+		pr.target, pr.keep, pr.forwarded = nil, nil, false
 		clear(pr.orderBuf[:len(pr.order)])
 		pr.order, pr.rec.Tries = nil, nil
 		pr.cancelUp, pr.stopParent, pr.cancelTimeout = nil, nil, nil
@@ -520,6 +533,12 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 		if v, ok := r.In.Header[k]; ok && !(dropXFF && k == "X-Forwarded-For") {
 			out.Header[k] = v
 		}
+	}
+	if pr.route.keys {
+		// The caller's proxy key never leaves; the target's own key
+		// goes in its place (SPEC §10).
+		stripCredentials(out)
+		addTargetKey(out, pr.target.key, pr.target.authStyle)
 	}
 }
 

@@ -17,6 +17,8 @@ type route struct {
 	// does: it costs what it cost before targets were a list.
 	multi    bool
 	weighted bool
+	// keys: "auth": "keys", callers must show a proxy key (auth.go).
+	keys bool
 	// retryOn holds the retry_on statuses, bit s-400 for status s.
 	retryOn [200/64 + 1]uint64
 	// idle is the mapping's stream_idle_timeout; 0 means none.
@@ -34,6 +36,9 @@ type routeTarget struct {
 	path    string // the decoded base path without trailing "/"
 	rawPath string // the same, escaped
 	weight  int
+	// key and authStyle are the upstream key sent to this target for
+	// callers of a keys mapping, and how (addTargetKey).
+	key, authStyle string
 	// state is the target's failures and cooldown, shared by the route
 	// tables that keep this target at this position (targetStates); nil
 	// on a route with one target, which needs none.
@@ -68,7 +73,7 @@ func newRouteTable(mappings []Mapping, self selfAddrs, states *targetStates) (t 
 			continue
 		}
 		r := &route{prefix: m.Prefix, multi: len(m.Targets) > 1, weighted: m.balance() == balanceWeighted,
-			idle: m.StreamIdleTimeout, mapping: m}
+			keys: m.auth() == authKeys, idle: m.StreamIdleTimeout, mapping: m}
 		for _, s := range m.retryOn() {
 			i := s - 400
 			r.retryOn[i/64] |= 1 << (i % 64)
@@ -83,6 +88,9 @@ func newRouteTable(mappings []Mapping, self selfAddrs, states *targetStates) (t 
 				path:    strings.TrimSuffix(u.Path, "/"),
 				rawPath: strings.TrimSuffix(u.EscapedPath(), "/"),
 				weight:  tg.weight(),
+
+				key:       tg.Key,
+				authStyle: tg.AuthStyle,
 			}
 			if r.multi {
 				rt.state = states.get(m.Prefix, i, tg.URL)

@@ -25,6 +25,7 @@ type Server struct {
 	logger  *slog.Logger
 	store   Store
 	routes  atomic.Pointer[routeTable]
+	keys    atomic.Pointer[keyTable] // the proxy keys (keys.go); nil: none known yet
 	proxy   *proxy
 	engine  *gin.Engine
 	started time.Time
@@ -94,6 +95,7 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	s.reloadRetry = make(chan struct{}, 1)
 	s.routes.Store(&routeTable{byPrefix: map[string]*route{}})
 	s.proxy = newProxy(cfg, logger, transport, &s.routes)
+	s.proxy.keys = &s.keys
 	if cs, ok := store.(cooldownSharingStore); ok {
 		s.proxy.states.share = cs.shareCooldown
 		cs.onCooldown(s.proxy.states.apply)
@@ -276,6 +278,15 @@ func (s *Server) reloadRoutes(ctx context.Context) error {
 	m, err := s.store.Mappings(ctx)
 	if err != nil {
 		return fmt.Errorf("load mappings: %w", err)
+	}
+	// The keys first: a keys mapping that routes before its keys are
+	// known refuses every caller, never admits one unchecked.
+	if ks, ok := s.store.(keyStore); ok {
+		keys, err := ks.Keys(ctx)
+		if err != nil {
+			return fmt.Errorf("load proxy keys: %w", err)
+		}
+		s.keys.Store(newKeyTable(keys))
 	}
 	t, skipped := newRouteTable(m, s.self, s.proxy.states)
 	if len(skipped) > 0 {

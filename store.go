@@ -54,12 +54,29 @@ type Store interface {
 	statsStore // AddStats, LoadStats: the stats figures every instance adds to
 }
 
+// keyStore keeps the proxy keys (SPEC §10): never a secret, only its
+// hash. A store that implements it signals Changes for another instance's
+// key writes too, as for mappings.
+type keyStore interface {
+	// Keys returns every key, sorted by id; the caller owns the slice.
+	Keys(ctx context.Context) ([]ProxyKey, error)
+	// CreateKey stores k, which the caller validated; errKeyExists if its
+	// id is taken.
+	CreateKey(ctx context.Context, k ProxyKey) error
+	// UpdateKey replaces the stored key of k.ID; errKeyNotFound if none.
+	UpdateKey(ctx context.Context, k ProxyKey) error
+	// DeleteKey removes the key of id; errKeyNotFound if none.
+	DeleteKey(ctx context.Context, id string) error
+}
+
 // Sentinel errors of the stores. Stores wrap them with the failed
 // operation; writeAPIError (errors.go) alone turns them into an HTTP
 // status and message.
 var (
 	errMappingNotFound = errors.New("mapping not found")
 	errMappingExists   = errors.New("mapping already exists")
+	errKeyNotFound     = errors.New("key not found")
+	errKeyExists       = errors.New("key id already exists")
 	errStoreClosed     = errors.New("store closed")
 	errStoreLocked     = errors.New("data directory is in use by another apiproxy process")
 	// errNoStore is returned by a read-only open of a data directory that
