@@ -44,7 +44,13 @@ type boltStore struct {
 	// writeErr is the error of the last write if the file system refused
 	// it (errStoreNotWritable), nil if that write landed: writeFailure.
 	writeErr atomic.Pointer[error]
+	// box seals the upstream keys of the mappings written (SECRET_KEY);
+	// nil keeps them as given. Set by useSecrets before use.
+	box *secretBox
 }
+
+// useSecrets makes the store seal upstream keys with box (secrets.go).
+func (s *boltStore) useSecrets(box *secretBox) { s.box = box }
 
 // boltPath is the embedded store's file in dir.
 func boltPath(dir string) string { return filepath.Join(dir, boltFileName) }
@@ -157,7 +163,7 @@ func (s *boltStore) Mappings(ctx context.Context) ([]Mapping, error) {
 		}
 		// bbolt iterates in key order, which is prefix order.
 		return b.ForEach(func(k, v []byte) error {
-			m, _ := decodeMapping(string(k), string(v)) // on error m has no targets: see Store.Mappings
+			m := s.box.readMapping(string(k), string(v)) // on error m has no targets: see Store.Mappings
 			out = append(out, m)
 			return nil
 		})
@@ -173,7 +179,7 @@ func (s *boltStore) CreateMapping(ctx context.Context, m Mapping) error {
 		if b.Get([]byte(m.Prefix)) != nil {
 			return errMappingExists
 		}
-		return b.Put([]byte(m.Prefix), []byte(m.encodeValue()))
+		return b.Put([]byte(m.Prefix), []byte(s.box.storedValue(m)))
 	})
 }
 
@@ -182,7 +188,7 @@ func (s *boltStore) UpdateMapping(ctx context.Context, m Mapping) error {
 		if b.Get([]byte(m.Prefix)) == nil {
 			return errMappingNotFound
 		}
-		return b.Put([]byte(m.Prefix), []byte(m.encodeValue()))
+		return b.Put([]byte(m.Prefix), []byte(s.box.storedValue(m)))
 	})
 }
 

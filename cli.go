@@ -333,7 +333,11 @@ func describeTargets(m Mapping, sep string) string {
 // by a running server is refused with the admin API call to make instead.
 func openMapStore(ctx context.Context, cfg Config, cmd mapCommand, stderr io.Writer) (Store, error) {
 	if cfg.RedisURL != "" {
-		return openRedisStore(ctx, cfg, newLogger(cfg, stderr))
+		s, err := openRedisStore(ctx, cfg, newLogger(cfg, stderr))
+		if err != nil {
+			return nil, err
+		}
+		return withSecrets(s, cfg)
 	}
 	path := boltPath(cfg.DataDir)
 	if abs, err := filepath.Abs(path); err == nil {
@@ -350,7 +354,7 @@ func openMapStore(ctx context.Context, cfg Config, cmd mapCommand, stderr io.Wri
 		case err != nil:
 			return nil, err
 		}
-		return s, nil
+		return withSecrets(s, cfg)
 	}
 	_, statErr := os.Stat(path)
 	s, err := openBoltStore(cfg.DataDir)
@@ -363,7 +367,7 @@ func openMapStore(ctx context.Context, cfg Config, cmd mapCommand, stderr io.Wri
 	if errors.Is(statErr, os.ErrNotExist) {
 		fmt.Fprintf(stderr, "apiproxy: created a new store at %s with the default mappings\n", path)
 	}
-	return s, nil
+	return withSecrets(s, cfg)
 }
 
 // storeInUseError explains errStoreLocked to a map command: bbolt's file

@@ -18,6 +18,9 @@ type Config struct {
 	DataDir         string        // DATA_DIR, default ./data
 	RedisURL        string        // API_PROXY_REDIS_URL; empty selects the embedded store
 	AdminToken      string        // ADMIN_TOKEN; empty: generated once and kept in the store
+	// SecretKey is SECRET_KEY: when set (at least 32 characters), the
+	// upstream keys of the mappings are stored sealed (secrets.go).
+	SecretKey string
 	EnableStats     bool          // ENABLE_STATS, default true
 	CORSOrigins     []string      // CORS_ALLOW_ORIGINS, default ["*"]
 	LogFormat       string        // LOG_FORMAT: text or json
@@ -92,6 +95,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		DataDir:     e.str("DATA_DIR", "./data"),
 		RedisURL:    e.str("API_PROXY_REDIS_URL", ""),
 		AdminToken:  e.str("ADMIN_TOKEN", ""),
+		SecretKey:   e.str("SECRET_KEY", ""),
 		EnableStats: e.boolean("ENABLE_STATS", true),
 		CORSOrigins: splitOrigins(e.str("CORS_ALLOW_ORIGINS", "*")),
 		LogFormat:   e.str("LOG_FORMAT", "text"),
@@ -288,6 +292,9 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.MaxInFlight < 0 {
 		return fmt.Errorf("MAX_IN_FLIGHT: must be 0 (no cap) or more")
+	}
+	if _, err := newSecretBox(cfg.SecretKey); err != nil {
+		return fmt.Errorf("SECRET_KEY: %w", err)
 	}
 	if cfg.AdminToken != "" && len(cfg.AdminToken) < 16 {
 		return fmt.Errorf("ADMIN_TOKEN: must be at least 16 characters (or unset to have one generated)")

@@ -144,6 +144,9 @@ type redisStore struct {
 	keyPrefix string // before every key and channel name; redisKeyPrefix in production
 	logger    *slog.Logger
 	changes   chan struct{}
+	// box seals the upstream keys of the mappings written (SECRET_KEY);
+	// nil keeps them as given. Set by useSecrets before use.
+	box *secretBox
 
 	// instance names this store in the messages it publishes, so that
 	// watch can tell its own from another instance's (see updateMessage).
@@ -255,6 +258,9 @@ func newRedisStore(client *redis.Client, keyPrefix, snapshotPath string, logger 
 	}
 }
 
+// useSecrets makes the store seal upstream keys with box (secrets.go).
+func (s *redisStore) useSecrets(box *secretBox) { s.box = box }
+
 func (s *redisStore) key(name string) string { return s.keyPrefix + name }
 
 // updateMessage is the JSON published on the updates channel. Readers
@@ -306,17 +312,16 @@ func (s *redisStore) Mappings(ctx context.Context) ([]Mapping, error) {
 		m[flat[i]] = flat[i+1]
 	}
 	s.remember(seq, m)
-	return decodeHash(m), nil
+	return decodeHash(m, s.box), nil
 }
 
 // decodeHash decodes the fields of the mappings hash, sorted by prefix. A
 // value that does not decode keeps its prefix and no targets (see
 // Store.Mappings).
-func decodeHash(h map[string]string) []Mapping {
+func decodeHash(h map[string]string, box *secretBox) []Mapping {
 	ms := make([]Mapping, 0, len(h))
 	for p, v := range h {
-		m, _ := decodeMapping(p, v)
-		ms = append(ms, m)
+		ms = append(ms, box.readMapping(p, v))
 	}
 	sortMappings(ms)
 	return ms
@@ -351,11 +356,11 @@ func (s *redisStore) snapshotStaleLocked() bool {
 }
 
 func (s *redisStore) CreateMapping(ctx context.Context, m Mapping) error {
-	return s.write(ctx, "create mapping", redisCreateScript, errMappingExists, m.Prefix, m.encodeValue(), s.key(redisUpdatesChannel), s.message("create", m.Prefix))
+	return s.write(ctx, "create mapping", redisCreateScript, errMappingExists, m.Prefix, s.box.storedValue(m), s.key(redisUpdatesChannel), s.message("create", m.Prefix))
 }
 
 func (s *redisStore) UpdateMapping(ctx context.Context, m Mapping) error {
-	return s.write(ctx, "update mapping", redisUpdateScript, errMappingNotFound, m.Prefix, m.encodeValue(), s.key(redisUpdatesChannel), s.message("update", m.Prefix))
+	return s.write(ctx, "update mapping", redisUpdateScript, errMappingNotFound, m.Prefix, s.box.storedValue(m), s.key(redisUpdatesChannel), s.message("update", m.Prefix))
 }
 
 func (s *redisStore) DeleteMapping(ctx context.Context, prefix string) error {
@@ -655,7 +660,7 @@ func (s *redisStore) offlineMappings() (ms []Mapping, readAt time.Time, ok bool)
 	if last == nil {
 		return nil, time.Time{}, false
 	}
-	return decodeHash(last), readAt, true
+	return decodeHash(last, s.box), readAt, true
 }
 
 // loadSnapshot makes the snapshot file's mappings the last known ones if

@@ -378,10 +378,31 @@ func (s *Server) Close() error {
 // openStore opens the store Config selects: Redis when API_PROXY_REDIS_URL
 // is set, else the embedded bbolt store under DATA_DIR.
 func openStore(ctx context.Context, cfg Config, logger *slog.Logger) (Store, error) {
+	var store Store
+	var err error
 	if cfg.RedisURL != "" {
-		return openRedisStore(ctx, cfg, logger)
+		store, err = openRedisStore(ctx, cfg, logger)
+	} else {
+		store, err = openBoltStore(cfg.DataDir)
 	}
-	return openBoltStore(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	return withSecrets(store, cfg)
+}
+
+// withSecrets gives store the box of cfg's SECRET_KEY (validated by
+// loadConfig).
+func withSecrets(store Store, cfg Config) (Store, error) {
+	box, err := newSecretBox(cfg.SecretKey)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("SECRET_KEY: %w", err)
+	}
+	if ss, ok := store.(secretStore); ok {
+		ss.useSecrets(box)
+	}
+	return store, nil
 }
 
 // run serves until ctx is cancelled, then shuts down gracefully: stop
@@ -396,6 +417,9 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 	store, err := openStore(ctx, cfg, logger)
 	if err != nil {
 		return err
+	}
+	if cfg.SecretKey == "" {
+		logger.Warn("SECRET_KEY is not set: the upstream keys of mappings are stored as given, in clear; set SECRET_KEY (32 characters or more) to store them encrypted")
 	}
 	s, err := newServer(cfg, logger, store, nil)
 	if err != nil {
