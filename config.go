@@ -14,13 +14,13 @@ import (
 // Config is everything apiproxy reads from its environment and flags. It is
 // built once by loadConfig and never changes afterwards.
 type Config struct {
-	ListenAddr      string        // LISTEN_ADDR, default ":" + PORT
-	DataDir         string        // DATA_DIR, default ./data
-	RedisURL        string        // API_PROXY_REDIS_URL; empty selects the embedded store
-	AdminToken      string        // ADMIN_TOKEN; empty: generated once and kept in the store
+	ListenAddr string // LISTEN_ADDR, default ":" + PORT
+	DataDir    string // DATA_DIR, default ./data
+	RedisURL   string // API_PROXY_REDIS_URL; empty selects the embedded store
+	AdminToken string // ADMIN_TOKEN; empty: generated once and kept in the store
 	// SecretKey is SECRET_KEY: when set (at least 32 characters), the
 	// upstream keys of the mappings are stored sealed (secrets.go).
-	SecretKey string
+	SecretKey       string
 	EnableStats     bool          // ENABLE_STATS, default true
 	CORSOrigins     []string      // CORS_ALLOW_ORIGINS, default ["*"]
 	LogFormat       string        // LOG_FORMAT: text or json
