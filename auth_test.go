@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,6 +80,13 @@ func TestKeysCheck(t *testing.T) {
 		{"disabled", map[string]string{"Authorization": "Bearer " + disabledSecret}, "", 401, "invalid_api_key"},
 		{"expired", map[string]string{"X-Api-Key": expiredSecret}, "", 401, "invalid_api_key"},
 		{"other prefix", map[string]string{"Authorization": "Bearer " + otherSecret}, "", 403, "key_not_allowed"},
+		{"empty bearer", map[string]string{"Authorization": "Bearer "}, "", 401, "invalid_api_key"},
+		{"bearer alone", map[string]string{"Authorization": "Bearer"}, "", 401, "invalid_api_key"},
+		{"key and a list", map[string]string{"Authorization": "Bearer " + secret + ", " + otherSecret}, "", 401, "invalid_api_key"},
+		{"empty query key", nil, "?key=", 401, "invalid_api_key"},
+		{"bad escape in query key", nil, "?key=%zz", 401, "invalid_api_key"},
+		{"query key and another header", map[string]string{"X-Goog-Api-Key": otherSecret}, "?key=" + secret, 401, "invalid_api_key"},
+		{"valid header, empty other", map[string]string{"Authorization": "Bearer " + secret, "Api-Key": ""}, "", 401, "invalid_api_key"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -232,5 +240,62 @@ func TestWithoutQueryParam(t *testing.T) {
 		if got := withoutQueryParam(tt.in, "key"); got != tt.want {
 			t.Errorf("withoutQueryParam(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// TestKeysPanicFailsClosed: a panic while a keys-mapping request is
+// handled sends nothing upstream and leaves no state behind: the next
+// request is checked afresh.
+func TestKeysPanicFailsClosed(t *testing.T) {
+	up, seen := credentialUpstream(t, http.StatusOK)
+	var calls atomic.Int64
+	real := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(real.CloseIdleConnections)
+	transport := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if calls.Add(1) == 1 {
+			panic("injected fault")
+		}
+		return real.RoundTrip(req)
+	})
+	cfg := testConfig(t, nil)
+	store, err := openBoltStore(cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newServer(cfg, testLogger(), store, transport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	front := newFront(t, s)
+	k, secret := testKey("k")
+	s.keys.Store(newKeyTable([]ProxyKey{k}))
+	setMapping(t, s, keysMapping("/ai", up.URL, "sk-upstream", "bearer"))
+	get := func(key string) (int, error) {
+		req, _ := http.NewRequest("GET", front.URL+"/ai/x", nil)
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		res, err := front.Client().Do(req)
+		if err != nil {
+			return 0, err
+		}
+		res.Body.Close()
+		return res.StatusCode, nil
+	}
+	if code, err := get(secret); err == nil && code == http.StatusOK {
+		t.Fatalf("the request whose handling panicked got 200")
+	}
+	if up.Hits() != 0 {
+		t.Fatalf("the upstream was reached %d times during the panic", up.Hits())
+	}
+	if code, err := get(""); err != nil || code != http.StatusUnauthorized {
+		t.Errorf("after the panic, a request without a key: %d, %v; want 401", code, err)
+	}
+	if code, err := get(secret); err != nil || code != http.StatusOK {
+		t.Errorf("after the panic, a request with the key: %d, %v; want 200", code, err)
+	}
+	if got := <-seen; got.auth != "Bearer sk-upstream" {
+		t.Errorf("upstream saw %q, want the upstream key", got.auth)
 	}
 }

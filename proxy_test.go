@@ -1238,7 +1238,13 @@ func (w *benchWriter) Flush()                      {}
 
 // BenchmarkProxySmall proxies one GET with a 1 KiB answer through the
 // whole Server (router, proxy, hooks) against an in-memory transport.
-func BenchmarkProxySmall(b *testing.B) {
+func BenchmarkProxySmall(b *testing.B) { benchmarkProxySmall(b, false) }
+
+// BenchmarkProxySmallKeys is BenchmarkProxySmall on a keys mapping (SPEC
+// §10): the caller's proxy key checked and removed, the target's added.
+func BenchmarkProxySmallKeys(b *testing.B) { benchmarkProxySmall(b, true) }
+
+func benchmarkProxySmall(b *testing.B, keys bool) {
 	payload := bytes.Repeat([]byte("x"), 1<<10)
 	respHeader := http.Header{"Content-Type": {"application/json"}, "Content-Length": {"1024"}}
 	transport := roundTripFunc(func(req *http.Request) (*http.Response, error) {
@@ -1263,6 +1269,12 @@ func BenchmarkProxySmall(b *testing.B) {
 	setMappings(b, s, map[string]string{"/openai": "https://api.openai.com"})
 	req := httptest.NewRequest("GET", "/openai/v1/models", nil)
 	req.Header.Set("Authorization", "Bearer sk-test")
+	if keys {
+		k, secret := testKey("bench")
+		s.keys.Store(newKeyTable([]ProxyKey{k}))
+		setMapping(b, s, keysMapping("/openai", "https://api.openai.com", "sk-upstream", "bearer"))
+		req.Header.Set("Authorization", "Bearer "+secret)
+	}
 	w := &benchWriter{h: make(http.Header)}
 	b.ReportAllocs()
 	for b.Loop() {
