@@ -224,3 +224,32 @@ func (c *statsCollector) collectAttempts(ch chan<- prometheus.Metric, ps *prefix
 		}
 	}
 }
+
+// collectKeys sends the per-key series of /metrics: the requests of each
+// key by prefix and code, and its tokens by kind, since the process
+// started. Labels are the key's id, never its secret or hash: ids come
+// from the keys the admin made, a bounded set.
+func (c *statsCollector) collectKeys(ch chan<- prometheus.Metric) {
+	keys := *c.st.keys.Load()
+	ids := make([]string, 0, len(keys))
+	for id := range keys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		ks := keys[id]
+		for kc, n := range *ks.codes.Load() {
+			label := strconv.Itoa(kc.code)
+			if kc.code == statusOther {
+				label = "other"
+			}
+			ch <- prometheus.MustNewConstMetric(c.keyRequests, prometheus.CounterValue, float64(n.Load()), id, kc.prefix, label)
+		}
+		counts := ks.tokens.load()
+		for k, kind := range tokenKinds {
+			if v := counts[k]; v != 0 {
+				ch <- prometheus.MustNewConstMetric(c.keyTokens, prometheus.CounterValue, float64(v), id, kind)
+			}
+		}
+	}
+}

@@ -8,24 +8,22 @@ package main
 // its key. Drain writes those counts into the same statsData as the
 // prefixes', under the pseudo-prefix "#<id>" (keyStatsMark): the fields
 // "#<id>|count" and "#<id>|errors" (Total, Hours, Days), "#<id>|tok_<kind>"
-// and "#<id>|unknown" (Total), and Last["#<id>"], the end of the key's
+// and "#<id>|tok_unknown" (Total), and Last["#<id>"], the end of the key's
 // latest request. Mapping prefixes start with "/" (validatePrefix) and key
-// ids hold no "|", so these fields meet no prefix's, and the stores,
-// which add fields whatever their names, keep and sum them across the
-// fleet unchanged. The view (statsview.go) takes them out of the
+// ids ("k_" and base32, newKeySecret) hold no "|", so these fields meet no
+// prefix's, and the stores, which add fields whatever their names, keep
+// and sum them across the fleet unchanged. The view (statsview.go) takes them out of the
 // endpoints, the totals and the series, which would otherwise count a
-// keyed request twice, and shows them under "keys".
+// keyed request twice, and shows them under "keys". Like a deleted
+// prefix's, a deleted key's figures stay stored (its name is then "").
+// /metrics (metrics.go, collectKeys) shows this process's counts.
 
 import (
 	"context"
 	"maps"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // keyStatsMark starts the statsData pseudo-prefix of a proxy key's
@@ -236,33 +234,4 @@ func (st *Stats) keyName(id string) string {
 		}
 	}
 	return ""
-}
-
-// collectKeys sends the per-key series of /metrics: the requests of each
-// key by prefix and code, and its tokens by kind, since the process
-// started. Labels are the key's id, never its secret or hash: ids come
-// from the keys the admin made, a bounded set.
-func (c *statsCollector) collectKeys(ch chan<- prometheus.Metric) {
-	keys := *c.st.keys.Load()
-	ids := make([]string, 0, len(keys))
-	for id := range keys {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		ks := keys[id]
-		for kc, n := range *ks.codes.Load() {
-			label := strconv.Itoa(kc.code)
-			if kc.code == statusOther {
-				label = "other"
-			}
-			ch <- prometheus.MustNewConstMetric(c.keyRequests, prometheus.CounterValue, float64(n.Load()), id, kc.prefix, label)
-		}
-		counts := ks.tokens.load()
-		for k, kind := range tokenKinds {
-			if v := counts[k]; v != 0 {
-				ch <- prometheus.MustNewConstMetric(c.keyTokens, prometheus.CounterValue, float64(v), id, kind)
-			}
-		}
-	}
 }
