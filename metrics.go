@@ -66,10 +66,12 @@ var metricsBuckets = func() []int {
 // statsCollector exposes the counters of a Stats. It reads them at scrape
 // time, so the request path pays nothing for metrics: labels come from
 // bounded sets only (prefixes, status codes, at most maxModels+1 model
-// names and maxTargets target indexes per prefix).
+// names and maxTargets target indexes per prefix, and the ids of the proxy
+// keys the admin made).
 type statsCollector struct {
 	st                                                    *Stats
 	requests, duration, ttfb, tokens, bytesDesc, attempts *prometheus.Desc
+	keyRequests, keyTokens                                *prometheus.Desc // statskeys.go
 }
 
 func newStatsCollector(st *Stats) *statsCollector {
@@ -93,6 +95,12 @@ func newStatsCollector(st *Stats) *statsCollector {
 		attempts: prometheus.NewDesc("apiproxy_upstream_attempts_total",
 			"Tries of a mapping's targets, by prefix, target (its index in the mapping) and outcome (ok; error: it failed and its answer went to the client; retried: it failed and the next target was tried).",
 			[]string{"prefix", "target", "outcome"}, nil),
+		keyRequests: prometheus.NewDesc("apiproxy_key_requests_total",
+			"Proxied requests made with a proxy key, by the key's id, mapping prefix and status code (499: the client left first).",
+			[]string{"key", "prefix", "code"}, nil),
+		keyTokens: prometheus.NewDesc("apiproxy_key_tokens_total",
+			"Tokens reported by upstream responses to requests made with a proxy key, by the key's id and kind ("+strings.Join(tokenKinds[:], ", ")+").",
+			[]string{"key", "kind"}, nil),
 	}
 }
 
@@ -103,6 +111,8 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.tokens
 	ch <- c.bytesDesc
 	ch <- c.attempts
+	ch <- c.keyRequests
+	ch <- c.keyTokens
 }
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
@@ -174,6 +184,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+	c.collectKeys(ch)
 }
 
 // promBuckets turns a stats histogram into cumulative Prometheus buckets
@@ -210,6 +221,35 @@ func (c *statsCollector) collectAttempts(ch chan<- prometheus.Metric, ps *prefix
 		target := strconv.Itoa(i)
 		for o, outcome := range tryOutcomes {
 			ch <- prometheus.MustNewConstMetric(c.attempts, prometheus.CounterValue, float64(n[o]), ps.prefix, target, outcome)
+		}
+	}
+}
+
+// collectKeys sends the per-key series of /metrics: the requests of each
+// key by prefix and code, and its tokens by kind, since the process
+// started. Labels are the key's id, never its secret or hash: ids come
+// from the keys the admin made, a bounded set.
+func (c *statsCollector) collectKeys(ch chan<- prometheus.Metric) {
+	keys := *c.st.keys.Load()
+	ids := make([]string, 0, len(keys))
+	for id := range keys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		ks := keys[id]
+		for kc, n := range *ks.codes.Load() {
+			label := strconv.Itoa(kc.code)
+			if kc.code == statusOther {
+				label = "other"
+			}
+			ch <- prometheus.MustNewConstMetric(c.keyRequests, prometheus.CounterValue, float64(n.Load()), id, kc.prefix, label)
+		}
+		counts := ks.tokens.load()
+		for k, kind := range tokenKinds {
+			if v := counts[k]; v != 0 {
+				ch <- prometheus.MustNewConstMetric(c.keyTokens, prometheus.CounterValue, float64(v), id, kind)
+			}
 		}
 	}
 }

@@ -171,3 +171,42 @@ func TestMetricsDisabledStats(t *testing.T) {
 		t.Error("runtime metrics or the active-requests gauge missing with stats off")
 	}
 }
+
+// TestMetricsKeys: requests made with a proxy key count under the key's
+// id, by prefix and code, refused ones too, and their tokens by kind; a
+// request without a key counts under none; no secret or hash is exposed.
+func TestMetricsKeys(t *testing.T) {
+	_, front, a, b, secretA, secretB := keyedServer(t)
+	keyedRequests(t, front, secretA, secretB)
+	res, err := front.Client().Get(front.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(readAll(t, res))
+	res.Body.Close()
+	keyA, keyB := `key="`+a.ID+`"`, `key="`+b.ID+`"`
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"apiproxy_key_requests_total", []string{keyA, `prefix="/ai"`, `code="200"`}, 2},
+		{"apiproxy_key_requests_total", []string{keyA, `prefix="/ai"`, `code="429"`}, 1},
+		{"apiproxy_key_requests_total", []string{keyB, `prefix="/ai"`, `code="403"`}, 1},
+		{"apiproxy_key_requests_total", []string{`code="401"`}, -1},
+		{"apiproxy_key_tokens_total", []string{keyA, `kind="prompt"`}, 2 * 1117},
+		{"apiproxy_key_tokens_total", []string{keyA, `kind="total"`}, 2 * 1163},
+		{"apiproxy_key_tokens_total", []string{keyB}, -1},
+		{"apiproxy_requests_total", []string{`prefix="/ai"`, `code="200"`}, 2},
+		{"apiproxy_requests_total", []string{`prefix="/ai"`, `code="401"`}, 1},
+	} {
+		if got := metricValue(t, body, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	for _, secret := range []string{secretA, secretB, a.Hash, b.Hash} {
+		if strings.Contains(body, secret) {
+			t.Errorf("/metrics holds a key's secret or hash")
+		}
+	}
+}

@@ -125,7 +125,7 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 		logger.Warn("admin token not available yet; the admin API answers 503 until the store is reachable", "error", err)
 	}
 	s.stats = newStats(statsConfig{enabled: cfg.EnableStats, store: store, logger: logger,
-		active: s.proxy.active.Load, routes: &s.routes, dataDir: cfg.DataDir})
+		active: s.proxy.active.Load, routes: &s.routes, keys: &s.keys, dataDir: cfg.DataDir})
 	if cfg.EnableStats {
 		s.proxy.observe = s.stats.record
 	}

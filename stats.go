@@ -391,7 +391,11 @@ type Stats struct {
 	spill   string // path of the spill file; "" for none
 
 	prefixes atomic.Pointer[map[string]*prefixStats] // copy on write
-	addMu    sync.Mutex                              // serialises adding a prefix
+	keys     atomic.Pointer[map[string]*keyStats]    // by proxy key id (statskeys.go); copy on write
+	addMu    sync.Mutex                              // serialises adding a prefix or a key
+	// proxyKeys is the live key table, for the names of keys in /stats;
+	// nil for none.
+	proxyKeys *atomic.Pointer[keyTable]
 
 	// mu guards the aggregates below and the drained parts of
 	// prefixStats. Never taken by record.
@@ -443,7 +447,8 @@ type statsConfig struct {
 	now     func() time.Time
 	active  func() int64
 	routes  *atomic.Pointer[routeTable]
-	dataDir string // for the spill file; "" keeps none
+	keys    *atomic.Pointer[keyTable] // for the names of keys; nil for none
+	dataDir string                    // for the spill file; "" keeps none
 }
 
 // newStats builds the Stats of a server. Deltas a previous process could
@@ -453,13 +458,14 @@ func newStats(c statsConfig) *Stats {
 		c.now = time.Now
 	}
 	st := &Stats{
-		enabled: c.enabled,
-		store:   c.store,
-		logger:  c.logger,
-		now:     c.now,
-		active:  c.active,
-		routes:  c.routes,
-		pending: newStatsData(),
+		enabled:   c.enabled,
+		store:     c.store,
+		logger:    c.logger,
+		now:       c.now,
+		active:    c.active,
+		routes:    c.routes,
+		proxyKeys: c.keys,
+		pending:   newStatsData(),
 		// 130 random bits: no two processes ever share a batch id.
 		batchPrefix: rand.Text() + "-",
 		memSamples: []metrics.Sample{
@@ -470,6 +476,7 @@ func newStats(c statsConfig) *Stats {
 	st.started = st.now()
 	st.lastTick = st.started
 	st.prefixes.Store(&map[string]*prefixStats{})
+	st.keys.Store(&map[string]*keyStats{})
 	st.updatePerf(st.started, perfSample{})
 	if c.enabled && c.dataDir != "" {
 		st.spill = filepath.Join(c.dataDir, statsSpillFile)
@@ -480,7 +487,9 @@ func newStats(c statsConfig) *Stats {
 
 // record counts one finished request. It is the proxy's observer: called
 // once per request on the request's goroutine, lock-free and without
-// allocating (but the first time a prefix or a model is seen).
+// allocating (but the first time a prefix, a model, or a proxy key and
+// its prefix and code are seen). A request made with a proxy key is
+// counted for that key too (recordKey); one without costs nothing more.
 func (st *Stats) record(rec *requestRecord) {
 	ps := (*st.prefixes.Load())[rec.Prefix]
 	if ps == nil {
@@ -497,7 +506,7 @@ func (st *Stats) record(rec *requestRecord) {
 		sl.ttfbSum.Add(t)
 		sl.ttfb[histIndex(t)].Add(1)
 	}
-	code := rec.Status
+	code, failed := rec.Status, false
 	switch {
 	case clientClosed(rec):
 		code = 0
@@ -507,7 +516,11 @@ func (st *Stats) record(rec *requestRecord) {
 	default:
 		if rec.Status >= 400 || rec.ProxyErr != "" {
 			sl.errors.Add(1)
+			failed = true
 		}
+	}
+	if rec.KeyID != "" {
+		st.recordKey(rec, code, failed, end)
 	}
 	ps.codes[code].Add(1)
 	for _, t := range rec.Tries {
@@ -565,6 +578,9 @@ func (st *Stats) drainLocked(now time.Time) {
 	h := nowUnix / hourSeconds
 	for _, ps := range *st.prefixes.Load() {
 		st.drainPrefix(ps, h, nowUnix)
+	}
+	for _, ks := range *st.keys.Load() {
+		st.drainKey(ks, h)
 	}
 }
 

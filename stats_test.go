@@ -149,7 +149,9 @@ func checkCounts(t testing.TB, checks []countCheck) {
 }
 
 // recordWindows records and flushes requests of "/a" and "/b" over the 40
-// days up to now0, moving clock to each request's end.
+// days up to now0, moving clock to each request's end. Some were made
+// with the proxy keys "k_a" (on "/a"), "k_b" (on "/b" and "/a") and
+// "k_gone" (once); see checkWindowKeys.
 func recordWindows(t testing.TB, st *Stats, clock *fakeClock, now0 time.Time) {
 	t.Helper()
 	ctx := context.Background()
@@ -167,12 +169,16 @@ func recordWindows(t testing.TB, st *Stats, clock *fakeClock, now0 time.Time) {
 	}
 	ms := time.Millisecond
 	day := 24 * time.Hour
-	at(40*day, rec("/a", now0, 200, 10*ms))
-	at(10*day, rec("/a", now0, 200, 10*ms), rec("/a", now0, 500, 10*ms))
-	at(3*day, rec("/a", now0, 200, 10*ms), rec("/a", now0, 200, 10*ms), rec("/a", now0, 201, 10*ms))
+	keyed := func(id string, r *requestRecord) *requestRecord {
+		r.KeyID = id
+		return r
+	}
+	at(40*day, keyed("k_a", rec("/a", now0, 200, 10*ms)))
+	at(10*day, keyed("k_a", rec("/a", now0, 200, 10*ms)), keyed("k_a", rec("/a", now0, 500, 10*ms)))
+	at(3*day, keyed("k_gone", rec("/a", now0, 200, 10*ms)), rec("/a", now0, 200, 10*ms), rec("/a", now0, 201, 10*ms))
 	closed := rec("/b", now0, 499, 10*ms)
-	closed.ProxyErr = "aborted"
-	at(5*time.Hour, rec("/b", now0, 200, 10*ms), rec("/b", now0, 200, 10*ms), rec("/b", now0, 200, 10*ms), rec("/b", now0, 302, 10*ms), closed)
+	closed.ProxyErr, closed.KeyID = "aborted", "k_b"
+	at(5*time.Hour, keyed("k_b", rec("/b", now0, 200, 10*ms)), rec("/b", now0, 200, 10*ms), rec("/b", now0, 200, 10*ms), rec("/b", now0, 302, 10*ms), closed)
 	withUsage := func(model string, p, c, cr int64) *requestRecord {
 		r := rec("/a", now0, 200, 10*ms)
 		r.Usage = tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: p, tokCompletion: c, tokTotal: p + c, tokCacheRead: cr}, Model: []byte(model)}
@@ -180,16 +186,20 @@ func recordWindows(t testing.TB, st *Stats, clock *fakeClock, now0 time.Time) {
 	}
 	unreachable := rec("/a", now0, 502, ms)
 	unreachable.ProxyErr, unreachable.BytesOut, unreachable.TTFB = "upstream_unreachable", 0, 0
-	at(0, withUsage("gpt-4o", 10, 5, 0), withUsage("claude-x", 3, 4, 1), rec("/a", now0, 200, 10*ms), rec("/a", now0, 404, 10*ms), unreachable)
+	unreachable.KeyID = "k_a"
+	at(0, keyed("k_a", withUsage("gpt-4o", 10, 5, 0)), keyed("k_b", withUsage("claude-x", 3, 4, 1)), rec("/a", now0, 200, 10*ms),
+		keyed("k_a", rec("/a", now0, 404, 10*ms)), unreachable)
 }
 
 // TestStatsWindows records requests over 40 days with an injected clock
 // and checks every window, the series, the per-endpoint figures and that
-// a client that left is counted apart from errors.
+// a client that left is counted apart from errors. Requests made with a
+// proxy key count once in all of these, and again under their key.
 func TestStatsWindows(t *testing.T) {
 	now0 := time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)
 	clock := &fakeClock{t: now0.Add(-40 * 24 * time.Hour)}
 	st := newTestStats(t, nil, clock)
+	st.proxyKeys = testKeyNames("k_a", "team-a", "k_b", "team-b")
 	recordWindows(t, st, clock, now0)
 	clock.Set(now0.Add(2 * time.Second))
 
@@ -208,6 +218,7 @@ func TestStatsWindows(t *testing.T) {
 	})
 	checkWindowSeries(t, &v, now0)
 	checkWindowEndpoints(t, &v, now0)
+	checkWindowKeys(t, &v, now0)
 
 	// A day later the hour and the day have moved on; totals have not.
 	clock.Set(now0.Add(24 * time.Hour))
@@ -215,6 +226,9 @@ func TestStatsWindows(t *testing.T) {
 	if v.Total != 16 || v.Last24h != 0 || v.Last7d != 13 || v.Series.Daily[28].Count != 10 {
 		t.Errorf("a day later: total %d last_24h %d last_7d %d daily[28] %+v; want 16, 0, 13, 10 requests",
 			v.Total, v.Last24h, v.Last7d, v.Series.Daily[28])
+	}
+	if a := v.Keys["k_a"]; a == nil || a.Count != 6 || a.Last24h != 0 || a.Last7d != 3 || a.Last30d != 5 {
+		t.Errorf("a day later: k_a = %+v, want 6 requests, 0 in 24 h, 3 in 7 d, 5 in 30 d", a)
 	}
 }
 
@@ -756,13 +770,15 @@ func TestStatsBoltPrunes(t *testing.T) {
 }
 
 // TestRecordAllocs: the proxy's observer allocates nothing once the prefix
-// and model were seen, whatever tries the request made.
+// and model, and the proxy key with its prefix and code, were seen,
+// whatever tries the request made.
 func TestRecordAllocs(t *testing.T) {
 	st := newTestStats(t, nil, &fakeClock{t: time.Now()})
 	r := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	ru := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	ru.Usage = tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 10, tokCompletion: 20, tokTotal: 30}, Model: []byte("gpt-4o")}
 	ru.Tries = []targetTry{{0, tryRetried}, {2, tryRetried}, {1, tryOK}}
+	ru.KeyID = "k_a"
 	st.record(r)
 	st.record(ru)
 	if n := testing.AllocsPerRun(1000, func() { st.record(r); st.record(ru) }); n != 0 {
@@ -771,16 +787,20 @@ func TestRecordAllocs(t *testing.T) {
 }
 
 // BenchmarkRecord measures the proxy's observer: a request without usage
-// (most proxied calls), one with usage and a model, one that failed over
-// to a second target, and all cores recording on one prefix at once.
+// (most proxied calls), one with usage and a model, the same made with a
+// proxy key, one that failed over to a second target, and all cores
+// recording on one prefix at once.
 func BenchmarkRecord(b *testing.B) {
 	st := newTestStats(b, nil, &fakeClock{t: time.Now()})
 	plain := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	usage := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	usage.Usage = tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 10, tokCompletion: 20, tokTotal: 30}, Model: []byte("gpt-4o-2024-08-06")}
+	keyed := rec("/a", time.Now(), 200, 3*time.Millisecond)
+	keyed.Usage, keyed.KeyID = usage.Usage, "k_bench"
 	failover := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	failover.Tries = []targetTry{{0, tryRetried}, {1, tryOK}}
 	st.record(usage)
+	st.record(keyed)
 	b.Run("plain", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -791,6 +811,12 @@ func BenchmarkRecord(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			st.record(usage)
+		}
+	})
+	b.Run("key", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			st.record(keyed)
 		}
 	})
 	b.Run("failover", func(b *testing.B) {
@@ -1081,7 +1107,7 @@ func TestStatsJSONShape(t *testing.T) {
 			}
 		}
 	}
-	has(m, "/stats", "total", "errors", "failovers", "last_24h", "last_7d", "last_30d", "tokens", "endpoints", "series", "performance")
+	has(m, "/stats", "total", "errors", "failovers", "last_24h", "last_7d", "last_30d", "tokens", "endpoints", "keys", "series", "performance")
 	has(m["tokens"].(map[string]any), "tokens", "prompt", "completion", "total")
 	ep := m["endpoints"].(map[string]any)["/openai"].(map[string]any)
 	has(ep, "endpoint", "target", "count", "error_count", "last_request", "last_24h", "last_7d", "last_30d",

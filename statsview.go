@@ -27,9 +27,12 @@ type statsView struct {
 	Last30d      int64                    `json:"last_30d"`
 	Tokens       tokenView                `json:"tokens"`
 	Endpoints    map[string]*endpointView `json:"endpoints"`
-	Series       seriesView               `json:"series"`
-	Performance  perfFigures              `json:"performance"`
-	GeneratedAt  int64                    `json:"generated_at"`
+	// Keys are the figures of each proxy key used (statskeys.go), by id;
+	// their requests are in the figures above too.
+	Keys        map[string]*keyView `json:"keys"`
+	Series      seriesView          `json:"series"`
+	Performance perfFigures         `json:"performance"`
+	GeneratedAt int64               `json:"generated_at"`
 }
 
 // tokenView is the token figures of a prefix or of all of them. Its JSON
@@ -209,7 +212,7 @@ type seriesPoint struct {
 // is in exactly one of them. st.mu must be held.
 func (st *Stats) viewLocked(now time.Time) *statsView {
 	v := newStatsView(st.enabled, now)
-	all := endpointSet{} // every prefix with stats, deleted ones too
+	all := endpointSet{} // every prefix with stats, deleted ones too, and every key's
 	if st.base != nil {
 		v.addData(all, st.base)
 	}
@@ -217,7 +220,14 @@ func (st *Stats) viewLocked(now time.Time) *statsView {
 		v.addData(all, d)
 	}
 	v.addData(all, st.pending)
-	for _, e := range all {
+	for p, e := range all {
+		// A key's requests are its prefixes' too: they have no row of
+		// their own, and the totals have them once.
+		if id, ok := keyOfView(p); ok {
+			v.Keys[id] = newKeyView(st.keyName(id), e)
+			delete(all, p)
+			continue
+		}
 		e.finish()
 		v.addEndpoint(e)
 	}
@@ -242,7 +252,8 @@ func (st *Stats) viewLocked(now time.Time) *statsView {
 // the windowHours hours and the windowDays (UTC) days up to now's.
 func newStatsView(enabled bool, now time.Time) *statsView {
 	h, day := now.Unix()/hourSeconds, now.Unix()/daySeconds
-	v := &statsView{StatsEnabled: enabled, Endpoints: map[string]*endpointView{}, GeneratedAt: now.Unix()}
+	v := &statsView{StatsEnabled: enabled, Endpoints: map[string]*endpointView{}, Keys: map[string]*keyView{},
+		GeneratedAt: now.Unix()}
 	v.Series.Hourly = make([]seriesPoint, windowHours)
 	v.Series.Daily = make([]seriesPoint, windowDays)
 	for i := range v.Series.Hourly {
@@ -269,7 +280,9 @@ func (es endpointSet) get(prefix string) *endpointView {
 
 // addData adds the figures of d to the prefixes in all and to the series:
 // all-time totals, last requests, and the buckets of the series' hours
-// and days.
+// and days. The figures of proxy keys (keyStatsMark) go to all under
+// their pseudo-prefix, never to the series: their requests are there
+// under their prefix already.
 func (v *statsView) addData(all endpointSet, d *statsData) {
 	for f, n := range d.Total {
 		prefix, name, ok := strings.Cut(f, "|")
@@ -289,6 +302,9 @@ func (v *statsView) addData(all endpointSet, d *statsData) {
 				continue
 			}
 			all.get(prefix).addHour(name, n)
+			if _, key := keyOfView(prefix); key {
+				continue
+			}
 			switch name {
 			case fieldCount:
 				pt.Count += n
@@ -305,11 +321,14 @@ func (v *statsView) addData(all endpointSet, d *statsData) {
 			if !ok {
 				continue
 			}
-			switch name {
-			case fieldCount:
-				pt.Count += n
+			_, key := keyOfView(prefix)
+			switch {
+			case name == fieldCount:
 				all.get(prefix).addDay(age, n)
-			case fieldErrors:
+				if !key {
+					pt.Count += n
+				}
+			case name == fieldErrors && !key:
 				pt.Errors += n
 			}
 		}

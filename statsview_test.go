@@ -47,7 +47,9 @@ func checkGolden(t testing.TB, name string, got []byte) {
 // longer mapped, one with two targets, the second cooling down), requests
 // over 40 days, every status class, a client that left, token usage with
 // and without a model, models past maxModels, failovers, and counts both
-// flushed to the store and still pending. The process figures are fixed.
+// flushed to the store and still pending, some requests made with a proxy
+// key ("k_team", and "k_old", deleted since). The process figures are
+// fixed.
 func goldenStats(t testing.TB) (*Stats, time.Time) {
 	t.Helper()
 	now0 := time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)
@@ -56,6 +58,7 @@ func goldenStats(t testing.TB) (*Stats, time.Time) {
 	st.routes = testRouteObjects(t,
 		Mapping{Prefix: "/a", Targets: []Target{{URL: "https://a.example"}, {URL: "https://a2.example"}}},
 		newMapping("/b", "http://b.example/base"))
+	st.proxyKeys = testKeyNames("k_team", "team-a")
 	ctx := context.Background()
 	ms, day := time.Millisecond, 24*time.Hour
 	at := func(ago time.Duration, flush bool, recs ...*requestRecord) {
@@ -92,10 +95,15 @@ func goldenStats(t testing.TB) (*Stats, time.Time) {
 	goneFailedOver.Tries = []targetTry{{0, tryRetried}, {1, tryOK}}
 	limited := rec("/a", now0, 429, 3*ms)
 	limited.Tries = []targetTry{{0, tryRetried}, {1, tryError}}
+	keyed := func(id string, r *requestRecord) *requestRecord {
+		r.KeyID = id
+		return r
+	}
+	goneFailedOver.KeyID, unreachable.KeyID, limited.KeyID = "k_old", "k_team", "k_team"
 
 	at(40*day, true, rec("/a", now0, 200, 10*ms), rec("/gone", now0, 200, 3*ms))
 	at(10*day, true, failedOver, rec("/a", now0, 500, 30*ms), goneFailedOver)
-	at(3*day, true, rec("/a", now0, 201, 9*ms), rec("/b", now0, 101, 2*ms), rec("/b", now0, 304, 4*ms))
+	at(3*day, true, keyed("k_team", rec("/a", now0, 201, 9*ms)), rec("/b", now0, 101, 2*ms), rec("/b", now0, 304, 4*ms))
 	at(5*time.Hour, true, closed, odd, rec("/b", now0, 200, 250*ms),
 		usage("/b", "", 200, 40*ms, tokenCounts{tokPrompt: 7, tokCompletion: 3, tokTotal: 10}))
 	var many []*requestRecord
@@ -105,7 +113,7 @@ func goldenStats(t testing.TB) (*Stats, time.Time) {
 	}
 	at(2*time.Hour, true, many...)
 	at(30*time.Minute, true,
-		usage("/a", "gpt-4o", 200, 800*ms, tokenCounts{tokPrompt: 1117, tokCompletion: 46, tokTotal: 1163, tokCacheRead: 1024}),
+		keyed("k_team", usage("/a", "gpt-4o", 200, 800*ms, tokenCounts{tokPrompt: 1117, tokCompletion: 46, tokTotal: 1163, tokCacheRead: 1024})),
 		usage("/a", "claude-x", 200, 1500*ms, tokenCounts{tokPrompt: 40, tokCompletion: 15, tokTotal: 55, tokCacheRead: 5, tokCacheWrite: 10}),
 		unreachable)
 	// Another instance saw other models of /b: past maxModels in all, the

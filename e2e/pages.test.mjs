@@ -641,6 +641,67 @@ test('dashboard: targets under an endpoint with several, and the failovers card 
   await page.close();
 });
 
+test('dashboard: the Keys section shows each proxy key by id and name, and hides without keys (/stats played back)', async () => {
+  const page = await newPage();
+  const now = Math.floor(Date.now() / 1000);
+  const tokens = (p, c) => ({ prompt: p, completion: c, total: p + c, cache_read: 0, cache_write: 0, unknown_responses: 0 });
+  const stats = {
+    total: 12, errors: 2, last_24h: 12, last_7d: 12, last_30d: 12, tokens: tokens(1500, 300),
+    endpoints: {
+      '/mock-keys': {
+        target: 'http://127.0.0.1:9/k', count: 12, error_count: 2, last_request: now, last_24h: 12, last_7d: 12, last_30d: 12,
+        status: { '2xx': 10, '3xx': 0, '4xx': 2, '5xx': 0 }, latency_ms: { avg: 10, p50: 9, p95: 20, p99: 30 },
+        tokens: tokens(1500, 300), models: {},
+      },
+    },
+    keys: {
+      k_gone: { name: '', count: 3, errors: 0, last_24h: 0, last_7d: 1, last_30d: 3, tokens: tokens(0, 0), last_used_at: now - 3 * 86400 },
+      k_team: { name: 'team-a', count: 9, errors: 2, last_24h: 5, last_7d: 8, last_30d: 9, tokens: tokens(1500, 300), last_used_at: now - 120 },
+    },
+    series: { hourly: [], daily: [] },
+    performance: { requests_per_sec: 0, avg_response_time_ms: 0, error_rate: 0, memory_usage_mb: 1, goroutine_count: 1, active_requests: 0, uptime_seconds: 1 },
+  };
+  await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+  await page.goto(origin + '/');
+  const team = page.locator('#ks-body tr[data-key="k_team"]');
+  await team.waitFor({ timeout: WAIT });
+  assert.ok(await page.locator('#keys-panel').isVisible());
+  assert.equal(await textOf(page.locator('#h-keys')), 'Keys');
+  assert.equal(await textOf(page.locator('#ks-count')), '2 keys');
+  // The most used first; the name above the id; no secret or hint anywhere.
+  assert.deepEqual(await page.locator('#ks-body tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.key)), ['k_team', 'k_gone']);
+  const cells = (await team.locator('td').allTextContents()).map((x) => x.trim());
+  assert.equal(await textOf(team.locator('.key-name')), 'team-a');
+  assert.equal(await textOf(team.locator('.key-id')), 'k_team');
+  assert.deepEqual(cells.slice(1, 5), ['5', '8', '9', '9']);
+  assert.equal(await textOf(team.locator('td').nth(5).locator('span').first()), '2');
+  assert.equal(await textOf(team.locator('td').nth(6).locator('span').first()), '1,800');
+  assert.equal(cells[7], '2 min ago');
+  const gone = page.locator('#ks-body tr[data-key="k_gone"]');
+  assert.equal(await textOf(gone.locator('.key-name')), 'deleted key');
+  assert.ok(await gone.locator('.key-name.deleted').count() === 1);
+  assert.equal((await gone.locator('td').allTextContents()).map((x) => x.trim())[7], '3 d ago');
+  assert.doesNotMatch(await textOf(page.locator('#keys-panel')), /apx-/);
+  await page.getByRole('button', { name: '中文', exact: true }).click();
+  await until('Chinese in the keys section', async () => (await textOf(page.locator('#h-keys'))) === '密钥' &&
+    (await textOf(gone.locator('.key-name'))) === '已删除的密钥');
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-keys-desktop-zh.png'), fullPage: true });
+  await page.getByRole('button', { name: 'EN', exact: true }).click();
+  await page.setViewportSize({ width: 375, height: 812 });
+  await until('English again', async () => (await textOf(page.locator('#h-keys'))) === 'Keys');
+  assert.equal(await team.locator('td').nth(1).getAttribute('data-label'), '24 h');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(overflow <= 0, `dashboard with keys at 375 px scrolls sideways by ${overflow} px`);
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-keys-phone.png'), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+  // No keys (or a server from before §10): no section.
+  delete stats.keys;
+  await until('the keys section hidden', async () => !(await page.locator('#keys-panel').isVisible()), REFRESH_WAIT);
+  assert.equal(await page.locator('#ks-body tr').count(), 0);
+  await page.unroute('**/stats');
+  await page.close();
+});
+
 test('admin (§9 server): two targets made, reordered and edited on the page are stored as sent', { skip: SKIP_S9 }, async () => {
   const page = await newPage();
   await login(page);

@@ -2,7 +2,9 @@
 // and updates the cards, charts and endpoint table in place, so the scroll
 // position, a text selection or a focused Copy button survive a refresh.
 // An endpoint with more than one target (SPEC §9) gets a row under it with
-// each target's figures and cooldown.
+// each target's figures and cooldown. The Keys section (SPEC §10) shows
+// each proxy key's usage by id and name, and is hidden while /stats has
+// no keys.
 'use strict';
 
 (function () {
@@ -21,6 +23,7 @@
     renders: 0,
   };
   const rows = new Map(); // prefix -> {tr, sub, c, multi}
+  const keyRows = new Map(); // key id -> {tr, c}
   let chartKeys = { hourly: '', daily: '' };
   let snippetKey = '';
 
@@ -64,6 +67,7 @@
     renderCards(d);
     renderCharts(d.series || {});
     renderEndpoints(d.endpoints || {});
+    renderKeys(d.keys && typeof d.keys === 'object' ? d.keys : {});
     renderSnippets(d.endpoints || {});
     // Read by the browser tests, which report the render time.
     document.body.dataset.renderMs = (performance.now() - t0).toFixed(1);
@@ -377,6 +381,88 @@
     setText($('ep-count'), q ? t('ep.countFiltered', { shown: fmt.int(order.length), n: fmt.int(entries.length) }) : t('ep.count', { n: fmt.int(entries.length) }));
   }
 
+  // Keys table, keyed by id: name and id, windows, errors, tokens and
+  // when each key was last used.
+
+  const KEY_COLS = [
+    ['key', 'ks.key'], ['h24', 'ep.24h'], ['d7', 'ep.7d'], ['d30', 'ep.30d'], ['total', 'ep.total'],
+    ['errors', 'ep.errors'], ['tokens', 'ep.tokens'], ['last', 'ks.last'],
+  ];
+
+  function newKeyRow(id) {
+    const c = {};
+    const tr = el('tr', { dataset: { key: id } });
+    c.name = el('span', { className: 'key-name' });
+    c.key = el('td', { className: 'key-td' }, el('div', {}, c.name, el('span', { className: 'key-id mono' }, id)));
+    for (const k of ['h24', 'd7', 'd30', 'total', 'last']) c[k] = el('td', { className: 'num' });
+    for (const k of ['errors', 'tokens']) {
+      c[k + 'Main'] = el('span');
+      c[k + 'Sub'] = el('span', { className: 'sub' });
+      c[k] = el('td', { className: 'num' }, el('div', {}, c[k + 'Main'], c[k + 'Sub']));
+    }
+    for (const [k] of KEY_COLS) tr.append(c[k]);
+    labelKeyRow(c);
+    return { tr, c };
+  }
+
+  function labelKeyRow(c) {
+    for (const [k, key] of KEY_COLS) c[k].dataset.label = t(key);
+  }
+
+  function updateKeyRow(r, k) {
+    const c = r.c;
+    const name = String(k.name || '');
+    setText(c.name, name || t('ks.deleted'));
+    c.name.classList.toggle('deleted', !name);
+    setTitle(c.name, name);
+    setText(c.h24, fmt.int(k.last_24h));
+    setText(c.d7, fmt.int(k.last_7d));
+    setText(c.d30, fmt.int(k.last_30d));
+    const count = num(k.count);
+    const errs = num(k.errors);
+    setText(c.total, fmt.int(count));
+    setText(c.errorsMain, fmt.int(errs));
+    c.errorsMain.className = errs > 0 ? 'err-count' : '';
+    setText(c.errorsSub, count > 0 ? fmt.dec((100 * errs) / count, 1) + ' %' : '');
+    const tok = k.tokens || {};
+    setText(c.tokensMain, fmt.int(tok.total));
+    setText(c.tokensSub, t('card.tokensSub', { p: fmt.compact(tok.prompt), c: fmt.compact(tok.completion) }));
+    setTitle(c.tokens, t('ep.tokensTitle', { p: fmt.int(tok.prompt), c: fmt.int(tok.completion) }));
+    const last = num(k.last_used_at);
+    setText(c.last, last > 0 ? fmt.ago(last) : '–');
+    setTitle(c.last, last > 0 ? fmt.dateTime(last) : '');
+  }
+
+  function renderKeys(keys) {
+    const entries = Object.entries(keys)
+      .filter(([, k]) => k && typeof k === 'object')
+      .sort((a, b) => num(b[1].count) - num(a[1].count) || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    $('keys-panel').hidden = entries.length === 0;
+    const body = $('ks-body');
+    const want = [];
+    const keep = new Set();
+    for (const [id, k] of entries) {
+      let r = keyRows.get(id);
+      if (!r) {
+        r = newKeyRow(id);
+        keyRows.set(id, r);
+      }
+      updateKeyRow(r, k);
+      want.push(r.tr);
+      keep.add(id);
+    }
+    for (const [id, r] of keyRows) {
+      if (!keep.has(id)) {
+        r.tr.remove();
+        keyRows.delete(id);
+      }
+    }
+    if (body.children.length !== want.length || want.some((n, i) => body.children[i] !== n)) {
+      for (const n of want) body.append(n);
+    }
+    setText($('ks-count'), t('ks.count', { n: fmt.int(entries.length) }));
+  }
+
   // Usage snippets, filled with this server's address and the prefixes
   // that point at each provider (the defaults when none does).
 
@@ -457,6 +543,7 @@
 
   function relabel() {
     for (const [prefix, r] of rows) labelRow(r.c, prefix);
+    for (const r of keyRows.values()) labelKeyRow(r.c);
     chartKeys = { hourly: '', daily: '' };
     render();
     renderStatus();
