@@ -293,7 +293,7 @@
       weight.classList.add('narrow');
       const style = select('targets[' + i + '].auth_style', label(t('ed.style')), AUTH_STYLES.map((v) => [v, t(STYLE_LABELS[v])]),
         tg.auth_style, (v) => { tg.auth_style = v; }, { className: 'tgt-style', disabled: draft.auth !== 'keys' });
-      style.classList.add('narrow');
+      style.classList.add('stylef');
       const key = keyField(tg, i, label);
       const btn = (text, aria, action, props) => el('button', { type: 'button', 'aria-label': aria, title: aria, ...props, dataset: { index: String(i), ...action } }, text);
       const up = btn('↑', t('ed.up', { n }), { move: '-1' }, { className: 'icon', disabled: i === 0, onclick: () => move(i, -1) });
