@@ -403,7 +403,19 @@ async function playAdminAPI(page, list) {
       return route.fulfill({ status: r.status, contentType: 'application/json', body: JSON.stringify(r.body) });
     }
     const prefix = method === 'POST' ? body.prefix : '/' + decodeURIComponent(path.replace('/api/mappings/', ''));
-    const targets = body.targets ? body.targets.map((x) => ({ weight: 1, ...x })) : [{ url: body.target, weight: 1 }];
+    // Keys are write-only, as on the server: an answer shows key_set and
+    // key_hint; a PUT without a key keeps the stored one of a target
+    // whose URL at that position is unchanged; "key": "" removes it.
+    const old = state.list.find((m) => m.prefix === prefix);
+    const targets = body.targets
+      ? body.targets.map(({ key, ...x }, i) => {
+        const was = old && old.targets[i] && old.targets[i].url === x.url && old.targets[i].key_set ? old.targets[i] : null;
+        const out = { weight: 1, ...x };
+        if (key) Object.assign(out, { key_set: true, key_hint: '…' + key.slice(-4) });
+        else if (key === undefined && was) Object.assign(out, { key_set: true, key_hint: was.key_hint });
+        return out;
+      })
+      : [{ url: body.target, weight: 1 }];
     const item = mappingItem(prefix, targets, body.targets ? { balance: body.balance, retry_on: body.retry_on, auth: body.auth, stream_idle_timeout: body.stream_idle_timeout } : {});
     state.list = state.list.filter((m) => m.prefix !== prefix).concat(item);
     return route.fulfill({ status: method === 'POST' ? 201 : 200, contentType: 'application/json', body: JSON.stringify(item) });
@@ -515,12 +527,14 @@ test('admin: targets, options and key hints read and written as SPEC §9 objects
   assert.deepEqual(api9.sent.at(-1).body, { prefix: '/mock-simple', target: 'http://127.0.0.1:9/s' });
 
   // Edit a mapping with options: the whole editor opens; the key is never
-  // sent, only its hint shown, and a move that would drop it says so.
+  // sent unless typed, only its hint shown, and a move that would drop it
+  // says so.
   await row(page, '/mock-multi').getByRole('button', { name: /^Edit/ }).click();
   const ed = row(page, '/mock-multi').locator('form.row-editor');
   await ed.waitFor({ timeout: WAIT });
   const key1 = ed.getByLabel('Target 1 Upstream key');
-  assert.equal(await key1.isDisabled(), true);
+  assert.equal(await key1.isDisabled(), false, 'auth "keys": the key can be replaced');
+  assert.equal(await key1.getAttribute('type'), 'password');
   assert.equal(await key1.getAttribute('placeholder'), '…wxyz');
   assert.equal(await key1.inputValue(), '');
   await ed.getByRole('button', { name: 'Move target 1 down' }).click();
@@ -797,6 +811,495 @@ test('dashboard (§9 server): an endpoint with two targets lists them after traf
   assert.equal(await page.locator('#ep-body tr[data-targets-of="/e2e"]').count(), 0);
   await page.screenshot({ path: path.join(artifacts, 'dashboard-targets-live.png'), fullPage: true });
   assert.equal((await api('DELETE', '/api/mappings/duo-dash')).status, 200);
+  await page.close();
+});
+
+// SPEC §10 on the admin page: the Proxy keys view and the mapping
+// editor's auth, upstream key and auth_style. The first two tests play the
+// API's answers back (page.route), so they run on any server build; the
+// keys view against the real server needs its keys API (/api/keys), which
+// E2E_SKIP_S10_SERVER=1 skips on a server without it. The mapping editor
+// against the real server needs only the §9/§10 mapping fields.
+const SKIP_S10 = process.env.E2E_SKIP_S10_SERVER === '1' ? 'E2E_SKIP_S10_SERVER=1: the server has no §10 keys API yet' : false;
+
+// keyItem is a proxy key as GET /api/keys lists it (SPEC §10).
+function keyItem(id, name, opts = {}) {
+  return {
+    id, name, prefixes: [], limits: { rpm: 0, tpm: 0, concurrency: 0 },
+    created_at: '2026-01-02T03:04:05Z', expires_at: null, disabled: false,
+    hint: 'apx-…' + id.slice(-4).toUpperCase(), last_used_at: null, ...opts,
+  };
+}
+
+const KEYS_ROUTE = /\/api\/keys(\/[^/?#]*)?$/;
+
+// playKeysAPI answers /api/keys* for page from a list it keeps and records
+// every write; reply, when set, answers the next write instead. Each
+// create answers a fresh secret, kept in state.secrets.
+async function playKeysAPI(page, list) {
+  const state = { list, sent: [], reply: null, secrets: [] };
+  await page.route(KEYS_ROUTE, async (route) => {
+    const req = route.request();
+    const method = req.method();
+    const p = new URL(req.url()).pathname;
+    const json = (status, body) => route.fulfill({ status, contentType: 'application/json', body: JSON.stringify(body) });
+    if (method === 'GET' && p === '/api/keys') return json(200, { keys: state.list, count: state.list.length });
+    const body = req.postData() ? JSON.parse(req.postData()) : null;
+    state.sent.push({ method, path: p, body });
+    if (state.reply) {
+      const r = state.reply;
+      state.reply = null;
+      return json(r.status, r.body);
+    }
+    const notFound = () => json(404, { error: { type: 'invalid_request_error', code: 'key_not_found', message: 'no such key' } });
+    if (method === 'POST') {
+      const n = state.secrets.length + 1;
+      const secret = 'apx-E2E' + Math.random().toString(36).slice(2, 12).toUpperCase() + 'SECRET' + n + 'QZ';
+      state.secrets.push(secret);
+      const item = keyItem('k_e2e' + n + 'abcd', body.name, {
+        prefixes: body.prefixes || [], limits: body.limits, expires_at: body.expires_at, disabled: Boolean(body.disabled),
+        created_at: new Date(Date.now() + n * 1000).toISOString(), hint: 'apx-…' + secret.slice(-4),
+      });
+      state.list = [...state.list, item];
+      const { last_used_at: _, ...created } = item;
+      return json(201, { ...created, key: secret });
+    }
+    const id = decodeURIComponent(p.replace('/api/keys/', ''));
+    const i = state.list.findIndex((k) => k.id === id);
+    if (i < 0) return notFound();
+    if (method === 'PATCH') {
+      state.list[i] = { ...state.list[i], ...body };
+      return json(200, state.list[i]);
+    }
+    if (method === 'DELETE') {
+      state.list = state.list.filter((k) => k.id !== id);
+      return json(200, { deleted: id });
+    }
+    return json(405, { error: { message: 'method not allowed' } });
+  });
+  return state;
+}
+
+function keyRow(page, name) {
+  return page.locator('#key-body tr').filter({ has: page.locator('td.key-name', { hasText: new RegExp('^' + name + '$') }) });
+}
+
+async function bodyHolds(page, text) {
+  return page.evaluate((s) => document.body.textContent.includes(s) ||
+    [...document.querySelectorAll('input')].some((i) => i.value.includes(s)) ||
+    JSON.stringify(sessionStorage).includes(s) || JSON.stringify(localStorage).includes(s) ||
+    window.location.href.includes(s), text);
+}
+
+test('admin: proxy keys created, shown once, copied, listed, disabled, enabled, deleted (answers played back)', async () => {
+  const page = await newPage();
+  const now = Math.floor(Date.now() / 1000);
+  const keysAPI = await playKeysAPI(page, [keyItem('k_old1', 'legacy-team', {
+    prefixes: ['/openai', '/anthropic'], limits: { rpm: 60, tpm: 100000, concurrency: 4 },
+    disabled: true, last_used_at: now - 7200, expires_at: '2030-06-01T00:00:00Z',
+  })]);
+  await login(page);
+
+  // The Keys tab: its own view, remembered in the address.
+  const tab = page.getByRole('tab', { name: 'Proxy keys' });
+  assert.equal(await tab.getAttribute('aria-selected'), 'false');
+  await tab.click();
+  assert.equal(await tab.getAttribute('aria-selected'), 'true');
+  assert.equal(await page.getByRole('tab', { name: 'Mappings' }).getAttribute('aria-selected'), 'false');
+  assert.equal(new URL(page.url()).hash, '#keys');
+  assert.equal(await page.locator('#view-mappings').isVisible(), false);
+  assert.equal(await textOf(page.locator('#h-admin')), 'Proxy keys');
+  const old = keyRow(page, 'legacy-team');
+  await old.waitFor({ timeout: WAIT });
+  assert.equal(await textOf(old.locator('.key-hint')), 'apx-…OLD1');
+  assert.equal(await textOf(old.locator('.key-prefixes')), '/openai, /anthropic');
+  assert.equal(await textOf(old.locator('.key-limits')), '60 req/min · 100K tokens/min · 4 at once');
+  assert.equal(await textOf(old.locator('.key-used')), '2 h ago');
+  assert.match(await textOf(old.locator('.key-expires')), /2030/);
+  assert.equal(await textOf(old.locator('.key-status')), 'disabled');
+  assert.equal(await textOf(page.locator('#key-count')), '1 keys');
+  // Arrow keys move between the tabs.
+  await tab.focus();
+  await page.keyboard.press('ArrowLeft');
+  assert.equal(await page.locator('#view-keys').isVisible(), false);
+  await page.keyboard.press('ArrowRight');
+  assert.equal(await page.locator('#view-keys').isVisible(), true);
+
+  // The API's messages go beside the field they name.
+  const fieldErrors = [
+    ['name must be 1 to 64 characters', '#key-name'],
+    ['prefixes[1] must be the prefix of a mapping, such as /openai', '#key-prefixes'],
+    ['expires_at must be in the future', '#key-expires'],
+    ['limits.rpm is not supported by this version yet; use 0', '#key-rpm'],
+  ];
+  for (const [message, field] of fieldErrors) {
+    keysAPI.reply = { status: 400, body: { error: { type: 'invalid_request_error', code: 'invalid_key', message } } };
+    await page.locator('#key-add-btn').click();
+    await until(`${message} beside ${field}`, async () => (await textOf(page.locator(field + '-error'))) === message);
+    assert.equal(await page.locator(field).getAttribute('aria-invalid'), 'true');
+    assert.equal(await focusedLabel(page), field.slice(1));
+  }
+  // A limit that is not a number is caught before sending.
+  const sentBefore = keysAPI.sent.length;
+  await page.getByLabel('Tokens / min').fill('lots');
+  await page.locator('#key-add-btn').click();
+  await until('the local limit message', async () => /^limits\.tpm must be a whole number/.test(await textOf(page.locator('#key-tpm-error'))));
+  assert.equal(keysAPI.sent.length, sentBefore, 'nothing is sent');
+  await page.getByLabel('Tokens / min').fill('0');
+
+  // Create: the secret once, with a Copy button and the warning.
+  await page.locator('#key-form').getByLabel('Name', { exact: true }).fill('team-e2e');
+  await page.locator('#key-form').getByLabel('Mappings', { exact: true }).fill('/openai, /gemini');
+  await page.getByLabel('Expires').fill('2031-01-02T03:04');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  await page.locator('#key-secret').waitFor({ state: 'visible', timeout: WAIT });
+  const secret = keysAPI.secrets.at(-1);
+  assert.equal(await textOf(page.locator('#key-secret-value')), secret);
+  assert.match(await textOf(page.locator('#key-secret')), /you will not see it again/);
+  assert.equal(await focusedLabel(page), 'key-secret', 'the secret panel takes the focus');
+  const wantExpiry = await page.evaluate(() => new Date('2031-01-02T03:04').toISOString().replace(/\.\d{3}Z$/, 'Z'));
+  assert.deepEqual(keysAPI.sent.at(-1), {
+    method: 'POST', path: '/api/keys',
+    body: { name: 'team-e2e', prefixes: ['/openai', '/gemini'], limits: { rpm: 0, tpm: 0, concurrency: 0 }, expires_at: wantExpiry, disabled: false },
+  });
+  const copy = page.locator('#key-secret').getByRole('button', { name: 'Copy the new proxy key' });
+  await copy.click();
+  await until('the Copied label', async () => (await textOf(copy)) === 'Copied');
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), secret);
+  assert.doesNotMatch(await textOf(page.locator('#announcer')), new RegExp(secret), 'the secret is not announced');
+  // The list shows the new key by its hint, on top, and never the secret.
+  const fresh = keyRow(page, 'team-e2e');
+  await fresh.waitFor({ timeout: WAIT });
+  assert.equal(await page.locator('#key-body tr').first().getAttribute('data-key'), await fresh.getAttribute('data-key'));
+  assert.equal(await textOf(fresh.locator('.key-hint')), 'apx-…' + secret.slice(-4));
+  assert.equal(await textOf(fresh.locator('.key-used')), 'never');
+  assert.equal(await textOf(fresh.locator('.key-status')), 'active');
+  assert.equal(await textOf(fresh.locator('.key-limits')), 'none');
+  assert.doesNotMatch(await textOf(page.locator('#key-table')), new RegExp(secret));
+  assert.equal(await page.locator('#key-name').inputValue(), '', 'the form is cleared');
+  await page.screenshot({ path: path.join(artifacts, 'admin-keys-secret-desktop.png'), fullPage: true });
+  await page.getByRole('button', { name: 'I have copied it' }).click();
+  assert.equal(await page.locator('#key-secret').isVisible(), false);
+  assert.equal(await bodyHolds(page, secret), false, 'the secret is gone from the page');
+  assert.equal(await focusedLabel(page), 'key-name');
+
+  // Disable, then enable: one PATCH each, the row follows.
+  await fresh.getByRole('button', { name: 'Disable team-e2e' }).click();
+  await until('the disabled status', async () => (await textOf(fresh.locator('.key-status'))) === 'disabled');
+  const id = await fresh.getAttribute('data-key');
+  assert.deepEqual(keysAPI.sent.at(-1), { method: 'PATCH', path: '/api/keys/' + id, body: { disabled: true } });
+  assert.equal(await focusedLabel(page), 'Enable team-e2e');
+  await page.keyboard.press('Enter');
+  await until('the active status', async () => (await textOf(fresh.locator('.key-status'))) === 'active');
+  assert.deepEqual(keysAPI.sent.at(-1), { method: 'PATCH', path: '/api/keys/' + id, body: { disabled: false } });
+
+  // Delete: a confirmation in the row; Escape backs out.
+  await fresh.getByRole('button', { name: 'Delete team-e2e' }).click();
+  await until('the confirmation', async () => /Delete “team-e2e”\?/.test(await textOf(fresh)));
+  await page.keyboard.press('Escape');
+  await until('the confirmation to close', async () => (await fresh.locator('[data-action="confirm-delete"]').count()) === 0);
+  assert.equal(keysAPI.sent.at(-1).method, 'PATCH', 'nothing deleted yet');
+  await fresh.getByRole('button', { name: 'Delete team-e2e' }).click();
+  await fresh.getByRole('button', { name: 'Yes, delete' }).click();
+  await until('the deleted row to go', async () => (await keyRow(page, 'team-e2e').count()) === 0);
+  assert.deepEqual(keysAPI.sent.at(-1), { method: 'DELETE', path: '/api/keys/' + id, body: null });
+
+  // A key deleted elsewhere: the list is reloaded and says so.
+  keysAPI.reply = { status: 404, body: { error: { type: 'invalid_request_error', code: 'key_not_found', message: 'no such key' } } };
+  await old.getByRole('button', { name: 'Enable legacy-team' }).click();
+  await until('the gone banner', async () => /no longer exists/.test(await textOf(page.locator('#banner'))));
+
+  // A reload stays on the Keys view, and no secret comes back.
+  await page.reload();
+  await page.locator('#view-keys').waitFor({ state: 'visible', timeout: WAIT });
+  await old.waitFor({ timeout: WAIT });
+  assert.equal(await page.locator('#key-secret').isVisible(), false);
+
+  // Chinese, then a phone in light and dark, with a secret on screen.
+  await page.locator('#key-form').getByLabel('Name', { exact: true }).fill('phone-team');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  await page.locator('#key-secret').waitFor({ state: 'visible', timeout: WAIT });
+  await page.getByRole('button', { name: '中文', exact: true }).click();
+  await until('Chinese in the keys view', async () => (await textOf(page.getByRole('tab', { name: '代理密钥' }))) === '代理密钥');
+  assert.equal(await textOf(old.locator('.key-status')), '已停用');
+  assert.match(await textOf(page.locator('#key-secret')), /无法再次看到/);
+  await page.screenshot({ path: path.join(artifacts, 'admin-keys-desktop-zh.png'), fullPage: true });
+  await page.getByRole('button', { name: 'EN', exact: true }).click();
+  for (const scheme of ['light', 'dark']) {
+    await page.setViewportSize({ width: 375, height: 812 });
+    await page.emulateMedia({ colorScheme: scheme });
+    await keyRow(page, 'phone-team').waitFor({ timeout: WAIT });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    assert.ok(overflow <= 0, `the keys view at 375 px scrolls sideways by ${overflow} px`);
+    await page.screenshot({ path: path.join(artifacts, `admin-keys-phone-${scheme}.png`), fullPage: true });
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await page.screenshot({ path: path.join(artifacts, 'admin-keys-desktop-dark.png'), fullPage: true });
+  await page.emulateMedia({ colorScheme: 'light' });
+  await page.getByRole('button', { name: 'I have copied it' }).click();
+
+  // A server without the keys API: the view says so and offers no create.
+  await page.unroute(KEYS_ROUTE);
+  await page.route(KEYS_ROUTE, (route) => route.fulfill({ status: 404, contentType: 'application/json', body: '{"error":{"type":"invalid_request_error","message":"not found"}}' }));
+  await page.reload();
+  await until('the no-keys-API notice', async () => /no proxy keys API/.test(await textOf(page.locator('#keys-off'))));
+  assert.equal(await page.locator('#key-add-btn').isDisabled(), true);
+  await page.unroute(KEYS_ROUTE);
+  await page.close();
+});
+
+test('admin: auth, upstream keys and auth_style in the mapping editor (answers played back)', async () => {
+  const page = await newPage();
+  const keyed = mappingItem('/mock-keys', [{ url: 'http://127.0.0.1:9/k', weight: 1, auth_style: 'x-api-key', key_set: true, key_hint: '…9xyz' }], { auth: 'keys' });
+  const api10 = await playAdminAPI(page, [keyed]);
+  await login(page);
+
+  // The list: the key's hint and style, never more.
+  const cell = row(page, '/mock-keys').locator('td').nth(1);
+  await cell.waitFor({ timeout: WAIT });
+  assert.match(await textOf(cell), /key …9xyz/);
+  assert.match(await textOf(cell), /x-api-key/);
+  assert.match(await textOf(cell), /auth keys/);
+
+  // Add with proxy keys: the key fields open only with auth "keys".
+  await page.locator('#add-prefix').fill('/mock-auth');
+  await page.locator('#add-target').fill('http://127.0.0.1:9/g');
+  await page.getByRole('button', { name: 'Several targets and options' }).click();
+  const authSel = page.getByLabel('Callers');
+  assert.equal(await authSel.inputValue(), 'passthrough');
+  const key = page.getByLabel('Target 1 Upstream key');
+  const style = page.getByLabel('Target 1 Key sent as');
+  assert.equal(await key.isDisabled(), true);
+  assert.equal(await style.isDisabled(), true);
+  assert.match(await textOf(page.locator('#add-targets-0-key-hint')), /Only with auth “keys”/);
+  await authSel.selectOption('keys');
+  assert.equal(await focusedLabel(page), 'add-auth');
+  assert.equal(await key.isDisabled(), false);
+  assert.equal(await key.getAttribute('type'), 'password');
+  assert.equal(await textOf(page.locator('#add-targets-0-key-hint')), 'No key: this target gets no credential.');
+  await key.fill('sk-upstream-e2e-1234');
+  assert.match(await textOf(page.locator('#add-targets-0-key-hint')), /^Sent on save/);
+  assert.deepEqual(await style.locator('option').evaluateAll((os) => os.map((o) => o.value)), ['', 'bearer', 'x-api-key', 'x-goog-api-key', 'api-key', 'query-key']);
+  await style.selectOption('x-goog-api-key');
+
+  // The API's messages about these fields go beside them.
+  const fieldErrors = [
+    ['invalid_target', 'targets[0].key must be at most 4096 bytes without control characters', '#add-targets-0-key'],
+    ['invalid_target', 'targets[0].auth_style must be one of bearer, x-api-key, x-goog-api-key, api-key, query-key', '#add-targets-0-auth-style'],
+    ['invalid_mapping', 'auth must be "passthrough" or "keys"', '#add-auth'],
+  ];
+  for (const [code, message, field] of fieldErrors) {
+    api10.reply = apiError(code, message);
+    await page.locator('#add-btn').click();
+    await until(`${message} beside ${field}`, async () => (await textOf(page.locator(field + '-error'))) === message);
+    assert.equal(await page.locator(field).getAttribute('aria-invalid'), 'true');
+    assert.equal(await focusedLabel(page), field.slice(1));
+  }
+  assert.equal(await key.inputValue(), 'sk-upstream-e2e-1234', 'the typed key survives a refusal');
+  await page.locator('#add-btn').click();
+  await row(page, '/mock-auth').waitFor({ timeout: WAIT });
+  assert.deepEqual(api10.sent.at(-1), {
+    method: 'POST', path: '/api/mappings',
+    body: {
+      prefix: '/mock-auth',
+      targets: [{ url: 'http://127.0.0.1:9/g', weight: 1, auth_style: 'x-goog-api-key', key: 'sk-upstream-e2e-1234' }],
+      balance: 'failover', retry_on: [429, 500, 502, 503, 504], auth: 'keys',
+      limits: { rpm: 0, tpm: 0, concurrency: 0 }, stream_idle_timeout: '0s',
+    },
+  });
+  assert.match(await textOf(row(page, '/mock-auth')), /key …1234/);
+  assert.equal(await bodyHolds(page, 'sk-upstream-e2e-1234'), false, 'the key is gone from the page once sent');
+
+  // Edit: an untouched key is left out (the server keeps it).
+  const r = row(page, '/mock-keys');
+  const ed = r.locator('form.row-editor');
+  await r.getByRole('button', { name: /^Edit/ }).click();
+  assert.equal(await ed.getByLabel('Callers').inputValue(), 'keys');
+  assert.equal(await ed.getByLabel('Target 1 Key sent as').inputValue(), 'x-api-key');
+  assert.equal(await ed.getByLabel('Target 1 Upstream key').getAttribute('placeholder'), '…9xyz');
+  assert.match(await textOf(ed), /A key …9xyz is set and kept/);
+  await r.getByRole('button', { name: 'Save' }).click();
+  await until('the saved row', async () => (await r.locator('form').count()) === 0);
+  assert.deepEqual(api10.sent.at(-1).body.targets, [{ url: 'http://127.0.0.1:9/k', weight: 1, auth_style: 'x-api-key' }]);
+
+  // Replace it: the new key is sent once.
+  await r.getByRole('button', { name: /^Edit/ }).click();
+  await ed.getByLabel('Target 1 Upstream key').fill('sk-replaced-5678');
+  assert.match(await textOf(ed), /Replaces the key …9xyz on save/);
+  await ed.getByLabel('Target 1 Upstream key').press('Enter');
+  await until('the saved row', async () => (await r.locator('form').count()) === 0);
+  assert.deepEqual(api10.sent.at(-1).body.targets, [{ url: 'http://127.0.0.1:9/k', weight: 1, auth_style: 'x-api-key', key: 'sk-replaced-5678' }]);
+  assert.match(await textOf(r), /key …5678/);
+
+  // Back to passthrough with the key still stored: the server's refusal
+  // shows beside the key, which can then be removed (and kept again).
+  await r.getByRole('button', { name: /^Edit/ }).click();
+  await ed.getByLabel('Callers').selectOption('passthrough');
+  assert.equal(await ed.getByLabel('Target 1 Upstream key').isDisabled(), true);
+  assert.match(await textOf(ed), /only auth “keys” may hold one/);
+  api10.reply = apiError('invalid_target', 'targets[0].key is only allowed with "auth": "keys": an upstream key is only ever used for callers that showed a proxy key');
+  await r.getByRole('button', { name: 'Save' }).click();
+  await until('the key message', async () => /^targets\[0\]\.key is only allowed/.test(await textOf(ed.locator('#row-_mock-keys-targets-0-key-error'))));
+  assert.ok(!('key' in api10.sent.at(-1).body.targets[0]), 'the stored key is not dropped unasked');
+  await ed.getByRole('button', { name: 'Remove the key …5678 of target 1' }).click();
+  assert.match(await textOf(ed), /The key …5678 will be removed on save/);
+  assert.equal(await focusedLabel(page), 'Keep the key …5678 of target 1');
+  await page.keyboard.press('Enter');
+  assert.match(await textOf(ed), /A key …5678 is stored/);
+  await ed.getByRole('button', { name: 'Remove the key …5678 of target 1' }).click();
+  await r.getByRole('button', { name: 'Save' }).click();
+  await until('the saved row', async () => (await r.locator('form').count()) === 0);
+  assert.deepEqual(api10.sent.at(-1).body.targets, [{ url: 'http://127.0.0.1:9/k', weight: 1, auth_style: 'x-api-key', key: '' }]);
+  assert.equal(api10.sent.at(-1).body.auth, 'passthrough');
+  assert.doesNotMatch(await textOf(r), /key …/);
+
+  // A phone, with the editor open: nothing scrolls sideways.
+  await r.getByRole('button', { name: /^Edit/ }).click();
+  await ed.getByLabel('Callers').selectOption('keys');
+  for (const scheme of ['light', 'dark']) {
+    await page.setViewportSize({ width: 375, height: 812 });
+    await page.emulateMedia({ colorScheme: scheme });
+    await ed.getByLabel('Target 1 Upstream key').waitFor({ timeout: WAIT });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    assert.ok(overflow <= 0, `the mapping editor with keys at 375 px scrolls sideways by ${overflow} px`);
+    await page.screenshot({ path: path.join(artifacts, `admin-editor-keys-phone-${scheme}.png`), fullPage: true });
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.emulateMedia({ colorScheme: 'light' });
+  await page.screenshot({ path: path.join(artifacts, 'admin-editor-keys-desktop.png'), fullPage: true });
+  await page.unroute(/\/api\/mappings(\/.*)?$/);
+  await page.close();
+});
+
+test('admin (§10 server): a keys mapping made on the page stores the upstream key write-only', async () => {
+  const page = await newPage();
+  await login(page);
+  const stored = async (prefix) => (await api('GET', '/api/mappings')).data.items.find((m) => m.prefix === prefix);
+  await page.locator('#add-prefix').fill('/e2e-auth');
+  await page.locator('#add-target').fill(upstreamURL);
+  await page.getByRole('button', { name: 'Several targets and options' }).click();
+  await page.getByLabel('Target 1 Upstream key').waitFor({ timeout: WAIT });
+
+  // A key on a passthrough mapping is refused, beside the key. The field
+  // is disabled then, so the refusal is provoked by switching after typing.
+  await page.getByLabel('Callers').selectOption('keys');
+  await page.getByLabel('Target 1 Upstream key').fill('sk-upstream-e2e-real-0001');
+  await page.getByLabel('Callers').selectOption('passthrough');
+  await page.locator('#add-btn').click();
+  await until('the key message', async () => /^targets\[0\]\.key/.test(await textOf(page.locator('#add-targets-0-key-error'))));
+  assert.equal(await stored('/e2e-auth'), undefined, 'nothing invalid is stored');
+
+  await page.getByLabel('Callers').selectOption('keys');
+  await page.getByLabel('Target 1 Key sent as').selectOption('x-api-key');
+  await page.locator('#add-btn').click();
+  await row(page, '/e2e-auth').waitFor({ timeout: WAIT });
+  let m = await stored('/e2e-auth');
+  assert.equal(m.auth, 'keys');
+  assert.equal(m.targets[0].auth_style, 'x-api-key');
+  assert.equal(m.targets[0].key_set, true);
+  assert.equal(m.targets[0].key_hint, '…0001');
+  assert.ok(!JSON.stringify(m).includes('sk-upstream'), 'the key is never answered');
+  assert.match(await textOf(row(page, '/e2e-auth')), /key …0001/);
+
+  // Saved without touching the key: kept. Replaced: the new hint.
+  await row(page, '/e2e-auth').getByRole('button', { name: /^Edit/ }).click();
+  const ed = row(page, '/e2e-auth').locator('form.row-editor');
+  await row(page, '/e2e-auth').getByRole('button', { name: 'Save' }).click();
+  await until('the saved row', async () => (await row(page, '/e2e-auth').locator('form').count()) === 0);
+  assert.equal((await stored('/e2e-auth')).targets[0].key_hint, '…0001');
+  await row(page, '/e2e-auth').getByRole('button', { name: /^Edit/ }).click();
+  await ed.getByLabel('Target 1 Upstream key').fill('sk-upstream-e2e-real-0002');
+  await ed.getByLabel('Target 1 Upstream key').press('Enter');
+  await until('the saved row', async () => (await row(page, '/e2e-auth').locator('form').count()) === 0);
+  assert.equal((await stored('/e2e-auth')).targets[0].key_hint, '…0002');
+
+  // Removed: no key left, and the mapping may go back to passthrough.
+  await row(page, '/e2e-auth').getByRole('button', { name: /^Edit/ }).click();
+  await ed.getByRole('button', { name: /^Remove the key …0002/ }).click();
+  await ed.getByLabel('Callers').selectOption('passthrough');
+  await row(page, '/e2e-auth').getByRole('button', { name: 'Save' }).click();
+  await until('the saved row', async () => (await row(page, '/e2e-auth').locator('form').count()) === 0);
+  m = await stored('/e2e-auth');
+  assert.equal(m.auth, 'passthrough');
+  assert.ok(!m.targets[0].key_set, 'the key was removed');
+  assert.equal((await api('DELETE', '/api/mappings/e2e-auth')).status, 200);
+  await page.close();
+});
+
+test('admin (§10 server): a proxy key made on the page admits callers until disabled or deleted', { skip: SKIP_S10 }, async () => {
+  const created = await api('POST', '/api/mappings', { prefix: '/e2e-keys', auth: 'keys', targets: [{ url: upstreamURL, key: 'sk-upstream-e2e-keys-0001', auth_style: 'bearer' }] });
+  assert.equal(created.status, 201, JSON.stringify(created.data));
+  const call = async (secret) => {
+    const res = await fetch(origin + '/e2e-keys/v1/models', { headers: { Authorization: 'Bearer ' + secret } });
+    await res.arrayBuffer();
+    return res.status;
+  };
+  const page = await newPage();
+  await page.goto(origin + '/admin#keys');
+  await page.locator('#token').fill(TOKEN);
+  await page.locator('#token').press('Enter');
+  await page.locator('#view-keys').waitFor({ state: 'visible', timeout: WAIT });
+
+  // The server's own refusals, beside their fields.
+  await page.getByRole('button', { name: 'Create key' }).click();
+  await until('the name message', async () => /^name/.test(await textOf(page.locator('#key-name-error'))));
+  await page.locator('#key-form').getByLabel('Name', { exact: true }).fill('e2e-real');
+  await page.getByLabel('Requests / min').fill('60');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  await until('the limits message (issue 17)', async () => /^limits\.rpm/.test(await textOf(page.locator('#key-rpm-error'))));
+  await page.getByLabel('Requests / min').fill('0');
+  await page.getByLabel('Expires').fill('2001-01-01T00:00');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  await until('the expires_at message', async () => /^expires_at/.test(await textOf(page.locator('#key-expires-error'))));
+  assert.equal((await api('GET', '/api/keys')).data.keys.filter((k) => k.name === 'e2e-real').length, 0, 'nothing invalid is stored');
+  await page.getByLabel('Expires').fill('');
+  await page.locator('#key-form').getByLabel('Mappings', { exact: true }).fill('/e2e-keys');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  await page.locator('#key-secret').waitFor({ state: 'visible', timeout: WAIT });
+  const secret = await textOf(page.locator('#key-secret-value'));
+  assert.match(secret, /^apx-.{20,}$/);
+  await page.locator('#key-secret').getByRole('button', { name: 'Copy the new proxy key' }).click();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), secret);
+
+  const list = (await api('GET', '/api/keys')).data;
+  const k = list.keys.find((x) => x.name === 'e2e-real');
+  assert.ok(k, JSON.stringify(list));
+  assert.ok(!JSON.stringify(list).includes(secret), 'the list never holds the secret');
+  assert.equal(k.hint, 'apx-…' + secret.slice(-4));
+  assert.deepEqual(k.prefixes, ['/e2e-keys']);
+  const r = keyRow(page, 'e2e-real');
+  assert.equal(await textOf(r.locator('.key-hint')), k.hint);
+  await page.getByRole('button', { name: 'I have copied it' }).click();
+
+  // The key works; the upstream sees its own key, never the proxy key.
+  const seen = upstreamSeen.length;
+  assert.equal(await call(secret), 200);
+  const got = upstreamSeen.slice(seen).find((s) => s.url === '/v1/models');
+  assert.equal(got.headers.authorization, 'Bearer sk-upstream-e2e-keys-0001');
+  assert.ok(!JSON.stringify(got.headers).includes(secret));
+  assert.equal(await call('apx-not-a-key-0000000000000000'), 401);
+
+  // Disabled on the page: refused; enabled: admitted again.
+  await r.getByRole('button', { name: 'Disable e2e-real' }).click();
+  await until('the disabled status', async () => (await textOf(r.locator('.key-status'))) === 'disabled');
+  await until('a refusal of the disabled key', async () => (await call(secret)) === 401);
+  await r.getByRole('button', { name: 'Enable e2e-real' }).click();
+  await until('the active status', async () => (await textOf(r.locator('.key-status'))) === 'active');
+  await until('the key to work again', async () => (await call(secret)) === 200);
+  // Its last use, once the server reports one.
+  await page.reload();
+  await r.waitFor({ timeout: WAIT });
+  const used = (await api('GET', '/api/keys/' + k.id)).data.last_used_at;
+  if (used) assert.match(await textOf(r.locator('.key-used')), /ago$/);
+
+  // Deleted with a confirmation: gone, and refused.
+  await r.getByRole('button', { name: 'Delete e2e-real' }).click();
+  await r.getByRole('button', { name: 'Yes, delete' }).click();
+  await until('the deleted row to go', async () => (await keyRow(page, 'e2e-real').count()) === 0);
+  assert.equal((await api('GET', '/api/keys/' + k.id)).status, 404);
+  await until('a refusal of the deleted key', async () => (await call(secret)) === 401);
+  assert.equal((await api('DELETE', '/api/mappings/e2e-keys')).status, 200);
   await page.close();
 });
 

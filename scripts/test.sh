@@ -49,6 +49,8 @@ STREAM_HANDOFF=off go test -race -count=1 -timeout 20m \
 
 if [ -f e2e/package.json ]; then
   echo "test.sh: browser tests (e2e/)"
-  (cd e2e && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npm test)
+  # npm ci again when package-lock.json changed since the last install
+  # (npm writes node_modules/.package-lock.json on every install).
+  (cd e2e && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && npm test)
 fi
 echo "test.sh: all tests passed"

@@ -6,8 +6,15 @@
 //
 // A plain mapping (one target, no options) is added and edited with one
 // URL field, as before SPEC §9; "Several targets and options" opens the
-// editor of the whole object. Upstream keys are write-only on the server
-// and are never shown, only their hint ("…wxyz").
+// editor of the whole object, where a mapping's auth (passthrough or
+// proxy keys) and each target's upstream key and its auth_style are set.
+// Upstream keys are write-only on the server and are never shown, only
+// their hint ("…wxyz"); a key typed here lives in the editor's draft until
+// it is sent, and nowhere else.
+//
+// The Keys view (SPEC §10) creates, lists, disables and deletes proxy
+// keys through /api/keys. A new key's secret is in the create answer only:
+// it is shown once, with a Copy button, until "I have copied it".
 'use strict';
 
 (function () {
@@ -15,6 +22,14 @@
   const { t, el, setText, fmt } = ui;
   const TOKEN_KEY = 'apiproxy.adminToken';
   const DEFAULT_RETRY = [429, 500, 502, 503, 504];
+  // How a target's upstream key is sent (SPEC §9); "" is the server's
+  // default, Authorization: Bearer.
+  const AUTH_STYLES = ['', 'bearer', 'x-api-key', 'x-goog-api-key', 'api-key', 'query-key'];
+  const STYLE_LABELS = {
+    '': 'style.default', bearer: 'style.bearer', 'x-api-key': 'style.x_api_key',
+    'x-goog-api-key': 'style.x_goog_api_key', 'api-key': 'style.api_key', 'query-key': 'style.query_key',
+  };
+  const STATUS_LABELS = { active: 'keys.status.active', disabled: 'keys.status.disabled', expired: 'keys.status.expired' };
 
   let token = '';
   const items = new Map();           // prefix -> mapping object (see normalize), as the server last said
@@ -155,10 +170,14 @@
     b.hidden = !msg;
   }
 
-  // The editor of a whole mapping object: its targets in order (URL,
-  // weight, the key's hint), and the options balance, retry_on and
-  // stream_idle_timeout. auth and limits are kept as they were: this page
-  // does not change them yet (SPEC §10, §11).
+  // The editor of a whole mapping object: who may call (auth), its targets
+  // in order (URL, weight, auth_style and the upstream key, write-only),
+  // and the options balance, retry_on and stream_idle_timeout. limits are
+  // kept as they were: this page does not change them yet (SPEC §11).
+  //
+  // A target's key is sent only when typed ("key": "…") or removed
+  // ("key": ""); otherwise it is left out, and the server keeps the stored
+  // key of a target whose URL at that position is unchanged (SPEC §9).
   //
   // idBase makes the ids of its fields unique on the page. onEnter, when
   // given, is called on Enter in a text field (the add form submits by
@@ -166,7 +185,7 @@
   // shows a local error and returns null.
   function makeEditor(idBase, m, onEnter) {
     const draft = {
-      targets: m.targets.map((tg, i) => ({ ...tg, weight: String(tg.weight), was: i, wasURL: tg.url })),
+      targets: m.targets.map((tg, i) => ({ ...tg, weight: String(tg.weight), was: i, wasURL: tg.url, key_new: '', key_remove: false })),
       balance: m.balance,
       retry_on: m.retry_on.join(', '),
       stream_idle_timeout: zeroDuration(m.stream_idle_timeout) ? '0s' : m.stream_idle_timeout,
@@ -209,6 +228,31 @@
         err);
     }
 
+    // select builds a labelled <select> of options [[value, text], …]
+    // bound to set, with its error line; a value not among the options
+    // (from a newer server) is kept as an option of its own.
+    function select(key, labelNodes, options, value, set, attrs, hintText) {
+      const id = fieldId(key);
+      const err = el('p', { className: 'field-error', id: id + '-error', 'aria-live': 'polite' }, errors.get(key) || '');
+      const described = [hintText ? id + '-hint' : '', id + '-error'].filter(Boolean).join(' ');
+      const sel = el('select', { id, dataset: { field: key }, 'aria-describedby': described, 'aria-invalid': String(errors.has(key)), ...attrs },
+        ...options.map(([v, text]) => el('option', { value: v }, text)));
+      if (!options.some(([v]) => v === value)) sel.append(el('option', { value }, value));
+      sel.value = value;
+      sel.addEventListener('change', () => {
+        if (errors.delete(key)) {
+          setText(err, '');
+          sel.setAttribute('aria-invalid', 'false');
+        }
+        set(sel.value);
+      });
+      return el('div', { className: 'field' },
+        el('label', { htmlFor: id }, ...labelNodes),
+        sel,
+        hintText ? el('p', { className: 'hint', id: id + '-hint' }, hintText) : null,
+        err);
+    }
+
     function move(i, d) {
       const j = i + d;
       if (j < 0 || j >= draft.targets.length) return;
@@ -232,7 +276,7 @@
     }
 
     function addTarget() {
-      draft.targets.push({ url: '', weight: '1', auth_style: '', key_set: false, key_hint: '', was: -1, wasURL: '' });
+      draft.targets.push({ url: '', weight: '1', auth_style: '', key_set: false, key_hint: '', was: -1, wasURL: '', key_new: '', key_remove: false });
       errors.delete('targets');
       render('#' + CSS.escape(fieldId('targets[' + (draft.targets.length - 1) + '].url')));
     }
@@ -247,14 +291,10 @@
       const weight = input('targets[' + i + '].weight', label(t('ed.weight')), tg.weight, (v) => { tg.weight = v; },
         { inputMode: 'numeric', className: 'tgt-weight' });
       weight.classList.add('narrow');
-      // Keys are set with auth "keys" (SPEC §10), which this version
-      // refuses: the field is there, disabled, and shows the hint of a
-      // key set elsewhere.
-      const lost = tg.key_set && (tg.was !== i || tg.url !== tg.wasURL);
-      const key = input('targets[' + i + '].key', label(t('ed.key')), '', () => {},
-        { type: 'password', disabled: true, className: 'tgt-key', placeholder: tg.key_set ? tg.key_hint || '…' : t('ed.keyNone') },
-        lost ? t('ed.keyLost') : tg.key_set ? t('ed.keySet', { hint: tg.key_hint || '…' }) : '');
-      key.classList.add('narrow');
+      const style = select('targets[' + i + '].auth_style', label(t('ed.style')), AUTH_STYLES.map((v) => [v, t(STYLE_LABELS[v])]),
+        tg.auth_style, (v) => { tg.auth_style = v; }, { className: 'tgt-style', disabled: draft.auth !== 'keys' });
+      style.classList.add('stylef');
+      const key = keyField(tg, i, label);
       const btn = (text, aria, action, props) => el('button', { type: 'button', 'aria-label': aria, title: aria, ...props, dataset: { index: String(i), ...action } }, text);
       const up = btn('↑', t('ed.up', { n }), { move: '-1' }, { className: 'icon', disabled: i === 0, onclick: () => move(i, -1) });
       const down = btn('↓', t('ed.down', { n }), { move: '1' }, { className: 'icon', disabled: i === count - 1, onclick: () => move(i, 1) });
@@ -265,7 +305,54 @@
           tg.key_set ? el('span', { className: 'tag' }, t('ed.keyTag', { hint: tg.key_hint || '…' })) : null,
           el('span', { className: 'grow' }),
           el('div', { className: 'tgt-actions', role: 'group', 'aria-label': t('ed.targetN', { n }) }, up, down, rm)),
-        el('div', { className: 'tgt-fields' }, url, weight, key));
+        el('div', { className: 'tgt-fields' }, url, weight, style, key));
+    }
+
+    // keyField is the write-only upstream key of target i: empty, with the
+    // stored key's hint beside it; typing replaces the key, Remove drops
+    // it. Without auth "keys" no key can be typed, but a stored one can
+    // still be removed (the server refuses a key on a passthrough mapping).
+    function keyField(tg, i, label) {
+      const n = i + 1;
+      const keysOn = draft.auth === 'keys';
+      const hint = tg.key_hint || '…';
+      const lost = tg.key_set && (tg.was !== i || tg.url !== tg.wasURL);
+      const stored = tg.key_set && !lost;
+      let note;
+      if (tg.key_remove) note = t('ed.keyRemoving', { hint });
+      else if (lost) note = t('ed.keyLost');
+      else if (!keysOn) note = stored ? t('ed.keyOff', { hint }) : t('ed.keyNeedsKeys');
+      else if (tg.key_new) note = stored ? t('ed.keyReplacing', { hint }) : t('ed.keyNew');
+      else note = stored ? t('ed.keySet', { hint }) : t('ed.keyEmpty');
+      const f = input('targets[' + i + '].key', label(t('ed.key')), tg.key_new, (v) => {
+        const had = Boolean(tg.key_new.trim());
+        tg.key_new = v;
+        // The note says what a save does with the key; refresh it when
+        // that changes, without losing the caret.
+        if (had !== Boolean(v.trim())) {
+          const h = root.querySelector('#' + CSS.escape(fieldId('targets[' + i + '].key') + '-hint'));
+          if (h) setText(h, v.trim() ? (stored ? t('ed.keyReplacing', { hint }) : t('ed.keyNew')) : (stored ? t('ed.keySet', { hint }) : t('ed.keyEmpty')));
+        }
+      }, {
+        type: 'password', autocomplete: 'new-password', className: 'tgt-key',
+        disabled: !keysOn || tg.key_remove,
+        placeholder: stored && !tg.key_remove ? hint : t('ed.keyPlaceholder'),
+      }, note);
+      f.classList.add('keyf');
+      if (stored || tg.key_remove) {
+        const toggle = el('button', {
+          type: 'button', className: 'link-btn key-toggle', dataset: { keyToggle: String(i) },
+          'aria-label': t(tg.key_remove ? 'ed.keyKeepN' : 'ed.keyRemoveN', { n, hint }),
+          onclick: () => {
+            tg.key_remove = !tg.key_remove;
+            if (tg.key_remove) tg.key_new = '';
+            errors.delete('targets[' + i + '].key');
+            render('[data-key-toggle="' + i + '"]');
+          },
+        }, t(tg.key_remove ? 'ed.keyKeep' : 'ed.keyRemove'));
+        f.append(el('div', {}, toggle));
+      }
+      return f;
     }
 
     function render(focusSelector) {
@@ -283,7 +370,13 @@
         balance.setAttribute('aria-invalid', 'false');
       });
       const general = el('p', { className: 'field-error', 'aria-live': 'polite', dataset: { field: '' } }, errors.get('') || '');
+      const auth = select('auth', [t('ed.auth')], [['passthrough', t('ed.authPassthrough')], ['keys', t('ed.authKeys')]], draft.auth, (v) => {
+        draft.auth = v;
+        render('#' + CSS.escape(fieldId('auth')));
+      }, {}, t('ed.authHint'));
+      auth.classList.add('auth-field');
       root.replaceChildren(
+        auth,
         el('fieldset', { className: 'targets-fs' },
           el('legend', {}, t('ed.targets')),
           el('p', { className: 'hint' }, t('ed.targetsHint')),
@@ -315,6 +408,7 @@
     // isPlain is true when the draft says what the one-field form says.
     function isPlain() {
       return draft.targets.length === 1 && !draft.targets[0].key_set && !draft.targets[0].auth_style &&
+        !draft.targets[0].key_new.trim() && !draft.targets[0].key_remove &&
         ['', '1'].includes(draft.targets[0].weight.trim()) && draft.balance === 'failover' &&
         sameList(parseRetry(draft.retry_on) || [], DEFAULT_RETRY) && zeroDuration(draft.stream_idle_timeout) &&
         draft.auth === 'passthrough' && draft.limits.rpm === 0 && draft.limits.tpm === 0 && draft.limits.concurrency === 0;
@@ -349,8 +443,8 @@
           out.weight = Number(w);
         }
         if (tg.auth_style) out.auth_style = tg.auth_style;
-        // No key: the server keeps a target's stored key when its URL at
-        // that position is unchanged (SPEC §9).
+        if (tg.key_remove) out.key = '';
+        else if (tg.key_new.trim()) out.key = tg.key_new.trim();
         targets.push(out);
       }
       return {
@@ -371,8 +465,8 @@
       let k = key;
       if (k === 'target') k = 'targets[0].url';
       else if (m && Number(m[1]) >= draft.targets.length) k = 'targets';
-      else if (m && !['url', 'weight'].includes(m[2])) k = 'targets[' + m[1] + '].key';
-      else if (!m && !['targets', 'balance', 'retry_on', 'stream_idle_timeout'].includes(k)) k = '';
+      else if (m && !['url', 'weight', 'auth_style'].includes(m[2])) k = 'targets[' + m[1] + '].key';
+      else if (!m && !['targets', 'auth', 'balance', 'retry_on', 'stream_idle_timeout'].includes(k)) k = '';
       errors.set(k, msg);
       render(k === '' || k === 'targets' ? null : '#' + CSS.escape(fieldId(k)));
       return k !== '';
@@ -406,6 +500,7 @@
     $('admin').hidden = false;
     showBanner('');
     renderTable();
+    showView(window.location.hash === '#keys' ? 'keys' : 'mappings', false);
   }
 
   async function login(candidate, quiet) {
@@ -456,6 +551,7 @@
     rows.clear();
     clearAddErrors();
     collapseAdd(true);
+    clearKeys();
     showLogin(message || '');
   }
 
@@ -680,6 +776,332 @@
     else setMode(prefix, 'edit', 'input');
   }
 
+  // Views: Mappings and Proxy keys, as tabs; #keys in the address opens
+  // the second, so a reload stays where it was.
+
+  let view = 'mappings';
+
+  function showView(next, focusTab) {
+    view = next === 'keys' ? 'keys' : 'mappings';
+    for (const tab of document.querySelectorAll('[role="tab"][data-view]')) {
+      const on = tab.dataset.view === view;
+      tab.setAttribute('aria-selected', String(on));
+      tab.tabIndex = on ? 0 : -1;
+      if (on && focusTab) tab.focus();
+    }
+    $('view-mappings').hidden = view !== 'mappings';
+    $('view-keys').hidden = view !== 'keys';
+    const h = $('h-admin');
+    h.dataset.i18n = view === 'keys' ? 'keys.listTitle' : 'admin.title';
+    setText(h, t(h.dataset.i18n));
+    $('map-count').hidden = view !== 'mappings';
+    const hash = view === 'keys' ? '#keys' : '';
+    if (window.location.hash !== hash) history.replaceState(null, '', window.location.pathname + window.location.search + hash);
+    showBanner('');
+    if (view === 'keys' && token) loadKeys();
+  }
+
+  // Proxy keys (SPEC §10)
+
+  const keys = new Map();            // id -> key as GET /api/keys lists it
+  const keyRows = new Map();         // id -> <tr>
+  const keyConfirm = new Set();      // ids asking "delete?"
+  let keysLoaded = false;
+  let secret = '';                   // the new key's secret while it is shown
+  let secretName = '';               // and that key's name
+
+  function keyPath(id) {
+    return '/api/keys/' + encodeURIComponent(id);
+  }
+
+  // when reads a time of the keys API: Unix seconds or RFC 3339; null
+  // when absent or unreadable.
+  function when(v) {
+    if (v === null || v === undefined || v === '' || v === 0) return null;
+    const ms = typeof v === 'number' ? v * 1000 : Date.parse(String(v));
+    return Number.isFinite(ms) ? new Date(ms) : null;
+  }
+
+  function keyStatus(k) {
+    if (k.disabled) return 'disabled';
+    const exp = when(k.expires_at);
+    if (exp && exp.getTime() <= Date.now()) return 'expired';
+    return 'active';
+  }
+
+  function limitsText(l) {
+    const lim = l && typeof l === 'object' ? l : {};
+    const parts = [];
+    if (ui.num(lim.rpm) > 0) parts.push(t('keys.rpmN', { n: fmt.compact(lim.rpm) }));
+    if (ui.num(lim.tpm) > 0) parts.push(t('keys.tpmN', { n: fmt.compact(lim.tpm) }));
+    if (ui.num(lim.concurrency) > 0) parts.push(t('keys.concN', { n: fmt.int(lim.concurrency) }));
+    return parts.length ? parts.join(' · ') : t('keys.noLimits');
+  }
+
+  function keysOff(on) {
+    const p = $('keys-off');
+    p.hidden = !on;
+    setText(p, on ? t('keys.unsupported') : '');
+    $('key-add-btn').disabled = on;
+  }
+
+  async function loadKeys() {
+    const r = await api('GET', '/api/keys');
+    if (r.status === 200 && r.data && Array.isArray(r.data.keys)) {
+      keysOff(false);
+      keys.clear();
+      for (const k of r.data.keys) if (k && k.id) keys.set(String(k.id), k);
+      keysLoaded = true;
+      renderKeys();
+      return;
+    }
+    if (r.status === 404 || r.status === 405) {
+      keysOff(true);
+      keys.clear();
+      keysLoaded = true;
+      renderKeys();
+      return;
+    }
+    handleCommon(r) || showBanner(t('admin.error', { status: r.status, msg: r.message }));
+  }
+
+  function renderKeys() {
+    const body = $('key-body');
+    for (const [id, tr] of keyRows) {
+      if (!keys.has(id)) {
+        tr.remove();
+        keyRows.delete(id);
+        keyConfirm.delete(id);
+      }
+    }
+    // Newest first: the one just made is on top.
+    const ids = [...keys.keys()].sort((a, b) => {
+      const ta = when(keys.get(a).created_at), tb = when(keys.get(b).created_at);
+      return (tb ? tb.getTime() : 0) - (ta ? ta.getTime() : 0) || a.localeCompare(b);
+    });
+    ids.forEach((id, i) => {
+      let tr = keyRows.get(id);
+      if (!tr) {
+        tr = el('tr', { dataset: { key: id } });
+        keyRows.set(id, tr);
+      }
+      renderKeyRow(id);
+      if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+    });
+    setText($('key-count'), keysLoaded ? t('keys.count', { n: fmt.int(keys.size) }) : '');
+    $('key-empty').hidden = !keysLoaded || keys.size !== 0;
+  }
+
+  // renderKeyRow rebuilds one key's cells; focus names the control to
+  // focus afterwards: 'toggle', 'delete', 'cancel'.
+  function renderKeyRow(id, focus) {
+    const tr = keyRows.get(id);
+    const k = keys.get(id);
+    if (!tr || !k) return;
+    const label = (key) => ({ dataset: { label: t(key) } });
+    const status = keyStatus(k);
+    const name = String(k.name || '');
+    const prefixes = Array.isArray(k.prefixes) ? k.prefixes.map(String) : [];
+    const used = when(k.last_used_at);
+    const exp = when(k.expires_at);
+    tr.className = (status !== 'active' ? 'key-' + status : '') + (keyConfirm.has(id) ? ' mode-confirm' : '');
+    let toFocus = null;
+    let actions;
+    if (keyConfirm.has(id)) {
+      const cancel = el('button', { type: 'button', dataset: { action: 'cancel' }, onclick: () => { keyConfirm.delete(id); renderKeyRow(id, 'delete'); } }, t('row.cancel'));
+      actions = [
+        el('span', { className: 'confirm-text', role: 'status' }, t('keys.confirm', { name })),
+        el('button', { type: 'button', className: 'danger', dataset: { action: 'confirm-delete' }, onclick: () => deleteKey(id) }, t('row.confirmBtn')),
+        cancel,
+      ];
+      if (focus === 'cancel') toFocus = cancel;
+    } else {
+      const toggle = el('button', {
+        type: 'button', dataset: { action: k.disabled ? 'enable' : 'disable' },
+        'aria-label': t(k.disabled ? 'keys.enable' : 'keys.disable') + ' ' + name,
+        onclick: () => setKeyDisabled(id, !k.disabled),
+      }, t(k.disabled ? 'keys.enable' : 'keys.disable'));
+      const del = el('button', {
+        type: 'button', className: 'danger-outline', dataset: { action: 'delete' }, 'aria-label': t('row.delete') + ' ' + name,
+        onclick: () => { keyConfirm.add(id); renderKeyRow(id, 'cancel'); },
+      }, t('row.delete'));
+      actions = [toggle, del];
+      if (focus === 'toggle') toFocus = toggle;
+      if (focus === 'delete') toFocus = del;
+    }
+    const actTd = el('td', label('list.actions'), el('div', { className: 'actions' }, ...actions));
+    actTd.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape' && keyConfirm.has(id)) { e.preventDefault(); keyConfirm.delete(id); renderKeyRow(id, 'delete'); }
+    });
+    tr.replaceChildren(
+      el('td', { className: 'key-name', ...label('keys.colName') }, name),
+      el('td', { className: 'mono key-hint', ...label('keys.colHint') }, String(k.hint || '')),
+      el('td', { className: 'key-prefixes', ...label('keys.colPrefixes') }, prefixes.length ? el('span', { className: 'mono' }, prefixes.join(', ')) : el('span', { className: 'muted' }, t('keys.allMappings'))),
+      el('td', { className: 'key-limits', ...label('keys.colLimits') }, limitsText(k.limits)),
+      el('td', { className: 'key-used', ...label('keys.colUsed'), title: used ? fmt.dateTime(used.getTime() / 1000) : '' }, used ? fmt.ago(used.getTime() / 1000) : t('keys.never')),
+      el('td', { className: 'key-expires', ...label('keys.colExpires') }, exp ? fmt.date(exp, { dateStyle: 'medium', timeStyle: 'short' }) : t('keys.never')),
+      el('td', { className: 'key-status', ...label('keys.colStatus') }, el('span', { className: 'status-tag ' + status }, t(STATUS_LABELS[status]))),
+      actTd);
+    if (toFocus) toFocus.focus();
+  }
+
+  async function setKeyDisabled(id, disabled) {
+    const r = await api('PATCH', keyPath(id), { disabled });
+    const k = keys.get(id);
+    if (r.status === 200) {
+      keys.set(id, r.data && typeof r.data === 'object' && r.data.id ? r.data : { ...k, disabled });
+      showBanner('');
+      renderKeyRow(id, 'toggle');
+      ui.announce(t(disabled ? 'keys.disabledDone' : 'keys.enabledDone', { name: k ? k.name : id }));
+      return;
+    }
+    if (r.status === 404) {
+      await loadKeys();
+      showBanner(t('keys.gone'));
+      return;
+    }
+    if (handleCommon(r)) return;
+    showBanner(t('admin.error', { status: r.status, msg: r.message }));
+  }
+
+  async function deleteKey(id) {
+    const k = keys.get(id);
+    const r = await api('DELETE', keyPath(id));
+    if (r.status === 200 || r.status === 204 || r.status === 404) {
+      keys.delete(id);
+      showBanner('');
+      renderKeys();
+      ui.announce(t('keys.deleted', { name: k ? k.name : id }));
+      $('key-name').focus();
+      return;
+    }
+    if (handleCommon(r)) return;
+    showBanner(t('admin.error', { status: r.status, msg: r.message }));
+  }
+
+  // The create form's fields by the name the API's messages use.
+  const KEY_FIELDS = {
+    name: 'key-name', prefixes: 'key-prefixes', expires_at: 'key-expires',
+    'limits.rpm': 'key-rpm', 'limits.tpm': 'key-tpm', 'limits.concurrency': 'key-concurrency',
+  };
+
+  function clearKeyErrors() {
+    for (const id of Object.values(KEY_FIELDS)) setFieldError($(id), $(id + '-error'), '');
+    setText($('key-form-error'), '');
+  }
+
+  // keyFieldError shows msg beside the field the API's message names
+  // ("prefixes[0] …" → the prefixes field), or under the form.
+  function keyFieldError(field, msg) {
+    const id = KEY_FIELDS[field.replace(/\[\d+\]$/, '')];
+    if (!id) {
+      setText($('key-form-error'), msg);
+      return;
+    }
+    setFieldError($(id), $(id + '-error'), msg);
+    $(id).focus();
+  }
+
+  async function createKey(ev) {
+    ev.preventDefault();
+    clearKeyErrors();
+    const body = { name: $('key-name').value.trim() };
+    const prefixes = $('key-prefixes').value.split(/[\s,]+/).filter(Boolean);
+    body.prefixes = prefixes;
+    const limits = {};
+    for (const f of ['rpm', 'tpm', 'concurrency']) {
+      const v = $('key-' + f).value.trim();
+      if (v !== '' && !/^\d+$/.test(v)) {
+        keyFieldError('limits.' + f, t('keys.limitBad', { field: 'limits.' + f }));
+        return;
+      }
+      limits[f] = v === '' ? 0 : Number(v);
+    }
+    body.limits = limits;
+    const expires = $('key-expires').value;
+    if (expires) {
+      const d = new Date(expires); // datetime-local: the reader's local time
+      if (!Number.isFinite(d.getTime())) {
+        keyFieldError('expires_at', t('keys.expiresBad'));
+        return;
+      }
+      body.expires_at = d.toISOString().replace(/\.\d{3}Z$/, 'Z');
+    } else {
+      body.expires_at = null;
+    }
+    body.disabled = $('key-disabled').checked;
+    const btn = $('key-add-btn');
+    btn.disabled = true;
+    const r = await api('POST', '/api/keys', body);
+    btn.disabled = false;
+    if (r.status === 201 && r.data && typeof r.data === 'object' && r.data.id) {
+      const { key, ...listed } = r.data;
+      keys.set(String(r.data.id), listed);
+      keysLoaded = true;
+      showBanner('');
+      renderKeys();
+      const tr = keyRows.get(String(r.data.id));
+      if (tr) tr.classList.add('fresh');
+      $('key-form').reset();
+      showSecret(typeof key === 'string' ? key : '', listed.name);
+      return;
+    }
+    if (r.status === 404 || r.status === 405) {
+      keysOff(true);
+      return;
+    }
+    if (handleCommon(r)) return;
+    keyFieldError(fieldOf(r.message), r.message);
+  }
+
+  // showSecret shows a new key's secret once; hideSecret forgets it.
+  function showSecret(value, name) {
+    secret = value;
+    secretName = String(name || '');
+    setText($('key-secret-value'), value);
+    setText($('key-secret-for'), t('keys.secretFor', { name: secretName }));
+    const copy = el('button', { type: 'button', className: 'copy primary-copy', id: 'key-secret-copy-btn', dataset: { whatKey: 'keys.secretWhat' } }, t('copy'));
+    copy.setAttribute('aria-label', t('copy.label', { what: t('keys.secretWhat') }));
+    let timer = 0;
+    copy.addEventListener('click', async () => {
+      const ok = await ui.copyText(secret);
+      window.clearTimeout(timer);
+      copy.textContent = ok ? t('copied') : t('copy.failed');
+      copy.classList.toggle('copied', ok);
+      copy.classList.toggle('failed', !ok);
+      // Announce that it was copied, never the secret itself.
+      if (ok) ui.announce(t('keys.secretCopied'));
+      timer = window.setTimeout(() => {
+        copy.classList.remove('copied', 'failed');
+        copy.textContent = t('copy');
+      }, 1600);
+    });
+    $('key-secret-copy').replaceChildren(copy);
+    $('key-secret').hidden = false;
+    $('key-secret').focus();
+  }
+
+  function hideSecret() {
+    secret = '';
+    secretName = '';
+    setText($('key-secret-value'), '');
+    setText($('key-secret-for'), '');
+    $('key-secret-copy').replaceChildren();
+    $('key-secret').hidden = true;
+  }
+
+  function clearKeys() {
+    hideSecret();
+    keys.clear();
+    keyConfirm.clear();
+    for (const tr of keyRows.values()) tr.remove();
+    keyRows.clear();
+    keysLoaded = false;
+    clearKeyErrors();
+    $('key-form').reset();
+    renderKeys();
+  }
+
   // Table, keyed by prefix; a row is rebuilt only when it changes.
 
   function renderTable() {
@@ -733,7 +1155,8 @@
     const list = el('ol', { className: 'tgt-view' }, ...m.targets.map((tg) => el('li', {},
       el('span', { className: 'mono turl', title: tg.url }, tg.url),
       weighted || tg.weight !== 1 ? el('span', { className: 'tag', title: t('ed.weight') }, t('view.weight', { n: fmt.int(tg.weight) })) : null,
-      tg.key_set ? el('span', { className: 'tag', title: t('ed.key') }, t('ed.keyTag', { hint: tg.key_hint || '…' })) : null)));
+      tg.key_set ? el('span', { className: 'tag', title: t('ed.key') }, t('ed.keyTag', { hint: tg.key_hint || '…' })) : null,
+      tg.auth_style ? el('span', { className: 'tag', title: t('ed.style') }, tg.auth_style) : null)));
     const opts = [m.balance === 'weighted' ? t('ed.weighted') : t('ed.failover')];
     if (!sameList(m.retry_on, DEFAULT_RETRY)) opts.push(m.retry_on.length ? t('view.retry', { list: m.retry_on.join(', ') }) : t('view.noRetry'));
     if (!zeroDuration(m.stream_idle_timeout)) opts.push(t('view.idle', { d: m.stream_idle_timeout }));
@@ -841,6 +1264,30 @@
       else expandAdd();
     });
     $('map-filter').addEventListener('input', applyFilter);
+    const tabs = [...document.querySelectorAll('[role="tab"][data-view]')];
+    for (const tab of tabs) {
+      tab.addEventListener('click', () => showView(tab.dataset.view, false));
+      // Arrow keys move between the tabs (WAI-ARIA tabs pattern).
+      tab.addEventListener('keydown', (e) => {
+        const i = tabs.indexOf(tab);
+        let j = -1;
+        if (e.key === 'ArrowRight') j = (i + 1) % tabs.length;
+        if (e.key === 'ArrowLeft') j = (i - 1 + tabs.length) % tabs.length;
+        if (e.key === 'Home') j = 0;
+        if (e.key === 'End') j = tabs.length - 1;
+        if (j < 0) return;
+        e.preventDefault();
+        showView(tabs[j].dataset.view, true);
+      });
+    }
+    $('key-form').addEventListener('submit', createKey);
+    $('key-secret-done').addEventListener('click', () => {
+      hideSecret();
+      $('key-name').focus();
+    });
+    for (const id of Object.values(KEY_FIELDS)) {
+      $(id).addEventListener('input', () => setFieldError($(id), $(id + '-error'), ''));
+    }
     for (const id of ['add-prefix', 'add-target']) {
       $(id).addEventListener('input', () => setFieldError($(id), $(id + '-error'), ''));
     }
@@ -850,11 +1297,15 @@
       setText($('add-more'), t($('add-more').getAttribute('aria-expanded') === 'true' ? 'add.less' : 'add.more'));
       for (const prefix of rows.keys()) renderRow(prefix, null);
       applyFilter();
+      renderKeys();
+      if (!$('keys-off').hidden) keysOff(true);
+      if (secret) setText($('key-secret-for'), t('keys.secretFor', { name: secretName }));
       if (!$('login-btn').disabled) $('login-btn').textContent = t('login.submit');
     });
     document.addEventListener('visibilitychange', () => {
       // Pick up changes made elsewhere (another admin, the CLI) on return.
       if (!document.hidden && token && mode.size === 0) reload();
+      if (!document.hidden && token && view === 'keys' && keyConfirm.size === 0) loadKeys();
     });
     const saved = ui.session.get(TOKEN_KEY);
     if (saved) login(saved, true);
