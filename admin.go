@@ -415,7 +415,8 @@ func (s *Server) reloadAfterWrite(ctx context.Context) {
 // logged.
 func (s *Server) writeStoreError(c *gin.Context, err error) {
 	switch {
-	case errors.Is(err, errMappingNotFound), errors.Is(err, errMappingExists):
+	case errors.Is(err, errMappingNotFound), errors.Is(err, errMappingExists),
+		errors.Is(err, errKeyNotFound), errors.Is(err, errKeyExists):
 	case errors.Is(err, errStoreUnavailable):
 		s.logger.Warn("admin API: store unavailable", "method", c.Request.Method, "path", c.Request.URL.Path, "error", err)
 	default:

@@ -52,11 +52,15 @@ type Store interface {
 	// Close releases the store. Calls after Close return errStoreClosed.
 	Close() error
 	statsStore // AddStats, LoadStats: the stats figures every instance adds to
+	keyStore   // Keys, CreateKey, UpdateKey, DeleteKey: the proxy keys (SPEC §10)
 }
 
-// keyStore keeps the proxy keys (SPEC §10): never a secret, only its
-// hash. A store that implements it signals Changes for another instance's
-// key writes too, as for mappings.
+// keyStore is the proxy keys part of Store (SPEC §10): never a secret, only
+// its hash, in the stored form of storedKey (keys.go). Changes is signalled
+// for another instance's key writes as for mappings, and a write through
+// these methods signals none (its caller reloads). A stored value that
+// does not decode comes back as a disabled key with its id alone
+// (decodeKey).
 type keyStore interface {
 	// Keys returns every key, sorted by id; the caller owns the slice.
 	Keys(ctx context.Context) ([]ProxyKey, error)
