@@ -53,28 +53,29 @@ const (
 // overwrites a concurrent create (HSETNX), an update never creates, no
 // instance can miss a change that was made, and nothing reads or writes a
 // Redis that was not initialised (a fresh one, or one that restarted
-// empty) before seed filled it. The write scripts answer 1 when done, 0
-// when the prefix exists (create) or is missing (update, delete), -1 when
-// the Redis is not initialised.
+// empty) before seed filled it. The read and write scripts serve any hash
+// of ours, the mappings' and the proxy keys' (redis_keys.go). The write
+// scripts answer 1 when done, 0 when the field exists (create) or is
+// missing (update, delete), -1 when the Redis is not initialised.
 var (
-	// KEYS[1] mappings, KEYS[2] seeded. Nil when not initialised.
+	// KEYS[1] the hash, KEYS[2] seeded. Nil when not initialised.
 	redisReadScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return false end
 return redis.call('HGETALL', KEYS[1])`)
-	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, value, channel, message.
+	// KEYS[1] the hash, KEYS[2] seeded; ARGV: field, value, channel, message.
 	redisCreateScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`)
-	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, value, channel, message.
+	// KEYS[1] the hash, KEYS[2] seeded; ARGV: field, value, channel, message.
 	redisUpdateScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`)
-	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, channel, message.
+	// KEYS[1] the hash, KEYS[2] seeded; ARGV: field, channel, message.
 	redisDeleteScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end

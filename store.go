@@ -9,11 +9,11 @@ import (
 	"time"
 )
 
-// Store keeps the mappings and the little state that must be shared by
-// every instance (the generated admin token). Implementations are safe for
-// concurrent use. The proxy never calls a Store on the request path: it
-// routes from a routeTable snapshot, rebuilt by whoever changed the
-// mappings and on Changes.
+// Store keeps the mappings, the proxy keys and the little state that must
+// be shared by every instance (the generated admin token). Implementations
+// are safe for concurrent use. The proxy never calls a Store on the request
+// path: it routes from a routeTable snapshot and checks keys against a
+// keyTable, both rebuilt by whoever changed them and on Changes.
 //
 // The embedded store is boltStore (bolt.go), the shared one redisStore
 // (redis.go); storecontract_test.go holds both to this contract.
@@ -34,8 +34,8 @@ type Store interface {
 	// DeleteMapping removes the mapping of prefix; errMappingNotFound if
 	// there is none.
 	DeleteMapping(ctx context.Context, prefix string) error
-	// Changes delivers a value whenever the mappings may have changed other
-	// than through this Store's own write methods: another instance wrote,
+	// Changes delivers a value whenever the mappings or the proxy keys may
+	// have changed other than through this Store's own write methods: another instance wrote,
 	// a connection was restored, a periodic resync is due. A write through
 	// CreateMapping, UpdateMapping or DeleteMapping does not signal it: its
 	// caller reloads (Server.reloadAfterWrite), so that one local write is
