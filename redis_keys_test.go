@@ -7,10 +7,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // newKeysPair serves two instances A and B on one Redis (addr, a key
@@ -191,5 +195,41 @@ func TestRedisKeysRestartDuringOutage(t *testing.T) {
 	}
 	if code := keyStatus(t, front2, "/ai/x", k.Key); code != http.StatusOK {
 		t.Errorf("the key after recovery = %d, want 200", code)
+	}
+}
+
+// TestRedisSnapshotKeys: the snapshot file's keys read back as the keys
+// that were stored; a file written before proxy keys existed knows none
+// (fail closed: no key is admitted during an outage then).
+func TestRedisSnapshotKeys(t *testing.T) {
+	k, secret := contractKey(t, "snap")
+	for _, tt := range []struct {
+		name string
+		keys string
+		want []ProxyKey
+		ok   bool
+	}{
+		{"with keys", `, "keys": {"` + k.ID + `": ` + strconv.Quote(k.encode()) + `}`, []ProxyKey{k}, true},
+		{"empty keys", `, "keys": {}`, []ProxyKey{}, true},
+		{"older file", ``, nil, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), snapshotFileName)
+			file := `{"source": "127.0.0.1:1/0 apiproxy:", "saved_at": "2026-01-02T03:04:05Z", "mappings": {"/openai": "https://api.openai.com"}` + tt.keys + `}`
+			if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled here
+			t.Cleanup(func() { c.Close() })
+			s := newRedisStore(c, redisKeyPrefix, path, testLogger())
+			s.loadSnapshot()
+			ks, ok := s.offlineKeys()
+			if ok != tt.ok || !reflect.DeepEqual(ks, tt.want) {
+				t.Errorf("offlineKeys() = %+v, %v; want %+v, %v", ks, ok, tt.want, tt.ok)
+			}
+			if len(tt.want) > 0 && newKeyTable(ks).lookup(secret) == nil {
+				t.Errorf("the key table of the snapshot does not admit the key")
+			}
+		})
 	}
 }
