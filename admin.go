@@ -99,7 +99,7 @@ func (s *Server) adminToken(ctx context.Context) (*[sha256.Size]byte, error) {
 	return s.resolveAdminToken(ctx)
 }
 
-// requireAdmin is the middleware of /api/mappings: a bearer token equal to
+// requireAdmin is the middleware of /api/mappings and /api/keys: a bearer token equal to
 // the admin token, compared in constant time (of equal-length digests, so
 // not even the length leaks). A client address with authMaxFailures recent
 // failures gets 429 until its block ends, whatever it sends.
@@ -136,13 +136,14 @@ func (s *Server) requireAdmin(c *gin.Context) {
 	c.Next()
 }
 
-// refuseCrossOrigin is the first middleware of /api/mappings: it answers
-// 403 to a call that a browser makes on behalf of another origin's page,
-// for every method (reads too), so that no other site can drive the API
-// with a token it got hold of, nor probe it. The API never sends CORS
-// headers (CORS_ALLOW_ORIGINS applies to proxied paths only), so browsers
-// would also refuse to show another origin the answer; this refuses the
-// call itself, as net/http's CrossOriginProtection does for writes.
+// refuseCrossOrigin is the first middleware of /api/mappings and
+// /api/keys: it answers 403 to a call that a browser makes on behalf of
+// another origin's page, for every method (reads too), so that no other
+// site can drive the API with a token it got hold of, nor probe it. The
+// API never sends CORS headers (CORS_ALLOW_ORIGINS applies to proxied
+// paths only), so browsers would also refuse to show another origin the
+// answer; this refuses the call itself, as net/http's
+// CrossOriginProtection does for writes.
 //
 // Browsers name the requesting site in Sec-Fetch-Site (all current ones)
 // and else in Origin; a call with neither (curl, scripts, SDKs) does not
@@ -415,7 +416,8 @@ func (s *Server) reloadAfterWrite(ctx context.Context) {
 // logged.
 func (s *Server) writeStoreError(c *gin.Context, err error) {
 	switch {
-	case errors.Is(err, errMappingNotFound), errors.Is(err, errMappingExists):
+	case errors.Is(err, errMappingNotFound), errors.Is(err, errMappingExists),
+		errors.Is(err, errKeyNotFound), errors.Is(err, errKeyExists):
 	case errors.Is(err, errStoreUnavailable):
 		s.logger.Warn("admin API: store unavailable", "method", c.Request.Method, "path", c.Request.URL.Path, "error", err)
 	default:

@@ -19,6 +19,20 @@ func testKey(name string, prefixes ...string) (ProxyKey, string) {
 		CreatedAt: time.Now()}, secret
 }
 
+// setKeys stores keys in s's store and reloads, as the keys API does.
+func setKeys(t testing.TB, s *Server, keys ...ProxyKey) {
+	t.Helper()
+	ctx := context.Background()
+	for _, k := range keys {
+		if err := s.store.CreateKey(ctx, k); err != nil {
+			t.Fatalf("CreateKey(%s): %v", k.ID, err)
+		}
+	}
+	if err := s.reloadRoutes(ctx); err != nil {
+		t.Fatalf("reloadRoutes: %v", err)
+	}
+}
+
 // keysMapping is a keys mapping of prefix to targets, each with its key
 // and auth style given as url, key, style triples.
 func keysMapping(prefix string, targets ...string) Mapping {
@@ -55,7 +69,7 @@ func TestKeysCheck(t *testing.T) {
 	disabled.Disabled = true
 	expired, expiredSecret := testKey("old")
 	expired.ExpiresAt = time.Now().Add(-time.Second)
-	s.keys.Store(newKeyTable([]ProxyKey{good, other, disabled, expired}))
+	setKeys(t, s, good, other, disabled, expired)
 	setMapping(t, s, keysMapping("/ai", up.URL, "sk-upstream-1", "bearer"))
 	rec := recordRequests(s)
 
@@ -145,7 +159,7 @@ func TestKeysAuthStyles(t *testing.T) {
 			up, seen := credentialUpstream(t, http.StatusOK)
 			s, front := newTestServer(t, nil)
 			k, secret := testKey("k")
-			s.keys.Store(newKeyTable([]ProxyKey{k}))
+			setKeys(t, s, k)
 			setMapping(t, s, keysMapping("/ai", busy.URL, "busy-key", "x-api-key", up.URL, "up-key", tt.style))
 			req, _ := http.NewRequest("POST", front.URL+"/ai/x?a=1", strings.NewReader(`{}`))
 			req.Header.Set("Authorization", "Bearer "+secret)
@@ -178,7 +192,7 @@ func TestKeysWebSocket(t *testing.T) {
 	})
 	s, front := newTestServer(t, nil)
 	k, secret := testKey("browser")
-	s.keys.Store(newKeyTable([]ProxyKey{k}))
+	setKeys(t, s, k)
 	setMapping(t, s, keysMapping("/rt", echo.URL, "sk-upstream", "bearer"))
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
@@ -204,7 +218,7 @@ func TestKeysPreflightAndPassthrough(t *testing.T) {
 	up, seen := credentialUpstream(t, http.StatusOK)
 	s, front := newTestServer(t, nil)
 	k, secret := testKey("k")
-	s.keys.Store(newKeyTable([]ProxyKey{k}))
+	setKeys(t, s, k)
 	setMapping(t, s, keysMapping("/ai", up.URL, "sk-upstream", "bearer"))
 	setMapping(t, s, targetsOf("/open", up.URL))
 	req, _ := http.NewRequest("OPTIONS", front.URL+"/ai/v1/chat", nil)

@@ -24,9 +24,11 @@ const boltFileName = "apiproxy.db"
 const boltLockWait = 2 * time.Second
 
 // Bucket and key names in the embedded store's bbolt file. The mappings
-// bucket holds prefix → Mapping.encodeValue.
+// bucket holds prefix → Mapping.encodeValue, the keys bucket key id →
+// ProxyKey.encode (storedKey).
 var (
 	boltMappings   = []byte("mappings")
+	boltKeys       = []byte("keys")
 	boltMeta       = []byte("meta")
 	boltSeeded     = []byte("seeded")
 	boltAdminToken = []byte("admin_token")
@@ -102,6 +104,10 @@ func openBoltStore(dir string) (*boltStore, error) {
 		}
 		meta, err := tx.CreateBucketIfNotExists(boltMeta)
 		if err != nil {
+			return err
+		}
+		// A file written before proxy keys existed gets the bucket too.
+		if _, err := tx.CreateBucketIfNotExists(boltKeys); err != nil {
 			return err
 		}
 		if meta.Get(boltSeeded) != nil {
@@ -255,7 +261,8 @@ func (s *boltStore) writeFailure() error {
 
 func (s *boltStore) wrap(op string, err error) error {
 	switch {
-	case err == nil, errors.Is(err, errMappingExists), errors.Is(err, errMappingNotFound):
+	case err == nil, errors.Is(err, errMappingExists), errors.Is(err, errMappingNotFound),
+		errors.Is(err, errKeyExists), errors.Is(err, errKeyNotFound):
 		return err
 	case errors.Is(err, bolterrors.ErrDatabaseNotOpen):
 		return fmt.Errorf("%s: %w", op, errStoreClosed)
@@ -263,6 +270,65 @@ func (s *boltStore) wrap(op string, err error) error {
 		return fmt.Errorf("%s: %w: %w", op, errStoreNotWritable, err)
 	}
 	return fmt.Errorf("%s: %w", op, err)
+}
+
+// Keys reads the keys bucket, in id order (bbolt's key order).
+func (s *boltStore) Keys(ctx context.Context) ([]ProxyKey, error) {
+	var out []ProxyKey
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(boltKeys)
+		if b == nil { // an older file opened read-only: no keys yet
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			key, _ := decodeKey(string(k), string(v)) // on error a disabled key: see keyStore
+			out = append(out, key)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, s.wrap("list keys", err)
+	}
+	return out, nil
+}
+
+func (s *boltStore) CreateKey(ctx context.Context, k ProxyKey) error {
+	return s.writeKeys(ctx, "create key", func(b *bolt.Bucket) error {
+		if b.Get([]byte(k.ID)) != nil {
+			return errKeyExists
+		}
+		return b.Put([]byte(k.ID), []byte(k.encode()))
+	})
+}
+
+func (s *boltStore) UpdateKey(ctx context.Context, k ProxyKey) error {
+	return s.writeKeys(ctx, "update key", func(b *bolt.Bucket) error {
+		if b.Get([]byte(k.ID)) == nil {
+			return errKeyNotFound
+		}
+		return b.Put([]byte(k.ID), []byte(k.encode()))
+	})
+}
+
+func (s *boltStore) DeleteKey(ctx context.Context, id string) error {
+	return s.writeKeys(ctx, "delete key", func(b *bolt.Bucket) error {
+		if b.Get([]byte(id)) == nil {
+			return errKeyNotFound
+		}
+		return b.Delete([]byte(id))
+	})
+}
+
+// writeKeys runs fn on the keys bucket in one transaction (update), like
+// write for the mappings.
+func (s *boltStore) writeKeys(ctx context.Context, op string, fn func(*bolt.Bucket) error) error {
+	return s.update(ctx, op, func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(boltKeys)
+		if err != nil {
+			return err
+		}
+		return fn(b)
+	})
 }
 
 // Changes never delivers: bbolt's file lock keeps every other process out,

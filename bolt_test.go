@@ -255,3 +255,41 @@ func TestBoltStoreWriteHonoursContext(t *testing.T) {
 		}
 	})
 }
+
+// TestBoltKeysOlderFile: a file written before proxy keys existed (no
+// keys bucket) reads as no keys, read-only too, and takes keys once opened
+// for writing.
+func TestBoltKeysOlderFile(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openBoltStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(boltKeys) }); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	ctx := context.Background()
+
+	ro, err := openBoltStoreReadOnly(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ks, err := ro.Keys(ctx); err != nil || len(ks) != 0 {
+		t.Errorf("Keys() of an older file, read-only = %v, %v; want none", ks, err)
+	}
+	ro.Close()
+
+	s, err = openBoltStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	k, _ := testKey("late")
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatalf("CreateKey on an older file: %v", err)
+	}
+	if ks, err := s.Keys(ctx); err != nil || len(ks) != 1 {
+		t.Errorf("Keys() = %v, %v; want the new key", ks, err)
+	}
+}

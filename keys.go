@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -41,6 +42,62 @@ type ProxyKey struct {
 	CreatedAt time.Time
 	ExpiresAt time.Time
 	Disabled  bool
+}
+
+// storedKey is the JSON form in which the stores keep a ProxyKey: the
+// value of the bbolt bucket "keys" and of the Redis hash apiproxy:keys
+// (field = id), and of the Redis snapshot file. It holds the secret's
+// hash, never the secret. A zero ExpiresAt is stored as null.
+type storedKey struct {
+	ID        string       `json:"id"`
+	Name      string       `json:"name"`
+	Hash      string       `json:"hash"`
+	Hint      string       `json:"hint"`
+	Prefixes  []string     `json:"prefixes"`
+	Limits    limitsObject `json:"limits"`
+	CreatedAt time.Time    `json:"created_at"`
+	ExpiresAt *time.Time   `json:"expires_at"`
+	Disabled  bool         `json:"disabled"`
+}
+
+// encode returns k's stored form (storedKey).
+func (k ProxyKey) encode() string {
+	v := storedKey{ID: k.ID, Name: k.Name, Hash: k.Hash, Hint: k.Hint, Prefixes: k.Prefixes,
+		Limits:    limitsObject{RPM: k.Limits.RPM, TPM: k.Limits.TPM, Concurrency: k.Limits.Concurrency},
+		CreatedAt: k.CreatedAt.UTC(), Disabled: k.Disabled}
+	if v.Prefixes == nil {
+		v.Prefixes = []string{}
+	}
+	if !k.ExpiresAt.IsZero() {
+		t := k.ExpiresAt.UTC()
+		v.ExpiresAt = &t
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// decodeKey reads the stored form of the key id. The field (bucket key,
+// hash field) is the id that counts. A value that does not decode, or
+// that has no hash, comes back as a disabled key with the id alone and an
+// error: it admits nobody, and the admin API still lists and deletes it.
+func decodeKey(id, value string) (ProxyKey, error) {
+	var v storedKey
+	if err := json.Unmarshal([]byte(value), &v); err != nil || v.Hash == "" {
+		if err == nil {
+			err = fmt.Errorf("stored key %s has no hash", id)
+		}
+		return ProxyKey{ID: id, Disabled: true}, fmt.Errorf("decode stored key %s: %w", id, err)
+	}
+	k := ProxyKey{ID: id, Name: v.Name, Hash: v.Hash, Hint: v.Hint, Prefixes: v.Prefixes,
+		Limits:    Limits{RPM: v.Limits.RPM, TPM: v.Limits.TPM, Concurrency: v.Limits.Concurrency},
+		CreatedAt: v.CreatedAt, Disabled: v.Disabled}
+	if len(k.Prefixes) == 0 {
+		k.Prefixes = nil
+	}
+	if v.ExpiresAt != nil {
+		k.ExpiresAt = *v.ExpiresAt
+	}
+	return k, nil
 }
 
 // newKeySecret returns a new key's id and secret: "k_" and "apx-" followed
@@ -126,7 +183,9 @@ func newKeyTable(keys []ProxyKey) *keyTable {
 	t := &keyTable{byHash: make(map[string]*ProxyKey, len(keys)), byID: make(map[string]*ProxyKey, len(keys))}
 	for i := range keys {
 		k := keys[i]
-		t.byHash[k.Hash] = &k
+		if k.Hash != "" { // an unreadable stored key (decodeKey) admits nobody
+			t.byHash[k.Hash] = &k
+		}
 		t.byID[k.ID] = &k
 	}
 	return t

@@ -24,12 +24,14 @@ import (
 // Key names in Redis, compatible with the original design: the mappings
 // hash is apiproxy:mappings (field = prefix, value = Mapping.encodeValue,
 // the target URL for a plain mapping) and every change is announced on
-// apiproxy:mappings:updates. A redisStore puts its keyPrefix
+// apiproxy:mappings:updates, a change of the proxy keys (apiproxy:keys)
+// too. A redisStore puts its keyPrefix
 // (redisKeyPrefix in production) in front of each name, so that tests can
 // share one Redis without seeing each other's keys.
 const (
 	redisKeyPrefix      = "apiproxy:"
 	redisMappingsKey    = "mappings"         // hash: prefix → encoded mapping
+	redisKeysKey        = "keys"             // hash: proxy key id → ProxyKey.encode (redis_keys.go)
 	redisUpdatesChannel = "mappings:updates" // Pub/Sub: one message per change
 	redisAdminTokenKey  = "admin_token"      // string: the generated admin token
 	redisSeededKey      = "seeded"           // string: set once the hash was initialised
@@ -51,28 +53,29 @@ const (
 // overwrites a concurrent create (HSETNX), an update never creates, no
 // instance can miss a change that was made, and nothing reads or writes a
 // Redis that was not initialised (a fresh one, or one that restarted
-// empty) before seed filled it. The write scripts answer 1 when done, 0
-// when the prefix exists (create) or is missing (update, delete), -1 when
-// the Redis is not initialised.
+// empty) before seed filled it. The read and write scripts serve any hash
+// of ours, the mappings' and the proxy keys' (redis_keys.go). The write
+// scripts answer 1 when done, 0 when the field exists (create) or is
+// missing (update, delete), -1 when the Redis is not initialised.
 var (
-	// KEYS[1] mappings, KEYS[2] seeded. Nil when not initialised.
+	// KEYS[1] the hash, KEYS[2] seeded. Nil when not initialised.
 	redisReadScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return false end
 return redis.call('HGETALL', KEYS[1])`)
-	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, value, channel, message.
+	// KEYS[1] the hash, KEYS[2] seeded; ARGV: field, value, channel, message.
 	redisCreateScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`)
-	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, value, channel, message.
+	// KEYS[1] the hash, KEYS[2] seeded; ARGV: field, value, channel, message.
 	redisUpdateScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1`)
-	// KEYS[1] mappings, KEYS[2] seeded; ARGV: prefix, channel, message.
+	// KEYS[1] the hash, KEYS[2] seeded; ARGV: field, channel, message.
 	redisDeleteScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -82,17 +85,26 @@ return 1`)
 	// marker writes, the mappings only if the hash does not exist. A Redis
 	// that already holds mappings (the original design's, or ours) is left
 	// as it is; a deleted mapping never comes back because the marker
-	// stays. The admin token is restored too when one is known, so that a
-	// Redis that restarted empty keeps the token every instance holds.
-	// KEYS[1] mappings, KEYS[2] seeded, KEYS[3] admin token; ARGV: marker
-	// value, channel, message, admin token or "", then prefix, value pairs.
+	// stays. The admin token and the proxy keys are restored too when they
+	// are known, so that a Redis that restarted empty keeps the token
+	// every instance holds and admits the keys it admitted. It answers 1
+	// when it wrote the mappings.
+	// KEYS[1] mappings, KEYS[2] seeded, KEYS[3] admin token, KEYS[4] keys;
+	// ARGV: marker value, channel, message, admin token or "", the number
+	// n of mappings, then n prefix, value pairs, then key id, value pairs.
 	redisSeedScript = redis.NewScript(`
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX') then return 0 end
 if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'NX') end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
-if #ARGV >= 5 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return 1`)
+local n, wrote, seeded = tonumber(ARGV[5]), false, 0
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  for i = 6 + 2*n, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i+1]); wrote = true end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  for i = 6, 5 + 2*n, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]); wrote = true end
+  seeded = 1
+end
+if wrote then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return seeded`)
 	// authFail counts one failed admin authentication. The first failure
 	// starts the window (the key's TTL); the failure that reaches the
 	// limit restarts it, so the block lasts a full window from then.
@@ -167,24 +179,32 @@ type redisStore struct {
 	snapshotPath string
 	source       string
 
-	readSeq atomic.Uint64 // numbers Mappings reads, so an older read never replaces a newer one
-	persist chan struct{} // signalled when last differs from the file; drained by persistLoop
+	readSeq     atomic.Uint64 // numbers Mappings reads, so an older read never replaces a newer one
+	keysReadSeq atomic.Uint64 // the same for Keys reads
+	persist     chan struct{} // signalled when last differs from the file; drained by persistLoop
 
 	mu      sync.Mutex
 	last    map[string]string // last hash read, field → value (or the snapshot's, until one is); never modified
 	lastSeq uint64
 	lastAt  time.Time
-	token   string       // last admin token read, or the snapshot's; "" if none
-	onDisk  snapshotFile // what the snapshot file holds; only persistLoop writes it
+	token   string // last admin token read, or the snapshot's; "" if none
+	// lastKeys is the last keys hash read (id → stored key), or the
+	// snapshot's until one is; nil if none. Never modified.
+	lastKeys    map[string]string
+	lastKeysSeq uint64
+	onDisk      snapshotFile // what the snapshot file holds; only persistLoop writes it
 }
 
 // snapshotFile is the JSON of the snapshot file. Mappings is the hash as
 // read, prefix → stored value (Mapping.encodeValue), so that a file
-// written by any version reads back the same.
+// written by any version reads back the same; Keys likewise the keys hash,
+// id → ProxyKey.encode (hashes, never secrets), absent in a file written
+// before proxy keys existed.
 type snapshotFile struct {
 	Source     string            `json:"source"`
 	SavedAt    time.Time         `json:"saved_at"`
 	Mappings   map[string]string `json:"mappings"`
+	Keys       map[string]string `json:"keys,omitempty"`
 	AdminToken string            `json:"admin_token,omitempty"`
 }
 
@@ -272,6 +292,7 @@ func (s *redisStore) key(name string) string { return s.keyPrefix + name }
 type updateMessage struct {
 	Op       string `json:"op"`
 	Prefix   string `json:"prefix"`
+	KeyID    string `json:"key_id,omitempty"` // of a proxy key's change (redis_keys.go)
 	Instance string `json:"instance"`
 }
 
@@ -296,7 +317,19 @@ func (s *redisStore) ownMessage(payload string) bool {
 // for the snapshot file.
 func (s *redisStore) Mappings(ctx context.Context) ([]Mapping, error) {
 	seq := s.readSeq.Add(1)
-	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey)}
+	m, err := s.readHash(ctx, "list mappings", redisMappingsKey)
+	if err != nil {
+		return nil, err
+	}
+	s.remember(seq, m)
+	return decodeHash(m, s.box), nil
+}
+
+// readHash reads the hash name (redisMappingsKey, redisKeysKey) in one
+// atomic step with the check that this Redis was initialised, seeding it
+// first if it was not.
+func (s *redisStore) readHash(ctx context.Context, op, name string) (map[string]string, error) {
+	keys := []string{s.key(name), s.key(redisSeededKey)}
 	flat, err := redisReadScript.Run(ctx, s.client, keys).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		if err := s.seed(ctx); err != nil {
@@ -305,14 +338,13 @@ func (s *redisStore) Mappings(ctx context.Context) ([]Mapping, error) {
 		flat, err = redisReadScript.Run(ctx, s.client, keys).StringSlice()
 	}
 	if err != nil {
-		return nil, s.wrap("list mappings", err)
+		return nil, s.wrap(op, err)
 	}
 	m := make(map[string]string, len(flat)/2)
 	for i := 0; i+1 < len(flat); i += 2 {
 		m[flat[i]] = flat[i+1]
 	}
-	s.remember(seq, m)
-	return decodeHash(m, s.box), nil
+	return m, nil
 }
 
 // decodeHash decodes the fields of the mappings hash, sorted by prefix. A
@@ -352,28 +384,28 @@ func (s *redisStore) persistLocked() {
 // the last known state differs from what it holds. s.mu must be held.
 func (s *redisStore) snapshotStaleLocked() bool {
 	return s.snapshotPath != "" && s.last != nil &&
-		!(maps.Equal(s.last, s.onDisk.Mappings) && s.token == s.onDisk.AdminToken)
+		!(maps.Equal(s.last, s.onDisk.Mappings) && maps.Equal(s.lastKeys, s.onDisk.Keys) && s.token == s.onDisk.AdminToken)
 }
 
 func (s *redisStore) CreateMapping(ctx context.Context, m Mapping) error {
-	return s.write(ctx, "create mapping", redisCreateScript, errMappingExists, m.Prefix, s.box.storedValue(m), s.key(redisUpdatesChannel), s.message("create", m.Prefix))
+	return s.write(ctx, "create mapping", redisMappingsKey, redisCreateScript, errMappingExists, m.Prefix, s.box.storedValue(m), s.key(redisUpdatesChannel), s.message("create", m.Prefix))
 }
 
 func (s *redisStore) UpdateMapping(ctx context.Context, m Mapping) error {
-	return s.write(ctx, "update mapping", redisUpdateScript, errMappingNotFound, m.Prefix, s.box.storedValue(m), s.key(redisUpdatesChannel), s.message("update", m.Prefix))
+	return s.write(ctx, "update mapping", redisMappingsKey, redisUpdateScript, errMappingNotFound, m.Prefix, s.box.storedValue(m), s.key(redisUpdatesChannel), s.message("update", m.Prefix))
 }
 
 func (s *redisStore) DeleteMapping(ctx context.Context, prefix string) error {
-	return s.write(ctx, "delete mapping", redisDeleteScript, errMappingNotFound, prefix, s.key(redisUpdatesChannel), s.message("delete", prefix))
+	return s.write(ctx, "delete mapping", redisMappingsKey, redisDeleteScript, errMappingNotFound, prefix, s.key(redisUpdatesChannel), s.message("delete", prefix))
 }
 
-// write runs one of the write scripts, seeding a Redis that was not
-// initialised first. unchanged is the error for a script that changed
-// nothing (it returned 0): the mapping exists, or does not. A write
-// signals no Changes, here or through its Pub/Sub message coming back
-// (see watch): the caller reloads.
-func (s *redisStore) write(ctx context.Context, op string, script *redis.Script, unchanged error, args ...any) error {
-	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey)}
+// write runs one of the write scripts on the hash name (redisMappingsKey,
+// redisKeysKey), seeding a Redis that was not initialised first. unchanged
+// is the error for a script that changed nothing (it returned 0): the
+// field exists, or does not. A write signals no Changes, here or through
+// its Pub/Sub message coming back (see watch): the caller reloads.
+func (s *redisStore) write(ctx context.Context, op, name string, script *redis.Script, unchanged error, args ...any) error {
+	keys := []string{s.key(name), s.key(redisSeededKey)}
 	n, err := script.Run(ctx, s.client, keys, args...).Int64()
 	if err == nil && n == -1 {
 		if err := s.seed(ctx); err != nil {
@@ -502,7 +534,7 @@ func redisUnavailable(err error) bool {
 // its prefix taken), and its own Pub/Sub message is skipped.
 func (s *redisStore) seed(ctx context.Context) error {
 	s.mu.Lock()
-	m, ok, token := s.last, s.last != nil, s.token
+	m, ok, token, keyValues := s.last, s.last != nil, s.token, s.lastKeys
 	s.mu.Unlock()
 	if !ok {
 		m = make(map[string]string)
@@ -510,11 +542,14 @@ func (s *redisStore) seed(ctx context.Context) error {
 			m[d.Prefix] = d.encodeValue()
 		}
 	}
-	args := []any{time.Now().UTC().Format(time.RFC3339), s.key(redisUpdatesChannel), s.message("seed", ""), token}
+	args := []any{time.Now().UTC().Format(time.RFC3339), s.key(redisUpdatesChannel), s.message("seed", ""), token, len(m)}
 	for _, p := range slices.Sorted(maps.Keys(m)) {
 		args = append(args, p, m[p])
 	}
-	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey), s.key(redisAdminTokenKey)}
+	for _, id := range slices.Sorted(maps.Keys(keyValues)) {
+		args = append(args, id, keyValues[id])
+	}
+	keys := []string{s.key(redisMappingsKey), s.key(redisSeededKey), s.key(redisAdminTokenKey), s.key(redisKeysKey)}
 	n, err := redisSeedScript.Run(ctx, s.client, keys, args...).Int64()
 	if err != nil {
 		return s.wrap("seed mappings", err)
@@ -690,7 +725,7 @@ func (s *redisStore) loadSnapshot() {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.last, s.lastAt, s.token, s.onDisk = f.Mappings, f.SavedAt, f.AdminToken, f
+	s.last, s.lastAt, s.token, s.lastKeys, s.onDisk = f.Mappings, f.SavedAt, f.AdminToken, f.Keys, f
 }
 
 // persistSnapshot writes the last known mappings and token to the snapshot
@@ -698,7 +733,7 @@ func (s *redisStore) loadSnapshot() {
 // never overlap.
 func (s *redisStore) persistSnapshot() {
 	s.mu.Lock()
-	f := snapshotFile{Source: s.source, SavedAt: s.lastAt.UTC(), Mappings: s.last, AdminToken: s.token}
+	f := snapshotFile{Source: s.source, SavedAt: s.lastAt.UTC(), Mappings: s.last, Keys: s.lastKeys, AdminToken: s.token}
 	stale := s.snapshotStaleLocked()
 	s.mu.Unlock()
 	if !stale {

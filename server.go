@@ -66,12 +66,14 @@ type Server struct {
 	metrics http.Handler // GET /metrics (metrics.go)
 }
 
-// offlineStore is a Store that keeps a local copy of the mappings for when
-// it cannot be reached: the Redis store's snapshot file. offlineMappings
-// returns them sorted by prefix in a slice the caller owns, when they were
-// read, and false if there is no copy.
+// offlineStore is a Store that keeps a local copy of the mappings and the
+// proxy keys for when it cannot be reached: the Redis store's snapshot
+// file. offlineMappings returns the mappings sorted by prefix in a slice
+// the caller owns, when they were read, and false if there is no copy;
+// offlineKeys the keys sorted by id, and false if there is no copy.
 type offlineStore interface {
 	offlineMappings() (ms []Mapping, readAt time.Time, ok bool)
+	offlineKeys() (ks []ProxyKey, ok bool)
 }
 
 // watchingStore is a Store whose changes come from outside this process
@@ -110,12 +112,17 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 		if !ok || !errors.Is(err, errStoreUnavailable) {
 			return nil, err
 		}
+		// The keys first, as in reloadRoutes. Keys known before the
+		// outage keep working; none is known without a snapshot (SPEC
+		// §10: fail closed).
+		ks, _ := off.offlineKeys()
+		s.keys.Store(newKeyTable(ks))
 		m, readAt, ok := off.offlineMappings()
 		t, _ := newRouteTable(m, s.self, s.proxy.states)
 		s.routes.Store(t)
 		if ok {
 			logger.Warn("store unreachable at start; routing with the local snapshot until it is back",
-				"mappings", len(t.byPrefix), "snapshot_time", readAt.UTC().Format(time.RFC3339), "error", err)
+				"mappings", len(t.byPrefix), "keys", len(ks), "snapshot_time", readAt.UTC().Format(time.RFC3339), "error", err)
 		} else {
 			logger.Warn("store unreachable at start and no local snapshot; no mappings until it is back", "error", err)
 		}
@@ -186,6 +193,20 @@ func (s *Server) newRouter() *gin.Engine {
 	api.OPTIONS("/*prefix", methodNotAllowed("GET, PUT, DELETE"))
 	for _, m := range []string{http.MethodPost, http.MethodPatch} {
 		api.Handle(m, "/*prefix", methodNotAllowed("GET, PUT, DELETE"))
+	}
+
+	// Proxy keys (SPEC §10, keys_admin.go), behind the same guards.
+	keys := e.Group("/api/keys", s.refuseCrossOrigin, s.requireAdmin)
+	keys.GET("", s.handleListKeys)
+	keys.POST("", s.handleCreateKey)
+	keys.GET("/:id", s.handleGetKey)
+	keys.PATCH("/:id", s.handleUpdateKey)
+	keys.DELETE("/:id", s.handleDeleteKey)
+	for _, m := range []string{http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+		keys.Handle(m, "", methodNotAllowed("GET, POST"))
+	}
+	for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodOptions} {
+		keys.Handle(m, "/:id", methodNotAllowed("GET, PATCH, DELETE"))
 	}
 
 	e.NoRoute(s.handleUnrouted)
@@ -270,8 +291,9 @@ func (s *Server) recovery(c *gin.Context) {
 	c.Next()
 }
 
-// reloadRoutes reads the mappings from the store and publishes a new route
-// snapshot. On a store error the previous snapshot stays in place.
+// reloadRoutes reads the mappings and the proxy keys from the store and
+// publishes a new key table and route snapshot. On a store error the
+// previous ones stay in place.
 func (s *Server) reloadRoutes(ctx context.Context) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
@@ -281,13 +303,11 @@ func (s *Server) reloadRoutes(ctx context.Context) error {
 	}
 	// The keys first: a keys mapping that routes before its keys are
 	// known refuses every caller, never admits one unchecked.
-	if ks, ok := s.store.(keyStore); ok {
-		keys, err := ks.Keys(ctx)
-		if err != nil {
-			return fmt.Errorf("load proxy keys: %w", err)
-		}
-		s.keys.Store(newKeyTable(keys))
+	keys, err := s.store.Keys(ctx)
+	if err != nil {
+		return fmt.Errorf("load proxy keys: %w", err)
 	}
+	s.keys.Store(newKeyTable(keys))
 	t, skipped := newRouteTable(m, s.self, s.proxy.states)
 	if len(skipped) > 0 {
 		s.logger.Warn("ignoring invalid stored mappings", "prefixes", skipped)

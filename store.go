@@ -9,11 +9,11 @@ import (
 	"time"
 )
 
-// Store keeps the mappings and the little state that must be shared by
-// every instance (the generated admin token). Implementations are safe for
-// concurrent use. The proxy never calls a Store on the request path: it
-// routes from a routeTable snapshot, rebuilt by whoever changed the
-// mappings and on Changes.
+// Store keeps the mappings, the proxy keys and the little state that must
+// be shared by every instance (the generated admin token). Implementations
+// are safe for concurrent use. The proxy never calls a Store on the request
+// path: it routes from a routeTable snapshot and checks keys against a
+// keyTable, both rebuilt by whoever changed them and on Changes.
 //
 // The embedded store is boltStore (bolt.go), the shared one redisStore
 // (redis.go); storecontract_test.go holds both to this contract.
@@ -34,8 +34,8 @@ type Store interface {
 	// DeleteMapping removes the mapping of prefix; errMappingNotFound if
 	// there is none.
 	DeleteMapping(ctx context.Context, prefix string) error
-	// Changes delivers a value whenever the mappings may have changed other
-	// than through this Store's own write methods: another instance wrote,
+	// Changes delivers a value whenever the mappings or the proxy keys may
+	// have changed other than through this Store's own write methods: another instance wrote,
 	// a connection was restored, a periodic resync is due. A write through
 	// CreateMapping, UpdateMapping or DeleteMapping does not signal it: its
 	// caller reloads (Server.reloadAfterWrite), so that one local write is
@@ -52,11 +52,15 @@ type Store interface {
 	// Close releases the store. Calls after Close return errStoreClosed.
 	Close() error
 	statsStore // AddStats, LoadStats: the stats figures every instance adds to
+	keyStore   // Keys, CreateKey, UpdateKey, DeleteKey: the proxy keys (SPEC §10)
 }
 
-// keyStore keeps the proxy keys (SPEC §10): never a secret, only its
-// hash. A store that implements it signals Changes for another instance's
-// key writes too, as for mappings.
+// keyStore is the proxy keys part of Store (SPEC §10): never a secret, only
+// its hash, in the stored form of storedKey (keys.go). Changes is signalled
+// for another instance's key writes as for mappings, and a write through
+// these methods signals none (its caller reloads). A stored value that
+// does not decode comes back as a disabled key with its id alone
+// (decodeKey).
 type keyStore interface {
 	// Keys returns every key, sorted by id; the caller owns the slice.
 	Keys(ctx context.Context) ([]ProxyKey, error)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -379,6 +380,8 @@ func testStoreContract(t *testing.T, open storeOpener) {
 		}
 	})
 
+	t.Run("keys", func(t *testing.T) { testKeyStoreContract(t, open) })
+
 	t.Run("ping", func(t *testing.T) {
 		s, _ := open(t)
 		if err := s.Ping(ctx); err != nil {
@@ -445,5 +448,348 @@ func drainSignals(ch <-chan struct{}) {
 		default:
 			return
 		}
+	}
+}
+
+// contractKey is a proxy key with every field set, as the keys API would
+// store it.
+func contractKey(t testing.TB, name string) (ProxyKey, string) {
+	t.Helper()
+	k, secret := testKey(name, "/openai", "/anthropic")
+	k.CreatedAt = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	k.ExpiresAt = time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	return k, secret
+}
+
+// testKeyStoreContract is the keyStore part of the Store contract.
+func testKeyStoreContract(t *testing.T, open storeOpener) {
+	ctx := context.Background()
+	mustKeys := func(t *testing.T, s Store) []ProxyKey {
+		t.Helper()
+		ks, err := s.Keys(ctx)
+		if err != nil {
+			t.Fatalf("Keys: %v", err)
+		}
+		return ks
+	}
+	find := func(ks []ProxyKey, id string) (ProxyKey, bool) {
+		i := slices.IndexFunc(ks, func(k ProxyKey) bool { return k.ID == id })
+		if i < 0 {
+			return ProxyKey{}, false
+		}
+		return ks[i], true
+	}
+
+	t.Run("none at first", func(t *testing.T) {
+		s, _ := open(t)
+		if ks := mustKeys(t, s); len(ks) != 0 {
+			t.Errorf("Keys() on a fresh store = %v, want none", ks)
+		}
+	})
+
+	t.Run("create, read back equal, also after a restart", func(t *testing.T) {
+		s, reopen := open(t)
+		full, secret := contractKey(t, "team-a")
+		plain, _ := testKey("plain") // no prefixes, no expiry
+		plain.CreatedAt = time.Date(2026, 12, 1, 10, 0, 1, 0, time.UTC)
+		plain.Disabled = true
+		for _, k := range []ProxyKey{full, plain} {
+			if err := s.CreateKey(ctx, k); err != nil {
+				t.Fatalf("CreateKey(%s): %v", k.ID, err)
+			}
+		}
+		check := func(t *testing.T, s Store) {
+			t.Helper()
+			ks := mustKeys(t, s)
+			for _, want := range []ProxyKey{full, plain} {
+				got, ok := find(ks, want.ID)
+				if !ok {
+					t.Errorf("key %s not listed", want.ID)
+					continue
+				}
+				if !reflect.DeepEqual(got, want) {
+					t.Errorf("key reads back as %+v, want %+v", got, want)
+				}
+			}
+		}
+		check(t, s)
+		raw := rawStoredKey(t, s, full.ID)
+		if strings.Contains(raw, secret) {
+			t.Errorf("the stored value holds the secret: %s", raw)
+		}
+		var fields map[string]any
+		if err := json.Unmarshal([]byte(raw), &fields); err != nil {
+			t.Fatalf("stored value %q is not JSON: %v", raw, err)
+		}
+		want := []string{"created_at", "disabled", "expires_at", "hash", "hint", "id", "limits", "name", "prefixes"}
+		if got := slices.Sorted(maps.Keys(fields)); !slices.Equal(got, want) {
+			t.Errorf("stored fields = %v, want %v", got, want)
+		}
+		if fields["hash"] != keyHash(secret) || fields["expires_at"] != "2027-01-01T00:00:00Z" {
+			t.Errorf("stored hash, expires_at = %v, %v; want the secret's hash and the expiry", fields["hash"], fields["expires_at"])
+		}
+		if raw := rawStoredKey(t, s, plain.ID); !strings.Contains(raw, `"expires_at":null`) || !strings.Contains(raw, `"prefixes":[]`) {
+			t.Errorf("stored value of a key without expiry or prefixes = %s, want expires_at null and prefixes []", raw)
+		}
+		check(t, reopen(t))
+	})
+
+	t.Run("create refuses a taken id", func(t *testing.T) {
+		s, _ := open(t)
+		k, _ := contractKey(t, "first")
+		if err := s.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		other := k
+		other.Name, other.Hash = "second", keyHash("apx-other")
+		if err := s.CreateKey(ctx, other); !errors.Is(err, errKeyExists) {
+			t.Errorf("second CreateKey(%s) = %v, want errKeyExists", k.ID, err)
+		}
+		if got, _ := find(mustKeys(t, s), k.ID); got.Name != "first" {
+			t.Errorf("after a refused create the key is named %q, want it unchanged", got.Name)
+		}
+	})
+
+	t.Run("update", func(t *testing.T) {
+		s, _ := open(t)
+		k, _ := contractKey(t, "before")
+		if err := s.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		k.Name, k.Disabled, k.Prefixes, k.ExpiresAt = "after", true, nil, time.Time{}
+		if err := s.UpdateKey(ctx, k); err != nil {
+			t.Fatalf("UpdateKey: %v", err)
+		}
+		if got, _ := find(mustKeys(t, s), k.ID); !reflect.DeepEqual(got, k) {
+			t.Errorf("after UpdateKey the key is %+v, want %+v", got, k)
+		}
+		missing, _ := testKey("missing")
+		if err := s.UpdateKey(ctx, missing); !errors.Is(err, errKeyNotFound) {
+			t.Errorf("UpdateKey of a missing id = %v, want errKeyNotFound", err)
+		}
+		if _, ok := find(mustKeys(t, s), missing.ID); ok {
+			t.Errorf("UpdateKey of a missing id created it")
+		}
+	})
+
+	t.Run("delete", func(t *testing.T) {
+		s, reopen := open(t)
+		k, _ := contractKey(t, "doomed")
+		kept, _ := contractKey(t, "kept")
+		for _, k := range []ProxyKey{k, kept} {
+			if err := s.CreateKey(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.DeleteKey(ctx, k.ID); err != nil {
+			t.Fatalf("DeleteKey: %v", err)
+		}
+		if _, ok := find(mustKeys(t, s), k.ID); ok {
+			t.Errorf("key still listed after DeleteKey")
+		}
+		if err := s.DeleteKey(ctx, k.ID); !errors.Is(err, errKeyNotFound) {
+			t.Errorf("second DeleteKey = %v, want errKeyNotFound", err)
+		}
+		ks := mustKeys(t, reopen(t))
+		if _, ok := find(ks, k.ID); ok {
+			t.Errorf("a deleted key is back after a restart")
+		}
+		if _, ok := find(ks, kept.ID); !ok {
+			t.Errorf("the other key is gone after a restart")
+		}
+	})
+
+	t.Run("Keys is sorted by id and returns the caller's copy", func(t *testing.T) {
+		s, _ := open(t)
+		for i := range 6 {
+			k, _ := contractKey(t, fmt.Sprintf("k%d", i))
+			if err := s.CreateKey(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ks := mustKeys(t, s)
+		if len(ks) != 6 || !slices.IsSortedFunc(ks, func(a, b ProxyKey) int { return strings.Compare(a.ID, b.ID) }) {
+			t.Fatalf("Keys() = %d keys, sorted %v; want 6 sorted by id", len(ks), false)
+		}
+		want := mustKeys(t, s)
+		ks[0].Name = "mutated"
+		ks[1].Prefixes[0] = "/mutated"
+		if got := mustKeys(t, s); !reflect.DeepEqual(got, want) {
+			t.Errorf("changing the returned slice changed the store")
+		}
+	})
+
+	t.Run("concurrent creates of one id: exactly one wins", func(t *testing.T) {
+		s, _ := open(t)
+		base, _ := contractKey(t, "race")
+		const n = 16
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				k := base
+				k.Name = fmt.Sprintf("race%d", i)
+				errs[i] = s.CreateKey(ctx, k)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		winner := -1
+		for i, err := range errs {
+			switch {
+			case err == nil && winner >= 0:
+				t.Errorf("creates %d and %d both succeeded", winner, i)
+			case err == nil:
+				winner = i
+			case !errors.Is(err, errKeyExists):
+				t.Errorf("create %d: %v, want nil or errKeyExists", i, err)
+			}
+		}
+		if got, _ := find(mustKeys(t, s), base.ID); winner < 0 || got.Name != fmt.Sprintf("race%d", winner) {
+			t.Errorf("stored name %q, winner %d", got.Name, winner)
+		}
+	})
+
+	t.Run("an unreadable stored key is listed disabled and admits nobody", func(t *testing.T) {
+		s, _ := open(t)
+		putRawKey(t, s, "k_broken", "{not json")
+		ks := mustKeys(t, s)
+		got, ok := find(ks, "k_broken")
+		if !ok || !got.Disabled || got.Hash != "" {
+			t.Fatalf("Keys() holds %+v (listed %v), want a disabled key without a hash", got, ok)
+		}
+		if k := newKeyTable(ks).lookup("apx-"); k != nil {
+			t.Errorf("the key table admits a secret through the broken key")
+		}
+		if err := s.DeleteKey(ctx, "k_broken"); err != nil {
+			t.Errorf("DeleteKey of the broken key: %v", err)
+		}
+	})
+
+	t.Run("a key write through the store signals no Changes", func(t *testing.T) {
+		s, _ := open(t)
+		mustList := func() {
+			if _, err := s.Mappings(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mustList()
+		drainSignals(s.Changes())
+		k, _ := contractKey(t, "sig")
+		writes := []struct {
+			name string
+			do   func() error
+		}{
+			{"create", func() error { return s.CreateKey(ctx, k) }},
+			{"update", func() error { k.Name = "sig2"; return s.UpdateKey(ctx, k) }},
+			{"delete", func() error { return s.DeleteKey(ctx, k.ID) }},
+		}
+		for _, w := range writes {
+			if err := w.do(); err != nil {
+				t.Fatalf("%s: %v", w.name, err)
+			}
+			select {
+			case <-s.Changes():
+				t.Errorf("%s signalled Changes, want no signal: its caller reloads", w.name)
+			default:
+			}
+		}
+	})
+
+	t.Run("another instance's key write signals Changes", func(t *testing.T) {
+		s, reopen := open(t)
+		w, ok := s.(watchingStore)
+		if !ok {
+			t.Skip("no other instance can write: the store's file lock keeps it out")
+		}
+		other := reopen(t)
+		watchCtx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			w.watch(watchCtx)
+		}()
+		t.Cleanup(func() {
+			cancel()
+			<-done
+		})
+		waitClosed(t, s.Changes(), "the signal of the first subscription")
+		k, _ := contractKey(t, "remote")
+		for _, write := range []func() error{
+			func() error { return other.CreateKey(ctx, k) },
+			func() error { k.Disabled = true; return other.UpdateKey(ctx, k) },
+			func() error { return other.DeleteKey(ctx, k.ID) },
+		} {
+			if err := write(); err != nil {
+				t.Fatal(err)
+			}
+			waitClosed(t, s.Changes(), "a Changes signal for another instance's key write")
+		}
+	})
+
+	t.Run("key calls after Close return errStoreClosed", func(t *testing.T) {
+		s, _ := open(t)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Keys(ctx); !errors.Is(err, errStoreClosed) {
+			t.Errorf("Keys after Close = %v, want errStoreClosed", err)
+		}
+		k, _ := contractKey(t, "late")
+		if err := s.CreateKey(ctx, k); !errors.Is(err, errStoreClosed) {
+			t.Errorf("CreateKey after Close = %v, want errStoreClosed", err)
+		}
+	})
+}
+
+// rawStoredKey is the value s keeps for the key id, as another program
+// reading the store would see it.
+func rawStoredKey(t *testing.T, s Store, id string) string {
+	t.Helper()
+	var v string
+	switch s := s.(type) {
+	case *boltStore:
+		err := s.db.View(func(tx *bolt.Tx) error {
+			v = string(tx.Bucket(boltKeys).Get([]byte(id)))
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("read key %s from bolt: %v", id, err)
+		}
+	case *redisStore:
+		var err error
+		v, err = s.client.HGet(context.Background(), s.key(redisKeysKey), id).Result()
+		if err != nil {
+			t.Fatalf("HGET %s %s: %v", s.key(redisKeysKey), id, err)
+		}
+	default:
+		t.Fatalf("rawStoredKey: no raw reader for %T", s)
+	}
+	return v
+}
+
+// putRawKey stores value for the key id by hand, as a broken or foreign
+// writer would.
+func putRawKey(t *testing.T, s Store, id, value string) {
+	t.Helper()
+	switch s := s.(type) {
+	case *boltStore:
+		err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(boltKeys).Put([]byte(id), []byte(value)) })
+		if err != nil {
+			t.Fatal(err)
+		}
+	case *redisStore:
+		if _, err := s.Mappings(context.Background()); err != nil { // initialise it first
+			t.Fatal(err)
+		}
+		if err := s.client.HSet(context.Background(), s.key(redisKeysKey), id, value).Err(); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("putRawKey: no raw writer for %T", s)
 	}
 }
