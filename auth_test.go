@@ -283,7 +283,7 @@ func TestKeysPanicFailsClosed(t *testing.T) {
 	t.Cleanup(func() { s.Close() })
 	front := newFront(t, s)
 	k, secret := testKey("k")
-	s.keys.Store(newKeyTable([]ProxyKey{k}))
+	setKeys(t, s, k)
 	setMapping(t, s, keysMapping("/ai", up.URL, "sk-upstream", "bearer"))
 	get := func(key string) (int, error) {
 		req, _ := http.NewRequest("GET", front.URL+"/ai/x", nil)

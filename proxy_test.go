@@ -1271,7 +1271,7 @@ func benchmarkProxySmall(b *testing.B, keys bool) {
 	req.Header.Set("Authorization", "Bearer sk-test")
 	if keys {
 		k, secret := testKey("bench")
-		s.keys.Store(newKeyTable([]ProxyKey{k}))
+		setKeys(b, s, k)
 		setMapping(b, s, keysMapping("/openai", "https://api.openai.com", "sk-upstream", "bearer"))
 		req.Header.Set("Authorization", "Bearer "+secret)
 	}

@@ -115,7 +115,7 @@ func keyedServer(t testing.TB) (s *Server, front *httptest.Server, a, b ProxyKey
 	s, front = newTestServer(t, nil)
 	a, secretA = testKey("team-a")
 	b, secretB = testKey("team-b", "/other")
-	s.keys.Store(newKeyTable([]ProxyKey{a, b}))
+	setKeys(t, s, a, b)
 	setMapping(t, s, keysMapping("/ai", up.URL, "sk-up", "bearer"))
 	return s, front, a, b, secretA, secretB
 }
