@@ -1000,8 +1000,7 @@ func TestAdminObjectValidation(t *testing.T) {
 // key_set and key_hint; a PUT that leaves key out of a target whose URL
 // is unchanged keeps it, "key": "" removes it, a changed URL drops it;
 // and the log lines of a write name URLs, never a key. The mapping with a
-// key is put into the store directly: validate refuses "auth": "keys"
-// until SPEC §10 is built (issue 16).
+// key is put into the store directly.
 func TestAdminTargetKeys(t *testing.T) {
 	const key = "sk-stored-secret-abcdwxyz"
 	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken})

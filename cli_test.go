@@ -380,7 +380,7 @@ func TestMapSetObjectInvalid(t *testing.T) {
 // TestMapSetKeepsKeys: like a PUT of the admin API, set keeps the stored
 // key of a target that gives none while its URL is unchanged, and the
 // listing shows only its hint. The keyed mapping is put into the store
-// directly: validate refuses "auth": "keys" until SPEC §10 (issue 16).
+// directly.
 func TestMapSetKeepsKeys(t *testing.T) {
 	const key = "sk-stored-secret-abcdwxyz"
 	dir := t.TempDir()
