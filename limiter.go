@@ -143,9 +143,14 @@ type limitTicket struct {
 	// its entry in the rpm log and its lease in the concurrency set.
 	member string
 
-	tokens   atomic.Int64
-	released atomic.Bool
+	// tokens are the tokens added and not yet counted, or ticketReleased
+	// once release was called: one word, so that tokens added while
+	// release runs are counted either by it or at once, never lost.
+	tokens atomic.Int64
 }
+
+// ticketReleased marks a released limitTicket's tokens.
+const ticketReleased = -1
 
 // addTokens counts n more tokens of the response (SPEC §3.11 total) for
 // the tpm limits of the ticket's scopes. They are counted when release is
@@ -154,29 +159,27 @@ func (t *limitTicket) addTokens(n int64) {
 	if t == nil || n <= 0 {
 		return
 	}
-	if t.released.Load() {
-		t.done(t, min(n, maxCountedTokens), false)
-		return
+	n = min(n, maxCountedTokens)
+	for {
+		old := t.tokens.Load()
+		if old == ticketReleased {
+			t.done(t, n, false)
+			return
+		}
+		if t.tokens.CompareAndSwap(old, min(old+n, maxCountedTokens)) {
+			return
+		}
 	}
-	addCapped(&t.tokens, n)
 }
 
 // release frees the ticket's concurrency slots and counts its tokens. Only
 // the first call does anything; safe on a nil ticket.
 func (t *limitTicket) release() {
-	if t == nil || !t.released.CompareAndSwap(false, true) {
+	if t == nil {
 		return
 	}
-	t.done(t, t.tokens.Load(), true)
-}
-
-// addCapped adds n to v, saturating at maxCountedTokens.
-func addCapped(v *atomic.Int64, n int64) {
-	for {
-		old := v.Load()
-		if v.CompareAndSwap(old, min(old+min(n, maxCountedTokens), maxCountedTokens)) {
-			return
-		}
+	if tokens := t.tokens.Swap(ticketReleased); tokens != ticketReleased {
+		t.done(t, tokens, true)
 	}
 }
 
