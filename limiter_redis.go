@@ -65,7 +65,9 @@ var (
 	// 2 tpm, 3 concurrency; scope the 1-based index of the scope; wait the
 	// ms until the request would be admitted, the longest of the limits
 	// that refused. Numbers written are formatted with %.0f: Lua 5.1's
-	// tostring keeps 14 digits only.
+	// tostring keeps 14 digits only. A member already counted answers {1}
+	// again: go-redis retries a call whose answer was lost, and the retry
+	// must not count the request twice nor refuse what was admitted.
 	redisLimitAdmitScript = redis.NewScript(`
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
@@ -74,6 +76,9 @@ local window = 60000
 local member = ARGV[1]
 local lease = tonumber(ARGV[2])
 local n = #KEYS / 3
+for i = 1, n do
+  if redis.call('ZSCORE', KEYS[3*i-2], member) or redis.call('ZSCORE', KEYS[3*i], member) then return {1} end
+end
 local wait, limit, scope = -1, 0, 0
 local function refuse(l, i, w)
   if w > wait then wait, limit, scope = w, l, i end
@@ -418,17 +423,8 @@ func (l *redisLimiter) recover(ctx context.Context) {
 	if err := l.client.Ping(ctx).Err(); err != nil {
 		return
 	}
-	l.mu.Lock()
-	pending := l.pending
-	l.pending = nil
-	l.mu.Unlock()
-	for i, r := range pending {
-		if err := redisLimitReleaseScript.Run(ctx, l.client, r.keys, r.args...).Err(); err != nil {
-			l.mu.Lock()
-			l.pending = append(pending[i:], l.pending...)
-			l.mu.Unlock()
-			return
-		}
+	if err := l.replay(ctx); err != nil {
+		return
 	}
 	if err := l.renew(ctx); err != nil {
 		return
@@ -436,4 +432,35 @@ func (l *redisLimiter) recover(ctx context.Context) {
 	if l.down.CompareAndSwap(true, false) {
 		l.logger.Info("rate limits: redis reachable again, the shared counts apply")
 	}
+}
+
+// replay runs the releases kept while Redis was unreachable, in one
+// pipeline; on failure they are kept again.
+func (l *redisLimiter) replay(ctx context.Context) error {
+	l.mu.Lock()
+	pending := l.pending
+	l.pending = nil
+	l.mu.Unlock()
+	if len(pending) == 0 {
+		return nil
+	}
+	err := redisLimitReleaseScript.Load(ctx, l.client).Err()
+	if err == nil {
+		pipe := l.client.Pipeline()
+		for _, r := range pending {
+			redisLimitReleaseScript.EvalSha(ctx, pipe, r.keys, r.args...)
+		}
+		_, err = pipe.Exec(ctx)
+	}
+	if err != nil {
+		// Replaying one twice is harmless: ZREM of a member gone does
+		// nothing, and tokens counted twice only make tpm stricter.
+		l.mu.Lock()
+		l.pending = append(pending, l.pending...)
+		if len(l.pending) > maxPendingReleases {
+			l.pending = l.pending[:maxPendingReleases]
+		}
+		l.mu.Unlock()
+	}
+	return err
 }

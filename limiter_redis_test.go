@@ -354,67 +354,96 @@ func TestLimitRedisUnlimitedAllocs(t *testing.T) {
 
 // BenchmarkLimiterRedisAdmit: limited admits (rpm, tpm and concurrency on
 // the mapping, rpm on the key) through the Redis of APIPROXY_TEST_REDIS_ADDR,
-// from parallel goroutines of one instance; each admit is released (a
-// second round trip). Reports admits/s and the p50/p99 of one admit.
+// each released (a second round trip that counts tokens). Serial: one
+// request at a time, for the latency a request sees; parallel: 16
+// goroutines per CPU of one instance, as concurrent requests would, for
+// the admits one instance can make per second. Reports admits/s, the
+// p50/p99 of one admit and this process's CPU per admit and release.
 func BenchmarkLimiterRedisAdmit(b *testing.B) {
-	addr := testRedisAddr(b)
-	prefix := testKeyPrefix(b, addr)
-	l := newTestRedisLimiter(b, addr, prefix, 0, testLogger())
 	big := int64(math.MaxInt64)
-	scopes := limitScopes{mappingScope("/bench", Limits{RPM: big, TPM: big, Concurrency: big}), keyScope("k_bench", Limits{RPM: big})}
-	var mu sync.Mutex
-	var lat []time.Duration
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		var mine []time.Duration
-		for pb.Next() {
-			t0 := time.Now()
-			r := l.admit(context.Background(), scopes)
-			mine = append(mine, time.Since(t0))
-			if !r.admitted {
-				b.Errorf("refused by %s", r.limit)
-			}
-			r.ticket.addTokens(10)
-			r.ticket.release()
-		}
-		mu.Lock()
-		lat = append(lat, mine...)
-		mu.Unlock()
-	})
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "admits/s")
-	b.ReportMetric(float64(percentile(lat, 50).Microseconds()), "p50-µs")
-	b.ReportMetric(float64(percentile(lat, 99).Microseconds()), "p99-µs")
+	benchLimiterRedis(b, limitScopes{mappingScope("/bench", Limits{RPM: big, TPM: big, Concurrency: big}), keyScope("k_bench", Limits{RPM: big})})
 }
 
-// BenchmarkLimiterRedisAdmitOnly: admits alone (rpm on the key, nothing to
-// release), the one round trip a limited request costs before it is
-// forwarded.
+// BenchmarkLimiterRedisAdmitOnly: admits alone (rpm on the key: no ticket,
+// nothing to release), the one round trip a limited request costs before
+// it is forwarded.
 func BenchmarkLimiterRedisAdmitOnly(b *testing.B) {
+	benchLimiterRedis(b, limitScopes{keyScope("k_bench", Limits{RPM: math.MaxInt64})})
+}
+
+func benchLimiterRedis(b *testing.B, scopes limitScopes) {
 	addr := testRedisAddr(b)
-	prefix := testKeyPrefix(b, addr)
-	l := newTestRedisLimiter(b, addr, prefix, 0, testLogger())
-	scopes := limitScopes{keyScope("k_bench", Limits{RPM: math.MaxInt64})}
-	var mu sync.Mutex
-	var lat []time.Duration
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		var mine []time.Duration
-		for pb.Next() {
-			t0 := time.Now()
-			l.admit(context.Background(), scopes)
-			mine = append(mine, time.Since(t0))
+	for _, par := range []int{0, 16} {
+		name := "serial"
+		if par > 0 {
+			name = "parallel"
 		}
-		mu.Lock()
-		lat = append(lat, mine...)
-		mu.Unlock()
-	})
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "admits/s")
-	b.ReportMetric(float64(percentile(lat, 50).Microseconds()), "p50-µs")
-	b.ReportMetric(float64(percentile(lat, 99).Microseconds()), "p99-µs")
+		b.Run(name, func(b *testing.B) {
+			l := newTestRedisLimiter(b, addr, testKeyPrefix(b, addr), 0, testLogger())
+			var mu sync.Mutex
+			var lat []time.Duration
+			one := func(mine *[]time.Duration) {
+				t0 := time.Now()
+				r := l.admit(context.Background(), scopes)
+				*mine = append(*mine, time.Since(t0))
+				if !r.admitted {
+					b.Errorf("refused by %s", r.limit)
+				}
+				r.ticket.addTokens(10)
+				r.ticket.release()
+			}
+			b.ReportAllocs()
+			cpu0 := processCPU()
+			start := time.Now()
+			if par == 0 {
+				for b.Loop() {
+					one(&lat)
+				}
+			} else {
+				b.SetParallelism(par)
+				b.RunParallel(func(pb *testing.PB) {
+					var mine []time.Duration
+					for pb.Next() {
+						one(&mine)
+					}
+					mu.Lock()
+					lat = append(lat, mine...)
+					mu.Unlock()
+				})
+			}
+			elapsed := time.Since(start)
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "admits/s")
+			b.ReportMetric(float64(percentile(lat, 50))/float64(time.Microsecond), "p50-µs")
+			b.ReportMetric(float64(percentile(lat, 99))/float64(time.Microsecond), "p99-µs")
+		})
+	}
+}
+
+// TestLimitRedisAdmitRetry: the admit script run again for the same
+// request (go-redis retrying a call whose answer was lost) answers
+// admitted again and counts nothing more.
+func TestLimitRedisAdmitRetry(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	ctx := context.Background()
+	tag := prefix + "{k:k_retry}"
+	keys := []string{tag + redisLimitRPMKey, tag + redisLimitTPMKey, tag + redisLimitConcKey}
+	for i, member := range []string{"a:1", "a:1", "a:2"} {
+		got, err := redisLimitAdmitScript.Run(ctx, c, keys, member, 60000, 1, 0, 1).Int64Slice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := i < 2; (got[0] == 1) != want {
+			t.Errorf("call %d (%s): answer %v, want admitted %v", i, member, got, want)
+		}
+	}
+	if n := c.ZCard(ctx, keys[0]).Val(); n != 1 {
+		t.Errorf("rpm log holds %d, want 1", n)
+	}
+	if n := c.ZCard(ctx, keys[2]).Val(); n != 1 {
+		t.Errorf("leases = %d, want 1", n)
+	}
 }
