@@ -98,7 +98,8 @@ type limitResult struct {
 	// none applied).
 	admitted bool
 	// ticket is the admitted request's hold on its scopes; nil when the
-	// request was refused or had no limit. Its methods are safe on nil.
+	// request was refused or holds nothing (no limit, or rpm only). Its
+	// methods are safe on nil, so the caller need not check.
 	ticket *limitTicket
 	// For a refused request: which limit refused it (limitRPM, limitTPM,
 	// limitConcurrency), in which scope, and after how many whole seconds

@@ -447,3 +447,43 @@ func TestLimitRedisAdmitRetry(t *testing.T) {
 		t.Errorf("leases = %d, want 1", n)
 	}
 }
+
+// TestLimitRedisFleetChurn: three instances admit and release concurrently
+// against concurrency 2: never more than 2 requests hold a slot at once,
+// and slots keep being handed on.
+func TestLimitRedisFleetChurn(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	var fleet [3]*redisLimiter
+	for i := range fleet {
+		fleet[i] = newTestRedisLimiter(t, addr, prefix, 0, testLogger())
+	}
+	scopes := limitScopes{mappingScope("/churn", Limits{Concurrency: 2}), keyScope("k_churn", Limits{Concurrency: 5})}
+	var inflight, most, admitted atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 12 {
+		wg.Go(func() {
+			for range 200 {
+				r := fleet[g%3].admit(context.Background(), scopes)
+				if !r.admitted {
+					continue
+				}
+				admitted.Add(1)
+				n := inflight.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				fleet[g%3].client.Ping(context.Background()) // hold it for a round trip
+				inflight.Add(-1)
+				r.ticket.release()
+			}
+		})
+	}
+	wg.Wait()
+	if m := most.Load(); m > 2 {
+		t.Errorf("%d requests held a slot at once, want at most 2", m)
+	}
+	if admitted.Load() < 10 {
+		t.Errorf("only %d of 2400 admitted: slots are not handed on", admitted.Load())
+	}
+	t.Logf("%d of 2400 admitted, at most %d at once", admitted.Load(), most.Load())
+}
