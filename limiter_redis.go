@@ -293,9 +293,9 @@ func (l *redisLimiter) admit(ctx context.Context, scopes limitScopes) limitResul
 }
 
 // done frees t's slots (if free) and counts tokens in its tpm scopes, in
-// one round trip. When Redis cannot be reached the release is kept for
-// when it is back (tokens included: they still count for the rest of
-// their minute).
+// one round trip. When Redis cannot be reached the release is kept and
+// replayed when it is back (see replay); its tokens then count in the
+// bucket of that second, so for longer than their minute, never shorter.
 func (l *redisLimiter) done(t *limitTicket, tokens int64, free bool) {
 	free = free && t.scopes.holdsSlots()
 	count := tokens > 0 && t.scopes.countsTokens()
