@@ -959,7 +959,7 @@ func TestAdminObjectValidation(t *testing.T) {
 		{"auth_style unknown", `"targets":[{"url":"https://a.example","auth_style":"cookie"}]`, "invalid_target", "targets[0].auth_style must be one of bearer, x-api-key, x-goog-api-key, api-key, query-key"},
 		{"auth unknown", `"targets":` + two + `,"auth":"open"`, "invalid_mapping", `auth must be "passthrough" or "keys"`},
 		{"limit negative", `"targets":` + two + `,"limits":{"rpm":-1}`, "invalid_mapping", "limits.rpm must be a non-negative integer"},
-		{"limit not yet", `"targets":` + two + `,"limits":{"concurrency":2}`, "invalid_mapping", "limits.concurrency is not supported by this version yet"},
+		{"negative limit", `"targets":` + two + `,"limits":{"concurrency":-2}`, "invalid_mapping", "limits.concurrency must be a non-negative integer"},
 		{"unknown target field", `"targets":[{"url":"https://a.example","wieght":2}]`, "invalid_json", `unknown field "wieght"`},
 		{"unknown option", `"targets":` + two + `,"balancing":"weighted"`, "invalid_json", `unknown field "balancing"`},
 		{"retry_on not a list", `"targets":` + two + `,"retry_on":503`, "invalid_json", `field "retry_on"`},

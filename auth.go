@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"net/http"
+	"strconv"
 )
 
 // checkKey admits the caller of a keys mapping (SPEC §10): it must show
@@ -25,7 +27,35 @@ func (pr *proxyRequest) checkKey() bool {
 		pr.refuse(http.StatusForbidden, "key_not_allowed", "this proxy key may not call "+pr.route.prefix)
 		return false
 	}
-	pr.rec.KeyID = k.ID
+	pr.rec.KeyID, pr.key = k.ID, k
+	return true
+}
+
+// admitLimits admits the request under the limits of its mapping and of
+// the caller's proxy key (SPEC §11), or answers 429 rate_limited with
+// Retry-After and returns false: nothing is forwarded, nothing counted.
+// A request without limits costs nothing here.
+func (pr *proxyRequest) admitLimits() bool {
+	scopes := limitScopes{mappingScope(pr.route.prefix, pr.route.limits)}
+	if k := pr.key; k != nil {
+		scopes[1] = keyScope(k.ID, k.Limits)
+	}
+	if !scopes.limited() {
+		return true
+	}
+	res := pr.p.limiter.admit(pr.in.Context(), scopes)
+	if !res.admitted {
+		pr.rec.Limit = res.limit
+		who := "this mapping"
+		if res.scope.kind == 'k' {
+			who = "this proxy key"
+		}
+		pr.w.Header().Set("Retry-After", strconv.FormatInt(res.retryAfter, 10))
+		pr.refuse(http.StatusTooManyRequests, "rate_limited",
+			fmt.Sprintf("%s is over its %s limit; retry after %d s", who, res.limit, res.retryAfter))
+		return false
+	}
+	pr.ticket = res.ticket
 	return true
 }
 

@@ -155,13 +155,8 @@ func (k *ProxyKey) validate(now time.Time, creating bool) error {
 		name string
 		v    int64
 	}{{"limits.rpm", k.Limits.RPM}, {"limits.tpm", k.Limits.TPM}, {"limits.concurrency", k.Limits.Concurrency}} {
-		switch {
-		case l.v < 0:
+		if l.v < 0 {
 			return bad(l.name + " must be a non-negative integer (0 means no limit)")
-		case l.v > 0:
-			// SPEC §11 (issue 17): a limit that is not enforced would
-			// only seem to hold.
-			return bad(l.name + " is not supported by this version yet; use 0")
 		}
 	}
 	if creating && !k.ExpiresAt.IsZero() && !k.ExpiresAt.After(now) {

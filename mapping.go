@@ -216,13 +216,8 @@ func (m Mapping) validate(self selfAddrs) error {
 		name string
 		v    int64
 	}{{"limits.rpm", m.Limits.RPM}, {"limits.tpm", m.Limits.TPM}, {"limits.concurrency", m.Limits.Concurrency}} {
-		switch {
-		case l.v < 0:
+		if l.v < 0 {
 			return invalidMapping(l.name + " must be a non-negative integer (0 means no limit)")
-		case l.v > 0:
-			// SPEC §11 (issue 17): a limit that is not enforced would
-			// only seem to hold.
-			return invalidMapping(l.name + " is not supported by this version yet; use 0")
 		}
 	}
 	if d := m.StreamIdleTimeout; d < 0 || d > maxMappingPeriod {

@@ -65,6 +65,8 @@ type proxy struct {
 	states         *targetStates
 	// keys are the proxy keys that callers of a keys mapping show (auth.go).
 	keys *atomic.Pointer[keyTable]
+	// limiter enforces the limits of mappings and keys (limiter.go).
+	limiter limiter
 
 	// streamHandoff is STREAM_HANDOFF: event streams to HTTP/1.1 clients
 	// are handed off (stream.go) and may read the upstream socket
@@ -115,6 +117,9 @@ type requestRecord struct {
 	// KeyID is the id of the proxy key the caller showed on a keys
 	// mapping (SPEC §10), "" when none was recognised.
 	KeyID string
+	// Limit is the limit that refused the request (limitRPM, limitTPM,
+	// limitConcurrency) when ProxyErr is "rate_limited"; "" otherwise.
+	Limit string
 }
 
 // newTransport returns the upstream transport, tuned for many long streams
@@ -228,6 +233,10 @@ type proxyRequest struct {
 	// forwarded is set once the request goes to ReverseProxy: one not
 	// forwarded (refused by the proxy) has no tries.
 	forwarded bool
+	// key is the caller's proxy key on a keys mapping (auth.go); ticket
+	// the request's hold on its limits (limiter.go), released by finish.
+	key    *ProxyKey
+	ticket *limitTicket
 	// reqBody is the wrapped request body of unknown length; nil if none.
 	reqBody *countingBody
 
@@ -344,7 +353,7 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		pr.finish(true)
 		return
 	}
-	if rt.keys && !pr.checkKey() {
+	if rt.keys && !pr.checkKey() || !pr.admitLimits() {
 		pr.finish(true)
 		return
 	}
@@ -427,6 +436,14 @@ func (pr *proxyRequest) finish(completed bool) {
 		pr.tries[len(pr.tries)-1].Outcome = tryError
 	}
 	pr.endTry()
+	if t := pr.ticket; t != nil {
+		// The response ended (or the client left, or the proxy gave up):
+		// its tokens count against tpm, its concurrency slots free.
+		if pr.rec.Usage.Known {
+			t.addTokens(pr.rec.Usage.Tokens[tokTotal])
+		}
+		t.release()
+	}
 	if !completed && pr.rec.ProxyErr == "" {
 		pr.rec.ProxyErr = "aborted"
 		if pr.in.Context().Err() != nil {
@@ -451,6 +468,7 @@ func (pr *proxyRequest) finish(completed bool) {
 	if completed {
 		pr.in, pr.route, pr.reqBody = nil, nil, nil
 		pr.target, pr.keep, pr.forwarded = nil, nil, false
+		pr.key, pr.ticket = nil, nil
 		clear(pr.orderBuf[:len(pr.order)])
 		pr.order, pr.rec.Tries = nil, nil
 		pr.cancelUp, pr.stopParent, pr.cancelTimeout = nil, nil, nil

@@ -135,7 +135,8 @@ type responseBody struct {
 // reset wraps res's body for a new response.
 func (b *responseBody) reset(res *http.Response) {
 	b.ReadCloser = res.Body
-	if b.pr.p.observe != nil {
+	if b.pr.p.observe != nil || b.pr.ticket != nil {
+		// The usage counts in the stats, and in tpm (limiter.go).
 		b.usage.reset(res.Header)
 	} else {
 		b.usage.mode = usageOff

@@ -19,6 +19,8 @@ type route struct {
 	weighted bool
 	// keys: "auth": "keys", callers must show a proxy key (auth.go).
 	keys bool
+	// limits are the mapping's own (SPEC §11; admitLimits).
+	limits Limits
 	// retryOn holds the retry_on statuses, bit s-400 for status s.
 	retryOn [200/64 + 1]uint64
 	// idle is the mapping's stream_idle_timeout; 0 means none.
@@ -73,7 +75,7 @@ func newRouteTable(mappings []Mapping, self selfAddrs, states *targetStates) (t 
 			continue
 		}
 		r := &route{prefix: m.Prefix, multi: len(m.Targets) > 1, weighted: m.balance() == balanceWeighted,
-			keys: m.auth() == authKeys, idle: m.StreamIdleTimeout, mapping: m}
+			keys: m.auth() == authKeys, limits: m.Limits, idle: m.StreamIdleTimeout, mapping: m}
 		for _, s := range m.retryOn() {
 			i := s - 400
 			r.retryOn[i/64] |= 1 << (i % 64)

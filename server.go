@@ -21,14 +21,17 @@ import (
 // snapshot and the background loops that keep it fresh. Build it with
 // newServer, start its loops with Start, stop them with Close.
 type Server struct {
-	cfg     Config
-	logger  *slog.Logger
-	store   Store
-	routes  atomic.Pointer[routeTable]
-	keys    atomic.Pointer[keyTable] // the proxy keys (keys.go); nil: none known yet
-	proxy   *proxy
-	engine  *gin.Engine
-	started time.Time
+	cfg    Config
+	logger *slog.Logger
+	store  Store
+	routes atomic.Pointer[routeTable]
+	keys   atomic.Pointer[keyTable] // the proxy keys (keys.go); nil: none known yet
+	// limiterLoop renews the shared limiter's leases and watches Redis
+	// (limiter_redis.go); nil for the local limiter.
+	limiterLoop func(context.Context)
+	proxy       *proxy
+	engine      *gin.Engine
+	started     time.Time
 
 	reloadMu sync.Mutex // serialises route reloads so an older read never wins
 	cancel   context.CancelFunc
@@ -98,6 +101,13 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	s.routes.Store(&routeTable{byPrefix: map[string]*route{}})
 	s.proxy = newProxy(cfg, logger, transport, &s.routes)
 	s.proxy.keys = &s.keys
+	// Limits (SPEC §11): shared through Redis, or this instance's own.
+	if rs, ok := store.(*redisStore); ok {
+		rl := newRedisLimiter(rs.client, rs.keyPrefix, rs.instance, logger)
+		s.proxy.limiter, s.limiterLoop = rl, rl.run
+	} else {
+		s.proxy.limiter = newLocalLimiter()
+	}
 	if cs, ok := store.(cooldownSharingStore); ok {
 		s.proxy.states.share = cs.shareCooldown
 		cs.onCooldown(s.proxy.states.apply)
@@ -336,6 +346,13 @@ func (s *Server) Start() {
 		go func() {
 			defer s.wg.Done()
 			w.watch(ctx)
+		}()
+	}
+	if s.limiterLoop != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.limiterLoop(ctx)
 		}()
 	}
 }
