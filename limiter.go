@@ -23,6 +23,24 @@ const (
 	limitConcurrency = "concurrency"
 )
 
+// limitNames are the limit names, indexed by the counters of refusals per
+// limit (stats.go, statskeys.go); limitIndex maps a name back.
+var limitNames = [...]string{limitRPM, limitTPM, limitConcurrency}
+
+// numLimits is the number of limit names.
+const numLimits = len(limitNames)
+
+// limitIndex returns the index in limitNames of the limit named name;
+// false if there is none.
+func limitIndex(name string) (int, bool) {
+	for i, n := range limitNames {
+		if n == name {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
 const (
 	// limitWindow is the rolling window of rpm and tpm.
 	limitWindow = 60 * time.Second

@@ -66,12 +66,13 @@ var metricsBuckets = func() []int {
 // statsCollector exposes the counters of a Stats. It reads them at scrape
 // time, so the request path pays nothing for metrics: labels come from
 // bounded sets only (prefixes, status codes, at most maxModels+1 model
-// names and maxTargets target indexes per prefix, and the ids of the proxy
-// keys the admin made).
+// names and maxTargets target indexes per prefix, the ids of the proxy
+// keys the admin made, and the limit names).
 type statsCollector struct {
 	st                                                    *Stats
 	requests, duration, ttfb, tokens, bytesDesc, attempts *prometheus.Desc
 	keyRequests, keyTokens                                *prometheus.Desc // statskeys.go
+	rateLimited                                           *prometheus.Desc
 }
 
 func newStatsCollector(st *Stats) *statsCollector {
@@ -101,6 +102,9 @@ func newStatsCollector(st *Stats) *statsCollector {
 		keyTokens: prometheus.NewDesc("apiproxy_key_tokens_total",
 			"Tokens reported by upstream responses to requests made with a proxy key, by the key's id and kind ("+strings.Join(tokenKinds[:], ", ")+").",
 			[]string{"key", "kind"}, nil),
+		rateLimited: prometheus.NewDesc("apiproxy_rate_limited_total",
+			"Requests refused by a limit (429 rate_limited), by mapping prefix, proxy key id (\"\" for a request without one) and limit ("+strings.Join(limitNames[:], ", ")+").",
+			[]string{"prefix", "key", "limit"}, nil),
 	}
 }
 
@@ -113,6 +117,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.attempts
 	ch <- c.keyRequests
 	ch <- c.keyTokens
+	ch <- c.rateLimited
 }
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
@@ -168,6 +173,11 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.bytesDesc, prometheus.CounterValue, float64(ps.bytesIn.Load()), p, "in")
 		ch <- prometheus.MustNewConstMetric(c.bytesDesc, prometheus.CounterValue, float64(ps.bytesOut.Load()), p, "out")
 		c.collectAttempts(ch, ps)
+		for l, name := range limitNames {
+			if v := ps.rateLimited[l].Load(); v != 0 {
+				ch <- prometheus.MustNewConstMetric(c.rateLimited, prometheus.CounterValue, float64(v), p, "", name)
+			}
+		}
 
 		for _, m := range *ps.modelList.Load() {
 			counts := m.tokens.load()
@@ -226,8 +236,8 @@ func (c *statsCollector) collectAttempts(ch chan<- prometheus.Metric, ps *prefix
 }
 
 // collectKeys sends the per-key series of /metrics: the requests of each
-// key by prefix and code, and its tokens by kind, since the process
-// started. Labels are the key's id, never its secret or hash: ids come
+// key by prefix and code, its tokens by kind, and its refusals by prefix
+// and limit, since the process started. Labels are the key's id, never its secret or hash: ids come
 // from the keys the admin made, a bounded set.
 func (c *statsCollector) collectKeys(ch chan<- prometheus.Metric) {
 	keys := *c.st.keys.Load()
@@ -250,6 +260,9 @@ func (c *statsCollector) collectKeys(ch chan<- prometheus.Metric) {
 			if v := counts[k]; v != 0 {
 				ch <- prometheus.MustNewConstMetric(c.keyTokens, prometheus.CounterValue, float64(v), id, kind)
 			}
+		}
+		for kl, n := range *ks.limits.Load() {
+			ch <- prometheus.MustNewConstMetric(c.rateLimited, prometheus.CounterValue, float64(n.n.Load()), kl.prefix, id, limitNames[kl.limit])
 		}
 	}
 }

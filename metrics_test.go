@@ -3,10 +3,15 @@ package main
 import (
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // metricValue returns the value of the sample line that starts with name
@@ -208,5 +213,41 @@ func TestMetricsKeys(t *testing.T) {
 		if strings.Contains(body, secret) {
 			t.Errorf("/metrics holds a key's secret or hash")
 		}
+	}
+}
+
+// TestMetricsRateLimited: apiproxy_rate_limited_total counts refusals by
+// prefix, key id ("" without one) and limit, each once; a 429 from
+// upstream is none.
+func TestMetricsRateLimited(t *testing.T) {
+	now := time.Now()
+	st := newTestStats(t, nil, &fakeClock{t: now})
+	recordRefusals(t, st, now)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newStatsCollector(st))
+	rw := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rw, httptest.NewRequest("GET", "/metrics", nil))
+	body := rw.Body.String()
+	const name = "apiproxy_rate_limited_total"
+	for _, c := range []struct {
+		prefix, key, limit string
+		want               float64
+	}{
+		{"/a", "", "rpm", 2},
+		{"/a", "", "tpm", 1},
+		{"/a", "", "concurrency", -1},
+		{"/a", "k_a", "concurrency", 1},
+		{"/a", "k_a", "rpm", -1},
+		{"/b", "", "concurrency", 1},
+		{"/b", "k_a", "rpm", 1},
+		{"/gone", "k_b", "rpm", 1},
+	} {
+		labels := []string{`prefix="` + c.prefix + `"`, `key="` + c.key + `"`, `limit="` + c.limit + `"`}
+		if got := metricValue(t, body, name, labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", name, labels, got, c.want)
+		}
+	}
+	if n := strings.Count(body, "\n"+name+"{"); n != 6 {
+		t.Errorf("%d series of %s, want 6:\n%s", n, name, body)
 	}
 }

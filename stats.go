@@ -258,6 +258,10 @@ type prefixStats struct {
 	noModel           tokenCounters // tokens of responses that named no model; the rest are per model
 	unknown           atomic.Int64
 	targets           [maxTargets]targetTries // by the target's index in the mapping
+	// rateLimited counts the requests without a proxy key that a limit
+	// refused, by limit (limitNames); a keyed request's refusal is its
+	// key's (keyStats.limits), so that /metrics labels each once.
+	rateLimited [numLimits]atomic.Int64
 
 	models    atomic.Pointer[map[string]*modelStats] // by raw name as received; copy on write
 	modelList atomic.Pointer[[]*modelStats]          // each model once
@@ -272,6 +276,7 @@ type prefixStats struct {
 		noModel           tokenCounts
 		unknown           int64
 		targets           [maxTargets][numTryOutcomes]int64
+		rateLimited       int64 // over all limits
 	}
 	// Process-lifetime histograms for /metrics.
 	procLatency, procTTFB       [histBuckets]int64
@@ -280,11 +285,11 @@ type prefixStats struct {
 
 // prefixFields are the statsData field names of one prefix, built once.
 type prefixFields struct {
-	count, errors, latSum, clientClosed, bytesIn, bytesOut, unknown string
-	classes                                                         [len(statusClasses)]string
-	tokens                                                          [numTokenKinds]string
-	latency, ttfb                                                   [histBuckets]string
-	targets                                                         [maxTargets][numTargetFigures]string
+	count, errors, latSum, clientClosed, bytesIn, bytesOut, unknown, rateLimited string
+	classes                                                                      [len(statusClasses)]string
+	tokens                                                                       [numTokenKinds]string
+	latency, ttfb                                                                [histBuckets]string
+	targets                                                                      [maxTargets][numTargetFigures]string
 }
 
 func newPrefixStats(prefix string) *prefixStats {
@@ -295,6 +300,7 @@ func newPrefixStats(prefix string) *prefixStats {
 	f := &ps.f
 	f.count, f.errors, f.latSum = p+fieldCount, p+fieldErrors, p+fieldLatencySum
 	f.clientClosed, f.bytesIn, f.bytesOut, f.unknown = p+fieldClientClosed, p+fieldBytesIn, p+fieldBytesOut, p+fieldUnknown
+	f.rateLimited = p + fieldRateLimited
 	for i, c := range statusClasses {
 		f.classes[i] = p + "s" + c
 	}
@@ -375,6 +381,15 @@ func sanitizeModel(raw []byte) string {
 // response was complete: counted apart, never as an upstream error.
 func clientClosed(rec *requestRecord) bool {
 	return rec.Status == 499 && (rec.ProxyErr == "client_closed" || rec.ProxyErr == "aborted")
+}
+
+// refusedBy returns the index in limitNames of the limit that refused rec
+// (SPEC §11), and whether one did.
+func refusedBy(rec *requestRecord) (int, bool) {
+	if rec.ProxyErr != "rate_limited" {
+		return 0, false
+	}
+	return limitIndex(rec.Limit)
 }
 
 // Stats collects per-prefix stats for /stats and /metrics. record is its
@@ -521,6 +536,8 @@ func (st *Stats) record(rec *requestRecord) {
 	}
 	if rec.KeyID != "" {
 		st.recordKey(rec, code, failed, end)
+	} else if l, ok := refusedBy(rec); ok {
+		ps.rateLimited[l].Add(1)
 	}
 	ps.codes[code].Add(1)
 	for _, t := range rec.Tries {
@@ -660,6 +677,12 @@ func (st *Stats) drainCumulative(ps *prefixStats) {
 	dr.bytesIn = drainCounter(d.Total, f.bytesIn, &ps.bytesIn, dr.bytesIn)
 	dr.bytesOut = drainCounter(d.Total, f.bytesOut, &ps.bytesOut, dr.bytesOut)
 	dr.unknown = drainCounter(d.Total, f.unknown, &ps.unknown, dr.unknown)
+	var limited int64
+	for l := range ps.rateLimited {
+		limited += ps.rateLimited[l].Load()
+	}
+	addNonZero(d.Total, f.rateLimited, limited-dr.rateLimited)
+	dr.rateLimited = limited
 	for i := range ps.targets {
 		var delta [numTryOutcomes]int64
 		for o := range delta {

@@ -770,8 +770,8 @@ func TestStatsBoltPrunes(t *testing.T) {
 }
 
 // TestRecordAllocs: the proxy's observer allocates nothing once the prefix
-// and model, and the proxy key with its prefix and code, were seen,
-// whatever tries the request made.
+// and model, and the proxy key with its prefix and code (and limit, for a
+// refusal), were seen, whatever tries the request made.
 func TestRecordAllocs(t *testing.T) {
 	st := newTestStats(t, nil, &fakeClock{t: time.Now()})
 	r := rec("/a", time.Now(), 200, 3*time.Millisecond)
@@ -779,16 +779,19 @@ func TestRecordAllocs(t *testing.T) {
 	ru.Usage = tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 10, tokCompletion: 20, tokTotal: 30}, Model: []byte("gpt-4o")}
 	ru.Tries = []targetTry{{0, tryRetried}, {2, tryRetried}, {1, tryOK}}
 	ru.KeyID = "k_a"
-	st.record(r)
-	st.record(ru)
-	if n := testing.AllocsPerRun(1000, func() { st.record(r); st.record(ru) }); n != 0 {
+	refused := refusal("/a", time.Now(), "", limitRPM)
+	refusedKey := refusal("/a", time.Now(), "k_a", limitConcurrency)
+	for _, r := range []*requestRecord{r, ru, refused, refusedKey} {
+		st.record(r)
+	}
+	if n := testing.AllocsPerRun(1000, func() { st.record(r); st.record(ru); st.record(refused); st.record(refusedKey) }); n != 0 {
 		t.Errorf("record allocates %v times per call, want 0", n)
 	}
 }
 
 // BenchmarkRecord measures the proxy's observer: a request without usage
 // (most proxied calls), one with usage and a model, the same made with a
-// proxy key, one that failed over to a second target, and all cores
+// proxy key, one a key's limit refused, one that failed over to a second target, and all cores
 // recording on one prefix at once.
 func BenchmarkRecord(b *testing.B) {
 	st := newTestStats(b, nil, &fakeClock{t: time.Now()})
@@ -799,8 +802,10 @@ func BenchmarkRecord(b *testing.B) {
 	keyed.Usage, keyed.KeyID = usage.Usage, "k_bench"
 	failover := rec("/a", time.Now(), 200, 3*time.Millisecond)
 	failover.Tries = []targetTry{{0, tryRetried}, {1, tryOK}}
+	refused := refusal("/a", time.Now(), "k_bench", limitRPM)
 	st.record(usage)
 	st.record(keyed)
+	st.record(refused)
 	b.Run("plain", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -817,6 +822,12 @@ func BenchmarkRecord(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			st.record(keyed)
+		}
+	})
+	b.Run("refused", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			st.record(refused)
 		}
 	})
 	b.Run("failover", func(b *testing.B) {
@@ -1589,5 +1600,129 @@ func TestStatsSpillOldFormat(t *testing.T) {
 	}
 	if _, err := os.Stat(spill); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("spill file still there after its counts were written: %v", err)
+	}
+}
+
+// refusal is a request of prefix at start that a limit refused (SPEC §11),
+// made with the proxy key keyID ("" for none): what admitLimits records.
+func refusal(prefix string, start time.Time, keyID, limit string) *requestRecord {
+	return &requestRecord{Prefix: prefix, Status: http.StatusTooManyRequests, ProxyErr: "rate_limited",
+		Start: start, Duration: time.Millisecond, KeyID: keyID, Limit: limit}
+}
+
+// recordRefusals records, at now, on st with the routes "/a" and "/b":
+// refusals of /a (rpm twice, tpm once) and /b (concurrency) without a key,
+// of /a (concurrency) and /b (rpm) with "k_a", of /gone (a deleted
+// mapping; rpm) with "k_b", and a 429 the upstream answered, which no
+// limit refused. Half is flushed to the store, half left pending.
+func recordRefusals(t testing.TB, st *Stats, now time.Time) {
+	t.Helper()
+	upstream429 := rec("/a", now, http.StatusTooManyRequests, time.Millisecond)
+	upstream429.KeyID = "k_a"
+	for i, r := range []*requestRecord{
+		refusal("/a", now, "", limitRPM),
+		refusal("/a", now, "k_a", limitConcurrency),
+		refusal("/gone", now, "k_b", limitRPM),
+		upstream429,
+		refusal("/a", now, "", limitRPM),
+		refusal("/a", now, "", limitTPM),
+		refusal("/b", now, "", limitConcurrency),
+		refusal("/b", now, "k_a", limitRPM),
+	} {
+		st.record(r)
+		if i == 3 {
+			if err := st.flush(context.Background()); err != nil {
+				t.Fatalf("flush: %v", err)
+			}
+		}
+	}
+}
+
+// TestStatsRateLimited: requests a limit refused count in "rate_limited"
+// of their endpoint, of their key and at the top (a deleted mapping's
+// there too), stored or pending; a 429 from upstream is no refusal. They
+// count as requests and errors too.
+func TestStatsRateLimited(t *testing.T) {
+	now := time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)
+	st := newTestStats(t, nil, &fakeClock{t: now})
+	recordRefusals(t, st, now)
+	v := viewOf(t, st)
+	if v.Endpoints["/a"] == nil || v.Endpoints["/b"] == nil || v.Keys["k_a"] == nil || v.Keys["k_b"] == nil {
+		t.Fatalf("endpoints = %v, keys = %v; want /a, /b, k_a and k_b", v.Endpoints, v.Keys)
+	}
+	checkCounts(t, []countCheck{
+		{"rate_limited", v.RateLimited, 7},
+		{"total", v.Total, 8},
+		{"errors", v.Errors, 8},
+		{"/a rate_limited", v.Endpoints["/a"].RateLimited, 4},
+		{"/a 4xx", v.Endpoints["/a"].Status.S4xx, 5},
+		{"/b rate_limited", v.Endpoints["/b"].RateLimited, 2},
+		{"k_a rate_limited", v.Keys["k_a"].RateLimited, 2},
+		{"k_a count", v.Keys["k_a"].Count, 3},
+		{"k_b rate_limited", v.Keys["k_b"].RateLimited, 1},
+	})
+}
+
+// TestStatsRateLimitedThroughProxy: a mapping with rpm 1 and a key with
+// rpm 1 each refuse their second request; /stats and /metrics count each
+// refusal once, under its endpoint, its key and its limit.
+func TestStatsRateLimitedThroughProxy(t *testing.T) {
+	up := statusUpstream(t, http.StatusOK, "ok")
+	s, front := newTestServer(t, nil)
+	m := targetsOf("/rpm", up.URL)
+	m.Limits.RPM = 1
+	setMapping(t, s, m)
+	k, secret := testKey("one-a-minute")
+	k.Limits.RPM = 1
+	setKeys(t, s, k)
+	setMapping(t, s, keysMapping("/keyed", up.URL, "sk-up", "bearer"))
+
+	for _, c := range []struct {
+		path, secret string
+		want         int
+	}{
+		{"/rpm/x", "", 200},
+		{"/rpm/x", "", 429},
+		{"/keyed/x", secret, 200},
+		{"/keyed/x", secret, 429},
+	} {
+		req, _ := http.NewRequest("GET", front.URL+c.path, nil)
+		if c.secret != "" {
+			req.Header.Set("Authorization", "Bearer "+c.secret)
+		}
+		res, err := front.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != c.want {
+			t.Fatalf("GET %s = %d, want %d", c.path, res.StatusCode, c.want)
+		}
+	}
+	v := waitStats(t, front.Client(), front.URL, func(v statsView) bool { return v.Total == 4 }, "4 requests")
+	if v.Endpoints["/rpm"] == nil || v.Endpoints["/keyed"] == nil || v.Keys[k.ID] == nil {
+		t.Fatalf("endpoints = %v, keys = %v; want /rpm, /keyed and %s", v.Endpoints, v.Keys, k.ID)
+	}
+	checkCounts(t, []countCheck{
+		{"rate_limited", v.RateLimited, 2},
+		{"/rpm rate_limited", v.Endpoints["/rpm"].RateLimited, 1},
+		{"/keyed rate_limited", v.Endpoints["/keyed"].RateLimited, 1},
+		{"key rate_limited", v.Keys[k.ID].RateLimited, 1},
+	})
+
+	_, body := getStatus(t, front.Client(), front.URL+"/metrics")
+	const name = "apiproxy_rate_limited_total"
+	for _, c := range []struct {
+		labels []string
+		want   float64
+	}{
+		{[]string{`prefix="/rpm"`, `key=""`, `limit="rpm"`}, 1},
+		{[]string{`prefix="/keyed"`, `key="` + k.ID + `"`, `limit="rpm"`}, 1},
+		{[]string{`prefix="/keyed"`, `key=""`}, -1},
+	} {
+		if got := metricValue(t, string(body), name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", name, c.labels, got, c.want)
+		}
 	}
 }

@@ -8,8 +8,10 @@ package main
 // its key. Drain writes those counts into the same statsData as the
 // prefixes', under the pseudo-prefix "#<id>" (keyStatsMark): the fields
 // "#<id>|count" and "#<id>|errors" (Total, Hours, Days), "#<id>|tok_<kind>"
-// and "#<id>|tok_unknown" (Total), and Last["#<id>"], the end of the key's
-// latest request. Mapping prefixes start with "/" (validatePrefix) and key
+// "#<id>|tok_unknown" and "#<id>|rate_limited" (Total), and Last["#<id>"],
+// the end of the key's latest request. A keyed request refused by a limit
+// is counted in "<prefix>|rate_limited" by drainKey (its prefix's counters
+// count only the requests without a key). Mapping prefixes start with "/" (validatePrefix) and key
 // ids ("k_" and base32, newKeySecret) hold no "|", so these fields meet no
 // prefix's, and the stores, which add fields whatever their names, keep
 // and sum them across the fleet unchanged. The view (statsview.go) takes them out of the
@@ -38,6 +40,21 @@ type keyCode struct {
 	code   int
 }
 
+// keyLimit is a series of apiproxy_rate_limited_total of a key: the prefix
+// the key called and the limit that refused it (an index in limitNames).
+type keyLimit struct {
+	prefix string
+	limit  int
+}
+
+// keyLimited counts the refusals of one keyLimit.
+type keyLimited struct {
+	n atomic.Int64
+
+	prefixField string // "<prefix>|rate_limited"
+	drained     int64  // Stats.mu
+}
+
 // keySlot holds the windowed counters of one key for one hour.
 type keySlot struct {
 	count, errors atomic.Int64
@@ -59,11 +76,12 @@ type keyStats struct {
 
 	codes   atomic.Pointer[map[keyCode]*atomic.Int64] // requests by prefix and code; copy on write
 	codesMu sync.Mutex                                // serialises adding a code
+	limits  atomic.Pointer[map[keyLimit]*keyLimited]  // refusals by prefix and limit; copy on write, under codesMu
 
 	// Owned by drain (Stats.mu).
 	f struct {
-		mark, count, errors, unknown string
-		tokens                       [numTokenKinds]string
+		mark, count, errors, unknown, rateLimited string
+		tokens                                    [numTokenKinds]string
 	}
 	drained struct {
 		tokens        tokenCounts
@@ -74,10 +92,11 @@ type keyStats struct {
 func newKeyStats(id string) *keyStats {
 	ks := &keyStats{id: id}
 	ks.codes.Store(&map[keyCode]*atomic.Int64{})
+	ks.limits.Store(&map[keyLimit]*keyLimited{})
 	f := &ks.f
 	f.mark = keyStatsMark + id
 	p := f.mark + "|"
-	f.count, f.errors, f.unknown = p+fieldCount, p+fieldErrors, p+fieldUnknown
+	f.count, f.errors, f.unknown, f.rateLimited = p+fieldCount, p+fieldErrors, p+fieldUnknown, p+fieldRateLimited
 	for i, k := range tokenKinds {
 		f.tokens[i] = p + fieldTokens + k
 	}
@@ -103,6 +122,25 @@ func (ks *keyStats) code(prefix string, code int) *atomic.Int64 {
 	return c
 }
 
+// limited returns the counter of refusals of requests to prefix by the
+// limit of index l (limitNames), added on first sight.
+func (ks *keyStats) limited(prefix string, l int) *atomic.Int64 {
+	if c := (*ks.limits.Load())[keyLimit{prefix, l}]; c != nil {
+		return &c.n
+	}
+	ks.codesMu.Lock()
+	defer ks.codesMu.Unlock()
+	old := *ks.limits.Load()
+	if c := old[keyLimit{prefix, l}]; c != nil {
+		return &c.n
+	}
+	c := &keyLimited{prefixField: prefix + "|" + fieldRateLimited}
+	next := maps.Clone(old)
+	next[keyLimit{prefix, l}] = c
+	ks.limits.Store(&next)
+	return &c.n
+}
+
 // recordKey counts rec, a request made with the proxy key rec.KeyID, for
 // that key: code is its status slot (as in record), failed whether it
 // counts as an error, end the Unix second it ended. Lock-free, and
@@ -123,6 +161,9 @@ func (st *Stats) recordKey(rec *requestRecord, code int, failed bool, end int64)
 		code = 499 // a client that left first, as apiproxy_requests_total labels it
 	}
 	ks.code(rec.Prefix, code).Add(1)
+	if l, ok := refusedBy(rec); ok {
+		ks.limited(rec.Prefix, l).Add(1)
+	}
 	if u := &rec.Usage; u.Known {
 		ks.tokens.add(&u.Tokens)
 	} else if code >= 200 && code < 300 {
@@ -169,6 +210,16 @@ func (st *Stats) drainKey(ks *keyStats, hour int64) {
 		dr.tokens[k] = v
 	}
 	dr.unknown = drainCounter(d.Total, f.unknown, &ks.unknown, dr.unknown)
+	// A key's refusals count for its prefix too, which does not count
+	// them itself (prefixStats.rateLimited).
+	var limited int64
+	for _, c := range *ks.limits.Load() {
+		v := c.n.Load()
+		addNonZero(d.Total, c.prefixField, v-c.drained)
+		limited += v - c.drained
+		c.drained = v
+	}
+	addNonZero(d.Total, f.rateLimited, limited)
 }
 
 // keyLastUsed returns when the proxy key id was last used, fleet-wide:
@@ -199,14 +250,16 @@ func (st *Stats) keyLastUsed(id string) int64 {
 // keyView is the figures of one proxy key in /stats, fleet-wide: counts
 // are all-time but for the last_* windows.
 type keyView struct {
-	Name       string    `json:"name"` // the key's name now; "" once it is deleted
-	Count      int64     `json:"count"`
-	Errors     int64     `json:"errors"`
-	Last24h    int64     `json:"last_24h"`
-	Last7d     int64     `json:"last_7d"`
-	Last30d    int64     `json:"last_30d"`
-	Tokens     tokenView `json:"tokens"`
-	LastUsedAt int64     `json:"last_used_at"` // Unix seconds; when its latest request ended
+	Name   string `json:"name"` // the key's name now; "" once it is deleted
+	Count  int64  `json:"count"`
+	Errors int64  `json:"errors"`
+	// RateLimited counts the key's requests a limit refused (SPEC §11).
+	RateLimited int64     `json:"rate_limited"`
+	Last24h     int64     `json:"last_24h"`
+	Last7d      int64     `json:"last_7d"`
+	Last30d     int64     `json:"last_30d"`
+	Tokens      tokenView `json:"tokens"`
+	LastUsedAt  int64     `json:"last_used_at"` // Unix seconds; when its latest request ended
 }
 
 // keyOfView returns the key id of a prefix of the view's endpointSet, and
@@ -218,7 +271,7 @@ func keyOfView(prefix string) (id string, ok bool) {
 // newKeyView returns the view of a key whose figures were gathered as
 // an endpoint's (endpointSet), named name.
 func newKeyView(name string, e *endpointView) *keyView {
-	return &keyView{Name: name, Count: e.Count, Errors: e.ErrorCount, Last24h: e.Last24h, Last7d: e.Last7d,
+	return &keyView{Name: name, Count: e.Count, Errors: e.ErrorCount, RateLimited: e.RateLimited, Last24h: e.Last24h, Last7d: e.Last7d,
 		Last30d: e.Last30d, Tokens: e.Tokens, LastUsedAt: e.LastRequest}
 }
 

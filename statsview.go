@@ -21,7 +21,8 @@ type statsView struct {
 	Total        int64                    `json:"total"`
 	Errors       int64                    `json:"errors"`
 	ClientClosed int64                    `json:"client_closed"`
-	Failovers    int64                    `json:"failovers"` // tries followed by a try of another target
+	Failovers    int64                    `json:"failovers"`    // tries followed by a try of another target
+	RateLimited  int64                    `json:"rate_limited"` // requests a limit refused (SPEC §11)
 	Last24h      int64                    `json:"last_24h"`
 	Last7d       int64                    `json:"last_7d"`
 	Last30d      int64                    `json:"last_30d"`
@@ -140,6 +141,7 @@ type endpointView struct {
 	Last30d      int64                 `json:"last_30d"`
 	Status       statusView            `json:"status"`
 	ClientClosed int64                 `json:"client_closed"`
+	RateLimited  int64                 `json:"rate_limited"` // requests a limit refused (SPEC §11)
 	BytesIn      int64                 `json:"bytes_in"`
 	BytesOut     int64                 `json:"bytes_out"`
 	LatencyMS    latencyView           `json:"latency_ms"`
@@ -340,6 +342,7 @@ func (v *statsView) addEndpoint(e *endpointView) {
 	v.Total += e.Count
 	v.Errors += e.ErrorCount
 	v.ClientClosed += e.ClientClosed
+	v.RateLimited += e.RateLimited
 	for i := range e.tries {
 		v.Failovers += e.tries[i][figFailovers]
 	}
@@ -365,6 +368,8 @@ func (e *endpointView) addTotal(name string, n int64) {
 		e.BytesOut += n
 	case fieldUnknown:
 		e.Tokens.UnknownResponses += n
+	case fieldRateLimited:
+		e.RateLimited += n
 	case "s1xx":
 		e.Status.S1xx += n
 	case "s2xx":

@@ -231,10 +231,11 @@ const (
 	fieldClientClosed = "client_closed"
 	fieldBytesIn      = "bytes_in"
 	fieldBytesOut     = "bytes_out"
-	fieldTokens       = "tok_"        // "tok_<kind>" with a token kind (tokenKinds)
-	fieldUnknown      = "tok_unknown" // 2xx responses that carried no usage
-	fieldModel        = "m|"          // "m|<model>|<kind>" with kind "count" or a token kind
-	fieldTarget       = "t"           // "t<index>|<figure>" with a figure of targetFigures
+	fieldTokens       = "tok_"         // "tok_<kind>" with a token kind (tokenKinds)
+	fieldUnknown      = "tok_unknown"  // 2xx responses that carried no usage
+	fieldModel        = "m|"           // "m|<model>|<kind>" with kind "count" or a token kind
+	fieldTarget       = "t"            // "t<index>|<figure>" with a figure of targetFigures
+	fieldRateLimited  = "rate_limited" // Total: requests refused by a limit (SPEC §11)
 )
 
 func newStatsData() *statsData {
