@@ -299,6 +299,17 @@
 
   function setTitle(n, s) { if (n.title !== s) n.title = s; }
 
+  // setErrors fills an errors cell of c: the count, then its share of the
+  // requests and, when a limit refused some, how many (they are errors too).
+  function setErrors(c, count, errs, limited) {
+    setText(c.errorsMain, fmt.int(errs));
+    c.errorsMain.className = errs > 0 ? 'err-count' : '';
+    let sub = count > 0 ? fmt.dec((100 * errs) / count, 1) + ' %' : '';
+    if (limited > 0) sub += (sub ? ' · ' : '') + t('ep.limited', { n: fmt.int(limited) });
+    setText(c.errorsSub, sub);
+    setTitle(c.errors, limited > 0 ? t('ep.limitedTitle', { n: fmt.int(limited) }) : '');
+  }
+
   function updateRow(r, prefix, e) {
     const c = r.c;
     const list = Array.isArray(e.targets) ? e.targets.filter((x) => x && typeof x === 'object') : [];
@@ -323,9 +334,7 @@
       setText(c.totalSub, '');
       setTitle(c.total, '');
     }
-    setText(c.errorsMain, fmt.int(errs));
-    c.errorsMain.className = errs > 0 ? 'err-count' : '';
-    setText(c.errorsSub, count > 0 ? fmt.dec((100 * errs) / count, 1) + ' %' : '');
+    setErrors(c, count, errs, num(e.rate_limited));
     setText(c.latencyMain, count > 0 ? fmt.ms(lat.avg) : '–');
     setText(c.latencySub, count > 0 ? 'p95 ' + fmt.ms(lat.p95) : '');
     setText(c.tokensMain, fmt.int(tok.total));
@@ -421,9 +430,7 @@
     const count = num(k.count);
     const errs = num(k.errors);
     setText(c.total, fmt.int(count));
-    setText(c.errorsMain, fmt.int(errs));
-    c.errorsMain.className = errs > 0 ? 'err-count' : '';
-    setText(c.errorsSub, count > 0 ? fmt.dec((100 * errs) / count, 1) + ' %' : '');
+    setErrors(c, count, errs, num(k.rate_limited));
     const tok = k.tokens || {};
     setText(c.tokensMain, fmt.int(tok.total));
     setText(c.tokensSub, t('card.tokensSub', { p: fmt.compact(tok.prompt), c: fmt.compact(tok.completion) }));
