@@ -9,9 +9,9 @@ package main
 // prefixes', under the pseudo-prefix "#<id>" (keyStatsMark): the fields
 // "#<id>|count" and "#<id>|errors" (Total, Hours, Days), "#<id>|tok_<kind>"
 // "#<id>|tok_unknown" and "#<id>|rate_limited" (Total), and Last["#<id>"],
-// the end of the key's latest request. A keyed request refused by a limit
-// is counted in "<prefix>|rate_limited" by drainKey (its prefix's counters
-// count only the requests without a key). Mapping prefixes start with "/" (validatePrefix) and key
+// the end of the key's latest request. drainKey also writes a key's
+// refusals by a limit into "<prefix>|rate_limited", which the prefix's own
+// counters leave to it. Mapping prefixes start with "/" (validatePrefix) and key
 // ids ("k_" and base32, newKeySecret) hold no "|", so these fields meet no
 // prefix's, and the stores, which add fields whatever their names, keep
 // and sum them across the fleet unchanged. The view (statsview.go) takes them out of the
@@ -75,8 +75,8 @@ type keyStats struct {
 	unknown atomic.Int64 // 2xx responses that carried no usage
 
 	codes   atomic.Pointer[map[keyCode]*atomic.Int64] // requests by prefix and code; copy on write
-	codesMu sync.Mutex                                // serialises adding a code
-	limits  atomic.Pointer[map[keyLimit]*keyLimited]  // refusals by prefix and limit; copy on write, under codesMu
+	limits  atomic.Pointer[map[keyLimit]*keyLimited]  // refusals by prefix and limit; copy on write
+	codesMu sync.Mutex                                // serialises adding a code or a limit
 
 	// Owned by drain (Stats.mu).
 	f struct {
