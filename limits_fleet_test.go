@@ -33,7 +33,8 @@ type fleetMember struct {
 
 // newFleetMember serves a Server on store, logging into a buffer, with
 // the shared limiter's probe shortened so that a test sees Redis come back
-// within milliseconds. Cleanup closes the frontend, then the Server.
+// within milliseconds, and serves it as run does (newFront). Cleanup
+// closes the frontend, then the Server.
 func newFleetMember(t testing.TB, store Store) *fleetMember {
 	t.Helper()
 	logs := &syncBuffer{}
@@ -50,10 +51,14 @@ func newFleetMember(t testing.TB, store Store) *fleetMember {
 	rec := recordRequests(s)
 	s.Start()
 	t.Cleanup(func() { s.Close() })
-	front := httptest.NewServer(s)
-	serveRecycled(front, s)
-	t.Cleanup(func() { closeFront(t, front) })
-	return &fleetMember{s: s, front: front, rec: rec, logs: logs}
+	// Registered before newFront's cleanup, so it runs once the frontend
+	// is closed and its handlers have returned.
+	t.Cleanup(func() {
+		if out := logs.String(); strings.Contains(out, "panic") {
+			t.Errorf("the server logged a panic:\n%s", out)
+		}
+	})
+	return &fleetMember{s: s, front: newFront(t, s), rec: rec, logs: logs}
 }
 
 // newFleet serves n Servers on the Redis at addr, under one key prefix,
