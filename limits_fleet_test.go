@@ -51,13 +51,6 @@ func newFleetMember(t testing.TB, store Store) *fleetMember {
 	rec := recordRequests(s)
 	s.Start()
 	t.Cleanup(func() { s.Close() })
-	// Registered before newFront's cleanup, so it runs once the frontend
-	// is closed and its handlers have returned.
-	t.Cleanup(func() {
-		if out := logs.String(); strings.Contains(out, "panic") {
-			t.Errorf("the server logged a panic:\n%s", out)
-		}
-	})
 	return &fleetMember{s: s, front: newFront(t, s), rec: rec, logs: logs}
 }
 
@@ -478,5 +471,65 @@ func TestLimitsBurst(t *testing.T) {
 	key := rl.scopeKey(keyScope(k.ID, k.Limits), redisLimitRPMKey)
 	if n := c.ZCard(context.Background(), key).Val(); n != 5 {
 		t.Errorf("rpm log %s holds %d entries, want 5", key, n)
+	}
+}
+
+// TestRefusedBodyKeepsConnection: a request with a body that the proxy
+// refuses without reading it (429 rate_limited, 401 invalid_api_key)
+// leaves its keep-alive connection usable. With full duplex on (proxy.go
+// serve), net/http panics with "invalid concurrent Body.Read call" when it
+// reads the next request of a connection whose handler returned without
+// closing the request body (golang/go#68560); the panic is logged by the
+// http.Server at Debug and the connection is dropped.
+func TestRefusedBodyKeepsConnection(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		code string
+		m    func(up string) Mapping
+	}{
+		{"rpm", "rate_limited", func(up string) Mapping {
+			m := targetsOf("/p", up)
+			m.Limits.RPM = 1
+			return m
+		}},
+		{"keys", "invalid_api_key", func(up string) Mapping { return keysMapping("/p", up, "sk-up", "bearer") }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			logs := &syncBuffer{}
+			cfg := testConfig(t, nil)
+			store, err := openBoltStore(cfg.DataDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := newServer(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), store, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			front := newFront(t, s)
+			up := statusUpstream(t, http.StatusOK, `{"usage":{"total_tokens":1}}`, "Content-Type", "application/json")
+			setMapping(t, s, tt.m(up.URL))
+			refused := 0
+			for range 4 {
+				res, err := front.Client().Post(front.URL+"/p/v1/chat/completions", "application/json",
+					strings.NewReader(`{"model":"m","messages":[]}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				body := readAll(t, res)
+				res.Body.Close()
+				if res.StatusCode != http.StatusOK {
+					wantProxyError(t, res, body, res.StatusCode, tt.code)
+					refused++
+				}
+			}
+			closeFront(t, front)
+			if refused == 0 {
+				t.Fatal("nothing was refused")
+			}
+			if out := logs.String(); strings.Contains(out, "panic serving") {
+				t.Errorf("after a refused request with a body, the server panicked on its connection:\n%.600s", out)
+			}
+		})
 	}
 }
