@@ -474,14 +474,15 @@ func TestLimitsBurst(t *testing.T) {
 	}
 }
 
-// TestRefusedBodyKeepsConnection: a request with a body that the proxy
-// refuses without reading it (429 rate_limited, 401 invalid_api_key)
-// leaves its keep-alive connection usable. With full duplex on (proxy.go
+// TestUnreadBodyKeepsConnection: a request with a body that the proxy
+// answers without reading it (429 rate_limited, 401 invalid_api_key, 502
+// upstream_unreachable) leaves its keep-alive connection usable. With full duplex on (proxy.go
 // serve), net/http panics with "invalid concurrent Body.Read call" when it
 // reads the next request of a connection whose handler returned without
 // closing the request body (golang/go#68560); the panic is logged by the
-// http.Server at Debug and the connection is dropped.
-func TestRefusedBodyKeepsConnection(t *testing.T) {
+// http.Server at Debug and the connection is dropped, so that the client's
+// next request on it may fail with "connection reset by peer".
+func TestUnreadBodyKeepsConnection(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		code string
@@ -493,6 +494,7 @@ func TestRefusedBodyKeepsConnection(t *testing.T) {
 			return m
 		}},
 		{"keys", "invalid_api_key", func(up string) Mapping { return keysMapping("/p", up, "sk-up", "bearer") }},
+		{"unreachable", "upstream_unreachable", func(string) Mapping { return targetsOf("/p", refusedURL(t)) }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			logs := &syncBuffer{}
@@ -528,7 +530,7 @@ func TestRefusedBodyKeepsConnection(t *testing.T) {
 				t.Fatal("nothing was refused")
 			}
 			if out := logs.String(); strings.Contains(out, "panic serving") {
-				t.Errorf("after a refused request with a body, the server panicked on its connection:\n%.600s", out)
+				t.Errorf("after a request whose body was left unread, the server panicked on its connection:\n%.600s", out)
 			}
 		})
 	}
