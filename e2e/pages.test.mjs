@@ -485,6 +485,8 @@ test('admin: targets, options and key hints read and written as SPEC §9 objects
     ['invalid_mapping', 'stream_idle_timeout must be a duration from 0s to 24h', '#add-stream-idle-timeout'],
     ['invalid_mapping', 'balance must be "failover" or "weighted"', '#add-balance'],
     ['invalid_mapping', 'retry_on must hold statuses from 400 to 599 (found 600)', '#add-retry-on'],
+    ['invalid_mapping', 'limits.rpm must be a non-negative integer (0 means no limit)', '#add-limits-rpm'],
+    ['invalid_mapping', 'limits.concurrency must be a non-negative integer (0 means no limit)', '#add-limits-concurrency'],
   ];
   for (const [code, message, field] of fieldErrors) {
     api9.reply = apiError(code, message);
@@ -495,9 +497,18 @@ test('admin: targets, options and key hints read and written as SPEC §9 objects
     assert.match(await page.locator(field).getAttribute('aria-describedby'), new RegExp(field.slice(1) + '-error'));
   }
   // A field the editor does not have: the message shows under the editor.
-  api9.reply = apiError('invalid_mapping', 'limits.rpm is not supported by this version yet; use 0');
+  api9.reply = apiError('invalid_mapping', 'limits.burst is not supported by this version');
   await page.locator('#add-btn').click();
-  await until('the limits message', async () => /^limits\.rpm/.test(await textOf(page.locator('#add-editor [data-field=""]'))));
+  await until('the limits message', async () => /^limits\.burst/.test(await textOf(page.locator('#add-editor [data-field=""]'))));
+  // A limit that is not a whole number is caught before sending.
+  const sent9 = api9.sent.length;
+  await page.getByLabel('Tokens per minute').fill('lots');
+  await page.locator('#add-btn').click();
+  await until('the local limit message', async () => (await textOf(page.locator('#add-limits-tpm-error'))) === 'limits.tpm must be a whole number, 0 or more');
+  assert.equal(api9.sent.length, sent9, 'nothing is sent while a limit does not parse');
+  await page.getByLabel('Tokens per minute').fill('');
+  await page.getByLabel('Requests per minute').fill('60');
+  await page.getByLabel('In flight at once').fill('4');
   api9.reply = apiError('invalid_prefix', 'prefix "/mock-new" is reserved');
   await page.locator('#add-btn').click();
   await until('the prefix message', async () => /^prefix/.test(await textOf(page.locator('#add-prefix-error'))));
@@ -511,7 +522,7 @@ test('admin: targets, options and key hints read and written as SPEC §9 objects
       prefix: '/mock-new',
       targets: [{ url: 'http://127.0.0.1:9/two', weight: 3 }, { url: 'http://127.0.0.1:9/one', weight: 1 }],
       balance: 'weighted', retry_on: [429, 503], auth: 'passthrough',
-      limits: { rpm: 0, tpm: 0, concurrency: 0 }, stream_idle_timeout: '45s',
+      limits: { rpm: 60, tpm: 0, concurrency: 4 }, stream_idle_timeout: '45s',
     },
   });
   assert.equal(await page.locator('#add-target').isVisible(), true, 'the form is back to one URL');
@@ -573,8 +584,9 @@ test('admin: targets, options and key hints read and written as SPEC §9 objects
   await row(page, '/mock-multi').getByRole('button', { name: /^Edit/ }).click();
   await more.click();
   await page.getByRole('button', { name: '中文', exact: true }).click();
-  await until('Chinese in the editor', async () => (await textOf(page.locator('#add-editor legend'))) === '目标');
-  assert.equal(await textOf(ed.locator('legend')), '目标');
+  await until('Chinese in the editor', async () => (await textOf(page.locator('#add-editor .targets-fs legend'))) === '目标');
+  assert.equal(await textOf(page.locator('#add-editor .limits-fs legend')), '此映射所有调用方的限额');
+  assert.equal(await textOf(ed.locator('.targets-fs legend')), '目标');
   await page.screenshot({ path: path.join(artifacts, 'admin-editor-desktop-zh.png'), fullPage: true });
   await page.getByRole('button', { name: 'EN', exact: true }).click();
   for (const scheme of ['light', 'dark']) {
@@ -930,7 +942,7 @@ test('admin: proxy keys created, shown once, copied, listed, disabled, enabled, 
     ['name must be 1 to 64 characters', '#key-name'],
     ['prefixes[1] must be the prefix of a mapping, such as /openai', '#key-prefixes'],
     ['expires_at must be in the future', '#key-expires'],
-    ['limits.rpm is not supported by this version yet; use 0', '#key-rpm'],
+    ['limits.rpm must be a non-negative integer (0 means no limit)', '#key-rpm'],
   ];
   for (const [message, field] of fieldErrors) {
     keysAPI.reply = { status: 400, body: { error: { type: 'invalid_request_error', code: 'invalid_key', message } } };
@@ -1245,10 +1257,10 @@ test('admin (§10 server): a proxy key made on the page admits callers until dis
   await page.getByRole('button', { name: 'Create key' }).click();
   await until('the name message', async () => /^name/.test(await textOf(page.locator('#key-name-error'))));
   await page.locator('#key-form').getByLabel('Name', { exact: true }).fill('e2e-real');
-  await page.getByLabel('Requests / min').fill('60');
+  await page.getByLabel('Requests / min').fill('-1');
   await page.getByRole('button', { name: 'Create key' }).click();
-  await until('the limits message (issue 17)', async () => /^limits\.rpm/.test(await textOf(page.locator('#key-rpm-error'))));
-  await page.getByLabel('Requests / min').fill('0');
+  await until('the limits message', async () => /^limits\.rpm/.test(await textOf(page.locator('#key-rpm-error'))));
+  await page.getByLabel('Requests / min').fill('600');
   await page.getByLabel('Expires').fill('2001-01-01T00:00');
   await page.getByRole('button', { name: 'Create key' }).click();
   await until('the expires_at message', async () => /^expires_at/.test(await textOf(page.locator('#key-expires-error'))));
@@ -1259,6 +1271,8 @@ test('admin (§10 server): a proxy key made on the page admits callers until dis
   await page.locator('#key-secret').waitFor({ state: 'visible', timeout: WAIT });
   const secret = await textOf(page.locator('#key-secret-value'));
   assert.match(secret, /^apx-.{20,}$/);
+  const made = (await api('GET', '/api/keys')).data.keys.find((k) => k.name === 'e2e-real');
+  assert.deepEqual(made.limits, { rpm: 600, tpm: 0, concurrency: 0 }, 'the limits typed are stored');
   await page.locator('#key-secret').getByRole('button', { name: 'Copy the new proxy key' }).click();
   assert.equal(await page.evaluate(() => navigator.clipboard.readText()), secret);
 

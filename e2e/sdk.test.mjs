@@ -435,3 +435,86 @@ test('the proxy key works with an SDK only on the mappings it names', { skip: SK
   assert.equal(done.choices[0].message.content, 'Hello from OpenAI, 你好.');
   assert.ok([200, 204].includes((await api('DELETE', '/api/keys/' + k.data.id)).status));
 });
+
+// SPEC §11: a refusal by the proxy's limits is the 429 an SDK knows. A key
+// of concurrency 1 whose one slot is held by a stream is refused with
+// Retry-After 1 (a slot's end cannot be foreseen, so the smallest wait),
+// which keeps the test to about two seconds. A counting fetch records when
+// each try left and what it got, so the test sees the SDK's wait.
+test('openai SDK: a 429 rate_limited is a RateLimitError, retried after the Retry-After the proxy sent', { skip: SKIP }, async () => {
+  const k = await api('POST', '/api/keys', { name: 'sdk-limited', prefixes: [UPSTREAM.openai.prefix], limits: { concurrency: 1 } });
+  assert.equal(k.status, 201, JSON.stringify(k.data));
+  const baseURL = origin + UPSTREAM.openai.prefix + '/v1';
+  const ask = { model: 'gpt-e2e', messages: [{ role: 'user', content: 'Say hello' }] };
+  const tries = []; // {sent, answered, status, retryAfter}
+  let onRefused = null;
+  const countingFetch = async (url, init) => {
+    const sent = performance.now();
+    const res = await fetch(url, init);
+    tries.push({ sent, answered: performance.now(), status: res.status, retryAfter: res.headers.get('retry-after') });
+    if (res.status === 429 && onRefused) onRefused();
+    return res;
+  };
+  // holdSlot opens a stream with the key and reads its first event: the
+  // key's one slot is taken until the upstream is let go.
+  const holder = new OpenAI({ apiKey: k.data.key, baseURL, maxRetries: 0, timeout: 30000 });
+  const holdSlot = async () => {
+    const stream = await holder.chat.completions.create({ ...ask, stream: true });
+    const it = stream[Symbol.asyncIterator]();
+    await it.next();
+    const g = gate;
+    const rest = (async () => { while (!(await it.next()).done); })();
+    return { release: () => g.release(), rest };
+  };
+  // waitedOut checks the SDK sent its next try no sooner than the
+  // Retry-After of the 429 before it said.
+  const waitedOut = () => {
+    for (let i = 1; i < tries.length; i++) {
+      const ra = Number(tries[i - 1].retryAfter);
+      assert.ok(Number.isInteger(ra) && ra >= 1 && ra <= 60, `Retry-After ${tries[i - 1].retryAfter}: whole seconds from 1 to 60`);
+      const waited = tries[i].sent - tries[i - 1].answered;
+      // 5 ms of slack for the timer's rounding to whole milliseconds.
+      assert.ok(waited >= ra * 1000 - 5, `the SDK retried after ${Math.round(waited)} ms, before the Retry-After of ${ra} s`);
+    }
+  };
+
+  const client = new OpenAI({ apiKey: k.data.key, baseURL, maxRetries: 2, timeout: 30000, fetch: countingFetch });
+  const first = await client.chat.completions.create(ask);
+  assert.equal(first.choices[0].message.content, 'Hello from OpenAI, 你好.');
+  assert.deepEqual(tries.map((x) => x.status), [200]);
+
+  // The slot is held; the refusal lets the stream end, so the SDK's
+  // retry, one Retry-After later, is admitted.
+  const held = await holdSlot();
+  onRefused = held.release;
+  tries.length = 0;
+  const mark = seen.length;
+  const second = await client.chat.completions.create(ask);
+  await held.rest;
+  assert.equal(second.choices[0].message.content, 'Hello from OpenAI, 你好.');
+  assert.deepEqual(tries.map((x) => x.status), [429, 200]);
+  assert.equal(tries[0].retryAfter, '1');
+  waitedOut();
+  assert.equal(since(mark, 'openai').length, 1, 'the refused try reached no upstream');
+
+  // Still refused when the SDK gives up: it surfaces a RateLimitError
+  // with the proxy's envelope.
+  const stuck = await holdSlot();
+  onRefused = null;
+  tries.length = 0;
+  const strict = new OpenAI({ apiKey: k.data.key, baseURL, maxRetries: 1, timeout: 30000, fetch: countingFetch });
+  await assert.rejects(strict.chat.completions.create(ask), (e) => {
+    assert.ok(e instanceof OpenAI.RateLimitError, `got ${e && e.constructor && e.constructor.name}: ${e && e.message}`);
+    assert.equal(e.status, 429);
+    assert.equal(e.code, 'rate_limited');
+    assert.equal(e.type, 'proxy_error');
+    assert.match(e.message, /concurrency/);
+    assert.equal(e.headers.get('retry-after'), '1');
+    return true;
+  });
+  assert.deepEqual(tries.map((x) => x.status), [429, 429], 'one try and one retry (maxRetries 1)');
+  waitedOut();
+  stuck.release();
+  await stuck.rest;
+  assert.ok([200, 204].includes((await api('DELETE', '/api/keys/' + k.data.id)).status));
+});

@@ -22,6 +22,9 @@
   const { t, el, setText, fmt } = ui;
   const TOKEN_KEY = 'apiproxy.adminToken';
   const DEFAULT_RETRY = [429, 500, 502, 503, 504];
+  // The limits of a mapping or a key (SPEC §11), in the order shown.
+  const LIMITS = ['rpm', 'tpm', 'concurrency'];
+  const LIMIT_LABELS = { rpm: 'ed.rpm', tpm: 'ed.tpm', concurrency: 'ed.concurrency' };
   // How a target's upstream key is sent (SPEC §9); "" is the server's
   // default, Authorization: Bearer.
   const AUTH_STYLES = ['', 'bearer', 'x-api-key', 'x-goog-api-key', 'api-key', 'query-key'];
@@ -172,8 +175,8 @@
 
   // The editor of a whole mapping object: who may call (auth), its targets
   // in order (URL, weight, auth_style and the upstream key, write-only),
-  // and the options balance, retry_on and stream_idle_timeout. limits are
-  // kept as they were: this page does not change them yet (SPEC §11).
+  // the options balance, retry_on and stream_idle_timeout, and the limits
+  // rpm, tpm and concurrency (SPEC §11; empty or 0: none).
   //
   // A target's key is sent only when typed ("key": "…") or removed
   // ("key": ""); otherwise it is left out, and the server keeps the stored
@@ -190,7 +193,7 @@
       retry_on: m.retry_on.join(', '),
       stream_idle_timeout: zeroDuration(m.stream_idle_timeout) ? '0s' : m.stream_idle_timeout,
       auth: m.auth,
-      limits: { ...m.limits },
+      limits: { rpm: String(m.limits.rpm), tpm: String(m.limits.tpm), concurrency: String(m.limits.concurrency) },
     };
     const errors = new Map(); // field key -> message
     const root = el('div', { className: 'editor' });
@@ -393,6 +396,12 @@
             { inputMode: 'numeric', placeholder: DEFAULT_RETRY.join(', ') }, t('ed.retryHint')),
           input('stream_idle_timeout', [t('ed.idle')], draft.stream_idle_timeout, (v) => { draft.stream_idle_timeout = v; },
             { placeholder: '0s' }, t('ed.idleHint'))),
+        el('fieldset', { className: 'limits-fs' },
+          el('legend', {}, t('ed.limits')),
+          el('p', { className: 'hint' }, t('ed.limitsHint')),
+          el('div', { className: 'limit-fields' },
+            ...LIMITS.map((f) => input('limits.' + f, [t(LIMIT_LABELS[f])], draft.limits[f], (v) => { draft.limits[f] = v; },
+              { inputMode: 'numeric', placeholder: '0' })))),
         el('p', { className: 'hint' }, t('ed.keyNote')),
         general);
       if (focusSelector) {
@@ -411,7 +420,22 @@
         !draft.targets[0].key_new.trim() && !draft.targets[0].key_remove &&
         ['', '1'].includes(draft.targets[0].weight.trim()) && draft.balance === 'failover' &&
         sameList(parseRetry(draft.retry_on) || [], DEFAULT_RETRY) && zeroDuration(draft.stream_idle_timeout) &&
-        draft.auth === 'passthrough' && draft.limits.rpm === 0 && draft.limits.tpm === 0 && draft.limits.concurrency === 0;
+        draft.auth === 'passthrough' && LIMITS.every((f) => /^\s*0*\s*$/.test(draft.limits[f]));
+    }
+
+    // parseLimits returns the limits to send (empty means 0), or null
+    // after showing the first that is not a whole number.
+    function parseLimits() {
+      const out = {};
+      for (const f of LIMITS) {
+        const v = draft.limits[f].trim();
+        if (v !== '' && !/^\d+$/.test(v)) {
+          show('limits.' + f, t('keys.limitBad', { field: 'limits.' + f }));
+          return null;
+        }
+        out[f] = v === '' ? 0 : Number(v);
+      }
+      return out;
     }
 
     function parseRetry(s) {
@@ -431,6 +455,8 @@
         show('retry_on', t('ed.retryBad'));
         return null;
       }
+      const limits = parseLimits();
+      if (!limits) return null;
       const targets = [];
       for (const [i, tg] of draft.targets.entries()) {
         const out = { url: tg.url.trim() };
@@ -452,7 +478,7 @@
         balance: draft.balance,
         retry_on: retry,
         auth: draft.auth,
-        limits: { ...draft.limits },
+        limits,
         stream_idle_timeout: draft.stream_idle_timeout.trim() || '0s',
       };
     }
@@ -466,7 +492,7 @@
       if (k === 'target') k = 'targets[0].url';
       else if (m && Number(m[1]) >= draft.targets.length) k = 'targets';
       else if (m && !['url', 'weight', 'auth_style'].includes(m[2])) k = 'targets[' + m[1] + '].key';
-      else if (!m && !['targets', 'auth', 'balance', 'retry_on', 'stream_idle_timeout'].includes(k)) k = '';
+      else if (!m && !['targets', 'auth', 'balance', 'retry_on', 'stream_idle_timeout', ...LIMITS.map((f) => 'limits.' + f)].includes(k)) k = '';
       errors.set(k, msg);
       render(k === '' || k === 'targets' ? null : '#' + CSS.escape(fieldId(k)));
       return k !== '';
@@ -1009,7 +1035,7 @@
     const prefixes = $('key-prefixes').value.split(/[\s,]+/).filter(Boolean);
     body.prefixes = prefixes;
     const limits = {};
-    for (const f of ['rpm', 'tpm', 'concurrency']) {
+    for (const f of LIMITS) {
       const v = $('key-' + f).value.trim();
       if (v !== '' && !/^\d+$/.test(v)) {
         keyFieldError('limits.' + f, t('keys.limitBad', { field: 'limits.' + f }));
