@@ -318,6 +318,15 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	// connection"): a short stream's answer often starts while its request
 	// is still being sent.
 	_ = http.NewResponseController(w).EnableFullDuplex()
+	if req.Body != nil && req.Body != http.NoBody {
+		// A body the proxy answers without reading (a refusal, an upstream
+		// that cannot be reached) must be closed before the handler
+		// returns: under full duplex, net/http otherwise panics reading
+		// the connection's next request ("invalid concurrent Body.Read
+		// call", golang/go#68560) and drops the connection
+		// (TestUnreadBodyKeepsConnection).
+		defer req.Body.Close()
+	}
 	if req.TransferEncoding != nil && req.ProtoMajor == 1 {
 		// net/http reads a request carrying both Content-Length and
 		// Transfer-Encoding by its chunked framing and silently drops the
