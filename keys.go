@@ -151,13 +151,8 @@ func (k *ProxyKey) validate(now time.Time, creating bool) error {
 			return bad(fmt.Sprintf("prefixes[%d] %s", i, strings.TrimPrefix(err.(*apiError).Message, "prefix ")))
 		}
 	}
-	for _, l := range []struct {
-		name string
-		v    int64
-	}{{"limits.rpm", k.Limits.RPM}, {"limits.tpm", k.Limits.TPM}, {"limits.concurrency", k.Limits.Concurrency}} {
-		if l.v < 0 {
-			return bad(l.name + " must be a non-negative integer (0 means no limit)")
-		}
+	if msg := k.Limits.problem(); msg != "" {
+		return bad(msg)
 	}
 	if creating && !k.ExpiresAt.IsZero() && !k.ExpiresAt.After(now) {
 		return bad("expires_at must be in the future")

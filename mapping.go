@@ -65,6 +65,21 @@ type Limits struct {
 	RPM, TPM, Concurrency int64
 }
 
+// problem returns why l is not valid (SPEC §11: non-negative integers),
+// naming the field, or "" when it is. Mappings and proxy keys both have
+// limits; each turns the problem into its own 400.
+func (l Limits) problem() string {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"limits.rpm", l.RPM}, {"limits.tpm", l.TPM}, {"limits.concurrency", l.Concurrency}} {
+		if f.v < 0 {
+			return f.name + " must be a non-negative integer (0 means no limit)"
+		}
+	}
+	return ""
+}
+
 // The words of a Mapping's options, and their bounds (SPEC §9).
 const (
 	balanceFailover = "failover"
@@ -204,7 +219,8 @@ func (m Mapping) validate(self selfAddrs) error {
 		}
 	}
 	if len(m.RetryOn) > 200 {
-		return invalidMapping("retry_on must hold each status at most once")
+		// 200 statuses fit in 400-599: a longer list repeats one.
+		return invalidMapping("retry_on must hold at most 200 statuses (each of 400 to 599 once)")
 	}
 	switch m.auth() {
 	case authPassthrough:
@@ -212,13 +228,8 @@ func (m Mapping) validate(self selfAddrs) error {
 	default:
 		return invalidMapping(fmt.Sprintf("auth must be %q or %q", authPassthrough, authKeys))
 	}
-	for _, l := range []struct {
-		name string
-		v    int64
-	}{{"limits.rpm", m.Limits.RPM}, {"limits.tpm", m.Limits.TPM}, {"limits.concurrency", m.Limits.Concurrency}} {
-		if l.v < 0 {
-			return invalidMapping(l.name + " must be a non-negative integer (0 means no limit)")
-		}
+	if msg := m.Limits.problem(); msg != "" {
+		return invalidMapping(msg)
 	}
 	if d := m.StreamIdleTimeout; d < 0 || d > maxMappingPeriod {
 		return invalidMapping("stream_idle_timeout must be a duration from 0s to 24h")
