@@ -569,17 +569,25 @@ func (st *Stats) record(rec *requestRecord) {
 }
 
 func (st *Stats) addPrefix(prefix string) *prefixStats {
-	st.addMu.Lock()
-	defer st.addMu.Unlock()
-	old := *st.prefixes.Load()
-	if ps := old[prefix]; ps != nil {
-		return ps
+	return addCopyOnWrite(&st.addMu, &st.prefixes, prefix, newPrefixStats)
+}
+
+// addCopyOnWrite returns m's value for k, adding newV(k) first if there is
+// none: under mu, into a copy of the map that then replaces it, so that
+// record reads the map without a lock (prefixes, keys).
+func addCopyOnWrite[V comparable](mu *sync.Mutex, m *atomic.Pointer[map[string]V], k string, newV func(string) V) V {
+	mu.Lock()
+	defer mu.Unlock()
+	old := *m.Load()
+	var zero V
+	if v := old[k]; v != zero {
+		return v
 	}
-	ps := newPrefixStats(prefix)
+	v := newV(k)
 	next := maps.Clone(old)
-	next[prefix] = ps
-	st.prefixes.Store(&next)
-	return ps
+	next[k] = v
+	m.Store(&next)
+	return v
 }
 
 // perfSample is what one drain interval added, over all prefixes.

@@ -172,17 +172,7 @@ func (st *Stats) recordKey(rec *requestRecord, code int, failed bool, end int64)
 }
 
 func (st *Stats) addKey(id string) *keyStats {
-	st.addMu.Lock()
-	defer st.addMu.Unlock()
-	old := *st.keys.Load()
-	if ks := old[id]; ks != nil {
-		return ks
-	}
-	ks := newKeyStats(id)
-	next := maps.Clone(old)
-	next[id] = ks
-	st.keys.Store(&next)
-	return ks
+	return addCopyOnWrite(&st.addMu, &st.keys, id, newKeyStats)
 }
 
 // drainKey moves what the counters of ks gained into pending, as drainSlots
