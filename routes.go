@@ -25,8 +25,6 @@ type route struct {
 	retryOn [200/64 + 1]uint64
 	// idle is the mapping's stream_idle_timeout; 0 means none.
 	idle time.Duration
-	// mapping is what the route was built from, for listings.
-	mapping Mapping
 }
 
 // routeTarget is one target of a route.
@@ -75,7 +73,7 @@ func newRouteTable(mappings []Mapping, self selfAddrs, states *targetStates) (t 
 			continue
 		}
 		r := &route{prefix: m.Prefix, multi: len(m.Targets) > 1, weighted: m.balance() == balanceWeighted,
-			keys: m.auth() == authKeys, limits: m.Limits, idle: m.StreamIdleTimeout, mapping: m}
+			keys: m.auth() == authKeys, limits: m.Limits, idle: m.StreamIdleTimeout}
 		for _, s := range m.retryOn() {
 			i := s - 400
 			r.retryOn[i/64] |= 1 << (i % 64)
