@@ -294,7 +294,7 @@ func newLogQueue(sink logSink, logger *slog.Logger) *logQueue {
 		wake: make(chan struct{}, 1)}
 }
 
-// add queues rec, setting its ID, or counts it in dropped if the queue is
+// add queues rec, setting its ID if it has none, or counts it in dropped if the queue is
 // full. It never blocks on the sink.
 func (q *logQueue) add(rec logRecord) {
 	q.mu.Lock()
@@ -303,7 +303,9 @@ func (q *logQueue) add(rec logRecord) {
 		q.dropped.Add(1)
 		return
 	}
-	rec.ID = q.ids.next(q.now())
+	if rec.ID == "" {
+		rec.ID = q.ids.next(q.now())
+	}
 	q.pending = append(q.pending, rec)
 	full := len(q.pending) >= q.batch
 	q.mu.Unlock()
@@ -389,10 +391,18 @@ func (q *logQueue) flush(ctx context.Context) error {
 // the proxy. Its zero value logs nowhere.
 type requestLog struct {
 	queues []*logQueue
+	// ids gives a record its id once, so that every sink has the same one
+	// (a store that makes its own, the Redis stream, keeps it in the file
+	// only).
+	ids logIDs
 }
 
 // add queues rec for every sink.
 func (l *requestLog) add(rec logRecord) {
+	if len(l.queues) == 0 {
+		return
+	}
+	rec.ID = l.ids.next(time.Now())
 	for _, q := range l.queues {
 		q.add(rec)
 	}
