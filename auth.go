@@ -23,11 +23,11 @@ func (pr *proxyRequest) checkKey() bool {
 			"a valid proxy key is required for this mapping: send it as the API key of your SDK (Authorization: Bearer, x-api-key, x-goog-api-key, api-key or ?key=)")
 		return false
 	case !k.allows(pr.route.prefix):
-		pr.rec.KeyID = k.ID
+		pr.rec.KeyID, pr.rec.KeyName = k.ID, k.Name
 		pr.refuse(http.StatusForbidden, "key_not_allowed", "this proxy key may not call "+pr.route.prefix)
 		return false
 	}
-	pr.rec.KeyID, pr.key = k.ID, k
+	pr.rec.KeyID, pr.rec.KeyName, pr.key = k.ID, k.Name, k
 	return true
 }
 

@@ -44,6 +44,10 @@ type Config struct {
 	// targets is tried, so that it can be sent again (failover.go); 0
 	// keeps none, and only requests without a body fail over.
 	RetryBodyLimit int64
+	// RequestLog is REQUEST_LOG, default "off": "stdout" or a file path
+	// where every request record (requestlog.go) is also written as one
+	// JSON line. The store keeps the log either way.
+	RequestLog string
 
 	// StreamHandoff is STREAM_HANDOFF, default on: the proxy writes event
 	// streams to HTTP/1.1 clients itself (stream.go, upconn.go). Off, every
@@ -109,6 +113,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		ResponseHeaderTimeout: e.duration("UPSTREAM_RESPONSE_HEADER_TIMEOUT", "0", true),
 		UpstreamTimeout:       e.duration("UPSTREAM_TIMEOUT", "0", true),
 		RetryBodyLimit:        e.size("RETRY_BODY_LIMIT", "8MiB"),
+		RequestLog:            e.str("REQUEST_LOG", "off"),
 
 		StreamHandoff: e.onOff("STREAM_HANDOFF", true),
 		RuntimeTuning: e.onOff("RUNTIME_TUNING", false),
@@ -251,6 +256,7 @@ func (cfg *Config) newFlagSet(out io.Writer) (fs *flag.FlagSet, port *string, ve
 	port = fs.String("port", "", "listen `port` on all interfaces (PORT); -listen wins")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`dir`ectory of the embedded store and snapshots (DATA_DIR)")
 	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "redis://[:pass@]host:port/db (API_PROXY_REDIS_URL); empty: embedded store")
+	fs.StringVar(&cfg.RequestLog, "request-log", cfg.RequestLog, "off, stdout or a file `path`: also write each request record there as a JSON line (REQUEST_LOG)")
 	fs.BoolVar(&cfg.EnableStats, "enable-stats", cfg.EnableStats, "collect stats (ENABLE_STATS)")
 	fs.Var((*originList)(&cfg.CORSOrigins), "cors-allow-origins", "comma list of allowed browser `origins`, * for any (CORS_ALLOW_ORIGINS)")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json (LOG_FORMAT)")
@@ -289,6 +295,9 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.ShutdownTimeout < 0 || cfg.ResponseHeaderTimeout < 0 {
 		return fmt.Errorf("timeouts must not be negative")
+	}
+	if strings.TrimSpace(cfg.RequestLog) == "" {
+		return fmt.Errorf("REQUEST_LOG: want off, stdout or a file path")
 	}
 	if cfg.MaxInFlight < 0 {
 		return fmt.Errorf("MAX_IN_FLIGHT: must be 0 (no cap) or more")

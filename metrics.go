@@ -19,9 +19,13 @@ import (
 // Request metrics are this process's since it started; Prometheus sums
 // the instances of a fleet. apiproxy_store_writable is there when store
 // tracks its writes (writeHealthStore, the embedded store).
-func newMetricsHandler(logger *slog.Logger, st *Stats, active func() int64, store Store) http.Handler {
+func newMetricsHandler(logger *slog.Logger, st *Stats, active func() int64, store Store, logDropped func() int64) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "apiproxy_request_log_dropped_total",
+			Help: "Request log records dropped because a sink's queue (10,000) was full: the store was unreachable or slow for too long. Counted per sink (store, REQUEST_LOG).",
+		}, func() float64 { return float64(logDropped()) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		newStatsCollector(st),

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -120,6 +121,16 @@ type requestRecord struct {
 	// Limit is the limit that refused the request (limitRPM, limitTPM,
 	// limitConcurrency) when ProxyErr is "rate_limited"; "" otherwise.
 	Limit string
+	// What the request log (requestlog.go) keeps of the request besides:
+	// its method, its escaped path after the prefix without the query,
+	// whether the response was an event stream, the name of the key
+	// KeyID, and the client's address (clientIP; invalid when the
+	// connection has none, a Unix socket).
+	Method  string
+	Path    string
+	Stream  bool
+	KeyName string
+	Client  netip.Addr
 }
 
 // newTransport returns the upstream transport, tuned for many long streams
@@ -340,7 +351,9 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	pr := p.requests.Get().(*proxyRequest)
 	pr.in, pr.route, pr.rest, pr.reqBody = req, rt, rest, nil
 	pr.w.reset(w)
-	pr.rec = requestRecord{Prefix: rt.prefix, Start: time.Now(), BytesIn: max(req.ContentLength, 0)}
+	pr.rec = requestRecord{Prefix: rt.prefix, Start: time.Now(), BytesIn: max(req.ContentLength, 0),
+		Method: req.Method, Path: rest}
+	pr.streaming = false
 	pr.tries = pr.triesBuf[:0]
 	if rt.multi || rt.idle > 0 {
 		// The failover loop is the Transport (failover.go); a mapping
@@ -468,6 +481,8 @@ func (pr *proxyRequest) finish(completed bool) {
 		pr.tries = append(pr.tries, targetTry{Outcome: o})
 	}
 	pr.rec.Tries = pr.tries
+	pr.rec.Stream = pr.streaming
+	pr.rec.Client, _ = p.trusted.clientIP(pr.in)
 	if p.observe != nil {
 		p.observe(&pr.rec)
 	}

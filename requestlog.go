@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -83,49 +84,36 @@ type logRecord struct {
 	Target       optIndex `json:"target"`
 	Attempts     int      `json:"attempts"`
 	ClientClosed bool     `json:"client_closed"`
-	ClientIP     string   `json:"client_ip"`
-}
-
-// logRequest is what the request log needs of a request beyond its
-// requestRecord: what the handler knew of the request and its caller.
-type logRequest struct {
-	Method string
-	// Path is the path after the prefix; anything from a '?' on is cut.
-	Path string
-	// Stream is true when the response was an event stream.
-	Stream bool
-	// KeyName is the name of the proxy key rec.KeyID, "" if none.
-	KeyName string
-	// ClientIP is the client's address (SPEC §1 TRUSTED_PROXIES).
-	ClientIP string
+	ClientIP     logAddr  `json:"client_ip"`
 }
 
 // newLogRecord builds the log record of the finished request rec. It
 // copies what it keeps: rec.Usage.Model points into the parser's buffer
 // and is only valid during the observer call. The record's ID is left
-// empty, for the queue to set.
-func newLogRecord(rec *requestRecord, req logRequest) logRecord {
-	path, _, _ := strings.Cut(req.Path, "?")
+// empty, for the queue to set. A path's query, should one reach it, is
+// cut.
+func newLogRecord(rec *requestRecord) logRecord {
+	path, _, _ := strings.Cut(rec.Path, "?")
 	lr := logRecord{
 		Time:         logTime(rec.Start),
 		Prefix:       rec.Prefix,
-		Method:       req.Method,
+		Method:       rec.Method,
 		Path:         path,
 		Status:       rec.Status,
 		Code:         rec.ProxyErr,
 		KeyID:        optString(rec.KeyID),
-		Stream:       req.Stream,
+		Stream:       rec.Stream,
 		LatencyMS:    millis(rec.Duration),
 		TTFBMS:       millis(rec.TTFB),
 		BytesIn:      rec.BytesIn,
 		BytesOut:     rec.BytesOut,
 		Attempts:     len(rec.Tries),
 		ClientClosed: clientClosed(rec),
-		ClientIP:     req.ClientIP,
+		ClientIP:     logAddr(rec.Client),
 	}
 	if rec.KeyID != "" {
 		// A name without an id would name a key nobody showed.
-		lr.KeyName = optString(req.KeyName)
+		lr.KeyName = optString(rec.KeyName)
 	}
 	if rec.Usage.Known {
 		lr.PromptTokens = rec.Usage.Tokens[tokPrompt]
@@ -199,6 +187,48 @@ func (i *optIndex) UnmarshalJSON(b []byte) error {
 	}
 	*i = optIndex(v)
 	return nil
+}
+
+// logAddr is the client's address, written as its text ("" when it has
+// none); a netip.Addr, not a string, so that recording it allocates
+// nothing on the request path.
+type logAddr netip.Addr
+
+// MarshalJSON writes the address as a string, "" when it is invalid.
+func (a logAddr) MarshalJSON() ([]byte, error) {
+	ip := netip.Addr(a)
+	if !ip.IsValid() {
+		return []byte(`""`), nil
+	}
+	b := append(make([]byte, 0, 48), '"')
+	b = ip.AppendTo(b)
+	return append(b, '"'), nil
+}
+
+// UnmarshalJSON reads an address; "" is the invalid one.
+func (a *logAddr) UnmarshalJSON(b []byte) error {
+	var v string
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	if v == "" {
+		*a = logAddr{}
+		return nil
+	}
+	ip, err := netip.ParseAddr(v)
+	if err != nil {
+		return fmt.Errorf("parse client_ip: %w", err)
+	}
+	*a = logAddr(ip)
+	return nil
+}
+
+// String returns the address's text, "" when it has none.
+func (a logAddr) String() string {
+	if ip := netip.Addr(a); ip.IsValid() {
+		return ip.String()
+	}
+	return ""
 }
 
 // logTime is a time written in UTC to the millisecond, as SPEC §12 shows.

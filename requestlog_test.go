@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -112,7 +113,7 @@ func TestLogRecordFromRequestRecord(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := logRecordJSON(t, newLogRecord(&tt.rec, tt.req))
+			got := logRecordJSON(t, newLogRecord(withRequest(tt.rec, tt.req)))
 			if i == 0 && len(got) != len(tt.want) {
 				t.Errorf("got %d fields, want %d: %v", len(got), len(tt.want), got)
 			}
@@ -130,7 +131,7 @@ func TestLogRecordFromRequestRecord(t *testing.T) {
 func TestLogRecordCopiesModel(t *testing.T) {
 	buf := []byte("gpt-4o")
 	rec := requestRecord{Prefix: "/p", Usage: tokenUsage{Known: true, Model: buf}}
-	lr := newLogRecord(&rec, logRequest{})
+	lr := newLogRecord(withRequest(rec, logRequest{}))
 	copy(buf, "XXXXXX")
 	if lr.Model != "gpt-4o" {
 		t.Errorf("got model %q after the buffer was reused, want %q", lr.Model, "gpt-4o")
@@ -161,7 +162,7 @@ func TestLogRecordHoldsNoSecrets(t *testing.T) {
 	t.Cleanup(func() { j.close() })
 	var recs []logRecord
 	for _, req := range reqs {
-		lr := newLogRecord(&rec, req)
+		lr := newLogRecord(withRequest(rec, req))
 		if strings.Contains(lr.Path, "?") {
 			t.Errorf("got path %q, want no query", lr.Path)
 		}
@@ -187,7 +188,7 @@ func TestLogRecordHoldsNoSecrets(t *testing.T) {
 
 func TestLogRecordTimeRoundTrip(t *testing.T) {
 	start := time.Date(2026, 12, 2, 8, 0, 0, 123_999_999, time.UTC)
-	lr := newLogRecord(&requestRecord{Prefix: "/p", Start: start}, logRequest{})
+	lr := newLogRecord(withRequest(requestRecord{Prefix: "/p", Start: start}, logRequest{}))
 	b, err := json.Marshal(lr)
 	if err != nil {
 		t.Fatal(err)
@@ -601,9 +602,27 @@ func BenchmarkRequestLogAdd(b *testing.B) {
 	q := newLogQueue(logSinkFunc(func(context.Context, []logRecord) error { return nil }), testLogger())
 	b.ReportAllocs()
 	for b.Loop() {
-		q.add(newLogRecord(&rec, req))
+		q.add(newLogRecord(withRequest(rec, req)))
 		if q.waiting() >= q.batch {
 			q.flush(b.Context())
 		}
 	}
+}
+
+// logRequest is what a test sets of a requestRecord's request-log fields
+// (Method, Path, Stream, KeyName, Client), as text.
+type logRequest struct {
+	Method, Path string
+	Stream       bool
+	KeyName      string
+	ClientIP     string
+}
+
+// withRequest returns a copy of rec with req's fields set.
+func withRequest(rec requestRecord, req logRequest) *requestRecord {
+	rec.Method, rec.Path, rec.Stream, rec.KeyName = req.Method, req.Path, req.Stream, req.KeyName
+	if req.ClientIP != "" {
+		rec.Client = netip.MustParseAddr(req.ClientIP)
+	}
+	return &rec
 }

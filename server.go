@@ -66,6 +66,7 @@ type Server struct {
 	self selfAddrs
 
 	stats   *Stats       // stats.go; records only when cfg.EnableStats
+	reqlog  *serverLog   // the request log (requestlog_server.go)
 	metrics http.Handler // GET /metrics (metrics.go)
 }
 
@@ -143,10 +144,17 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	}
 	s.stats = newStats(statsConfig{enabled: cfg.EnableStats, store: store, logger: logger,
 		active: s.proxy.active.Load, routes: &s.routes, keys: &s.keys, dataDir: cfg.DataDir})
-	if cfg.EnableStats {
+	var err error
+	if s.reqlog, err = newServerLog(cfg, store, logger); err != nil {
+		return nil, err
+	}
+	switch {
+	case s.reqlog.on():
+		s.proxy.observe = s.observe
+	case cfg.EnableStats:
 		s.proxy.observe = s.stats.record
 	}
-	s.metrics = newMetricsHandler(logger, s.stats, s.proxy.active.Load, store)
+	s.metrics = newMetricsHandler(logger, s.stats, s.proxy.active.Load, store, s.reqlog.dropped)
 	s.engine = s.newRouter()
 	// Last, once nothing can fail: what Close must stop.
 	s.base, s.cutRequests = context.WithCancel(context.Background())
@@ -203,6 +211,13 @@ func (s *Server) newRouter() *gin.Engine {
 	api.OPTIONS("/*prefix", methodNotAllowed("GET, PUT, DELETE"))
 	for _, m := range []string{http.MethodPost, http.MethodPatch} {
 		api.Handle(m, "/*prefix", methodNotAllowed("GET, PUT, DELETE"))
+	}
+
+	// The request log (SPEC §12, requestlog_server.go), behind the same
+	// guards.
+	e.GET("/api/requests", s.refuseCrossOrigin, s.requireAdmin, s.handleRequests)
+	for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+		e.Handle(m, "/api/requests", s.refuseCrossOrigin, s.requireAdmin, methodNotAllowed("GET"))
 	}
 
 	// Proxy keys (SPEC §10, keys_admin.go), behind the same guards.
@@ -355,6 +370,7 @@ func (s *Server) Start() {
 			s.limiterLoop(ctx)
 		}()
 	}
+	s.wg.Go(func() { s.reqlog.run(ctx) })
 }
 
 // reloadRetryMax bounds the wait between retries of a failed route reload.
@@ -409,6 +425,7 @@ func (s *Server) Close() error {
 	}
 	s.proxy.close()
 	s.stats.close() // the last counts, after the HTTP server drained
+	s.reqlog.close()
 	return s.store.Close()
 }
 
@@ -474,6 +491,12 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 		s.self = newSelfAddrs(ln.Addr().String(), net.InterfaceAddrs)
 	}
 	s.Start()
+	if s.reqlog.lines != nil && s.reqlog.lines.path != "" {
+		// logrotate renames the file and sends SIGHUP: new lines go to a
+		// new file at the path.
+		stopHUP := s.reqlog.reopenOnSIGHUP()
+		defer stopHUP()
+	}
 	if cfg.RuntimeTuning || cfg.MemoryRelease {
 		stopTuning := tuneRuntime(cfg.RuntimeTuning && cfg.TuneProcs, cfg.RuntimeTuning && cfg.TuneGC,
 			cfg.MemoryRelease, s.proxy.active.Load)

@@ -1,0 +1,217 @@
+package main
+
+// The request log in the Server: its sinks (the store, REQUEST_LOG), the
+// observer that feeds it, SIGHUP's reopen, the final flush, and
+// GET /api/requests (SPEC §12).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gin-gonic/gin"
+)
+
+// requestLogFlushTimeout bounds the final flush of the request log at
+// shutdown, per sink.
+const requestLogFlushTimeout = 5 * time.Second
+
+// serverLog is a Server's request log: the queues and, when REQUEST_LOG
+// names one, the JSON-lines file that SIGHUP reopens. store is the store
+// that keeps the log, nil if the Store does not (a test's).
+type serverLog struct {
+	requestLog
+	store  logStore
+	lines  *jsonLines // nil when REQUEST_LOG is off
+	logger *slog.Logger
+}
+
+// newServerLog returns the request log of a Server on store, with
+// REQUEST_LOG's JSON lines when cfg asks for them. An unwritable
+// REQUEST_LOG file is an error: the operator asked for it.
+func newServerLog(cfg Config, store Store, logger *slog.Logger) (*serverLog, error) {
+	l := &serverLog{logger: logger}
+	if ls, ok := store.(logStore); ok {
+		l.store = ls
+		l.queues = append(l.queues, newLogQueue(ls, logger))
+	}
+	if dest := strings.TrimSpace(cfg.RequestLog); dest != "" && dest != "off" {
+		j, err := openJSONLines(dest, logger)
+		if err != nil {
+			return nil, fmt.Errorf("REQUEST_LOG: %w", err)
+		}
+		l.lines = j
+		l.queues = append(l.queues, newLogQueue(j, logger))
+	}
+	return l, nil
+}
+
+// on reports whether any sink takes records.
+func (l *serverLog) on() bool { return len(l.queues) > 0 }
+
+// record queues the log record of the finished request rec.
+func (l *serverLog) record(rec *requestRecord) {
+	l.add(newLogRecord(rec))
+}
+
+// reopen reopens the REQUEST_LOG file (SIGHUP, after logrotate renamed
+// it); a failure is logged and the old file kept.
+func (l *serverLog) reopen() {
+	if l.lines == nil {
+		return
+	}
+	if err := l.lines.reopen(); err != nil {
+		l.logger.Error("reopen request log failed; writing to the old file", "error", err)
+		return
+	}
+	l.logger.Info("request log reopened", "path", l.lines.path)
+}
+
+// reopenOnSIGHUP reopens the REQUEST_LOG file on every SIGHUP until the
+// returned stop is called.
+func (l *serverLog) reopenOnSIGHUP() (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-hup:
+				l.reopen()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+	}
+}
+
+// close writes what waits, within requestLogFlushTimeout, and closes the
+// file. Records a store could not take now are lost, and counted in the
+// log line that says so.
+func (l *serverLog) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), requestLogFlushTimeout)
+	defer cancel()
+	if err := l.flush(ctx); err != nil {
+		lost := 0
+		for _, q := range l.queues {
+			lost += q.waiting()
+		}
+		l.logger.Error("final request log flush failed; these records are lost", "records", lost, "error", err)
+	}
+	if l.lines != nil {
+		if err := l.lines.close(); err != nil {
+			l.logger.Warn("close request log", "error", err)
+		}
+	}
+}
+
+// observe is the proxy's observer: it counts a finished request in the
+// stats (when on) and puts it in the request log.
+func (s *Server) observe(rec *requestRecord) {
+	if s.cfg.EnableStats {
+		s.stats.record(rec)
+	}
+	s.reqlog.record(rec)
+}
+
+// handleRequests answers GET /api/requests (SPEC §12): the newest records
+// of the log that match the filters, and the cursor of the next page.
+func (s *Server) handleRequests(c *gin.Context) {
+	q, err := parseLogQuery(c.Request.URL.Query())
+	if err != nil {
+		writeAPIError(c.Writer, err)
+		return
+	}
+	if s.reqlog.store == nil {
+		writeError(c.Writer, http.StatusNotImplemented, "not_implemented", "this store keeps no request log")
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), adminStoreTimeout)
+	defer cancel()
+	recs, next, err := s.reqlog.store.readLog(ctx, q)
+	switch {
+	case errors.Is(err, errBadLogCursor):
+		writeError(c.Writer, http.StatusBadRequest, "invalid_query", "before: not an id of this request log")
+		return
+	case errors.Is(err, errStoreUnavailable):
+		s.logger.Warn("request log read failed", "error", err)
+		writeError(c.Writer, http.StatusServiceUnavailable, "store_unavailable",
+			"store unavailable: the request log cannot be read now; new records wait in the queue")
+		return
+	case err != nil:
+		s.writeStoreError(c, err)
+		return
+	}
+	if recs == nil {
+		recs = []logRecord{}
+	}
+	var nextID any // null when there is no older page
+	if next != "" {
+		nextID = next
+	}
+	c.Header("Cache-Control", "no-store")
+	c.JSON(http.StatusOK, gin.H{"requests": recs, "next": nextID})
+}
+
+// logQueryParams are the parameters GET /api/requests takes; any other is
+// refused, so that a misspelt filter is not silently ignored.
+var logQueryParams = []string{"limit", "before", "prefix", "key_id", "status", "model"}
+
+// parseLogQuery reads GET /api/requests' parameters, or returns an
+// *apiError (400) that names the one at fault.
+func parseLogQuery(v url.Values) (logQuery, error) {
+	q := logQuery{Limit: requestLogDefaultLimit}
+	for name, vals := range v {
+		if !slices.Contains(logQueryParams, name) {
+			return q, badLogParam(name, "unknown parameter; the filters are "+strings.Join(logQueryParams, ", "))
+		}
+		if len(vals) > 1 {
+			return q, badLogParam(name, "given more than once")
+		}
+	}
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > requestLogMaxLimit {
+			return q, badLogParam("limit", fmt.Sprintf("want a whole number from 1 to %d", requestLogMaxLimit))
+		}
+		q.Limit = n
+	}
+	q.Before, q.Prefix, q.KeyID, q.Model = v.Get("before"), v.Get("prefix"), v.Get("key_id"), v.Get("model")
+	for name, s := range map[string]string{"before": q.Before, "prefix": q.Prefix, "key_id": q.KeyID, "model": q.Model} {
+		if len(s) > 256 {
+			return q, badLogParam(name, "longer than 256 bytes")
+		}
+	}
+	if s := v.Get("status"); s != "" {
+		switch {
+		case len(s) == 3 && s[0] >= '1' && s[0] <= '5' && strings.EqualFold(s[1:], "xx"):
+			q.Class = int(s[0] - '0')
+		default:
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 100 || n > 599 {
+				return q, badLogParam("status", "want a status code (404) or a class (5xx)")
+			}
+			q.Status = n
+		}
+	}
+	return q, nil
+}
+
+// badLogParam is the 400 of a bad GET /api/requests parameter.
+func badLogParam(name, msg string) error {
+	return &apiError{Status: http.StatusBadRequest, Code: "invalid_query", Message: name + ": " + msg}
+}
