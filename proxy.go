@@ -353,6 +353,7 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	pr.w.reset(w)
 	pr.rec = requestRecord{Prefix: rt.prefix, Start: time.Now(), BytesIn: max(req.ContentLength, 0),
 		Method: req.Method, Path: rest}
+	pr.rec.Client, _ = p.trusted.clientIP(req)
 	pr.streaming = false
 	pr.tries = pr.triesBuf[:0]
 	if rt.multi || rt.idle > 0 {
@@ -482,7 +483,6 @@ func (pr *proxyRequest) finish(completed bool) {
 	}
 	pr.rec.Tries = pr.tries
 	pr.rec.Stream = pr.streaming
-	pr.rec.Client, _ = p.trusted.clientIP(pr.in)
 	if p.observe != nil {
 		p.observe(&pr.rec)
 	}
