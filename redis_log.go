@@ -65,7 +65,10 @@ var _ logStore = (*redisStore)(nil)
 // run again; the script's marker makes that second run add nothing, as
 // the stats' batch marker does for AddStats. The marker relies on the
 // queue's ids increasing within the process (logIDs), which they do.
-// Errors of an unreachable Redis wrap errStoreUnavailable.
+// Redis does not undo a script that fails halfway (the key holds another
+// type, a misconfiguration returned as is): what it appended stays, with
+// no marker, and is appended again by the retry. Errors of an unreachable
+// Redis wrap errStoreUnavailable.
 func (s *redisStore) writeLog(ctx context.Context, recs []logRecord) error {
 	if len(recs) == 0 {
 		return nil

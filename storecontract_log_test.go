@@ -20,16 +20,6 @@ func TestLogStoreContract(t *testing.T) {
 	t.Run("redis", func(t *testing.T) { testLogStoreContract(t, openContractRedisStore(testRedisAddr(t))) })
 }
 
-// openContractRedisStore returns the storeOpener of a Redis store on addr:
-// each test its own key prefix, reopen another instance on the same keys.
-func openContractRedisStore(addr string) storeOpener {
-	return func(t *testing.T) (Store, func(t *testing.T) Store) {
-		prefix := testKeyPrefix(t, addr)
-		s := openTestRedisStore(t, addr, prefix, "")
-		return s, func(t *testing.T) Store { return openTestRedisStore(t, addr, prefix, "") }
-	}
-}
-
 // testLogWriter writes records to a logStore as the request log's queue
 // would: each record given an id (logIDs) when it is written, batches of
 // requestLogBatch at most.
