@@ -49,6 +49,8 @@ type boltStore struct {
 	// box seals the upstream keys of the mappings written (SECRET_KEY);
 	// nil keeps them as given. Set by useSecrets before use.
 	box *secretBox
+	// log is the request log's bookkeeping (bolt_log.go).
+	log boltLog
 }
 
 // useSecrets makes the store seal upstream keys with box (secrets.go).

@@ -159,6 +159,9 @@ type redisStore struct {
 	// box seals the upstream keys of the mappings written (SECRET_KEY);
 	// nil keeps them as given. Set by useSecrets before use.
 	box *secretBox
+	// logBounds bound the request log stream (redis_log.go); set by tests
+	// before use.
+	logBounds logBounds
 
 	// instance names this store in the messages it publishes, so that
 	// watch can tell its own from another instance's (see updateMessage).

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 )
@@ -71,4 +72,112 @@ func (q *logQuery) match(r *logRecord) bool {
 		return false
 	}
 	return true
+}
+
+// logBounds are the bounds of a store's request log. Tests shrink them;
+// a zero field is its default.
+type logBounds struct {
+	keep int // records kept; 0 is requestLogKeep
+	scan int // records one readLog looks at; 0 is requestLogScan
+}
+
+// limits returns the bounds in effect.
+func (b logBounds) limits() (keep, scan int) {
+	keep, scan = requestLogKeep, requestLogScan
+	if b.keep > 0 {
+		keep = b.keep
+	}
+	if b.scan > 0 {
+		scan = b.scan
+	}
+	return keep, scan
+}
+
+// encodeStoredLogRecord returns the JSON a store keeps for r: every field
+// of SPEC §12 but the id, which the store keeps as the record's key
+// (bbolt) or replaces by its own (the Redis stream's entry id). The
+// embedded ID field, zero and omitzero, shadows the record's.
+func encodeStoredLogRecord(r *logRecord) ([]byte, error) {
+	return json.Marshal(struct {
+		*logRecord
+		ID struct{} `json:"id,omitzero"`
+	}{logRecord: r})
+}
+
+// decodeStoredLogRecord reads a value of encodeStoredLogRecord as the
+// record of id; nil when it does not decode (a value written by hand or
+// by a later version), which readLog skips.
+func decodeStoredLogRecord(id string, v []byte) *logRecord {
+	var r logRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return nil
+	}
+	r.ID = id
+	return &r
+}
+
+// logPage collects one page of readLog from the records a store hands it
+// newest first, from the cursor on, so that both stores apply the same
+// limit, scan bound and next rules. Not safe for concurrent use.
+type logPage struct {
+	q     *logQuery
+	limit int // q.Limit, kept within 1..requestLogMaxLimit
+	scan  int // most records to look at
+	// recs are the records that matched, newest first.
+	recs   []logRecord
+	looked int
+	last   string // id of the last record looked at
+}
+
+// newLogPage returns the page q asks for, looking at scan records at most.
+// A q.Limit outside 1..requestLogMaxLimit is taken as the default or the
+// maximum: the API validates it, a store does not fail on it.
+func newLogPage(q *logQuery, scan int) *logPage {
+	limit := q.Limit
+	if limit <= 0 {
+		limit = requestLogDefaultLimit
+	}
+	return &logPage{q: q, limit: min(limit, requestLogMaxLimit), scan: scan}
+}
+
+// look takes the next older record, id, decoded as r: nil when it did not
+// decode, which counts as looked at but is never returned. It reports
+// whether the page wants another record; once it returns false the store
+// stops and asks next whether an older record exists.
+func (p *logPage) look(id string, r *logRecord) bool {
+	p.looked++
+	p.last = id
+	if r != nil && p.q.match(r) {
+		p.recs = append(p.recs, *r)
+	}
+	return len(p.recs) < p.limit && p.looked < p.scan
+}
+
+// wanted returns how many more records the page may look at: as many as
+// are missing when every record matches, else what is left of the scan
+// bound. A store reading in chunks asks for one more, which tells it
+// whether an older record exists when the page is complete.
+func (p *logPage) wanted() int {
+	left := p.scan - p.looked
+	if p.q.all() {
+		left = min(left, p.limit-len(p.recs))
+	}
+	return left
+}
+
+// next returns the page's next cursor once look returned false: the id of
+// the last record looked at, which is the last returned when the limit
+// was filled, or "" when no record older than it exists (older). A store
+// whose records ran out before the page was complete returns "" without
+// asking.
+func (p *logPage) next(older bool) string {
+	if !older {
+		return ""
+	}
+	return p.last
+}
+
+// all reports whether q matches every record.
+func (q *logQuery) all() bool {
+	return q.Prefix == "" && q.KeyID == "" && q.Model == "" && q.Status == 0 && q.Class == 0
 }

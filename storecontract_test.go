@@ -27,14 +27,7 @@ type storeOpener func(t *testing.T) (s Store, reopen func(t *testing.T) Store)
 // gatus's storage tests do for each backend.
 func TestStoreContract(t *testing.T) {
 	t.Run("bolt", func(t *testing.T) { testStoreContract(t, openContractBoltStore) })
-	t.Run("redis", func(t *testing.T) {
-		addr := testRedisAddr(t)
-		testStoreContract(t, func(t *testing.T) (Store, func(t *testing.T) Store) {
-			prefix := testKeyPrefix(t, addr)
-			s := openTestRedisStore(t, addr, prefix, "")
-			return s, func(t *testing.T) Store { return openTestRedisStore(t, addr, prefix, "") }
-		})
-	})
+	t.Run("redis", func(t *testing.T) { testStoreContract(t, openContractRedisStore(testRedisAddr(t))) })
 }
 
 func openContractBoltStore(t *testing.T) (Store, func(t *testing.T) Store) {
@@ -52,6 +45,16 @@ func openContractBoltStore(t *testing.T) (Store, func(t *testing.T) Store) {
 	return first, func(t *testing.T) Store {
 		first.Close()
 		return open(t)
+	}
+}
+
+// openContractRedisStore returns the storeOpener of a Redis store on addr:
+// each test its own key prefix, reopen another instance on the same keys.
+func openContractRedisStore(addr string) storeOpener {
+	return func(t *testing.T) (Store, func(t *testing.T) Store) {
+		prefix := testKeyPrefix(t, addr)
+		s := openTestRedisStore(t, addr, prefix, "")
+		return s, func(t *testing.T) Store { return openTestRedisStore(t, addr, prefix, "") }
 	}
 }
 
