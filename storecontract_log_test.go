@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"testing"
@@ -64,7 +65,7 @@ func testLogRecord(n int) logRecord {
 		Target:           optIndex(n % 2),
 		Attempts:         1 + n%2,
 		ClientClosed:     n%7 == 0,
-		ClientIP:         "203.0.113.7",
+		ClientIP:         logAddr(netip.MustParseAddr("203.0.113.7")),
 	}
 	if r.KeyID != "" {
 		r.KeyName = optString("team-" + string(r.KeyID))
@@ -176,7 +177,7 @@ func testLogStoreContract(t *testing.T, open storeOpener) {
 		full := testLogRecord(1)
 		full.ClientClosed, full.Code = true, "upstream_idle_timeout"
 		bare := logRecord{Time: logTime(time.Date(2026, 12, 2, 8, 0, 0, 123e6, time.UTC)), Prefix: "/p",
-			Method: "GET", Path: "/", Status: 403, Code: "invalid_key", Target: noIndex, ClientIP: "::1"}
+			Method: "GET", Path: "/", Status: 403, Code: "invalid_key", Target: noIndex, ClientIP: logAddr(netip.MustParseAddr("::1"))}
 		var w testLogWriter
 		written := []logRecord{full, bare}
 		w.write(t, s, written...)
