@@ -39,7 +39,7 @@ func TestRequestLogRedisFleet(t *testing.T) {
 // TestRequestLogRedisOutage: records made while Redis is down wait in the
 // queue and are written, all of them, in order, once it is back.
 func TestRequestLogRedisOutage(t *testing.T) {
-	rs := startRedisServer(t)
+	rs := startRedisServerPersist(t, true) // the records before the outage outlive it
 	up := statusUpstream(t, http.StatusOK, "ok")
 	s, front, _ := newServerOnRedis(t, rs)
 	setMapping(t, s, targetsOf("/a", up.URL))
@@ -52,7 +52,10 @@ func TestRequestLogRedisOutage(t *testing.T) {
 	if err := s.reqlog.flush(context.Background()); err == nil {
 		t.Fatal("a flush with Redis down succeeded")
 	}
-	if n := s.reqlog.queues[0].waiting(); n != 5 {
+	// 5, or 7 when the write of the first two landed but its reply was
+	// lost (a loaded machine): they wait too, and the store takes them
+	// once (redisLogWriteScript).
+	if n := s.reqlog.queues[0].waiting(); n != 5 && n != 7 {
 		t.Fatalf("got %d records waiting during the outage, want 5", n)
 	}
 	res, body := adminRequest(t, front, http.MethodGet, "/api/requests", "")

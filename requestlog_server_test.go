@@ -183,7 +183,7 @@ func checkRecord(t testing.TB, got, want logRecord) {
 // TestRequestLogClientClosed: a caller that leaves mid-stream is recorded
 // as client_closed, 499.
 func TestRequestLogClientClosed(t *testing.T) {
-	up, started := newIdleStreamUpstream(t)
+	up, cancelled := newIdleStreamUpstream(t)
 	s, front := newAdminTestServer(t, map[string]string{"/s": up.URL})
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, front.URL+"/s/v1/stream", nil)
@@ -191,9 +191,13 @@ func TestRequestLogClientClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitClosed(t, started, "the stream to start")
+	// The first event has arrived: the stream runs.
+	if _, err := bufio.NewReader(res.Body).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
 	cancel()
 	res.Body.Close()
+	waitClosed(t, cancelled, "the upstream request to be cancelled")
 	eventually(t, func() bool { return s.proxy.active.Load() == 0 }, "the request to end")
 	flushLog(t, s)
 	r := getRequests(t, front, "").Requests[0]
@@ -259,7 +263,7 @@ func TestRequestLogQuery(t *testing.T) {
 	for _, query := range []string{"limit=0", "limit=1001", "limit=x", "limit=-1", "status=6xx", "status=99",
 		"status=abc", "before=nope", "prefx=/a", "limit=1&limit=2", "model=" + strings.Repeat("m", 300)} {
 		res, body := adminRequest(t, front, http.MethodGet, "/api/requests?"+query, "")
-		wantProxyError(t, res, body, http.StatusBadRequest, "")
+		wantProxyError(t, res, body, http.StatusBadRequest, "invalid_query")
 	}
 	res, err := front.Client().Get(front.URL + "/api/requests")
 	if err != nil {
@@ -270,7 +274,7 @@ func TestRequestLogQuery(t *testing.T) {
 		t.Errorf("without the admin token: got %d, want 401", res.StatusCode)
 	}
 	res, body := adminRequest(t, front, http.MethodDelete, "/api/requests", "")
-	wantProxyError(t, res, body, http.StatusMethodNotAllowed, "")
+	wantProxyError(t, res, body, http.StatusMethodNotAllowed, "method_not_allowed")
 }
 
 // TestRequestLogPaging: paging with next while records arrive neither
@@ -330,8 +334,20 @@ func TestRequestLogNoSecrets(t *testing.T) {
 	)
 	up := statusUpstream(t, http.StatusOK, `{"model":"gpt-4o","note":"`+replyMarker+`"}`, "Content-Type", "application/json")
 	logPath := filepath.Join(t.TempDir(), "requests.log")
-	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken, "REQUEST_LOG": logPath})
-	s, front := newTestServerConfig(t, cfg, nil)
+	// SECRET_KEY seals the upstream key in the store, where it would
+	// otherwise be, as part of its mapping (SPEC §10).
+	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken, "REQUEST_LOG": logPath,
+		"SECRET_KEY": "0123456789abcdef0123456789abcdef-test"})
+	store, err := openStore(context.Background(), cfg, testLogger()) // as run opens it: sealed keys
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newServer(cfg, testLogger(), store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	front := newFront(t, s)
 	key, secret := testKey("team-a")
 	setKeys(t, s, key)
 	setMapping(t, s, keysMapping("/k", up.URL, upKeyMarker, "bearer"))
@@ -357,7 +373,7 @@ func TestRequestLogNoSecrets(t *testing.T) {
 		t.Fatalf("got %d records, want 2", n)
 	}
 	lines, err := os.ReadFile(logPath)
-	if err != nil {
+	if err != nil { // the file, as written
 		t.Fatal(err)
 	}
 	if n := strings.Count(string(lines), "\n"); n != 2 {
