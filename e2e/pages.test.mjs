@@ -1657,7 +1657,8 @@ test('admin (§12 server): three requests through the proxy show in the Requests
         tr.querySelector('.rq-prefix').textContent, tr.querySelector('.rq-req').textContent]));
       if (cells.length === 3 && cells.every(([st, model, prefix, req]) => st === '200' && model === 'gpt-log-e2e' &&
         prefix === '/e2e-log' && req.startsWith('POST /v1/chat/completions'))) return true;
-      return err ? { error: err } : { rows: cells };
+      // Not yet: thrown, so the deadline's message says what was shown.
+      throw new Error(err ? 'the view says: ' + err : 'rows: ' + JSON.stringify(cells));
     }, REFRESH_WAIT);
     assert.equal(await textOf(page.locator('#req-body tr').first().locator('.rq-tokens')), '7 / 5 / 12');
     await page.close();
