@@ -1540,6 +1540,13 @@ test('admin: the Requests view lists the log newest first, filters into the addr
   await until('the 400 message', async () => (await textOf(page.locator('#req-error'))) === 'model must be at most 256 bytes');
   assert.equal(await page.locator('#req-empty').isVisible(), false, 'the error, not the empty state');
 
+  // An address typed into this tab: its filters are taken at once.
+  await page.evaluate(() => { window.location.hash = '#requests?status=4xx'; });
+  await until('the filters of the new address', async () => JSON.stringify(asked(reqAPI)) === '{"limit":"100","status":"4xx"}');
+  assert.equal(await page.locator('#req-status').inputValue(), '4xx');
+  assert.equal(await page.locator('#req-model').inputValue(), '');
+  await until('the 429 row', async () => JSON.stringify(await rowIds(page)) === '["rq_a"]');
+
   // Clear filters: back to everything, newest first.
   await page.getByRole('button', { name: 'Clear filters' }).click();
   await until('the unfiltered rows', async () => (await rowIds(page))[0] === 'rq_new');

@@ -24,6 +24,8 @@
   const { t, setText, fmt } = ui;
   const PAGE = 100;          // records asked for by a first load, a refresh and "Load older"
   const CATCH_UP = 1000;     // records per call while a refresh closes a gap
+  const CATCH_UP_CALLS = 10; // calls a refresh makes at most; a filter that matches
+                             // little may get short pages (the server bounds its scan)
   const CAP = 5000;          // rows kept in the table
   const EVERY = 5000;        // ms between refreshes
   const FILTERS = ['prefix', 'key_id', 'status', 'model'];
@@ -255,7 +257,7 @@
     // on top. When none of that page is known, more than a page came in
     // since the last look: it reads on (CATCH_UP at a time) to the first
     // known record, and starts over from the newest when that is more
-    // than CAP away.
+    // than CAP records or CATCH_UP_CALLS calls away.
     async function refresh() {
       if (busy || !loaded || !active) return;
       if (!records.length) {
@@ -268,7 +270,7 @@
       let cursor = null;
       let limit = PAGE;
       let found = false;
-      for (;;) {
+      for (let calls = 1; ; calls++) {
         const r = await deps.api('GET', query(cursor ? { limit, before: cursor } : { limit }));
         if (g !== gen) return;
         const pg = page(r);
@@ -282,7 +284,7 @@
           fresh.push(x);
         }
         cursor = pg.next;
-        if (found || cursor === null || fresh.length >= CAP) break;
+        if (found || cursor === null || fresh.length >= CAP || calls >= CATCH_UP_CALLS) break;
         limit = CATCH_UP;
       }
       busy = false;
