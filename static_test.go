@@ -28,6 +28,7 @@ func TestStaticPages(t *testing.T) {
 		{"/static/i18n.js", "i18n.js", "text/javascript; charset=utf-8"},
 		{"/static/dashboard.js", "dashboard.js", "text/javascript; charset=utf-8"},
 		{"/static/admin.js", "admin.js", "text/javascript; charset=utf-8"},
+		{"/static/requests.js", "requests.js", "text/javascript; charset=utf-8"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {
@@ -383,7 +384,7 @@ func TestStaticI18nKeys(t *testing.T) {
 		}
 	}
 	used := regexp.MustCompile(`\bt\('([A-Za-z0-9_.]+)'|data-i18n(?:-[a-z-]+)?="([A-Za-z0-9_.]+)"`)
-	for _, name := range []string{"static/i18n.js", "static/admin.js", "static/dashboard.js", "static/admin.html", "static/index.html"} {
+	for _, name := range []string{"static/i18n.js", "static/admin.js", "static/requests.js", "static/dashboard.js", "static/admin.html", "static/index.html"} {
 		b, err := fs.ReadFile(staticFS, name)
 		if err != nil {
 			t.Fatal(err)

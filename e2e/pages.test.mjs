@@ -1317,6 +1317,363 @@ test('admin (§10 server): a proxy key made on the page admits callers until dis
   await page.close();
 });
 
+// SPEC §12: the admin page's Requests view (the request log). The first
+// three tests play GET /api/requests back from a log kept in the test
+// (page.route), so they run on any server build. The last one needs the
+// real server's /api/requests: E2E_SKIP_S12_SERVER=1 skips it on a server
+// without the request log API.
+const SKIP_S12 = process.env.E2E_SKIP_S12_SERVER === '1' ? 'E2E_SKIP_S12_SERVER=1: the server has no §12 request log API yet' : false;
+const REQUESTS_ROUTE = /\/api\/requests(\?.*)?$/;
+
+// logRecord is a record of the request log as GET /api/requests lists it.
+function logRecord(id, opts = {}) {
+  return {
+    id, time: '2026-12-02T08:00:00.123Z', prefix: '/openai', method: 'POST', path: '/v1/chat/completions',
+    status: 200, code: '', key_id: null, key_name: null, model: 'gpt-4o', stream: false,
+    prompt_tokens: 12, completion_tokens: 30, total_tokens: 42, latency_ms: 812.4, ttfb_ms: 310.7,
+    bytes_in: 230, bytes_out: 4100, target: 0, attempts: 1, client_closed: false, client_ip: '203.0.113.7', ...opts,
+  };
+}
+
+// fillerRecords makes n plain records, each a second older than the last,
+// below the time of the newest test records.
+function fillerRecords(n, base = Date.parse('2026-12-02T07:00:00Z')) {
+  return Array.from({ length: n }, (_, i) => logRecord('rq_f' + String(i).padStart(4, '0'), {
+    time: new Date(base - i * 1000).toISOString(), prefix: '/gemini', model: 'gemini-2.0-flash',
+    path: '/v1beta/models/gemini-2.0-flash:generateContent', latency_ms: 200 + (i % 50), ttfb_ms: 90 + (i % 30),
+  }));
+}
+
+// playRequestsAPI answers GET /api/requests for page from state.log
+// (newest first) the way the server does: the filters, limit, before=<id>
+// and next = the id of the last record when older ones match. Every URL
+// asked is kept in state.seen; state.reply, when set, answers the next
+// call instead; state.raw, when set, answers every call with its page
+// whatever the limit (the 1,000-row test).
+async function playRequestsAPI(page, log) {
+  const state = { log, seen: [], reply: null, raw: null };
+  await page.route(REQUESTS_ROUTE, (route) => {
+    const url = new URL(route.request().url());
+    state.seen.push(url);
+    const json = (status, body) => route.fulfill({ status, contentType: 'application/json', body: JSON.stringify(body) });
+    if (state.reply) {
+      const r = state.reply;
+      state.reply = null;
+      return json(r.status, r.body);
+    }
+    if (state.raw) return json(200, state.raw);
+    const q = url.searchParams;
+    const s = q.get('status') || '';
+    const match = (r) => (!q.get('prefix') || r.prefix === q.get('prefix')) &&
+      (!q.get('key_id') || r.key_id === q.get('key_id')) &&
+      (!q.get('model') || r.model === q.get('model')) &&
+      (!s || (s.endsWith('xx') ? Math.floor(r.status / 100) === Number(s[0]) : r.status === Number(s)));
+    const all = state.log.filter(match);
+    const limit = Number(q.get('limit') || 100);
+    const start = q.get('before') ? all.findIndex((r) => r.id === q.get('before')) + 1 : 0;
+    const list = all.slice(start, start + limit);
+    return json(200, { requests: list, next: start + limit < all.length ? list.at(-1).id : null });
+  });
+  return state;
+}
+
+// asked returns the parameters of the last call to /api/requests.
+function asked(state) {
+  return Object.fromEntries(state.seen.at(-1).searchParams);
+}
+
+async function rowIds(page) {
+  return page.locator('#req-body tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.id));
+}
+
+function reqRow(page, id) {
+  return page.locator(`#req-body tr[data-id="${id}"]`);
+}
+
+test('admin: the Requests view lists the log newest first, filters into the address, loads older, refreshes (answers played back)', async () => {
+  const page = await newPage();
+  await playKeysAPI(page, [keyItem('k_team_a', 'team-a'), keyItem('k_team_b', 'team-b')]);
+  const limited = logRecord('rq_a', {
+    time: '2026-12-02T08:00:03.250Z', status: 429, code: 'rate_limited', key_id: 'k_team_a', key_name: 'team-a',
+    stream: true, prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, latency_ms: 1.4, ttfb_ms: 1.2, target: null,
+  });
+  const anon = logRecord('rq_b', {
+    time: '2026-12-02T08:00:02.000Z', prefix: '/anthropic', path: '/v1/<img src=x onerror=window.__xss=1>',
+    model: null, prompt_tokens: 1234, completion_tokens: 56789, total_tokens: 58023, latency_ms: 2500, ttfb_ms: 640,
+  });
+  const failed = logRecord('rq_c', {
+    time: '2026-12-02T08:00:01.000Z', status: 502, code: 'upstream_error', model: 'gpt-4o', key_id: 'k_team_b', key_name: 'team-b',
+    attempts: 2, target: 1, client_closed: true,
+  });
+  // 103 records: a first page of 100, then 3 older ones.
+  const reqAPI = await playRequestsAPI(page, [limited, anon, failed, ...fillerRecords(100)]);
+  await login(page);
+
+  // The Requests tab: its own view, in the address.
+  const tab = page.getByRole('tab', { name: 'Requests' });
+  await tab.click();
+  assert.equal(await tab.getAttribute('aria-selected'), 'true');
+  assert.equal(new URL(page.url()).hash, '#requests');
+  assert.equal(await textOf(page.locator('#h-admin')), 'Requests');
+  await until('the first page of rows', async () => (await page.locator('#req-body tr').count()) === 100);
+  assert.deepEqual(asked(reqAPI), { limit: '100' });
+  assert.deepEqual((await rowIds(page)).slice(0, 3), ['rq_a', 'rq_b', 'rq_c'], 'newest first');
+
+  // Cells, as text.
+  const a = reqRow(page, 'rq_a');
+  const wantTime = await page.evaluate((iso) => new Intl.DateTimeFormat(navigator.languages, {
+    month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit',
+  }).format(new Date(iso)), limited.time);
+  assert.equal(await textOf(a.locator('.rq-time')), wantTime);
+  assert.match(wantTime, /\d\d:\d\d:03/, 'the time shows seconds');
+  assert.equal(await textOf(a.locator('.rq-prefix')), '/openai');
+  assert.equal(await textOf(a.locator('.rq-req')), 'POST /v1/chat/completions stream');
+  assert.equal(await textOf(a.locator('.rq-status .st')), '429 rate_limited');
+  assert.equal(await a.locator('.rq-status .st').getAttribute('class'), 'st st-4xx');
+  assert.equal(await textOf(a.locator('.rq-model')), 'gpt-4o');
+  assert.equal(await textOf(a.locator('.rq-tokens')), '—');
+  assert.equal(await textOf(a.locator('.rq-latency')), '1.4 ms / 1.2 ms');
+  assert.equal(await textOf(a.locator('.rq-key')), 'team-a');
+  assert.equal(await a.locator('.rq-key').getAttribute('title'), 'k_team_a');
+  assert.equal(await textOf(a.locator('.rq-attempts')), '1');
+  const b = reqRow(page, 'rq_b');
+  assert.equal(await textOf(b.locator('.rq-key')), '—');
+  assert.equal(await textOf(b.locator('.rq-model')), '—');
+  assert.equal(await textOf(b.locator('.rq-tokens')), '1,234 / 56.8K / 58K');
+  assert.equal(await textOf(b.locator('.rq-latency')), '2.50 s / 640 ms');
+  assert.equal(await textOf(b.locator('.rq-req')), 'POST /v1/<img src=x onerror=window.__xss=1>', 'a path is text');
+  assert.equal(await page.locator('#req-body img').count(), 0);
+  assert.equal(await page.evaluate(() => window.__xss), undefined);
+  assert.equal(await textOf(b.locator('.rq-status .st')), '200');
+  assert.equal(await b.locator('.rq-status .st').getAttribute('class'), 'st st-2xx');
+  const c = reqRow(page, 'rq_c');
+  assert.equal(await textOf(c.locator('.rq-status')), '502 upstream_error client closed');
+  assert.equal(await c.locator('.rq-status .st').getAttribute('class'), 'st st-5xx');
+  assert.equal(await textOf(c.locator('.rq-attempts')), '2 → target 2');
+  assert.equal(await textOf(reqRow(page, 'rq_f0000').locator('.rq-attempts')), '1');
+  assert.equal(await textOf(page.locator('#req-count')), '100 shown');
+
+  // Load older: before=<next>, appended; gone when next is null.
+  const older = page.getByRole('button', { name: 'Load older' });
+  assert.equal(await older.isVisible(), true);
+  await older.click();
+  await until('the older rows', async () => (await page.locator('#req-body tr').count()) === 103);
+  assert.deepEqual(asked(reqAPI), { limit: '100', before: 'rq_f0096' });
+  assert.deepEqual((await rowIds(page)).slice(-3), ['rq_f0097', 'rq_f0098', 'rq_f0099']);
+  assert.equal(await older.isVisible(), false, 'no Load older once next is null');
+
+  // A newer record: no refresh while the reader is down at the old rows,
+  // then on top at the next refresh, once, with the older rows kept.
+  reqAPI.log.unshift(logRecord('rq_new', { time: '2026-12-02T08:00:09.000Z', model: 'gpt-4o-mini' }));
+  await until('the paused note', async () => /^Paused/.test(await textOf(page.locator('#req-live-text'))), REFRESH_WAIT);
+  assert.equal(await reqRow(page, 'rq_new').count(), 0);
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await until('the new record on top', async () => (await rowIds(page))[0] === 'rq_new', REFRESH_WAIT);
+  const ids = await rowIds(page);
+  assert.equal(ids.length, 104);
+  assert.equal(new Set(ids).size, ids.length, 'no record twice');
+  assert.equal(ids.at(-1), 'rq_f0099', 'the older rows stay');
+  assert.match(await textOf(page.locator('#req-live-text')), /^Live · updated .* · refreshes every 5 s$/);
+  assert.deepEqual(asked(reqAPI), { limit: '100' });
+  await page.screenshot({ path: path.join(artifacts, 'admin-requests-desktop-light.png'), fullPage: false });
+
+  // Filters: each change asks from the newest with its parameter, and
+  // goes into the address.
+  await page.getByLabel('Mapping', { exact: true }).selectOption('/openai');
+  await until('the prefix filter', async () => asked(reqAPI).prefix === '/openai');
+  assert.equal(new URL(page.url()).hash, '#requests?prefix=/openai');
+  await page.getByLabel('Status', { exact: true }).selectOption('5xx');
+  await until('the status class', async () => asked(reqAPI).status === '5xx');
+  assert.deepEqual(asked(reqAPI), { limit: '100', prefix: '/openai', status: '5xx' });
+  await until('the one 5xx row', async () => JSON.stringify(await rowIds(page)) === '["rq_c"]');
+  assert.equal(new URL(page.url()).hash, '#requests?prefix=/openai&status=5xx');
+  await page.getByLabel('Proxy key', { exact: true }).selectOption({ label: 'team-a' });
+  await until('the key filter', async () => asked(reqAPI).key_id === 'k_team_a');
+  await page.getByLabel('Status', { exact: true }).selectOption('code');
+  await page.getByLabel('Status code').fill('4o4');
+  await page.getByLabel('Status code').press('Enter');
+  await until('the code error', async () => /three digits/.test(await textOf(page.locator('#req-code-error'))));
+  assert.equal(asked(reqAPI).status, '5xx', 'a malformed code is not sent');
+  await page.getByLabel('Status code').fill('404');
+  await page.getByLabel('Status code').press('Enter');
+  await until('the exact status', async () => asked(reqAPI).status === '404');
+  await page.getByLabel('Model', { exact: true }).fill('gpt-4o');
+  await page.getByLabel('Model', { exact: true }).press('Enter');
+  await until('the model filter', async () => asked(reqAPI).model === 'gpt-4o');
+  const want = { limit: '100', prefix: '/openai', key_id: 'k_team_a', status: '404', model: 'gpt-4o' };
+  assert.deepEqual(asked(reqAPI), want);
+  const filtered = '#requests?prefix=/openai&key_id=k_team_a&status=404&model=gpt-4o';
+  assert.equal(new URL(page.url()).hash, filtered);
+  await until('the no-match note', async () => (await textOf(page.locator('#req-empty'))) === 'No requests match these filters.');
+  assert.equal(await page.locator('#req-body tr').count(), 0);
+
+  // A reload restores the tab and the filters.
+  const seen = reqAPI.seen.length;
+  await page.reload();
+  await page.locator('#view-requests').waitFor({ state: 'visible', timeout: WAIT });
+  await until('a call after the reload', async () => reqAPI.seen.length > seen);
+  assert.deepEqual(asked(reqAPI), want);
+  assert.equal(await page.getByRole('tab', { name: 'Requests' }).getAttribute('aria-selected'), 'true');
+  await until('the key list', async () => (await page.locator('#req-key').inputValue()) === 'k_team_a');
+  assert.equal(await page.locator('#req-prefix').inputValue(), '/openai');
+  assert.equal(await page.locator('#req-status').inputValue(), 'code');
+  assert.equal(await page.locator('#req-code').inputValue(), '404');
+  assert.equal(await page.locator('#req-model').inputValue(), 'gpt-4o');
+  assert.equal(new URL(page.url()).hash, filtered);
+
+  // The copied address in another tab opens the same view after login.
+  const other = await newPage();
+  const otherAPI = await playRequestsAPI(other, reqAPI.log);
+  await other.goto(origin + '/admin' + filtered);
+  await other.locator('#token').fill(TOKEN);
+  await other.locator('#token').press('Enter');
+  await other.locator('#view-requests').waitFor({ state: 'visible', timeout: WAIT });
+  await until('the filtered call in the other tab', async () => otherAPI.seen.length > 0);
+  assert.deepEqual(asked(otherAPI), want);
+  assert.equal(await other.locator('#req-model').inputValue(), 'gpt-4o');
+  await other.close();
+
+  // The API's 400 message is shown in the view.
+  reqAPI.reply = { status: 400, body: { error: { type: 'invalid_request_error', code: 'invalid_request', message: 'model must be at most 256 bytes' } } };
+  await page.getByLabel('Model', { exact: true }).fill('x'.repeat(300));
+  await page.getByLabel('Model', { exact: true }).press('Enter');
+  await until('the 400 message', async () => (await textOf(page.locator('#req-error'))) === 'model must be at most 256 bytes');
+  assert.equal(await page.locator('#req-empty').isVisible(), false, 'the error, not the empty state');
+
+  // An address typed into this tab: its filters are taken at once.
+  await page.evaluate(() => { window.location.hash = '#requests?status=4xx'; });
+  await until('the filters of the new address', async () => JSON.stringify(asked(reqAPI)) === '{"limit":"100","status":"4xx"}');
+  assert.equal(await page.locator('#req-status').inputValue(), '4xx');
+  assert.equal(await page.locator('#req-model').inputValue(), '');
+  await until('the 429 row', async () => JSON.stringify(await rowIds(page)) === '["rq_a"]');
+
+  // Clear filters: back to everything, newest first.
+  await page.getByRole('button', { name: 'Clear filters' }).click();
+  await until('the unfiltered rows', async () => (await rowIds(page))[0] === 'rq_new');
+  assert.deepEqual(asked(reqAPI), { limit: '100' });
+  assert.equal(new URL(page.url()).hash, '#requests');
+  assert.equal(await page.locator('#req-error').isVisible(), false);
+
+  // Chinese, and dark.
+  await page.getByRole('button', { name: '中文', exact: true }).click();
+  await until('Chinese in the requests view', async () => (await textOf(page.getByRole('tab', { name: '请求' }))) === '请求');
+  assert.equal(await textOf(reqRow(page, 'rq_c').locator('.rq-attempts')), '2 → 目标 2');
+  assert.match(await textOf(reqRow(page, 'rq_c').locator('.rq-status')), /客户端断开/);
+  await page.screenshot({ path: path.join(artifacts, 'admin-requests-desktop-zh.png') });
+  await page.getByRole('button', { name: 'EN', exact: true }).click();
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await page.screenshot({ path: path.join(artifacts, 'admin-requests-desktop-dark.png') });
+  await page.emulateMedia({ colorScheme: 'light' });
+
+  // An empty log: a short note. A server without the API: says so.
+  reqAPI.log = [];
+  await page.reload();
+  await until('the empty note', async () => (await textOf(page.locator('#req-empty'))) === 'No requests yet.');
+  await page.unroute(REQUESTS_ROUTE);
+  await page.route(REQUESTS_ROUTE, (route) => route.fulfill({ status: 404, contentType: 'application/json', body: '{"error":{"code":"not_found","message":"not found"}}' }));
+  await page.reload();
+  await until('the no-API note', async () => /no request log API/.test(await textOf(page.locator('#req-error'))));
+  await page.unroute(REQUESTS_ROUTE);
+  await page.close();
+});
+
+test('admin: the Requests view renders 1,000 rows quickly (answers played back)', async () => {
+  const page = await newPage();
+  const reqAPI = await playRequestsAPI(page, []);
+  // One answer of 1,000 records (the most one call returns), whatever
+  // the page asked for.
+  const log = fillerRecords(1000, Date.parse('2026-12-02T08:00:00Z'));
+  log[0] = { ...log[0], status: 503, code: 'upstream_unavailable', key_id: 'k_x', key_name: 'team-x', attempts: 3, target: 2 };
+  reqAPI.raw = { requests: log, next: 'rq_f0999' };
+  await login(page);
+  await page.getByRole('tab', { name: 'Requests' }).click();
+  await until('1,000 rows', async () => (await page.locator('#req-body tr').count()) === 1000);
+  const figure = async () => page.evaluate(() => new Promise((resolve) => {
+    const tb = document.getElementById('req-table');
+    // frameMs is set after the frame that shows the rows.
+    const wait = () => (tb.dataset.frameMs ? resolve({ render: Number(tb.dataset.renderMs), frame: Number(tb.dataset.frameMs) }) : setTimeout(wait, 20));
+    wait();
+  }));
+  const first = await figure();
+  // A full redraw of the same 1,000 rows (a language change).
+  await page.evaluate(() => { delete document.getElementById('req-table').dataset.frameMs; });
+  await page.getByRole('button', { name: '中文', exact: true }).click();
+  await until('Chinese rows', async () => /目标 3/.test(await textOf(page.locator('#req-body tr').first().locator('.rq-attempts'))));
+  const redraw = await figure();
+  await page.getByRole('button', { name: 'EN', exact: true }).click();
+  console.log(`# requests view, 1,000 rows: render ${first.render} ms (until the next frame ${first.frame} ms); full redraw ${redraw.render} ms (${redraw.frame} ms)`);
+  fs.writeFileSync(path.join(artifacts, 'requests-render.json'), JSON.stringify({ rows: 1000, first, redraw }, null, 2) + '\n');
+  // Generous bounds: they catch a quadratic render or a layout read per
+  // row, not a slow machine. The aim is under 200 ms.
+  assert.ok(first.render < 1000, `1,000 rows render in ${first.render} ms`);
+  assert.ok(redraw.render < 1000, `1,000 rows redraw in ${redraw.render} ms`);
+  assert.ok(first.frame < 3000, `1,000 rows are on screen after ${first.frame} ms`);
+  await page.close();
+});
+
+test('admin: the Requests view at 375 px has no sideways scroll with 50 rows (answers played back)', async () => {
+  const page = await newPage();
+  await playKeysAPI(page, [keyItem('k_team_a', 'team-a')]);
+  const log = fillerRecords(50, Date.parse('2026-12-02T08:00:00Z'));
+  log[0] = logRecord('rq_long', {
+    path: '/v1/projects/some-long-project-name/locations/us-central1/publishers/google/models/a-very-long-model-name:streamGenerateContent',
+    model: 'a-very-long-model-name-with-a-date-2026-12-02-preview', status: 429, code: 'rate_limited',
+    key_id: 'k_team_a', key_name: 'a-key-with-a-rather-long-name', attempts: 3, target: 2, client_closed: true, stream: true,
+  });
+  await playRequestsAPI(page, log);
+  await login(page);
+  await page.setViewportSize({ width: 375, height: 812 });
+  await page.getByRole('tab', { name: 'Requests' }).click();
+  await until('50 rows', async () => (await page.locator('#req-body tr').count()) === 50);
+  for (const scheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme: scheme });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the requests view at 375 px scrolls sideways by ${overflow} px`);
+    await page.screenshot({ path: path.join(artifacts, `admin-requests-phone-${scheme}.png`), fullPage: false });
+  }
+  // Stacked: a row is no wider than the screen.
+  const widest = await page.locator('#req-body tr').evaluateAll((trs) => Math.max(...trs.map((tr) => tr.getBoundingClientRect().right)));
+  assert.ok(widest <= 375, `a row reaches ${widest} px`);
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.emulateMedia({ colorScheme: 'light' });
+  await page.close();
+});
+
+// Needs the server's request log API (SPEC §12), which this branch's
+// server does not have yet: run it once that API is merged
+// (E2E_SKIP_S12_SERVER=1 skips it before then).
+test('admin (§12 server): three requests through the proxy show in the Requests view', { skip: SKIP_S12 }, async () => {
+  const created = await api('POST', '/api/mappings', { prefix: '/e2e-log', target: upstreamURL });
+  assert.equal(created.status, 201, JSON.stringify(created.data));
+  try {
+    for (let i = 0; i < 3; i++) {
+      const r = await proxied('/e2e-log/v1/chat/completions', { model: 'gpt-log-e2e', messages: [{ role: 'user', content: 'hi ' + i }] });
+      assert.equal(r.status, 200, r.text);
+    }
+    const page = await newPage();
+    await page.goto(origin + '/admin#requests?prefix=/e2e-log');
+    await page.locator('#token').fill(TOKEN);
+    await page.locator('#token').press('Enter');
+    await page.locator('#view-requests').waitFor({ state: 'visible', timeout: WAIT });
+    // Records reach the store about once a second; the view refreshes
+    // every 5 s.
+    await until('three rows with status 200 and the model', async () => {
+      const err = await page.locator('#req-error').isVisible() ? await textOf(page.locator('#req-error')) : '';
+      const cells = await page.locator('#req-body tr').evaluateAll((trs) => trs.map((tr) => [
+        tr.querySelector('.rq-status .st').textContent, tr.querySelector('.rq-model').textContent,
+        tr.querySelector('.rq-prefix').textContent, tr.querySelector('.rq-req').textContent]));
+      if (cells.length === 3 && cells.every(([st, model, prefix, req]) => st === '200' && model === 'gpt-log-e2e' &&
+        prefix === '/e2e-log' && req.startsWith('POST /v1/chat/completions'))) return true;
+      // Not yet: thrown, so the deadline's message says what was shown.
+      throw new Error(err ? 'the view says: ' + err : 'rows: ' + JSON.stringify(cells));
+    }, REFRESH_WAIT);
+    assert.equal(await textOf(page.locator('#req-body tr').first().locator('.rq-tokens')), '7 / 5 / 12');
+    await page.close();
+  } finally {
+    await api('DELETE', '/api/mappings/e2e-log');
+  }
+});
+
 test('dashboard: endpoint counts, charts, copy buttons, language and theme', async () => {
   const statsOf = async () => (await (await fetch(origin + '/stats')).json()).endpoints['/e2e'] || {};
   const base = await statsOf();

@@ -15,6 +15,9 @@
 // The Keys view (SPEC §10) creates, lists, disables and deletes proxy
 // keys through /api/keys. A new key's secret is in the create answer only:
 // it is shown once, with a Copy button, until "I have copied it".
+//
+// The Requests view (SPEC §12) is requests.js; this file makes it and
+// tells it when it is shown, hidden, relabelled or logged out.
 'use strict';
 
 (function () {
@@ -526,7 +529,8 @@
     $('admin').hidden = false;
     showBanner('');
     renderTable();
-    showView(window.location.hash === '#keys' ? 'keys' : 'mappings', false);
+    if (requests) requests.setHash(window.location.hash);
+    showView(viewOfHash(window.location.hash), false);
   }
 
   async function login(candidate, quiet) {
@@ -578,6 +582,7 @@
     clearAddErrors();
     collapseAdd(true);
     clearKeys();
+    if (requests) requests.clear();
     showLogin(message || '');
   }
 
@@ -802,29 +807,42 @@
     else setMode(prefix, 'edit', 'input');
   }
 
-  // Views: Mappings and Proxy keys, as tabs; #keys in the address opens
-  // the second, so a reload stays where it was.
+  // Views: Mappings, Proxy keys and Requests, as tabs; #keys and
+  // #requests (with its filters after it) in the address open the other
+  // two, so a reload or a copied address stays where it was.
 
+  const VIEWS = ['mappings', 'keys', 'requests'];
+  const VIEW_TITLES = { mappings: 'admin.title', keys: 'keys.listTitle', requests: 'req.title' };
   let view = 'mappings';
+  let requests = null;               // the Requests view (requests.js)
+
+  function viewOfHash(hash) {
+    if (hash === '#keys') return 'keys';
+    if (/^#requests(\?|$)/.test(hash)) return 'requests';
+    return 'mappings';
+  }
 
   function showView(next, focusTab) {
-    view = next === 'keys' ? 'keys' : 'mappings';
+    view = VIEWS.includes(next) && (next !== 'requests' || requests) ? next : 'mappings';
     for (const tab of document.querySelectorAll('[role="tab"][data-view]')) {
       const on = tab.dataset.view === view;
       tab.setAttribute('aria-selected', String(on));
       tab.tabIndex = on ? 0 : -1;
       if (on && focusTab) tab.focus();
     }
-    $('view-mappings').hidden = view !== 'mappings';
-    $('view-keys').hidden = view !== 'keys';
+    for (const v of VIEWS) $('view-' + v).hidden = view !== v;
     const h = $('h-admin');
-    h.dataset.i18n = view === 'keys' ? 'keys.listTitle' : 'admin.title';
+    h.dataset.i18n = VIEW_TITLES[view];
     setText(h, t(h.dataset.i18n));
     $('map-count').hidden = view !== 'mappings';
-    const hash = view === 'keys' ? '#keys' : '';
+    const hash = view === 'keys' ? '#keys' : view === 'requests' ? requests.hash() : '';
     if (window.location.hash !== hash) history.replaceState(null, '', window.location.pathname + window.location.search + hash);
     showBanner('');
     if (view === 'keys' && token) loadKeys();
+    if (requests) {
+      if (view === 'requests' && token) requests.show();
+      else requests.hide();
+    }
   }
 
   // Proxy keys (SPEC §10)
@@ -1279,6 +1297,23 @@
   }
 
   document.addEventListener('DOMContentLoaded', () => {
+    if (window.requestsView) {
+      requests = window.requestsView({
+        api,
+        unauthorized: handleCommon,
+        prefixes: () => [...items.keys()],
+        keys: () => [...keys.values()].map((k) => [String(k.id), String(k.name || k.id)]),
+        loadKeys,
+      });
+    } else {
+      $('tab-requests').hidden = true;
+    }
+    // An address pasted into this tab (another view, other filters).
+    window.addEventListener('hashchange', () => {
+      if (!token) return;
+      if (requests) requests.setHash(window.location.hash);
+      showView(viewOfHash(window.location.hash), false);
+    });
     $('login-form').addEventListener('submit', (e) => {
       e.preventDefault();
       login($('token').value.trim(), false);
@@ -1324,6 +1359,7 @@
       for (const prefix of rows.keys()) renderRow(prefix, null);
       applyFilter();
       renderKeys();
+      if (requests) requests.relabel();
       if (!$('keys-off').hidden) keysOff(true);
       if (secret) setText($('key-secret-for'), t('keys.secretFor', { name: secretName }));
       if (!$('login-btn').disabled) $('login-btn').textContent = t('login.submit');
