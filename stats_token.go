@@ -27,7 +27,8 @@ func newStatsTokenHash(token string) *[sha256.Size]byte {
 // comparisons always run, so the answer's timing does not tell which token
 // came close. Anything else gets 401 with WWW-Authenticate.
 //
-// Failures count against the client address in the admin lockout
+// Failures (a call with an Authorization header that does not match)
+// count against the client address in the admin lockout
 // (authFailures), and a blocked address gets 429 here as on the admin API:
 // since the admin token opens /stats too, a separate budget would give a
 // guesser of the admin token a second ten guesses a minute. A success does
@@ -53,13 +54,16 @@ func (s *Server) requireStatsToken(c *gin.Context) {
 		c.Abort()
 		return
 	}
-	got := sha256.Sum256([]byte(bearerToken(req.Header.Get("Authorization"))))
+	header := req.Header.Get("Authorization")
+	got := sha256.Sum256([]byte(bearerToken(header)))
 	ok := subtle.ConstantTimeCompare(got[:], s.statsTokenHash[:])
 	if admin := s.adminTokenHash.Load(); admin != nil {
 		ok |= subtle.ConstantTimeCompare(got[:], admin[:])
 	}
 	if ok != 1 {
-		if s.authFailures.fail(req.Context(), addr) {
+		// A call without credentials guesses nothing: the dashboard's
+		// first poll and an unconfigured scraper are not counted.
+		if header != "" && s.authFailures.fail(req.Context(), addr) {
 			s.logger.Warn("stats: too many failed authentications; blocking address", "client", addr, "for", authWindow.String())
 		}
 		c.Header("WWW-Authenticate", `Bearer realm="apiproxy stats"`)

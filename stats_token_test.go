@@ -149,9 +149,10 @@ func TestStatsToken(t *testing.T) {
 	})
 }
 
-// TestStatsTokenLockout: failures on /stats and /metrics count in the
+// TestStatsTokenLockout: wrong tokens on /stats and /metrics count in the
 // admin lockout, and a stats token does not reset the count, so the stats
-// endpoints give no extra guesses at the admin token.
+// endpoints give no extra guesses at the admin token. Calls without a
+// token are not counted.
 func TestStatsTokenLockout(t *testing.T) {
 	s, _ := newStatsTokenServer(t)
 	now := time.Unix(1_700_000_000, 0)
@@ -160,6 +161,12 @@ func TestStatsTokenLockout(t *testing.T) {
 	const wrong = "Bearer guess-0123456789abcdef"
 	const stats = "Bearer " + testStatsToken
 
+	// Calls without credentials guess nothing and are not counted.
+	for i := 0; i < 2*authMaxFailures; i++ {
+		if res, _ := adminCall(t, s, "GET", "/stats", "", "", attacker); res.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("call %d without a token: status %d, want 401", i, res.StatusCode)
+		}
+	}
 	for i := 1; i <= authMaxFailures; i++ {
 		path := "/stats"
 		if i%2 == 0 {
