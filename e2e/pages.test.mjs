@@ -647,7 +647,8 @@ test('dashboard: targets under an endpoint with several, and the failovers card 
   const cells = async (i) => (await rowsOf.nth(i).locator('[role="cell"]').allTextContents()).map((s) => s.trim());
   const first = await cells(0);
   assert.deepEqual(first.slice(0, 4), ['1. http://127.0.0.1:9/a', '10', '3', '3']);
-  assert.match(first[4], /^cooling until \d\d:\d\d:\d\d$/);
+  // The time in the browser's locale: en-US here, so a 12-hour clock.
+  assert.match(first[4], /^cooling until \d\d:\d\d:\d\d [AP]M$/);
   assert.deepEqual(await cells(1), ['2. http://127.0.0.1:9/b', '7', '0', '0', 'available']);
   assert.equal(await page.locator('#ep-body tr[data-targets-of="/mock-one"]').count(), 0, 'one target: no targets row');
   assert.equal(await page.locator('#ep-body tr[data-targets-of="/mock-old"]').count(), 0);
