@@ -1568,11 +1568,17 @@ test('dashboard (STATS_TOKEN): asks for a token, refuses a wrong one, shows the 
     await page.screenshot({ path: path.join(artifacts, 'dashboard-token-wrong-phone.png'), fullPage: true });
     await page.setViewportSize({ width: 1280, height: 900 });
 
-    // The right one (Enter) shows the figures: a fresh server, so 0
-    // requests and the 12 default endpoints folded into one idle row.
+    // The right one (Enter) while the server cannot be reached: the form
+    // says so and stays; the next poll, answered, shows the figures: a
+    // fresh server, so 0 requests and the 12 default endpoints folded
+    // into one idle row.
+    await page.route('**/stats', (route) => route.abort());
     await page.locator('#stats-token').fill(STATS_TOKEN);
     await page.locator('#stats-token').press('Enter');
-    await page.locator('#cards').waitFor({ state: 'visible', timeout: WAIT });
+    await until('the unreachable message', async () => /cannot be reached/.test(await textOf(page.locator('#stats-login-error'))));
+    assert.ok(await page.locator('#stats-login').isVisible(), 'still asking while unreachable');
+    await page.unroute('**/stats');
+    await page.locator('#cards').waitFor({ state: 'visible', timeout: REFRESH_WAIT });
     await until('the figures', async () => (await textOf(page.locator('[data-k="total"]'))) === '0');
     assert.equal(await page.locator('#stats-login').isVisible(), false);
     assert.match(await textOf(page.locator('#status-text')), /Live/);

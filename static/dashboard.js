@@ -72,7 +72,9 @@
         // No more polling until a token is entered.
         askToken(refused.status, refused.headers.get('Retry-After'));
       } else {
-        if (auth.checking) tokenChecked(fresh);
+        // A typed token was answered, or, after the server was down
+        // during its check, a later poll with it was.
+        if (auth.checking || (auth.locked && fresh)) tokenChecked(fresh);
         renderStatus();
         if (!document.hidden) state.timer = window.setTimeout(refresh, REFRESH_S * 1000);
       }
@@ -129,7 +131,8 @@
   }
 
   // tokenChecked ends a check that /stats did not refuse: accepted (ok),
-  // or not answered at all (the server is down; the form stays).
+  // or not answered (the server is down: the form stays, and the polls go
+  // on with the typed token).
   function tokenChecked(ok) {
     auth.checking = false;
     const btn = $('stats-login-btn');
