@@ -18,6 +18,10 @@ type Config struct {
 	DataDir    string // DATA_DIR, default ./data
 	RedisURL   string // API_PROXY_REDIS_URL; empty selects the embedded store
 	AdminToken string // ADMIN_TOKEN; empty: generated once and kept in the store
+	// StatsToken is STATS_TOKEN: when set (at least 16 characters), GET
+	// /stats and /metrics need it or the admin token as a bearer token;
+	// empty, they are public (stats_token.go).
+	StatsToken string
 	// SecretKey is SECRET_KEY: when set (at least 32 characters), the
 	// upstream keys of the mappings are stored sealed (secrets.go).
 	SecretKey       string
@@ -99,6 +103,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		DataDir:     e.str("DATA_DIR", "./data"),
 		RedisURL:    e.str("API_PROXY_REDIS_URL", ""),
 		AdminToken:  e.str("ADMIN_TOKEN", ""),
+		StatsToken:  e.str("STATS_TOKEN", ""),
 		SecretKey:   e.str("SECRET_KEY", ""),
 		EnableStats: e.boolean("ENABLE_STATS", true),
 		CORSOrigins: splitOrigins(e.str("CORS_ALLOW_ORIGINS", "*")),
@@ -307,6 +312,9 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.AdminToken != "" && len(cfg.AdminToken) < 16 {
 		return fmt.Errorf("ADMIN_TOKEN: must be at least 16 characters (or unset to have one generated)")
+	}
+	if cfg.StatsToken != "" && len(cfg.StatsToken) < 16 {
+		return fmt.Errorf("STATS_TOKEN: must be at least 16 characters (or unset to leave the dashboard, /stats and /metrics public)")
 	}
 	return nil
 }

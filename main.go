@@ -85,6 +85,15 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 	}
 	fmt.Fprintf(w, "\nFlags (each names the environment variable it overrides):\n")
 	fs.PrintDefaults()
+	// Secrets have no flag: a command line shows in ps and shell history.
+	fmt.Fprintf(w, "\nSecrets, read from the environment (or .env) only:\n")
+	for _, v := range [][2]string{
+		{"ADMIN_TOKEN", "admin API bearer token (>= 16 characters); unset: generated once, printed in the log"},
+		{"STATS_TOKEN", "bearer token that /stats and /metrics require (>= 16 characters; the admin token works too); unset: the dashboard, /stats and /metrics are public"},
+		{"SECRET_KEY", "seals the upstream keys kept in the store (>= 32 characters)"},
+	} {
+		fmt.Fprintf(w, "  %s\n    \t%s\n", v[0], v[1])
+	}
 }
 
 // runHelp is `apiproxy help`: the usage -h prints, on stdout.

@@ -59,6 +59,9 @@ type Server struct {
 	adminTokenHash atomic.Pointer[[sha256.Size]byte]
 	adminTokenMu   sync.Mutex // serialises late token resolution
 	authFailures   *authLimiter
+	// statsTokenHash is the SHA-256 of STATS_TOKEN, nil when it is unset
+	// and /stats and /metrics are public (stats_token.go). Never changes.
+	statsTokenHash *[sha256.Size]byte
 
 	// self is where this instance receives requests (cfg.ListenAddr, or
 	// the bound address when that asks for any port): a mapping pointing
@@ -97,7 +100,8 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 		transport = newTransport(cfg)
 	}
 	s := &Server{cfg: cfg, logger: logger, store: store, started: time.Now(),
-		authFailures: newAuthLimiter(store, logger), self: newSelfAddrs(cfg.ListenAddr, net.InterfaceAddrs)}
+		authFailures: newAuthLimiter(store, logger), self: newSelfAddrs(cfg.ListenAddr, net.InterfaceAddrs),
+		statsTokenHash: newStatsTokenHash(cfg.StatsToken)}
 	s.reloadRetry = make(chan struct{}, 1)
 	s.routes.Store(&routeTable{byPrefix: map[string]*route{}})
 	s.proxy = newProxy(cfg, logger, transport, &s.routes)
@@ -183,8 +187,10 @@ func (s *Server) newRouter() *gin.Engine {
 	e.HEAD("/healthz", s.handleHealthz)
 	e.GET("/readyz", s.handleReadyz)
 	e.GET("/robots.txt", s.handleRobots)
-	e.GET("/stats", s.handleStats)
-	e.GET("/metrics", s.handleMetrics)
+	// Public unless STATS_TOKEN is set (stats_token.go); the dashboard
+	// page below stays public either way: it holds no figures itself.
+	e.GET("/stats", s.requireStatsToken, s.handleStats)
+	e.GET("/metrics", s.requireStatsToken, s.handleMetrics)
 
 	// Web pages and their embedded assets (static.go).
 	for _, m := range []string{http.MethodGet, http.MethodHead} {

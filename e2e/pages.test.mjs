@@ -24,11 +24,16 @@ import { chromium } from 'playwright-core';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const artifacts = path.join(here, 'artifacts');
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run', '--no-proxy-server',
+];
 const TOKEN = 'e2e-admin-token-' + Math.random().toString(36).slice(2, 12);
 const WAIT = 20000; // deadline of one wait in the browser
 const REFRESH_WAIT = 30000; // the dashboard polls /stats every 5 s
 
 let tmp;
+let bin; // the apiproxy binary built for the suite
 let server; // the apiproxy child process
 let serverExited;
 let origin; // http://127.0.0.1:PORT of apiproxy
@@ -119,34 +124,42 @@ function startUpstream() {
 
 // startServer runs the binary on 127.0.0.1:0 and learns the port from its
 // JSON "apiproxy listening" log line, so no port can be taken in between.
-function startServer(bin) {
+async function startServer(bin) {
+  const started = await spawnServer(bin, { DATA_DIR: path.join(tmp, 'data') }, 'apiproxy.log');
+  server = started.proc;
+  serverExited = started.exited;
+  origin = started.origin;
+}
+
+// spawnServer starts one apiproxy with the suite's environment changed by
+// env, logging to artifacts/logName, and resolves to {proc, exited, origin}
+// once it listens. The caller stops proc (stopProcess).
+function spawnServer(bin, extra, logName) {
   const env = { ...process.env };
-  for (const k of ['API_PROXY_REDIS_URL', 'PORT', 'HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy', 'ALL_PROXY', 'all_proxy', 'CORS_ALLOW_ORIGINS']) delete env[k];
+  for (const k of ['API_PROXY_REDIS_URL', 'PORT', 'HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy', 'ALL_PROXY', 'all_proxy', 'CORS_ALLOW_ORIGINS', 'STATS_TOKEN']) delete env[k];
   Object.assign(env, {
     LISTEN_ADDR: '127.0.0.1:0',
-    DATA_DIR: path.join(tmp, 'data'),
     ADMIN_TOKEN: TOKEN,
     LOG_FORMAT: 'json',
     LOG_LEVEL: 'info',
     ENABLE_STATS: 'true',
-  });
+  }, extra);
   const cwd = path.join(tmp, 'cwd'); // empty: the pages must come from the binary
   fs.mkdirSync(cwd, { recursive: true });
-  server = spawn(bin, [], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const logFile = fs.createWriteStream(path.join(artifacts, 'apiproxy.log'));
-  serverExited = new Promise((resolve) => server.once('exit', resolve));
+  const proc = spawn(bin, [], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const logFile = fs.createWriteStream(path.join(artifacts, logName));
+  const exited = new Promise((resolve) => proc.once('exit', resolve));
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('apiproxy did not log "apiproxy listening" within 20 s')), 20000);
-    server.once('exit', (code) => { clearTimeout(timer); reject(new Error(`apiproxy exited with ${code} before listening; see artifacts/apiproxy.log`)); });
-    for (const stream of [server.stdout, server.stderr]) {
+    proc.once('exit', (code) => { clearTimeout(timer); reject(new Error(`apiproxy exited with ${code} before listening; see artifacts/${logName}`)); });
+    for (const stream of [proc.stdout, proc.stderr]) {
       readline.createInterface({ input: stream }).on('line', (line) => {
         logFile.write(line + '\n');
         let rec;
         try { rec = JSON.parse(line); } catch { return; }
         if (rec.msg === 'apiproxy listening' && rec.addr) {
           clearTimeout(timer);
-          origin = 'http://' + rec.addr;
-          resolve();
+          resolve({ proc, exited, origin: 'http://' + rec.addr });
         }
       });
     }
@@ -190,17 +203,14 @@ function row(page, prefix) {
 before(async () => {
   fs.mkdirSync(artifacts, { recursive: true });
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'apiproxy-e2e-'));
-  const bin = path.join(tmp, 'apiproxy');
+  bin = path.join(tmp, 'apiproxy');
   execFileSync('go', ['build', '-o', bin, '..'], { cwd: here, stdio: 'inherit', timeout: 300000 });
   await startUpstream();
   await startServer(bin);
   context = await chromium.launchPersistentContext(path.join(tmp, 'profile'), {
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run', '--no-proxy-server',
-    ],
+    args: CHROMIUM_ARGS,
     viewport: { width: 1280, height: 900 },
     locale: 'en-US',
     colorScheme: 'light',
@@ -637,7 +647,8 @@ test('dashboard: targets under an endpoint with several, and the failovers card 
   const cells = async (i) => (await rowsOf.nth(i).locator('[role="cell"]').allTextContents()).map((s) => s.trim());
   const first = await cells(0);
   assert.deepEqual(first.slice(0, 4), ['1. http://127.0.0.1:9/a', '10', '3', '3']);
-  assert.match(first[4], /^cooling until \d\d:\d\d:\d\d$/);
+  // The time in the browser's locale: en-US here, so a 12-hour clock.
+  assert.match(first[4], /^cooling until \d\d:\d\d:\d\d [AP]M$/);
   assert.deepEqual(await cells(1), ['2. http://127.0.0.1:9/b', '7', '0', '0', 'available']);
   assert.equal(await page.locator('#ep-body tr[data-targets-of="/mock-one"]').count(), 0, 'one target: no targets row');
   assert.equal(await page.locator('#ep-body tr[data-targets-of="/mock-old"]').count(), 0);
@@ -1857,6 +1868,223 @@ test('weight: first load of the dashboard, and /stats with 200 mappings', async 
   // Generous bounds: they catch a quadratic render, not a slow machine.
   assert.ok(refreshRender < 1000, `a refresh with 200 endpoints renders in ${refreshRender} ms`);
   assert.ok(firstRender < 3000, `the first render with 200 endpoints takes ${firstRender} ms`);
+  await page.close();
+});
+
+// STATS_TOKEN, idle endpoints and locale-aware dates and numbers (issue
+// 19). The token test runs a second server with STATS_TOKEN set; it is
+// killed when its test ends, or with the suite.
+const STATS_TOKEN = 'e2e-stats-token-' + Math.random().toString(36).slice(2, 12);
+const extraServers = [];
+process.on('exit', () => { for (const p of extraServers) if (p.exitCode === null) p.kill('SIGKILL'); });
+
+async function stopSpawned(started) {
+  const { proc, exited } = started;
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  proc.kill('SIGTERM');
+  const done = await Promise.race([exited.then(() => true), new Promise((r) => setTimeout(() => r(false), 5000))]);
+  if (!done) proc.kill('SIGKILL');
+}
+
+async function overflowOf(page) {
+  return page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+}
+
+test('dashboard (STATS_TOKEN): asks for a token, refuses a wrong one, shows the figures with the right one', async () => {
+  const locked = await spawnServer(bin, { DATA_DIR: path.join(tmp, 'data-stats-token'), STATS_TOKEN }, 'apiproxy-stats-token.log');
+  extraServers.push(locked.proc);
+  const page = await newPage();
+  try {
+    const o = locked.origin;
+    // The API: /stats and /metrics closed, the page and health checks open.
+    assert.equal((await fetch(o + '/stats')).status, 401);
+    assert.equal((await fetch(o + '/metrics')).status, 401);
+    assert.equal((await fetch(o + '/metrics', { headers: { Authorization: 'Bearer ' + STATS_TOKEN } })).status, 200);
+    assert.equal((await fetch(o + '/healthz')).status, 200);
+    assert.equal((await fetch(o + '/')).status, 200);
+
+    await page.goto(o + '/');
+    await page.locator('#stats-login').waitFor({ state: 'visible', timeout: WAIT });
+    assert.equal(await page.locator('#cards').isVisible(), false, 'no figures before the token');
+    assert.equal(await page.locator('#ep-table').isVisible(), false);
+    assert.match(await textOf(page.locator('#status-text')), /token is needed/);
+    assert.equal(await page.evaluate(() => document.activeElement && document.activeElement.id), 'stats-token');
+    assert.equal(await textOf(page.locator('#stats-login-error')), '', 'no reproach before a token was tried');
+    await page.screenshot({ path: path.join(artifacts, 'dashboard-token-ask-desktop.png'), fullPage: true });
+
+    // A wrong token is refused, and the page still asks.
+    await page.locator('#stats-token').fill('not-the-stats-token-0123');
+    await page.getByRole('button', { name: 'Show figures' }).click();
+    await until('the wrong-token message', async () => /wrong token/i.test(await textOf(page.locator('#stats-login-error'))));
+    assert.ok(await page.locator('#stats-login').isVisible(), 'still asking');
+    assert.equal(await page.locator('#cards').isVisible(), false);
+    assert.equal(await page.locator('#stats-token').getAttribute('aria-invalid'), 'true');
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('apiproxy.statsToken')), null);
+    await page.setViewportSize({ width: 375, height: 812 });
+    assert.ok((await overflowOf(page)) <= 0, 'the token form fits 375 px');
+    await page.screenshot({ path: path.join(artifacts, 'dashboard-token-wrong-phone.png'), fullPage: true });
+    await page.setViewportSize({ width: 1280, height: 900 });
+
+    // The right one (Enter) while the server cannot be reached: the form
+    // says so and stays; the next poll, answered, shows the figures: a
+    // fresh server, so 0 requests and the 12 default endpoints folded
+    // into one idle row.
+    await page.route('**/stats', (route) => route.abort());
+    await page.locator('#stats-token').fill(STATS_TOKEN);
+    await page.locator('#stats-token').press('Enter');
+    await until('the unreachable message', async () => /cannot be reached/.test(await textOf(page.locator('#stats-login-error'))));
+    assert.ok(await page.locator('#stats-login').isVisible(), 'still asking while unreachable');
+    await page.unroute('**/stats');
+    await page.locator('#cards').waitFor({ state: 'visible', timeout: REFRESH_WAIT });
+    await until('the figures', async () => (await textOf(page.locator('[data-k="total"]'))) === '0');
+    assert.equal(await page.locator('#stats-login').isVisible(), false);
+    assert.match(await textOf(page.locator('#status-text')), /Live/);
+    await until('the idle row', async () => /^12 idle endpoints/.test(await textOf(page.locator('#ep-body .idle-toggle'))));
+    // Kept in this tab's sessionStorage only, as /admin keeps its token.
+    const stored = await page.evaluate(() => ({ s: sessionStorage.getItem('apiproxy.statsToken'), l: JSON.stringify(localStorage) }));
+    assert.equal(stored.s, STATS_TOKEN);
+    assert.ok(!stored.l.includes(STATS_TOKEN), 'token must not be in localStorage');
+    await page.screenshot({ path: path.join(artifacts, 'dashboard-token-ok-desktop.png'), fullPage: true });
+
+    // A reload keeps it; Forget token asks again; the admin token opens it too.
+    await page.reload();
+    await until('figures after a reload', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > 0);
+    assert.equal(await page.locator('#stats-login').isVisible(), false);
+    await page.getByRole('button', { name: 'Forget token' }).click();
+    await page.locator('#stats-login').waitFor({ state: 'visible', timeout: WAIT });
+    assert.equal(await page.locator('#cards').isVisible(), false);
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('apiproxy.statsToken')), null);
+    await page.locator('#stats-token').fill(TOKEN);
+    await page.locator('#stats-token').press('Enter');
+    await page.locator('#cards').waitFor({ state: 'visible', timeout: WAIT });
+    assert.equal(await textOf(page.locator('[data-k="total"]')), '0');
+  } finally {
+    await page.close();
+    await stopSpawned(locked);
+  }
+});
+
+// statsAt plays back a /stats with the given endpoints and one daily point.
+function playedStats(endpoints, daily) {
+  const sum = (k) => Object.values(endpoints).reduce((s, e) => s + e[k], 0);
+  const tokens = Object.values(endpoints).reduce((s, e) => s + e.tokens.total, 0);
+  return {
+    total: sum('count'), errors: sum('error_count'), last_24h: sum('last_24h'), last_7d: sum('last_7d'), last_30d: sum('last_30d'),
+    tokens: { prompt: tokens, completion: 0, total: tokens },
+    endpoints,
+    series: { hourly: [], daily },
+    performance: { requests_per_sec: 0, avg_response_time_ms: 0, error_rate: 0, memory_usage_mb: 1, goroutine_count: 1, active_requests: 0, uptime_seconds: 1 },
+  };
+}
+
+function playedEndpoint(target, count, lastRequest, tokens = 0) {
+  return {
+    target, count, error_count: 0, last_request: lastRequest, last_24h: 0, last_7d: 0, last_30d: count,
+    status: { '2xx': count, '3xx': 0, '4xx': 0, '5xx': 0 }, latency_ms: { avg: 10, p50: 9, p95: 20, p99: 30 },
+    tokens: { prompt: tokens, completion: 0, total: tokens }, models: {},
+  };
+}
+
+test('dashboard: dates and numbers follow the browser locale (en-US, en-GB, zh-CN, de-DE; /stats played back)', async () => {
+  // 4 November 2026, 15:30 UTC: 11/4 for a US reader, 04/11 for a British one.
+  const when = Date.UTC(2026, 10, 4, 15, 30) / 1000;
+  const day = Date.UTC(2026, 10, 4) / 1000;
+  const stats = playedStats({ '/dates': playedEndpoint('http://127.0.0.1:9/d', 12345, when, 1234567) },
+    [{ t: day, count: 12345, errors: 0 }]);
+  const cases = [
+    { locale: 'en-US', last: /Nov 4, 2026/, axis: '11/4', total: '12,345', tokens: /^1\.2M$/ },
+    { locale: 'en-GB', last: /4 Nov 2026/, axis: '04/11', total: '12,345', tokens: /^1\.2[Mm]$/ },
+    { locale: 'zh-CN', last: /2026年11月4日/, axis: '11/4', total: '12,345', tokens: /^123\.5万$/ },
+    { locale: 'de-DE', last: /04\.11\.2026/, axis: '4.11.', total: '12.345', tokens: /^1,2\sMio\.$/ },
+  ];
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  try {
+    for (const c of cases) {
+      const ctx = await browser.newContext({ locale: c.locale, timezoneId: 'UTC', viewport: { width: 1280, height: 900 } });
+      const page = watch(await ctx.newPage());
+      await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+      await page.goto(origin + '/');
+      const tr = page.locator('#ep-body tr[data-prefix="/dates"]');
+      await tr.waitFor({ timeout: WAIT });
+      const total = await tr.locator('td').nth(5).getAttribute('title');
+      assert.match(total, c.last, `${c.locale}: last request ${total}`);
+      assert.equal(await textOf(tr.locator('td').nth(5).locator('span').first()), c.total, `${c.locale}: grouped count`);
+      assert.match(await textOf(tr.locator('td').nth(8).locator('span').first()), c.tokens, `${c.locale}: compact tokens`);
+      const axis = await until(`${c.locale}: the daily chart`, async () => {
+        const labels = (await page.locator('#chart-daily text.axis').allTextContents()).map((x) => x.trim());
+        return labels.length > 3 && labels;
+      });
+      assert.ok(axis.includes(c.axis), `${c.locale}: daily axis ${JSON.stringify(axis)} lacks ${c.axis}`);
+      await page.screenshot({ path: path.join(artifacts, `dashboard-locale-${c.locale}.png`) });
+      await ctx.close();
+    }
+  } finally {
+    await browser.close();
+  }
+});
+
+test('dashboard: idle endpoints fold into one row that opens on click; at 375 px nothing overflows (/stats played back)', async () => {
+  const now = Math.floor(Date.now() / 1000);
+  const long = '/openai-production-team-europe-west-with-a-rather-long-prefix';
+  const idle = ['/claude', '/gemini', '/xai', '/groq', '/openrouter', '/mistral', '/deepseek', '/together', '/fireworks', '/cerebras', '/cohere'];
+  const endpoints = { '/busy': playedEndpoint('http://127.0.0.1:9/busy', 5, now) };
+  for (const p of idle) endpoints[p] = playedEndpoint('https://api.example.com' + p, 0, 0);
+  endpoints[long] = playedEndpoint('https://api.openai.com', 0, 0);
+  const stats = playedStats(endpoints, []);
+  const page = await newPage();
+  await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+  await page.goto(origin + '/');
+  const toggle = page.locator('#ep-body tr.idle-row button');
+  await toggle.waitFor({ timeout: WAIT });
+  const prefixRows = () => page.locator('#ep-body tr[data-prefix]').evaluateAll((trs) => trs.map((tr) => tr.dataset.prefix));
+  assert.deepEqual(await prefixRows(), ['/busy'], 'only the endpoint with traffic shows');
+  assert.match(await textOf(toggle), /^12 idle endpoints/);
+  assert.equal(await toggle.getAttribute('aria-expanded'), 'false');
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-idle-closed-desktop.png'), fullPage: true });
+
+  // A click opens it: the idle endpoints follow it, by prefix.
+  await toggle.click();
+  await until('the idle endpoints', async () => (await prefixRows()).length === 13);
+  assert.equal(await toggle.getAttribute('aria-expanded'), 'true');
+  assert.equal((await prefixRows())[0], '/busy');
+  assert.equal(await page.locator('#ep-body tr').nth(1).getAttribute('class'), 'idle-row', 'the idle row comes after the busy ones');
+  // It stays open across refreshes.
+  const renders = Number(await page.evaluate(() => document.body.dataset.renders));
+  await until('a refresh', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > renders, REFRESH_WAIT);
+  assert.equal((await prefixRows()).length, 13);
+  // The keyboard closes and opens it too (it is a button).
+  await toggle.focus();
+  await page.keyboard.press('Enter');
+  await until('closed by Enter', async () => (await prefixRows()).length === 1);
+  assert.equal(await toggle.getAttribute('aria-expanded'), 'false');
+  await page.keyboard.press('Space');
+  await until('opened by Space', async () => (await prefixRows()).length === 13);
+  await page.keyboard.press('Enter');
+  await until('closed again', async () => (await prefixRows()).length === 1);
+  // A filter looks through the idle endpoints too.
+  await page.locator('#ep-filter').fill('cohere');
+  await until('the filtered idle endpoint', async () => JSON.stringify(await prefixRows()) === '["/cohere"]');
+  assert.equal(await toggle.count(), 0, 'no idle row while filtering');
+  await page.locator('#ep-filter').fill('');
+  await until('folded again', async () => (await prefixRows()).length === 1);
+
+  // 375 px: nothing scrolls sideways, the long snippet lines wrap inside
+  // their box, closed and open.
+  await page.setViewportSize({ width: 375, height: 812 });
+  assert.match(await textOf(page.locator('[data-snippet="use.openai"] code')), new RegExp(long));
+  for (const state of ['closed', 'open']) {
+    if (state === 'open') {
+      await toggle.click();
+      await until('open at 375 px', async () => (await prefixRows()).length === 13);
+    }
+    const overflow = await overflowOf(page);
+    assert.ok(overflow <= 0, `dashboard (idle ${state}) at 375 px scrolls sideways by ${overflow} px`);
+    const cut = await page.locator('.snippet pre').evaluateAll((ps) => ps.filter((p) => p.scrollWidth > p.clientWidth + 1).length);
+    assert.equal(cut, 0, 'a snippet is wider than its box');
+    await page.screenshot({ path: path.join(artifacts, `dashboard-idle-${state}-phone.png`), fullPage: true });
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.unroute('**/stats');
   await page.close();
 });
 

@@ -4,7 +4,10 @@
 // An endpoint with more than one target (SPEC §9) gets a row under it with
 // each target's figures and cooldown. The Keys section (SPEC §10) shows
 // each proxy key's usage by id and name, and is hidden while /stats has
-// no keys.
+// no keys. Endpoints without traffic fold into one row that opens on click.
+// With STATS_TOKEN set on the server, /stats answers 401 until the page
+// sends a token: the page then asks for it as /admin asks for the admin
+// token, and keeps it in this tab's sessionStorage only.
 'use strict';
 
 (function () {
@@ -13,6 +16,7 @@
   const REFRESH_S = 5;
   const TIMEOUT_MS = 4000;
   const SVG_NS = 'http://www.w3.org/2000/svg';
+  const TOKEN_KEY = 'apiproxy.statsToken';
 
   const state = {
     data: null,       // the last /stats answer that parsed
@@ -22,6 +26,11 @@
     timer: 0,
     renders: 0,
   };
+  // The bearer token sent with /stats: '' sends none (a public server).
+  // locked while the page asks for one; checking while a typed one is
+  // being tried.
+  const auth = { token: ui.session.get(TOKEN_KEY) || '', locked: false, checking: false };
+  let idleOpen = false; // the idle endpoints row, opened by the reader
   const rows = new Map(); // prefix -> {tr, sub, c, multi}
   const keyRows = new Map(); // key id -> {tr, c}
   let chartKeys = { hourly: '', daily: '' };
@@ -34,8 +43,15 @@
     const ctrl = new AbortController();
     const abort = window.setTimeout(() => ctrl.abort(), TIMEOUT_MS);
     let fresh = false;
+    let refused = null;
     try {
-      const res = await fetch('/stats', { cache: 'no-store', signal: ctrl.signal, headers: { Accept: 'application/json' } });
+      const headers = { Accept: 'application/json' };
+      if (auth.token) headers.Authorization = 'Bearer ' + auth.token;
+      const res = await fetch('/stats', { cache: 'no-store', signal: ctrl.signal, headers });
+      if (res.status === 401 || res.status === 429) {
+        refused = res;
+        return;
+      }
       if (!res.ok) {
         state.httpStatus = res.status;
         throw new Error('HTTP ' + res.status);
@@ -52,12 +68,98 @@
       if (!(e instanceof Error && e.message.startsWith('HTTP '))) state.httpStatus = 0;
     } finally {
       window.clearTimeout(abort);
-      renderStatus();
-      if (!document.hidden) state.timer = window.setTimeout(refresh, REFRESH_S * 1000);
+      if (refused) {
+        // No more polling until a token is entered.
+        askToken(refused.status, refused.headers.get('Retry-After'));
+      } else {
+        // A typed token was answered, or, after the server was down
+        // during its check, a later poll with it was.
+        if (auth.checking || (auth.locked && fresh)) tokenChecked(fresh);
+        renderStatus();
+        if (!document.hidden) state.timer = window.setTimeout(refresh, REFRESH_S * 1000);
+      }
     }
     // Outside the try: a bug in rendering is reported as one (the browser
     // tests fail on it), not shown as an unreachable server.
     if (fresh) render();
+  }
+
+  // Token form (STATS_TOKEN). askToken shows it after /stats refused the
+  // token sent (401: none, a wrong one, or one no longer accepted; 429:
+  // this address failed too often), with a message saying which.
+  function askToken(status, retryAfter) {
+    let msg = '';
+    if (status === 429) {
+      msg = t('stok.limited', { n: retryAfter || '60' });
+    } else {
+      if (auth.checking) msg = t('stok.wrong');
+      else if (auth.token) msg = t('stok.expired');
+      auth.token = '';
+      ui.session.set(TOKEN_KEY, null);
+    }
+    const first = !auth.locked;
+    auth.locked = true;
+    auth.checking = false;
+    state.data = null;
+    $('main').classList.add('locked');
+    $('stats-login').hidden = false;
+    $('stats-forget').hidden = true;
+    const btn = $('stats-login-btn');
+    btn.disabled = false;
+    setText(btn, t('stok.submit'));
+    setText($('stats-login-error'), msg);
+    $('stats-token').setAttribute('aria-invalid', String(msg !== ''));
+    renderStatus();
+    if (first || msg) $('stats-token').focus();
+  }
+
+  // submitToken tries the token typed in the form on /stats.
+  function submitToken() {
+    const candidate = $('stats-token').value.trim();
+    if (!candidate) {
+      setText($('stats-login-error'), t('stok.empty'));
+      $('stats-token').setAttribute('aria-invalid', 'true');
+      $('stats-token').focus();
+      return;
+    }
+    auth.token = candidate;
+    auth.checking = true;
+    const btn = $('stats-login-btn');
+    btn.disabled = true;
+    setText(btn, t('stok.checking'));
+    refresh();
+  }
+
+  // tokenChecked ends a check that /stats did not refuse: accepted (ok),
+  // or not answered (the server is down: the form stays, and the polls go
+  // on with the typed token).
+  function tokenChecked(ok) {
+    auth.checking = false;
+    const btn = $('stats-login-btn');
+    btn.disabled = false;
+    setText(btn, t('stok.submit'));
+    if (!ok) {
+      setText($('stats-login-error'), t('stok.unreachable'));
+      return;
+    }
+    ui.session.set(TOKEN_KEY, auth.token);
+    auth.locked = false;
+    $('stats-token').value = '';
+    setText($('stats-login-error'), '');
+    $('stats-token').setAttribute('aria-invalid', 'false');
+    $('stats-login').hidden = true;
+    $('main').classList.remove('locked');
+    $('stats-forget').hidden = false;
+    // The form that had focus is gone; start from the heading.
+    $('h-dash').focus();
+  }
+
+  // forgetToken drops the token of this tab and asks for one again.
+  function forgetToken() {
+    ui.session.set(TOKEN_KEY, null);
+    auth.token = '';
+    window.clearTimeout(state.timer);
+    askToken(401, null);
   }
 
   function render() {
@@ -78,10 +180,12 @@
     const p = $('status');
     const text = $('status-text');
     text.removeAttribute('data-i18n');
-    const down = state.downSince !== 0;
-    p.classList.toggle('live', !down && state.okAt !== 0);
+    const down = state.downSince !== 0 && !auth.locked;
+    p.classList.toggle('live', !down && state.okAt !== 0 && !auth.locked);
     p.classList.toggle('down', down);
-    if (!down && state.okAt) {
+    if (auth.locked) {
+      setText(text, t('stok.locked'));
+    } else if (!down && state.okAt) {
       let msg = t('dash.live', { time: fmt.time(state.okAt), n: REFRESH_S });
       if (state.data && state.data.stats_enabled === false) msg += ' · ' + t('dash.statsOff');
       setText(text, msg);
@@ -337,14 +441,35 @@
     setErrors(c, count, errs, num(e.rate_limited));
     setText(c.latencyMain, count > 0 ? fmt.ms(lat.avg) : '–');
     setText(c.latencySub, count > 0 ? 'p95 ' + fmt.ms(lat.p95) : '');
-    setText(c.tokensMain, fmt.int(tok.total));
+    setText(c.tokensMain, fmt.compact(tok.total));
     const models = Object.entries(e.models || {}).sort((a, b) => num(b[1].count) - num(a[1].count));
     setText(c.tokensSub, models.length ? models[0][0] + (models.length > 1 ? ' +' + (models.length - 1) : '') : '');
-    let title = t('ep.tokensTitle', { p: fmt.int(tok.prompt), c: fmt.int(tok.completion) });
+    let title = fmt.int(tok.total) + ' · ' + t('ep.tokensTitle', { p: fmt.int(tok.prompt), c: fmt.int(tok.completion) });
     if (models.length) {
       title += '\n' + t('ep.models') + ': ' + models.map(([m, v]) => m + ' (' + fmt.int(v.count) + ')').join(', ');
     }
     setTitle(c.tokens, title);
+  }
+
+  // An endpoint is idle when it has no requests in what the table shows.
+  function isIdle(e) { return num(e && e.count) === 0; }
+
+  // The row that stands for the idle endpoints: a button that opens and
+  // closes them (aria-expanded says which), made on first use.
+  let idleRow = null;
+  function getIdleRow() {
+    if (idleRow) return idleRow;
+    const label = el('span', { className: 'idle-label' });
+    const sub = el('span', { className: 'idle-sub' });
+    const btn = el('button', { type: 'button', className: 'idle-toggle', 'aria-expanded': 'false' },
+      el('span', { className: 'chev', 'aria-hidden': 'true' }), label, sub);
+    btn.addEventListener('click', () => {
+      idleOpen = !idleOpen;
+      if (state.data) renderEndpoints(state.data.endpoints || {});
+    });
+    const tr = el('tr', { className: 'idle-row' }, el('td', { colSpan: COLS.length }, btn));
+    idleRow = { tr, btn, label, sub };
+    return idleRow;
   }
 
   function renderEndpoints(endpoints) {
@@ -354,40 +479,47 @@
       .filter(([p, e]) => !q || p.toLowerCase().includes(q) || String(e.target || '').toLowerCase().includes(q) ||
         (Array.isArray(e.targets) && e.targets.some((x) => x && String(x.url || '').toLowerCase().includes(q))))
       .sort((a, b) => num(b[1].count) - num(a[1].count) || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    // Idle endpoints (the sort put them last) fold into one row, two or
+    // more of them, unless a filter is looking for them.
+    const idle = q ? [] : shown.filter(([, e]) => isIdle(e));
+    const fold = idle.length >= 2;
+    const firstIdle = fold ? shown.length - idle.length : shown.length;
     const body = $('ep-body');
-    const keep = new Set();
-    const order = [];
-    for (const [prefix, e] of shown) {
+    const want = [];
+    const seen = new Set();
+    shown.forEach(([prefix, e], i) => {
       let r = rows.get(prefix);
       if (!r) {
         r = newRow(prefix);
         rows.set(prefix, r);
       }
       updateRow(r, prefix, e || {});
-      keep.add(prefix);
-      order.push(prefix);
-    }
-    for (const [prefix, r] of rows) {
-      if (!keep.has(prefix)) {
-        r.tr.remove();
-        r.sub.remove();
-        if (!(prefix in endpoints)) rows.delete(prefix);
-      } else if (!r.multi) {
-        r.sub.remove();
+      seen.add(prefix);
+      if (i === firstIdle) {
+        const ir = getIdleRow();
+        setText(ir.label, t('ep.idle', { n: fmt.int(idle.length) }));
+        setText(ir.sub, t('ep.idleSub'));
+        ir.btn.setAttribute('aria-expanded', String(idleOpen));
+        want.push(ir.tr);
       }
-    }
-    const want = [];
-    for (const prefix of order) {
-      const r = rows.get(prefix);
+      if (i >= firstIdle && !idleOpen) return;
       want.push(r.tr);
       if (r.multi) want.push(r.sub);
+    });
+    for (const prefix of rows.keys()) {
+      if (!seen.has(prefix) && !(prefix in endpoints)) rows.delete(prefix);
     }
-    if (body.children.length !== want.length || want.some((n, i) => body.children[i] !== n)) {
-      // append moves a row already in place, so only the order changes.
-      for (const n of want) body.append(n);
+    const keep = new Set(want);
+    for (const n of [...body.children]) if (!keep.has(n)) n.remove();
+    // Rows already in place stay untouched: moving a node would take the
+    // focus from a button in it (the idle row's, a Copy button).
+    let cur = body.firstChild;
+    for (const n of want) {
+      if (n === cur) cur = cur.nextSibling;
+      else body.insertBefore(n, cur);
     }
     $('ep-empty').hidden = entries.length !== 0;
-    setText($('ep-count'), q ? t('ep.countFiltered', { shown: fmt.int(order.length), n: fmt.int(entries.length) }) : t('ep.count', { n: fmt.int(entries.length) }));
+    setText($('ep-count'), q ? t('ep.countFiltered', { shown: fmt.int(shown.length), n: fmt.int(entries.length) }) : t('ep.count', { n: fmt.int(entries.length) }));
   }
 
   // Keys table, keyed by id: name and id, windows, errors, tokens and
@@ -432,9 +564,9 @@
     setText(c.total, fmt.int(count));
     setErrors(c, count, errs, num(k.rate_limited));
     const tok = k.tokens || {};
-    setText(c.tokensMain, fmt.int(tok.total));
+    setText(c.tokensMain, fmt.compact(tok.total));
     setText(c.tokensSub, t('card.tokensSub', { p: fmt.compact(tok.prompt), c: fmt.compact(tok.completion) }));
-    setTitle(c.tokens, t('ep.tokensTitle', { p: fmt.int(tok.prompt), c: fmt.int(tok.completion) }));
+    setTitle(c.tokens, fmt.int(tok.total) + ' · ' + t('ep.tokensTitle', { p: fmt.int(tok.prompt), c: fmt.int(tok.completion) }));
     const last = num(k.last_used_at);
     setText(c.last, last > 0 ? fmt.ago(last) : '–');
     setTitle(c.last, last > 0 ? fmt.dateTime(last) : '');
@@ -549,6 +681,8 @@
   }
 
   function relabel() {
+    const btn = $('stats-login-btn');
+    setText(btn, t(auth.checking ? 'stok.checking' : 'stok.submit'));
     for (const [prefix, r] of rows) labelRow(r.c, prefix);
     for (const r of keyRows.values()) labelKeyRow(r.c);
     chartKeys = { hourly: '', daily: '' };
@@ -558,13 +692,19 @@
 
   document.addEventListener('DOMContentLoaded', () => {
     renderSnippets({});
+    $('stats-login-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      if (!auth.checking) submitToken();
+    });
+    $('stats-forget').addEventListener('click', forgetToken);
+    $('stats-forget').hidden = !auth.token;
     $('ep-filter').addEventListener('input', () => {
       if (state.data) renderEndpoints(state.data.endpoints || {});
     });
     ui.onLangChange(relabel);
     document.addEventListener('visibilitychange', () => {
       if (document.hidden) window.clearTimeout(state.timer);
-      else refresh();
+      else if (!auth.locked) refresh();
     });
     if (window.ResizeObserver) {
       let pending = 0;

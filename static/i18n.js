@@ -31,6 +31,21 @@
       'dash.downNever': 'Server unreachable; retrying every {n} s.',
       'dash.httpError': '/stats answered HTTP {status}; retrying every {n} s.',
       'dash.statsOff': 'Stats collection is off (ENABLE_STATS=false); only process figures update.',
+      // The dashboard's token form (STATS_TOKEN) and its idle endpoints row.
+      'stok.title': 'Stats token',
+      'stok.help': 'This server keeps its figures private (STATS_TOKEN). Enter the stats token or the admin token. It is kept only in this browser tab.',
+      'stok.token': 'Stats token',
+      'stok.submit': 'Show figures',
+      'stok.checking': 'Checking…',
+      'stok.empty': 'Enter the token.',
+      'stok.wrong': 'Wrong token. Enter STATS_TOKEN or the admin token.',
+      'stok.expired': 'The token is no longer accepted. Enter it again.',
+      'stok.limited': 'Too many failed attempts from this address. Try again in {n} s.',
+      'stok.unreachable': 'The server cannot be reached. Check that apiproxy is running, then try again.',
+      'stok.forget': 'Forget token',
+      'stok.locked': 'A token is needed to see the figures.',
+      'ep.idle': '{n} idle endpoints',
+      'ep.idleSub': 'no requests yet',
       'card.total': 'Total requests',
       'card.24h': 'Last 24 h',
       'card.7d': 'Last 7 days',
@@ -328,6 +343,21 @@
       'dash.downNever': '无法连接服务器，每 {n} 秒重试。',
       'dash.httpError': '/stats 返回 HTTP {status}，每 {n} 秒重试。',
       'dash.statsOff': '统计已关闭（ENABLE_STATS=false），只有进程数据会更新。',
+      // 仪表盘的令牌表单（STATS_TOKEN）与空闲端点行。
+      'stok.title': '统计令牌',
+      'stok.help': '此服务器的统计数据不公开（STATS_TOKEN）。请输入统计令牌或管理令牌。它只保存在当前浏览器标签页中。',
+      'stok.token': '统计令牌',
+      'stok.submit': '查看数据',
+      'stok.checking': '验证中…',
+      'stok.empty': '请输入令牌。',
+      'stok.wrong': '令牌错误。请输入 STATS_TOKEN 或管理令牌。',
+      'stok.expired': '令牌已不再有效，请重新输入。',
+      'stok.limited': '此地址失败次数过多，请 {n} 秒后再试。',
+      'stok.unreachable': '无法连接服务器。请确认 apiproxy 正在运行，然后重试。',
+      'stok.forget': '清除令牌',
+      'stok.locked': '需要令牌才能查看数据。',
+      'ep.idle': '{n} 个空闲端点',
+      'ep.idleSub': '尚无请求',
       'card.total': '总请求数',
       'card.24h': '最近 24 小时',
       'card.7d': '最近 7 天',
@@ -764,15 +794,39 @@
     b.setAttribute('aria-label', t('copy.label', { what: b.dataset.whatKey ? t(b.dataset.whatKey) : b.dataset.what }));
   }
 
+  // Dates and numbers follow the reader's locale (SPEC §5), never a region
+  // fixed per page language: a US reader gets 11/4 for 4 November, a
+  // British one 04/11. formatLocales is the browser's languages that are in
+  // the page's language (en-US, en-GB, en-IN… for English; zh-CN, zh-TW…
+  // for Chinese), most preferred first. When none is: a reader who picked
+  // the other page language with the toggle gets that language's own
+  // conventions (Intl's default region for it), and a reader whose
+  // languages the page has no strings for (de-DE, reading the English
+  // page) keeps those languages' conventions.
+  function formatLocales() {
+    const langs = (navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language])
+      .filter((l) => typeof l === 'string' && l !== '');
+    const same = langs.filter((l) => l.toLowerCase().split('-')[0] === lang);
+    if (same.length) return same;
+    if (lang !== browserLang()) return [lang];
+    return langs.concat(lang);
+  }
+
   // Intl formatters are costly to build (a table of 200 endpoints formats
-  // a few thousand numbers), so each one is made once per language.
+  // a few thousand numbers), so each one is made once per language, and
+  // again when the browser's languages change.
   const formatters = new Map();
+  window.addEventListener('languagechange', () => formatters.clear());
   function cached(kind, opts) {
     const key = lang + '|' + kind + '|' + JSON.stringify(opts);
     let f = formatters.get(key);
     if (!f) {
-      const loc = lang === 'zh' ? 'zh-CN' : kind === 'date' ? 'en-GB' : 'en-US';
-      f = kind === 'date' ? new Intl.DateTimeFormat(loc, opts) : new Intl.NumberFormat(loc, opts);
+      const make = (locs) => (kind === 'date' ? new Intl.DateTimeFormat(locs, opts) : new Intl.NumberFormat(locs, opts));
+      try {
+        f = make(formatLocales());
+      } catch (e) {
+        f = make(lang); // a malformed language tag from the browser
+      }
       formatters.set(key, f);
     }
     return f;

@@ -207,11 +207,20 @@ func read(client *http.Client, c config, at time.Duration, phase string) (sample
 			s.rssKiB, _ = strconv.ParseInt(f[1], 10, 64)
 		}
 	}
-	res, err := client.Get(strings.TrimSuffix(c.proxy, "/") + "/stats")
+	req, err := http.NewRequest(http.MethodGet, strings.TrimSuffix(c.proxy, "/")+"/stats", nil)
+	if err != nil {
+		return s, fmt.Errorf("GET /stats: %w", err)
+	}
+	// The admin token opens /stats whether STATS_TOKEN is set or not.
+	req.Header.Set("Authorization", "Bearer "+c.adminToken)
+	res, err := client.Do(req)
 	if err != nil {
 		return s, fmt.Errorf("GET /stats: %w", err)
 	}
 	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return s, fmt.Errorf("GET /stats: status %d", res.StatusCode)
+	}
 	var v struct {
 		Performance struct {
 			Goroutines int64 `json:"goroutine_count"`
