@@ -9,7 +9,6 @@ package main
 // type, which has no field that could carry them.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -138,14 +137,6 @@ func millis(d time.Duration) float64 {
 // optString is a string that is null in JSON when empty.
 type optString string
 
-// MarshalJSON writes null for "", the quoted string otherwise.
-func (s optString) MarshalJSON() ([]byte, error) {
-	if s == "" {
-		return []byte("null"), nil
-	}
-	return json.Marshal(string(s))
-}
-
 // UnmarshalJSON reads null as "".
 func (s *optString) UnmarshalJSON(b []byte) error {
 	if string(b) == "null" {
@@ -167,14 +158,6 @@ type optIndex int
 // noIndex is the null optIndex.
 const noIndex optIndex = -1
 
-// MarshalJSON writes null for noIndex (any negative), the number otherwise.
-func (i optIndex) MarshalJSON() ([]byte, error) {
-	if i < 0 {
-		return []byte("null"), nil
-	}
-	return strconv.AppendInt(nil, int64(i), 10), nil
-}
-
 // UnmarshalJSON reads null as noIndex.
 func (i *optIndex) UnmarshalJSON(b []byte) error {
 	if string(b) == "null" {
@@ -193,17 +176,6 @@ func (i *optIndex) UnmarshalJSON(b []byte) error {
 // none); a netip.Addr, not a string, so that recording it allocates
 // nothing on the request path.
 type logAddr netip.Addr
-
-// MarshalJSON writes the address as a string, "" when it is invalid.
-func (a logAddr) MarshalJSON() ([]byte, error) {
-	ip := netip.Addr(a)
-	if !ip.IsValid() {
-		return []byte(`""`), nil
-	}
-	b := append(make([]byte, 0, 48), '"')
-	b = ip.AppendTo(b)
-	return append(b, '"'), nil
-}
 
 // UnmarshalJSON reads an address; "" is the invalid one.
 func (a *logAddr) UnmarshalJSON(b []byte) error {
@@ -233,14 +205,6 @@ func (a logAddr) String() string {
 
 // logTime is a time written in UTC to the millisecond, as SPEC §12 shows.
 type logTime time.Time
-
-// MarshalJSON writes t as "2006-01-02T15:04:05.000Z".
-func (t logTime) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, len(requestLogTimeFormat)+2)
-	b = append(b, '"')
-	b = time.Time(t).UTC().AppendFormat(b, requestLogTimeFormat)
-	return append(b, '"'), nil
-}
 
 // UnmarshalJSON reads an RFC 3339 time.
 func (t *logTime) UnmarshalJSON(b []byte) error {
@@ -480,7 +444,7 @@ type jsonLines struct {
 	mu      sync.Mutex
 	w       io.Writer
 	f       *os.File // nil for stdout
-	buf     bytes.Buffer
+	buf     []byte // reused by writeLog
 	failing bool
 }
 
@@ -541,17 +505,12 @@ func (j *jsonLines) close() error {
 func (j *jsonLines) writeLog(_ context.Context, recs []logRecord) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.buf.Reset()
-	enc := json.NewEncoder(&j.buf)
-	enc.SetEscapeHTML(false)
+	b := j.buf[:0]
 	for i := range recs {
-		// Encode appends the newline. A logRecord always encodes; were one
-		// not to, retrying it would fail forever, so it is dropped.
-		if err := enc.Encode(&recs[i]); err != nil {
-			j.logger.Error("encode request log record", "error", err)
-		}
+		b = append(recs[i].appendJSON(b, true), '\n')
 	}
-	_, err := j.w.Write(j.buf.Bytes())
+	j.buf = b
+	_, err := j.w.Write(b)
 	if err != nil {
 		if !j.failing {
 			j.logger.Error("request log write failed; records dropped until it works again",

@@ -98,10 +98,7 @@ func (b logBounds) limits() (keep, scan int) {
 // (bbolt) or replaces by its own (the Redis stream's entry id). The
 // embedded ID field, zero and omitzero, shadows the record's.
 func encodeStoredLogRecord(r *logRecord) ([]byte, error) {
-	return json.Marshal(struct {
-		*logRecord
-		ID struct{} `json:"id,omitzero"`
-	}{logRecord: r})
+	return r.appendJSON(make([]byte, 0, 448), false), nil
 }
 
 // decodeStoredLogRecord reads a value of encodeStoredLogRecord as the
