@@ -444,7 +444,7 @@ type jsonLines struct {
 	mu      sync.Mutex
 	w       io.Writer
 	f       *os.File // nil for stdout
-	buf     []byte // reused by writeLog
+	buf     []byte   // reused by writeLog
 	failing bool
 }
 

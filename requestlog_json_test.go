@@ -125,9 +125,11 @@ func TestLogRecordJSON(t *testing.T) {
 		"ipv6":          func(r *logRecord) { r.ClientIP = logAddr(netip.MustParseAddr("2001:db8::1")) },
 		"floats":        func(r *logRecord) { r.LatencyMS, r.TTFBMS = 1e21, 1e-7 },
 		"big floats":    func(r *logRecord) { r.LatencyMS, r.TTFBMS = 123456789.1, 0.1 },
-		"other zone":    func(r *logRecord) { r.Time = logTime(time.Date(2026, 1, 2, 3, 4, 5, 6_000_000, time.FixedZone("X", -5*3600))) },
-		"negative":      func(r *logRecord) { r.Status, r.BytesIn, r.Target = -1, -5, 3 },
-		"long":          func(r *logRecord) { r.Path = strings.Repeat("/segment", 500) },
+		"other zone": func(r *logRecord) {
+			r.Time = logTime(time.Date(2026, 1, 2, 3, 4, 5, 6_000_000, time.FixedZone("X", -5*3600)))
+		},
+		"negative": func(r *logRecord) { r.Status, r.BytesIn, r.Target = -1, -5, 3 },
+		"long":     func(r *logRecord) { r.Path = strings.Repeat("/segment", 500) },
 	}
 	for name, change := range cases {
 		t.Run(name, func(t *testing.T) {
