@@ -21,6 +21,18 @@ var boltRequestLog = []byte("requestlog")
 
 var _ logStore = (*boltStore)(nil)
 
+// boltLogBatch is the most records one writeLog of the embedded store
+// takes, and how many waiting records wake its writer before its second
+// is up: a commit costs two fdatasyncs and the rewrite of the pages it
+// touched whatever it holds, so at 10,000 requests a second 2 commits
+// cost less than 10 (about 3 % of the proxy's CPU, measured). The queue
+// (requestLogQueueSize) still holds a second of such traffic.
+const boltLogBatch = 5000
+
+// logBatch tells the Server's request log queue the batch this store
+// takes (boltLogBatch).
+func (s *boltStore) logBatch() int { return boltLogBatch }
+
 // boltLog is the request log's state in a boltStore. The number of
 // records is kept here rather than counted on each write, which
 // Bucket.Stats would do by walking the whole bucket: it is counted once,

@@ -43,7 +43,11 @@ func newServerLog(cfg Config, store Store, logger *slog.Logger) (*serverLog, err
 	l := &serverLog{logger: logger}
 	if ls, ok := store.(logStore); ok {
 		l.store = ls
-		l.queues = append(l.queues, newLogQueue(ls, logger))
+		q := newLogQueue(ls, logger)
+		if b, ok := store.(interface{ logBatch() int }); ok {
+			q.batch = b.logBatch()
+		}
+		l.queues = append(l.queues, q)
 	}
 	if dest := strings.TrimSpace(cfg.RequestLog); dest != "" && dest != "off" {
 		j, err := openJSONLines(dest, logger)
