@@ -430,7 +430,9 @@ type Stats struct {
 	baseAt  time.Time
 	baseErr bool       // the last load failed (logged once per outage)
 	perfAcc perfSample // drained since the last performance sample
-	unspill bool       // remove the spill file after the next successful flush
+	// fieldNames are the stored field names /stats answers parsed.
+	fieldNames fieldNames
+	unspill    bool // remove the spill file after the next successful flush
 	// batchPrefix, random, and batchSeq make the ids of this Stats'
 	// batches, unique across instances and restarts; batchSeq is owned by
 	// flush (ioMu).

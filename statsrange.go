@@ -109,8 +109,8 @@ const (
 // hold and totals do not.
 func (k fieldKind) latency() bool { return k == fkLatSum || k == fkLatency || k == fkTTFB }
 
-// fieldRef is a stored field name parsed, with the figures it adds to in
-// the view being computed.
+// fieldRef is a stored field name parsed (fieldInfo), with the figures
+// it adds to in the view being computed.
 type fieldRef struct {
 	e    *endpointView // the prefix's or key's figures; nil for a field ignored
 	key  bool          // e is a proxy key's (keyStatsMark)
@@ -118,6 +118,49 @@ type fieldRef struct {
 	i    int
 	fig  int
 	m    *modelSlot
+	done bool // e, key and m are set
+}
+
+// fieldInfo is a stored field name parsed: "<prefix>|<name>", name being
+// of kind (fkNone for a name without a prefix, or unknown).
+type fieldInfo struct {
+	prefix, model string
+	kind          fieldKind
+	i, fig        int
+}
+
+// fieldNames parses the stored field names of /stats answers, each once
+// for all answers: the same names come back in every bucket of every
+// answer, and parsing them was most of the time an answer took. Not safe
+// for concurrent use (Stats.mu).
+type fieldNames struct {
+	index map[string]int32 // into info
+	info  []fieldInfo
+}
+
+// maxFieldNames bounds fieldNames: it forgets every name when it holds
+// more, as prefixes, models and keys come and go.
+const maxFieldNames = 1 << 20
+
+// id returns the index of name in fn.info, parsing it on first sight.
+func (fn *fieldNames) id(name string) int32 {
+	if i, ok := fn.index[name]; ok {
+		return i
+	}
+	if fn.index == nil || len(fn.info) >= maxFieldNames {
+		fn.index, fn.info = make(map[string]int32, 1024), fn.info[:0]
+	}
+	var fi fieldInfo
+	if prefix, rest, ok := strings.Cut(name, "|"); ok {
+		fi.kind, fi.i, fi.fig, fi.model = parseStatsField(rest)
+		if fi.kind != fkNone {
+			fi.prefix = prefix
+		}
+	}
+	i := int32(len(fn.info))
+	fn.index[name] = i
+	fn.info = append(fn.info, fi)
+	return i
 }
 
 // modelSlot is a model's figures in an endpointView, listed in its
@@ -190,38 +233,64 @@ func parseStatsField(name string) (kind fieldKind, i, fig int, model string) {
 	return fkNone, 0, 0, ""
 }
 
-// viewBuilder computes one /stats answer from statsData. Field names
-// repeat across buckets and sources, so each is parsed once per answer
-// (refs).
+// viewBuilder computes one /stats answer from statsData, with the field
+// names parsed by names, whose info refs follows.
 type viewBuilder struct {
-	v    *statsView
-	rng  statsRange
-	all  endpointSet // every prefix with stats, deleted ones too, and every key's
-	refs map[string]fieldRef
+	v     *statsView
+	rng   statsRange
+	all   endpointSet // every prefix with stats, deleted ones too, and every key's
+	names *fieldNames
+	refs  []fieldRef // by id in names
 }
 
-func newViewBuilder(v *statsView, rng statsRange) *viewBuilder {
-	return &viewBuilder{v: v, rng: rng, all: endpointSet{}, refs: make(map[string]fieldRef, 1024)}
+func newViewBuilder(v *statsView, rng statsRange, names *fieldNames) *viewBuilder {
+	return &viewBuilder{v: v, rng: rng, all: endpointSet{}, names: names, refs: make([]fieldRef, len(names.info))}
 }
 
-// ref returns the parsed field f, parsing it on first sight.
-func (b *viewBuilder) ref(f string) fieldRef {
-	if r, ok := b.refs[f]; ok {
-		return r
+// ref returns the field f with the figures it adds to. The result is
+// valid until the next call.
+func (b *viewBuilder) ref(f string) *fieldRef {
+	id := b.names.id(f)
+	if int(id) >= len(b.refs) {
+		if len(b.names.info) < len(b.refs) { // names forgot them all
+			b.refs = b.refs[:0]
+		}
+		b.refs = append(b.refs, make([]fieldRef, len(b.names.info)-len(b.refs))...)
 	}
-	var r fieldRef
-	if prefix, name, ok := strings.Cut(f, "|"); ok {
-		kind, i, fig, model := parseStatsField(name)
-		if kind != fkNone {
-			_, key := keyOfView(prefix)
-			r = fieldRef{e: b.all.get(prefix), key: key, kind: kind, i: i, fig: fig}
-			if model != "" {
-				r.m = r.e.modelSlot(model)
+	r := &b.refs[id]
+	if !r.done {
+		fi := &b.names.info[id]
+		r.done, r.kind, r.i, r.fig = true, fi.kind, fi.i, fi.fig
+		if fi.kind != fkNone {
+			_, r.key = keyOfView(fi.prefix)
+			r.e = b.all.get(fi.prefix)
+			if fi.model != "" {
+				r.m = r.e.modelSlot(fi.model)
 			}
 		}
 	}
-	b.refs[f] = r
 	return r
+}
+
+// Kinds of fields a bucket's figures are needed for (bucketNeeds): a
+// bucket outside the range adds to the series and the last_* windows
+// only, which read neither models nor latencies, the bulk of its fields.
+const (
+	needModels  = 1 << iota // fkModelCount, fkModelToken
+	needLatency             // fkLatSum, fkLatency
+)
+
+// skip reports whether f, a field name of a bucket, can be passed over
+// without parsing it, given the kinds of fields needed: a cheap look at
+// the name, since most fields are of the models of a prefix.
+func skip(f string, needs int) bool {
+	i := strings.IndexByte(f, '|')
+	if i < 0 {
+		return true
+	}
+	rest := f[i+1:]
+	return needs&needModels == 0 && strings.HasPrefix(rest, fieldModel) ||
+		needs&needLatency == 0 && (strings.HasPrefix(rest, fieldLatency) || rest == fieldLatencySum)
 }
 
 // addData adds the figures of d: to each prefix's and key's figures those
@@ -232,8 +301,11 @@ func (b *viewBuilder) ref(f string) fieldRef {
 func (b *viewBuilder) addData(d *statsData) {
 	fromTotal := b.rng == rangeNone || b.rng == rangeAll
 	for f, n := range d.Total {
+		if !fromTotal && skip(f, 0) {
+			continue
+		}
 		if r := b.ref(f); r.e != nil && (fromTotal || r.kind == fkTarget) {
-			r.e.addScoped(&r, n)
+			r.e.addScoped(r, n)
 		}
 	}
 	for p, t := range d.Last {
@@ -241,24 +313,34 @@ func (b *viewBuilder) addData(d *statsData) {
 		e.LastRequest = max(e.LastRequest, t)
 	}
 	s := &b.v.Series
+	hourNeeds := 0
+	switch b.rng {
+	case range24h:
+		hourNeeds = needModels | needLatency
+	case rangeNone:
+		hourNeeds = needLatency
+	}
 	for i := range s.Hourly {
 		pt := &s.Hourly[i]
 		for f, n := range d.Hours[pt.T/hourSeconds] {
+			if hourNeeds != needModels|needLatency && skip(f, hourNeeds) {
+				continue
+			}
 			r := b.ref(f)
 			if r.e == nil {
 				continue
 			}
 			switch {
 			case b.rng == range24h:
-				r.e.addScoped(&r, n)
+				r.e.addScoped(r, n)
 			case b.rng == rangeNone && r.kind.latency():
-				r.e.addScoped(&r, n)
+				r.e.addScoped(r, n)
 			}
 			if r.kind == fkCount {
 				r.e.Last24h += n
 			}
 			if !r.key {
-				pt.add(&r, n)
+				pt.add(r, n)
 			}
 		}
 	}
@@ -266,19 +348,29 @@ func (b *viewBuilder) addData(d *statsData) {
 		pt := &s.Daily[i]
 		age := windowDays - 1 - i // in days, today being 0
 		inRange := age < b.rng.days() || b.rng == rangeAll
+		needs := 0
+		switch {
+		case inRange && !fromTotal:
+			needs = needModels | needLatency
+		case inRange:
+			needs = needLatency
+		}
 		for f, n := range d.Days[pt.T/daySeconds] {
+			if needs != needModels|needLatency && skip(f, needs) {
+				continue
+			}
 			r := b.ref(f)
 			if r.e == nil {
 				continue
 			}
 			if inRange && (!fromTotal || r.kind.latency()) {
-				r.e.addScoped(&r, n)
+				r.e.addScoped(r, n)
 			}
 			if r.kind == fkCount {
 				r.e.addDay(age, n)
 			}
 			if !r.key {
-				pt.add(&r, n)
+				pt.add(r, n)
 			}
 		}
 	}

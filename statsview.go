@@ -232,7 +232,7 @@ type seriesPoint struct {
 // each count is in exactly one of them. st.mu must be held.
 func (st *Stats) viewLocked(now time.Time, rng statsRange) *statsView {
 	v := newStatsView(st.enabled, now)
-	b := newViewBuilder(v, rng)
+	b := newViewBuilder(v, rng, &st.fieldNames)
 	if st.base != nil {
 		b.addData(st.base)
 	}
