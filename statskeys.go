@@ -239,7 +239,8 @@ func (st *Stats) keyLastUsed(id string) int64 {
 }
 
 // keyView is the figures of one proxy key in /stats, fleet-wide: counts
-// are all-time but for the last_* windows.
+// are all-time, or the range's with one, but for the last_* windows and
+// last_used_at.
 type keyView struct {
 	Name   string `json:"name"` // the key's name now; "" once it is deleted
 	Count  int64  `json:"count"`

@@ -83,16 +83,6 @@ type modelView struct {
 	Tokens tokenCounts
 }
 
-// add adds n to the stored model field name: "count" or a token kind.
-// Other names are ignored.
-func (m *modelView) add(name string, n int64) {
-	if name == fieldCount {
-		m.Count += n
-	} else if k, ok := tokenKindOf(name); ok {
-		m.Tokens[k] += n
-	}
-}
-
 func (m modelView) MarshalJSON() ([]byte, error) {
 	b := append(make([]byte, 0, 128), `{"count":`...)
 	b = strconv.AppendInt(b, m.Count, 10)
@@ -183,7 +173,7 @@ type targetView struct {
 	CooldownUntil int64 `json:"cooldown_until"`
 }
 
-// statusView counts requests by status class, all-time.
+// statusView counts requests by status class: all-time, or the range's.
 type statusView struct {
 	S1xx int64 `json:"1xx"`
 	S2xx int64 `json:"2xx"`
@@ -218,7 +208,8 @@ type seriesView struct {
 }
 
 // seriesPoint is the figures of one hour or day, over every prefix; its
-// JSON (MarshalJSON, statsrange.go) holds the figures in fig too.
+// JSON (seriesView.MarshalJSON, statsrange.go) holds the figures in fig
+// too.
 type seriesPoint struct {
 	T      int64 `json:"t"` // Unix time the hour or (UTC) day starts
 	Count  int64 `json:"count"`
