@@ -347,7 +347,7 @@ func (b *viewBuilder) addData(d *statsData) {
 				r.e.Last24h += n
 			}
 			if !r.key {
-				pt.add(r, n)
+				b.addPoint(pt, r, n)
 			}
 		}
 	}
@@ -377,9 +377,22 @@ func (b *viewBuilder) addData(d *statsData) {
 				r.e.addDay(age, n)
 			}
 			if !r.key {
-				pt.add(r, n)
+				b.addPoint(pt, r, n)
 			}
 		}
+	}
+}
+
+// addPoint adds n to the figure r counts of the series point pt: count
+// and errors, and with a range its other figures too.
+func (b *viewBuilder) addPoint(pt *seriesPoint, r *fieldRef, n int64) {
+	switch {
+	case b.rng != rangeNone:
+		pt.add(r, n)
+	case r.kind == fkCount:
+		pt.Count += n
+	case r.kind == fkErrors:
+		pt.Errors += n
 	}
 }
 
@@ -508,35 +521,42 @@ func (pt *seriesPoint) finish() {
 	}
 }
 
-// MarshalJSON writes the series, each point with its figures
-// (docs/stats.md), in one buffer: one call, rather than one per point,
-// halved the time BenchmarkStatsRender spends on them. Decoding a point
-// into a seriesPoint reads t, count and errors only; seriesPointJSON in
-// the tests reads all.
+// MarshalJSON writes the series in one buffer: encoding/json copies and
+// compacts what each Marshaler returns, which cost more, one call per
+// point, than the points' figures (BenchmarkStatsRender). Points have
+// their figures (docs/stats.md) in an answer with a range; without one
+// they have t, count and errors only, as they always had. Decoding a
+// point into a seriesPoint reads t, count and errors only;
+// seriesPointJSON in the tests reads all.
 func (s seriesView) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, 200*(len(s.Hourly)+len(s.Daily)+len(s.Points))+64)
-	b = appendPoints(append(b, `{"hourly":`...), s.Hourly)
-	b = appendPoints(append(b, `,"daily":`...), s.Daily)
+	size := 40
+	if s.figures {
+		size = 200
+	}
+	b := make([]byte, 0, size*(len(s.Hourly)+len(s.Daily)+len(s.Points))+64)
+	b = appendPoints(append(b, `{"hourly":`...), s.Hourly, s.figures)
+	b = appendPoints(append(b, `,"daily":`...), s.Daily, s.figures)
 	if s.Points != nil {
-		b = appendPoints(append(b, `,"points":`...), s.Points)
+		b = appendPoints(append(b, `,"points":`...), s.Points, s.figures)
 	}
 	return append(b, '}'), nil
 }
 
-// appendPoints appends the JSON array of points.
-func appendPoints(b []byte, points []seriesPoint) []byte {
+// appendPoints appends the JSON array of points, with their figures or
+// not.
+func appendPoints(b []byte, points []seriesPoint, figures bool) []byte {
 	b = append(b, '[')
 	for i := range points {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = points[i].appendJSON(b)
+		b = points[i].appendJSON(b, figures)
 	}
 	return append(b, ']')
 }
 
-// appendJSON appends the point's JSON object.
-func (pt *seriesPoint) appendJSON(b []byte) []byte {
+// appendJSON appends the point's JSON object, with its figures or not.
+func (pt *seriesPoint) appendJSON(b []byte, figures bool) []byte {
 	f := &pt.fig
 	field := func(name string, n int64) {
 		b = append(b, ',', '"')
@@ -548,6 +568,9 @@ func (pt *seriesPoint) appendJSON(b []byte) []byte {
 	b = strconv.AppendInt(b, pt.T, 10)
 	field("count", pt.Count)
 	field("errors", pt.Errors)
+	if !figures {
+		return append(b, '}')
+	}
 	field("ok", f.ok)
 	field("s4xx", f.s4xx)
 	field("s429", f.s429)
@@ -579,6 +602,7 @@ func (v *statsView) finishSeries(rng statsRange, figures string) {
 	}
 	v.Range = rangeNames[rng]
 	v.Scope = &scopeView{Figures: figures, Performance: scopeInstance}
+	s.figures = true
 	switch rng {
 	case range24h:
 		s.Points = s.Hourly

@@ -493,3 +493,11 @@ func benchRangeStats(b *testing.B, now time.Time) *Stats {
 	st.proxyKeys = testKeyNames(keyIDs...)
 	return st
 }
+
+// TestStatsViewGoldenRange pins the exact /stats?range=24h body for the
+// data of TestStatsViewGolden: the range's fields and the series points'
+// figures are a contract with the dashboard.
+func TestStatsViewGoldenRange(t *testing.T) {
+	st, now := goldenStats(t)
+	checkGolden(t, "stats_view_24h.golden.json", st.renderRange(context.Background(), now, range24h))
+}

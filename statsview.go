@@ -198,13 +198,16 @@ type ttfbView struct {
 }
 
 // seriesView counts requests and errors per hour (the last windowHours)
-// and per UTC day (the last windowDays), oldest first. Points are the
-// range's, with one: Hourly for 24h, the last 7 of Daily for 7d, Daily
-// for 30d and all.
+// and per UTC day (the last windowDays), oldest first. With a range,
+// points have their other figures too (seriesFigures), and Points are
+// the range's: Hourly for 24h, the last 7 of Daily for 7d, Daily for 30d
+// and all.
 type seriesView struct {
 	Hourly []seriesPoint `json:"hourly"`
 	Daily  []seriesPoint `json:"daily"`
 	Points []seriesPoint `json:"points,omitempty"`
+
+	figures bool // the answer has a range: points are written with their figures
 }
 
 // seriesPoint is the figures of one hour or day, over every prefix; its
