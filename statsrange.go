@@ -125,9 +125,12 @@ type fieldRef struct {
 // of kind (fkNone for a name without a prefix, or unknown).
 type fieldInfo struct {
 	prefix, model string
-	i             int16 // class, token kind, histogram bucket or target index (fieldKind)
-	fig           uint8 // target figure
-	kind          fieldKind
+	// modelID numbers the prefix's model (fieldNames.models), so that
+	// the fields of one model share its figures.
+	modelID int32
+	i       int16 // class, token kind, histogram bucket or target index (fieldKind)
+	fig     uint8 // target figure
+	kind    fieldKind
 }
 
 // fieldNames parses the stored field names of /stats answers, each once
@@ -135,23 +138,27 @@ type fieldInfo struct {
 // answer, and parsing them was most of the time an answer took. Not safe
 // for concurrent use (Stats.mu).
 type fieldNames struct {
-	index map[string]int32 // into info
-	info  []fieldInfo
-	gen   int // counts the times every name was forgotten
+	index  map[string]int32 // into info
+	info   []fieldInfo
+	models map[[2]string]int32 // prefix and model → modelID
+	// scratch is the refs of the last answer, cleared, for the next.
+	scratch []fieldRef
 }
 
-// maxFieldNames bounds fieldNames: it forgets every name when it holds
-// more, as prefixes, models and keys come and go.
+// maxFieldNames bounds fieldNames: an answer starts by forgetting every
+// name when it holds more, as prefixes, models and keys come and go.
 const maxFieldNames = 1 << 20
+
+// reset forgets every name.
+func (fn *fieldNames) reset() {
+	fn.index, fn.info = make(map[string]int32, 1024), fn.info[:0]
+	fn.models = map[[2]string]int32{}
+}
 
 // id returns the index of name in fn.info, parsing it on first sight.
 func (fn *fieldNames) id(name string) int32 {
 	if i, ok := fn.index[name]; ok {
 		return i
-	}
-	if fn.index == nil || len(fn.info) >= maxFieldNames {
-		fn.index, fn.info = make(map[string]int32, 1024), fn.info[:0]
-		fn.gen++
 	}
 	var fi fieldInfo
 	if prefix, rest, ok := strings.Cut(name, "|"); ok {
@@ -160,6 +167,14 @@ func (fn *fieldNames) id(name string) int32 {
 		fi.i, fi.fig = int16(i), uint8(fig)
 		if fi.kind != fkNone {
 			fi.prefix = prefix
+		}
+		if fi.model != "" {
+			id, ok := fn.models[[2]string{prefix, fi.model}]
+			if !ok {
+				id = int32(len(fn.models))
+				fn.models[[2]string{prefix, fi.model}] = id
+			}
+			fi.modelID = id
 		}
 	}
 	i := int32(len(fn.info))
@@ -245,22 +260,33 @@ type viewBuilder struct {
 	rng   statsRange
 	all   endpointSet // every prefix with stats, deleted ones too, and every key's
 	names *fieldNames
-	refs  []fieldRef // by id in names, of generation gen
-	gen   int
+	refs  []fieldRef // by id in names
+	// models are the figures of each model (fieldInfo.modelID) seen.
+	models []*modelSlot
 }
 
 func newViewBuilder(v *statsView, rng statsRange, names *fieldNames) *viewBuilder {
-	return &viewBuilder{v: v, rng: rng, all: endpointSet{}, names: names, refs: make([]fieldRef, len(names.info)), gen: names.gen}
+	if names.index == nil || len(names.info) >= maxFieldNames {
+		names.reset()
+	}
+	refs := names.scratch[:0]
+	names.scratch = nil
+	refs = append(refs, make([]fieldRef, len(names.info))...)
+	return &viewBuilder{v: v, rng: rng, all: endpointSet{}, names: names, refs: refs}
+}
+
+// release hands the builder's refs to the next answer, cleared: they
+// hold pointers to this one's figures.
+func (b *viewBuilder) release() {
+	clear(b.refs)
+	b.names.scratch = b.refs[:0]
+	b.refs = nil
 }
 
 // ref returns the field f with the figures it adds to. The result is
 // valid until the next call.
 func (b *viewBuilder) ref(f string) *fieldRef {
 	id := b.names.id(f)
-	if b.gen != b.names.gen { // names forgot them all: ids were reused
-		clear(b.refs)
-		b.gen = b.names.gen
-	}
 	if int(id) >= len(b.refs) {
 		b.refs = append(b.refs, make([]fieldRef, len(b.names.info)-len(b.refs))...)
 	}
@@ -272,7 +298,7 @@ func (b *viewBuilder) ref(f string) *fieldRef {
 			_, r.key = keyOfView(fi.prefix)
 			r.e = b.all.get(fi.prefix)
 			if fi.model != "" {
-				r.m = r.e.modelSlot(fi.model)
+				r.m = b.modelSlot(fi)
 			}
 		}
 	}
@@ -396,15 +422,16 @@ func (b *viewBuilder) addPoint(pt *seriesPoint, r *fieldRef, n int64) {
 	}
 }
 
-// modelSlot returns the slot of the model named name, made on first use.
-func (e *endpointView) modelSlot(name string) *modelSlot {
-	if e.modelSlots == nil {
-		e.modelSlots = map[string]*modelSlot{}
+// modelSlot returns the figures of the model of the field fi, made on
+// first use.
+func (b *viewBuilder) modelSlot(fi *fieldInfo) *modelSlot {
+	if int(fi.modelID) >= len(b.models) {
+		b.models = append(b.models, make([]*modelSlot, len(b.names.models)-len(b.models))...)
 	}
-	m := e.modelSlots[name]
+	m := b.models[fi.modelID]
 	if m == nil {
-		m = &modelSlot{name: name}
-		e.modelSlots[name] = m
+		m = &modelSlot{name: fi.model}
+		b.models[fi.modelID] = m
 	}
 	return m
 }

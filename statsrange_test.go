@@ -501,3 +501,63 @@ func TestStatsViewGoldenRange(t *testing.T) {
 	st, now := goldenStats(t)
 	checkGolden(t, "stats_view_24h.golden.json", st.renderRange(context.Background(), now, range24h))
 }
+
+func TestParseStatsField(t *testing.T) {
+	tests := []struct {
+		name   string
+		kind   fieldKind
+		i, fig int
+		model  string
+	}{
+		{"count", fkCount, 0, 0, ""},
+		{"s2xx", fkClass, 1, 0, ""},
+		{"s429", fk429, 0, 0, ""},
+		{"s6xx", fkNone, 0, 0, ""},
+		{"tok_cache_write", fkToken, int(tokCacheWrite), 0, ""},
+		{"tok_unknown", fkUnknown, 0, 0, ""},
+		{"tok_other", fkNone, 0, 0, ""},
+		{"m|gpt-4o|count", fkModelCount, 0, 0, "gpt-4o"},
+		{"m|a|b|completion", fkModelToken, int(tokCompletion), 0, "a|b"},
+		{"m||count", fkNone, 0, 0, ""},
+		{"m|gpt-4o|bogus", fkNone, 0, 0, ""},
+		{"lat|40", fkLatency, 40, 0, ""},
+		{"ttfb|127", fkTTFB, 127, 0, ""},
+		{"ttfb|128", fkNone, 0, 0, ""},
+		{"lat_us", fkLatSum, 0, 0, ""},
+		{"t1|failovers", fkTarget, 1, figFailovers, ""},
+		{"t1|x", fkNone, 0, 0, ""},
+		{"", fkNone, 0, 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kind, i, fig, model := parseStatsField(tt.name)
+			if kind != tt.kind || i != tt.i || fig != tt.fig || model != tt.model {
+				t.Errorf("parseStatsField(%q) = %d, %d, %d, %q; want %d, %d, %d, %q", tt.name, kind, i, fig, model, tt.kind, tt.i, tt.fig, tt.model)
+			}
+		})
+	}
+}
+
+// TestFieldNamesForget: past maxFieldNames an answer forgets the names
+// parsed before, and still counts every field once.
+func TestFieldNamesForget(t *testing.T) {
+	now := time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)
+	st := newTestStats(t, nil, &fakeClock{t: now})
+	st.record(rec("/a", now.Add(-time.Millisecond), 200, time.Millisecond))
+	rangeViewOf(t, st, range24h)
+	st.mu.Lock()
+	for len(st.fieldNames.info) < maxFieldNames {
+		st.fieldNames.info = append(st.fieldNames.info, fieldInfo{})
+	}
+	st.mu.Unlock()
+	v := rangeViewOf(t, st, range24h)
+	if a := v.Endpoints["/a"]; a.Count != 1 || a.Status.S2xx != 1 {
+		t.Errorf("/a count %d, 2xx %d; want 1 and 1", a.Count, a.Status.S2xx)
+	}
+	st.mu.Lock()
+	n := len(st.fieldNames.info)
+	st.mu.Unlock()
+	if n >= maxFieldNames {
+		t.Errorf("%d names kept, want them forgotten", n)
+	}
+}

@@ -157,8 +157,6 @@ type endpointView struct {
 	// tries holds the target figures by position (targetFigures order),
 	// of every position stored, mapped now or not.
 	tries [maxTargets][numTargetFigures]int64
-	// modelSlots are the models of the fields read, Models the range's.
-	modelSlots map[string]*modelSlot
 }
 
 // targetView is the figures of one target of a mapping (SPEC §9), all-time
@@ -234,6 +232,7 @@ func (st *Stats) viewLocked(now time.Time, rng statsRange) *statsView {
 		b.addData(d)
 	}
 	b.addData(st.pending)
+	b.release()
 	all := b.all
 	for p, e := range all {
 		// A key's requests are its prefixes' too: they have no row of
