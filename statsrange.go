@@ -305,25 +305,36 @@ func (b *viewBuilder) ref(f string) *fieldRef {
 	return r
 }
 
-// Kinds of fields a bucket's figures are needed for (bucketNeeds): a
-// bucket outside the range adds to the series and the last_* windows
-// only, which read neither models nor latencies, the bulk of its fields.
+// Kinds of fields an answer needs of a bucket, besides count and errors
+// (always): a bucket outside the range adds to the series and the last_*
+// windows only, which read neither models nor latencies, the bulk of its
+// fields, and without a range the series read only count and errors.
 const (
 	needModels  = 1 << iota // fkModelCount, fkModelToken
-	needLatency             // fkLatSum, fkLatency
+	needLatency             // fkLatSum, fkLatency, fkTTFB: the endpoints' percentiles
+	needFigures             // the others, fkTTFB included: the range's and the points' figures
+	needAll     = needModels | needLatency | needFigures
 )
 
 // skip reports whether f, a field name of a bucket, can be passed over
 // without parsing it, given the kinds of fields needed: a cheap look at
-// the name, since most fields are of the models of a prefix.
+// the name.
 func skip(f string, needs int) bool {
 	i := strings.IndexByte(f, '|')
 	if i < 0 {
 		return true
 	}
-	rest := f[i+1:]
-	return needs&needModels == 0 && strings.HasPrefix(rest, fieldModel) ||
-		needs&needLatency == 0 && (strings.HasPrefix(rest, fieldLatency) || rest == fieldLatencySum)
+	switch rest := f[i+1:]; {
+	case rest == fieldCount || rest == fieldErrors:
+		return false
+	case strings.HasPrefix(rest, fieldModel):
+		return needs&needModels == 0
+	case strings.HasPrefix(rest, fieldLatency) || rest == fieldLatencySum:
+		return needs&needLatency == 0
+	case strings.HasPrefix(rest, fieldTTFB):
+		return needs&(needLatency|needFigures) == 0
+	}
+	return needs&needFigures == 0
 }
 
 // addData adds the figures of d: to each prefix's and key's figures those
@@ -334,7 +345,7 @@ func skip(f string, needs int) bool {
 func (b *viewBuilder) addData(d *statsData) {
 	fromTotal := b.rng == rangeNone || b.rng == rangeAll
 	for f, n := range d.Total {
-		if !fromTotal && skip(f, 0) {
+		if !fromTotal && skip(f, needFigures) { // the target tries only
 			continue
 		}
 		if r := b.ref(f); r.e != nil && (fromTotal || r.kind == fkTarget) {
@@ -346,17 +357,17 @@ func (b *viewBuilder) addData(d *statsData) {
 		e.LastRequest = max(e.LastRequest, t)
 	}
 	s := &b.v.Series
-	hourNeeds := 0
+	hourNeeds := needFigures
 	switch b.rng {
 	case range24h:
-		hourNeeds = needModels | needLatency
+		hourNeeds = needAll
 	case rangeNone:
 		hourNeeds = needLatency
 	}
 	for i := range s.Hourly {
 		pt := &s.Hourly[i]
 		for f, n := range d.Hours[pt.T/hourSeconds] {
-			if hourNeeds != needModels|needLatency && skip(f, hourNeeds) {
+			if hourNeeds != needAll && skip(f, hourNeeds) {
 				continue
 			}
 			r := b.ref(f)
@@ -384,12 +395,14 @@ func (b *viewBuilder) addData(d *statsData) {
 		needs := 0
 		switch {
 		case inRange && !fromTotal:
-			needs = needModels | needLatency
+			needs = needAll
 		case inRange:
-			needs = needLatency
+			needs = needLatency | needFigures
+		case b.rng != rangeNone:
+			needs = needFigures
 		}
 		for f, n := range d.Days[pt.T/daySeconds] {
-			if needs != needModels|needLatency && skip(f, needs) {
+			if needs != needAll && skip(f, needs) {
 				continue
 			}
 			r := b.ref(f)
