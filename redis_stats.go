@@ -151,6 +151,10 @@ func (s *redisStore) LoadStats(ctx context.Context, now time.Time) (*statsData, 
 	return d, nil
 }
 
+// sharedByFleet implements fleetStatsStore: every instance on the same
+// Redis adds to the same stats.
+func (s *redisStore) sharedByFleet() bool { return true }
+
 // redisReadFields adds the integer values of src to dst; others are
 // skipped (a hand-edited hash).
 func redisReadFields(src map[string]string, dst map[string]int64) {

@@ -119,7 +119,7 @@ func (c *tokenCounts) add(o *tokenCounts) {
 	}
 }
 
-// Status classes, the Total fields "s1xx".."s5xx".
+// Status classes, the fields "s1xx".."s5xx".
 var statusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 
 // Per-target figures (SPEC §9), in targetFigures order: the tries of a
@@ -285,11 +285,11 @@ type prefixStats struct {
 
 // prefixFields are the statsData field names of one prefix, built once.
 type prefixFields struct {
-	count, errors, latSum, clientClosed, bytesIn, bytesOut, unknown, rateLimited string
-	classes                                                                      [len(statusClasses)]string
-	tokens                                                                       [numTokenKinds]string
-	latency, ttfb                                                                [histBuckets]string
-	targets                                                                      [maxTargets][numTargetFigures]string
+	count, errors, latSum, clientClosed, bytesIn, bytesOut, unknown, rateLimited, s429 string
+	classes                                                                            [len(statusClasses)]string
+	tokens                                                                             [numTokenKinds]string
+	latency, ttfb                                                                      [histBuckets]string
+	targets                                                                            [maxTargets][numTargetFigures]string
 }
 
 func newPrefixStats(prefix string) *prefixStats {
@@ -300,7 +300,7 @@ func newPrefixStats(prefix string) *prefixStats {
 	f := &ps.f
 	f.count, f.errors, f.latSum = p+fieldCount, p+fieldErrors, p+fieldLatencySum
 	f.clientClosed, f.bytesIn, f.bytesOut, f.unknown = p+fieldClientClosed, p+fieldBytesIn, p+fieldBytesOut, p+fieldUnknown
-	f.rateLimited = p + fieldRateLimited
+	f.rateLimited, f.s429 = p+fieldRateLimited, p+fieldS429
 	for i, c := range statusClasses {
 		f.classes[i] = p + "s" + c
 	}
@@ -404,6 +404,9 @@ type Stats struct {
 	active  func() int64 // requests in flight now
 	routes  *atomic.Pointer[routeTable]
 	spill   string // path of the spill file; "" for none
+	// figuresScope is whose requests /stats counts: scopeFleet or
+	// scopeInstance (scopeView).
+	figuresScope string
 
 	prefixes atomic.Pointer[map[string]*prefixStats] // copy on write
 	keys     atomic.Pointer[map[string]*keyStats]    // by proxy key id (statskeys.go); copy on write
@@ -427,7 +430,9 @@ type Stats struct {
 	baseAt  time.Time
 	baseErr bool       // the last load failed (logged once per outage)
 	perfAcc perfSample // drained since the last performance sample
-	unspill bool       // remove the spill file after the next successful flush
+	// fieldNames are the stored field names /stats answers parsed.
+	fieldNames fieldNames
+	unspill    bool // remove the spill file after the next successful flush
 	// batchPrefix, random, and batchSeq make the ids of this Stats'
 	// batches, unique across instances and restarts; batchSeq is owned by
 	// flush (ioMu).
@@ -442,6 +447,9 @@ type Stats struct {
 	cache   []byte
 	cacheAt time.Time
 	cacheGz []byte // cache gzip-compressed, made on demand; nil until then
+	// ranged holds the bodies of /stats with a range, by range; the one
+	// without (rangeNone) is cache.
+	ranged [numRanges]cachedBody
 
 	perf atomic.Pointer[perfFigures]
 	// Owned by the loop.
@@ -481,12 +489,17 @@ func newStats(c statsConfig) *Stats {
 		routes:    c.routes,
 		proxyKeys: c.keys,
 		pending:   newStatsData(),
+		// Figures are this process's but on a store the fleet shares.
+		figuresScope: scopeInstance,
 		// 130 random bits: no two processes ever share a batch id.
 		batchPrefix: rand.Text() + "-",
 		memSamples: []metrics.Sample{
 			{Name: "/memory/classes/total:bytes"},
 			{Name: "/memory/classes/heap/released:bytes"},
 		},
+	}
+	if f, ok := c.store.(fleetStatsStore); ok && c.enabled && f.sharedByFleet() {
+		st.figuresScope = scopeFleet
 	}
 	st.started = st.now()
 	st.lastTick = st.started
@@ -616,7 +629,7 @@ func (st *Stats) drainPrefix(ps *prefixStats, hour, nowUnix int64) {
 		d := st.pending
 		d.Last[ps.prefix] = max(d.Last[ps.prefix], nowUnix)
 	}
-	st.drainCumulative(ps)
+	st.drainCumulative(ps, hour)
 }
 
 // drainSlots empties the hour slots of ps into pending's buckets and
@@ -646,11 +659,16 @@ func (st *Stats) drainSlots(ps *prefixStats, hour int64) (requests int64) {
 		addNonZero(hf, f.latSum, latSum)
 		addNonZero(df, f.count, count)
 		addNonZero(df, f.errors, errs)
+		addNonZero(df, f.latSum, latSum)
 		addNonZero(d.Total, f.count, count)
 		addNonZero(d.Total, f.errors, errs)
+		// Days hold the histograms too, for the percentiles of /stats'
+		// 7d, 30d and all ranges; only non-zero buckets are stored.
 		for i := range histBuckets {
 			addNonZero(hf, f.latency[i], lat[i])
 			addNonZero(hf, f.ttfb[i], ttfb[i])
+			addNonZero(df, f.latency[i], lat[i])
+			addNonZero(df, f.ttfb[i], ttfb[i])
 			ps.procLatency[i] += lat[i]
 			ps.procTTFB[i] += ttfb[i]
 		}
@@ -663,11 +681,13 @@ func (st *Stats) drainSlots(ps *prefixStats, hour int64) (requests int64) {
 	return requests
 }
 
-// drainCumulative adds to pending's totals what the cumulative counters of
-// ps (status codes, bytes, tokens, models, target tries) gained since the
-// last drain.
-func (st *Stats) drainCumulative(ps *prefixStats) {
+// drainCumulative adds to pending what the cumulative counters of ps
+// (status codes, bytes, tokens, models, target tries) gained since the
+// last drain: to the totals, and but for target tries to the buckets of
+// hour, the Unix hour of the drain (windowSink).
+func (st *Stats) drainCumulative(ps *prefixStats, hour int64) {
 	d, f, dr := st.pending, &ps.f, &ps.drained
+	w := windowSink{d: d, hour: hour}
 	for code := range statusSlots {
 		v := ps.codes[code].Load()
 		delta := v - dr.codes[code]
@@ -677,19 +697,22 @@ func (st *Stats) drainCumulative(ps *prefixStats) {
 		dr.codes[code] = v
 		switch {
 		case code == 0:
-			addNonZero(d.Total, f.clientClosed, delta)
+			w.add(f.clientClosed, delta)
 		case code < statusOther:
-			addNonZero(d.Total, f.classes[code/100-1], delta)
+			w.add(f.classes[code/100-1], delta)
+			if code == 429 {
+				w.add(f.s429, delta)
+			}
 		}
 	}
-	dr.bytesIn = drainCounter(d.Total, f.bytesIn, &ps.bytesIn, dr.bytesIn)
-	dr.bytesOut = drainCounter(d.Total, f.bytesOut, &ps.bytesOut, dr.bytesOut)
-	dr.unknown = drainCounter(d.Total, f.unknown, &ps.unknown, dr.unknown)
+	dr.bytesIn = w.drain(f.bytesIn, &ps.bytesIn, dr.bytesIn)
+	dr.bytesOut = w.drain(f.bytesOut, &ps.bytesOut, dr.bytesOut)
+	dr.unknown = w.drain(f.unknown, &ps.unknown, dr.unknown)
 	var limited int64
 	for l := range ps.rateLimited {
 		limited += ps.rateLimited[l].Load()
 	}
-	addNonZero(d.Total, f.rateLimited, limited-dr.rateLimited)
+	w.add(f.rateLimited, limited-dr.rateLimited)
 	dr.rateLimited = limited
 	for i := range ps.targets {
 		var delta [numTryOutcomes]int64
@@ -710,23 +733,48 @@ func (st *Stats) drainCumulative(ps *prefixStats) {
 		dr.noModel[k] = v
 	}
 	for _, m := range *ps.modelList.Load() {
-		m.drained[0] = drainCounter(d.Total, m.fields[0], &m.count, m.drained[0])
+		m.drained[0] = w.drain(m.fields[0], &m.count, m.drained[0])
 		for k, v := range m.tokens.load() {
 			tokens[k] += v - m.drained[1+k]
-			addNonZero(d.Total, m.fields[1+k], v-m.drained[1+k])
+			w.add(m.fields[1+k], v-m.drained[1+k])
 			m.drained[1+k] = v
 		}
 	}
 	for k := range tokenKinds {
-		addNonZero(d.Total, f.tokens[k], tokens[k])
+		w.add(f.tokens[k], tokens[k])
 	}
 }
 
-// drainCounter adds to field what the cumulative counter c gained since
-// it read drained, and returns its value now.
-func drainCounter(dst map[string]int64, field string, c *atomic.Int64, drained int64) int64 {
+// windowSink adds the deltas of cumulative counters to a statsData: to its
+// totals and to the buckets of one Unix hour and of that hour's day. The
+// counters are cumulative, not slotted by the hour a request ended in as
+// count and errors are, so their deltas go to the hour of the drain that
+// read them: the same hour but for a request that ended in the second
+// before an hour began. Buckets are made on the first non-zero delta.
+type windowSink struct {
+	d      *statsData
+	hour   int64
+	hf, df map[string]int64
+}
+
+// add adds n to field; nothing when n is 0.
+func (w *windowSink) add(field string, n int64) {
+	if n == 0 {
+		return
+	}
+	if w.hf == nil {
+		w.hf, w.df = bucket(w.d.Hours, w.hour), bucket(w.d.Days, w.hour*hourSeconds/daySeconds)
+	}
+	w.d.Total[field] += n
+	w.hf[field] += n
+	w.df[field] += n
+}
+
+// drain adds to field what the cumulative counter c gained since it read
+// drained, and returns its value now.
+func (w *windowSink) drain(field string, c *atomic.Int64, drained int64) int64 {
 	v := c.Load()
-	addNonZero(dst, field, v-drained)
+	w.add(field, v-drained)
 	return v
 }
 

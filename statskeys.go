@@ -7,8 +7,8 @@ package main
 // counted once more, apart from its prefix's figures, in the keyStats of
 // its key. Drain writes those counts into the same statsData as the
 // prefixes', under the pseudo-prefix "#<id>" (keyStatsMark): the fields
-// "#<id>|count" and "#<id>|errors" (Total, Hours, Days), "#<id>|tok_<kind>"
-// "#<id>|tok_unknown" and "#<id>|rate_limited" (Total), and Last["#<id>"],
+// "#<id>|count", "#<id>|errors", "#<id>|tok_<kind>", "#<id>|tok_unknown"
+// and "#<id>|rate_limited" (Total, Hours, Days), and Last["#<id>"],
 // the end of the key's latest request. drainKey also writes a key's
 // refusals by a limit into "<prefix>|rate_limited", which the prefix's own
 // counters leave to it. Mapping prefixes start with "/" (validatePrefix) and key
@@ -195,21 +195,22 @@ func (st *Stats) drainKey(ks *keyStats, hour int64) {
 		d.Last[f.mark] = max(d.Last[f.mark], l)
 		dr.last = l
 	}
+	w := windowSink{d: d, hour: hour}
 	for k, v := range ks.tokens.load() {
-		addNonZero(d.Total, f.tokens[k], v-dr.tokens[k])
+		w.add(f.tokens[k], v-dr.tokens[k])
 		dr.tokens[k] = v
 	}
-	dr.unknown = drainCounter(d.Total, f.unknown, &ks.unknown, dr.unknown)
+	dr.unknown = w.drain(f.unknown, &ks.unknown, dr.unknown)
 	// A key's refusals count for its prefix too, which does not count
 	// them itself (prefixStats.rateLimited).
 	var limited int64
 	for _, c := range *ks.limits.Load() {
 		v := c.n.Load()
-		addNonZero(d.Total, c.prefixField, v-c.drained)
+		w.add(c.prefixField, v-c.drained)
 		limited += v - c.drained
 		c.drained = v
 	}
-	addNonZero(d.Total, f.rateLimited, limited)
+	w.add(f.rateLimited, limited)
 }
 
 // keyLastUsed returns when the proxy key id was last used, fleet-wide:
@@ -238,7 +239,8 @@ func (st *Stats) keyLastUsed(id string) int64 {
 }
 
 // keyView is the figures of one proxy key in /stats, fleet-wide: counts
-// are all-time but for the last_* windows.
+// are all-time, or the range's with one, but for the last_* windows and
+// last_used_at.
 type keyView struct {
 	Name   string `json:"name"` // the key's name now; "" once it is deleted
 	Count  int64  `json:"count"`

@@ -34,6 +34,13 @@ type statsView struct {
 	Series      seriesView          `json:"series"`
 	Performance perfFigures         `json:"performance"`
 	GeneratedAt int64               `json:"generated_at"`
+
+	// With a range (GET /stats?range=, statsRange): its name; the Unix
+	// time its first hour or day starts (none for "all"); and whose
+	// requests the figures count. Absent without a range.
+	Range     string     `json:"range,omitempty"`
+	RangeFrom int64      `json:"range_from,omitempty"`
+	Scope     *scopeView `json:"scope,omitempty"`
 }
 
 // tokenView is the token figures of a prefix or of all of them. Its JSON
@@ -74,16 +81,6 @@ func (t *tokenView) UnmarshalJSON(data []byte) error {
 type modelView struct {
 	Count  int64
 	Tokens tokenCounts
-}
-
-// add adds n to the stored model field name: "count" or a token kind.
-// Other names are ignored.
-func (m *modelView) add(name string, n int64) {
-	if name == fieldCount {
-		m.Count += n
-	} else if k, ok := tokenKindOf(name); ok {
-		m.Tokens[k] += n
-	}
 }
 
 func (m modelView) MarshalJSON() ([]byte, error) {
@@ -129,8 +126,10 @@ func tokenCountsOf(m map[string]int64) tokenCounts {
 	return c
 }
 
-// endpointView is the figures of one prefix. Counts are all-time but for
-// the last_* windows; latency and TTFB cover the last 24 hours.
+// endpointView is the figures of one prefix. Without a range, counts are
+// all-time but for the last_* windows, and latency and TTFB cover the
+// last 24 hours. With one, counts, latency and TTFB are the range's but
+// for the last_* windows, last_request and targets.
 type endpointView struct {
 	Target       string                `json:"target"`
 	Count        int64                 `json:"count"`
@@ -172,7 +171,7 @@ type targetView struct {
 	CooldownUntil int64 `json:"cooldown_until"`
 }
 
-// statusView counts requests by status class, all-time.
+// statusView counts requests by status class: all-time, or the range's.
 type statusView struct {
 	S1xx int64 `json:"1xx"`
 	S2xx int64 `json:"2xx"`
@@ -197,31 +196,44 @@ type ttfbView struct {
 }
 
 // seriesView counts requests and errors per hour (the last windowHours)
-// and per UTC day (the last windowDays), oldest first.
+// and per UTC day (the last windowDays), oldest first. With a range,
+// points have their other figures too (seriesFigures), and Points are
+// the range's: Hourly for 24h, the last 7 of Daily for 7d, Daily for 30d
+// and all.
 type seriesView struct {
 	Hourly []seriesPoint `json:"hourly"`
 	Daily  []seriesPoint `json:"daily"`
+	Points []seriesPoint `json:"points,omitempty"`
+
+	figures bool // the answer has a range: points are written with their figures
 }
 
+// seriesPoint is the figures of one hour or day, over every prefix; its
+// JSON (seriesView.MarshalJSON, statsrange.go) holds the figures in fig
+// too.
 type seriesPoint struct {
 	T      int64 `json:"t"` // Unix time the hour or (UTC) day starts
 	Count  int64 `json:"count"`
 	Errors int64 `json:"errors"`
+
+	fig seriesFigures
 }
 
-// viewLocked computes /stats at now from the stored figures, the batches
-// not acknowledged yet (one may be being written) and pending: each count
-// is in exactly one of them. st.mu must be held.
-func (st *Stats) viewLocked(now time.Time) *statsView {
+// viewLocked computes /stats at now for rng from the stored figures, the
+// batches not acknowledged yet (one may be being written) and pending:
+// each count is in exactly one of them. st.mu must be held.
+func (st *Stats) viewLocked(now time.Time, rng statsRange) *statsView {
 	v := newStatsView(st.enabled, now)
-	all := endpointSet{} // every prefix with stats, deleted ones too, and every key's
+	b := newViewBuilder(v, rng, &st.fieldNames)
 	if st.base != nil {
-		v.addData(all, st.base)
+		b.addData(st.base)
 	}
 	for _, d := range st.unacked {
-		v.addData(all, d)
+		b.addData(d)
 	}
-	v.addData(all, st.pending)
+	b.addData(st.pending)
+	b.release()
+	all := b.all
 	for p, e := range all {
 		// A key's requests are its prefixes' too: they have no row of
 		// their own, and the totals have them once.
@@ -230,9 +242,10 @@ func (st *Stats) viewLocked(now time.Time) *statsView {
 			delete(all, p)
 			continue
 		}
-		e.finish()
+		e.finish(rng != rangeNone)
 		v.addEndpoint(e)
 	}
+	v.finishSeries(rng, st.figuresScope)
 	// Endpoints are the current mappings; a deleted prefix's requests stay
 	// in the totals above but it has no row.
 	for _, r := range st.routes.Load().sorted {
@@ -280,63 +293,6 @@ func (es endpointSet) get(prefix string) *endpointView {
 	return e
 }
 
-// addData adds the figures of d to the prefixes in all and to the series:
-// all-time totals, last requests, and the buckets of the series' hours
-// and days. The figures of proxy keys (keyStatsMark) go to all under
-// their pseudo-prefix, never to the series: their requests are there
-// under their prefix already.
-func (v *statsView) addData(all endpointSet, d *statsData) {
-	for f, n := range d.Total {
-		prefix, name, ok := strings.Cut(f, "|")
-		if ok {
-			all.get(prefix).addTotal(name, n)
-		}
-	}
-	for p, t := range d.Last {
-		e := all.get(p)
-		e.LastRequest = max(e.LastRequest, t)
-	}
-	for i := range v.Series.Hourly {
-		pt := &v.Series.Hourly[i]
-		for f, n := range d.Hours[pt.T/hourSeconds] {
-			prefix, name, ok := strings.Cut(f, "|")
-			if !ok {
-				continue
-			}
-			all.get(prefix).addHour(name, n)
-			if _, key := keyOfView(prefix); key {
-				continue
-			}
-			switch name {
-			case fieldCount:
-				pt.Count += n
-			case fieldErrors:
-				pt.Errors += n
-			}
-		}
-	}
-	for i := range v.Series.Daily {
-		pt := &v.Series.Daily[i]
-		age := windowDays - 1 - i // in days, today being 0
-		for f, n := range d.Days[pt.T/daySeconds] {
-			prefix, name, ok := strings.Cut(f, "|")
-			if !ok {
-				continue
-			}
-			_, key := keyOfView(prefix)
-			switch {
-			case name == fieldCount:
-				all.get(prefix).addDay(age, n)
-				if !key {
-					pt.Count += n
-				}
-			case name == fieldErrors && !key:
-				pt.Errors += n
-			}
-		}
-	}
-}
-
 // addEndpoint adds the figures of one prefix to the view's totals.
 func (v *statsView) addEndpoint(e *endpointView) {
 	v.Total += e.Count
@@ -350,56 +306,6 @@ func (v *statsView) addEndpoint(e *endpointView) {
 	v.Last7d += e.Last7d
 	v.Last30d += e.Last30d
 	v.Tokens.add(&e.Tokens)
-}
-
-// addTotal adds n to the all-time field name (see the field constants).
-// Unknown names are ignored.
-func (e *endpointView) addTotal(name string, n int64) {
-	switch name {
-	case fieldCount:
-		e.Count += n
-	case fieldErrors:
-		e.ErrorCount += n
-	case fieldClientClosed:
-		e.ClientClosed += n
-	case fieldBytesIn:
-		e.BytesIn += n
-	case fieldBytesOut:
-		e.BytesOut += n
-	case fieldUnknown:
-		e.Tokens.UnknownResponses += n
-	case fieldRateLimited:
-		e.RateLimited += n
-	case "s1xx":
-		e.Status.S1xx += n
-	case "s2xx":
-		e.Status.S2xx += n
-	case "s3xx":
-		e.Status.S3xx += n
-	case "s4xx":
-		e.Status.S4xx += n
-	case "s5xx":
-		e.Status.S5xx += n
-	default:
-		if kind, ok := strings.CutPrefix(name, fieldTokens); ok {
-			if k, ok := tokenKindOf(kind); ok {
-				e.Tokens.Counts[k] += n
-			}
-		} else if rest, ok := strings.CutPrefix(name, fieldModel); ok {
-			i := strings.LastIndexByte(rest, '|')
-			if i <= 0 {
-				return
-			}
-			m := e.Models[rest[:i]]
-			if m == nil {
-				m = &modelView{}
-				e.Models[rest[:i]] = m
-			}
-			m.add(rest[i+1:], n)
-		} else if i, fig, ok := targetField(name); ok {
-			e.tries[i][fig] += n
-		}
-	}
 }
 
 // targetField parses "t<index>|<figure>" (fieldTarget), index below
@@ -423,22 +329,6 @@ func targetField(name string) (index, figure int, ok bool) {
 		}
 	}
 	return 0, 0, false
-}
-
-// addHour adds n to the field name of an hour in the last 24.
-func (e *endpointView) addHour(name string, n int64) {
-	switch name {
-	case fieldCount:
-		e.Last24h += n
-	case fieldLatencySum:
-		e.latSum += n
-	default:
-		if i, ok := histField(name, fieldLatency); ok {
-			e.latency[i] += n
-		} else if i, ok := histField(name, fieldTTFB); ok {
-			e.ttfb[i] += n
-		}
-	}
 }
 
 // addDay adds the n requests of the day age days before today.
@@ -471,10 +361,21 @@ func percentilesMS(h *[histBuckets]int64) (p50, p95, p99 float64) {
 }
 
 // finish computes the latency figures and folds models past maxModels
-// (possible when instances saw different ones) into "other".
-func (e *endpointView) finish() {
-	if e.Last24h > 0 { // the requests whose latencies latSum adds up
-		e.LatencyMS.Avg = round2(float64(e.latSum) / float64(e.Last24h) / 1e3)
+// (possible when instances saw different ones) into "other". ranged: the
+// latency figures are a range's rather than the last 24 hours'.
+func (e *endpointView) finish(ranged bool) {
+	// latSum adds up the latencies of the requests of the last 24 hours,
+	// or, ranged, of those in the latency histogram: buckets written
+	// before days held latencies count requests without any.
+	n := e.Last24h
+	if ranged {
+		n = 0
+		for _, c := range e.latency {
+			n += c
+		}
+	}
+	if n > 0 {
+		e.LatencyMS.Avg = round2(float64(e.latSum) / float64(n) / 1e3)
 	}
 	e.LatencyMS.P50, e.LatencyMS.P95, e.LatencyMS.P99 = percentilesMS(&e.latency)
 	e.TTFBMS.P50, e.TTFBMS.P95, e.TTFBMS.P99 = percentilesMS(&e.ttfb)
@@ -507,45 +408,66 @@ func (e *endpointView) finish() {
 	e.Models["other"] = other
 }
 
-// json returns the /stats body, computed at most once per statsCacheTTL.
+// json returns the /stats body without a range, computed at most once per
+// statsCacheTTL.
 func (st *Stats) json(ctx context.Context) []byte {
-	body, _ := st.view(ctx, false)
+	body, _ := st.view(ctx, rangeNone, false)
 	return body
 }
 
-// view returns the /stats body, and also its gzip-compressed form when
-// wantGzip. The compressed form is made once per cached body, since a
+// view returns the /stats body of rng, and also its gzip-compressed form
+// when wantGzip. Each range's body is computed at most once per
+// statsCacheTTL; the compressed form is made once per cached body, since a
 // dashboard fetches the same large body every few seconds.
-func (st *Stats) view(ctx context.Context, wantGzip bool) (body, gz []byte) {
+func (st *Stats) view(ctx context.Context, rng statsRange, wantGzip bool) (body, gz []byte) {
 	st.viewMu.Lock()
 	defer st.viewMu.Unlock()
 	now := st.now()
-	if st.cache == nil || now.Sub(st.cacheAt) >= statsCacheTTL || now.Before(st.cacheAt) {
-		st.cache, st.cacheGz = st.render(ctx, now), nil
-		st.cacheAt = now
+	// rangeNone's body is in cache, cacheAt and cacheGz, the others'
+	// in ranged.
+	c := &st.ranged[rng]
+	if rng == rangeNone {
+		c = &cachedBody{body: st.cache, gz: st.cacheGz, at: st.cacheAt}
+		defer func() { st.cache, st.cacheGz, st.cacheAt = c.body, c.gz, c.at }()
 	}
-	if wantGzip && st.cacheGz == nil {
+	if c.body == nil || now.Sub(c.at) >= statsCacheTTL || now.Before(c.at) {
+		c.body, c.gz = st.renderRange(ctx, now, rng), nil
+		c.at = now
+	}
+	if wantGzip && c.gz == nil {
 		var buf bytes.Buffer
 		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-		zw.Write(st.cache)
+		zw.Write(c.body)
 		zw.Close()
-		st.cacheGz = buf.Bytes()
+		c.gz = buf.Bytes()
 	}
 	if wantGzip {
-		return st.cache, st.cacheGz
+		return c.body, c.gz
 	}
-	return st.cache, nil
+	return c.body, nil
 }
 
-// render builds the /stats body from the store and this instance's
-// unflushed counts. viewMu is held.
+// cachedBody is a /stats body computed at some time, and its gzip form
+// once made (nil until then).
+type cachedBody struct {
+	body, gz []byte
+	at       time.Time
+}
+
+// render builds the /stats body without a range from the store and this
+// instance's unflushed counts. viewMu is held.
 func (st *Stats) render(ctx context.Context, now time.Time) []byte {
+	return st.renderRange(ctx, now, rangeNone)
+}
+
+// renderRange builds the /stats body of rng. viewMu is held.
+func (st *Stats) renderRange(ctx context.Context, now time.Time, rng statsRange) []byte {
 	if st.enabled {
 		st.refresh(ctx, now)
 	}
 	st.mu.Lock()
 	st.drainLocked(now)
-	v := st.viewLocked(now)
+	v := st.viewLocked(now, rng)
 	st.mu.Unlock()
 	body, err := json.Marshal(v)
 	if err != nil {
@@ -582,15 +504,25 @@ func (st *Stats) refresh(ctx context.Context, now time.Time) {
 	st.base, st.baseErr = d, false
 }
 
-// handleStats answers GET /stats.
+// handleStats answers GET /stats, scoped to the range parameter when
+// there is one (statsRange): 400 invalid_query for a value other than
+// 24h, 7d, 30d or all.
 func (s *Server) handleStats(c *gin.Context) {
+	rng := rangeNone
+	if q, ok := c.GetQuery("range"); ok {
+		if rng, ok = parseStatsRange(q); !ok {
+			writeError(c.Writer, http.StatusBadRequest, "invalid_query", "range: must be one of 24h, 7d, 30d, all")
+			return
+		}
+	}
 	c.Header("Cache-Control", "no-store")
 	c.Header("Vary", "Accept-Encoding")
 	if acceptsGzip(c.GetHeader("Accept-Encoding")) {
-		_, gz := s.stats.view(c.Request.Context(), true)
+		_, gz := s.stats.view(c.Request.Context(), rng, true)
 		c.Header("Content-Encoding", "gzip")
 		c.Data(http.StatusOK, "application/json; charset=utf-8", gz)
 		return
 	}
-	c.Data(http.StatusOK, "application/json; charset=utf-8", s.stats.json(c.Request.Context()))
+	body, _ := s.stats.view(c.Request.Context(), rng, false)
+	c.Data(http.StatusOK, "application/json; charset=utf-8", body)
 }

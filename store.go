@@ -220,22 +220,27 @@ type statsData struct {
 	Batch string `json:"batch,omitempty"`
 }
 
-// Field names after "<prefix>|". Total also holds "s<class>" for each of
-// statusClasses.
+// Field names after "<prefix>|". Total, Hours and Days hold every field
+// but the histograms (Hours, Days) and the target figures (Total only);
+// Total also holds "s<class>" for each of statusClasses, as do Hours and
+// Days. Buckets written before /stats had ranges (issue 19) hold only
+// count, errors and, in Hours, the latency figures: their other fields
+// read as 0.
 const (
 	fieldCount        = "count"  // Total, Hours, Days
 	fieldErrors       = "errors" // Total, Hours, Days
-	fieldLatencySum   = "lat_us" // Hours: sum of durations in µs
-	fieldLatency      = "lat|"   // Hours: "lat|<bucket>" histogram of durations
-	fieldTTFB         = "ttfb|"  // Hours: "ttfb|<bucket>" histogram of times to first byte
+	fieldLatencySum   = "lat_us" // Hours, Days: sum of durations in µs
+	fieldLatency      = "lat|"   // Hours, Days: "lat|<bucket>" histogram of durations
+	fieldTTFB         = "ttfb|"  // Hours, Days: "ttfb|<bucket>" histogram of times to first byte
 	fieldClientClosed = "client_closed"
 	fieldBytesIn      = "bytes_in"
 	fieldBytesOut     = "bytes_out"
 	fieldTokens       = "tok_"         // "tok_<kind>" with a token kind (tokenKinds)
 	fieldUnknown      = "tok_unknown"  // 2xx responses that carried no usage
 	fieldModel        = "m|"           // "m|<model>|<kind>" with kind "count" or a token kind
-	fieldTarget       = "t"            // "t<index>|<figure>" with a figure of targetFigures
-	fieldRateLimited  = "rate_limited" // Total: requests refused by a limit (SPEC §11)
+	fieldTarget       = "t"            // Total: "t<index>|<figure>" with a figure of targetFigures
+	fieldRateLimited  = "rate_limited" // requests refused by a limit (SPEC §11)
+	fieldS429         = "s429"         // responses 429, also counted in "s4xx"
 )
 
 func newStatsData() *statsData {
