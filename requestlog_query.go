@@ -58,6 +58,9 @@ type logQuery struct {
 	// "5xx"). At most one of them is set.
 	Status int
 	Class  int
+	// NotOK asks for the records whose status is not 2xx alone (the
+	// dashboard's recent errors).
+	NotOK bool
 }
 
 // match reports whether r is one of the records q asks for (Before and
@@ -68,7 +71,8 @@ func (q *logQuery) match(r *logRecord) bool {
 		q.KeyID != "" && string(r.KeyID) != q.KeyID,
 		q.Model != "" && string(r.Model) != q.Model,
 		q.Status != 0 && r.Status != q.Status,
-		q.Class != 0 && r.Status/100 != q.Class:
+		q.Class != 0 && r.Status/100 != q.Class,
+		q.NotOK && r.Status/100 == 2:
 		return false
 	}
 	return true

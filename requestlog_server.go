@@ -132,6 +132,45 @@ func (s *Server) observe(rec *requestRecord) {
 	s.reqlog.record(rec)
 }
 
+// recentErrorsShown is how many of the request log's newest errors a
+// ranged /stats shows (the dashboard's Recent errors).
+const recentErrorsShown = 20
+
+// recentError is one of /stats' recent_errors: a request log record's
+// time, route and outcome, without its key, client or figures, for the
+// dashboard (which STATS_TOKEN alone may open).
+type recentError struct {
+	ID     string `json:"id"`
+	Time   string `json:"time"`
+	Prefix string `json:"prefix"`
+	Method string `json:"method"`
+	Path   string `json:"path"`
+	Status int    `json:"status"`
+	Code   string `json:"code"`
+	Model  string `json:"model"`
+}
+
+// recentErrors returns the request log's newest non-2xx records for a
+// ranged /stats, whatever the range (the log holds 7 days at most). A
+// store that cannot be read gives none, and /stats answers all the same:
+// nil omits the field, the figures are what matter.
+func (s *Server) recentErrors(ctx context.Context) *[]recentError {
+	ctx, cancel := context.WithTimeout(ctx, statsLoadTimeout)
+	defer cancel()
+	recs, _, err := s.reqlog.store.readLog(ctx, logQuery{Limit: recentErrorsShown, NotOK: true})
+	if err != nil {
+		s.logger.Debug("recent errors for /stats not read", "error", err)
+		return nil
+	}
+	out := make([]recentError, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		out[i] = recentError{ID: r.ID, Time: time.Time(r.Time).UTC().Format(requestLogTimeFormat), Prefix: r.Prefix,
+			Method: r.Method, Path: r.Path, Status: r.Status, Code: r.Code, Model: string(r.Model)}
+	}
+	return &out
+}
+
 // handleRequests answers GET /api/requests (SPEC §12): the newest records
 // of the log that match the filters, and the cursor of the next page.
 func (s *Server) handleRequests(c *gin.Context) {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -525,5 +526,46 @@ func TestRequestLogRotate(t *testing.T) {
 	old, _ := os.ReadFile(rotated)
 	if !strings.HasPrefix(string(old), "an earlier line\n") || !hasLine(rotated, "/first") || hasLine(rotated, "/second") {
 		t.Errorf("rotated file: got\n%s\nwant the earlier line, then /first only", old)
+	}
+}
+
+// TestStatsRecentErrors: a ranged /stats lists the request log's newest
+// non-2xx records, at most 20, without keys or clients; /stats without a
+// range does not.
+func TestStatsRecentErrors(t *testing.T) {
+	ok := statusUpstream(t, http.StatusOK, logUsageJSON, "Content-Type", "application/json")
+	bad := statusUpstream(t, http.StatusBadGateway, "")
+	s, front := newAdminTestServer(t, map[string]string{"/ok": ok.URL, "/bad": bad.URL})
+	for i := range 25 {
+		sendN(t, front, "/bad/e"+strconv.Itoa(i), 1)
+		sendN(t, front, "/ok/fine", 1)
+	}
+	eventually(t, func() bool { return s.proxy.active.Load() == 0 }, "the requests to end")
+	flushLog(t, s)
+	var v struct {
+		RecentErrors *[]map[string]any `json:"recent_errors"`
+	}
+	res, body := adminRequest(t, front, http.MethodGet, "/stats?range=24h", "")
+	if res.StatusCode != http.StatusOK || json.Unmarshal(body, &v) != nil || v.RecentErrors == nil {
+		t.Fatalf("/stats?range=24h: %d, no recent_errors: %.300s", res.StatusCode, body)
+	}
+	errs := *v.RecentErrors
+	if len(errs) != 20 || errs[0]["path"] != "/e24" || errs[19]["path"] != "/e5" {
+		t.Fatalf("got %d recent errors from %v to %v, want 20 from /e24 to /e5", len(errs), errs[0]["path"], errs[len(errs)-1]["path"])
+	}
+	want := map[string]any{"prefix": "/bad", "method": "GET", "status": 502.0, "code": "", "model": ""}
+	for k, w := range want {
+		if errs[0][k] != w {
+			t.Errorf("recent error %s = %v, want %v", k, errs[0][k], w)
+		}
+	}
+	for _, k := range []string{"key_id", "key_name", "client_ip"} {
+		if _, ok := errs[0][k]; ok {
+			t.Errorf("recent error has %s", k)
+		}
+	}
+	_, body = adminRequest(t, front, http.MethodGet, "/stats", "")
+	if strings.Contains(string(body), "recent_errors") {
+		t.Errorf("/stats without a range lists recent errors")
 	}
 }

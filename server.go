@@ -152,6 +152,9 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	if s.reqlog, err = newServerLog(cfg, store, logger); err != nil {
 		return nil, err
 	}
+	if s.reqlog.store != nil {
+		s.stats.recentErrors = s.recentErrors
+	}
 	switch {
 	case s.reqlog.on():
 		s.proxy.observe = s.observe

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"log/slog"
 	"maps"
@@ -407,6 +408,10 @@ type Stats struct {
 	// figuresScope is whose requests /stats counts: scopeFleet or
 	// scopeInstance (scopeView).
 	figuresScope string
+	// recentErrors reads the request log's newest errors for a ranged
+	// /stats (Server.recentErrors); nil (none) when the store keeps no
+	// log, or in tests. Set before the Server serves.
+	recentErrors func(context.Context) *[]recentError
 
 	prefixes atomic.Pointer[map[string]*prefixStats] // copy on write
 	keys     atomic.Pointer[map[string]*keyStats]    // by proxy key id (statskeys.go); copy on write

@@ -41,6 +41,10 @@ type statsView struct {
 	Range     string     `json:"range,omitempty"`
 	RangeFrom int64      `json:"range_from,omitempty"`
 	Scope     *scopeView `json:"scope,omitempty"`
+	// RecentErrors are the newest non-2xx records of the request log
+	// (requestlog_server.go), with a range and a store that keeps the
+	// log; absent otherwise.
+	RecentErrors *[]recentError `json:"recent_errors,omitempty"`
 }
 
 // tokenView is the token figures of a prefix or of all of them. Its JSON
@@ -465,10 +469,15 @@ func (st *Stats) renderRange(ctx context.Context, now time.Time, rng statsRange)
 	if st.enabled {
 		st.refresh(ctx, now)
 	}
+	var recent *[]recentError
+	if rng != rangeNone && st.recentErrors != nil {
+		recent = st.recentErrors(ctx)
+	}
 	st.mu.Lock()
 	st.drainLocked(now)
 	v := st.viewLocked(now, rng)
 	st.mu.Unlock()
+	v.RecentErrors = recent
 	body, err := json.Marshal(v)
 	if err != nil {
 		// Only plain numbers and strings: cannot happen.
