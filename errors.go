@@ -64,16 +64,12 @@ func (fe *fieldProblems) add(code, field, msg string) {
 	*fe = append(*fe, fieldError{Field: field, Message: msg, code: code})
 }
 
-// addErr records err, an *apiError of a validation helper such as
-// validatePrefix, as a problem of field; a nil err adds nothing.
+// addErr records err, nil or the *apiError of a validation helper such
+// as validatePrefix, as a problem of field.
 func (fe *fieldProblems) addErr(field string, err error) {
-	var ae *apiError
-	switch {
-	case err == nil:
-	case errors.As(err, &ae):
+	if err != nil {
+		ae := err.(*apiError)
 		fe.add(ae.Code, field, ae.Message)
-	default:
-		fe.add("invalid_request", field, err.Error())
 	}
 }
 

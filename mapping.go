@@ -181,12 +181,6 @@ func (m Mapping) validate(self selfAddrs) error {
 // for m's lack of targets.
 func (m Mapping) check(fe *fieldProblems, self selfAddrs) {
 	fe.addErr("prefix", validatePrefix(m.Prefix))
-	field := func(i int, name string) string {
-		if len(m.Targets) == 1 && name == "url" {
-			return "target" // the original form's one field
-		}
-		return fmt.Sprintf("targets[%d].%s", i, name)
-	}
 	switch n := len(m.Targets); {
 	case n == 0:
 		if !fe.has("target") && !fe.has("targets") {
@@ -195,8 +189,8 @@ func (m Mapping) check(fe *fieldProblems, self selfAddrs) {
 	case n > maxTargets:
 		fe.add("invalid_target", "targets", fmt.Sprintf("targets must hold 1 to %d targets, not %d", maxTargets, n))
 	default:
-		for i, t := range m.Targets {
-			m.checkTarget(fe, self, t, field, i)
+		for i := range m.Targets {
+			m.checkTarget(fe, self, i)
 		}
 	}
 	if b := m.balance(); b != balanceFailover && b != balanceWeighted {
@@ -220,9 +214,20 @@ func (m Mapping) check(fe *fieldProblems, self selfAddrs) {
 	}
 }
 
-// checkTarget adds the problems of t, m's target i, to fe: its URL, then
-// weight, auth_style and key. field names a field of target i.
-func (m Mapping) checkTarget(fe *fieldProblems, self selfAddrs, t Target, field func(i int, name string) string, i int) {
+// targetField is the name of field name of m's target i in messages:
+// "targets[1].weight", or "target" for the URL of a mapping's only target
+// (the original form's one field).
+func (m Mapping) targetField(i int, name string) string {
+	if len(m.Targets) == 1 && name == "url" {
+		return "target"
+	}
+	return fmt.Sprintf("targets[%d].%s", i, name)
+}
+
+// checkTarget adds the problems of m's target i to fe: its URL, then
+// weight, auth_style and key.
+func (m Mapping) checkTarget(fe *fieldProblems, self selfAddrs, i int) {
+	t, field := m.Targets[i], m.targetField
 	urlErr := validateTarget(t.URL)
 	if urlErr == nil {
 		urlErr = self.checkTarget(t.URL)
@@ -277,10 +282,6 @@ func mappingFieldRank(field string) int {
 
 func invalidTarget(msg string) error {
 	return &apiError{Status: http.StatusBadRequest, Code: "invalid_target", Message: msg}
-}
-
-func invalidMapping(msg string) error {
-	return &apiError{Status: http.StatusBadRequest, Code: "invalid_mapping", Message: msg}
 }
 
 // mappingObject is the JSON form of a Mapping (SPEC §9): the admin API's
