@@ -323,7 +323,11 @@ func (s *Server) handleUpdateMapping(c *gin.Context) {
 		// The body alone was valid: a kept key made it invalid (a key with
 		// auth "passthrough").
 		if ae, ok := err.(*apiError); ok {
-			ae.Message += `; a target that leaves "key" out keeps its stored key while its URL is unchanged: send "key": "" to remove it`
+			const kept = `; a target that leaves "key" out keeps its stored key while its URL is unchanged: send "key": "" to remove it`
+			ae.Message += kept
+			for i := range ae.Fields {
+				ae.Fields[i].Message += kept
+			}
 		}
 		writeAPIError(c.Writer, err)
 		return
@@ -340,17 +344,14 @@ func (s *Server) handleUpdateMapping(c *gin.Context) {
 }
 
 // requestMapping converts the mapping object of an admin request and
-// validates it, so that the error names the first field at fault in the
-// order validate uses: the prefix, the targets, then the options.
+// validates it. The error names every field at fault (issue 19), in the
+// order of the object's fields: the prefix, the targets, then the
+// options; its message is the first one's.
 func (s *Server) requestMapping(o mappingObject) (Mapping, error) {
-	if err := validatePrefix(o.Prefix); err != nil {
-		return Mapping{}, err
-	}
-	m, err := o.mapping()
-	if err != nil {
-		return Mapping{}, err
-	}
-	if err := m.validate(s.self); err != nil {
+	m, fe := o.convert()
+	m.check(&fe, s.self)
+	fe.sortBy(mappingFieldRank)
+	if err := fe.err(); err != nil {
 		return Mapping{}, err
 	}
 	return m, nil

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -1082,5 +1083,78 @@ func TestAdminTargetKeys(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "secret") {
 		t.Errorf("the log holds the key:\n%s", logs.String())
+	}
+}
+
+// TestAdminValidationListsEveryProblem: a mapping object with several
+// fields at fault is one 400 whose "errors" name every one of them, in
+// the order of the object's fields, each with the message it gets alone;
+// "message" and "code" are the first's, as when it was the only one
+// (issue 19). Nothing is stored.
+func TestAdminValidationListsEveryProblem(t *testing.T) {
+	s, _ := newAdminTestServer(t, map[string]string{"/a": "https://a.example"})
+	before := storedObjects(t, s)
+	// The fields in the body are not in the answer's order: the answer
+	// follows the object's fields, whichever pass found the problem.
+	const body = `{"stream_idle_timeout":"soon","retry_on":[503,302],
+		"targets":[{"url":"https://a.example"},{"url":"ftp://b.example","weight":-1}],"prefix":"/api/x"}`
+	want := []fieldError{
+		{Field: "prefix", Message: `prefix "/api" is reserved for the server's own routes`},
+		{Field: "targets[1].url", Message: "targets[1].url must use the http or https scheme"},
+		{Field: "targets[1].weight", Message: "targets[1].weight must be an integer from 1 to 1000"},
+		{Field: "retry_on", Message: "retry_on must hold statuses from 400 to 599 (found 302)"},
+		{Field: "stream_idle_timeout", Message: `stream_idle_timeout must be a duration such as "30s" or "2m" (got "soon")`},
+	}
+	for i, method := range []string{"POST", "PUT"} {
+		t.Run(method, func(t *testing.T) {
+			path, b := "/api/mappings", body
+			if method == "PUT" {
+				// The path names a valid prefix; the body's prefix is
+				// left out, so the list starts with the first target.
+				path, b = "/api/mappings/a", strings.Replace(body, `,"prefix":"/api/x"`, "", 1)
+			}
+			res, resBody := adminCall(t, s, method, path, b, bearer, fmt.Sprintf("192.0.2.%d:1", i+1))
+			w := want
+			if method == "PUT" {
+				w = want[1:]
+			}
+			wantProxyError(t, res, resBody, http.StatusBadRequest, map[bool]string{true: "invalid_prefix", false: "invalid_target"}[method == "POST"])
+			var env errorBody
+			if err := json.Unmarshal(resBody, &env); err != nil {
+				t.Fatal(err)
+			}
+			if env.Error.Message != w[0].Message {
+				t.Errorf("message = %q, want the first problem's %q", env.Error.Message, w[0].Message)
+			}
+			if !reflect.DeepEqual(env.Error.Errors, w) {
+				t.Errorf("errors =\n%v\nwant\n%v", env.Error.Errors, w)
+			}
+		})
+	}
+	t.Run("one problem: the same message and code as before, listed alone", func(t *testing.T) {
+		res, resBody := adminCall(t, s, "POST", "/api/mappings", `{"prefix":"/one","target":"ftp://x.example"}`, bearer, "192.0.2.10:1")
+		wantProxyError(t, res, resBody, http.StatusBadRequest, "invalid_target")
+		var env errorBody
+		json.Unmarshal(resBody, &env)
+		want := []fieldError{{Field: "target", Message: "target must use the http or https scheme"}}
+		if env.Error.Message != want[0].Message || !reflect.DeepEqual(env.Error.Errors, want) {
+			t.Errorf("error = %+v, want message and errors %v", env.Error, want)
+		}
+	})
+	t.Run("valid input is stored as before", func(t *testing.T) {
+		res, resBody := adminCall(t, s, "POST", "/api/mappings", `{"prefix":"/fine","targets":[{"url":"https://a.example"},{"url":"https://b.example","weight":2}],"retry_on":[503]}`, bearer, "192.0.2.11:1")
+		if res.StatusCode != http.StatusCreated || strings.Contains(string(resBody), `"errors"`) {
+			t.Errorf("POST a valid object: %d %s, want 201", res.StatusCode, resBody)
+		}
+		adminCall(t, s, "DELETE", "/api/mappings/fine", "", bearer, "192.0.2.11:1")
+	})
+	if got := storedObjects(t, s); got != before {
+		t.Errorf("after invalid requests the store holds\n%s\nwant\n%s", got, before)
+	}
+	// Errors that are not about an object's fields have no list.
+	res, resBody := adminCall(t, s, "POST", "/api/mappings", `{"prefix":"/x","traget":"https://x.example"}`, bearer, "192.0.2.12:1")
+	wantProxyError(t, res, resBody, http.StatusBadRequest, "invalid_json")
+	if strings.Contains(string(resBody), `"errors"`) {
+		t.Errorf("an invalid_json answer lists field errors: %s", resBody)
 	}
 }

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 )
 
@@ -16,6 +18,10 @@ type apiError struct {
 	Status  int
 	Code    string
 	Message string
+	// Fields, when not empty, are every problem of a validated object in
+	// the order of its fields; Message is then the first one's (see
+	// fieldProblems).
+	Fields []fieldError
 }
 
 func (e *apiError) Error() string { return e.Message }
@@ -31,12 +37,76 @@ type errorDetail struct {
 	Message string `json:"message"`
 	Type    string `json:"type"`
 	Code    string `json:"code"`
+	// Errors lists every problem of an object the admin API refused as
+	// invalid (a mapping, a proxy key), so that a form can show each
+	// beside its field at once; absent from every other error.
+	Errors []fieldError `json:"errors,omitempty"`
+}
+
+// fieldError is one problem of one field of an object sent to the admin
+// API: the field as the API's JSON names it ("prefix", "targets[1].url",
+// "limits.rpm") and a message that starts with that name.
+type fieldError struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+	code    string // the envelope's code when this problem is the first
+}
+
+// fieldProblems collects every problem of an object's fields instead of
+// stopping at the first (issue 19). The zero value is empty and ready to
+// use. The validators add in the order of the object's fields; err turns
+// the list into the one 400 that answers them all.
+type fieldProblems []fieldError
+
+// add records msg, a message naming field, under the error code code
+// ("invalid_target").
+func (fe *fieldProblems) add(code, field, msg string) {
+	*fe = append(*fe, fieldError{Field: field, Message: msg, code: code})
+}
+
+// addErr records err, nil or the *apiError of a validation helper such
+// as validatePrefix, as a problem of field.
+func (fe *fieldProblems) addErr(field string, err error) {
+	if err != nil {
+		ae := err.(*apiError)
+		fe.add(ae.Code, field, ae.Message)
+	}
+}
+
+// has reports whether a problem of field was recorded.
+func (fe fieldProblems) has(field string) bool {
+	return slices.ContainsFunc(fe, func(e fieldError) bool { return e.Field == field })
+}
+
+// sortBy puts the problems in the order rank gives their fields, keeping
+// the order of problems of equally ranked fields. It is for problems
+// found in two passes (a conversion, then validation).
+func (fe fieldProblems) sortBy(rank func(field string) int) {
+	slices.SortStableFunc(fe, func(a, b fieldError) int { return cmp.Compare(rank(a.Field), rank(b.Field)) })
+}
+
+// err returns nil when fe is empty; otherwise a 400 *apiError with the
+// first problem's code and message, which is what a client of the
+// single-error API saw, and every problem in Fields. The *apiError owns a
+// copy of the list.
+func (fe fieldProblems) err() error {
+	if len(fe) == 0 {
+		return nil
+	}
+	return &apiError{Status: http.StatusBadRequest, Code: fe[0].code, Message: fe[0].Message, Fields: slices.Clone(fe)}
 }
 
 // writeError answers with the JSON error envelope. It must be called before
 // anything else was written to w.
 func writeError(w http.ResponseWriter, status int, code, message string) {
-	body, _ := json.Marshal(errorBody{Error: errorDetail{Message: message, Type: "proxy_error", Code: code}})
+	writeErrorDetail(w, status, errorDetail{Message: message, Code: code})
+}
+
+// writeErrorDetail answers with the JSON error envelope of d, whose Type
+// it sets. It must be called before anything else was written to w.
+func writeErrorDetail(w http.ResponseWriter, status int, d errorDetail) {
+	d.Type = "proxy_error"
+	body, _ := json.Marshal(errorBody{Error: d})
 	h := w.Header()
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	h.Set("Content-Length", strconv.Itoa(len(body)+1))
@@ -54,7 +124,7 @@ func writeAPIError(w http.ResponseWriter, err error) {
 	var ae *apiError
 	switch {
 	case errors.As(err, &ae):
-		writeError(w, ae.Status, ae.Code, ae.Message)
+		writeErrorDetail(w, ae.Status, errorDetail{Message: ae.Message, Code: ae.Code, Errors: ae.Fields})
 	case errors.Is(err, errMappingNotFound):
 		writeError(w, http.StatusNotFound, "not_found", "mapping not found")
 	case errors.Is(err, errMappingExists):

@@ -338,6 +338,29 @@ func firstLine(s string) string {
 // wantProxyError checks that a response is the proxy's own JSON error:
 // the status, and exactly {"error":{"message","type":"proxy_error","code"}}
 // with a non-empty message.
+// wantFieldErrors checks the "errors" of an error envelope (raw): a
+// non-empty list of {"field", "message"}, each message naming its field
+// (first, but for `give either "target" … or "targets"`),
+// the first equal to the envelope's message (rawMessage).
+func wantFieldErrors(t testing.TB, raw, rawMessage json.RawMessage) {
+	t.Helper()
+	var list []map[string]string
+	if err := json.Unmarshal(raw, &list); err != nil || len(list) == 0 {
+		t.Errorf("error.errors = %s, want a non-empty list of {field, message} (%v)", raw, err)
+		return
+	}
+	for i, e := range list {
+		if len(e) != 2 || e["field"] == "" || !strings.Contains(e["message"], e["field"]) {
+			t.Errorf("error.errors[%d] = %v, want exactly field and a message that names it", i, e)
+		}
+	}
+	var message string
+	json.Unmarshal(rawMessage, &message)
+	if list[0]["message"] != message {
+		t.Errorf("error.errors[0].message = %q, want the envelope's message %q", list[0]["message"], message)
+	}
+}
+
 func wantProxyError(t testing.TB, res *http.Response, body []byte, status int, code string) {
 	t.Helper()
 	if res.StatusCode != status {
@@ -356,6 +379,10 @@ func wantProxyError(t testing.TB, res *http.Response, body []byte, status int, c
 	}
 	fields := map[string]string{}
 	for k, v := range env.Error {
+		if k == "errors" {
+			wantFieldErrors(t, v, env.Error["message"])
+			continue
+		}
 		var s string
 		if err := json.Unmarshal(v, &s); err != nil {
 			t.Errorf("error.%s = %s, want a string", k, v)
@@ -363,7 +390,7 @@ func wantProxyError(t testing.TB, res *http.Response, body []byte, status int, c
 		fields[k] = s
 	}
 	if len(fields) != 3 || fields["message"] == "" {
-		t.Errorf("error fields = %v, want exactly message (non-empty), type, code", fields)
+		t.Errorf("error fields = %v, want exactly message (non-empty), type, code (and errors)", fields)
 	}
 	if fields["type"] != "proxy_error" {
 		t.Errorf("error.type = %q, want %q", fields["type"], "proxy_error")

@@ -129,35 +129,33 @@ func (k *ProxyKey) allows(prefix string) bool {
 	return len(k.Prefixes) == 0 || slices.Contains(k.Prefixes, prefix)
 }
 
-// validate checks k against SPEC §10 at now; the error is a 400 naming the
-// field. creating also refuses an expiry in the past.
-func (k *ProxyKey) validate(now time.Time, creating bool) error {
-	bad := func(msg string) error {
-		return &apiError{Status: http.StatusBadRequest, Code: "invalid_key", Message: msg}
-	}
+// check adds every problem of k at now (SPEC §10) to fe, in the order of
+// the keys API's fields: name, prefixes, limits, expires_at; each message
+// names its field. creating also refuses an expiry in the past.
+func (k *ProxyKey) check(fe *fieldProblems, now time.Time, creating bool) {
+	const code = "invalid_key"
 	switch n := utf8.RuneCountInString(k.Name); {
 	case strings.TrimSpace(k.Name) == "":
-		return bad("name is required (1 to 64 characters)")
+		fe.add(code, "name", "name is required (1 to 64 characters)")
 	case n > maxKeyName || !utf8.ValidString(k.Name):
-		return bad(fmt.Sprintf("name must be 1 to %d characters of valid UTF-8", maxKeyName))
+		fe.add(code, "name", fmt.Sprintf("name must be 1 to %d characters of valid UTF-8", maxKeyName))
 	case strings.ContainsFunc(k.Name, func(r rune) bool { return r < ' ' || r == 0x7f }):
-		return bad("name must not contain control characters")
+		fe.add(code, "name", "name must not contain control characters")
 	}
 	if len(k.Prefixes) > maxKeyPrefixes {
-		return bad(fmt.Sprintf("prefixes must hold at most %d prefixes", maxKeyPrefixes))
-	}
-	for i, p := range k.Prefixes {
-		if err := validatePrefix(p); err != nil {
-			return bad(fmt.Sprintf("prefixes[%d] %s", i, strings.TrimPrefix(err.(*apiError).Message, "prefix ")))
+		fe.add(code, "prefixes", fmt.Sprintf("prefixes must hold at most %d prefixes", maxKeyPrefixes))
+	} else {
+		for i, p := range k.Prefixes {
+			if err := validatePrefix(p); err != nil {
+				f := fmt.Sprintf("prefixes[%d]", i)
+				fe.add(code, f, f+" "+strings.TrimPrefix(err.(*apiError).Message, "prefix "))
+			}
 		}
 	}
-	if msg := k.Limits.problem(); msg != "" {
-		return bad(msg)
-	}
+	k.Limits.check(fe, code)
 	if creating && !k.ExpiresAt.IsZero() && !k.ExpiresAt.After(now) {
-		return bad("expires_at must be in the future")
+		fe.add(code, "expires_at", "expires_at must be in the future")
 	}
-	return nil
 }
 
 // keyTable is an immutable snapshot of the proxy keys, by hash, published

@@ -160,11 +160,9 @@ func (s *Server) handleCreateKey(c *gin.Context) {
 		writeAPIError(c.Writer, err)
 		return
 	}
-	expires, _, err := parseExpiry(body.ExpiresAt)
-	if err != nil {
-		writeAPIError(c.Writer, err)
-		return
-	}
+	// An expires_at that is not a time is named with the key's other
+	// problems (it is the last field); the key is checked without it.
+	expires, _, expiryErr := parseExpiry(body.ExpiresAt)
 	now := time.Now()
 	id, secret := newKeySecret()
 	k := ProxyKey{ID: id, Name: body.Name, Hash: keyHash(secret), Hint: secretHint(secret),
@@ -175,7 +173,10 @@ func (s *Server) handleCreateKey(c *gin.Context) {
 	if body.Limits != nil {
 		k.Limits = Limits{RPM: body.Limits.RPM, TPM: body.Limits.TPM, Concurrency: body.Limits.Concurrency}
 	}
-	if err := k.validate(now, true); err != nil {
+	var fe fieldProblems
+	k.check(&fe, now, true)
+	fe.addErr("expires_at", expiryErr)
+	if err := fe.err(); err != nil {
 		writeAPIError(c.Writer, err)
 		return
 	}
@@ -203,11 +204,9 @@ func (s *Server) handleUpdateKey(c *gin.Context) {
 		writeAPIError(c.Writer, err)
 		return
 	}
-	expires, expiresSet, err := parseExpiry(body.ExpiresAt)
-	if err != nil {
-		writeAPIError(c.Writer, err)
-		return
-	}
+	// As in a create, an expires_at that is not a time is named with the
+	// other problems of the key as changed.
+	expires, expiresSet, expiryErr := parseExpiry(body.ExpiresAt)
 	k, ok := s.storeKey(c)
 	if !ok {
 		return
@@ -230,7 +229,10 @@ func (s *Server) handleUpdateKey(c *gin.Context) {
 	if body.Disabled != nil {
 		k.Disabled = *body.Disabled
 	}
-	if err := k.validate(time.Now(), expiresSet); err != nil {
+	var fe fieldProblems
+	k.check(&fe, time.Now(), expiresSet)
+	fe.addErr("expires_at", expiryErr)
+	if err := fe.err(); err != nil {
 		writeAPIError(c.Writer, err)
 		return
 	}

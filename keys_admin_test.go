@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -583,4 +584,53 @@ func TestKeysNeverInTheOpen(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKeysAPIValidationListsEveryProblem: a key with several fields at
+// fault is one 400 whose "errors" name each, in the order of the fields,
+// on create and on PATCH; "message" is the first's. Nothing is stored.
+func TestKeysAPIValidationListsEveryProblem(t *testing.T) {
+	s, front, _ := newKeysAPITestServer(t)
+	check := func(t *testing.T, res *http.Response, b []byte, want []fieldError) {
+		t.Helper()
+		wantProxyError(t, res, b, http.StatusBadRequest, "invalid_key")
+		var env errorBody
+		if err := json.Unmarshal(b, &env); err != nil {
+			t.Fatal(err)
+		}
+		if env.Error.Message != want[0].Message || !reflect.DeepEqual(env.Error.Errors, want) {
+			t.Errorf("error = %+v,\nwant message %q and errors %v", env.Error, want[0].Message, want)
+		}
+	}
+	t.Run("create", func(t *testing.T) {
+		res, b := adminRequest(t, front, "POST", "/api/keys", `{"name":" ","prefixes":["/ai","ai"],"limits":{"rpm":-1,"tpm":5,"concurrency":-2},"expires_at":"soon"}`)
+		check(t, res, b, []fieldError{
+			{Field: "name", Message: "name is required (1 to 64 characters)"},
+			{Field: "prefixes[1]", Message: `prefixes[1] must start with "/"`},
+			{Field: "limits.rpm", Message: "limits.rpm must be a non-negative integer (0 means no limit)"},
+			{Field: "limits.concurrency", Message: "limits.concurrency must be a non-negative integer (0 means no limit)"},
+			{Field: "expires_at", Message: `expires_at must be an RFC 3339 time such as "2027-01-01T00:00:00Z", or null for never`},
+		})
+		res, b = adminRequest(t, front, "POST", "/api/keys", `{"name":"a\u0007b","limits":{"tpm":-1}}`)
+		check(t, res, b, []fieldError{
+			{Field: "name", Message: "name must not contain control characters"},
+			{Field: "limits.tpm", Message: "limits.tpm must be a non-negative integer (0 means no limit)"},
+		})
+		if ks, err := s.store.Keys(context.Background()); err != nil || len(ks) != 0 {
+			t.Errorf("after refused creates the store holds %v, %v; want no key", ks, err)
+		}
+	})
+	t.Run("update", func(t *testing.T) {
+		k := createKey(t, front, `{"name":"before"}`)
+		res, b := adminRequest(t, front, "PATCH", "/api/keys/"+k.ID, `{"name":"","limits":{"rpm":-1},"expires_at":"2000-01-01T00:00:00Z"}`)
+		check(t, res, b, []fieldError{
+			{Field: "name", Message: "name is required (1 to 64 characters)"},
+			{Field: "limits.rpm", Message: "limits.rpm must be a non-negative integer (0 means no limit)"},
+			{Field: "expires_at", Message: "expires_at must be in the future"},
+		})
+		ks, err := s.store.Keys(context.Background())
+		if err != nil || len(ks) != 1 || ks[0].Name != "before" || ks[0].Limits != (Limits{}) || !ks[0].ExpiresAt.IsZero() {
+			t.Errorf("after a refused PATCH the store holds %+v, %v; want the key unchanged", ks, err)
+		}
+	})
 }

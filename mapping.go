@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -65,19 +66,18 @@ type Limits struct {
 	RPM, TPM, Concurrency int64
 }
 
-// problem returns why l is not valid (SPEC §11: non-negative integers),
-// naming the field, or "" when it is. Mappings and proxy keys both have
-// limits; each turns the problem into its own 400.
-func (l Limits) problem() string {
+// check adds to fe each limit of l that is not valid (SPEC §11:
+// non-negative integers), in the order rpm, tpm, concurrency, under code.
+// Mappings and proxy keys both have limits; each gives its own code.
+func (l Limits) check(fe *fieldProblems, code string) {
 	for _, f := range []struct {
 		name string
 		v    int64
 	}{{"limits.rpm", l.RPM}, {"limits.tpm", l.TPM}, {"limits.concurrency", l.Concurrency}} {
 		if f.v < 0 {
-			return f.name + " must be a non-negative integer (0 means no limit)"
+			fe.add(code, f.name, f.name+" must be a non-negative integer (0 means no limit)")
 		}
 	}
-	return ""
 }
 
 // The words of a Mapping's options, and their bounds (SPEC §9).
@@ -167,82 +167,121 @@ func (m Mapping) plain() bool {
 // instance that would route it (a target there is a loop; the zero
 // selfAddrs checks none). The error is an *apiError (400) whose message
 // names the field and the rule broken: the prefix's first, then each
-// target's in order, then the options'.
+// target's in order, then the options'. Its Fields hold every problem
+// (check), the first of them its message.
 func (m Mapping) validate(self selfAddrs) error {
-	if err := validatePrefix(m.Prefix); err != nil {
-		return err
-	}
+	var fe fieldProblems
+	m.check(&fe, self)
+	return fe.err()
+}
+
+// check adds every problem of m to fe, in the order of m's fields (see
+// mappingFieldRank), at most one a field. A "target" or "targets"
+// problem already in fe (a conversion's, such as an empty list) stands
+// for m's lack of targets.
+func (m Mapping) check(fe *fieldProblems, self selfAddrs) {
+	fe.addErr("prefix", validatePrefix(m.Prefix))
 	switch n := len(m.Targets); {
 	case n == 0:
-		return validateTarget("")
+		if !fe.has("target") && !fe.has("targets") {
+			fe.addErr("target", validateTarget(""))
+		}
 	case n > maxTargets:
-		return invalidTarget(fmt.Sprintf("targets must hold 1 to %d targets, not %d", maxTargets, n))
-	}
-	field := func(i int, name string) string {
-		if len(m.Targets) == 1 && name == "url" {
-			return "target" // the original form's one field
-		}
-		return fmt.Sprintf("targets[%d].%s", i, name)
-	}
-	for i, t := range m.Targets {
-		if err := validateTarget(t.URL); err != nil {
-			if len(m.Targets) > 1 {
-				err.(*apiError).Message = strings.Replace(err.(*apiError).Message, "target", field(i, "url"), 1)
-			}
-			return err
-		}
-		if err := self.checkTarget(t.URL); err != nil {
-			if len(m.Targets) > 1 {
-				err.(*apiError).Message = strings.Replace(err.(*apiError).Message, "target", field(i, "url"), 1)
-			}
-			return err
-		}
-		if t.Weight < 0 || t.Weight > maxWeight {
-			return invalidTarget(fmt.Sprintf("%s must be an integer from 1 to %d", field(i, "weight"), maxWeight))
-		}
-		if t.AuthStyle != "" && !slices.Contains(authStyles, t.AuthStyle) {
-			return invalidTarget(fmt.Sprintf("%s must be one of %s", field(i, "auth_style"), strings.Join(authStyles, ", ")))
-		}
-		if len(t.Key) > 4096 || strings.ContainsFunc(t.Key, func(r rune) bool { return r < ' ' || r == 0x7f }) {
-			return invalidTarget(fmt.Sprintf("%s must be at most 4096 bytes without control characters", field(i, "key")))
-		}
-		if t.Key != "" && m.auth() != authKeys {
-			return invalidTarget(fmt.Sprintf(`%s is only allowed with "auth": "keys": an upstream key is only ever used for callers that showed a proxy key`, field(i, "key")))
+		fe.add("invalid_target", "targets", fmt.Sprintf("targets must hold 1 to %d targets, not %d", maxTargets, n))
+	default:
+		for i := range m.Targets {
+			m.checkTarget(fe, self, i)
 		}
 	}
 	if b := m.balance(); b != balanceFailover && b != balanceWeighted {
-		return invalidMapping(fmt.Sprintf("balance must be %q or %q", balanceFailover, balanceWeighted))
+		fe.add("invalid_mapping", "balance", fmt.Sprintf("balance must be %q or %q", balanceFailover, balanceWeighted))
 	}
-	for _, s := range m.retryOn() {
-		if s < 400 || s > 599 {
-			return invalidMapping(fmt.Sprintf("retry_on must hold statuses from 400 to 599 (found %d)", s))
-		}
-	}
-	if len(m.RetryOn) > 200 {
+	if i := slices.IndexFunc(m.retryOn(), func(s int) bool { return s < 400 || s > 599 }); i >= 0 {
+		fe.add("invalid_mapping", "retry_on", fmt.Sprintf("retry_on must hold statuses from 400 to 599 (found %d)", m.retryOn()[i]))
+	} else if len(m.RetryOn) > 200 {
 		// 200 statuses fit in 400-599: a longer list repeats one.
-		return invalidMapping("retry_on must hold at most 200 statuses (each of 400 to 599 once)")
+		fe.add("invalid_mapping", "retry_on", "retry_on must hold at most 200 statuses (each of 400 to 599 once)")
 	}
 	switch m.auth() {
 	case authPassthrough:
 	case authKeys:
 	default:
-		return invalidMapping(fmt.Sprintf("auth must be %q or %q", authPassthrough, authKeys))
+		fe.add("invalid_mapping", "auth", fmt.Sprintf("auth must be %q or %q", authPassthrough, authKeys))
 	}
-	if msg := m.Limits.problem(); msg != "" {
-		return invalidMapping(msg)
-	}
+	m.Limits.check(fe, "invalid_mapping")
 	if d := m.StreamIdleTimeout; d < 0 || d > maxMappingPeriod {
-		return invalidMapping("stream_idle_timeout must be a duration from 0s to 24h")
+		fe.add("invalid_mapping", "stream_idle_timeout", "stream_idle_timeout must be a duration from 0s to 24h")
 	}
-	return nil
+}
+
+// targetField is the name of field name of m's target i in messages:
+// "targets[1].weight", or "target" for the URL of a mapping's only target
+// (the original form's one field).
+func (m Mapping) targetField(i int, name string) string {
+	if len(m.Targets) == 1 && name == "url" {
+		return "target"
+	}
+	return fmt.Sprintf("targets[%d].%s", i, name)
+}
+
+// checkTarget adds the problems of m's target i to fe: its URL, then
+// weight, auth_style and key.
+func (m Mapping) checkTarget(fe *fieldProblems, self selfAddrs, i int) {
+	t, field := m.Targets[i], m.targetField
+	urlErr := validateTarget(t.URL)
+	if urlErr == nil {
+		urlErr = self.checkTarget(t.URL)
+	}
+	if urlErr != nil {
+		msg := urlErr.(*apiError).Message
+		if len(m.Targets) > 1 {
+			msg = strings.Replace(msg, "target", field(i, "url"), 1)
+		}
+		fe.add("invalid_target", field(i, "url"), msg)
+	}
+	if t.Weight < 0 || t.Weight > maxWeight {
+		fe.add("invalid_target", field(i, "weight"), fmt.Sprintf("%s must be an integer from 1 to %d", field(i, "weight"), maxWeight))
+	}
+	if t.AuthStyle != "" && !slices.Contains(authStyles, t.AuthStyle) {
+		fe.add("invalid_target", field(i, "auth_style"), fmt.Sprintf("%s must be one of %s", field(i, "auth_style"), strings.Join(authStyles, ", ")))
+	}
+	switch {
+	case len(t.Key) > 4096 || strings.ContainsFunc(t.Key, func(r rune) bool { return r < ' ' || r == 0x7f }):
+		fe.add("invalid_target", field(i, "key"), fmt.Sprintf("%s must be at most 4096 bytes without control characters", field(i, "key")))
+	case t.Key != "" && m.auth() != authKeys:
+		fe.add("invalid_target", field(i, "key"), fmt.Sprintf(`%s is only allowed with "auth": "keys": an upstream key is only ever used for callers that showed a proxy key`, field(i, "key")))
+	}
+}
+
+// mappingOptions are the fields of a mapping object after its targets,
+// in their order (SPEC §9).
+var mappingOptions = []string{"balance", "retry_on", "auth", "limits.rpm", "limits.tpm", "limits.concurrency", "stream_idle_timeout"}
+
+// mappingFieldRank orders the fields that problems of a mapping object
+// name as check adds them: prefix, target or targets, each target's url,
+// weight, auth_style and key, then the options. A field it does not know
+// comes last.
+func mappingFieldRank(field string) int {
+	switch field {
+	case "prefix":
+		return 0
+	case "target", "targets":
+		return 1
+	}
+	if rest, ok := strings.CutPrefix(field, "targets["); ok {
+		idx, name, _ := strings.Cut(rest, "].")
+		if i, err := strconv.Atoi(idx); err == nil && i >= 0 && i < maxTargets {
+			return 2 + i*4 + max(0, slices.Index([]string{"url", "weight", "auth_style", "key"}, name))
+		}
+	}
+	if i := slices.Index(mappingOptions, field); i >= 0 {
+		return 2 + maxTargets*4 + i
+	}
+	return math.MaxInt
 }
 
 func invalidTarget(msg string) error {
 	return &apiError{Status: http.StatusBadRequest, Code: "invalid_target", Message: msg}
-}
-
-func invalidMapping(msg string) error {
-	return &apiError{Status: http.StatusBadRequest, Code: "invalid_mapping", Message: msg}
 }
 
 // mappingObject is the JSON form of a Mapping (SPEC §9): the admin API's
@@ -322,27 +361,39 @@ func keyHint(key string) string {
 
 // mapping converts o into a Mapping, which the caller then validates. An
 // error is a 400 naming the field: an explicit weight of 0, a duration
-// that is not one, both or neither of target and targets. Keys absent
-// from o's targets are left "" (see keepKeys).
+// that is not one, both or neither of target and targets (the first of
+// convert's problems, all of them in its Fields). Keys absent from o's
+// targets are left "" (see keepKeys).
 func (o mappingObject) mapping() (Mapping, error) {
+	m, fe := o.convert()
+	return m, fe.err()
+}
+
+// convert is mapping with every problem listed, in the order of o's
+// fields. A field at fault is left at its zero value in m, so that
+// validation (check) does not name it a second time.
+func (o mappingObject) convert() (Mapping, fieldProblems) {
+	var fe fieldProblems
 	m := Mapping{Prefix: o.Prefix, Balance: o.Balance, RetryOn: o.RetryOn, Auth: o.Auth}
 	switch {
 	case o.Target != "" && o.Targets != nil:
-		return m, invalidTarget(`give either "target" (one URL) or "targets" (a list), not both`)
+		fe.add("invalid_target", "targets", `give either "target" (one URL) or "targets" (a list), not both`)
 	case o.Target != "":
 		m.Targets = []Target{{URL: o.Target}}
 	case o.Targets == nil:
-		return m, invalidTarget("target is required (or targets, a list of 1 to 16 targets)")
+		fe.add("invalid_target", "target", "target is required (or targets, a list of 1 to 16 targets)")
 	case len(o.Targets) == 0:
-		return m, invalidTarget(fmt.Sprintf("targets must hold 1 to %d targets, not 0", maxTargets))
+		fe.add("invalid_target", "targets", fmt.Sprintf("targets must hold 1 to %d targets, not 0", maxTargets))
 	}
 	for i, to := range o.Targets {
 		t := Target{URL: to.URL, AuthStyle: to.AuthStyle}
 		if to.Weight != nil {
 			if *to.Weight < 1 || *to.Weight > maxWeight {
-				return m, invalidTarget(fmt.Sprintf("targets[%d].weight must be an integer from 1 to %d", i, maxWeight))
+				f := fmt.Sprintf("targets[%d].weight", i)
+				fe.add("invalid_target", f, fmt.Sprintf("%s must be an integer from 1 to %d", f, maxWeight))
+			} else {
+				t.Weight = *to.Weight
 			}
-			t.Weight = *to.Weight
 		}
 		if to.Key != nil {
 			t.Key = *to.Key
@@ -355,11 +406,12 @@ func (o mappingObject) mapping() (Mapping, error) {
 	if o.StreamIdleTimeout != "" {
 		d, err := time.ParseDuration(o.StreamIdleTimeout)
 		if err != nil {
-			return m, invalidMapping(fmt.Sprintf(`stream_idle_timeout must be a duration such as "30s" or "2m" (got %q)`, truncate(o.StreamIdleTimeout, 40)))
+			fe.add("invalid_mapping", "stream_idle_timeout", fmt.Sprintf(`stream_idle_timeout must be a duration such as "30s" or "2m" (got %q)`, truncate(o.StreamIdleTimeout, 40)))
+		} else {
+			m.StreamIdleTimeout = d
 		}
-		m.StreamIdleTimeout = d
 	}
-	return m, nil
+	return m, fe
 }
 
 // keepKeys gives each target of m that has no key, and whose URL is the

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"maps"
+	"math"
 	"net"
 	"net/http"
 	"reflect"
@@ -457,5 +458,40 @@ func TestMappingKeepKeys(t *testing.T) {
 				t.Errorf("keys = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestMappingValidateListsEveryProblem: validate's error is the first
+// problem, as TestMappingValidate pins, and its Fields hold every
+// problem of the mapping in the order of its fields, one a field.
+func TestMappingValidateListsEveryProblem(t *testing.T) {
+	m := Mapping{Prefix: "/o/", Targets: []Target{
+		{URL: "https://a.example", Weight: -1, AuthStyle: "cookie"},
+		{URL: "https://b.example?x=1", Key: "sk-upstream"},
+	}, Balance: "random", RetryOn: []int{302, 700}, Limits: Limits{RPM: -1, Concurrency: -3}, StreamIdleTimeout: -time.Second}
+	err := m.validate(selfAddrs{})
+	checkValidation(t, err, `must not end with "/"`, "invalid_prefix", "prefix ")
+	var got []string
+	for _, f := range err.(*apiError).Fields {
+		if !strings.HasPrefix(f.Message, f.Field+" ") {
+			t.Errorf("problem %q does not start with its field %q", f.Message, f.Field)
+		}
+		got = append(got, f.Field+" "+f.code)
+	}
+	want := []string{
+		"prefix invalid_prefix", "targets[0].weight invalid_target", "targets[0].auth_style invalid_target",
+		"targets[1].url invalid_target", "targets[1].key invalid_target", "balance invalid_mapping", "retry_on invalid_mapping",
+		"limits.rpm invalid_mapping", "limits.concurrency invalid_mapping", "stream_idle_timeout invalid_mapping",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("fields =\n%q\nwant\n%q", got, want)
+	}
+	for _, f := range want {
+		if r := mappingFieldRank(strings.Fields(f)[0]); r == math.MaxInt {
+			t.Errorf("mappingFieldRank(%s) does not know the field", f)
+		}
+	}
+	if err := newMapping("/ok", "https://a.example").validate(selfAddrs{}); err != nil {
+		t.Errorf("a valid mapping: %v", err)
 	}
 }

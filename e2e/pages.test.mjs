@@ -2088,6 +2088,146 @@ test('dashboard: idle endpoints fold into one row that opens on click; at 375 px
   await page.close();
 });
 
+// Issue 19, item 8: a 400 lists every problem of the object sent
+// (error.errors), and the admin page shows each beside its own field at
+// once, not only the first.
+
+// fieldState is what the page shows of a field: its error line's text,
+// aria-invalid, and whether aria-describedby points at that line.
+async function fieldState(page, id) {
+  return page.evaluate((id) => {
+    const f = document.getElementById(id);
+    const err = document.getElementById(id + '-error');
+    return {
+      text: err ? err.textContent.trim() : null,
+      invalid: f.getAttribute('aria-invalid'),
+      described: (f.getAttribute('aria-describedby') || '').split(/\s+/).includes(id + '-error'),
+    };
+  }, id);
+}
+
+// noSidewaysScroll fails when the page is wider than its window.
+async function noSidewaysScroll(page, what) {
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `${what} scrolls sideways by ${overflow} px`);
+}
+
+test('admin (§9 server): every problem of a mapping shows beside its field at once; fixing one leaves the others', { skip: SKIP_S9 }, async () => {
+  const page = await newPage();
+  await login(page);
+  await page.locator('#add-prefix').fill('/api/multi');
+  await page.locator('#add-target').fill(upstreamURL + '/one');
+  await page.getByRole('button', { name: 'Several targets and options' }).click();
+  await page.getByRole('button', { name: 'Add target' }).click();
+  await page.getByLabel('Target 2 URL').fill('ftp://example.com');
+  await page.getByLabel('Stream idle timeout').fill('soon');
+  await page.locator('#add-btn').click();
+
+  const fields = { prefix: 'add-prefix', url: 'add-targets-1-url', idle: 'add-stream-idle-timeout' };
+  await until('three messages at once', async () => (await fieldState(page, fields.idle)).text !== '');
+  const prefix = await fieldState(page, fields.prefix);
+  const url = await fieldState(page, fields.url);
+  const idle = await fieldState(page, fields.idle);
+  assert.match(prefix.text, /^prefix "\/api" is reserved/);
+  assert.match(url.text, /^targets\[1\]\.url must use the http or https scheme/);
+  assert.match(idle.text, /^stream_idle_timeout must be a duration such as "30s"/);
+  for (const s of [prefix, url, idle]) assert.deepEqual([s.invalid, s.described], ['true', true]);
+  // Only those three: every other field of the editor is fine.
+  assert.equal(await page.locator('#add-form [aria-invalid="true"]').count(), 3);
+  assert.equal(await textOf(page.locator('#add-error')), '');
+  assert.equal(await focusedLabel(page), fields.prefix, 'the first field with a problem has the focus');
+  await page.screenshot({ path: path.join(artifacts, 'admin-errors-mapping-desktop.png'), fullPage: true });
+  await page.setViewportSize({ width: 375, height: 812 });
+  await noSidewaysScroll(page, 'the add form with three errors at 375 px');
+  await page.screenshot({ path: path.join(artifacts, 'admin-errors-mapping-phone.png'), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  // Editing a field clears its own message, and only that one.
+  await page.locator('#' + fields.prefix).fill('/multi-err');
+  assert.deepEqual(await fieldState(page, fields.prefix), { text: '', invalid: 'false', described: true });
+  assert.notEqual((await fieldState(page, fields.url)).text, '');
+  // Submitted again: the two left, and the focus on the first of them.
+  await page.locator('#add-btn').click();
+  await until('the URL message again', async () => (await fieldState(page, fields.url)).text !== '');
+  await until('two messages', async () => (await page.locator('#add-form [aria-invalid="true"]').count()) === 2);
+  assert.equal((await fieldState(page, fields.prefix)).text, '');
+  assert.match((await fieldState(page, fields.idle)).text, /^stream_idle_timeout/);
+  assert.equal(await focusedLabel(page), fields.url);
+  assert.equal((await api('GET', '/api/mappings')).data.mappings['/multi-err'], undefined, 'nothing invalid is stored');
+  await page.screenshot({ path: path.join(artifacts, 'admin-errors-mapping-fixed-one-desktop.png'), fullPage: true });
+
+  // All fixed: stored, and no message left.
+  await page.getByLabel('Target 2 URL').fill(upstreamURL + '/two');
+  await page.getByLabel('Stream idle timeout').fill('30s');
+  await page.locator('#add-btn').click();
+  await row(page, '/multi-err').waitFor({ timeout: WAIT });
+  assert.equal(await page.locator('#add-form [aria-invalid="true"]').count(), 0);
+  assert.equal((await api('DELETE', '/api/mappings/multi-err')).status, 200);
+  await page.close();
+});
+
+test('admin: every problem of a proxy key shows beside its field at once, as text (answers played back)', async () => {
+  const page = await newPage();
+  const keysAPI = await playKeysAPI(page, []);
+  await login(page);
+  await page.getByRole('tab', { name: 'Proxy keys' }).click();
+  await until('the empty keys list', async () => page.locator('#key-empty').isVisible());
+
+  // Caught before sending: both limits that are not numbers at once.
+  await page.getByLabel('Requests / min').fill('many');
+  await page.getByLabel('Tokens / min').fill('lots');
+  await page.locator('#key-add-btn').click();
+  await until('both local limit messages', async () => (await fieldState(page, 'key-tpm')).text !== '');
+  assert.match((await fieldState(page, 'key-rpm')).text, /^limits\.rpm must be a whole number/);
+  assert.equal(keysAPI.sent.length, 0, 'nothing is sent');
+  assert.equal(await focusedLabel(page), 'key-rpm');
+  await page.getByLabel('Requests / min').fill('0');
+  await page.getByLabel('Tokens / min').fill('0');
+
+  const markup = 'name <img src=x onerror="window.__xss=1"> must be 1 to 64 characters';
+  const errors = [
+    { field: 'name', message: markup },
+    { field: 'prefixes[1]', message: 'prefixes[1] must start with "/"' },
+    { field: 'limits.rpm', message: 'limits.rpm must be a non-negative integer (0 means no limit)' },
+    { field: 'limits.concurrency', message: 'limits.concurrency must be a non-negative integer (0 means no limit)' },
+    { field: 'color', message: 'color is not a field this page knows' },
+  ];
+  keysAPI.reply = { status: 400, body: { error: { type: 'proxy_error', code: 'invalid_key', message: errors[0].message, errors } } };
+  await page.locator('#key-form').getByLabel('Name', { exact: true }).fill('x');
+  await page.locator('#key-add-btn').click();
+  await until('the concurrency message', async () => (await fieldState(page, 'key-concurrency')).text !== '');
+  const want = { 'key-name': markup, 'key-prefixes': errors[1].message, 'key-rpm': errors[2].message, 'key-concurrency': errors[3].message };
+  for (const [id, text] of Object.entries(want)) {
+    assert.deepEqual(await fieldState(page, id), { text, invalid: 'true', described: true }, id);
+  }
+  assert.deepEqual(await fieldState(page, 'key-tpm'), { text: '', invalid: 'false', described: true });
+  assert.equal(await textOf(page.locator('#key-form-error')), errors[4].message, 'a field the form lacks goes under the form');
+  assert.equal(await page.locator('#key-form img').count(), 0, 'messages are text');
+  assert.equal(await page.evaluate(() => window.__xss), undefined);
+  assert.equal(await focusedLabel(page), 'key-name');
+  await page.screenshot({ path: path.join(artifacts, 'admin-errors-key-desktop.png'), fullPage: true });
+  await page.setViewportSize({ width: 375, height: 812 });
+  await noSidewaysScroll(page, 'the key form with four errors at 375 px');
+  await page.screenshot({ path: path.join(artifacts, 'admin-errors-key-phone.png'), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  // Editing one field clears its message only.
+  await page.getByLabel('Requests / min').fill('5');
+  assert.equal((await fieldState(page, 'key-rpm')).text, '');
+  assert.equal((await fieldState(page, 'key-concurrency')).text, errors[3].message);
+
+  // An answer without "errors" (an older server): its one message beside
+  // the field it names, the others cleared by the new submit.
+  keysAPI.reply = { status: 400, body: { error: { type: 'proxy_error', code: 'invalid_key', message: 'expires_at must be in the future' } } };
+  await page.locator('#key-add-btn').click();
+  await until('the expiry message', async () => (await fieldState(page, 'key-expires')).text === 'expires_at must be in the future');
+  assert.equal(await page.locator('#key-form [aria-invalid="true"]').count(), 1);
+  assert.equal(await textOf(page.locator('#key-form-error')), '');
+  assert.equal(await focusedLabel(page), 'key-expires');
+  await page.unroute(KEYS_ROUTE);
+  await page.close();
+});
+
 test('no page made a request that left 127.0.0.1, and nothing went wrong in the pages', async () => {
   assert.ok(requestLog.length > 20, `only ${requestLog.length} requests were logged`);
   const away = requestLog.filter((u) => new URL(u).hostname !== '127.0.0.1');

@@ -1,8 +1,10 @@
 // The admin page: log in with the admin token, then list, add, edit and
 // delete mappings through /api/mappings (SPEC §6, §9). The token lives in
 // sessionStorage only, so it is gone when the tab closes or on Log out.
-// Errors from the API are shown as text next to the field they concern:
-// the field is the first word of the API's message ("targets[1].url …").
+// Errors from the API are shown as text next to the field they concern,
+// all at once: a 400 lists every problem in error.errors as {field,
+// message} (issue 19); from a server without that list, the one message
+// goes beside the field its first word names ("targets[1].url …").
 //
 // A plain mapping (one target, no options) is added and edited with one
 // URL field, as before SPEC §9; "Several targets and options" opens the
@@ -57,7 +59,7 @@
     try {
       res = await fetch(path, { method, headers, cache: 'no-store', body: body === undefined ? undefined : JSON.stringify(body) });
     } catch (e) {
-      return { status: 0, data: null, message: t('admin.unreachable'), code: '' };
+      return { status: 0, data: null, message: t('admin.unreachable'), code: '', errors: null };
     }
     let data = null;
     try { data = await res.json(); } catch (e) { data = null; }
@@ -67,8 +69,25 @@
       data,
       message: err && err.message ? String(err.message) : res.statusText || ('HTTP ' + res.status),
       code: err && err.code ? String(err.code) : '',
+      errors: err ? problemsOf(err.errors) : null,
       retryAfter: res.headers.get('Retry-After'),
     };
+  }
+
+  // problemsOf reads error.errors of a 400, every problem of the object
+  // sent in the order of its fields: [{field, message}], or null when
+  // the answer has no such list (other errors, older servers).
+  function problemsOf(list) {
+    if (!Array.isArray(list)) return null;
+    const out = list.filter((p) => p && typeof p === 'object' && p.message)
+      .map((p) => ({ field: String(p.field || ''), message: String(p.message) }));
+    return out.length ? out : null;
+  }
+
+  // problems returns the problems of an answer r: its list, or the one
+  // message as a list, with the field its first word names.
+  function problems(r) {
+    return r.errors || [{ field: fieldOf(r.message), message: r.message }];
   }
 
   function mappingPath(prefix) {
@@ -426,16 +445,13 @@
         draft.auth === 'passthrough' && LIMITS.every((f) => /^\s*0*\s*$/.test(draft.limits[f]));
     }
 
-    // parseLimits returns the limits to send (empty means 0), or null
-    // after showing the first that is not a whole number.
-    function parseLimits() {
+    // parseLimits returns the limits to send (empty means 0), adding to
+    // found each that is not a whole number.
+    function parseLimits(found) {
       const out = {};
       for (const f of LIMITS) {
         const v = draft.limits[f].trim();
-        if (v !== '' && !/^\d+$/.test(v)) {
-          show('limits.' + f, t('keys.limitBad', { field: 'limits.' + f }));
-          return null;
-        }
+        if (v !== '' && !/^\d+$/.test(v)) found.push({ field: 'limits.' + f, message: t('keys.limitBad', { field: 'limits.' + f }) });
         out[f] = v === '' ? 0 : Number(v);
       }
       return out;
@@ -449,32 +465,31 @@
 
     // body returns the mapping object to send, without prefix: the
     // original form {target} when the draft is plain (so a server from
-    // before SPEC §9 takes it too), or null after showing a local error.
-    function body() {
-      errors.clear();
+    // before SPEC §9 takes it too), or null after showing every local
+    // error at once (focus stays put when focus is false).
+    function body(focus = true) {
+      clearErrors();
       if (isPlain()) return { target: draft.targets[0].url.trim() };
-      const retry = parseRetry(draft.retry_on);
-      if (!retry) {
-        show('retry_on', t('ed.retryBad'));
-        return null;
-      }
-      const limits = parseLimits();
-      if (!limits) return null;
+      const found = []; // in the order of the fields, as the server's
       const targets = [];
       for (const [i, tg] of draft.targets.entries()) {
         const out = { url: tg.url.trim() };
         const w = tg.weight.trim();
         if (w !== '') {
-          if (!/^-?\d+$/.test(w)) {
-            show('targets[' + i + '].weight', t('ed.weightBad'));
-            return null;
-          }
+          if (!/^-?\d+$/.test(w)) found.push({ field: 'targets[' + i + '].weight', message: t('ed.weightBad') });
           out.weight = Number(w);
         }
         if (tg.auth_style) out.auth_style = tg.auth_style;
         if (tg.key_remove) out.key = '';
         else if (tg.key_new.trim()) out.key = tg.key_new.trim();
         targets.push(out);
+      }
+      const retry = parseRetry(draft.retry_on);
+      if (!retry) found.push({ field: 'retry_on', message: t('ed.retryBad') });
+      const limits = parseLimits(found);
+      if (found.length) {
+        showAll(found, focus);
+        return null;
       }
       return {
         targets,
@@ -486,19 +501,39 @@
       };
     }
 
-    // show puts msg next to the field key ("targets[1].url", "balance",
-    // "" for the editor as a whole), focuses that field, and reports
-    // whether the editor has such a field.
-    function show(key, msg) {
-      const m = /^targets\[(\d+)\]\.(\w+)$/.exec(key);
-      let k = key;
-      if (k === 'target') k = 'targets[0].url';
-      else if (m && Number(m[1]) >= draft.targets.length) k = 'targets';
-      else if (m && !['url', 'weight', 'auth_style'].includes(m[2])) k = 'targets[' + m[1] + '].key';
-      else if (!m && !['targets', 'auth', 'balance', 'retry_on', 'stream_idle_timeout', ...LIMITS.map((f) => 'limits.' + f)].includes(k)) k = '';
-      errors.set(k, msg);
-      render(k === '' || k === 'targets' ? null : '#' + CSS.escape(fieldId(k)));
-      return k !== '';
+    // keyOf returns the editor's field for a field the API names
+    // ("target" is the first URL), "targets" for the list as a whole, or
+    // "" for the editor as a whole.
+    function keyOf(field) {
+      const m = /^targets\[(\d+)\]\.(\w+)$/.exec(field);
+      if (field === 'target') return 'targets[0].url';
+      if (m && Number(m[1]) >= draft.targets.length) return 'targets';
+      if (m && !['url', 'weight', 'auth_style'].includes(m[2])) return 'targets[' + m[1] + '].key';
+      if (!m && !['targets', 'auth', 'balance', 'retry_on', 'stream_idle_timeout', ...LIMITS.map((f) => 'limits.' + f)].includes(field)) return '';
+      return field;
+    }
+
+    // showAll puts every problem [{field, message}] next to its field at
+    // once (two for one field share its line), focuses the first such
+    // field unless focus is false, and reports whether any problem has a
+    // field of its own in the editor.
+    function showAll(list, focus = true) {
+      let first = null;
+      for (const p of list) {
+        const k = keyOf(p.field);
+        errors.set(k, errors.has(k) ? errors.get(k) + ' ' + p.message : p.message);
+        if (first === null && k !== '' && k !== 'targets') first = k;
+      }
+      render(focus && first !== null ? '#' + CSS.escape(fieldId(first)) : null);
+      return first !== null;
+    }
+
+    // clearErrors forgets the problems shown, in place, so that a field
+    // being typed in keeps its caret.
+    function clearErrors() {
+      errors.clear();
+      for (const p of root.querySelectorAll('.field-error')) setText(p, '');
+      for (const f of root.querySelectorAll('[aria-invalid="true"]')) f.setAttribute('aria-invalid', 'false');
     }
 
     function firstURL() {
@@ -506,7 +541,7 @@
     }
 
     render(null);
-    return { root, body, show, isPlain, firstURL, render: () => render(null), draft };
+    return { root, body, showAll, isPlain, firstURL, render: () => render(null), draft };
   }
 
   function focusFirstURL(editor) {
@@ -692,18 +727,24 @@
       return;
     }
     if (handleCommon(r)) return;
-    const field = fieldOf(r.message);
-    if (r.code === 'invalid_prefix' || r.status === 409 || field === 'prefix') {
-      setFieldError(prefixIn, $('add-prefix-error'), r.message);
-      prefixIn.focus();
-    } else if (expanded) {
-      if (!addEditor.show(field, r.message)) focusFirstURL(addEditor);
-    } else if (r.code === 'invalid_target') {
-      setFieldError(targetIn, $('add-target-error'), r.message);
-      targetIn.focus();
+    // Every problem beside its field at once; the first field is focused.
+    const list = r.status === 409 || (!r.errors && r.code === 'invalid_prefix')
+      ? [{ field: 'prefix', message: r.message }] : problems(r);
+    const joined = (ps) => ps.map((p) => p.message).join(' ');
+    const onPrefix = list.filter((p) => p.field === 'prefix');
+    const rest = list.filter((p) => p.field !== 'prefix');
+    if (onPrefix.length) setFieldError(prefixIn, $('add-prefix-error'), joined(onPrefix));
+    const prefixFirst = list[0].field === 'prefix';
+    if (expanded) {
+      if (rest.length && !addEditor.showAll(rest, !prefixFirst) && !prefixFirst) focusFirstURL(addEditor);
     } else {
-      setText($('add-error'), r.message);
+      const isTarget = (p) => /^targets?\b/.test(p.field) || (!r.errors && r.code === 'invalid_target');
+      const onTarget = rest.filter(isTarget);
+      if (onTarget.length) setFieldError(targetIn, $('add-target-error'), joined(onTarget));
+      setText($('add-error'), joined(rest.filter((p) => !isTarget(p))));
+      if (!prefixFirst && onTarget.length) targetIn.focus();
     }
+    if (prefixFirst) prefixIn.focus();
   }
 
   // Edit and delete
@@ -755,7 +796,7 @@
       return;
     }
     if (handleCommon(r)) return;
-    if (!editor.show(fieldOf(r.message), r.message)) focusFirstURL(editor);
+    if (!editor.showAll(problems(r))) focusFirstURL(editor);
   }
 
   async function confirmDelete(prefix) {
@@ -1034,16 +1075,21 @@
     setText($('key-form-error'), '');
   }
 
-  // keyFieldError shows msg beside the field the API's message names
-  // ("prefixes[0] …" → the prefixes field), or under the form.
-  function keyFieldError(field, msg) {
-    const id = KEY_FIELDS[field.replace(/\[\d+\]$/, '')];
-    if (!id) {
-      setText($('key-form-error'), msg);
-      return;
+  // keyFieldErrors shows every problem [{field, message}] beside the
+  // field it names ("prefixes[0]" → the prefixes field), or under the
+  // form, all at once, and focuses the first such field.
+  function keyFieldErrors(list) {
+    const shown = new Map(); // element id -> messages
+    for (const p of list) {
+      const id = KEY_FIELDS[p.field.replace(/\[\d+\]$/, '')] || 'key-form';
+      shown.set(id, [...(shown.get(id) || []), p.message]);
     }
-    setFieldError($(id), $(id + '-error'), msg);
-    $(id).focus();
+    for (const [id, msgs] of shown) {
+      if (id === 'key-form') setText($('key-form-error'), msgs.join(' '));
+      else setFieldError($(id), $(id + '-error'), msgs.join(' '));
+    }
+    const first = [...shown.keys()].find((id) => id !== 'key-form');
+    if (first) $(first).focus();
   }
 
   async function createKey(ev) {
@@ -1052,26 +1098,24 @@
     const body = { name: $('key-name').value.trim() };
     const prefixes = $('key-prefixes').value.split(/[\s,]+/).filter(Boolean);
     body.prefixes = prefixes;
+    const local = []; // what is wrong before sending, every field at once
     const limits = {};
     for (const f of LIMITS) {
       const v = $('key-' + f).value.trim();
-      if (v !== '' && !/^\d+$/.test(v)) {
-        keyFieldError('limits.' + f, t('keys.limitBad', { field: 'limits.' + f }));
-        return;
-      }
+      if (v !== '' && !/^\d+$/.test(v)) local.push({ field: 'limits.' + f, message: t('keys.limitBad', { field: 'limits.' + f }) });
       limits[f] = v === '' ? 0 : Number(v);
     }
     body.limits = limits;
     const expires = $('key-expires').value;
+    body.expires_at = null;
     if (expires) {
       const d = new Date(expires); // datetime-local: the reader's local time
-      if (!Number.isFinite(d.getTime())) {
-        keyFieldError('expires_at', t('keys.expiresBad'));
-        return;
-      }
-      body.expires_at = d.toISOString().replace(/\.\d{3}Z$/, 'Z');
-    } else {
-      body.expires_at = null;
+      if (!Number.isFinite(d.getTime())) local.push({ field: 'expires_at', message: t('keys.expiresBad') });
+      else body.expires_at = d.toISOString().replace(/\.\d{3}Z$/, 'Z');
+    }
+    if (local.length) {
+      keyFieldErrors(local);
+      return;
     }
     body.disabled = $('key-disabled').checked;
     const btn = $('key-add-btn');
@@ -1095,7 +1139,7 @@
       return;
     }
     if (handleCommon(r)) return;
-    keyFieldError(fieldOf(r.message), r.message);
+    keyFieldErrors(problems(r));
   }
 
   // showSecret shows a new key's secret once; hideSecret forgets it.
