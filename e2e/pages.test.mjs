@@ -31,6 +31,8 @@ const CHROMIUM_ARGS = [
 const TOKEN = 'e2e-admin-token-' + Math.random().toString(36).slice(2, 12);
 const WAIT = 20000; // deadline of one wait in the browser
 const REFRESH_WAIT = 30000; // the dashboard polls /stats every 5 s
+// The dashboard asks for /stats?range=…: a played-back /stats matches it.
+const STATS_URL = /\/stats(\?[^#]*)?$/;
 
 let tmp;
 let bin; // the apiproxy binary built for the suite
@@ -636,7 +638,7 @@ test('dashboard: targets under an endpoint with several, and the failovers card 
     series: { hourly: [], daily: [] },
     performance: { requests_per_sec: 0, avg_response_time_ms: 0, error_rate: 0, memory_usage_mb: 1, goroutine_count: 1, active_requests: 0, uptime_seconds: 1 },
   };
-  await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+  await page.route(STATS_URL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
   await page.goto(origin + '/');
   const sub = page.locator('#ep-body tr[data-targets-of="/mock-dash"]');
   await sub.waitFor({ timeout: WAIT });
@@ -674,7 +676,7 @@ test('dashboard: targets under an endpoint with several, and the failovers card 
   const renders = Number(await page.evaluate(() => document.body.dataset.renders));
   await until('a refresh', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > renders, REFRESH_WAIT);
   assert.equal(await page.locator('#card-failovers').isVisible(), false);
-  await page.unroute('**/stats');
+  await page.unroute(STATS_URL);
   await page.close();
 });
 
@@ -698,7 +700,7 @@ test('dashboard: the Keys section shows each proxy key by id and name, and hides
     series: { hourly: [], daily: [] },
     performance: { requests_per_sec: 0, avg_response_time_ms: 0, error_rate: 0, memory_usage_mb: 1, goroutine_count: 1, active_requests: 0, uptime_seconds: 1 },
   };
-  await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+  await page.route(STATS_URL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
   await page.goto(origin + '/');
   const team = page.locator('#ks-body tr[data-key="k_team"]');
   await team.waitFor({ timeout: WAIT });
@@ -710,14 +712,15 @@ test('dashboard: the Keys section shows each proxy key by id and name, and hides
   const cells = (await team.locator('td').allTextContents()).map((x) => x.trim());
   assert.equal(await textOf(team.locator('.key-name')), 'team-a');
   assert.equal(await textOf(team.locator('.key-id')), 'k_team');
-  assert.deepEqual(cells.slice(1, 5), ['5', '8', '9', '9']);
-  assert.equal(await textOf(team.locator('td').nth(5).locator('span').first()), '2');
-  assert.equal(await textOf(team.locator('td').nth(6).locator('span').first()), '1,800');
-  assert.equal(cells[7], '2 min ago');
+  // Cells: key, requests (of the range), errors, tokens, last used.
+  assert.equal(cells[1], '9');
+  assert.equal(await textOf(team.locator('td').nth(2).locator('span').first()), '2');
+  assert.equal(await textOf(team.locator('td').nth(3).locator('span').first()), '1,800');
+  assert.equal(cells[4], '2 min ago');
   const gone = page.locator('#ks-body tr[data-key="k_gone"]');
   assert.equal(await textOf(gone.locator('.key-name')), 'deleted key');
   assert.ok(await gone.locator('.key-name.deleted').count() === 1);
-  assert.equal((await gone.locator('td').allTextContents()).map((x) => x.trim())[7], '3 d ago');
+  assert.equal((await gone.locator('td').allTextContents()).map((x) => x.trim())[4], '3 d ago');
   assert.doesNotMatch(await textOf(page.locator('#keys-panel')), /apx-/);
   await page.getByRole('button', { name: '中文', exact: true }).click();
   await until('Chinese in the keys section', async () => (await textOf(page.locator('#h-keys'))) === '密钥' &&
@@ -726,7 +729,7 @@ test('dashboard: the Keys section shows each proxy key by id and name, and hides
   await page.getByRole('button', { name: 'EN', exact: true }).click();
   await page.setViewportSize({ width: 375, height: 812 });
   await until('English again', async () => (await textOf(page.locator('#h-keys'))) === 'Keys');
-  assert.equal(await team.locator('td').nth(1).getAttribute('data-label'), '24 h');
+  assert.equal(await team.locator('td').nth(1).getAttribute('data-label'), 'Requests');
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   assert.ok(overflow <= 0, `dashboard with keys at 375 px scrolls sideways by ${overflow} px`);
   await page.screenshot({ path: path.join(artifacts, 'dashboard-keys-phone.png'), fullPage: true });
@@ -735,7 +738,7 @@ test('dashboard: the Keys section shows each proxy key by id and name, and hides
   delete stats.keys;
   await until('the keys section hidden', async () => !(await page.locator('#keys-panel').isVisible()), REFRESH_WAIT);
   assert.equal(await page.locator('#ks-body tr').count(), 0);
-  await page.unroute('**/stats');
+  await page.unroute(STATS_URL);
   await page.close();
 });
 
@@ -1686,7 +1689,7 @@ test('admin (§12 server): three requests through the proxy show in the Requests
 });
 
 test('dashboard: endpoint counts, charts, copy buttons, language and theme', async () => {
-  const statsOf = async () => (await (await fetch(origin + '/stats')).json()).endpoints['/e2e'] || {};
+  const statsOf = async () => (await (await fetch(origin + '/stats?range=24h')).json()).endpoints['/e2e'] || {};
   const base = await statsOf();
   // Traffic on /e2e: three completions (7+5 tokens each), one failure.
   for (const model of ['gpt-e2e', 'gpt-e2e', '<img src=x onerror=window.__xss=1>']) {
@@ -1707,26 +1710,24 @@ test('dashboard: endpoint counts, charts, copy buttons, language and theme', asy
   const tr = page.locator('#ep-body tr[data-prefix="/e2e"]');
   const td = (i) => tr.locator('td').nth(i);
   const main = (i) => textOf(td(i).locator('span').first());
-  await until('the /e2e row to show the new count', async () => (await tr.count()) === 1 && (await main(5)) === n(want.count), REFRESH_WAIT);
-  // Cells: endpoint, URL, 24 h, 7 d, 30 d, total, errors, latency, tokens;
-  // the last four hold a figure and a muted line under it.
+  await until('the /e2e row to show the new count', async () => (await tr.count()) === 1 && (await main(2)) === n(want.count), REFRESH_WAIT);
+  // Cells: endpoint, URL, requests, errors, latency, TTFB, tokens (of the
+  // range); the last five hold a figure and a muted line under it.
   assert.equal(await textOf(td(0).locator('.prefix')), '/e2e');
   assert.equal(await textOf(td(0).locator('.target')), upstreamURL + '/base');
   assert.equal(await textOf(td(1).locator('.url')), origin + '/e2e');
-  assert.equal(await textOf(td(2)), n(want.last_24h), '24 h');
-  assert.equal(await textOf(td(3)), n(want.last_7d), '7 d');
-  assert.equal(await textOf(td(4)), n(want.last_30d), '30 d');
-  assert.equal(await main(6), n(want.error_count), 'errors');
-  assert.equal(await main(8), n(want.tokens.total), 'tokens');
+  assert.equal(await main(3), n(want.error_count), 'errors');
+  assert.match(await main(5), /\d ms$/, 'TTFB p50');
+  assert.equal(await main(6), n(want.tokens.total), 'tokens');
   assert.equal(await page.locator('#ep-body img').count(), 0, 'a model name is text, not markup');
   assert.equal(await page.evaluate(() => window.__xss), undefined);
   assert.notEqual(await textOf(page.locator('[data-k="total"]')), '–');
   assert.match(await textOf(page.locator('#status-text')), /Live/);
 
   // Charts: SVG with at least one bar of non-zero height each.
-  for (const id of ['#chart-hourly', '#chart-daily']) {
+  for (const id of ['#chart-requests', '#chart-tokens']) {
     const bars = await until(`bars in ${id}`, async () => {
-      const n = await page.locator(`${id} svg rect.bar-ok, ${id} svg rect.bar-err`).evaluateAll(
+      const n = await page.locator(`${id} svg rect.bar`).evaluateAll(
         (rs) => rs.filter((r) => Number(r.getAttribute('height')) > 0).length);
       return n > 0 && n;
     });
@@ -1786,7 +1787,7 @@ test('screenshots: desktop and 375 px, light and dark', async () => {
       await page.emulateMedia({ colorScheme: scheme });
       await page.goto(origin + '/');
       await until('a rendered dashboard', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > 0);
-      await until('the charts at this width', async () => (await page.locator('#chart-daily svg').count()) === 1);
+      await until('the charts at this width', async () => (await page.locator('#chart-ttfb svg').count()) === 1);
       await page.screenshot({ path: path.join(artifacts, `dashboard-${size}-${scheme}.png`), fullPage: true });
       // No horizontal scrolling of the page itself at any width.
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
@@ -1828,7 +1829,7 @@ test('weight: first load of the dashboard, and /stats with 200 mappings', async 
   // The logo and the favicon are one file: its second use may be a 304.
   const firstUse = first.filter((e, i) => first.findIndex((o) => o.name === e.name) === i);
   assert.ok(firstUse.every((e) => e.encoded > 0 && e.transfer > e.encoded), `some files came from the cache: ${JSON.stringify(first)}`);
-  const assets = first.filter((e) => !e.name.endsWith('/stats'));
+  const assets = first.filter((e) => !e.name.includes('/stats?'));
   assert.ok(assets.every((e) => e.encoded < e.decoded || e.decoded < 1024 || e.name.endsWith('.svg')), `assets not compressed: ${JSON.stringify(assets)}`);
   assert.ok(total <= 150 * 1024, `first load transfers ${total} bytes, want at most 150 KB`);
 
@@ -1848,7 +1849,7 @@ test('weight: first load of the dashboard, and /stats with 200 mappings', async 
   const renders = Number(await page.evaluate(() => document.body.dataset.renders));
   await until('a refresh with 200 rows', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > renders, REFRESH_WAIT);
   const refreshRender = Number(await page.evaluate(() => document.body.dataset.renderMs));
-  const stats = await page.evaluate(() => performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/stats')).map((e) => ({ transfer: e.transferSize, encoded: e.encodedBodySize, decoded: e.decodedBodySize })).pop());
+  const stats = await page.evaluate(() => performance.getEntriesByType('resource').filter((e) => e.name.includes('/stats?')).map((e) => ({ transfer: e.transferSize, encoded: e.encodedBodySize, decoded: e.decodedBodySize })).pop());
   const raw = await (await fetch(origin + '/stats')).text();
   const figures = {
     first_load: { total_transfer_bytes: total, requests: first },
@@ -1929,12 +1930,12 @@ test('dashboard (STATS_TOKEN): asks for a token, refuses a wrong one, shows the 
     // says so and stays; the next poll, answered, shows the figures: a
     // fresh server, so 0 requests and the 12 default endpoints folded
     // into one idle row.
-    await page.route('**/stats', (route) => route.abort());
+    await page.route(STATS_URL, (route) => route.abort());
     await page.locator('#stats-token').fill(STATS_TOKEN);
     await page.locator('#stats-token').press('Enter');
     await until('the unreachable message', async () => /cannot be reached/.test(await textOf(page.locator('#stats-login-error'))));
     assert.ok(await page.locator('#stats-login').isVisible(), 'still asking while unreachable');
-    await page.unroute('**/stats');
+    await page.unroute(STATS_URL);
     await page.locator('#cards').waitFor({ state: 'visible', timeout: REFRESH_WAIT });
     await until('the figures', async () => (await textOf(page.locator('[data-k="total"]'))) === '0');
     assert.equal(await page.locator('#stats-login').isVisible(), false);
@@ -2002,16 +2003,16 @@ test('dashboard: dates and numbers follow the browser locale (en-US, en-GB, zh-C
     for (const c of cases) {
       const ctx = await browser.newContext({ locale: c.locale, timezoneId: 'UTC', viewport: { width: 1280, height: 900 } });
       const page = watch(await ctx.newPage());
-      await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
-      await page.goto(origin + '/');
+      await page.route(STATS_URL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+      await page.goto(origin + '/?range=30d');
       const tr = page.locator('#ep-body tr[data-prefix="/dates"]');
       await tr.waitFor({ timeout: WAIT });
-      const total = await tr.locator('td').nth(5).getAttribute('title');
+      const total = await tr.locator('td').nth(2).getAttribute('title');
       assert.match(total, c.last, `${c.locale}: last request ${total}`);
-      assert.equal(await textOf(tr.locator('td').nth(5).locator('span').first()), c.total, `${c.locale}: grouped count`);
-      assert.match(await textOf(tr.locator('td').nth(8).locator('span').first()), c.tokens, `${c.locale}: compact tokens`);
+      assert.equal(await textOf(tr.locator('td').nth(2).locator('span').first()), c.total, `${c.locale}: grouped count`);
+      assert.match(await textOf(tr.locator('td').nth(6).locator('span').first()), c.tokens, `${c.locale}: compact tokens`);
       const axis = await until(`${c.locale}: the daily chart`, async () => {
-        const labels = (await page.locator('#chart-daily text.axis').allTextContents()).map((x) => x.trim());
+        const labels = (await page.locator('#chart-requests text.axis').allTextContents()).map((x) => x.trim());
         return labels.length > 3 && labels;
       });
       assert.ok(axis.includes(c.axis), `${c.locale}: daily axis ${JSON.stringify(axis)} lacks ${c.axis}`);
@@ -2032,7 +2033,7 @@ test('dashboard: idle endpoints fold into one row that opens on click; at 375 px
   endpoints[long] = playedEndpoint('https://api.openai.com', 0, 0);
   const stats = playedStats(endpoints, []);
   const page = await newPage();
-  await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+  await page.route(STATS_URL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
   await page.goto(origin + '/');
   const toggle = page.locator('#ep-body tr.idle-row button');
   await toggle.waitFor({ timeout: WAIT });
@@ -2084,7 +2085,7 @@ test('dashboard: idle endpoints fold into one row that opens on click; at 375 px
     await page.screenshot({ path: path.join(artifacts, `dashboard-idle-${state}-phone.png`), fullPage: true });
   }
   await page.setViewportSize({ width: 1280, height: 900 });
-  await page.unroute('**/stats');
+  await page.unroute(STATS_URL);
   await page.close();
 });
 
