@@ -36,7 +36,8 @@
   const keyRows = new Map(); // key id -> {tr, c}
   const modelRows = new Map(); // model -> {tr, c}
   let chartKeys = {};
-  const charts = {}; // chart id -> {points, draw}: what a tooltip reads
+  const charts = {}; // chart id -> {sel, points, xOf…}: what a tooltip reads
+  const boxSizes = new Map(); // chart box -> {w, h}, from the ResizeObserver
   let errorsKey = '';
   let snippetKey = '';
 
@@ -374,8 +375,11 @@
 
   function drawChart(id, spec, kind, points) {
     const box = $(spec.box);
-    const W = Math.max(240, Math.round(box.clientWidth || 600));
-    const H = Math.max(120, Math.round(box.clientHeight || 180));
+    // The size the ResizeObserver saw, so that a render does not force a
+    // layout of the page half-way through; the box's own until it has.
+    const size = boxSizes.get(box) || { w: box.clientWidth, h: box.clientHeight };
+    const W = Math.max(240, Math.round(size.w || 600));
+    const H = Math.max(120, Math.round(size.h || 180));
     const key = [W, H, ui.lang, kind, JSON.stringify(points)].join('|');
     if (chartKeys[id] === key) return;
     chartKeys[id] = key;
@@ -1006,7 +1010,8 @@
     });
     if (window.ResizeObserver) {
       let pending = 0;
-      const ro = new ResizeObserver(() => {
+      const ro = new ResizeObserver((entries) => {
+        for (const e of entries) boxSizes.set(e.target, { w: e.contentRect.width, h: e.contentRect.height });
         window.cancelAnimationFrame(pending);
         pending = window.requestAnimationFrame(renderCharts);
       });
