@@ -296,7 +296,8 @@
     // failovers exists from SPEC §9 on; an older server has no such card.
     const fo = document.getElementById('card-failovers');
     if (fo) {
-      fo.hidden = typeof d.failovers !== 'number';
+      // None yet (or one target per mapping): no card, one less on a phone.
+      fo.hidden = typeof d.failovers !== 'number' || d.failovers === 0;
       card('failovers', fmt.compact(d.failovers), fmt.int(d.failovers));
     }
     card('rps', fmt.dec(perf.requests_per_sec, 2), t('card.active', { n: fmt.int(perf.active_requests) }));
@@ -817,6 +818,24 @@
     for (const [k, key] of cols) c[k].dataset.label = t(key);
   }
 
+  // setEndpoints lists the prefixes that served a model, the busiest
+  // first: three, and the rest behind a "+N" that opens on a click or a
+  // tap (a details element), never on hover alone.
+  const EPS_SHOWN = 3;
+  function setEndpoints(c, list) {
+    const key = list.join(' ');
+    if (c.epsKey === key + ui.lang) return;
+    c.epsKey = key + ui.lang;
+    const head = list.slice(0, EPS_SHOWN).join(', ');
+    if (list.length <= EPS_SHOWN) {
+      c.eps.replaceChildren(head);
+      return;
+    }
+    c.eps.replaceChildren(el('details', {},
+      el('summary', {}, head + ' ', el('span', { className: 'more' }, t('md.more', { n: fmt.int(list.length - EPS_SHOWN) }))),
+      el('span', { className: 'rest' }, list.slice(EPS_SHOWN).join(', '))));
+  }
+
   function renderModels(endpoints) {
     const list = modelTotals(endpoints);
     const all = Math.max(num(state.data && state.data.total), list.reduce((s, [, a]) => s + a.count, 0));
@@ -832,7 +851,7 @@
         setText(c[k], fmt.compact(a[k]));
         setTitle(c[k], fmt.int(a[k]));
       }
-      setText(c.eps, a.eps.sort((x, y) => y[1] - x[1]).map(([p]) => p).join(', '));
+      setEndpoints(c, a.eps.sort((x, y) => y[1] - x[1]).map(([p]) => p));
       want.push(r.tr);
       keep.add(name);
     }
