@@ -2362,6 +2362,10 @@ test('dashboard (issue 19): 50 endpoints, 50 models, 100 keys render quickly; at
   const box = await tip.boundingBox();
   assert.ok(box.x >= 0 && box.x + box.width <= 375, `the tooltip leaves the screen: ${JSON.stringify(box)}`);
   await page.screenshot({ path: path.join(artifacts, 'dashboard-range-phone.png'), fullPage: true });
+  await page.locator('#chart-requests').scrollIntoViewIfNeeded();
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-range-phone-tooltip.png') });
+  await page.locator('#md-body tr').nth(2).screenshot({ path: path.join(artifacts, 'dashboard-range-phone-model-card.png') });
+  await page.locator('#re-body tr').nth(0).screenshot({ path: path.join(artifacts, 'dashboard-range-phone-error-card.png') });
   await page.emulateMedia({ colorScheme: 'dark' });
   await page.screenshot({ path: path.join(artifacts, 'dashboard-range-phone-dark.png'), fullPage: true });
   await page.emulateMedia({ colorScheme: 'light' });
