@@ -2098,26 +2098,6 @@ test('dashboard: idle endpoints fold into one row that opens on click; at 375 px
   await page.close();
 });
 
-test('no page made a request that left 127.0.0.1, and nothing went wrong in the pages', async () => {
-  assert.ok(requestLog.length > 20, `only ${requestLog.length} requests were logged`);
-  const away = requestLog.filter((u) => new URL(u).hostname !== '127.0.0.1');
-  assert.deepEqual(away, [], 'requests to other hosts');
-  assert.deepEqual(problems, [], 'dialogs, page errors or console errors');
-});
-
-test('dashboard: says so when the server is unreachable', async () => {
-  const page = await newPage();
-  await page.goto(origin + '/');
-  await until('a rendered dashboard', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > 0);
-  const shown = await textOf(page.locator('[data-k="total"]'));
-  await stopServer();
-  await until('the unreachable notice', async () => /unreachable/i.test(await textOf(page.locator('#status-text'))), REFRESH_WAIT);
-  assert.ok(await page.locator('#status.down').isVisible(), 'the notice stands out');
-  assert.equal(await textOf(page.locator('[data-k="total"]')), shown, 'the last figures stay on screen');
-  await page.screenshot({ path: path.join(artifacts, 'dashboard-desktop-unreachable.png') });
-  await page.close();
-});
-
 // Issue 19, items 2-5: the range selector, charts of the range's points,
 // the models table, keys per range and recent errors. Played-back answers
 // (rangeStats) carry what a server with ranges sends; one test runs
@@ -2458,3 +2438,24 @@ test('dashboard (issue 19 server): the charts\' current hour and the models tabl
   assert.equal((await api('DELETE', '/api/mappings/dash19')).status, 200);
   await page.close();
 });
+
+test('no page made a request that left 127.0.0.1, and nothing went wrong in the pages', async () => {
+  assert.ok(requestLog.length > 20, `only ${requestLog.length} requests were logged`);
+  const away = requestLog.filter((u) => new URL(u).hostname !== '127.0.0.1');
+  assert.deepEqual(away, [], 'requests to other hosts');
+  assert.deepEqual(problems, [], 'dialogs, page errors or console errors');
+});
+
+test('dashboard: says so when the server is unreachable', async () => {
+  const page = await newPage();
+  await page.goto(origin + '/');
+  await until('a rendered dashboard', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > 0);
+  const shown = await textOf(page.locator('[data-k="total"]'));
+  await stopServer();
+  await until('the unreachable notice', async () => /unreachable/i.test(await textOf(page.locator('#status-text'))), REFRESH_WAIT);
+  assert.ok(await page.locator('#status.down').isVisible(), 'the notice stands out');
+  assert.equal(await textOf(page.locator('[data-k="total"]')), shown, 'the last figures stay on screen');
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-desktop-unreachable.png') });
+  await page.close();
+});
+
