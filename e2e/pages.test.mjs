@@ -2189,7 +2189,10 @@ async function figures(page) {
 
 test('dashboard (issue 19): the range selector changes every figure, and the address keeps it across a reload (/stats played back)', async () => {
   const page = await newPage();
-  const answers = { '24h': rangeStats('24h', { mul: 1 }), '7d': { ...rangeStats('7d', { mul: 3, scope: 'instance', errors: 1 }), errors: 30 } };
+  const answers = {
+    '24h': rangeStats('24h', { mul: 1 }), '7d': { ...rangeStats('7d', { mul: 3, scope: 'instance', errors: 1 }), errors: 30 },
+    all: rangeStats('all', { mul: 5 }),
+  };
   const asked = await playRanges(page, answers);
   await page.goto(origin + '/');
   await until('the 24 h figures', async () => (await figures(page)).points === 24);
@@ -2219,7 +2222,22 @@ test('dashboard (issue 19): the range selector changes every figure, and the add
   assert.equal(asked.at(-1), '7d');
   assert.equal(await page.locator('#range [aria-pressed="true"]').getAttribute('data-range'), '7d');
   assert.deepEqual(await figures(page), week);
-  // An unknown range in the address falls back to 24 h.
+  assert.equal(await textOf(page.locator('.chart-note').first()), '');
+  // All time: the cards add up everything, the charts draw the 30 days
+  // /stats keeps, and say so.
+  await page.getByRole('button', { name: 'All time' }).click();
+  await until('all time', async () => (await figures(page)).total === '1,500');
+  assert.equal(asked.at(-1), 'all');
+  assert.equal(new URL(page.url()).searchParams.get('range'), 'all');
+  assert.equal(await textOf(page.locator('#h-overview')), 'All time · all instances');
+  assert.equal((await figures(page)).points, 30);
+  assert.equal(await textOf(page.locator('.chart-note').first()), '· last 30 days');
+  // Back goes to the range before.
+  await page.goBack();
+  await until('7 d again', async () => (await figures(page)).points === 7);
+  assert.equal(asked.at(-1), '7d');
+  assert.equal(await page.locator('#range [aria-pressed="true"]').getAttribute('data-range'), '7d');
+
   await page.goto(origin + '/?range=1h');
   await until('24 h for an unknown range', async () => (await figures(page)).points === 24);
   assert.equal(asked.at(-1), '24h');
