@@ -288,7 +288,7 @@
     const top = busiest(endpoints);
     if (top && top[1].ttfb_ms) {
       card('ttfb', 'p50 ' + fmt.ms(top[1].ttfb_ms.p50));
-      card('ttfb_sub', 'p95 ' + fmt.ms(top[1].ttfb_ms.p95) + ' · ' + top[0], t('card.ttfbTitle', { prefix: top[0] }));
+      card('ttfb_sub', t('card.ttfbSub', { p95: fmt.ms(top[1].ttfb_ms.p95), prefix: top[0] }), t('card.ttfbTitle', { prefix: top[0] }));
     } else {
       card('ttfb', '–');
       card('ttfb_sub', '', '');
