@@ -60,6 +60,7 @@
     u.searchParams.set('range', r);
     history.pushState(null, '', u.pathname + u.search + u.hash);
     state.data = null;
+    $('main').setAttribute('aria-busy', 'true'); // until the range's answer
     markRange();
     refresh();
   }
@@ -200,6 +201,7 @@
   function render() {
     const d = state.data;
     if (!d) return;
+    $('main').removeAttribute('aria-busy');
     const t0 = performance.now();
     renderCards(d);
     renderCharts();
@@ -1014,7 +1016,13 @@
     // Back and forward between ranges the reader chose.
     window.addEventListener('popstate', () => {
       const r = rangeOf(window.location.search);
-      if (r !== range) { range = r; state.data = null; markRange(); refresh(); }
+      if (r !== range) {
+        range = r;
+        state.data = null;
+        $('main').setAttribute('aria-busy', 'true');
+        markRange();
+        refresh();
+      }
     });
     $('stats-login-form').addEventListener('submit', (e) => {
       e.preventDefault();
