@@ -2193,6 +2193,8 @@ test('dashboard (issue 19): the range selector changes every figure, and the add
     '24h': rangeStats('24h', { mul: 1 }), '7d': { ...rangeStats('7d', { mul: 3, scope: 'instance', errors: 1 }), errors: 30 },
     all: rangeStats('all', { mul: 5 }),
   };
+  // An hour without a first byte: a gap in the TTFB lines, not a 0.
+  Object.assign(answers['24h'].series.points[3], { ttfb_p50: 0, ttfb_p95: 0 });
   const asked = await playRanges(page, answers);
   await page.goto(origin + '/');
   await until('the 24 h figures', async () => (await figures(page)).points === 24);
@@ -2205,7 +2207,12 @@ test('dashboard (issue 19): the range selector changes every figure, and the add
   assert.equal(await page.locator('#range [aria-pressed="true"]').getAttribute('data-range'), '24h');
   assert.equal(await textOf(page.locator('#h-perf')), 'This instance · last 60 s');
   assert.equal(await textOf(page.locator('[data-k="rps"]')), '1.50');
-  // TTFB percentiles do not add up over endpoints: the card names whose.
+  assert.equal(await page.locator('#chart-ttfb polyline').count(), 4, 'each TTFB line in two runs around the gap');
+  await page.locator('#chart-ttfb rect.hit').nth(3).hover();
+  assert.equal(await textOf(page.locator('#chart-ttfb .tip [data-k="ttfb_p50"] b')), '–');
+  await page.locator('#chart-ttfb rect.hit').nth(4).hover();
+  assert.equal(await textOf(page.locator('#chart-ttfb .tip [data-k="ttfb_p95"] b')), '380 ms');
+    // TTFB percentiles do not add up over endpoints: the card names whose.
   assert.equal(await textOf(page.locator('[data-k="ttfb_sub"]')), 'p95 250 ms · /ep00, the busiest endpoint');
 
   await page.getByRole('button', { name: '7 days' }).click();

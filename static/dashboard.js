@@ -353,7 +353,8 @@
       series: [['prompt', 'c-prompt', 'chart.prompt'], ['completion', 'c-completion', 'chart.completion'], ['cache', 'c-cache', 'chart.cache']],
     },
     ttfb: {
-      box: 'chart-ttfb', title: 'chart.ttfb', kind: 'line', val: (v) => fmt.ms(v), axis: (v) => fmt.ms(v),
+      // 0 is "no request had a first byte": no value, and a gap in the line.
+      box: 'chart-ttfb', title: 'chart.ttfb', kind: 'line', val: (v) => (v > 0 ? fmt.ms(v) : '–'), axis: (v) => fmt.ms(v),
       series: [['ttfb_p50', 'c-p50', 'p50'], ['ttfb_p95', 'c-p95', 'p95']],
     },
   };
@@ -419,11 +420,16 @@
     if (n > 0) {
       const bw = Math.max(1, Math.min(band * 0.72, 28));
       const labelEvery = Math.max(1, Math.ceil(n / Math.max(2, Math.floor(pw / 56))));
-      const lines = spec.kind === 'line' ? ks.map(() => []) : null;
+      // Line charts: one list of runs per field, split where a point has no value.
+      const lines = spec.kind === 'line' ? ks.map(() => [[]]) : null;
       points.forEach((p, i) => {
         root.append(svg('rect', { class: 'hit', x: (pad.l + i * band).toFixed(1), y: pad.t, width: band.toFixed(1), height: ph, 'data-i': i }));
         if (lines) {
-          ks.forEach((k, j) => lines[j].push(xOf(i).toFixed(1) + ',' + yOf(num(p[k])).toFixed(1)));
+          ks.forEach((k, j) => {
+            const runs = lines[j];
+            if (num(p[k]) > 0) runs[runs.length - 1].push(xOf(i).toFixed(1) + ',' + yOf(num(p[k])).toFixed(1));
+            else if (runs[runs.length - 1].length) runs.push([]);
+          });
         } else {
           let y = base;
           spec.series.forEach(([k, cls]) => {
@@ -440,8 +446,12 @@
       });
       if (lines) {
         spec.series.forEach(([, cls], j) => {
-          root.append(svg('polyline', { class: 'line ' + cls, points: lines[j].join(' ') }));
-          if (n <= 31) points.forEach((p, i) => root.append(svg('circle', { class: 'dot ' + cls, cx: xOf(i).toFixed(1), cy: yOf(num(p[ks[j]])).toFixed(1), r: 2.5 })));
+          for (const run of lines[j]) if (run.length > 1) root.append(svg('polyline', { class: 'line ' + cls, points: run.join(' ') }));
+          if (n <= 31) {
+            points.forEach((p, i) => {
+              if (num(p[ks[j]]) > 0) root.append(svg('circle', { class: 'dot ' + cls, cx: xOf(i).toFixed(1), cy: yOf(num(p[ks[j]])).toFixed(1), r: 2.5 }));
+            });
+          }
         });
       }
     }
