@@ -2231,7 +2231,7 @@ test('dashboard (issue 19): the range selector changes every figure, and the add
   assert.equal(asked.at(-1), '7d');
   assert.equal(await page.locator('#range [aria-pressed="true"]').getAttribute('data-range'), '7d');
   assert.deepEqual(await figures(page), week);
-  assert.equal(await textOf(page.locator('.chart-note').first()), '');
+  assert.equal(await textOf(page.locator('.chart-note').first()), '· Last 7 days');
   // All time: the cards add up everything, the charts draw the 30 days
   // /stats keeps, and say so.
   await page.getByRole('button', { name: 'All time' }).click();
@@ -2240,7 +2240,7 @@ test('dashboard (issue 19): the range selector changes every figure, and the add
   assert.equal(new URL(page.url()).searchParams.get('range'), 'all');
   assert.equal(await textOf(page.locator('#h-overview')), 'All time · all instances');
   assert.equal((await figures(page)).points, 30);
-  assert.equal(await textOf(page.locator('.chart-note').first()), '· last 30 days');
+  assert.equal(await textOf(page.locator('.chart-note').first()), '· Last 30 days (what /stats keeps)');
   // Back goes to the range before.
   await page.goBack();
   await until('7 d again', async () => (await figures(page)).points === 7);

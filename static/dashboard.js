@@ -373,7 +373,7 @@
     const kind = (d.range || range) === '24h' ? 'hourly' : 'daily';
     const points = rangePoints(d).filter((p) => p && typeof p === 'object');
     // /stats keeps 30 days of points: "all time" draws those, and says so.
-    const note = (d.range || range) === 'all' ? t('chart.last30') : '';
+    const note = (d.range || range) === 'all' ? t('chart.last30') : '· ' + rangeText(d);
     for (const n of document.querySelectorAll('.chart-note')) setText(n, note);
     for (const [id, spec] of Object.entries(CHARTS)) drawChart(id, spec, kind, spec.fallback ? points.map(spec.fallback) : points);
   }
