@@ -1,6 +1,11 @@
-// The stats dashboard: polls GET /stats (SPEC §4 shape) every few seconds
-// and updates the cards, charts and endpoint table in place, so the scroll
-// position, a text selection or a focused Copy button survive a refresh.
+// The stats dashboard: polls GET /stats?range= (SPEC §4 shape, ranges in
+// docs/stats.md) every few seconds for the range the reader chose (24 h,
+// 7 d, 30 d or all time, kept in the address as ?range=), and updates the
+// cards, charts, endpoint, model and key tables and recent errors in
+// place, so the scroll position, a text selection or a focused Copy
+// button survive a refresh. The range's figures say their range and scope
+// (all instances with Redis, this instance otherwise); this instance's
+// last 60 s (the performance figures) stand apart.
 // An endpoint with more than one target (SPEC §9) gets a row under it with
 // each target's figures and cooldown. The Keys section (SPEC §10) shows
 // each proxy key's usage by id and name, and is hidden while /stats has
