@@ -31,6 +31,8 @@ const CHROMIUM_ARGS = [
 const TOKEN = 'e2e-admin-token-' + Math.random().toString(36).slice(2, 12);
 const WAIT = 20000; // deadline of one wait in the browser
 const REFRESH_WAIT = 30000; // the dashboard polls /stats every 5 s
+// The dashboard asks for /stats?range=…: a played-back /stats matches it.
+const STATS_URL = /\/stats(\?[^#]*)?$/;
 
 let tmp;
 let bin; // the apiproxy binary built for the suite
@@ -636,7 +638,7 @@ test('dashboard: targets under an endpoint with several, and the failovers card 
     series: { hourly: [], daily: [] },
     performance: { requests_per_sec: 0, avg_response_time_ms: 0, error_rate: 0, memory_usage_mb: 1, goroutine_count: 1, active_requests: 0, uptime_seconds: 1 },
   };
-  await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+  await page.route(STATS_URL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
   await page.goto(origin + '/');
   const sub = page.locator('#ep-body tr[data-targets-of="/mock-dash"]');
   await sub.waitFor({ timeout: WAIT });
@@ -674,7 +676,7 @@ test('dashboard: targets under an endpoint with several, and the failovers card 
   const renders = Number(await page.evaluate(() => document.body.dataset.renders));
   await until('a refresh', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > renders, REFRESH_WAIT);
   assert.equal(await page.locator('#card-failovers').isVisible(), false);
-  await page.unroute('**/stats');
+  await page.unroute(STATS_URL);
   await page.close();
 });
 
@@ -698,7 +700,7 @@ test('dashboard: the Keys section shows each proxy key by id and name, and hides
     series: { hourly: [], daily: [] },
     performance: { requests_per_sec: 0, avg_response_time_ms: 0, error_rate: 0, memory_usage_mb: 1, goroutine_count: 1, active_requests: 0, uptime_seconds: 1 },
   };
-  await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+  await page.route(STATS_URL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
   await page.goto(origin + '/');
   const team = page.locator('#ks-body tr[data-key="k_team"]');
   await team.waitFor({ timeout: WAIT });
@@ -710,14 +712,15 @@ test('dashboard: the Keys section shows each proxy key by id and name, and hides
   const cells = (await team.locator('td').allTextContents()).map((x) => x.trim());
   assert.equal(await textOf(team.locator('.key-name')), 'team-a');
   assert.equal(await textOf(team.locator('.key-id')), 'k_team');
-  assert.deepEqual(cells.slice(1, 5), ['5', '8', '9', '9']);
-  assert.equal(await textOf(team.locator('td').nth(5).locator('span').first()), '2');
-  assert.equal(await textOf(team.locator('td').nth(6).locator('span').first()), '1,800');
-  assert.equal(cells[7], '2 min ago');
+  // Cells: key, requests (of the range), errors, tokens, last used.
+  assert.equal(cells[1], '9');
+  assert.equal(await textOf(team.locator('td').nth(2).locator('span').first()), '2');
+  assert.equal(await textOf(team.locator('td').nth(3).locator('span').first()), '1,800');
+  assert.equal(cells[4], '2 min ago');
   const gone = page.locator('#ks-body tr[data-key="k_gone"]');
   assert.equal(await textOf(gone.locator('.key-name')), 'deleted key');
   assert.ok(await gone.locator('.key-name.deleted').count() === 1);
-  assert.equal((await gone.locator('td').allTextContents()).map((x) => x.trim())[7], '3 d ago');
+  assert.equal((await gone.locator('td').allTextContents()).map((x) => x.trim())[4], '3 d ago');
   assert.doesNotMatch(await textOf(page.locator('#keys-panel')), /apx-/);
   await page.getByRole('button', { name: '中文', exact: true }).click();
   await until('Chinese in the keys section', async () => (await textOf(page.locator('#h-keys'))) === '密钥' &&
@@ -726,7 +729,7 @@ test('dashboard: the Keys section shows each proxy key by id and name, and hides
   await page.getByRole('button', { name: 'EN', exact: true }).click();
   await page.setViewportSize({ width: 375, height: 812 });
   await until('English again', async () => (await textOf(page.locator('#h-keys'))) === 'Keys');
-  assert.equal(await team.locator('td').nth(1).getAttribute('data-label'), '24 h');
+  assert.equal(await team.locator('td').nth(1).getAttribute('data-label'), 'Requests');
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   assert.ok(overflow <= 0, `dashboard with keys at 375 px scrolls sideways by ${overflow} px`);
   await page.screenshot({ path: path.join(artifacts, 'dashboard-keys-phone.png'), fullPage: true });
@@ -735,7 +738,7 @@ test('dashboard: the Keys section shows each proxy key by id and name, and hides
   delete stats.keys;
   await until('the keys section hidden', async () => !(await page.locator('#keys-panel').isVisible()), REFRESH_WAIT);
   assert.equal(await page.locator('#ks-body tr').count(), 0);
-  await page.unroute('**/stats');
+  await page.unroute(STATS_URL);
   await page.close();
 });
 
@@ -1686,7 +1689,7 @@ test('admin (§12 server): three requests through the proxy show in the Requests
 });
 
 test('dashboard: endpoint counts, charts, copy buttons, language and theme', async () => {
-  const statsOf = async () => (await (await fetch(origin + '/stats')).json()).endpoints['/e2e'] || {};
+  const statsOf = async () => (await (await fetch(origin + '/stats?range=24h')).json()).endpoints['/e2e'] || {};
   const base = await statsOf();
   // Traffic on /e2e: three completions (7+5 tokens each), one failure.
   for (const model of ['gpt-e2e', 'gpt-e2e', '<img src=x onerror=window.__xss=1>']) {
@@ -1707,26 +1710,24 @@ test('dashboard: endpoint counts, charts, copy buttons, language and theme', asy
   const tr = page.locator('#ep-body tr[data-prefix="/e2e"]');
   const td = (i) => tr.locator('td').nth(i);
   const main = (i) => textOf(td(i).locator('span').first());
-  await until('the /e2e row to show the new count', async () => (await tr.count()) === 1 && (await main(5)) === n(want.count), REFRESH_WAIT);
-  // Cells: endpoint, URL, 24 h, 7 d, 30 d, total, errors, latency, tokens;
-  // the last four hold a figure and a muted line under it.
+  await until('the /e2e row to show the new count', async () => (await tr.count()) === 1 && (await main(2)) === n(want.count), REFRESH_WAIT);
+  // Cells: endpoint, URL, requests, errors, latency, TTFB, tokens (of the
+  // range); the last five hold a figure and a muted line under it.
   assert.equal(await textOf(td(0).locator('.prefix')), '/e2e');
   assert.equal(await textOf(td(0).locator('.target')), upstreamURL + '/base');
   assert.equal(await textOf(td(1).locator('.url')), origin + '/e2e');
-  assert.equal(await textOf(td(2)), n(want.last_24h), '24 h');
-  assert.equal(await textOf(td(3)), n(want.last_7d), '7 d');
-  assert.equal(await textOf(td(4)), n(want.last_30d), '30 d');
-  assert.equal(await main(6), n(want.error_count), 'errors');
-  assert.equal(await main(8), n(want.tokens.total), 'tokens');
+  assert.equal(await main(3), n(want.error_count), 'errors');
+  assert.match(await main(5), /\d ms$/, 'TTFB p50');
+  assert.equal(await main(6), n(want.tokens.total), 'tokens');
   assert.equal(await page.locator('#ep-body img').count(), 0, 'a model name is text, not markup');
   assert.equal(await page.evaluate(() => window.__xss), undefined);
   assert.notEqual(await textOf(page.locator('[data-k="total"]')), '–');
   assert.match(await textOf(page.locator('#status-text')), /Live/);
 
   // Charts: SVG with at least one bar of non-zero height each.
-  for (const id of ['#chart-hourly', '#chart-daily']) {
+  for (const id of ['#chart-requests', '#chart-tokens']) {
     const bars = await until(`bars in ${id}`, async () => {
-      const n = await page.locator(`${id} svg rect.bar-ok, ${id} svg rect.bar-err`).evaluateAll(
+      const n = await page.locator(`${id} svg rect.bar`).evaluateAll(
         (rs) => rs.filter((r) => Number(r.getAttribute('height')) > 0).length);
       return n > 0 && n;
     });
@@ -1786,7 +1787,7 @@ test('screenshots: desktop and 375 px, light and dark', async () => {
       await page.emulateMedia({ colorScheme: scheme });
       await page.goto(origin + '/');
       await until('a rendered dashboard', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > 0);
-      await until('the charts at this width', async () => (await page.locator('#chart-daily svg').count()) === 1);
+      await until('the charts at this width', async () => (await page.locator('#chart-ttfb svg').count()) === 1);
       await page.screenshot({ path: path.join(artifacts, `dashboard-${size}-${scheme}.png`), fullPage: true });
       // No horizontal scrolling of the page itself at any width.
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
@@ -1828,9 +1829,18 @@ test('weight: first load of the dashboard, and /stats with 200 mappings', async 
   // The logo and the favicon are one file: its second use may be a 304.
   const firstUse = first.filter((e, i) => first.findIndex((o) => o.name === e.name) === i);
   assert.ok(firstUse.every((e) => e.encoded > 0 && e.transfer > e.encoded), `some files came from the cache: ${JSON.stringify(first)}`);
-  const assets = first.filter((e) => !e.name.endsWith('/stats'));
+  const assets = first.filter((e) => !e.name.includes('/stats?'));
   assert.ok(assets.every((e) => e.encoded < e.decoded || e.decoded < 1024 || e.name.endsWith('.svg')), `assets not compressed: ${JSON.stringify(assets)}`);
   assert.ok(total <= 150 * 1024, `first load transfers ${total} bytes, want at most 150 KB`);
+  // The dashboard's own page, script, styles and strings, gzip as served
+  // (issue 19: at most 60 KiB).
+  const own = ['/', '/static/dashboard.js', '/static/i18n.js', '/static/app.css'];
+  const ownFiles = firstUse.filter((e) => own.includes(new URL(e.name).pathname));
+  assert.equal(ownFiles.length, own.length, `missing some of ${own}: ${JSON.stringify(firstUse)}`);
+  const ownGzip = ownFiles.reduce((s, e) => s + e.encoded, 0);
+  const ownRaw = ownFiles.reduce((s, e) => s + e.decoded, 0);
+  console.log(`# dashboard HTML+JS+CSS+i18n: ${ownGzip} bytes gzip (${(ownGzip / 1024).toFixed(1)} KiB), ${ownRaw} bytes uncompressed: ${ownFiles.map((e) => new URL(e.name).pathname + ' ' + e.encoded).join(', ')}`);
+  assert.ok(ownGzip <= 60 * 1024, `the dashboard's own files weigh ${ownGzip} bytes gzip, want at most 60 KiB`);
 
   // 200 mappings, each with one request, then a fresh dashboard.
   for (let i = 0; i < 200; i++) {
@@ -1848,10 +1858,10 @@ test('weight: first load of the dashboard, and /stats with 200 mappings', async 
   const renders = Number(await page.evaluate(() => document.body.dataset.renders));
   await until('a refresh with 200 rows', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > renders, REFRESH_WAIT);
   const refreshRender = Number(await page.evaluate(() => document.body.dataset.renderMs));
-  const stats = await page.evaluate(() => performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/stats')).map((e) => ({ transfer: e.transferSize, encoded: e.encodedBodySize, decoded: e.decodedBodySize })).pop());
+  const stats = await page.evaluate(() => performance.getEntriesByType('resource').filter((e) => e.name.includes('/stats?')).map((e) => ({ transfer: e.transferSize, encoded: e.encodedBodySize, decoded: e.decodedBodySize })).pop());
   const raw = await (await fetch(origin + '/stats')).text();
   const figures = {
-    first_load: { total_transfer_bytes: total, requests: first },
+    first_load: { total_transfer_bytes: total, dashboard_own_gzip_bytes: ownGzip, dashboard_own_bytes: ownRaw, requests: first },
     stats_200: {
       endpoints: Object.keys(JSON.parse(raw).endpoints || {}).length,
       bytes_uncompressed: Buffer.byteLength(raw),
@@ -1929,12 +1939,12 @@ test('dashboard (STATS_TOKEN): asks for a token, refuses a wrong one, shows the 
     // says so and stays; the next poll, answered, shows the figures: a
     // fresh server, so 0 requests and the 12 default endpoints folded
     // into one idle row.
-    await page.route('**/stats', (route) => route.abort());
+    await page.route(STATS_URL, (route) => route.abort());
     await page.locator('#stats-token').fill(STATS_TOKEN);
     await page.locator('#stats-token').press('Enter');
     await until('the unreachable message', async () => /cannot be reached/.test(await textOf(page.locator('#stats-login-error'))));
     assert.ok(await page.locator('#stats-login').isVisible(), 'still asking while unreachable');
-    await page.unroute('**/stats');
+    await page.unroute(STATS_URL);
     await page.locator('#cards').waitFor({ state: 'visible', timeout: REFRESH_WAIT });
     await until('the figures', async () => (await textOf(page.locator('[data-k="total"]'))) === '0');
     assert.equal(await page.locator('#stats-login').isVisible(), false);
@@ -2002,16 +2012,16 @@ test('dashboard: dates and numbers follow the browser locale (en-US, en-GB, zh-C
     for (const c of cases) {
       const ctx = await browser.newContext({ locale: c.locale, timezoneId: 'UTC', viewport: { width: 1280, height: 900 } });
       const page = watch(await ctx.newPage());
-      await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
-      await page.goto(origin + '/');
+      await page.route(STATS_URL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+      await page.goto(origin + '/?range=30d');
       const tr = page.locator('#ep-body tr[data-prefix="/dates"]');
       await tr.waitFor({ timeout: WAIT });
-      const total = await tr.locator('td').nth(5).getAttribute('title');
+      const total = await tr.locator('td').nth(2).getAttribute('title');
       assert.match(total, c.last, `${c.locale}: last request ${total}`);
-      assert.equal(await textOf(tr.locator('td').nth(5).locator('span').first()), c.total, `${c.locale}: grouped count`);
-      assert.match(await textOf(tr.locator('td').nth(8).locator('span').first()), c.tokens, `${c.locale}: compact tokens`);
+      assert.equal(await textOf(tr.locator('td').nth(2).locator('span').first()), c.total, `${c.locale}: grouped count`);
+      assert.match(await textOf(tr.locator('td').nth(6).locator('span').first()), c.tokens, `${c.locale}: compact tokens`);
       const axis = await until(`${c.locale}: the daily chart`, async () => {
-        const labels = (await page.locator('#chart-daily text.axis').allTextContents()).map((x) => x.trim());
+        const labels = (await page.locator('#chart-requests text.axis').allTextContents()).map((x) => x.trim());
         return labels.length > 3 && labels;
       });
       assert.ok(axis.includes(c.axis), `${c.locale}: daily axis ${JSON.stringify(axis)} lacks ${c.axis}`);
@@ -2032,7 +2042,7 @@ test('dashboard: idle endpoints fold into one row that opens on click; at 375 px
   endpoints[long] = playedEndpoint('https://api.openai.com', 0, 0);
   const stats = playedStats(endpoints, []);
   const page = await newPage();
-  await page.route('**/stats', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+  await page.route(STATS_URL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
   await page.goto(origin + '/');
   const toggle = page.locator('#ep-body tr.idle-row button');
   await toggle.waitFor({ timeout: WAIT });
@@ -2084,7 +2094,373 @@ test('dashboard: idle endpoints fold into one row that opens on click; at 375 px
     await page.screenshot({ path: path.join(artifacts, `dashboard-idle-${state}-phone.png`), fullPage: true });
   }
   await page.setViewportSize({ width: 1280, height: 900 });
-  await page.unroute('**/stats');
+  await page.unroute(STATS_URL);
+  await page.close();
+});
+
+// Issue 19, items 2-5: the range selector, charts of the range's points,
+// the models table, keys per range and recent errors. Played-back answers
+// (rangeStats) carry what a server with ranges sends; one test runs
+// against the real server with its own mapping and traffic.
+
+// rangeStats makes a /stats answer for range r: n endpoints, each serving
+// every one of the models, keys, points and recent errors, with every
+// figure multiplied by mul so two ranges differ everywhere.
+function rangeStats(r, { mul = 1, endpoints = 2, models = 2, keys = 2, errors = 3, scope = 'fleet' } = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  const hourly = r === '24h';
+  const n = hourly ? 24 : r === '7d' ? 7 : 30;
+  const step = hourly ? 3600 : 86400;
+  const start = Math.floor(now / step) * step - (n - 1) * step;
+  const points = Array.from({ length: n }, (_, i) => {
+    const k = (i % 5) * mul;
+    return {
+      t: start + i * step, count: 10 * k + 4 * mul, errors: 3 * mul, ok: 10 * k, s4xx: mul, s429: mul, s5xx: mul, client_closed: mul,
+      prompt: 100 * k, completion: 20 * k, cache: 50 * k, ttfb_p50: 100 + 10 * k, ttfb_p95: 300 + 20 * k,
+    };
+  });
+  const eps = {};
+  for (let e = 0; e < endpoints; e++) {
+    const ms = {};
+    for (let m = 0; m < models; m++) {
+      ms[`model-${String(m).padStart(2, '0')}`] = { count: (m + 1) * mul, prompt: 100 * mul, completion: 10 * mul, total: 110 * mul, cache_read: 5 * mul, cache_write: mul };
+    }
+    const count = 100 * (endpoints - e) * mul;
+    eps[`/ep${String(e).padStart(2, '0')}`] = {
+      target: `https://api.example.com/ep${e}`, count, error_count: 2 * mul, last_request: now - 60, last_24h: 1, last_7d: 2, last_30d: 3,
+      status: { '2xx': count - 2 * mul, '3xx': 0, '4xx': mul, '5xx': mul }, client_closed: 0, rate_limited: 0,
+      latency_ms: { avg: 500 * mul, p50: 400 * mul, p95: 900 * mul, p99: 1000 * mul },
+      ttfb_ms: { p50: 120 * mul, p95: 250 * mul, p99: 300 * mul },
+      tokens: { prompt: 100 * models * mul, completion: 10 * models * mul, total: 110 * models * mul, cache_read: 5 * models * mul, cache_write: models * mul, unknown_responses: 0 },
+      models: ms,
+    };
+  }
+  const ks = {};
+  for (let k = 0; k < keys; k++) {
+    ks[`k_${String(k).padStart(3, '0')}`] = {
+      name: `team-${k}`, count: (k + 1) * 10 * mul, errors: mul, rate_limited: 0, last_24h: 1, last_7d: 2, last_30d: 3,
+      tokens: { prompt: 1000 * mul, completion: 100 * mul, total: 1100 * mul, cache_read: 0, cache_write: 0, unknown_responses: 0 }, last_used_at: now - 120,
+    };
+  }
+  const recent = Array.from({ length: errors }, (_, i) => ({
+    id: `r${i}`, time: new Date((now - 60 * i) * 1000).toISOString(), prefix: i % 2 ? '/ep01' : '/ep00', method: 'POST',
+    path: '/v1/chat/completions', status: [429, 502, 404][i % 3], code: ['rate_limited', 'upstream_unreachable', ''][i % 3], model: `model-0${i % 2}`,
+  }));
+  const total = Object.values(eps).reduce((s, e) => s + e.count, 0);
+  return {
+    stats_enabled: true, range: r, ...(r === 'all' ? {} : { range_from: start }), scope: { figures: scope, performance: 'instance' },
+    total, errors: 7 * mul, client_closed: mul, rate_limited: mul, failovers: 0, last_24h: 1, last_7d: 2, last_30d: 3,
+    tokens: { prompt: 5000 * mul, completion: 700 * mul, total: 5700 * mul, cache_read: 300 * mul, cache_write: 20 * mul, unknown_responses: 0 },
+    endpoints: eps, keys: ks, recent_errors: recent,
+    series: { hourly: hourly ? points : [], daily: hourly ? [] : points, points },
+    performance: { requests_per_sec: 1.5, avg_response_time_ms: 42, error_rate: 1.25, memory_usage_mb: 12.5, goroutine_count: 9, active_requests: 1, uptime_seconds: 3600 },
+  };
+}
+
+// playRanges answers /stats?range=… from answers, a map of range to body,
+// and records each range asked for.
+async function playRanges(page, answers) {
+  const asked = [];
+  await page.route(STATS_URL, (route) => {
+    const r = new URL(route.request().url()).searchParams.get('range');
+    asked.push(r);
+    const body = answers[r];
+    if (!body) return route.fulfill({ status: 400, contentType: 'application/json', body: '{"error":{"type":"invalid_query","message":"bad range"}}' });
+    return route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(body) });
+  });
+  return asked;
+}
+
+// figures reads what the dashboard shows: cards, group header, first
+// endpoint and model and key rows, the chart's bars, the errors panel.
+async function figures(page) {
+  return page.evaluate(() => {
+    const q = (s) => { const n = document.querySelector(s); return n ? n.textContent.trim() : null; };
+    return {
+      head: q('#h-overview'), total: q('[data-k="total"]'), errors: q('[data-k="errors"]'), errorsSub: q('[data-k="errors_sub"]'),
+      tokens: q('[data-k="tokens"]'), ttfb: q('[data-k="ttfb"]'), note: q('#h-endpoints + .range-note'),
+      ep: q('#ep-body tr[data-prefix="/ep00"] td:nth-child(3) span'), model: q('#md-body tr[data-model="model-01"] td:nth-child(2)'),
+      key: q('#ks-body tr[data-key="k_000"] td:nth-child(2)'),
+      points: document.querySelectorAll('#chart-requests rect.hit').length,
+      errorsShown: document.querySelectorAll('#re-body tr').length,
+    };
+  });
+}
+
+test('dashboard (issue 19): the range selector changes every figure, and the address keeps it across a reload (/stats played back)', async () => {
+  const page = await newPage();
+  const answers = {
+    '24h': rangeStats('24h', { mul: 1 }), '7d': { ...rangeStats('7d', { mul: 3, scope: 'instance', errors: 1 }), errors: 30 },
+    all: rangeStats('all', { mul: 5 }),
+  };
+  // An hour without a first byte: a gap in the TTFB lines, not a 0.
+  Object.assign(answers['24h'].series.points[3], { ttfb_p50: 0, ttfb_p95: 0 });
+  const asked = await playRanges(page, answers);
+  await page.goto(origin + '/');
+  await until('the 24 h figures', async () => (await figures(page)).points === 24);
+  assert.equal(asked[0], '24h', 'the page asks for a range');
+  const day = await figures(page);
+  assert.deepEqual(day, {
+    head: 'Last 24 hours · all instances', total: '300', errors: '2.33 %', errorsSub: '7 errors · 1 rate-limited', tokens: '5,700', ttfb: 'p50 120 ms',
+    note: 'Last 24 hours', ep: '200', model: '4', key: '10', points: 24, errorsShown: 3,
+  });
+  assert.equal(await page.locator('#range [aria-pressed="true"]').getAttribute('data-range'), '24h');
+  assert.equal(await textOf(page.locator('#h-perf')), 'This instance · last 60 s');
+  assert.equal(await textOf(page.locator('[data-k="rps"]')), '1.50');
+  assert.equal(await page.locator('#chart-ttfb polyline').count(), 4, 'each TTFB line in two runs around the gap');
+  await page.locator('#chart-ttfb rect.hit').nth(3).hover();
+  assert.equal(await textOf(page.locator('#chart-ttfb .tip [data-k="ttfb_p50"] b')), '–');
+  await page.locator('#chart-ttfb rect.hit').nth(4).hover();
+  assert.equal(await textOf(page.locator('#chart-ttfb .tip [data-k="ttfb_p95"] b')), '380 ms');
+    // TTFB percentiles do not add up over endpoints: the card names whose.
+  assert.equal(await textOf(page.locator('[data-k="ttfb_sub"]')), 'p95 250 ms · /ep00, the busiest endpoint');
+
+  await page.getByRole('button', { name: '7 days' }).click();
+  await until('the 7 d figures', async () => (await figures(page)).points === 7);
+  assert.equal(asked.at(-1), '7d');
+  assert.equal(new URL(page.url()).searchParams.get('range'), '7d', 'the address keeps the range');
+  const week = await figures(page);
+  assert.deepEqual(week, {
+    head: 'Last 7 days · this instance', total: '900', errors: '3.33 %', errorsSub: '30 errors · 3 rate-limited', tokens: '17.1K', ttfb: 'p50 360 ms',
+    note: 'Last 7 days', ep: '600', model: '12', key: '30', points: 7, errorsShown: 1,
+  });
+  for (const k of Object.keys(day)) assert.notEqual(week[k], day[k], `${k} did not change with the range`);
+  // A reload, or the address shared, opens the same range.
+  await page.reload();
+  await until('7 d after a reload', async () => (await figures(page)).points === 7);
+  assert.equal(asked.at(-1), '7d');
+  assert.equal(await page.locator('#range [aria-pressed="true"]').getAttribute('data-range'), '7d');
+  assert.deepEqual(await figures(page), week);
+  assert.equal(await textOf(page.locator('.chart-note').first()), '· Last 7 days');
+  // All time: the cards add up everything, the charts draw the 30 days
+  // /stats keeps, and say so.
+  await page.getByRole('button', { name: 'All time' }).click();
+  await until('all time', async () => (await figures(page)).total === '1,500');
+  assert.equal(asked.at(-1), 'all');
+  assert.equal(new URL(page.url()).searchParams.get('range'), 'all');
+  assert.equal(await textOf(page.locator('#h-overview')), 'All time · all instances');
+  assert.equal((await figures(page)).points, 30);
+  assert.equal(await textOf(page.locator('.chart-note').first()), '· Last 30 days (what /stats keeps)');
+  // Back goes to the range before.
+  await page.goBack();
+  await until('7 d again', async () => (await figures(page)).points === 7);
+  assert.equal(asked.at(-1), '7d');
+  assert.equal(await page.locator('#range [aria-pressed="true"]').getAttribute('data-range'), '7d');
+
+  await page.goto(origin + '/?range=1h');
+  await until('24 h for an unknown range', async () => (await figures(page)).points === 24);
+  assert.equal(asked.at(-1), '24h');
+  // In Chinese the labels follow.
+  await page.getByRole('button', { name: '中文', exact: true }).click();
+  await until('Chinese headers', async () => (await textOf(page.locator('#h-overview'))) === '最近 24 小时 · 所有实例');
+  await page.getByRole('button', { name: 'EN', exact: true }).click();
+  // On a phone the first screen is not a wall of cards.
+  await page.setViewportSize({ width: 375, height: 812 });
+  assert.ok((await page.locator('#cards .card:not([hidden])').count()) <= 5);
+  assert.ok((await overflowOf(page)) <= 0);
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-range-phone-first-screen.png') });
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.unroute(STATS_URL);
+  await page.close();
+});
+
+test('dashboard (issue 19): recent errors link to the admin Requests view; the panel hides without the field (/stats played back)', async () => {
+  const page = await newPage();
+  const body = rangeStats('24h', { errors: 3 });
+  const answers = { '24h': body };
+  await playRanges(page, answers);
+  await page.goto(origin + '/');
+  const rowsOf = page.locator('#re-body tr');
+  await until('three recent errors', async () => (await rowsOf.count()) === 3);
+  assert.ok(await page.locator('#errors-panel').isVisible());
+  const cells = (await rowsOf.nth(0).locator('td').allTextContents()).map((x) => x.trim());
+  // Time in the browser's locale (en-US: a 12-hour clock), then prefix,
+  // status, code, model; newest first, as the server sends them.
+  assert.match(cells[0], /^[A-Z][a-z]{2} \d{1,2}, \d\d:\d\d:\d\d [AP]M$/);
+  assert.deepEqual(cells.slice(1), ['/ep00', '429', 'rate_limited', 'model-00']);
+  assert.deepEqual((await rowsOf.nth(1).locator('td').allTextContents()).map((x) => x.trim()).slice(1), ['/ep01', '502', 'upstream_unreachable', 'model-01']);
+  const hrefs = await page.locator('#re-body a').evaluateAll((as) => as.map((a) => a.getAttribute('href')));
+  assert.deepEqual(hrefs, ['/admin#requests?prefix=/ep00&status=429', '/admin#requests?prefix=/ep01&status=502', '/admin#requests?prefix=/ep00&status=404']);
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-recent-errors-desktop.png'), fullPage: true });
+  // Following a link opens the admin page on that view's address.
+  await page.locator('#re-body a').first().click();
+  await page.waitForURL(/\/admin#requests\?prefix=\/ep00&status=429$/, { timeout: WAIT });
+  await page.goBack();
+  await until('back on the dashboard', async () => (await rowsOf.count()) === 3);
+  // No errors: the panel says so. No field (no request log): no panel.
+  body.recent_errors = [];
+  await until('the empty note', async () => await page.locator('#re-empty').isVisible(), REFRESH_WAIT);
+  assert.equal(await rowsOf.count(), 0);
+  delete body.recent_errors;
+  await until('the panel hidden', async () => !(await page.locator('#errors-panel').isVisible()), REFRESH_WAIT);
+  await page.unroute(STATS_URL);
+  await page.close();
+});
+
+test('dashboard (issue 19): 50 endpoints, 50 models, 100 keys render quickly; at 375 px nothing overflows; a tap shows a chart point (/stats played back)', async () => {
+  const page = await newPage();
+  const body = rangeStats('30d', { endpoints: 50, models: 50, keys: 100, errors: 20 });
+  body.endpoints['/ep00'].models['a-model-with-a-very-long-name-from-a-provider-that-likes-long-names-2026-12-02'] = { count: 1, prompt: 1, completion: 1, total: 2 };
+  await playRanges(page, { '30d': body });
+  await page.goto(origin + '/?range=30d');
+  await until('the rendered answer', async () => (await page.locator('#ks-body tr').count()) === 100);
+  // The machine is shared: the first render of five loads, and two
+  // refreshes; the fastest says what the code costs, all are reported.
+  const firsts = [Number(await page.evaluate(() => document.body.dataset.renderMs))];
+  for (let i = 0; i < 4; i++) {
+    await page.reload();
+    await until('the rendered answer', async () => (await page.locator('#ks-body tr').count()) === 100);
+    firsts.push(Number(await page.evaluate(() => document.body.dataset.renderMs)));
+  }
+  const refreshes = [];
+  for (let i = 0; i < 2; i++) {
+    const renders = Number(await page.evaluate(() => document.body.dataset.renders));
+    await until('a refresh', async () => Number(await page.evaluate(() => document.body.dataset.renders)) > renders, REFRESH_WAIT);
+    refreshes.push(Number(await page.evaluate(() => document.body.dataset.renderMs)));
+  }
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const first = Math.min(...firsts);
+  const again = Math.min(...refreshes);
+  assert.equal(await page.locator('#md-body tr').count(), 51);
+  assert.equal(await page.locator('#ep-body tr[data-prefix]').count(), 50);
+  assert.equal(await page.locator('#re-body tr').count(), 20);
+  // The models table adds each model up over the 50 endpoints.
+  const m = (await page.locator('#md-body tr[data-model="model-49"] td').allTextContents()).map((x) => x.trim());
+  assert.deepEqual(m.slice(0, 7), ['model-49', '2,500', (100 * 2500 / body.total).toFixed(1) + ' %', '5,000', '500', '300', '5,500']);
+  // The busiest three endpoints, then the other 47 behind a +47 that opens.
+  assert.ok(m[7].startsWith('/ep00, /ep01, /ep02 +47 more'), m[7]);
+  const more = page.locator('#md-body tr[data-model="model-49"] td.eps details');
+  assert.equal(await more.evaluate((d) => d.open), false);
+  await more.locator('summary').click();
+  assert.equal(await more.evaluate((d) => d.open), true);
+  assert.match(await textOf(more), /\/ep49$/);
+  console.log(`# render of /stats with 50 endpoints, 50 models (2,500 endpoint-model pairs), 100 keys, 20 errors: first render ${first} ms at best, ${median(firsts)} ms median (${firsts.join(', ')}); refresh ${again} ms at best (${refreshes.join(', ')})`);
+  fs.writeFileSync(path.join(artifacts, 'dashboard-render.json'), JSON.stringify({
+    endpoints: 50, models: 50, keys: 100, recent_errors: 20, first_render_ms: firsts, refresh_render_ms: refreshes,
+    load_average: os.loadavg(),
+  }, null, 2) + '\n');
+  // Generous: the target is 50 ms; this catches a quadratic render.
+  assert.ok(first < 250, `first render took ${first} ms`);
+  assert.ok(again < 250, `a refresh render took ${again} ms`);
+
+  await page.evaluate(() => window.scrollTo(0, 0));
+  for (const scheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme: scheme });
+    await page.screenshot({ path: path.join(artifacts, `dashboard-range-desktop-${scheme}.png`), fullPage: true });
+    await page.screenshot({ path: path.join(artifacts, `dashboard-range-desktop-${scheme}-top.png`) });
+  }
+  await page.emulateMedia({ colorScheme: 'light' });
+  await page.setViewportSize({ width: 375, height: 812 });
+  await until('the charts at 375 px', async () => (await page.locator('#chart-requests svg').getAttribute('width')) < 400);
+  const overflow = await overflowOf(page);
+  assert.ok(overflow <= 0, `dashboard with 50 models, 100 keys, 20 errors at 375 px scrolls sideways by ${overflow} px`);
+  // On a phone the models are cards: every figure is on screen, no tooltip.
+  const card = page.locator('#md-body tr[data-model="model-49"]');
+  assert.equal(await card.locator('td').nth(7).getAttribute('data-label'), 'Endpoints');
+  assert.ok(await card.locator('td.eps').isVisible());
+  // A tap on a bar shows its values; a tap elsewhere closes them.
+  const hit = page.locator('#chart-requests rect.hit').nth(4);
+  await hit.dispatchEvent('pointerdown', { pointerType: 'touch', bubbles: true });
+  const tip = page.locator('#chart-requests .tip');
+  await tip.waitFor({ state: 'visible', timeout: WAIT });
+  const p = body.series.points[4];
+  assert.equal(await textOf(tip.locator('[data-k="ok"] b')), String(p.ok));
+  assert.equal(await textOf(tip.locator('[data-k="count"] b')), String(p.count));
+  const box = await tip.boundingBox();
+  assert.ok(box.x >= 0 && box.x + box.width <= 375, `the tooltip leaves the screen: ${JSON.stringify(box)}`);
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-range-phone.png'), fullPage: true });
+  await page.locator('#chart-requests').scrollIntoViewIfNeeded();
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-range-phone-tooltip.png') });
+  await page.locator('#md-body tr').nth(2).screenshot({ path: path.join(artifacts, 'dashboard-range-phone-model-card.png') });
+  await page.locator('#re-body tr').nth(0).screenshot({ path: path.join(artifacts, 'dashboard-range-phone-error-card.png') });
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-range-phone-dark.png'), fullPage: true });
+  await page.emulateMedia({ colorScheme: 'light' });
+  await page.locator('h1').dispatchEvent('pointerdown', { bubbles: true });
+  await until('the tooltip closed', async () => !(await tip.isVisible()));
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.unroute(STATS_URL);
+  await page.close();
+});
+
+test('dashboard (issue 19 server): the charts\' current hour and the models table match /stats?range=24h', async () => {
+  const created = await api('POST', '/api/mappings', { prefix: '/dash19', target: upstreamURL });
+  assert.equal(created.status, 201, JSON.stringify(created.data));
+  for (const model of ['gpt-dash-a', 'gpt-dash-a', 'gpt-dash-b']) {
+    assert.equal((await proxied('/dash19/v1/chat/completions', { model, messages: [{ role: 'user', content: 'hi' }] })).status, 200);
+  }
+  assert.equal((await proxied('/dash19/fail')).status, 500);
+  const statsNow = async () => (await fetch(origin + '/stats?range=24h')).json();
+  // Tokens and status classes reach the buckets with the next drain (1 s).
+  await until('/stats to hold the traffic', async () => {
+    const e = (await statsNow()).endpoints['/dash19'];
+    return e && e.count === 4 && e.models['gpt-dash-b'] && e.tokens.prompt === 21 && e.status['5xx'] === 1;
+  });
+  const page = await newPage();
+  await page.goto(origin + '/');
+  await page.locator('#md-body tr[data-model="gpt-dash-b"]').waitFor({ timeout: REFRESH_WAIT });
+  const n = (v) => new Intl.NumberFormat('en-US').format(v);
+  // The last bar of each chart is the current hour: hover it and compare
+  // its tooltip with /stats's point, until a poll brings the same answer.
+  const check = async (chart, fields) => {
+    await page.locator(`#${chart} rect.hit`).last().hover();
+    const tip = page.locator(`#${chart} .tip`);
+    await tip.waitFor({ state: 'visible', timeout: WAIT });
+    await until(`${chart}'s tooltip to match /stats`, async () => {
+      const p = (await statsNow()).series.points.at(-1);
+      for (const k of fields) {
+        const shown = await textOf(tip.locator(`[data-k="${k}"] b`));
+        if (shown !== n(p[k])) throw new Error(`${k}: shown ${shown}, /stats ${p[k]}`);
+      }
+      return true;
+    }, REFRESH_WAIT);
+  };
+  await check('chart-requests', ['ok', 's4xx', 's429', 's5xx', 'client_closed', 'count']);
+  await check('chart-tokens', ['prompt', 'completion', 'cache']);
+  // The keyboard: focus, then the arrows move along the points.
+  await page.locator('#chart-ttfb').focus();
+  const tip = page.locator('#chart-ttfb .tip');
+  await tip.waitFor({ state: 'visible', timeout: WAIT });
+  const last = await textOf(tip.locator('.tip-when'));
+  assert.match(await textOf(tip.locator('[data-k="ttfb_p50"] b')), /\d (ms|s)$/);
+  await page.keyboard.press('ArrowLeft');
+  await until('the previous hour', async () => (await textOf(tip.locator('.tip-when'))) !== last);
+  await page.keyboard.press('Escape');
+  await until('closed by Escape', async () => !(await tip.isVisible()));
+
+  // Models: every row as /stats adds them up over its endpoints.
+  await until('the models table to match /stats', async () => {
+    const s = await statsNow();
+    const want = new Map();
+    for (const [prefix, e] of Object.entries(s.endpoints)) {
+      for (const [name, v] of Object.entries(e.models || {})) {
+        const a = want.get(name) || { count: 0, prompt: 0, completion: 0, cache: 0, total: 0, eps: [] };
+        a.count += v.count; a.prompt += v.prompt || 0; a.completion += v.completion || 0;
+        a.cache += (v.cache_read || 0) + (v.cache_write || 0); a.total += v.total || 0; a.eps.push(prefix);
+        want.set(name, a);
+      }
+    }
+    // A model served by more than three endpoints lists the rest in a
+    // details element: its summary's first text, then the rest.
+    const shown = await page.locator('#md-body tr').evaluateAll((trs) => trs.map((tr) => [tr.dataset.model, [...tr.cells].map((c) => {
+      const rest = c.querySelector('.rest');
+      return rest ? c.querySelector('summary').firstChild.textContent.trim() + ', ' + rest.textContent : c.textContent.trim();
+    })]));
+    if (shown.length !== want.size) throw new Error(`${shown.length} rows, /stats has ${want.size} models`);
+    for (const [name, cells] of shown) {
+      const a = want.get(name);
+      if (!a) throw new Error(`${name} is not in /stats`);
+      const exp = [name, n(a.count), (100 * a.count / s.total).toFixed(1) + ' %', n(a.prompt), n(a.completion), n(a.cache), n(a.total)];
+      if (JSON.stringify(cells.slice(0, 7)) !== JSON.stringify(exp)) throw new Error(`${name}: ${JSON.stringify(cells)} want ${JSON.stringify(exp)}`);
+      if (!a.eps.every((p) => cells[7].split(', ').includes(p))) throw new Error(`${name}: endpoints ${cells[7]} want ${a.eps}`);
+    }
+    return true;
+  }, REFRESH_WAIT);
+  const b = (await page.locator('#md-body tr[data-model="gpt-dash-a"] td').allTextContents()).map((x) => x.trim());
+  assert.equal(b[1], '2');
+  assert.equal(b[7], '/dash19');
+  await page.screenshot({ path: path.join(artifacts, 'dashboard-range-live.png'), fullPage: true });
+  assert.equal((await api('DELETE', '/api/mappings/dash19')).status, 200);
   await page.close();
 });
 
@@ -2247,3 +2623,4 @@ test('dashboard: says so when the server is unreachable', async () => {
   await page.screenshot({ path: path.join(artifacts, 'dashboard-desktop-unreachable.png') });
   await page.close();
 });
+

@@ -1,6 +1,11 @@
-// The stats dashboard: polls GET /stats (SPEC §4 shape) every few seconds
-// and updates the cards, charts and endpoint table in place, so the scroll
-// position, a text selection or a focused Copy button survive a refresh.
+// The stats dashboard: polls GET /stats?range= (SPEC §4 shape, ranges in
+// docs/stats.md) every few seconds for the range the reader chose (24 h,
+// 7 d, 30 d or all time, kept in the address as ?range=), and updates the
+// cards, charts, endpoint, model and key tables and recent errors in
+// place, so the scroll position, a text selection or a focused Copy
+// button survive a refresh. The range's figures say their range and scope
+// (all instances with Redis, this instance otherwise); this instance's
+// last 60 s (the performance figures) stand apart.
 // An endpoint with more than one target (SPEC §9) gets a row under it with
 // each target's figures and cooldown. The Keys section (SPEC §10) shows
 // each proxy key's usage by id and name, and is hidden while /stats has
@@ -25,6 +30,7 @@
     httpStatus: 0,    // status of the last non-OK answer, 0 for a network error
     timer: 0,
     renders: 0,
+    seq: 0,           // the latest /stats request; older answers are dropped
   };
   // The bearer token sent with /stats: '' sends none (a public server).
   // locked while the page asks for one; checking while a typed one is
@@ -33,10 +39,40 @@
   let idleOpen = false; // the idle endpoints row, opened by the reader
   const rows = new Map(); // prefix -> {tr, sub, c, multi}
   const keyRows = new Map(); // key id -> {tr, c}
-  let chartKeys = { hourly: '', daily: '' };
+  const modelRows = new Map(); // model -> {tr, c}
+  let chartKeys = {};
+  const charts = {}; // chart id -> {sel, points, xOf…}: what a tooltip reads
+  const boxSizes = new Map(); // chart box -> {w, h}, from the ResizeObserver
+  let errorsKey = '';
   let snippetKey = '';
 
   const $ = (id) => document.getElementById(id);
+
+  // The range every figure but the performance ones covers (GET
+  // /stats?range=), kept in the page address (?range=7d) so a shared
+  // address opens the same range. 24h when the address names none.
+  const RANGES = ['24h', '7d', '30d', 'all'];
+  function rangeOf(search) {
+    const r = new URLSearchParams(search).get('range');
+    return RANGES.includes(r) ? r : '24h';
+  }
+  let range = rangeOf(window.location.search);
+
+  function setRange(r) {
+    if (r === range) return;
+    range = r;
+    const u = new URL(window.location.href);
+    u.searchParams.set('range', r);
+    history.pushState(null, '', u.pathname + u.search + u.hash);
+    state.data = null;
+    $('main').setAttribute('aria-busy', 'true'); // until the range's answer
+    markRange();
+    refresh();
+  }
+
+  function markRange() {
+    for (const b of document.querySelectorAll('#range [data-range]')) b.setAttribute('aria-pressed', String(b.dataset.range === range));
+  }
 
   async function refresh() {
     window.clearTimeout(state.timer);
@@ -44,10 +80,12 @@
     const abort = window.setTimeout(() => ctrl.abort(), TIMEOUT_MS);
     let fresh = false;
     let refused = null;
+    const seq = ++state.seq;
     try {
       const headers = { Accept: 'application/json' };
       if (auth.token) headers.Authorization = 'Bearer ' + auth.token;
-      const res = await fetch('/stats', { cache: 'no-store', signal: ctrl.signal, headers });
+      const asked = range;
+      const res = await fetch('/stats?range=' + asked, { cache: 'no-store', signal: ctrl.signal, headers });
       if (res.status === 401 || res.status === 429) {
         refused = res;
         return;
@@ -57,6 +95,7 @@
         throw new Error('HTTP ' + res.status);
       }
       const data = await res.json();
+      if (seq !== state.seq) return; // the reader chose another range meanwhile
       if (!data || typeof data !== 'object') throw new Error('not an object');
       state.data = data;
       state.okAt = Date.now();
@@ -68,7 +107,9 @@
       if (!(e instanceof Error && e.message.startsWith('HTTP '))) state.httpStatus = 0;
     } finally {
       window.clearTimeout(abort);
-      if (refused) {
+      if (seq !== state.seq) {
+        // A newer request (another range) owns the polling.
+      } else if (refused) {
         // No more polling until a token is entered.
         askToken(refused.status, refused.headers.get('Retry-After'));
       } else {
@@ -165,11 +206,14 @@
   function render() {
     const d = state.data;
     if (!d) return;
+    $('main').removeAttribute('aria-busy');
     const t0 = performance.now();
     renderCards(d);
-    renderCharts(d.series || {});
+    renderCharts();
     renderEndpoints(d.endpoints || {});
+    renderModels(d.endpoints || {});
     renderKeys(d.keys && typeof d.keys === 'object' ? d.keys : {});
+    renderErrors(d.recent_errors);
     renderSnippets(d.endpoints || {});
     // Read by the browser tests, which report the render time.
     document.body.dataset.renderMs = (performance.now() - t0).toFixed(1);
@@ -200,52 +244,81 @@
 
   // Cards
 
+  // rangeText names the range of an answer ("last 7 days"), scopeText
+  // whose figures they are (scope.figures: fleet or this instance).
+  const RANGE_NAMES = { '24h': 'range.of.24h', '7d': 'range.of.7d', '30d': 'range.of.30d', all: 'range.of.all' };
+  function rangeText(d) { return t(RANGE_NAMES[RANGES.includes(d.range) ? d.range : range]); }
+  function scopeText(d) {
+    const f = d.scope && d.scope.figures;
+    return f === 'fleet' ? t('scope.fleet') : f === 'instance' ? t('scope.instance') : '';
+  }
+
+  // busiest is the endpoint with the most requests in the range, or null.
+  function busiest(endpoints) {
+    let best = null;
+    for (const [p, e] of Object.entries(endpoints)) {
+      if (e && num(e.count) > 0 && (!best || num(e.count) > num(best[1].count))) best = [p, e];
+    }
+    return best;
+  }
+
   function renderCards(d) {
     const perf = d.performance || {};
     const tokens = d.tokens || {};
+    const endpoints = d.endpoints || {};
     const card = (k, value, title) => {
       const n = document.querySelector('[data-k="' + k + '"]');
       if (!n) return;
       setText(n, value);
       if (title !== undefined && n.title !== title) n.title = title;
     };
-    card('total', fmt.compact(d.total), fmt.int(d.total));
-    card('errors_sub', num(d.errors) === 1 ? t('card.error1') : t('card.errors', { n: fmt.int(d.errors) }));
-    card('last_24h', fmt.compact(d.last_24h), fmt.int(d.last_24h));
-    card('last_7d', fmt.compact(d.last_7d), fmt.int(d.last_7d));
-    card('last_30d', fmt.compact(d.last_30d), fmt.int(d.last_30d));
-    card('rps', fmt.dec(perf.requests_per_sec, 2));
-    card('active_sub', t('card.active', { n: fmt.int(perf.active_requests) }));
-    card('avg', fmt.ms(perf.avg_response_time_ms));
-    // /stats has per-endpoint percentiles only (unless it adds a global
-    // latency_ms); the largest endpoint p95 bounds the overall p95 from
-    // above, since a mixture's 95th percentile never exceeds its parts'.
-    if (d.latency_ms && d.latency_ms.p95 !== undefined) {
-      card('p95', fmt.ms(d.latency_ms.p95), '');
-      card('p95_sub', '', '');
+    const head = rangeText(d);
+    const scope = scopeText(d);
+    setText($('h-overview'), scope ? head + ' · ' + scope : head);
+    for (const n of document.querySelectorAll('.range-note')) setText(n, head);
+    const total = num(d.total);
+    const errs = num(d.errors);
+    card('total', fmt.compact(total), fmt.int(total));
+    card('total_sub', num(d.client_closed) > 0 ? t('card.cc', { n: fmt.int(d.client_closed) }) : '');
+    card('errors', total > 0 ? fmt.dec((100 * errs) / total, 2) + ' %' : '–');
+    let sub = errs === 1 ? t('card.error1') : t('card.errors', { n: fmt.int(errs) });
+    if (num(d.rate_limited) > 0) sub += ' · ' + t('ep.limited', { n: fmt.int(d.rate_limited) });
+    card('errors_sub', sub);
+    card('tokens', fmt.compact(tokens.total), fmt.int(tokens.total));
+    const cache = num(tokens.cache_read) + num(tokens.cache_write);
+    card('tokens_sub', t('card.tokensSub', { p: fmt.compact(tokens.prompt), c: fmt.compact(tokens.completion) }) +
+      (cache > 0 ? ' · ' + t('card.cacheSub', { n: fmt.compact(cache) }) : ''));
+    // /stats has TTFB percentiles per endpoint only, and percentiles of
+    // parts do not combine into one of the whole: the card shows the
+    // busiest endpoint's, and says so. The TTFB chart has all traffic's
+    // per hour or day.
+    const top = busiest(endpoints);
+    if (top && top[1].ttfb_ms) {
+      card('ttfb', 'p50 ' + fmt.ms(top[1].ttfb_ms.p50));
+      card('ttfb_sub', t('card.ttfbSub', { p95: fmt.ms(top[1].ttfb_ms.p95), prefix: top[0] }), t('card.ttfbTitle', { prefix: top[0] }));
     } else {
-      let p95 = 0;
-      for (const e of Object.values(d.endpoints || {})) {
-        if (num(e.count) > 0 && e.latency_ms) p95 = Math.max(p95, num(e.latency_ms.p95));
-      }
-      card('p95', fmt.ms(p95), t('card.p95.title'));
-      card('p95_sub', t('card.p95.sub'), t('card.p95.title'));
+      card('ttfb', '–');
+      card('ttfb_sub', '', '');
     }
-    card('error_rate', fmt.dec(perf.error_rate, 2) + ' %');
     // failovers exists from SPEC §9 on; an older server has no such card.
     const fo = document.getElementById('card-failovers');
     if (fo) {
-      fo.hidden = typeof d.failovers !== 'number';
+      // None yet (or one target per mapping): no card, one less on a phone.
+      fo.hidden = typeof d.failovers !== 'number' || d.failovers === 0;
       card('failovers', fmt.compact(d.failovers), fmt.int(d.failovers));
     }
-    card('tokens', fmt.compact(tokens.total), fmt.int(tokens.total));
-    card('tokens_sub', t('card.tokensSub', { p: fmt.compact(tokens.prompt), c: fmt.compact(tokens.completion) }));
+    card('rps', fmt.dec(perf.requests_per_sec, 2), t('card.active', { n: fmt.int(perf.active_requests) }));
+    card('avg', fmt.ms(perf.avg_response_time_ms));
+    card('error_rate', fmt.dec(perf.error_rate, 2) + ' %');
     card('memory', fmt.dec(perf.memory_usage_mb, 1) + ' MB');
     card('goroutines', fmt.int(perf.goroutine_count));
     card('uptime', fmt.duration(perf.uptime_seconds));
   }
 
-  // Charts: hand-drawn SVG bars, requests stacked over errors.
+  // Charts: hand-drawn SVG of the range's series.points, one bar or one
+  // point per hour (24h) or day. Each chart box is one tab stop: hovering
+  // or tapping a bar, or the arrow keys while it has the focus, show that
+  // point's values in a tooltip.
 
   function svg(tag, attrs, text) {
     const n = document.createElementNS(SVG_NS, tag);
@@ -270,80 +343,203 @@
     return fmt.date(dt, long ? { weekday: 'short', month: 'short', day: 'numeric' } : { month: 'numeric', day: 'numeric' });
   }
 
-  function renderCharts(series) {
-    drawChart('hourly', $('chart-hourly'), Array.isArray(series.hourly) ? series.hourly : [], t('chart.hourly'));
-    drawChart('daily', $('chart-daily'), Array.isArray(series.daily) ? series.daily : [], t('chart.daily'));
+  // CHARTS: what each chart draws from a point. stack: bars of the fields
+  // stacked in order; line: one line per field.
+  const CHARTS = {
+    requests: {
+      box: 'chart-requests', title: 'chart.requests', kind: 'stack', val: (v) => fmt.int(v), axis: (v) => fmt.compact(v),
+      series: [['ok', 'c-ok', 'chart.ok'], ['s4xx', 'c-4xx', '4xx'], ['s429', 'c-429', '429'], ['s5xx', 'c-5xx', '5xx'], ['client_closed', 'c-cc', 'chart.cc']],
+      total: ['count', 'chart.total'],
+      // A server from before these fields has count and errors only.
+      fallback: (p) => ('ok' in p ? p : { ...p, ok: num(p.count) - num(p.errors), s5xx: num(p.errors) }),
+    },
+    tokens: {
+      box: 'chart-tokens', title: 'chart.tokens', kind: 'stack', val: (v) => fmt.int(v), axis: (v) => fmt.compact(v),
+      series: [['prompt', 'c-prompt', 'chart.prompt'], ['completion', 'c-completion', 'chart.completion'], ['cache', 'c-cache', 'chart.cache']],
+    },
+    ttfb: {
+      // 0 is "no request had a first byte": no value, and a gap in the line.
+      box: 'chart-ttfb', title: 'chart.ttfb', kind: 'line', val: (v) => (v > 0 ? fmt.ms(v) : '–'), axis: (v) => fmt.ms(v),
+      series: [['ttfb_p50', 'c-p50', 'p50'], ['ttfb_p95', 'c-p95', 'p95']],
+    },
+  };
+
+  function rangePoints(d) {
+    const s = d.series || {};
+    if (Array.isArray(s.points)) return s.points;
+    if (range === '24h') return Array.isArray(s.hourly) ? s.hourly : [];
+    const daily = Array.isArray(s.daily) ? s.daily : [];
+    return range === '7d' ? daily.slice(-7) : daily;
   }
 
-  function drawChart(kind, box, points, title) {
-    const W = Math.max(240, Math.round(box.clientWidth || 600));
-    const H = Math.max(120, Math.round(box.clientHeight || 180));
-    const key = [W, H, ui.lang, JSON.stringify(points)].join('|');
-    if (chartKeys[kind] === key) return;
-    chartKeys[kind] = key;
+  function renderCharts() {
+    const d = state.data;
+    if (!d) return;
+    const kind = (d.range || range) === '24h' ? 'hourly' : 'daily';
+    const points = rangePoints(d).filter((p) => p && typeof p === 'object');
+    // /stats keeps 30 days of points: "all time" draws those, and says so.
+    const note = (d.range || range) === 'all' ? t('chart.last30') : '· ' + rangeText(d);
+    for (const n of document.querySelectorAll('.chart-note')) setText(n, note);
+    for (const [id, spec] of Object.entries(CHARTS)) drawChart(id, spec, kind, spec.fallback ? points.map(spec.fallback) : points);
+  }
 
+  function seriesLabel(k) { return k.startsWith('chart.') ? t(k) : k; }
+
+  function drawChart(id, spec, kind, points) {
+    const box = $(spec.box);
+    // The size the ResizeObserver saw, so that a render does not force a
+    // layout of the page half-way through; the box's own until it has.
+    const size = boxSizes.get(box) || { w: box.clientWidth, h: box.clientHeight };
+    const W = Math.max(240, Math.round(size.w || 600));
+    const H = Math.max(120, Math.round(size.h || 180));
+    const key = [W, H, ui.lang, kind, JSON.stringify(points)].join('|');
+    if (chartKeys[id] === key) return;
+    chartKeys[id] = key;
+
+    const ks = spec.series.map(([k]) => k);
     let max = 0;
-    let total = 0;
+    let sum = 0;
     for (const p of points) {
-      max = Math.max(max, num(p.count));
-      total += num(p.count);
+      const vals = ks.map((k) => Math.max(0, num(p[k])));
+      const top = spec.kind === 'stack' ? vals.reduce((a, b) => a + b, 0) : Math.max(...vals);
+      max = Math.max(max, top);
+      sum += spec.kind === 'stack' ? top : 0;
     }
     const yMax = niceMax(max);
-    const pad = { l: 40, r: 6, t: 8, b: 22 };
+    const pad = { l: 46, r: 6, t: 8, b: 22 };
     const pw = W - pad.l - pad.r;
     const ph = H - pad.t - pad.b;
     const base = pad.t + ph;
-    const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img', class: 'chart-svg' });
-    root.setAttribute('aria-label', t('chart.aria', { title, total: fmt.int(total), max: fmt.int(max) }));
+    const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'chart-svg', 'aria-hidden': 'true' });
+    box.setAttribute('aria-label', t('chart.aria', { title: t(spec.title), range: rangeText(state.data || {}), n: fmt.int(points.length) }));
 
     for (const f of [0, 0.5, 1]) {
       const y = Math.round(base - f * ph) + 0.5;
       root.append(svg('line', { class: 'grid', x1: pad.l, x2: W - pad.r, y1: y, y2: y }));
-      root.append(svg('text', { class: 'axis', x: pad.l - 6, y: y + 4, 'text-anchor': 'end' }, fmt.compact(yMax * f)));
+      root.append(svg('text', { class: 'axis', x: pad.l - 6, y: y + 4, 'text-anchor': 'end' }, spec.axis(yMax * f)));
     }
-
     const n = points.length;
+    const band = n > 0 ? pw / n : pw;
+    const xOf = (i) => pad.l + i * band + band / 2;
+    const yOf = (v) => base - (Math.max(0, v) / yMax) * ph;
     if (n > 0) {
-      const band = pw / n;
       const bw = Math.max(1, Math.min(band * 0.72, 28));
       const labelEvery = Math.max(1, Math.ceil(n / Math.max(2, Math.floor(pw / 56))));
+      // Line charts: one list of runs per field, split where a point has no value.
+      const lines = spec.kind === 'line' ? ks.map(() => [[]]) : null;
       points.forEach((p, i) => {
-        const count = num(p.count);
-        const errors = Math.min(num(p.errors), count);
-        const x = pad.l + i * band + (band - bw) / 2;
-        let okH = ((count - errors) / yMax) * ph;
-        let errH = (errors / yMax) * ph;
-        if (count > 0 && okH + errH < 2) {
-          // Keep a lone request visible next to a tall bar.
-          if (errors > 0) errH = Math.max(errH, 2 - okH); else okH = 2;
+        root.append(svg('rect', { class: 'hit', x: (pad.l + i * band).toFixed(1), y: pad.t, width: band.toFixed(1), height: ph, 'data-i': i }));
+        if (lines) {
+          ks.forEach((k, j) => {
+            const runs = lines[j];
+            if (num(p[k]) > 0) runs[runs.length - 1].push(xOf(i).toFixed(1) + ',' + yOf(num(p[k])).toFixed(1));
+            else if (runs[runs.length - 1].length) runs.push([]);
+          });
+        } else {
+          let y = base;
+          spec.series.forEach(([k, cls]) => {
+            let h = (Math.max(0, num(p[k])) / yMax) * ph;
+            if (num(p[k]) > 0 && h < 1.5) h = 1.5; // a lone request stays visible next to a tall bar
+            if (h <= 0) return;
+            y -= h;
+            root.append(svg('rect', { class: 'bar ' + cls, x: (xOf(i) - bw / 2).toFixed(1), y: y.toFixed(1), width: bw.toFixed(1), height: h.toFixed(1), 'data-i': i }));
+          });
         }
-        const g = svg('g', { class: 'bar' });
-        g.append(svg('title', {}, t('chart.bar', { when: bucketLabel(kind, p.t, true), n: fmt.int(count), e: fmt.int(errors) })));
-        g.append(svg('rect', { class: 'hit', x: pad.l + i * band, y: pad.t, width: band, height: ph }));
-        if (okH > 0) g.append(svg('rect', { class: 'bar-ok', x: x.toFixed(1), y: (base - okH).toFixed(1), width: bw.toFixed(1), height: okH.toFixed(1), rx: Math.min(2, bw / 4) }));
-        if (errH > 0) g.append(svg('rect', { class: 'bar-err', x: x.toFixed(1), y: (base - okH - errH).toFixed(1), width: bw.toFixed(1), height: errH.toFixed(1), rx: Math.min(2, bw / 4) }));
-        root.append(g);
         if ((n - 1 - i) % labelEvery === 0) {
-          root.append(svg('text', { class: 'axis', x: (pad.l + i * band + band / 2).toFixed(1), y: H - 6, 'text-anchor': 'middle' }, bucketLabel(kind, p.t, false)));
+          root.append(svg('text', { class: 'axis', x: xOf(i).toFixed(1), y: H - 6, 'text-anchor': 'middle' }, bucketLabel(kind, p.t, false)));
         }
       });
+      if (lines) {
+        spec.series.forEach(([, cls], j) => {
+          for (const run of lines[j]) if (run.length > 1) root.append(svg('polyline', { class: 'line ' + cls, points: run.join(' ') }));
+          if (n <= 31) {
+            points.forEach((p, i) => {
+              if (num(p[ks[j]]) > 0) root.append(svg('circle', { class: 'dot ' + cls, cx: xOf(i).toFixed(1), cy: yOf(num(p[ks[j]])).toFixed(1), r: 2.5 }));
+            });
+          }
+        });
+      }
     }
-    if (total === 0) {
-      root.append(svg('text', { class: 'empty-note', x: pad.l + pw / 2, y: pad.t + ph / 2, 'text-anchor': 'middle' }, t('chart.empty')));
+    if (max === 0) {
+      root.append(svg('text', { class: 'empty-note', x: pad.l + pw / 2, y: pad.t + ph / 2, 'text-anchor': 'middle' }, t(spec.kind === 'line' ? 'chart.emptyTTFB' : 'chart.empty')));
     }
-    box.replaceChildren(root);
+    const cur = box.querySelector('svg');
+    if (cur) cur.replaceWith(root); else box.prepend(root);
+    const c = charts[id] || (charts[id] = { sel: -1 });
+    Object.assign(c, { spec, kind, points, xOf, W, sum });
+    if (c.sel >= n) c.sel = -1;
+    showTip(id);
+  }
+
+  // showTip shows the values of the selected point of chart id (sel), or
+  // hides its tooltip when none is selected.
+  function showTip(id) {
+    const c = charts[id];
+    const box = $(c.spec.box);
+    let tip = box.querySelector('.tip');
+    for (const r of box.querySelectorAll('rect.hit.sel')) r.classList.remove('sel');
+    const p = c.points[c.sel];
+    if (!p) {
+      if (tip) tip.hidden = true;
+      return;
+    }
+    if (!tip) {
+      tip = el('div', { className: 'tip', role: 'status' });
+      box.append(tip);
+    }
+    const hit = box.querySelector('rect.hit[data-i="' + c.sel + '"]');
+    if (hit) hit.classList.add('sel');
+    const row = (k, cls, label, value) => el('div', { className: 'tip-row', dataset: { k } },
+      el('i', { className: 'sw ' + cls }), el('span', {}, label), el('b', {}, value));
+    const rowsOf = c.spec.series.map(([k, cls, label]) => row(k, cls, seriesLabel(label), c.spec.val(num(p[k]))));
+    if (c.spec.total) rowsOf.push(row(c.spec.total[0], '', t(c.spec.total[1]), c.spec.val(num(p[c.spec.total[0]]))));
+    tip.replaceChildren(el('div', { className: 'tip-when' }, bucketLabel(c.kind, p.t, true)), ...rowsOf);
+    tip.hidden = false;
+    const w = tip.offsetWidth;
+    tip.style.left = Math.round(Math.min(Math.max(0, c.xOf(c.sel) - w / 2), c.W - w)) + 'px';
+  }
+
+  // wireChart makes the chart box of id answer the pointer (hover, tap)
+  // and the keyboard (arrows, Home, End, Escape).
+  function wireChart(id) {
+    const box = $(CHARTS[id].box);
+    box.tabIndex = 0;
+    box.setAttribute('role', 'group');
+    const select = (i) => {
+      const c = charts[id];
+      if (!c) return;
+      c.sel = i;
+      showTip(id);
+    };
+    const pick = (e) => {
+      const n = e.target.closest && e.target.closest('[data-i]');
+      if (n) select(Number(n.dataset.i));
+    };
+    box.addEventListener('pointermove', pick);
+    box.addEventListener('pointerdown', pick);
+    box.addEventListener('pointerleave', (e) => { if (e.pointerType === 'mouse' && document.activeElement !== box) select(-1); });
+    box.addEventListener('focus', () => { const c = charts[id]; if (c && c.sel < 0) select(c.points.length - 1); });
+    box.addEventListener('blur', () => select(-1));
+    box.addEventListener('keydown', (e) => {
+      const c = charts[id];
+      if (!c || !c.points.length) return;
+      const last = c.points.length - 1;
+      const to = { ArrowLeft: c.sel - 1, ArrowRight: c.sel + 1, Home: 0, End: last, Escape: -1 }[e.key];
+      if (to === undefined) return;
+      e.preventDefault();
+      select(e.key === 'Escape' ? -1 : Math.min(last, Math.max(0, to)));
+    });
   }
 
   // Endpoint table, keyed by prefix.
 
   const COLS = [
     ['endpoint', 'ep.endpoint'], ['url', 'ep.url'],
-    ['h24', 'ep.24h'], ['d7', 'ep.7d'], ['d30', 'ep.30d'], ['total', 'ep.total'],
-    ['errors', 'ep.errors'], ['latency', 'ep.latencyShort'], ['tokens', 'ep.tokens'],
+    ['total', 'ep.requests'], ['errors', 'ep.errors'], ['latency', 'ep.latencyShort'], ['ttfb', 'ep.ttfbShort'], ['tokens', 'ep.tokens'],
   ];
 
   // Cells with a main figure and a muted line under it.
-  const TWO_LINE = ['total', 'errors', 'latency', 'tokens'];
+  const TWO_LINE = ['total', 'errors', 'latency', 'ttfb', 'tokens'];
 
   function newRow(prefix) {
     const c = {};
@@ -352,7 +548,6 @@
     c.endpoint = el('td', { className: 'endpoint' }, el('div', {}, el('span', { className: 'prefix mono' }, prefix), c.target));
     c.urlText = el('span', { className: 'url mono' });
     c.url = el('td', { className: 'url-td' }, el('div', { className: 'urlcell' }, c.urlText, ui.copyButton(() => proxyURL(prefix), prefix)));
-    for (const k of ['h24', 'd7', 'd30']) c[k] = el('td', { className: 'num' });
     for (const k of TWO_LINE) {
       c[k + 'Main'] = el('span');
       c[k + 'Sub'] = el('span', { className: 'sub' });
@@ -427,9 +622,6 @@
     setText(c.target, e.target || '');
     setTitle(c.target, e.target || '');
     setText(c.urlText, proxyURL(prefix));
-    setText(c.h24, fmt.int(e.last_24h));
-    setText(c.d7, fmt.int(e.last_7d));
-    setText(c.d30, fmt.int(e.last_30d));
     setText(c.totalMain, fmt.int(count));
     if (num(e.last_request) > 0) {
       setText(c.totalSub, fmt.ago(e.last_request));
@@ -441,6 +633,9 @@
     setErrors(c, count, errs, num(e.rate_limited));
     setText(c.latencyMain, count > 0 ? fmt.ms(lat.avg) : '–');
     setText(c.latencySub, count > 0 ? 'p95 ' + fmt.ms(lat.p95) : '');
+    const ttfb = e.ttfb_ms || {};
+    setText(c.ttfbMain, count > 0 && num(ttfb.p50) > 0 ? fmt.ms(ttfb.p50) : '–');
+    setText(c.ttfbSub, count > 0 && num(ttfb.p95) > 0 ? 'p95 ' + fmt.ms(ttfb.p95) : '');
     setText(c.tokensMain, fmt.compact(tok.total));
     const models = Object.entries(e.models || {}).sort((a, b) => num(b[1].count) - num(a[1].count));
     setText(c.tokensSub, models.length ? models[0][0] + (models.length > 1 ? ' +' + (models.length - 1) : '') : '');
@@ -526,8 +721,7 @@
   // when each key was last used.
 
   const KEY_COLS = [
-    ['key', 'ks.key'], ['h24', 'ep.24h'], ['d7', 'ep.7d'], ['d30', 'ep.30d'], ['total', 'ep.total'],
-    ['errors', 'ep.errors'], ['tokens', 'ep.tokens'], ['last', 'ks.last'],
+    ['key', 'ks.key'], ['total', 'ep.requests'], ['errors', 'ep.errors'], ['tokens', 'ep.tokens'], ['last', 'ks.last'],
   ];
 
   function newKeyRow(id) {
@@ -535,7 +729,7 @@
     const tr = el('tr', { dataset: { key: id } });
     c.name = el('span', { className: 'key-name' });
     c.key = el('td', { className: 'key-td' }, el('div', {}, c.name, el('span', { className: 'key-id mono' }, id)));
-    for (const k of ['h24', 'd7', 'd30', 'total', 'last']) c[k] = el('td', { className: 'num' });
+    for (const k of ['total', 'last']) c[k] = el('td', { className: 'num' });
     for (const k of ['errors', 'tokens']) {
       c[k + 'Main'] = el('span');
       c[k + 'Sub'] = el('span', { className: 'sub' });
@@ -556,9 +750,6 @@
     setText(c.name, name || t('ks.deleted'));
     c.name.classList.toggle('deleted', !name);
     setTitle(c.name, name);
-    setText(c.h24, fmt.int(k.last_24h));
-    setText(c.d7, fmt.int(k.last_7d));
-    setText(c.d30, fmt.int(k.last_30d));
     const count = num(k.count);
     const errs = num(k.errors);
     setText(c.total, fmt.int(count));
@@ -600,6 +791,140 @@
       for (const n of want) body.append(n);
     }
     setText($('ks-count'), t('ks.count', { n: fmt.int(entries.length) }));
+  }
+
+  // Models table: endpoints[*].models of the range added up by model,
+  // with the endpoints that served each. Share is of all the range's
+  // requests. Keyed by model, updated in place like the other tables.
+
+  const MODEL_COLS = [
+    ['model', 'md.model'], ['count', 'md.requests'], ['share', 'md.share'], ['prompt', 'md.prompt'],
+    ['completion', 'md.completion'], ['cache', 'md.cache'], ['total', 'md.total'], ['eps', 'md.endpoints'],
+  ];
+
+  // modelTotals adds up endpoints[*].models: model -> {count, prompt,
+  // completion, cache, total, eps: [prefix…]}, the busiest first.
+  function modelTotals(endpoints) {
+    const m = new Map();
+    for (const [prefix, e] of Object.entries(endpoints)) {
+      if (!e || !e.models || typeof e.models !== 'object') continue;
+      for (const [name, v] of Object.entries(e.models)) {
+        if (!v || typeof v !== 'object') continue;
+        let a = m.get(name);
+        if (!a) m.set(name, a = { count: 0, prompt: 0, completion: 0, cache: 0, total: 0, eps: [] });
+        a.count += num(v.count);
+        a.prompt += num(v.prompt);
+        a.completion += num(v.completion);
+        a.cache += num(v.cache_read) + num(v.cache_write);
+        a.total += num(v.total);
+        a.eps.push([prefix, num(v.count)]);
+      }
+    }
+    return [...m].sort((x, y) => y[1].count - x[1].count || (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+  }
+
+  function newModelRow(name) {
+    const c = {};
+    const tr = el('tr', { dataset: { model: name } });
+    c.model = el('td', { className: 'model-td mono' }, name);
+    for (const [k] of MODEL_COLS.slice(1, -1)) c[k] = el('td', { className: 'num' });
+    c.eps = el('td', { className: 'eps mono' });
+    for (const [k] of MODEL_COLS) tr.append(c[k]);
+    labelCells(c, MODEL_COLS);
+    return { tr, c };
+  }
+
+  function labelCells(c, cols) {
+    for (const [k, key] of cols) c[k].dataset.label = t(key);
+  }
+
+  // setEndpoints lists the prefixes that served a model, the busiest
+  // first: three, and the rest behind a "+N" that opens on a click or a
+  // tap (a details element), never on hover alone.
+  const EPS_SHOWN = 3;
+  function setEndpoints(c, list) {
+    const key = list.join(' ');
+    if (c.epsKey === key + ui.lang) return;
+    c.epsKey = key + ui.lang;
+    const head = list.slice(0, EPS_SHOWN).join(', ');
+    if (list.length <= EPS_SHOWN) {
+      c.eps.replaceChildren(head);
+      return;
+    }
+    c.eps.replaceChildren(el('details', {},
+      el('summary', {}, head + ' ', el('span', { className: 'more' }, t('md.more', { n: fmt.int(list.length - EPS_SHOWN) }))),
+      el('span', { className: 'rest' }, list.slice(EPS_SHOWN).join(', '))));
+  }
+
+  function renderModels(endpoints) {
+    const list = modelTotals(endpoints);
+    const all = Math.max(num(state.data && state.data.total), list.reduce((s, [, a]) => s + a.count, 0));
+    const want = [];
+    const keep = new Set();
+    for (const [name, a] of list) {
+      let r = modelRows.get(name);
+      if (!r) modelRows.set(name, r = newModelRow(name));
+      const c = r.c;
+      setText(c.count, fmt.int(a.count));
+      setText(c.share, all > 0 ? fmt.dec((100 * a.count) / all, 1) + ' %' : '–');
+      for (const k of ['prompt', 'completion', 'cache', 'total']) {
+        setText(c[k], fmt.compact(a[k]));
+        setTitle(c[k], fmt.int(a[k]));
+      }
+      setEndpoints(c, a.eps.sort((x, y) => y[1] - x[1]).map(([p]) => p));
+      want.push(r.tr);
+      keep.add(name);
+    }
+    for (const [name, r] of modelRows) {
+      if (!keep.has(name)) {
+        r.tr.remove();
+        modelRows.delete(name);
+      }
+    }
+    const body = $('md-body');
+    if (body.children.length !== want.length || want.some((n, i) => body.children[i] !== n)) body.append(...want);
+    $('md-empty').hidden = list.length !== 0;
+    setText($('md-count'), t('md.count', { n: fmt.int(list.length) }));
+  }
+
+  // Recent errors (the request log's last 20 non-2xx, newest first): each
+  // row links to the admin Requests view filtered to its prefix and
+  // status. The panel hides when /stats has no recent_errors (no log).
+  const ERR_COLS = [['time', 're.time'], ['prefix', 'ep.prefix'], ['status', 're.status'], ['code', 're.code'], ['model', 'md.model']];
+
+  function errorTime(v) {
+    const d = typeof v === 'number' ? new Date(v * 1000) : new Date(String(v));
+    return Number.isFinite(d.getTime()) ? d : null;
+  }
+
+  function requestsLink(x) {
+    const q = [];
+    if (x.prefix) q.push('prefix=' + encodeURIComponent(String(x.prefix)).replace(/%2F/gi, '/'));
+    if (x.status) q.push('status=' + encodeURIComponent(String(x.status)));
+    return '/admin#requests' + (q.length ? '?' + q.join('&') : '');
+  }
+
+  function renderErrors(list) {
+    const panel = $('errors-panel');
+    panel.hidden = !Array.isArray(list);
+    if (panel.hidden) return;
+    const key = JSON.stringify([ui.lang, list]);
+    if (key === errorsKey) return;
+    errorsKey = key;
+    const rowsOut = list.filter((x) => x && typeof x === 'object').slice(0, 20).map((x) => {
+      const when = errorTime(x.time);
+      const c = {};
+      c.time = el('td', { className: 're-time', title: String(x.time || '') },
+        el('a', { href: requestsLink(x) }, when ? fmt.date(when, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' }) : String(x.time || '')));
+      c.prefix = el('td', { className: 'mono' }, String(x.prefix || ''));
+      c.status = el('td', { className: 'num err-count' }, String(x.status || ''));
+      c.code = el('td', { className: 'mono' }, String(x.code || ''));
+      c.model = el('td', { className: 'mono' }, String(x.model || ''));
+      labelCells(c, ERR_COLS);
+      return el('tr', { dataset: { id: String(x.id || '') } }, ...ERR_COLS.map(([k]) => c[k]));
+    });
+    $('re-body').replaceChildren(...rowsOut);
+    $('re-empty').hidden = rowsOut.length !== 0;
   }
 
   // Usage snippets, filled with this server's address and the prefixes
@@ -685,13 +1010,35 @@
     setText(btn, t(auth.checking ? 'stok.checking' : 'stok.submit'));
     for (const [prefix, r] of rows) labelRow(r.c, prefix);
     for (const r of keyRows.values()) labelKeyRow(r.c);
-    chartKeys = { hourly: '', daily: '' };
+    for (const r of modelRows.values()) labelCells(r.c, MODEL_COLS);
+    chartKeys = {};
+    errorsKey = '';
     render();
     renderStatus();
   }
 
   document.addEventListener('DOMContentLoaded', () => {
     renderSnippets({});
+    markRange();
+    for (const b of document.querySelectorAll('#range [data-range]')) b.addEventListener('click', () => setRange(b.dataset.range));
+    for (const id of Object.keys(CHARTS)) wireChart(id);
+    // A tap outside a chart closes its tooltip.
+    document.addEventListener('pointerdown', (e) => {
+      for (const [id, c] of Object.entries(charts)) {
+        if (c.sel >= 0 && !$(CHARTS[id].box).contains(e.target)) { c.sel = -1; showTip(id); }
+      }
+    });
+    // Back and forward between ranges the reader chose.
+    window.addEventListener('popstate', () => {
+      const r = rangeOf(window.location.search);
+      if (r !== range) {
+        range = r;
+        state.data = null;
+        $('main').setAttribute('aria-busy', 'true');
+        markRange();
+        refresh();
+      }
+    });
     $('stats-login-form').addEventListener('submit', (e) => {
       e.preventDefault();
       if (!auth.checking) submitToken();
@@ -708,12 +1055,12 @@
     });
     if (window.ResizeObserver) {
       let pending = 0;
-      const ro = new ResizeObserver(() => {
+      const ro = new ResizeObserver((entries) => {
+        for (const e of entries) boxSizes.set(e.target, { w: e.contentRect.width, h: e.contentRect.height });
         window.cancelAnimationFrame(pending);
-        pending = window.requestAnimationFrame(() => { if (state.data) renderCharts(state.data.series || {}); });
+        pending = window.requestAnimationFrame(renderCharts);
       });
-      ro.observe($('chart-hourly'));
-      ro.observe($('chart-daily'));
+      for (const spec of Object.values(CHARTS)) ro.observe($(spec.box));
     }
     refresh();
   });
