@@ -2459,6 +2459,13 @@ test('dashboard (issue 19 server): the charts\' current hour and the models tabl
   const b = (await page.locator('#md-body tr[data-model="gpt-dash-a"] td').allTextContents()).map((x) => x.trim());
   assert.equal(b[1], '2');
   assert.equal(b[7], '/dash19');
+  // Recent errors come from the request log (written about once a
+  // second): the failed request shows, and opens the admin Requests view
+  // filtered to it.
+  const errRow = page.locator('#re-body tr', { hasText: '/dash19' }).first();
+  await errRow.waitFor({ timeout: REFRESH_WAIT });
+  assert.equal((await textOf(errRow.locator('td').nth(2))), '500');
+  assert.equal(await errRow.locator('a').getAttribute('href'), '/admin#requests?prefix=/dash19&status=500');
   await page.screenshot({ path: path.join(artifacts, 'dashboard-range-live.png'), fullPage: true });
   assert.equal((await api('DELETE', '/api/mappings/dash19')).status, 200);
   await page.close();
