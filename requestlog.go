@@ -267,9 +267,7 @@ type logQueue struct {
 	size     int // most records waiting
 	batch    int // most records per write
 	interval time.Duration
-	now      func() time.Time // the clock of record ids
 
-	ids     logIDs
 	dropped atomic.Int64 // records that found the queue full
 	wake    chan struct{}
 
@@ -284,21 +282,18 @@ type logQueue struct {
 // newLogQueue returns a queue of the default size writing to sink.
 func newLogQueue(sink logSink, logger *slog.Logger) *logQueue {
 	return &logQueue{sink: sink, logger: logger, size: requestLogQueueSize,
-		batch: requestLogBatch, interval: requestLogInterval, now: time.Now,
+		batch: requestLogBatch, interval: requestLogInterval,
 		wake: make(chan struct{}, 1)}
 }
 
-// add queues rec, setting its ID if it has none, or counts it in dropped if the queue is
-// full. It never blocks on the sink.
+// add queues rec, whose ID requestLog.add set, or counts it in dropped if
+// the queue is full. It never blocks on the sink.
 func (q *logQueue) add(rec logRecord) {
 	q.mu.Lock()
 	if len(q.pending) >= q.size {
 		q.mu.Unlock()
 		q.dropped.Add(1)
 		return
-	}
-	if rec.ID == "" {
-		rec.ID = q.ids.next(q.now())
 	}
 	q.pending = append(q.pending, rec)
 	full := len(q.pending) >= q.batch
@@ -391,12 +386,13 @@ type requestLog struct {
 	ids logIDs
 }
 
-// add queues rec for every sink.
-func (l *requestLog) add(rec logRecord) {
+// add gives rec the id of a record queued at at, the time its request
+// ended, and queues it for every sink.
+func (l *requestLog) add(rec logRecord, at time.Time) {
 	if len(l.queues) == 0 {
 		return
 	}
-	rec.ID = l.ids.next(time.Now())
+	rec.ID = l.ids.next(at)
 	for _, q := range l.queues {
 		q.add(rec)
 	}

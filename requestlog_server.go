@@ -65,7 +65,8 @@ func (l *serverLog) on() bool { return len(l.queues) > 0 }
 
 // record queues the log record of the finished request rec.
 func (l *serverLog) record(rec *requestRecord) {
-	l.add(newLogRecord(rec))
+	// Its end, which finish measured: no second clock read.
+	l.add(newLogRecord(rec), rec.Start.Add(rec.Duration))
 }
 
 // reopen reopens the REQUEST_LOG file (SIGHUP, after logrotate renamed

@@ -284,8 +284,9 @@ func TestRequestLogQueueBatch(t *testing.T) {
 	done := make(chan struct{})
 	go func() { q.run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
+	l := &requestLog{queues: []*logQueue{q}} // it gives the ids
 	for _, r := range numbered("/p", 0, 3) {
-		q.add(r)
+		l.add(r, time.Now())
 	}
 	got := sink.next(t)
 	if want := []int{0, 1, 2}; !slices.Equal(statuses(got), want) {
@@ -403,11 +404,12 @@ func TestRequestLogQueueConcurrent(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() { q.run(ctx); close(done) }()
+	l := &requestLog{queues: []*logQueue{q}} // ids, concurrently
 	var wg sync.WaitGroup
 	for range writers {
 		wg.Go(func() {
 			for i := range each {
-				q.add(logRecord{Status: i})
+				l.add(logRecord{Status: i}, time.Now())
 			}
 		})
 	}
@@ -438,7 +440,7 @@ func TestRequestLogFanOut(t *testing.T) {
 	bq.size = 2
 	l := &requestLog{queues: []*logQueue{gq, bq}}
 	for _, r := range numbered("/p", 0, 3) {
-		l.add(r)
+		l.add(r, time.Now())
 	}
 	if err := l.flush(t.Context()); err == nil {
 		t.Error("got no error with a sink down")
@@ -533,8 +535,9 @@ func TestRequestLogFileThroughQueue(t *testing.T) {
 	done := make(chan struct{})
 	go func() { q.run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
+	l := &requestLog{queues: []*logQueue{q}}
 	for _, r := range numbered("/p", 0, 5) {
-		q.add(r)
+		l.add(r, time.Now())
 	}
 	eventually(t, func() bool { return q.waiting() == 0 && len(readLines(t, path)) == 5 }, "5 lines in the file")
 	recs := readLines(t, path)
@@ -600,9 +603,10 @@ func BenchmarkRequestLogAdd(b *testing.B) {
 		Usage: usage, Tries: []targetTry{{Index: 0}}}
 	req := logRequest{Method: "POST", Path: "/v1/chat/completions", KeyName: "team-a", ClientIP: "203.0.113.7"}
 	q := newLogQueue(logSinkFunc(func(context.Context, []logRecord) error { return nil }), testLogger())
+	l := &requestLog{queues: []*logQueue{q}}
 	b.ReportAllocs()
 	for b.Loop() {
-		q.add(newLogRecord(withRequest(rec, req)))
+		l.add(newLogRecord(withRequest(rec, req)), time.Now())
 		if q.waiting() >= q.batch {
 			q.flush(b.Context())
 		}
