@@ -24,9 +24,9 @@ var _ logStore = (*boltStore)(nil)
 // boltLogBatch is the most records one writeLog of the embedded store
 // takes, and how many waiting records wake its writer before its second
 // is up: a commit costs two fdatasyncs and the rewrite of the pages it
-// touched whatever it holds, so at 10,000 requests a second 2 commits
-// cost less than 10 (about 3 % of the proxy's CPU, measured). The queue
-// (requestLogQueueSize) still holds a second of such traffic.
+// touched whatever it holds, so a few large commits cost less than many
+// small ones (docs/performance.md, "The request log"). The queue
+// (requestLogQueueSize) still holds a second of 10,000 requests a second.
 const boltLogBatch = 5000
 
 // logBatch tells the Server's request log queue the batch this store
@@ -77,11 +77,7 @@ func (s *boltStore) writeLog(ctx context.Context, recs []logRecord) error {
 		if err != nil {
 			id = uint64(now.UnixNano())
 		}
-		v, err := encodeStoredLogRecord(&recs[i])
-		if err != nil {
-			return fmt.Errorf("write request log: encode record: %w", err)
-		}
-		ids[i], vals[i] = id, v
+		ids[i], vals[i] = id, encodeStoredLogRecord(&recs[i])
 	}
 	keep, _ := s.log.bounds.limits()
 	cutoff := uint64(now.Add(-requestLogMaxAge).UnixNano())

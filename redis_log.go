@@ -78,11 +78,7 @@ func (s *redisStore) writeLog(ctx context.Context, recs []logRecord) error {
 	args := make([]any, 0, 3+2*len(recs))
 	args = append(args, keep, minID, int64(requestLogMaxAge/time.Second))
 	for i := range recs {
-		v, err := encodeStoredLogRecord(&recs[i])
-		if err != nil {
-			return fmt.Errorf("write request log: encode record: %w", err)
-		}
-		args = append(args, recs[i].ID, v)
+		args = append(args, recs[i].ID, encodeStoredLogRecord(&recs[i]))
 	}
 	keys := []string{s.key(redisRequestLogKey), s.key(redisRequestLogWrittenKey + s.instance)}
 	err := redisLogWriteScript.Run(ctx, s.client, keys, args...).Err()

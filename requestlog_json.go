@@ -2,9 +2,9 @@ package main
 
 // The JSON of a request log record, appended by hand. Every record is
 // encoded once per sink (the store, REQUEST_LOG) and once per API answer;
-// encoding/json spent about 3.5 µs and 17 allocations on each (its
-// reflection and the fields' MarshalJSON methods), a few per cent of a
-// small request's CPU. appendJSON writes the same bytes as encoding/json
+// encoding/json's reflection and the fields' MarshalJSON methods cost a
+// measurable share of a small request's CPU (docs/performance.md, "The
+// request log"). appendJSON writes the same bytes as encoding/json
 // would for the record's tags and types (FuzzLogRecordJSON checks it
 // against encoding/json on every input) in a fraction of that, into a
 // buffer the caller reuses. Decoding stays encoding/json's.

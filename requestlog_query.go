@@ -99,10 +99,9 @@ func (b logBounds) limits() (keep, scan int) {
 
 // encodeStoredLogRecord returns the JSON a store keeps for r: every field
 // of SPEC §12 but the id, which the store keeps as the record's key
-// (bbolt) or replaces by its own (the Redis stream's entry id). The
-// embedded ID field, zero and omitzero, shadows the record's.
-func encodeStoredLogRecord(r *logRecord) ([]byte, error) {
-	return r.appendJSON(make([]byte, 0, 448), false), nil
+// (bbolt) or replaces by its own (the Redis stream's entry id).
+func encodeStoredLogRecord(r *logRecord) []byte {
+	return r.appendJSON(make([]byte, 0, 448), false)
 }
 
 // decodeStoredLogRecord reads a value of encodeStoredLogRecord as the

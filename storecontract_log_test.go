@@ -429,7 +429,7 @@ func testLogAgeTrim(t *testing.T, s logStore) {
 		// may share old and new entries and stay.
 		stream := s.key(redisRequestLogKey)
 		old := now.Add(-8 * 24 * time.Hour).UnixMilli()
-		rec, _ := encodeStoredLogRecord(&logRecord{Target: noIndex})
+		rec := encodeStoredLogRecord(&logRecord{Target: noIndex})
 		pipe := s.client.Pipeline()
 		for i := range 300 {
 			pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, ID: strconv.FormatInt(old, 10) + "-" + strconv.Itoa(i), Values: []any{"r", rec}})

@@ -890,7 +890,7 @@
   window.addEventListener('languagechange', () => formatters.clear());
   // id names opts when the caller has a fixed name for them: the number
   // formatters, called thousands of times a render, then skip
-  // JSON.stringify (a third of a large first render, measured).
+  // JSON.stringify of their options on every call.
   function cached(kind, opts, id) {
     const key = lang + '|' + kind + '|' + (id || JSON.stringify(opts));
     let f = formatters.get(key);
