@@ -662,6 +662,7 @@ func (pr *proxyRequest) modifyResponse(res *http.Response) error {
 	// flushInterval); every other body, an NDJSON stream sent with a
 	// Content-Length included, is flushed per write here.
 	pr.w.flushEach = res.ContentLength >= 0 && !isSSE(h["Content-Type"])
+	pr.w.bodyAtHand = res.ContentLength == 0 || pr.up != nil && pr.up.bodyAtHand()
 	// A 101's body is the upgraded connection: ReverseProxy needs it to
 	// stay an io.ReadWriteCloser to tunnel a WebSocket, so it is not wrapped.
 	if res.Body != nil && res.Body != http.NoBody && res.StatusCode != http.StatusSwitchingProtocols {

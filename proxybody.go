@@ -18,12 +18,20 @@ import (
 // proxyWriter is the ResponseWriter handed to ReverseProxy. For bodies of
 // known length it flushes after every write (each chunk reaches the client
 // as it is read) and sends the headers with the first chunk, or after
-// headerFlushDelay if the body is slow to come.
+// headerFlushDelay if the body is slow to come. When the body's first
+// bytes are known to be in already (bodyAtHand), no timer is armed: the
+// first write follows the headers without waiting for the upstream.
 type proxyWriter struct {
 	pr        *proxyRequest
 	rw        http.ResponseWriter // net/http's own
 	flushEach bool
-	timer     *time.Timer
+	// bodyAtHand is set by modifyResponse when the body's first bytes came
+	// with the head (upConn stashed them) or there is no body to wait for.
+	// A timer per response otherwise costs more than anything else a small
+	// request does while the process is not saturated: arming one due in
+	// 2 ms wakes a thread sleeping in the network poller (docs/performance.md).
+	bodyAtHand bool
+	timer      *time.Timer
 	// bodyStarted is set by the first Write or Flush; only the handler's
 	// goroutine touches it.
 	bodyStarted bool
@@ -36,7 +44,7 @@ type proxyWriter struct {
 }
 
 func (w *proxyWriter) reset(rw http.ResponseWriter) {
-	w.rw, w.flushEach, w.bodyStarted, w.interimSent = rw, false, false, false
+	w.rw, w.flushEach, w.bodyAtHand, w.bodyStarted, w.interimSent = rw, false, false, false, false
 	w.headerPending.Store(false)
 }
 
@@ -70,7 +78,7 @@ func (w *proxyWriter) WriteHeader(code int) {
 	if w.pr.rec.TTFB == 0 {
 		w.pr.rec.TTFB = time.Since(w.pr.rec.Start)
 	}
-	if w.flushEach {
+	if w.flushEach && !w.bodyAtHand {
 		w.headerPending.Store(true)
 		w.timer.Reset(headerFlushDelay)
 	}

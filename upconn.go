@@ -104,6 +104,14 @@ func (c *upConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// bodyAtHand reports whether the bytes that followed the response head
+// just read came with it (stashed), so that reading the body's first bytes
+// will not wait for the upstream. Called by the goroutine the response was
+// passed to, before it reads the body.
+func (c *upConn) bodyAtHand() bool {
+	return c.captured && len(c.stash) > 0
+}
+
 // cut returns how many of b, the bytes a read is about to return, to
 // return now: up to the end of the response head while c is armed, all
 // of them otherwise.

@@ -128,6 +128,8 @@ func FuzzChunkParser(f *testing.F) {
 // TestUpConnHeadCapture: an armed upConn returns a response head alone,
 // informational heads before it included, and keeps the body bytes that
 // came with it for the next read; net/http reads the response as usual.
+// bodyAtHand tells whether body bytes came with the head (the proxy then
+// arms no header flush timer).
 func TestUpConnHeadCapture(t *testing.T) {
 	const body = "5\r\nhello\r\n"
 	final := "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -136,13 +138,15 @@ func TestUpConnHeadCapture(t *testing.T) {
 		wire   string
 		splits []int // where the upstream's writes end
 		status int
+		atHand bool // body bytes came in the write that ended the head
 	}{
-		{"one write", "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + final + body, nil, 200},
-		{"split heads", "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + final + body, []int{20, 61}, 200},
-		{"status line split before its code", "HTTP/1.1 100 Continue\r\n\r\n" + final + body, []int{10, 30}, 200},
-		{"body split", final + body, []int{len(final) + 3}, 200},
-		{"LF-only lines", "HTTP/1.1 200 OK\nContent-Type: text/event-stream\nTransfer-Encoding: chunked\n\n" + body, nil, 200},
-		{"101 is final", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n" + body, nil, 101},
+		{"one write", "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + final + body, nil, 200, true},
+		{"split heads", "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + final + body, []int{20, 61}, 200, true},
+		{"status line split before its code", "HTTP/1.1 100 Continue\r\n\r\n" + final + body, []int{10, 30}, 200, true},
+		{"body split", final + body, []int{len(final) + 3}, 200, true},
+		{"body after the head", final + body, []int{len(final)}, 200, false},
+		{"LF-only lines", "HTTP/1.1 200 OK\nContent-Type: text/event-stream\nTransfer-Encoding: chunked\n\n" + body, nil, 200, true},
+		{"101 is final", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n" + body, nil, 101, true},
 	} {
 		for _, armed := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/armed=%v", tt.name, armed), func(t *testing.T) {
@@ -180,6 +184,9 @@ func TestUpConnHeadCapture(t *testing.T) {
 				}
 				if !c.captured || br.Buffered() != 0 || c.armed.Load() {
 					t.Fatalf("captured %v, armed %v, %d body bytes in the reader; want the head alone", c.captured, c.armed.Load(), br.Buffered())
+				}
+				if got := c.bodyAtHand(); got != tt.atHand {
+					t.Errorf("bodyAtHand = %v, want %v", got, tt.atHand)
 				}
 				got := make([]byte, len(body))
 				if _, err := io.ReadFull(c, got); err != nil || string(got) != body {
