@@ -778,6 +778,7 @@
   function setLang(next) {
     if (!STRINGS[next] || next === lang) return;
     lang = next;
+    byId = Object.create(null); // the named formatters were of the other language
     save('localStorage', LANG_KEY, next);
     root.lang = next === 'zh' ? 'zh-CN' : 'en';
     applyI18n(document);
@@ -793,7 +794,10 @@
   function el(tag, props, ...children) {
     const n = document.createElement(tag);
     if (props) {
-      for (const [k, v] of Object.entries(props)) {
+      // for…in, not Object.entries: no array per call (a large render
+      // makes thousands of elements).
+      for (const k in props) {
+        const v = props[k];
         if (v === undefined || v === null) continue;
         if (k === 'dataset') Object.assign(n.dataset, v);
         else if (k.startsWith('aria-') || k === 'role' || k === 'for') n.setAttribute(k, v);
@@ -846,6 +850,11 @@
   // is set, else literal text (a prefix).
   function copyButton(getText, what, whatKey) {
     const b = el('button', { type: 'button', className: 'copy', dataset: whatKey ? { whatKey: what } : { what } });
+    return wireCopy(b, getText);
+  }
+  // wireCopy makes b, a button.copy whose data-what or data-what-key is
+  // set (one cloned from a prototype row, say), a Copy button for getText().
+  function wireCopy(b, getText) {
     labelCopy(b);
     let timer = 0;
     b.addEventListener('click', async () => {
@@ -887,11 +896,19 @@
   // a few thousand numbers), so each one is made once per language, and
   // again when the browser's languages change.
   const formatters = new Map();
-  window.addEventListener('languagechange', () => formatters.clear());
+  // byId: the formatters callers name (id), of the current language, read
+  // without building a key string: a large render formats thousands of
+  // numbers.
+  let byId = Object.create(null);
+  window.addEventListener('languagechange', () => { formatters.clear(); byId = Object.create(null); });
   // id names opts when the caller has a fixed name for them: the number
   // formatters, called thousands of times a render, then skip
   // JSON.stringify of their options on every call.
   function cached(kind, opts, id) {
+    if (id !== undefined) {
+      const f = byId[id];
+      if (f !== undefined) return f;
+    }
     const key = lang + '|' + kind + '|' + (id || JSON.stringify(opts));
     let f = formatters.get(key);
     if (!f) {
@@ -903,11 +920,14 @@
       }
       formatters.set(key, f);
     }
+    if (id !== undefined) byId[id] = f;
     return f;
   }
   function num(v) { const n = Number(v); return Number.isFinite(n) ? n : 0; }
   const INT_OPTS = { maximumFractionDigits: 0 };
   const COMPACT_OPTS = { notation: 'compact', maximumFractionDigits: 1 };
+  const TIME_OPTS = { hour: '2-digit', minute: '2-digit', second: '2-digit' };
+  const DATETIME_OPTS = { dateStyle: 'medium', timeStyle: 'medium' };
   const DEC_OPTS = [0, 1, 2, 3].map((d) => ({ minimumFractionDigits: d, maximumFractionDigits: d }));
   const fmt = {
     int: (v) => cached('num', INT_OPTS, 'int').format(num(v)),
@@ -915,7 +935,8 @@
       const n = num(v);
       return Math.abs(n) < 10000 ? fmt.int(n) : cached('num', COMPACT_OPTS, 'compact').format(n);
     },
-    dec: (v, d) => cached('num', DEC_OPTS[d] || { minimumFractionDigits: d, maximumFractionDigits: d }, 'dec' + d).format(num(v)),
+    // No fraction digits is what int shows: one formatter for both.
+    dec: (v, d) => (d === 0 ? fmt.int(v) : cached('num', DEC_OPTS[d] || { minimumFractionDigits: d, maximumFractionDigits: d }, 'dec' + d).format(num(v))),
     ms: (v) => {
       const n = num(v);
       if (n >= 1000) return fmt.dec(n / 1000, n >= 10000 ? 1 : 2) + ' s';
@@ -943,14 +964,16 @@
       if (s < 86400) return t('ago.h', { n: Math.floor(s / 3600) });
       return t('ago.d', { n: Math.floor(s / 86400) });
     },
-    // date formats a Date with Intl.DateTimeFormat options.
-    date: (d, opts) => cached('date', opts).format(d),
-    time: (ms) => fmt.date(new Date(ms), { hour: '2-digit', minute: '2-digit', second: '2-digit' }),
-    dateTime: (unix) => fmt.date(new Date(num(unix) * 1000), { dateStyle: 'medium', timeStyle: 'medium' }),
+    // date formats a Date with Intl.DateTimeFormat options; id, when the
+    // caller gives one, names opts (as for the numbers: no JSON of them per
+    // call).
+    date: (d, opts, id) => cached('date', opts, id === undefined ? undefined : 'date.' + id).format(d),
+    time: (ms) => fmt.date(new Date(ms), TIME_OPTS, 'time'),
+    dateTime: (unix) => fmt.date(new Date(num(unix) * 1000), DATETIME_OPTS, 'dateTime'),
   };
 
   window.ui = {
-    t, el, setText, announce, copyText, copyButton, fmt, num,
+    t, el, setText, announce, copyText, copyButton, wireCopy, fmt, num,
     get lang() { return lang; },
     onLangChange(fn) { listeners.push(fn); },
     session: { get: (k) => load('sessionStorage', k), set: (k, v) => save('sessionStorage', k, v) },
