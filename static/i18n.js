@@ -756,12 +756,27 @@
 
   const listeners = [];
 
+  // templates: each string with {vars}, split once into its literal parts
+  // (even indexes) and the names between them (odd indexes), so that a
+  // large render (a few hundred "{n} s ago") runs no regular expression
+  // per call.
+  const templates = new Map();
   function t(key, vars) {
     let s = STRINGS[lang][key];
     if (s === undefined) s = STRINGS.en[key];
     if (s === undefined) return key;
-    if (vars) s = s.replace(/\{(\w+)\}/g, (m, k) => (k in vars ? String(vars[k]) : m));
-    return s;
+    if (!vars) return s;
+    let parts = templates.get(s);
+    if (parts === undefined) {
+      parts = s.split(/\{(\w+)\}/);
+      templates.set(s, parts);
+    }
+    let out = parts[0];
+    for (let i = 1; i < parts.length; i += 2) {
+      const k = parts[i];
+      out += (k in vars ? String(vars[k]) : '{' + k + '}') + parts[i + 1];
+    }
+    return out;
   }
 
   function applyI18n(scope) {
@@ -870,7 +885,7 @@
     return b;
   }
   function labelCopy(b) {
-    b.textContent = t('copy');
+    setText(b, t('copy'));
     b.setAttribute('aria-label', t('copy.label', { what: b.dataset.whatKey ? t(b.dataset.whatKey) : b.dataset.what }));
   }
 
@@ -929,8 +944,25 @@
   const TIME_OPTS = { hour: '2-digit', minute: '2-digit', second: '2-digit' };
   const DATETIME_OPTS = { dateStyle: 'medium', timeStyle: 'medium' };
   const DEC_OPTS = [0, 1, 2, 3].map((d) => ({ minimumFractionDigits: d, maximumFractionDigits: d }));
+  // plainInts is whether the int formatter writes a whole number from 0
+  // to 999 as its ASCII digits alone (every digit is tried: Arabic-Indic or
+  // Devanagari digits fail), as String does: a table's counts are mostly
+  // such, and String is many times faster than format. Grouping starts at
+  // 1000 in every locale, so larger ones always go to the formatter.
+  let plainInts = null; // null: not known yet for this formatter
+  let plainFor = null;  // the formatter plainInts is of
+  function intOf(n) {
+    const f = cached('num', INT_OPTS, 'int');
+    if (plainFor !== f) {
+      plainFor = f;
+      plainInts = f.format(987) === '987' && f.format(654) === '654' && f.format(321) === '321' && f.format(0) === '0';
+    }
+    // Not -0, which format writes "-0".
+    if (plainInts && Number.isInteger(n) && n < 1000 && (n > 0 || Object.is(n, 0))) return String(n);
+    return f.format(n);
+  }
   const fmt = {
-    int: (v) => cached('num', INT_OPTS, 'int').format(num(v)),
+    int: (v) => intOf(num(v)),
     compact: (v) => {
       const n = num(v);
       return Math.abs(n) < 10000 ? fmt.int(n) : cached('num', COMPACT_OPTS, 'compact').format(n);
