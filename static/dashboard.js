@@ -601,25 +601,36 @@
     const tr = proto.cloneNode(true);
     tr.dataset.prefix = prefix;
     const cells = tr.cells;
-    const c = { endpoint: cells[0], url: cells[1] };
-    const names = c.endpoint.firstChild;
+    const names = cells[0].firstChild;
     names.firstChild.textContent = prefix;
-    c.target = names.lastChild;
-    const urlcell = c.url.firstChild;
-    c.urlText = urlcell.firstChild;
+    const urlcell = cells[1].firstChild;
     const copy = urlcell.lastChild;
     copy.dataset.what = prefix;
     ui.wireCopy(copy, () => proxyURL(prefix));
-    TWO_LINE.forEach((k, i) => {
-      const td = cells[2 + i];
-      c[k] = td;
-      c[k + 'Main'] = td.firstChild.firstChild;
-      c[k + 'Sub'] = td.firstChild.lastChild;
-    });
-    // The row of the targets (newTargetsRow), made when an endpoint first
-    // has several.
+    const total = cells[2];
+    const errors = cells[3];
+    const latency = cells[4];
+    const ttfb = cells[5];
+    const tokens = cells[6];
+    // Every field named here, in one literal: an object that gets its
+    // fields one by one under computed names ends up a slower dictionary.
+    // tgts and tgtTd are of the row of the targets (newTargetsRow), made
+    // when an endpoint first has several.
+    const c = {
+      endpoint: cells[0], target: names.lastChild, url: cells[1], urlText: urlcell.firstChild,
+      total, totalMain: figMain(total), totalSub: figSub(total),
+      errors, errorsMain: figMain(errors), errorsSub: figSub(errors),
+      latency, latencyMain: figMain(latency), latencySub: figSub(latency),
+      ttfb, ttfbMain: figMain(ttfb), ttfbSub: figSub(ttfb),
+      tokens, tokensMain: figMain(tokens), tokensSub: figSub(tokens),
+      tgts: null, tgtTd: null,
+    };
     return { tr, sub: null, c, multi: false, tgtKey: '', prefix };
   }
+
+  // figMain and figSub are the figure and the muted line of a twoLine cell.
+  function figMain(td) { return td.firstChild.firstChild; }
+  function figSub(td) { return td.firstChild.lastChild; }
 
   // newTargetsRow gives r its row of the targets, in the table only while
   // there are several.
@@ -816,13 +827,15 @@
     const tr = proto.cloneNode(true);
     tr.dataset.key = id;
     const cells = tr.cells;
-    const c = { key: cells[0], total: cells[1], errors: cells[2], tokens: cells[3], last: cells[4] };
-    c.name = c.key.firstChild.firstChild;
-    c.key.firstChild.lastChild.textContent = id;
-    for (const k of ['errors', 'tokens']) {
-      c[k + 'Main'] = c[k].firstChild.firstChild;
-      c[k + 'Sub'] = c[k].firstChild.lastChild;
-    }
+    const names = cells[0].firstChild;
+    names.lastChild.textContent = id;
+    const errors = cells[2];
+    const tokens = cells[3];
+    const c = {
+      key: cells[0], name: names.firstChild, total: cells[1], last: cells[4],
+      errors, errorsMain: figMain(errors), errorsSub: figSub(errors),
+      tokens, tokensMain: figMain(tokens), tokensSub: figSub(tokens),
+    };
     return { tr, c };
   }
 
@@ -929,8 +942,11 @@
     });
     const tr = proto.cloneNode(true);
     tr.dataset.model = name;
-    const c = {};
-    MODEL_COLS.forEach(([k], i) => { c[k] = tr.cells[i]; });
+    const x = tr.cells;
+    // The cells in MODEL_COLS' order; epsKey is what setEndpoints showed.
+    const c = {
+      model: x[0], count: x[1], share: x[2], prompt: x[3], completion: x[4], cache: x[5], total: x[6], eps: x[7], epsKey: '',
+    };
     c.model.textContent = name;
     return { tr, c };
   }
