@@ -262,12 +262,21 @@
     return best;
   }
 
+  // cardOf is the figure of card k (data-k in the page), looked up once: an
+  // attribute selector walks the document, which a refresh finds large.
+  const cards = new Map();
+  function cardOf(k) {
+    let n = cards.get(k);
+    if (n === undefined) cards.set(k, n = document.querySelector('[data-k="' + k + '"]'));
+    return n;
+  }
+
   function renderCards(d) {
     const perf = d.performance || {};
     const tokens = d.tokens || {};
     const endpoints = d.endpoints || {};
     const card = (k, value, title) => {
-      const n = document.querySelector('[data-k="' + k + '"]');
+      const n = cardOf(k);
       if (!n) return;
       setText(n, value);
       if (title !== undefined && n.title !== title) n.title = title;
