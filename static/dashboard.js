@@ -262,12 +262,21 @@
     return best;
   }
 
+  // cardOf is the figure of card k (data-k in the page), looked up once: an
+  // attribute selector walks the document, which a refresh finds large.
+  const cards = new Map();
+  function cardOf(k) {
+    let n = cards.get(k);
+    if (n === undefined) cards.set(k, n = document.querySelector('[data-k="' + k + '"]'));
+    return n;
+  }
+
   function renderCards(d) {
     const perf = d.performance || {};
     const tokens = d.tokens || {};
     const endpoints = d.endpoints || {};
     const card = (k, value, title) => {
-      const n = document.querySelector('[data-k="' + k + '"]');
+      const n = cardOf(k);
       if (!n) return;
       setText(n, value);
       if (title !== undefined && n.title !== title) n.title = title;
@@ -322,9 +331,23 @@
 
   function svg(tag, attrs, text) {
     const n = document.createElementNS(SVG_NS, tag);
-    for (const [k, v] of Object.entries(attrs || {})) n.setAttribute(k, String(v));
+    for (const k in attrs) n.setAttribute(k, String(attrs[k]));
     if (text !== undefined) n.textContent = text;
     return n;
+  }
+
+  // A chart has a few hundred rects: each is a clone of a prototype that
+  // has its class and the attributes all of its kind share, and gets the
+  // rest with setAttribute, with no object of attributes each.
+  function rect(root, proto, i, x, y, h) {
+    const n = proto.cloneNode(false);
+    n.setAttribute('x', x);
+    if (y !== undefined) {
+      n.setAttribute('y', y);
+      n.setAttribute('height', h);
+    }
+    n.setAttribute('data-i', i);
+    root.appendChild(n);
   }
 
   function niceMax(v) {
@@ -334,13 +357,19 @@
     return 10 * p;
   }
 
+  // The Intl options of the charts' dates, named for fmt.date's cache.
+  const HOUR = { hour: '2-digit', minute: '2-digit' };
+  const DAY_SHORT = { month: 'short', day: 'numeric' };
+  const DAY_LONG = { weekday: 'short', month: 'short', day: 'numeric' };
+  const DAY_AXIS = { month: 'numeric', day: 'numeric' };
+
   function bucketLabel(kind, unix, long) {
     const dt = new Date(num(unix) * 1000);
     if (kind === 'hourly') {
-      const h = fmt.date(dt, { hour: '2-digit', minute: '2-digit' });
-      return long ? fmt.date(dt, { month: 'short', day: 'numeric' }) + ' ' + h : h;
+      const h = fmt.date(dt, HOUR, 'hour');
+      return long ? fmt.date(dt, DAY_SHORT, 'dayShort') + ' ' + h : h;
     }
-    return fmt.date(dt, long ? { weekday: 'short', month: 'short', day: 'numeric' } : { month: 'numeric', day: 'numeric' });
+    return long ? fmt.date(dt, DAY_LONG, 'dayLong') : fmt.date(dt, DAY_AXIS, 'dayAxis');
   }
 
   // CHARTS: what each chart draws from a point. stack: bars of the fields
@@ -392,7 +421,7 @@
     const size = boxSizes.get(box) || { w: box.clientWidth, h: box.clientHeight };
     const W = Math.max(240, Math.round(size.w || 600));
     const H = Math.max(120, Math.round(size.h || 180));
-    const key = [W, H, ui.lang, kind, JSON.stringify(points)].join('|');
+    const key = W + '|' + H + '|' + ui.lang + '|' + kind + '|' + JSON.stringify(points);
     if (chartKeys[id] === key) return;
     chartKeys[id] = key;
 
@@ -424,38 +453,51 @@
     const yOf = (v) => base - (Math.max(0, v) / yMax) * ph;
     if (n > 0) {
       const bw = Math.max(1, Math.min(band * 0.72, 28));
+      const bwText = bw.toFixed(1);
+      const bandText = band.toFixed(1);
       const labelEvery = Math.max(1, Math.ceil(n / Math.max(2, Math.floor(pw / 56))));
+      // A hit rect's y and height, a bar's width, are those of all.
+      const hitProto = svg('rect', { class: 'hit', y: pad.t, width: bandText, height: ph });
+      const barProtos = spec.series.map(([, cls]) => svg('rect', { class: 'bar ' + cls, width: bwText }));
       // Line charts: one list of runs per field, split where a point has no value.
       const lines = spec.kind === 'line' ? ks.map(() => [[]]) : null;
-      points.forEach((p, i) => {
-        root.append(svg('rect', { class: 'hit', x: (pad.l + i * band).toFixed(1), y: pad.t, width: band.toFixed(1), height: ph, 'data-i': i }));
+      for (let i = 0; i < n; i++) {
+        const p = points[i];
+        rect(root, hitProto, i, (pad.l + i * band).toFixed(1));
         if (lines) {
-          ks.forEach((k, j) => {
+          for (let j = 0; j < ks.length; j++) {
             const runs = lines[j];
-            if (num(p[k]) > 0) runs[runs.length - 1].push(xOf(i).toFixed(1) + ',' + yOf(num(p[k])).toFixed(1));
+            const v = num(p[ks[j]]);
+            if (v > 0) runs[runs.length - 1].push(xOf(i).toFixed(1) + ',' + yOf(v).toFixed(1));
             else if (runs[runs.length - 1].length) runs.push([]);
-          });
+          }
         } else {
           let y = base;
-          spec.series.forEach(([k, cls]) => {
-            let h = (Math.max(0, num(p[k])) / yMax) * ph;
-            if (num(p[k]) > 0 && h < 1.5) h = 1.5; // a lone request stays visible next to a tall bar
-            if (h <= 0) return;
+          const x = (xOf(i) - bw / 2).toFixed(1);
+          for (let j = 0; j < ks.length; j++) {
+            const v = num(p[ks[j]]);
+            let h = (Math.max(0, v) / yMax) * ph;
+            if (v > 0 && h < 1.5) h = 1.5; // a lone request stays visible next to a tall bar
+            if (h <= 0) continue;
             y -= h;
-            root.append(svg('rect', { class: 'bar ' + cls, x: (xOf(i) - bw / 2).toFixed(1), y: y.toFixed(1), width: bw.toFixed(1), height: h.toFixed(1), 'data-i': i }));
-          });
+            rect(root, barProtos[j], i, x, y.toFixed(1), h.toFixed(1));
+          }
         }
         if ((n - 1 - i) % labelEvery === 0) {
           root.append(svg('text', { class: 'axis', x: xOf(i).toFixed(1), y: H - 6, 'text-anchor': 'middle' }, bucketLabel(kind, p.t, false)));
         }
-      });
+      }
       if (lines) {
         spec.series.forEach(([, cls], j) => {
           for (const run of lines[j]) if (run.length > 1) root.append(svg('polyline', { class: 'line ' + cls, points: run.join(' ') }));
           if (n <= 31) {
-            points.forEach((p, i) => {
-              if (num(p[ks[j]]) > 0) root.append(svg('circle', { class: 'dot ' + cls, cx: xOf(i).toFixed(1), cy: yOf(num(p[ks[j]])).toFixed(1), r: 2.5 }));
-            });
+            // The points of a line: one path of circles (two arcs each).
+            let d = '';
+            for (let i = 0; i < n; i++) {
+              const v = num(points[i][ks[j]]);
+              if (v > 0) d += 'M' + (xOf(i) - 2.5).toFixed(1) + ' ' + yOf(v).toFixed(1) + 'a2.5 2.5 0 1 0 5 0a2.5 2.5 0 1 0 -5 0';
+            }
+            if (d) root.append(svg('path', { class: 'dot ' + cls, d }));
           }
         });
       }
@@ -541,29 +583,80 @@
   // Cells with a main figure and a muted line under it.
   const TWO_LINE = ['total', 'errors', 'latency', 'ttfb', 'tokens'];
 
+  // Rows are clones of a prototype row made once per language (its cells
+  // carry their data-label): one native cloneNode costs much less than a
+  // dozen elements made and appended one by one, and a large first render
+  // makes a few hundred rows. relabel drops the prototypes.
+  const protos = {};
+  function protoOf(name, make) {
+    return protos[name] || (protos[name] = make());
+  }
+
+  // twoLine is a figure cell: a main figure and a muted line under it.
+  function twoLine(label) {
+    return el('td', { className: 'num', dataset: { label: t(label) } }, el('div', {}, el('span'), el('span', { className: 'sub' })));
+  }
+
   function newRow(prefix) {
-    const c = {};
-    const tr = el('tr', { dataset: { prefix } });
-    c.target = el('span', { className: 'target mono' });
-    c.endpoint = el('td', { className: 'endpoint' }, el('div', {}, el('span', { className: 'prefix mono' }, prefix), c.target));
-    c.urlText = el('span', { className: 'url mono' });
-    c.url = el('td', { className: 'url-td' }, el('div', { className: 'urlcell' }, c.urlText, ui.copyButton(() => proxyURL(prefix), prefix)));
-    for (const k of TWO_LINE) {
-      c[k + 'Main'] = el('span');
-      c[k + 'Sub'] = el('span', { className: 'sub' });
-      c[k] = el('td', { className: 'num' }, el('div', {}, c[k + 'Main'], c[k + 'Sub']));
-    }
-    for (const [k] of COLS) tr.append(c[k]);
-    // The row of the targets, in the table only while there are several.
+    const proto = protoOf('ep', () => {
+      const tr = el('tr', {},
+        el('td', { className: 'endpoint', dataset: { label: t('ep.endpoint') } },
+          el('div', {}, el('span', { className: 'prefix mono' }), el('span', { className: 'target mono' }))),
+        el('td', { className: 'url-td', dataset: { label: t('ep.url') } },
+          el('div', { className: 'urlcell' }, el('span', { className: 'url mono' }), el('button', { type: 'button', className: 'copy' }))));
+      for (const [k, key] of COLS) if (TWO_LINE.includes(k)) tr.append(twoLine(key));
+      return tr;
+    });
+    const tr = proto.cloneNode(true);
+    tr.dataset.prefix = prefix;
+    const cells = tr.cells;
+    const names = cells[0].firstChild;
+    names.firstChild.textContent = prefix;
+    const urlcell = cells[1].firstChild;
+    const copy = urlcell.lastChild;
+    copy.dataset.what = prefix;
+    ui.wireCopy(copy, () => proxyURL(prefix));
+    const total = cells[2];
+    const errors = cells[3];
+    const latency = cells[4];
+    const ttfb = cells[5];
+    const tokens = cells[6];
+    // Every field named here, in one literal: an object that gets its
+    // fields one by one under computed names ends up a slower dictionary.
+    // tgts and tgtTd are of the row of the targets (newTargetsRow), made
+    // when an endpoint first has several.
+    const c = {
+      endpoint: cells[0], target: names.lastChild, url: cells[1], urlText: urlcell.firstChild,
+      total, totalMain: figMain(total), totalSub: figSub(total),
+      errors, errorsMain: figMain(errors), errorsSub: figSub(errors),
+      latency, latencyMain: figMain(latency), latencySub: figSub(latency),
+      ttfb, ttfbMain: figMain(ttfb), ttfbSub: figSub(ttfb),
+      tokens, tokensMain: figMain(tokens), tokensSub: figSub(tokens),
+      tgts: null, tgtTd: null,
+    };
+    return { tr, sub: null, c, multi: false, tgtKey: '', prefix };
+  }
+
+  // figMain and figSub are the figure and the muted line of a twoLine cell.
+  function figMain(td) { return td.firstChild.firstChild; }
+  function figSub(td) { return td.firstChild.lastChild; }
+
+  // newTargetsRow gives r its row of the targets, in the table only while
+  // there are several.
+  function newTargetsRow(r) {
+    const c = r.c;
     c.tgts = el('div', { className: 'tgt-stats', role: 'table' });
     c.tgtTd = el('td', { className: 'tgt-td', colSpan: COLS.length }, c.tgts);
-    const sub = el('tr', { className: 'targets-row', dataset: { targetsOf: prefix } }, c.tgtTd);
-    labelRow(c, prefix);
-    return { tr, sub, c, multi: false, tgtKey: '' };
+    r.sub = el('tr', { className: 'targets-row', dataset: { targetsOf: r.prefix } }, c.tgtTd);
+    labelTargets(c, r.prefix);
   }
 
   function labelRow(c, prefix) {
     for (const [k, key] of COLS) c[k].dataset.label = t(key);
+    if (c.tgtTd) labelTargets(c, prefix);
+  }
+
+  function labelTargets(c, prefix) {
     c.tgtTd.dataset.label = t('tg.label');
     c.tgts.setAttribute('aria-label', t('tg.title', { prefix }));
   }
@@ -614,7 +707,10 @@
     const list = Array.isArray(e.targets) ? e.targets.filter((x) => x && typeof x === 'object') : [];
     r.multi = list.length > 1;
     r.tr.classList.toggle('has-targets', r.multi);
-    if (r.multi) renderTargets(r, list, Date.now() / 1000);
+    if (r.multi) {
+      if (!r.sub) newTargetsRow(r);
+      renderTargets(r, list, Date.now() / 1000);
+    }
     const count = num(e.count);
     const errs = num(e.error_count);
     const lat = e.latency_ms || {};
@@ -637,11 +733,15 @@
     setText(c.ttfbMain, count > 0 && num(ttfb.p50) > 0 ? fmt.ms(ttfb.p50) : '–');
     setText(c.ttfbSub, count > 0 && num(ttfb.p95) > 0 ? 'p95 ' + fmt.ms(ttfb.p95) : '');
     setText(c.tokensMain, fmt.compact(tok.total));
-    const models = Object.entries(e.models || {}).sort((a, b) => num(b[1].count) - num(a[1].count));
-    setText(c.tokensSub, models.length ? models[0][0] + (models.length > 1 ? ' +' + (models.length - 1) : '') : '');
+    // The models by name, the busiest first (no [name, figures] pair each:
+    // 50 endpoints of 50 models would make 2,500).
+    const ms = e.models || {};
+    const models = Object.keys(ms).sort((a, b) => num(ms[b].count) - num(ms[a].count));
+    setText(c.tokensSub, models.length ? models[0] + (models.length > 1 ? ' +' + (models.length - 1) : '') : '');
     let title = fmt.int(tok.total) + ' · ' + t('ep.tokensTitle', { p: fmt.int(tok.prompt), c: fmt.int(tok.completion) });
     if (models.length) {
-      title += '\n' + t('ep.models') + ': ' + models.map(([m, v]) => m + ' (' + fmt.int(v.count) + ')').join(', ');
+      title += '\n' + t('ep.models') + ': ';
+      for (let i = 0; i < models.length; i++) title += (i ? ', ' : '') + models[i] + ' (' + fmt.int(ms[models[i]].count) + ')';
     }
     setTitle(c.tokens, title);
   }
@@ -676,13 +776,15 @@
       .sort((a, b) => num(b[1].count) - num(a[1].count) || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     // Idle endpoints (the sort put them last) fold into one row, two or
     // more of them, unless a filter is looking for them.
-    const idle = q ? [] : shown.filter(([, e]) => isIdle(e));
+    const idle = q ? [] : shown.filter((x) => isIdle(x[1]));
     const fold = idle.length >= 2;
     const firstIdle = fold ? shown.length - idle.length : shown.length;
     const body = $('ep-body');
     const want = [];
     const seen = new Set();
-    shown.forEach(([prefix, e], i) => {
+    shown.forEach((x, i) => {
+      const prefix = x[0];
+      const e = x[1];
       let r = rows.get(prefix);
       if (!r) {
         r = newRow(prefix);
@@ -725,18 +827,24 @@
   ];
 
   function newKeyRow(id) {
-    const c = {};
-    const tr = el('tr', { dataset: { key: id } });
-    c.name = el('span', { className: 'key-name' });
-    c.key = el('td', { className: 'key-td' }, el('div', {}, c.name, el('span', { className: 'key-id mono' }, id)));
-    for (const k of ['total', 'last']) c[k] = el('td', { className: 'num' });
-    for (const k of ['errors', 'tokens']) {
-      c[k + 'Main'] = el('span');
-      c[k + 'Sub'] = el('span', { className: 'sub' });
-      c[k] = el('td', { className: 'num' }, el('div', {}, c[k + 'Main'], c[k + 'Sub']));
-    }
-    for (const [k] of KEY_COLS) tr.append(c[k]);
-    labelKeyRow(c);
+    const proto = protoOf('key', () => el('tr', {},
+      el('td', { className: 'key-td', dataset: { label: t('ks.key') } },
+        el('div', {}, el('span', { className: 'key-name' }), el('span', { className: 'key-id mono' }))),
+      el('td', { className: 'num', dataset: { label: t('ep.requests') } }),
+      twoLine('ep.errors'), twoLine('ep.tokens'),
+      el('td', { className: 'num', dataset: { label: t('ks.last') } })));
+    const tr = proto.cloneNode(true);
+    tr.dataset.key = id;
+    const cells = tr.cells;
+    const names = cells[0].firstChild;
+    names.lastChild.textContent = id;
+    const errors = cells[2];
+    const tokens = cells[3];
+    const c = {
+      key: cells[0], name: names.firstChild, total: cells[1], last: cells[4],
+      errors, errorsMain: figMain(errors), errorsSub: figSub(errors),
+      tokens, tokensMain: figMain(tokens), tokensSub: figSub(tokens),
+    };
     return { tr, c };
   }
 
@@ -765,13 +873,15 @@
 
   function renderKeys(keys) {
     const entries = Object.entries(keys)
-      .filter(([, k]) => k && typeof k === 'object')
+      .filter((x) => x[1] && typeof x[1] === 'object')
       .sort((a, b) => num(b[1].count) - num(a[1].count) || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     $('keys-panel').hidden = entries.length === 0;
     const body = $('ks-body');
     const want = [];
     const keep = new Set();
-    for (const [id, k] of entries) {
+    for (let i = 0; i < entries.length; i++) {
+      const id = entries[i][0];
+      const k = entries[i][1];
       let r = keyRows.get(id);
       if (!r) {
         r = newKeyRow(id);
@@ -781,12 +891,12 @@
       want.push(r.tr);
       keep.add(id);
     }
-    for (const [id, r] of keyRows) {
+    keyRows.forEach((r, id) => {
       if (!keep.has(id)) {
         r.tr.remove();
         keyRows.delete(id);
       }
-    }
+    });
     if (body.children.length !== want.length || want.some((n, i) => body.children[i] !== n)) {
       for (const n of want) body.append(n);
     }
@@ -802,13 +912,20 @@
     ['completion', 'md.completion'], ['cache', 'md.cache'], ['total', 'md.total'], ['eps', 'md.endpoints'],
   ];
 
+  const TOKEN_COLS = ['prompt', 'completion', 'cache', 'total'];
+
   // modelTotals adds up endpoints[*].models: model -> {count, prompt,
   // completion, cache, total, eps: [prefix…]}, the busiest first.
   function modelTotals(endpoints) {
     const m = new Map();
-    for (const [prefix, e] of Object.entries(endpoints)) {
+    // for…in, not Object.entries: 50 endpoints of 50 models are 2,500
+    // pairs, and no array need be made for each.
+    for (const prefix in endpoints) {
+      const e = endpoints[prefix];
       if (!e || !e.models || typeof e.models !== 'object') continue;
-      for (const [name, v] of Object.entries(e.models)) {
+      const models = e.models;
+      for (const name in models) {
+        const v = models[name];
         if (!v || typeof v !== 'object') continue;
         let a = m.get(name);
         if (!a) m.set(name, a = { count: 0, prompt: 0, completion: 0, cache: 0, total: 0, eps: [] });
@@ -824,13 +941,22 @@
   }
 
   function newModelRow(name) {
-    const c = {};
-    const tr = el('tr', { dataset: { model: name } });
-    c.model = el('td', { className: 'model-td mono' }, name);
-    for (const [k] of MODEL_COLS.slice(1, -1)) c[k] = el('td', { className: 'num' });
-    c.eps = el('td', { className: 'eps mono' });
-    for (const [k] of MODEL_COLS) tr.append(c[k]);
-    labelCells(c, MODEL_COLS);
+    const proto = protoOf('model', () => {
+      const tr = el('tr');
+      MODEL_COLS.forEach(([, key], i) => {
+        const className = i === 0 ? 'model-td mono' : i === MODEL_COLS.length - 1 ? 'eps mono' : 'num';
+        tr.append(el('td', { className, dataset: { label: t(key) } }));
+      });
+      return tr;
+    });
+    const tr = proto.cloneNode(true);
+    tr.dataset.model = name;
+    const x = tr.cells;
+    // The cells in MODEL_COLS' order; epsKey is what setEndpoints showed.
+    const c = {
+      model: x[0], count: x[1], share: x[2], prompt: x[3], completion: x[4], cache: x[5], total: x[6], eps: x[7], epsKey: '',
+    };
+    c.model.textContent = name;
     return { tr, c };
   }
 
@@ -851,36 +977,46 @@
       c.eps.replaceChildren(head);
       return;
     }
-    c.eps.replaceChildren(el('details', {},
-      el('summary', {}, head + ' ', el('span', { className: 'more' }, t('md.more', { n: fmt.int(list.length - EPS_SHOWN) }))),
-      el('span', { className: 'rest' }, list.slice(EPS_SHOWN).join(', '))));
+    const details = protoOf('more', () => el('details', {},
+      el('summary', {}, '', el('span', { className: 'more' })),
+      el('span', { className: 'rest' }))).cloneNode(true);
+    const summary = details.firstChild;
+    summary.firstChild.data = head + ' ';
+    summary.lastChild.textContent = t('md.more', { n: fmt.int(list.length - EPS_SHOWN) });
+    details.lastChild.textContent = list.slice(EPS_SHOWN).join(', ');
+    c.eps.replaceChildren(details);
   }
 
   function renderModels(endpoints) {
     const list = modelTotals(endpoints);
-    const all = Math.max(num(state.data && state.data.total), list.reduce((s, [, a]) => s + a.count, 0));
+    const all = Math.max(num(state.data && state.data.total), list.reduce((s, x) => s + x[1].count, 0));
     const want = [];
     const keep = new Set();
-    for (const [name, a] of list) {
+    // Index loops and x[0], not destructuring, in this file's hot loops:
+    // a first render runs them before the JIT has compiled them, and the
+    // interpreter destructures an array through its iterator.
+    for (let i = 0; i < list.length; i++) {
+      const name = list[i][0];
+      const a = list[i][1];
       let r = modelRows.get(name);
       if (!r) modelRows.set(name, r = newModelRow(name));
       const c = r.c;
       setText(c.count, fmt.int(a.count));
       setText(c.share, all > 0 ? fmt.dec((100 * a.count) / all, 1) + ' %' : '–');
-      for (const k of ['prompt', 'completion', 'cache', 'total']) {
+      for (const k of TOKEN_COLS) {
         setText(c[k], fmt.compact(a[k]));
         setTitle(c[k], fmt.int(a[k]));
       }
-      setEndpoints(c, a.eps.sort((x, y) => y[1] - x[1]).map(([p]) => p));
+      setEndpoints(c, a.eps.sort((x, y) => y[1] - x[1]).map((x) => x[0]));
       want.push(r.tr);
       keep.add(name);
     }
-    for (const [name, r] of modelRows) {
+    modelRows.forEach((r, name) => {
       if (!keep.has(name)) {
         r.tr.remove();
         modelRows.delete(name);
       }
-    }
+    });
     const body = $('md-body');
     if (body.children.length !== want.length || want.some((n, i) => body.children[i] !== n)) body.append(...want);
     $('md-empty').hidden = list.length !== 0;
@@ -891,6 +1027,8 @@
   // row links to the admin Requests view filtered to its prefix and
   // status. The panel hides when /stats has no recent_errors (no log).
   const ERR_COLS = [['time', 're.time'], ['prefix', 'ep.prefix'], ['status', 're.status'], ['code', 're.code'], ['model', 'md.model']];
+
+  const ERR_TIME = { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' };
 
   function errorTime(v) {
     const d = typeof v === 'number' ? new Date(v * 1000) : new Date(String(v));
@@ -911,17 +1049,28 @@
     const key = JSON.stringify([ui.lang, list]);
     if (key === errorsKey) return;
     errorsKey = key;
+    const proto = protoOf('err', () => {
+      const tr = el('tr');
+      for (const [k, key] of ERR_COLS) {
+        const className = k === 'time' ? 're-time' : k === 'status' ? 'num err-count' : 'mono';
+        tr.append(el('td', { className, dataset: { label: t(key) } }, k === 'time' ? el('a') : null));
+      }
+      return tr;
+    });
     const rowsOut = list.filter((x) => x && typeof x === 'object').slice(0, 20).map((x) => {
       const when = errorTime(x.time);
-      const c = {};
-      c.time = el('td', { className: 're-time', title: String(x.time || '') },
-        el('a', { href: requestsLink(x) }, when ? fmt.date(when, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' }) : String(x.time || '')));
-      c.prefix = el('td', { className: 'mono' }, String(x.prefix || ''));
-      c.status = el('td', { className: 'num err-count' }, String(x.status || ''));
-      c.code = el('td', { className: 'mono' }, String(x.code || ''));
-      c.model = el('td', { className: 'mono' }, String(x.model || ''));
-      labelCells(c, ERR_COLS);
-      return el('tr', { dataset: { id: String(x.id || '') } }, ...ERR_COLS.map(([k]) => c[k]));
+      const tr = proto.cloneNode(true);
+      tr.dataset.id = String(x.id || '');
+      const cells = tr.cells;
+      cells[0].title = String(x.time || '');
+      const a = cells[0].firstChild;
+      a.href = requestsLink(x);
+      a.textContent = when ? fmt.date(when, ERR_TIME, 'error') : String(x.time || '');
+      cells[1].textContent = String(x.prefix || '');
+      cells[2].textContent = String(x.status || '');
+      cells[3].textContent = String(x.code || '');
+      cells[4].textContent = String(x.model || '');
+      return tr;
     });
     $('re-body').replaceChildren(...rowsOut);
     $('re-empty').hidden = rowsOut.length !== 0;
@@ -1011,6 +1160,7 @@
     for (const [prefix, r] of rows) labelRow(r.c, prefix);
     for (const r of keyRows.values()) labelKeyRow(r.c);
     for (const r of modelRows.values()) labelCells(r.c, MODEL_COLS);
+    for (const k of Object.keys(protos)) delete protos[k];
     chartKeys = {};
     errorsKey = '';
     render();

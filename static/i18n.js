@@ -756,12 +756,27 @@
 
   const listeners = [];
 
+  // templates: each string with {vars}, split once into its literal parts
+  // (even indexes) and the names between them (odd indexes), so that a
+  // large render (a few hundred "{n} s ago") runs no regular expression
+  // per call.
+  const templates = new Map();
   function t(key, vars) {
     let s = STRINGS[lang][key];
     if (s === undefined) s = STRINGS.en[key];
     if (s === undefined) return key;
-    if (vars) s = s.replace(/\{(\w+)\}/g, (m, k) => (k in vars ? String(vars[k]) : m));
-    return s;
+    if (!vars) return s;
+    let parts = templates.get(s);
+    if (parts === undefined) {
+      parts = s.split(/\{(\w+)\}/);
+      templates.set(s, parts);
+    }
+    let out = parts[0];
+    for (let i = 1; i < parts.length; i += 2) {
+      const k = parts[i];
+      out += (k in vars ? String(vars[k]) : '{' + k + '}') + parts[i + 1];
+    }
+    return out;
   }
 
   function applyI18n(scope) {
@@ -778,6 +793,7 @@
   function setLang(next) {
     if (!STRINGS[next] || next === lang) return;
     lang = next;
+    byId = Object.create(null); // the named formatters were of the other language
     save('localStorage', LANG_KEY, next);
     root.lang = next === 'zh' ? 'zh-CN' : 'en';
     applyI18n(document);
@@ -793,7 +809,10 @@
   function el(tag, props, ...children) {
     const n = document.createElement(tag);
     if (props) {
-      for (const [k, v] of Object.entries(props)) {
+      // for…in, not Object.entries: no array per call (a large render
+      // makes thousands of elements).
+      for (const k in props) {
+        const v = props[k];
         if (v === undefined || v === null) continue;
         if (k === 'dataset') Object.assign(n.dataset, v);
         else if (k.startsWith('aria-') || k === 'role' || k === 'for') n.setAttribute(k, v);
@@ -846,6 +865,11 @@
   // is set, else literal text (a prefix).
   function copyButton(getText, what, whatKey) {
     const b = el('button', { type: 'button', className: 'copy', dataset: whatKey ? { whatKey: what } : { what } });
+    return wireCopy(b, getText);
+  }
+  // wireCopy makes b, a button.copy whose data-what or data-what-key is
+  // set (one cloned from a prototype row, say), a Copy button for getText().
+  function wireCopy(b, getText) {
     labelCopy(b);
     let timer = 0;
     b.addEventListener('click', async () => {
@@ -861,7 +885,7 @@
     return b;
   }
   function labelCopy(b) {
-    b.textContent = t('copy');
+    setText(b, t('copy'));
     b.setAttribute('aria-label', t('copy.label', { what: b.dataset.whatKey ? t(b.dataset.whatKey) : b.dataset.what }));
   }
 
@@ -887,11 +911,19 @@
   // a few thousand numbers), so each one is made once per language, and
   // again when the browser's languages change.
   const formatters = new Map();
-  window.addEventListener('languagechange', () => formatters.clear());
+  // byId: the formatters callers name (id), of the current language, read
+  // without building a key string: a large render formats thousands of
+  // numbers.
+  let byId = Object.create(null);
+  window.addEventListener('languagechange', () => { formatters.clear(); byId = Object.create(null); });
   // id names opts when the caller has a fixed name for them: the number
   // formatters, called thousands of times a render, then skip
   // JSON.stringify of their options on every call.
   function cached(kind, opts, id) {
+    if (id !== undefined) {
+      const f = byId[id];
+      if (f !== undefined) return f;
+    }
     const key = lang + '|' + kind + '|' + (id || JSON.stringify(opts));
     let f = formatters.get(key);
     if (!f) {
@@ -903,19 +935,40 @@
       }
       formatters.set(key, f);
     }
+    if (id !== undefined) byId[id] = f;
     return f;
   }
   function num(v) { const n = Number(v); return Number.isFinite(n) ? n : 0; }
   const INT_OPTS = { maximumFractionDigits: 0 };
   const COMPACT_OPTS = { notation: 'compact', maximumFractionDigits: 1 };
+  const TIME_OPTS = { hour: '2-digit', minute: '2-digit', second: '2-digit' };
+  const DATETIME_OPTS = { dateStyle: 'medium', timeStyle: 'medium' };
   const DEC_OPTS = [0, 1, 2, 3].map((d) => ({ minimumFractionDigits: d, maximumFractionDigits: d }));
+  // plainInts is whether the int formatter writes a whole number from 0
+  // to 999 as its ASCII digits alone (every digit is tried: Arabic-Indic or
+  // Devanagari digits fail), as String does: a table's counts are mostly
+  // such, and String is many times faster than format. Grouping starts at
+  // 1000 in every locale, so larger ones always go to the formatter.
+  let plainInts = null; // null: not known yet for this formatter
+  let plainFor = null;  // the formatter plainInts is of
+  function intOf(n) {
+    const f = cached('num', INT_OPTS, 'int');
+    if (plainFor !== f) {
+      plainFor = f;
+      plainInts = f.format(987) === '987' && f.format(654) === '654' && f.format(321) === '321' && f.format(0) === '0';
+    }
+    // Not -0, which format writes "-0".
+    if (plainInts && Number.isInteger(n) && n < 1000 && (n > 0 || Object.is(n, 0))) return String(n);
+    return f.format(n);
+  }
   const fmt = {
-    int: (v) => cached('num', INT_OPTS, 'int').format(num(v)),
+    int: (v) => intOf(num(v)),
     compact: (v) => {
       const n = num(v);
       return Math.abs(n) < 10000 ? fmt.int(n) : cached('num', COMPACT_OPTS, 'compact').format(n);
     },
-    dec: (v, d) => cached('num', DEC_OPTS[d] || { minimumFractionDigits: d, maximumFractionDigits: d }, 'dec' + d).format(num(v)),
+    // No fraction digits is what int shows: one formatter for both.
+    dec: (v, d) => (d === 0 ? fmt.int(v) : cached('num', DEC_OPTS[d] || { minimumFractionDigits: d, maximumFractionDigits: d }, 'dec' + d).format(num(v))),
     ms: (v) => {
       const n = num(v);
       if (n >= 1000) return fmt.dec(n / 1000, n >= 10000 ? 1 : 2) + ' s';
@@ -943,14 +996,16 @@
       if (s < 86400) return t('ago.h', { n: Math.floor(s / 3600) });
       return t('ago.d', { n: Math.floor(s / 86400) });
     },
-    // date formats a Date with Intl.DateTimeFormat options.
-    date: (d, opts) => cached('date', opts).format(d),
-    time: (ms) => fmt.date(new Date(ms), { hour: '2-digit', minute: '2-digit', second: '2-digit' }),
-    dateTime: (unix) => fmt.date(new Date(num(unix) * 1000), { dateStyle: 'medium', timeStyle: 'medium' }),
+    // date formats a Date with Intl.DateTimeFormat options; id, when the
+    // caller gives one, names opts (as for the numbers: no JSON of them per
+    // call).
+    date: (d, opts, id) => cached('date', opts, id === undefined ? undefined : 'date.' + id).format(d),
+    time: (ms) => fmt.date(new Date(ms), TIME_OPTS, 'time'),
+    dateTime: (unix) => fmt.date(new Date(num(unix) * 1000), DATETIME_OPTS, 'dateTime'),
   };
 
   window.ui = {
-    t, el, setText, announce, copyText, copyButton, fmt, num,
+    t, el, setText, announce, copyText, copyButton, wireCopy, fmt, num,
     get lang() { return lang; },
     onLangChange(fn) { listeners.push(fn); },
     session: { get: (k) => load('sessionStorage', k), set: (k, v) => save('sessionStorage', k, v) },
