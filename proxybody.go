@@ -26,10 +26,10 @@ type proxyWriter struct {
 	rw        http.ResponseWriter // net/http's own
 	flushEach bool
 	// bodyAtHand is set by modifyResponse when the body's first bytes came
-	// with the head (upConn stashed them) or there is no body to wait for.
-	// A timer per response otherwise costs more than anything else a small
-	// request does while the process is not saturated: arming one due in
-	// 2 ms wakes a thread sleeping in the network poller (docs/performance.md).
+	// with the head (upConn stashed them) or there is no body to wait for:
+	// then no timer is armed, since arming one due in 2 ms, the earliest of
+	// its P, wakes a thread sleeping in the network poller
+	// (docs/performance.md).
 	bodyAtHand bool
 	timer      *time.Timer
 	// bodyStarted is set by the first Write or Flush; only the handler's
