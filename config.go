@@ -58,8 +58,8 @@ type Config struct {
 	// response goes through httputil.ReverseProxy alone.
 	StreamHandoff bool
 
-	// RuntimeTuning is RUNTIME_TUNING, default off: the serving process
-	// tunes GOMAXPROCS and GOGC under load (runtime.go). Off, the Go
+	// RuntimeTuning is RUNTIME_TUNING, default on: the serving process
+	// tunes GOMAXPROCS and GOGC by load (runtime.go). Off, the Go
 	// runtime's own defaults apply,
 	// container-aware GOMAXPROCS included. When on, TuneProcs and TuneGC
 	// say which tuner may run: each only while the operator left the
@@ -121,7 +121,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		RequestLog:            e.str("REQUEST_LOG", "off"),
 
 		StreamHandoff: e.onOff("STREAM_HANDOFF", true),
-		RuntimeTuning: e.onOff("RUNTIME_TUNING", false),
+		RuntimeTuning: e.onOff("RUNTIME_TUNING", true),
 		MemoryRelease: e.onOff("MEMORY_RELEASE", true),
 		TuneProcs:     e.str("GOMAXPROCS", "") == "",
 		TuneGC:        e.str("GOGC", "") == "",
@@ -272,7 +272,7 @@ func (cfg *Config) newFlagSet(out io.Writer) (fs *flag.FlagSet, port *string, ve
 	fs.Var((*onOff)(&cfg.StreamHandoff), "stream-handoff",
 		"`on|off`: write event streams to HTTP/1.1 clients with the proxy's own stream writer; off serves every response with httputil.ReverseProxy (STREAM_HANDOFF)")
 	fs.Var((*onOff)(&cfg.RuntimeTuning), "runtime-tuning",
-		"`on|off`: tune GOMAXPROCS and GOGC under load; off leaves the Go runtime's defaults alone (RUNTIME_TUNING)")
+		"`on|off`: tune GOMAXPROCS (one processor for light work) and GOGC (room under load); off leaves the Go runtime's defaults alone (RUNTIME_TUNING)")
 	fs.Var((*onOff)(&cfg.MemoryRelease), "memory-release",
 		"`on|off`: return free heap memory to the OS once the process is quiet (MEMORY_RELEASE)")
 	fs.Var(&cfg.TrustedProxies, "trusted-proxies",

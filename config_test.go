@@ -33,7 +33,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"ResponseHeaderTimeout", cfg.ResponseHeaderTimeout, time.Duration(0)},
 		{"UpstreamTimeout", cfg.UpstreamTimeout, time.Duration(0)},
 		{"StreamHandoff", cfg.StreamHandoff, true},
-		{"RuntimeTuning", cfg.RuntimeTuning, false},
+		{"RuntimeTuning", cfg.RuntimeTuning, true},
 		{"TuneProcs", cfg.TuneProcs, true},
 		{"TuneGC", cfg.TuneGC, true},
 	}
@@ -127,15 +127,15 @@ func TestLoadConfigSwitches(t *testing.T) {
 		handoff, tuning bool
 		release         bool
 	}{
-		{"defaults", nil, nil, true, false, true},
-		{"STREAM_HANDOFF off", map[string]string{"STREAM_HANDOFF": "off"}, nil, false, false, true},
-		{"STREAM_HANDOFF false", map[string]string{"STREAM_HANDOFF": "false"}, nil, false, false, true},
-		{"-stream-handoff flag wins", map[string]string{"STREAM_HANDOFF": "off"}, []string{"-stream-handoff", "on"}, true, false, true},
-		{"-stream-handoff=off", nil, []string{"-stream-handoff=off"}, false, false, true},
-		{"RUNTIME_TUNING on", map[string]string{"RUNTIME_TUNING": "ON"}, nil, true, true, true},
-		{"-runtime-tuning flag wins", map[string]string{"RUNTIME_TUNING": "on"}, []string{"-runtime-tuning=off"}, true, false, true},
-		{"MEMORY_RELEASE off", map[string]string{"MEMORY_RELEASE": "off"}, nil, true, false, false},
-		{"-memory-release flag wins", map[string]string{"MEMORY_RELEASE": "off"}, []string{"-memory-release=on"}, true, false, true},
+		{"defaults", nil, nil, true, true, true},
+		{"STREAM_HANDOFF off", map[string]string{"STREAM_HANDOFF": "off"}, nil, false, true, true},
+		{"STREAM_HANDOFF false", map[string]string{"STREAM_HANDOFF": "false"}, nil, false, true, true},
+		{"-stream-handoff flag wins", map[string]string{"STREAM_HANDOFF": "off"}, []string{"-stream-handoff", "on"}, true, true, true},
+		{"-stream-handoff=off", nil, []string{"-stream-handoff=off"}, false, true, true},
+		{"RUNTIME_TUNING off", map[string]string{"RUNTIME_TUNING": "OFF"}, nil, true, false, true},
+		{"-runtime-tuning flag wins", map[string]string{"RUNTIME_TUNING": "off"}, []string{"-runtime-tuning=on"}, true, true, true},
+		{"MEMORY_RELEASE off", map[string]string{"MEMORY_RELEASE": "off"}, nil, true, true, false},
+		{"-memory-release flag wins", map[string]string{"MEMORY_RELEASE": "off"}, []string{"-memory-release=on"}, true, true, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -94,8 +94,38 @@ type proxy struct {
 	bulkBufs    sync.Pool // *[]byte of bulkBufferSize
 	streamBufs  sync.Pool // *[]byte of streamBufferSize
 	gzipReaders sync.Pool // *gzip.Reader, to read the usage of gzip-encoded JSON
-	active      atomic.Int64
+	// active counts the requests in flight, handed-off streams included.
+	// streams counts those of them that are streams (event streams,
+	// upgraded connections); peak is the most streams at once since the
+	// runtime tuner last looked, and crowd tells it when they reach
+	// procsFewStreams (runtime.go).
+	active  atomic.Int64
+	streams atomic.Int64
+	peak    atomic.Int64
+	crowd   chan struct{}
 }
+
+// enterStream counts a response that turned out to be a stream.
+func (p *proxy) enterStream() {
+	n := p.streams.Add(1)
+	for {
+		peak := p.peak.Load()
+		if n <= peak || p.peak.CompareAndSwap(peak, n) {
+			break
+		}
+	}
+	if n == procsFewStreams {
+		select {
+		case p.crowd <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// The proxy is the runtime tuner's requestLoad.
+func (p *proxy) inFlight() int64          { return p.active.Load() }
+func (p *proxy) peakStreams() int64       { return p.peak.Swap(p.streams.Load()) }
+func (p *proxy) crowded() <-chan struct{} { return p.crowd }
 
 // requestRecord is what the proxy tells its observer about one finished
 // request. It is only valid during the observer call.
@@ -190,6 +220,7 @@ func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, rout
 
 		retryBodyLimit: cfg.RetryBodyLimit,
 		states:         newTargetStates(),
+		crowd:          make(chan struct{}, 1),
 	}
 	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
 	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }
@@ -252,6 +283,7 @@ type proxyRequest struct {
 	reqBody *countingBody
 
 	streaming bool    // the response is an event stream: small buffer, may be handed off
+	inStreams bool    // counted in the proxy's streams: an event stream or an upgrade
 	buf       *[]byte // the copy buffer handed out by Get
 	rec       requestRecord
 
@@ -486,6 +518,10 @@ func (pr *proxyRequest) finish(completed bool) {
 	if p.observe != nil {
 		p.observe(&pr.rec)
 	}
+	if pr.inStreams {
+		p.streams.Add(-1)
+		pr.inStreams = false
+	}
 	// Only once observed: shutdown waits for active to reach 0 before
 	// the final stats flush (run).
 	p.active.Add(-1)
@@ -658,6 +694,10 @@ func (pr *proxyRequest) modifyResponse(res *http.Response) error {
 	pr.rec.Status = res.StatusCode
 	h := res.Header
 	pr.streaming = isEventStream(h["Content-Type"])
+	if (pr.streaming || res.StatusCode == http.StatusSwitchingProtocols) && !pr.inStreams {
+		pr.inStreams = true
+		pr.p.enterStream()
+	}
 	// ReverseProxy flushes SSE and unknown-length bodies itself (its
 	// flushInterval); every other body, an NDJSON stream sent with a
 	// Content-Length included, is flushed per write here.

@@ -611,9 +611,15 @@ func TestProxyStreamsEachChunk(t *testing.T) {
 					}
 				}
 			})
-			_, front := newTestServer(t, map[string]string{"/p": up.URL})
+			s, front := newTestServer(t, map[string]string{"/p": up.URL})
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 			defer cancel()
+			// An event stream counts in the proxy's streams (the runtime
+			// tuner's crowd) while it runs, and no longer once it ended.
+			streams := int64(0)
+			if isEventStream([]string{tt.contentType}) {
+				streams = 1
+			}
 			req, _ := http.NewRequestWithContext(ctx, "POST", front.URL+"/p/v1/chat/completions", strings.NewReader(`{"stream":true}`))
 			res, err := front.Client().Do(req)
 			if err != nil {
@@ -628,6 +634,9 @@ func TestProxyStreamsEachChunk(t *testing.T) {
 				if string(buf) != event(k) {
 					t.Fatalf("event %d = %q, want %q", k, buf, event(k))
 				}
+				if got := s.proxy.streams.Load(); got != streams && k < events-1 {
+					t.Errorf("event %d: %d streams in flight, want %d", k, got, streams)
+				}
 				select {
 				case release <- struct{}{}:
 				case <-ctx.Done():
@@ -636,6 +645,13 @@ func TestProxyStreamsEachChunk(t *testing.T) {
 			}
 			if rest, err := io.ReadAll(res.Body); err != nil || len(rest) != 0 {
 				t.Errorf("after the last event read %q, %v; want a clean end", rest, err)
+			}
+			eventually(t, func() bool { return s.proxy.active.Load() == 0 }, "the request to end")
+			if got := s.proxy.streams.Load(); got != 0 {
+				t.Errorf("%d streams in flight after the end, want 0", got)
+			}
+			if got := s.proxy.peakStreams(); got != streams {
+				t.Errorf("peakStreams = %d, want %d", got, streams)
 			}
 		})
 	}

@@ -11,11 +11,10 @@ import (
 // Runtime tuning, once a second (tuneRuntime): how many processors run Go
 // code, the GC's room under load, and returning free memory once streams
 // idle. All three are process-wide, so run (the process) owns the loop,
-// not a Server. The first two run only with RUNTIME_TUNING on
-// (Config.RuntimeTuning): by default GOMAXPROCS and GOGC are the Go
-// runtime's own, and runtime.GOMAXPROCS is never called, which would stop
-// the runtime from following a container's CPU limit as it changes. The
-// memory release runs unless MEMORY_RELEASE is off (Config.MemoryRelease):
+// not a Server. The first two run unless RUNTIME_TUNING is off
+// (Config.RuntimeTuning), which leaves GOMAXPROCS and GOGC to the Go
+// runtime, and each only while the operator did not set its environment
+// variable. The memory release runs unless MEMORY_RELEASE is off (Config.MemoryRelease):
 // it changes no runtime setting, and it runs only while the process is
 // quiet, so it costs nothing under load (docs/performance.md).
 //
@@ -48,15 +47,17 @@ const tuneEvery = time.Second
 // per CPU. A proxy's goroutines hand each request along (the server's
 // connection, the Transport's write and read loops), and with two or more
 // processors every hand-off may wake a thread on another CPU, which on a
-// virtual machine is dear: where the proxy shares a few CPUs with its
-// clients and upstreams, one processor makes small requests cheaper in CPU
-// and faster, and large downloads faster too. But on one processor a burst
-// of work holds up every event behind it, so streams that start together,
-// or whose events come in bursts, see their events later. Where CPUs are
-// idle the second processor's cost is paid with CPU nobody else wants;
-// where they are scarce it is not worth it. So:
+// virtual machine is dear: at a moderate rate of small requests most of
+// the CPU a request costs is these wake-ups, and one processor serves the
+// same requests for about 0.7 times the CPU, as fast. But on one processor
+// a burst of work holds up every event behind it, so streams that run
+// together see their events later; and where the proxy alone has more
+// work than one CPU, a second one is worth its cost. So:
 //   - the process starts with two processors (one if the runtime's default
 //     is one);
+//   - one, for light work: after procsLightAfter in which the process used
+//     under half a CPU and never had procsFewStreams streams (event
+//     streams, upgraded connections) in flight at once;
 //   - fewer: while the process leaves more than half a processor unused
 //     and the machine has no CPU to spare, the extra one only contends
 //     with the rest of the machine: one goes after procsContendAfter with
@@ -64,21 +65,28 @@ const tuneEvery = time.Second
 //     procsSpare idle; and then none is taken again for procsNoRaise, so
 //     that a load whose clients slow down with the proxy does not swing it
 //     back and forth quickly;
-//   - more: for procsRaiseAfter the machine had at least procsSpare CPUs
-//     idle, and, past two, the process used nearly all its processors (at
-//     least n - procsSlack CPUs);
+//   - more: from one, at once when procsFewStreams streams are in flight
+//     (the proxy signals it from the response that reached the count, not
+//     at the next tick); and after procsRaiseAfter in which the machine
+//     had at least procsSpare CPUs idle and the process used nearly all its
+//     processors (at least n - procsSlack CPUs);
 //   - past two, one also goes after procsQuietAfter fitting in one fewer
 //     with half a CPU to spare.
 //
-// It never goes above the runtime's default when the process started (the
-// CPUs, or a container's CPU limit, at least 2). In a container /proc/stat
-// counts the host's CPUs: a container whose CPU limit throttled it in the
-// last period (cgroup v2 cpu.stat) counts as a machine with none idle. An
-// operator's GOMAXPROCS environment variable turns this off.
+// It never goes above the runtime's default. At the default it hands
+// GOMAXPROCS back to the runtime (runtime.SetDefaultGOMAXPROCS), which
+// then follows a container's CPU limit as it changes; below it, the tuner
+// set the value, and it learns a changed limit when it next returns to
+// the default. In a container /proc/stat counts the host's CPUs: a
+// container whose CPU limit throttled it in the last period (cgroup v2
+// cpu.stat) counts as a machine with none idle. An operator's GOMAXPROCS
+// environment variable turns this off.
 const (
 	procsSlack        = 0.25 // CPUs
 	procsSpare        = 0.5  // idle CPUs
 	procsSaturated    = 0.25 // idle CPUs
+	procsFewStreams   = 16   // streams in flight at once
+	procsLightAfter   = 5 * time.Second
 	procsRaiseAfter   = 2 * time.Second
 	procsContendAfter = 2 * time.Second
 	procsTightAfter   = 30 * time.Second
@@ -86,14 +94,14 @@ const (
 	procsNoRaise      = 30 * time.Second
 )
 
-// procsTuner decides GOMAXPROCS once per tuneEvery; see above. Make it
-// with newProcsTuner, or with max (the most it may use) and n (the
-// GOMAXPROCS it starts with).
+// procsTuner decides GOMAXPROCS once per tuneEvery, and when requests
+// crowd in (crowd); see above. Make it with newProcsTuner, or with max
+// (the most it may use) and n (the GOMAXPROCS it starts with).
 type procsTuner struct {
 	max, n int
 	// How long each condition has held; noRaise is what is left of the
 	// wait after a lowering for contention.
-	raiseFor, contendFor, tightFor, quietFor, noRaise time.Duration
+	raiseFor, contendFor, tightFor, quietFor, lightFor, noRaise time.Duration
 }
 
 // newProcsTuner returns the tuner of a process whose runtime default is
@@ -103,29 +111,54 @@ func newProcsTuner(def int) procsTuner {
 }
 
 // tick takes the CPUs the process used and the machine's idle CPUs over
-// the last period, and returns the GOMAXPROCS to use.
-func (p *procsTuner) tick(used, idle float64) int {
+// the last period, and the most streams in flight at once in it, and
+// returns the GOMAXPROCS to use.
+func (p *procsTuner) tick(used, idle float64, peak int64) int {
 	n := float64(p.n)
 	p.noRaise = max(p.noRaise-tuneEvery, 0)
-	busy := p.n == 1 || used >= n-procsSlack
+	crowded := peak >= procsFewStreams
+	busy := used >= n-procsSlack
 	p.raiseFor = holds(p.n < p.max && p.noRaise == 0 && idle >= procsSpare && busy, p.raiseFor)
 	spareProcessor := p.n > 1 && used < n-0.5
 	p.contendFor = holds(spareProcessor && idle < procsSaturated, p.contendFor)
 	p.tightFor = holds(spareProcessor && idle < procsSpare, p.tightFor)
 	p.quietFor = holds(p.n > 2 && used < n-1.5, p.quietFor)
+	p.lightFor = holds(p.n == 2 && used < n-1.5 && !crowded, p.lightFor)
 	switch {
-	case p.raiseFor >= procsRaiseAfter:
+	case p.raiseFor >= procsRaiseAfter, crowded && p.mayCrowd():
 		p.n++
 	case p.contendFor >= procsContendAfter, p.tightFor >= procsTightAfter:
 		p.n--
 		p.noRaise = procsNoRaise
-	case p.quietFor >= procsQuietAfter:
+	case p.quietFor >= procsQuietAfter, p.lightFor >= procsLightAfter:
 		p.n--
 	default:
 		return p.n
 	}
-	p.raiseFor, p.contendFor, p.tightFor, p.quietFor = 0, 0, 0, 0
+	p.raiseFor, p.contendFor, p.tightFor, p.quietFor, p.lightFor = 0, 0, 0, 0, 0
 	return p.n
+}
+
+// crowd is told that procsFewStreams streams are in flight, between
+// ticks, and returns the GOMAXPROCS to use.
+func (p *procsTuner) crowd() int {
+	if p.mayCrowd() {
+		p.n++
+		p.raiseFor, p.contendFor, p.tightFor, p.quietFor, p.lightFor = 0, 0, 0, 0, 0
+	}
+	return p.n
+}
+
+// mayCrowd reports whether streams crowding in take a second processor:
+// from one, unless a lowering for contention holds.
+func (p *procsTuner) mayCrowd() bool {
+	return p.n == 1 && p.max > 1 && p.noRaise == 0
+}
+
+// atDefault tells the tuner the runtime's default after it was handed
+// GOMAXPROCS back: a container's CPU limit may have changed it.
+func (p *procsTuner) atDefault(def int) {
+	p.max, p.n = def, def
 }
 
 // holds returns how long a condition has held, given whether it held in
@@ -225,12 +258,22 @@ func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, freeAndGarba
 }
 
 // tuneRuntime starts tuning, once a second, GOMAXPROCS (if procs) and
-// GOGC (if gc), and returning free memory (if release); inFlight counts the
-// requests being served. stop ends the tuning and puts what it tuned back
-// to the runtime's defaults. run calls it once per process, when
-// RUNTIME_TUNING or MEMORY_RELEASE is on.
-func tuneRuntime(procs, gc, release bool, inFlight func() int64) (stop func()) {
-	return tuneRuntimeFrom(tuneSources{machine: machineCPU, process: processCPU, every: tuneEvery}, procs, gc, release, inFlight)
+// GOGC (if gc), and returning free memory (if release); load is what the
+// tuner learns of the requests being served. stop ends the tuning and puts
+// what it tuned back to the runtime's defaults. run calls it once per
+// process, when RUNTIME_TUNING or MEMORY_RELEASE is on.
+func tuneRuntime(procs, gc, release bool, load requestLoad) (stop func()) {
+	return tuneRuntimeFrom(tuneSources{machine: machineCPU, process: processCPU, every: tuneEvery}, procs, gc, release, load)
+}
+
+// requestLoad is what the tuner reads of the requests a Server serves
+// (the proxy's): how many are in flight, the most streams in flight at
+// once since the last call of peakStreams, and a channel that receives
+// when the streams in flight reach procsFewStreams.
+type requestLoad interface {
+	inFlight() int64
+	peakStreams() int64
+	crowded() <-chan struct{}
 }
 
 // tuneSources is where tuneRuntimeFrom reads the process's and the
@@ -243,18 +286,18 @@ type tuneSources struct {
 
 // tuneRuntimeFrom is tuneRuntime with its sources given. The tuners count
 // time in ticks of tuneEvery whatever src.every is.
-func tuneRuntimeFrom(src tuneSources, procs, gc, release bool, inFlight func() int64) (stop func()) {
+func tuneRuntimeFrom(src tuneSources, procs, gc, release bool, load requestLoad) (stop func()) {
 	pt := newProcsTuner(runtime.GOMAXPROCS(0))
 	machine, ok := src.machine()
 	procs = procs && ok && pt.max > 1
-	if procs {
+	if procs && pt.n < pt.max {
 		runtime.GOMAXPROCS(pt.n)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tuneLoop(ctx, src, inFlight, gc, procs, release, &pt, machine)
+		tuneLoop(ctx, src, load, gc, procs, release, &pt, machine)
 	}()
 	return func() {
 		cancel()
@@ -265,10 +308,21 @@ func tuneRuntimeFrom(src tuneSources, procs, gc, release bool, inFlight func() i
 	}
 }
 
+// setProcs gives the runtime the GOMAXPROCS p decided: at p's most, back
+// to the runtime's default, which p then learns.
+func setProcs(p *procsTuner, n int) {
+	if n < p.max {
+		runtime.GOMAXPROCS(n)
+		return
+	}
+	runtime.SetDefaultGOMAXPROCS()
+	p.atDefault(runtime.GOMAXPROCS(0))
+}
+
 // tuneLoop is tuneRuntime's loop; machine is the machine's CPU time when
 // it started. Garbage counts as free: after a burst the heap may not grow
 // again for a long time, so no GC would run to free it.
-func tuneLoop(ctx context.Context, src tuneSources, inFlight func() int64, tuneGC, tuneProcs, release bool, procs *procsTuner, machine cpuSample) {
+func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tuneProcs, release bool, procs *procsTuner, machine cpuSample) {
 	sample := []metrics.Sample{
 		{Name: "/gc/heap/allocs:bytes"},              // allocated since start
 		{Name: "/memory/classes/heap/free:bytes"},    // free, not yet returned
@@ -297,22 +351,36 @@ func tuneLoop(ctx context.Context, src tuneSources, inFlight func() int64, tuneG
 		}
 	}()
 	read()
+	load.peakStreams()
 	lastAllocs, lastBusy, lastTime := v[0], busy, time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-load.crowded():
+			if before := procs.n; tuneProcs && procs.crowd() != before {
+				setProcs(procs, procs.n)
+			}
+			continue
 		case <-tick.C:
 		}
 		read()
 		allocated, cpu := v[0]-lastAllocs, busy-lastBusy
+		peak := load.peakStreams()
 		if tuneProcs {
+			if procs.n == procs.max {
+				// At the runtime's default, which a container's CPU
+				// limit may have moved.
+				if d := runtime.GOMAXPROCS(0); d != procs.n {
+					procs.atDefault(d)
+				}
+			}
 			now, ok := src.machine()
 			if idle, valid := idleCPUs(machine, now); ok && valid {
 				used := float64(cpu) / float64(time.Since(lastTime))
 				before := procs.n
-				if n := procs.tick(used, idle); n != before {
-					runtime.GOMAXPROCS(n)
+				if n := procs.tick(used, idle, peak); n != before {
+					setProcs(procs, n)
 				}
 			}
 			machine = now // zero when not ok: a period without figures is skipped, not merged into the next
@@ -324,7 +392,7 @@ func tuneLoop(ctx context.Context, src tuneSources, inFlight func() int64, tuneG
 			}
 		}
 		garbage := max(int64(v[2])-int64(v[3]), 0)
-		if release && m.tick(allocated, cpu, v[1]+uint64(garbage), inFlight()) {
+		if release && m.tick(allocated, cpu, v[1]+uint64(garbage), load.inFlight()) {
 			debug.FreeOSMemory()
 			read() // the next period starts after the GC it ran
 			if tuneProcs {

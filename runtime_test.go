@@ -170,55 +170,99 @@ func TestProcsTuner(t *testing.T) {
 			t.Errorf("newProcsTuner(1) = %+v, want n 1", p)
 		}
 	})
-	t.Run("idle or light work on an idle machine keeps two", func(t *testing.T) {
-		run(t, newProcsTuner(4), repeat(step{0.01, 3.9, 2}, time.Minute))
-		run(t, newProcsTuner(4), repeat(step{0.2, 3.5, 2}, time.Minute)) // hundreds of SSE streams
+	t.Run("light work: one after procsLightAfter, and stays", func(t *testing.T) {
+		steps := then(repeat(step{0.01, 3.9, 2, 0}, procsLightAfter-tuneEvery), step{0.01, 3.9, 1, 0})
+		run(t, newProcsTuner(4), then(steps, repeat(step{0.01, 3.9, 1, 0}, time.Minute)...))
+		// 800 small requests a second: a few in flight at once.
+		steps = then(repeat(step{0.4, 1.4, 2, 3}, procsLightAfter-tuneEvery), step{0.4, 1.4, 1, 3})
+		run(t, newProcsTuner(2), then(steps, repeat(step{0.3, 1.5, 1, 5}, time.Minute)...))
+	})
+	t.Run("many in flight keep two, however light", func(t *testing.T) {
+		run(t, newProcsTuner(4), repeat(step{0.2, 3.5, 2, 300}, time.Minute)) // hundreds of SSE streams
+		run(t, newProcsTuner(2), repeat(step{0.2, 1.5, 2, procsFewStreams}, time.Minute))
+	})
+	t.Run("light work restarts the wait when requests crowd in", func(t *testing.T) {
+		steps := then(repeat(step{0.2, 1.5, 2, 0}, procsLightAfter-tuneEvery), step{0.2, 1.5, 2, 20})
+		steps = then(steps, repeat(step{0.2, 1.5, 2, 0}, procsLightAfter-tuneEvery)...)
+		run(t, newProcsTuner(2), then(steps, step{0.2, 1.5, 1, 0}))
+	})
+	t.Run("from one, a crowd takes the second at the next tick", func(t *testing.T) {
+		run(t, procsTuner{max: 2, n: 1}, []step{{0.1, 1.8, 1, 2}, {0.1, 1.8, 1, procsFewStreams - 1}, {0.1, 1.8, 2, procsFewStreams}})
+	})
+	t.Run("from one, a crowd takes the second at once", func(t *testing.T) {
+		p := procsTuner{max: 2, n: 1}
+		p.tick(0.1, 1.8, 0)
+		if n := p.crowd(); n != 2 {
+			t.Errorf("crowd() on an idle machine = %d, want 2", n)
+		}
+		if n := p.crowd(); n != 2 {
+			t.Errorf("crowd() at two = %d, want 2", n)
+		}
+		if p := newProcsTuner(1); p.crowd() != 1 {
+			t.Errorf("crowd() where the runtime has one processor = %d, want 1", p.n)
+		}
+	})
+	t.Run("after a lowering for contention, a crowd waits procsNoRaise", func(t *testing.T) {
+		steps := then(repeat(step{1.25, 0.1, 2, 50}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1, 50})
+		steps = then(steps, repeat(step{0.6, 1.0, 1, 50}, procsNoRaise-tuneEvery)...)
+		run(t, newProcsTuner(2), then(steps, step{0.6, 1.0, 2, 50}))
+	})
+	t.Run("busy on one with CPUs idle: the second after procsRaiseAfter", func(t *testing.T) {
+		steps := then(repeat(step{0.8, 1.0, 1, 4}, procsRaiseAfter-tuneEvery), step{0.8, 1.0, 2, 4})
+		run(t, procsTuner{max: 2, n: 1}, then(steps, repeat(step{1.1, 0.7, 2, 4}, time.Minute)...))
 	})
 	t.Run("saturated machine: one after procsContendAfter, and stays", func(t *testing.T) {
 		// Small requests under load: the proxy, its load generator and
 		// upstream share 2 CPUs.
-		steps := then(repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1})
-		run(t, newProcsTuner(2), then(steps, repeat(step{0.95, 0.3, 1}, time.Minute)...))
+		steps := then(repeat(step{1.25, 0.1, 2, 0}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1, 0})
+		run(t, newProcsTuner(2), then(steps, repeat(step{0.95, 0.3, 1, 0}, time.Minute)...))
 	})
 	t.Run("after a lowering, none taken for procsNoRaise however idle the machine", func(t *testing.T) {
-		steps := then(repeat(step{1.25, 0.1, 2}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1})
-		steps = then(steps, repeat(step{0.9, 0.6, 1}, procsNoRaise-tuneEvery)...)
-		run(t, newProcsTuner(2), then(steps, step{0.9, 0.6, 1}, step{0.9, 0.6, 2}))
+		steps := then(repeat(step{1.25, 0.1, 2, 0}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1, 0})
+		steps = then(steps, repeat(step{0.9, 0.6, 1, 0}, procsNoRaise-tuneEvery)...)
+		run(t, newProcsTuner(2), then(steps, step{0.9, 0.6, 1, 0}, step{0.9, 0.6, 2, 0}))
 	})
 	t.Run("a machine with little to spare: one after procsTightAfter", func(t *testing.T) {
-		steps := then(repeat(step{1.0, 0.3, 2}, procsTightAfter-tuneEvery), step{1.0, 0.3, 1})
-		run(t, newProcsTuner(2), then(steps, repeat(step{1.0, 0.4, 1}, time.Minute)...))
+		steps := then(repeat(step{1.0, 0.3, 2, 0}, procsTightAfter-tuneEvery), step{1.0, 0.3, 1, 0})
+		run(t, newProcsTuner(2), then(steps, repeat(step{1.0, 0.4, 1, 0}, time.Minute)...))
 	})
 	t.Run("the condition must hold", func(t *testing.T) {
-		run(t, newProcsTuner(2), []step{{1.25, 0.1, 2}, {1.25, 0.6, 2}, {1.25, 0.1, 2}, {1.25, 0.6, 2}, {1.25, 0.1, 2}})
-		run(t, procsTuner{max: 2, n: 1}, []step{{0.9, 0.6, 1}, {0.9, 0.2, 1}, {0.9, 0.6, 1}, {0.9, 0.3, 1}})
+		run(t, newProcsTuner(2), []step{{1.25, 0.1, 2, 0}, {1.25, 0.6, 2, 0}, {1.25, 0.1, 2, 0}, {1.25, 0.6, 2, 0}, {1.25, 0.1, 2, 0}})
+		run(t, procsTuner{max: 2, n: 1}, []step{{0.9, 0.6, 1, 0}, {0.9, 0.2, 1, 0}, {0.9, 0.6, 1, 0}, {0.9, 0.3, 1, 0}})
 	})
 	t.Run("using all processors on a saturated machine keeps them", func(t *testing.T) {
 		// The proxy alone saturates the machine: lowering would halve it.
-		run(t, newProcsTuner(2), repeat(step{1.8, 0.1, 2}, time.Minute))
+		run(t, newProcsTuner(2), repeat(step{1.8, 0.1, 2, 0}, time.Minute))
 	})
 	t.Run("more than two only when they are all busy and CPUs idle", func(t *testing.T) {
 		run(t, procsTuner{max: 3, n: 2}, []step{
-			{1.5, 1.4, 2}, {1.6, 1.3, 2}, {1.7, 1.3, 2}, // not busy
-			{1.9, 0.3, 2}, {1.9, 0.3, 2}, // busy, no CPU to spare
-			{1.8, 1.2, 2}, {1.9, 1.0, 3}, // busy for 2 s with CPUs idle: 3
-			{2.9, 0.5, 3}, {3.0, 0.6, 3}, // at max
+			{1.5, 1.4, 2, 0}, {1.6, 1.3, 2, 0}, {1.7, 1.3, 2, 0}, // not busy
+			{1.9, 0.3, 2, 0}, {1.9, 0.3, 2, 0}, // busy, no CPU to spare
+			{1.8, 1.2, 2, 0}, {1.9, 1.0, 3, 0}, // busy for 2 s with CPUs idle: 3
+			{2.9, 0.5, 3, 0}, {3.0, 0.6, 3, 0}, // at max
 		})
 	})
 	t.Run("three stay while two would leave under half a CPU", func(t *testing.T) {
-		run(t, procsTuner{max: 4, n: 3}, repeat(step{1.6, 2.4, 3}, time.Minute))
+		run(t, procsTuner{max: 4, n: 3}, repeat(step{1.6, 2.4, 3, 0}, time.Minute))
 	})
-	t.Run("fits in fewer: from three to two after procsQuietAfter, and no lower", func(t *testing.T) {
-		steps := then(repeat(step{1.2, 2.5, 3}, procsQuietAfter-tuneEvery), step{1.2, 2.5, 2})
-		run(t, procsTuner{max: 4, n: 3}, then(steps, repeat(step{0.01, 3.9, 2}, time.Minute)...))
+	t.Run("fits in fewer: from three to two after procsQuietAfter, no lower while many are in flight", func(t *testing.T) {
+		steps := then(repeat(step{1.2, 2.5, 3, 0}, procsQuietAfter-tuneEvery), step{1.2, 2.5, 2, 0})
+		run(t, procsTuner{max: 4, n: 3}, then(steps, repeat(step{0.01, 3.9, 2, 40}, time.Minute)...))
 	})
 	t.Run("work restarts the quiet wait", func(t *testing.T) {
-		steps := then(repeat(step{1.2, 2.5, 3}, procsQuietAfter-tuneEvery), step{2.0, 2.0, 3})
-		steps = then(steps, repeat(step{1.2, 2.5, 3}, procsQuietAfter-tuneEvery)...)
-		run(t, procsTuner{max: 4, n: 3}, then(steps, step{1.2, 2.5, 2}))
+		steps := then(repeat(step{1.2, 2.5, 3, 0}, procsQuietAfter-tuneEvery), step{2.0, 2.0, 3, 0})
+		steps = then(steps, repeat(step{1.2, 2.5, 3, 0}, procsQuietAfter-tuneEvery)...)
+		run(t, procsTuner{max: 4, n: 3}, then(steps, step{1.2, 2.5, 2, 0}))
+	})
+	t.Run("at the default, the runtime's value is the most", func(t *testing.T) {
+		p := procsTuner{max: 4, n: 4}
+		p.atDefault(3)
+		if p.max != 3 || p.n != 3 {
+			t.Errorf("after atDefault(3): %+v, want max 3, n 3", p)
+		}
 	})
 	t.Run("never below one", func(t *testing.T) {
-		run(t, procsTuner{max: 2, n: 1}, repeat(step{0.2, 0.0, 1}, time.Minute))
+		run(t, procsTuner{max: 2, n: 1}, repeat(step{0.2, 0.0, 1, 0}, time.Minute))
 	})
 }
 
@@ -228,6 +272,7 @@ func TestProcsTuner(t *testing.T) {
 type procsStep struct {
 	used, idle float64
 	want       int
+	peak       int64 // requests in flight at once
 }
 
 // runProcsTuner ticks p through steps, failing at the first answer that
@@ -235,8 +280,8 @@ type procsStep struct {
 func runProcsTuner(t *testing.T, p procsTuner, steps []procsStep) {
 	t.Helper()
 	for i, s := range steps {
-		if got := p.tick(s.used, s.idle); got != s.want {
-			t.Fatalf("tick %d (used %.2f CPUs, %.2f idle): GOMAXPROCS %d, want %d", i, s.used, s.idle, got, s.want)
+		if got := p.tick(s.used, s.idle, s.peak); got != s.want {
+			t.Fatalf("tick %d (used %.2f CPUs, %.2f idle, %d in flight): GOMAXPROCS %d, want %d", i, s.used, s.idle, s.peak, got, s.want)
 		}
 	}
 }
@@ -289,11 +334,11 @@ func TestIdleCPUs(t *testing.T) {
 	}
 }
 
-// TestTuneRuntimeProcessors runs the tuning loop on a machine it is told
-// about: GOMAXPROCS starts at two, drops to one while the machine is
-// saturated, comes back once CPUs are idle, and stop gives the runtime's
-// default back. The loop ticks every millisecond and counts each tick as
-// a second.
+// TestTuneRuntimeProcessors runs the tuning loop on a machine and a load
+// it is told about: GOMAXPROCS starts at two, drops to one for light work,
+// comes back when requests crowd in, drops to one again while the machine
+// is saturated, and stop gives the runtime's default back. The loop ticks
+// every millisecond and counts each tick as a second.
 func TestTuneRuntimeProcessors(t *testing.T) {
 	def := runtime.GOMAXPROCS(0)
 	if def < 2 {
@@ -317,8 +362,8 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 		process: func() time.Duration { return 0 },
 		every:   time.Millisecond,
 	}
-	saturated.Store(true)
-	stop := tuneRuntimeFrom(src, true, false, true, func() int64 { return 0 })
+	load := &testLoad{crowd: make(chan struct{}, 1)}
+	stop := tuneRuntimeFrom(src, true, false, true, load)
 	defer func() {
 		if stop != nil {
 			stop()
@@ -327,9 +372,12 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 	if got := runtime.GOMAXPROCS(0); got != 2 {
 		t.Fatalf("GOMAXPROCS %d at start, want 2", got)
 	}
+	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 1 }, "GOMAXPROCS 1 for light work")
+	load.n.Store(procsFewStreams)
+	load.crowd <- struct{}{}
+	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 2 }, "GOMAXPROCS 2 once requests crowd in")
+	saturated.Store(true)
 	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 1 }, "GOMAXPROCS 1 on a saturated machine")
-	saturated.Store(false)
-	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 2 }, "GOMAXPROCS 2 once CPUs are idle")
 	stop()
 	stop = nil
 	if got := runtime.GOMAXPROCS(0); got != def && os.Getenv("GOMAXPROCS") == "" {
@@ -337,12 +385,56 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 	}
 }
 
+// testLoad is a requestLoad whose requests in flight a test sets.
+type testLoad struct {
+	n     atomic.Int64
+	crowd chan struct{}
+}
+
+func (l *testLoad) inFlight() int64          { return l.n.Load() }
+func (l *testLoad) peakStreams() int64       { return l.n.Load() }
+func (l *testLoad) crowded() <-chan struct{} { return l.crowd }
+
+// TestProxyCrowd checks what the proxy tells the runtime tuner: the most
+// streams in flight at once since it last looked, and one signal when
+// they reach procsFewStreams.
+func TestProxyCrowd(t *testing.T) {
+	p := &proxy{crowd: make(chan struct{}, 1)}
+	for range procsFewStreams - 1 {
+		p.enterStream()
+	}
+	select {
+	case <-p.crowded():
+		t.Fatalf("crowded with %d streams", procsFewStreams-1)
+	default:
+	}
+	p.streams.Add(-(procsFewStreams - 2))
+	if got := p.peakStreams(); got != procsFewStreams-1 {
+		t.Errorf("peakStreams = %d, want %d", got, procsFewStreams-1)
+	}
+	if got := p.peakStreams(); got != 1 {
+		t.Errorf("peakStreams in a new period = %d, want the 1 in flight", got)
+	}
+	p.streams.Store(procsFewStreams - 1)
+	p.enterStream()
+	select {
+	case <-p.crowded():
+	default:
+		t.Fatalf("not crowded with %d streams", procsFewStreams)
+	}
+	p.enterStream()
+	select {
+	case <-p.crowded():
+		t.Fatalf("crowded again past %d", procsFewStreams)
+	default:
+	}
+}
+
 // TestProcessProcessors checks on the real binary that runtime tuning is
-// off by default, leaving GOMAXPROCS to the Go runtime (it is never
-// called, so the runtime's own updates to a container's CPU limit keep
-// working); that RUNTIME_TUNING=on serves with two processors
-// (go_sched_gomaxprocs_threads in /metrics); and that an operator's
-// GOMAXPROCS is left as it is either way.
+// on by default: an idle proxy serves with one processor after
+// procsLightAfter (go_sched_gomaxprocs_threads in /metrics); and that,
+// meanwhile, RUNTIME_TUNING=off and an operator's GOMAXPROCS each leave
+// the value alone.
 func TestProcessProcessors(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("one CPU: GOMAXPROCS is 1 anyway")
@@ -357,22 +449,25 @@ func TestProcessProcessors(t *testing.T) {
 	bin := buildBinary(t)
 	// An empty variable is unset for the runtime and for the proxy: the
 	// test's own environment does not count.
-	tests := []struct {
-		name string
-		env  []string
-		want string
-	}{
-		{"default: the runtime's own", []string{"RUNTIME_TUNING=", "GOMAXPROCS=", "GOGC="}, def},
-		{"tuning on", []string{"RUNTIME_TUNING=on", "GOMAXPROCS=", "GOGC="}, "2"},
-		{"tuning on, GOMAXPROCS set", []string{"RUNTIME_TUNING=on", "GOMAXPROCS=1"}, "1"},
+	off := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "RUNTIME_TUNING=off", "GOMAXPROCS=", "GOGC=")
+	set := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "RUNTIME_TUNING=", "GOMAXPROCS="+def, "GOGC=")
+	tuned := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "RUNTIME_TUNING=", "GOMAXPROCS=", "GOGC=")
+	// Polled every 100 ms: /metrics itself costs CPU, and the proxy goes
+	// to one processor only while it uses under half a CPU.
+	deadline := time.Now().Add(procsLightAfter + testTimeout)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for gomaxprocsOf(t, tuned) != "1" {
+		if time.Now().After(deadline) {
+			t.Fatalf("an idle proxy's GOMAXPROCS is still %s after %v, want 1", gomaxprocsOf(t, tuned), procsLightAfter+testTimeout)
+		}
+		<-tick.C
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p := startBinary(t, bin, append([]string{"DATA_DIR=" + t.TempDir()}, tt.env...)...)
-			if got := gomaxprocsOf(t, p); got != tt.want {
-				t.Errorf("GOMAXPROCS %s once serving, want %s", got, tt.want)
-			}
-		})
+	if got := gomaxprocsOf(t, off); got != def {
+		t.Errorf("RUNTIME_TUNING=off: GOMAXPROCS %s, want the runtime's %s", got, def)
+	}
+	if got := gomaxprocsOf(t, set); got != def {
+		t.Errorf("GOMAXPROCS=%s set: GOMAXPROCS %s, want it kept", def, got)
 	}
 }
 

@@ -508,7 +508,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 	}
 	if cfg.RuntimeTuning || cfg.MemoryRelease {
 		stopTuning := tuneRuntime(cfg.RuntimeTuning && cfg.TuneProcs, cfg.RuntimeTuning && cfg.TuneGC,
-			cfg.MemoryRelease, s.proxy.active.Load)
+			cfg.MemoryRelease, s.proxy)
 		defer stopTuning()
 	}
 	srv := s.httpServer()
