@@ -58,16 +58,18 @@ const tuneEvery = time.Second
 //   - one, for light work: after procsLightAfter in which the process used
 //     under half a CPU and never had procsFewStreams streams (event
 //     streams, upgraded connections) in flight at once;
-//   - fewer: while the process leaves more than half a processor unused
-//     and the machine has no CPU to spare, the extra one only contends
-//     with the rest of the machine: one goes after procsContendAfter with
-//     under procsSaturated CPUs idle, or after procsTightAfter with under
-//     procsSpare idle; and then none is taken again for procsNoRaise, so
-//     that a load whose clients slow down with the proxy does not swing it
-//     back and forth quickly;
+//   - fewer: while the process leaves more than half a processor unused,
+//     has fewer than procsFewStreams streams in flight, and the machine has
+//     no CPU to spare, the extra one only contends with the rest of the
+//     machine: one goes after procsContendAfter with under procsSaturated
+//     CPUs idle, or after procsTightAfter with under procsSpare idle; and
+//     then none is taken again for procsNoRaise (but for streams, below),
+//     so that a load whose clients slow down with the proxy does not swing
+//     it back and forth quickly;
 //   - more: from one, at once when procsFewStreams streams are in flight
 //     (the proxy signals it from the response that reached the count, not
-//     at the next tick); and after procsRaiseAfter in which the machine
+//     at the next tick), whatever the machine: their events' latency is
+//     what their users see; and after procsRaiseAfter in which the machine
 //     had at least procsSpare CPUs idle and the process used nearly all its
 //     processors (at least n - procsSlack CPUs);
 //   - past two, one also goes after procsQuietAfter fitting in one fewer
@@ -120,8 +122,8 @@ func (p *procsTuner) tick(used, idle float64, peak int64) int {
 	busy := used >= n-procsSlack
 	p.raiseFor = holds(p.n < p.max && p.noRaise == 0 && idle >= procsSpare && busy, p.raiseFor)
 	spareProcessor := p.n > 1 && used < n-0.5
-	p.contendFor = holds(spareProcessor && idle < procsSaturated, p.contendFor)
-	p.tightFor = holds(spareProcessor && idle < procsSpare, p.tightFor)
+	p.contendFor = holds(spareProcessor && !crowded && idle < procsSaturated, p.contendFor)
+	p.tightFor = holds(spareProcessor && !crowded && idle < procsSpare, p.tightFor)
 	p.quietFor = holds(p.n > 2 && used < n-1.5, p.quietFor)
 	p.lightFor = holds(p.n == 2 && used < n-1.5 && !crowded, p.lightFor)
 	switch {
@@ -150,9 +152,10 @@ func (p *procsTuner) crowd() int {
 }
 
 // mayCrowd reports whether streams crowding in take a second processor:
-// from one, unless a lowering for contention holds.
+// from one, even while a lowering for contention holds (that wait is
+// against small requests whose clients slow down with the proxy).
 func (p *procsTuner) mayCrowd() bool {
-	return p.n == 1 && p.max > 1 && p.noRaise == 0
+	return p.n == 1 && p.max > 1
 }
 
 // atDefault tells the tuner the runtime's default after it was handed

@@ -202,10 +202,14 @@ func TestProcsTuner(t *testing.T) {
 			t.Errorf("crowd() where the runtime has one processor = %d, want 1", p.n)
 		}
 	})
-	t.Run("after a lowering for contention, a crowd waits procsNoRaise", func(t *testing.T) {
-		steps := then(repeat(step{1.25, 0.1, 2, 50}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1, 50})
-		steps = then(steps, repeat(step{0.6, 1.0, 1, 50}, procsNoRaise-tuneEvery)...)
-		run(t, newProcsTuner(2), then(steps, step{0.6, 1.0, 2, 50}))
+	t.Run("many streams in flight: no lowering for contention", func(t *testing.T) {
+		run(t, newProcsTuner(2), repeat(step{0.6, 0.1, 2, 300}, time.Minute))
+		run(t, newProcsTuner(2), repeat(step{1.0, 0.3, 2, procsFewStreams}, time.Minute))
+	})
+	t.Run("after a lowering for contention, a crowd takes the second at once", func(t *testing.T) {
+		steps := then(repeat(step{1.25, 0.1, 2, 0}, procsContendAfter-tuneEvery), step{1.25, 0.1, 1, 0})
+		steps = then(steps, step{0.9, 0.1, 1, 0}, step{0.6, 0.1, 2, 50})
+		run(t, newProcsTuner(2), then(steps, repeat(step{0.9, 0.1, 2, 50}, time.Minute)...))
 	})
 	t.Run("busy on one with CPUs idle: the second after procsRaiseAfter", func(t *testing.T) {
 		steps := then(repeat(step{0.8, 1.0, 1, 4}, procsRaiseAfter-tuneEvery), step{0.8, 1.0, 2, 4})
@@ -336,8 +340,8 @@ func TestIdleCPUs(t *testing.T) {
 
 // TestTuneRuntimeProcessors runs the tuning loop on a machine and a load
 // it is told about: GOMAXPROCS starts at two, drops to one for light work,
-// comes back when requests crowd in, drops to one again while the machine
-// is saturated, and stop gives the runtime's default back. The loop ticks
+// comes back when streams crowd in, drops to one again once they ended on
+// a saturated machine, and stop gives the runtime's default back. The loop ticks
 // every millisecond and counts each tick as a second.
 func TestTuneRuntimeProcessors(t *testing.T) {
 	def := runtime.GOMAXPROCS(0)
@@ -376,6 +380,8 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 	load.n.Store(procsFewStreams)
 	load.crowd <- struct{}{}
 	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 2 }, "GOMAXPROCS 2 once requests crowd in")
+	// The streams end; the machine is saturated.
+	load.n.Store(0)
 	saturated.Store(true)
 	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 1 }, "GOMAXPROCS 1 on a saturated machine")
 	stop()
