@@ -137,8 +137,14 @@ func (p *procsTuner) tick(used, idle float64, peak int64) int {
 	default:
 		return p.n
 	}
-	p.raiseFor, p.contendFor, p.tightFor, p.quietFor, p.lightFor = 0, 0, 0, 0, 0
+	p.restart()
 	return p.n
+}
+
+// restart starts every condition's wait anew, after a change of
+// processors.
+func (p *procsTuner) restart() {
+	p.raiseFor, p.contendFor, p.tightFor, p.quietFor, p.lightFor = 0, 0, 0, 0, 0
 }
 
 // crowd is told that procsFewStreams streams are in flight, between
@@ -146,7 +152,7 @@ func (p *procsTuner) tick(used, idle float64, peak int64) int {
 func (p *procsTuner) crowd() int {
 	if p.mayCrowd() {
 		p.n++
-		p.raiseFor, p.contendFor, p.tightFor, p.quietFor, p.lightFor = 0, 0, 0, 0, 0
+		p.restart()
 	}
 	return p.n
 }
