@@ -49,7 +49,8 @@ const tuneEvery = time.Second
 // processors every hand-off may wake a thread on another CPU, which on a
 // virtual machine is dear: at a moderate rate of small requests most of
 // the CPU a request costs is these wake-ups, and one processor serves the
-// same requests for about 0.7 times the CPU, as fast. But on one processor
+// same requests for less CPU, as fast (docs/performance.md, "An ordinary
+// day"). But on one processor
 // a burst of work holds up every event behind it, so streams that run
 // together see their events later; and where the proxy alone has more
 // work than one CPU, a second one is worth its cost. So:
