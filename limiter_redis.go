@@ -1,16 +1,19 @@
 package main
 
 // The shared limiter (SPEC §11): limits that hold exactly across every
-// instance on one Redis. One script per limited request checks and counts
-// all its scopes atomically, on Redis's clock (TIME), so clock skew
+// instance on one Redis. One script per limited request (or, for rpm-only
+// scopes far from their limit, per allowance of requests:
+// limiter_lease.go) checks and counts all its scopes atomically, on Redis's clock (TIME), so clock skew
 // between instances does not matter. Per scope, under the hash tag of the
 // scope's id:
 //
-//	apiproxy:{k:k_abc}:rpm   ZSET: one member per admission, score = its time (ms); trimmed to 60 s
+//	apiproxy:{k:k_abc}:rpm   ZSET: one member per admission, score = its time (ms); trimmed to 60 s;
+//	                         also the permits of open allowances (limiter_lease.go), scored after their term
+//	apiproxy:{k:k_abc}:rpml  ZSET: the scope's open allowances (limiter_lease.go)
 //	apiproxy:{k:k_abc}:tpm   HASH: Unix second → tokens of the responses that ended in it; fields older than 60 s deleted
 //	apiproxy:{k:k_abc}:conc  ZSET: one lease per request in flight, member = instance:request, score = lease expiry (ms)
 //
-// The three keys of a scope share a tag, so one slot of a Redis Cluster
+// The keys of a scope share a tag, so one slot of a Redis Cluster
 // holds them. A request limited both by its mapping and by its key touches
 // two tags in one script: fine on one Redis (what we support), but on a
 // Cluster the script would fail with CROSSSLOT; there the two scopes would
@@ -58,16 +61,20 @@ const (
 )
 
 var (
-	// KEYS: for each limited scope, its rpm, tpm and conc keys. ARGV[1]:
-	// the request's member; ARGV[2]: the lease in ms; then for each scope
-	// its rpm, tpm and concurrency limits (0 = none). Answers {1} when
-	// admitted and counted; else {0, limit, scope, wait}: limit 1 rpm,
-	// 2 tpm, 3 concurrency; scope the 1-based index of the scope; wait the
-	// ms until the request would be admitted, the longest of the limits
-	// that refused. Numbers written are formatted with %.0f: Lua 5.1's
-	// tostring keeps 14 digits only. A member already counted answers {1}
-	// again: go-redis retries a call whose answer was lost, and the retry
-	// must not count the request twice nor refuse what was admitted.
+	// KEYS: for each limited scope, its rpm, tpm, conc and rpml keys.
+	// ARGV[1]: the request's member; ARGV[2]: the lease in ms; then for
+	// each scope its rpm, tpm and concurrency limits (0 = none); last, the
+	// grace of allowances (ms, limiter_lease.go). Answers {1} when
+	// admitted and counted; else {0, limit, scope, wait, open}: limit 1
+	// rpm, 2 tpm, 3 concurrency; scope the 1-based index of the scope;
+	// wait the ms until the request would be admitted, the longest of the
+	// limits that refused; open, when only rpm refused, the ms until the
+	// term of the last allowance open in those scopes ends (0 if it ended
+	// unsettled), else -1: the caller asks again once it is settled.
+	// Numbers written are formatted with %.0f: Lua 5.1's tostring keeps 14
+	// digits only. A member already counted answers {1} again: go-redis
+	// retries a call whose answer was lost, and the retry must not count
+	// the request twice nor refuse what was admitted.
 	redisLimitAdmitScript = redis.NewScript(`
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
@@ -75,16 +82,19 @@ local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = 60000
 local member = ARGV[1]
 local lease = tonumber(ARGV[2])
-local n = #KEYS / 3
+local n = #KEYS / 4
+local grace = tonumber(ARGV[#ARGV])
 for i = 1, n do
-  if redis.call('ZSCORE', KEYS[3*i-2], member) or redis.call('ZSCORE', KEYS[3*i], member) then return {1} end
+  if redis.call('ZSCORE', KEYS[4*i-3], member) or redis.call('ZSCORE', KEYS[4*i-1], member) then return {1} end
 end
-local wait, limit, scope = -1, 0, 0
+local wait, limit, scope, open = -1, 0, 0, -1
+local others = false
 local function refuse(l, i, w)
   if w > wait then wait, limit, scope = w, l, i end
+  if l ~= 1 then others = true end
 end
 for i = 1, n do
-  local rk, tk, ck = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
+  local rk, tk, ck, lk = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
   local rpm, tpm, conc = tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i+2])
   if rpm > 0 then
     redis.call('ZREMRANGEBYSCORE', rk, '-inf', string.format('%.0f', now - window))
@@ -92,6 +102,8 @@ for i = 1, n do
     if c >= rpm then
       local e = redis.call('ZRANGE', rk, string.format('%.0f', c - rpm), string.format('%.0f', c - rpm), 'WITHSCORES')
       refuse(1, i, tonumber(e[2]) + window - now)
+      local o = redis.call('ZRANGE', lk, -1, -1, 'WITHSCORES')
+      if #o > 0 and tonumber(o[2]) > now - grace then open = math.max(open, tonumber(o[2]) - now, 0) end
     end
   end
   if tpm > 0 then
@@ -124,15 +136,18 @@ for i = 1, n do
     if redis.call('ZCARD', ck) >= conc then refuse(3, i, 1000) end
   end
 end
-if limit > 0 then return {0, limit, scope, wait} end
+if limit > 0 then
+  if others then open = -1 end
+  return {0, limit, scope, wait, open}
+end
 for i = 1, n do
   if tonumber(ARGV[3*i]) > 0 then
-    redis.call('ZADD', KEYS[3*i-2], string.format('%.0f', now), member)
-    redis.call('PEXPIRE', KEYS[3*i-2], window)
+    redis.call('ZADD', KEYS[4*i-3], string.format('%.0f', now), member)
+    if redis.call('PTTL', KEYS[4*i-3]) < window then redis.call('PEXPIRE', KEYS[4*i-3], window) end
   end
   if tonumber(ARGV[3*i+2]) > 0 then
-    redis.call('ZADD', KEYS[3*i], string.format('%.0f', now + lease), member)
-    redis.call('PEXPIRE', KEYS[3*i], 2 * lease)
+    redis.call('ZADD', KEYS[4*i-1], string.format('%.0f', now + lease), member)
+    redis.call('PEXPIRE', KEYS[4*i-1], 2 * lease)
   end
 end
 return {1}`)
@@ -172,7 +187,8 @@ return 1`)
 // redisLimiter is the limiter of instances that share a Redis: the counts
 // of every scope live in Redis (see the key layout above), so the limits
 // hold across the fleet. A limited request costs one script call to
-// admit and one to release (which also counts its tokens); a request
+// admit (rpm-only scopes far from their limit: one per allowance) and,
+// with tpm or concurrency, one to release (which also counts its tokens); a request
 // without limits costs nothing. Leases on concurrency slots are renewed by
 // run; an instance that dies stops renewing and its slots free when the
 // leases expire.
@@ -193,14 +209,18 @@ type redisLimiter struct {
 	// (defaultLeaseDuration); tests shorten it. run renews every third.
 	lease      time.Duration
 	probeEvery time.Duration
+	// leaseTerm is the term of an allowance (limiter_lease.go); 0 admits
+	// every request with a call of its own.
+	leaseTerm time.Duration
 
 	local *localLimiter // the counts used while down
 	seq   atomic.Uint64 // numbers this instance's requests
 	down  atomic.Bool   // Redis unreachable: admit uses local
 
 	mu      sync.Mutex
-	held    map[*limitTicket]struct{} // admitted through Redis, holding slots, not released
-	pending []limitRelease            // releases that failed while down, to replay
+	held    map[*limitTicket]struct{}  // admitted through Redis, holding slots, not released
+	pending []limitRelease             // releases that failed while down, to replay
+	slots   map[limitScopes]*leaseSlot // allowances per set of rpm-only scopes
 }
 
 // limitRelease is a release script call: the keys and arguments.
@@ -221,8 +241,10 @@ func newRedisLimiter(client *redis.Client, keyPrefix, instance string, logger *s
 		logger:     logger,
 		lease:      defaultLeaseDuration,
 		probeEvery: limiterProbeInterval,
+		leaseTerm:  leaseTerm,
 		local:      newLocalLimiter(),
 		held:       make(map[*limitTicket]struct{}),
+		slots:      make(map[limitScopes]*leaseSlot),
 	}
 }
 
@@ -235,12 +257,49 @@ func (l *redisLimiter) admit(ctx context.Context, scopes limitScopes) limitResul
 	if !scopes.limited() {
 		return limitResult{admitted: true}
 	}
-	if l.down.Load() {
-		return l.local.admit(ctx, scopes)
+	if l.leaseTerm > 0 && scopes.rpmOnly() {
+		return l.admitLeased(ctx, scopes)
 	}
+	var waited time.Duration
+	for {
+		if l.down.Load() {
+			return l.local.admit(ctx, scopes)
+		}
+		res, open := l.admitOnce(ctx, scopes)
+		if res.admitted || !waitOpen(ctx, open, &waited) {
+			return res
+		}
+	}
+}
+
+// waitOpen waits, after a refusal by rpm alone while an allowance of the
+// scope is open (open ≥ 0: the time until its term ends), until it should
+// be settled, so that the caller can ask again: its unused permits may be
+// what refused the request. It reports false, without waiting, when there
+// is nothing to wait for, when the waits so far (*waited) reached
+// leaseGrace or when ctx is done.
+func waitOpen(ctx context.Context, open time.Duration, waited *time.Duration) bool {
+	if open < 0 || *waited >= leaseGrace {
+		return false
+	}
+	d := open + leaseRecheck
+	*waited += d
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// admitOnce is one admit script call: the result and, for a refusal by
+// rpm alone, how long until the scopes' open allowances end (-1 if none).
+func (l *redisLimiter) admitOnce(ctx context.Context, scopes limitScopes) (limitResult, time.Duration) {
 	var (
-		keys  = make([]string, 0, 6)
-		args  = make([]any, 0, 8)
+		keys  = make([]string, 0, 8)
+		args  = make([]any, 0, 9)
 		index [2]int // script scope number - 1 → index in scopes
 		n     int
 	)
@@ -251,18 +310,19 @@ func (l *redisLimiter) admit(ctx context.Context, scopes limitScopes) limitResul
 			continue
 		}
 		tag := l.keyPrefix + "{" + s.id() + "}"
-		keys = append(keys, tag+redisLimitRPMKey, tag+redisLimitTPMKey, tag+redisLimitConcKey)
+		keys = append(keys, tag+redisLimitRPMKey, tag+redisLimitTPMKey, tag+redisLimitConcKey, tag+redisLimitLeaseKey)
 		args = append(args, s.limits.RPM, s.limits.TPM, s.limits.Concurrency)
 		index[n] = i
 		n++
 	}
+	args = append(args, leaseGrace.Milliseconds())
 	// A client that leaves mid-admit does not abandon the script: its
 	// answer (and the slot it may have taken) is handed to the caller,
 	// who releases it.
 	vals, err := redisLimitAdmitScript.Run(context.WithoutCancel(ctx), l.client, keys, args...).Int64Slice()
-	if err != nil || len(vals) == 0 || (vals[0] == 0 && len(vals) < 4) {
+	if err != nil || len(vals) == 0 || (vals[0] == 0 && len(vals) < 5) {
 		l.fallBack("admit", err)
-		return l.local.admit(ctx, scopes)
+		return l.local.admit(ctx, scopes), -1
 	}
 	if vals[0] == 1 {
 		res := limitResult{admitted: true}
@@ -275,7 +335,7 @@ func (l *redisLimiter) admit(ctx context.Context, scopes limitScopes) limitResul
 			}
 			res.ticket = t
 		}
-		return res
+		return res, -1
 	}
 	res := limitResult{retryAfter: retrySeconds(time.Duration(vals[3]) * time.Millisecond)}
 	switch vals[1] {
@@ -289,7 +349,11 @@ func (l *redisLimiter) admit(ctx context.Context, scopes limitScopes) limitResul
 	if i := vals[2] - 1; i >= 0 && i < int64(n) {
 		res.scope = scopes[index[i]]
 	}
-	return res
+	open := time.Duration(-1)
+	if vals[4] >= 0 {
+		open = time.Duration(vals[4]) * time.Millisecond
+	}
+	return res, open
 }
 
 // done frees t's slots (if free) and counts tokens in its tpm scopes, in
@@ -359,16 +423,22 @@ func (l *redisLimiter) fallBack(op string, err error) {
 }
 
 // run renews the leases this instance holds, every third of the lease,
-// and while down probes Redis every probeEvery, until ctx is done.
+// and while down probes Redis every probeEvery, until ctx is done; then it
+// settles the allowances still open.
 func (l *redisLimiter) run(ctx context.Context) {
 	renew := time.NewTicker(l.lease / 3)
 	defer renew.Stop()
 	probe := time.NewTicker(l.probeEvery)
 	defer probe.Stop()
+	sweep := time.NewTicker(limitWindow)
+	defer sweep.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			l.settleAll()
 			return
+		case <-sweep.C:
+			l.sweepSlots()
 		case <-renew.C:
 			if !l.down.Load() {
 				if err := l.renew(ctx); err != nil && ctx.Err() == nil {

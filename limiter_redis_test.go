@@ -430,9 +430,9 @@ func TestLimitRedisAdmitRetry(t *testing.T) {
 	defer c.Close()
 	ctx := context.Background()
 	tag := prefix + "{k:k_retry}"
-	keys := []string{tag + redisLimitRPMKey, tag + redisLimitTPMKey, tag + redisLimitConcKey}
+	keys := []string{tag + redisLimitRPMKey, tag + redisLimitTPMKey, tag + redisLimitConcKey, tag + redisLimitLeaseKey}
 	for i, member := range []string{"a:1", "a:1", "a:2"} {
-		got, err := redisLimitAdmitScript.Run(ctx, c, keys, member, 60000, 1, 0, 1).Int64Slice()
+		got, err := redisLimitAdmitScript.Run(ctx, c, keys, member, 60000, 1, 0, 1, leaseGrace.Milliseconds()).Int64Slice()
 		if err != nil {
 			t.Fatal(err)
 		}

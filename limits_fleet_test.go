@@ -174,31 +174,37 @@ func getReq(url string) *http.Request {
 	return req
 }
 
-// TestLimitsFleetRPM: three instances on one Redis, rpm 10 on a mapping,
-// 30 near-simultaneous requests round-robin: exactly 10 are admitted, the
-// other 20 are 429 with Retry-After, and the upstream saw exactly 10.
+// TestLimitsFleetRPM: three instances on one Redis, an rpm limit on a
+// mapping, three times as many near-simultaneous requests round-robin:
+// exactly rpm are admitted, the others are 429 with Retry-After, and the
+// upstream saw exactly rpm. At rpm 10 each request makes its own call; at
+// 100 most are admitted from allowances (limiter_lease.go).
 func TestLimitsFleetRPM(t *testing.T) {
 	addr := testRedisAddr(t)
-	fleet := newFleet(t, addr, 3)
-	up := statusUpstream(t, http.StatusOK, "ok")
-	m := targetsOf("/fleet", up.URL)
-	m.Limits.RPM = 10
-	setFleetMapping(t, fleet, m)
+	for _, rpm := range []int{10, 100} {
+		t.Run(strconv.Itoa(rpm), func(t *testing.T) {
+			fleet := newFleet(t, addr, 3)
+			up := statusUpstream(t, http.StatusOK, "ok")
+			m := targetsOf("/fleet", up.URL)
+			m.Limits.RPM = int64(rpm)
+			setFleetMapping(t, fleet, m)
 
-	answers := burst(t, fleet, 30, false, func(front string) *http.Request { return getReq(front + "/fleet/x") })
-	if ok := checkRefusals(t, answers); ok != 10 {
-		t.Errorf("admitted %d of 30 at rpm 10 on 3 instances, want 10", ok)
-	}
-	if got := up.Hits(); got != 10 {
-		t.Errorf("upstream saw %d requests, want 10", got)
-	}
-	for _, a := range answers {
-		if a.status == http.StatusTooManyRequests {
-			// The oldest admission leaves the window 60 s after it.
-			if ra, _ := strconv.Atoi(a.retryAfter); ra < 59 {
-				t.Errorf("rpm Retry-After = %d, want 59 or 60", ra)
+			answers := burst(t, fleet, 3*rpm, false, func(front string) *http.Request { return getReq(front + "/fleet/x") })
+			if ok := checkRefusals(t, answers); ok != rpm {
+				t.Errorf("admitted %d of %d at rpm %d on 3 instances, want %d", ok, 3*rpm, rpm, rpm)
 			}
-		}
+			if got := up.Hits(); got != int64(rpm) {
+				t.Errorf("upstream saw %d requests, want %d", got, rpm)
+			}
+			for _, a := range answers {
+				if a.status == http.StatusTooManyRequests {
+					// The oldest admission leaves the window 60 s after it.
+					if ra, _ := strconv.Atoi(a.retryAfter); ra < 59 {
+						t.Errorf("rpm Retry-After = %d, want 59 or 60", ra)
+					}
+				}
+			}
+		})
 	}
 }
 

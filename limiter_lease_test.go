@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// callCounter is a go-redis hook that counts the commands a client sends.
+type callCounter struct{ n atomic.Int64 }
+
+func (h *callCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *callCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *callCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// rpmLog returns the scores of the rpm log of scope, and how many
+// allowances of it are open.
+func rpmLog(t testing.TB, c *redis.Client, l *redisLimiter, scope limitScope) (scores []int64, open int64) {
+	t.Helper()
+	ctx := context.Background()
+	zs, err := c.ZRangeWithScores(ctx, l.scopeKey(scope, redisLimitRPMKey), 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, z := range zs {
+		scores = append(scores, int64(z.Score))
+	}
+	return scores, c.ZCard(ctx, l.scopeKey(scope, redisLimitLeaseKey)).Val()
+}
+
+// TestLimitRedisAllowance: requests of an rpm-only scope far from its
+// limit are admitted from allowances, with far fewer round trips than
+// requests; once the allowance is settled the rpm log holds exactly the
+// requests admitted, each at a time no later than now and no earlier than
+// the first request.
+func TestLimitRedisAllowance(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	l := newTestRedisLimiter(t, addr, prefix, 0, testLogger())
+	calls := &callCounter{}
+	l.client.AddHook(calls)
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	ctx := context.Background()
+	redisNow := func() int64 { return c.Time(ctx).Val().UnixMilli() }
+
+	scope := keyScope("k_allow", Limits{RPM: 1000})
+	start := redisNow()
+	if got := countAdmitted(admitN(l, limitScopes{scope}, 200)); got != 200 {
+		t.Fatalf("admitted %d of 200 at rpm 1000", got)
+	}
+	// A call per allowance, each twice the last: 8, 16, 32, 64, 128.
+	if n := calls.n.Load(); n > 20 {
+		t.Errorf("200 admits made %d round trips, want at most 20 (allowances)", n)
+	}
+	eventually(t, func() bool { _, open := rpmLog(t, c, l, scope); return open == 0 }, "the last allowance to be settled")
+	end := redisNow()
+	scores, _ := rpmLog(t, c, l, scope)
+	if len(scores) != 200 {
+		t.Fatalf("rpm log holds %d entries after settling, want the 200 admitted", len(scores))
+	}
+	for _, s := range scores {
+		if s < start || s > end {
+			t.Fatalf("entry at %d, outside the test's [%d, %d]: a permit not settled to its use", s, start, end)
+		}
+	}
+}
+
+// TestLimitRedisAllowanceFleet: three instances, rpm 100, 600
+// near-simultaneous requests: exactly 100 admitted, every refusal says rpm
+// after 59-60 s, and the log holds the 100 once settled.
+func TestLimitRedisAllowanceFleet(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	var fleet [3]*redisLimiter
+	for i := range fleet {
+		fleet[i] = newTestRedisLimiter(t, addr, prefix, 0, testLogger())
+	}
+	scopes := limitScopes{mappingScope("/allow", Limits{RPM: 100})}
+	out := make([]limitResult, 600)
+	var wg sync.WaitGroup
+	begin := make(chan struct{})
+	for g := range 30 {
+		wg.Go(func() {
+			<-begin
+			for i := g; i < len(out); i += 30 {
+				out[i] = fleet[i%3].admit(context.Background(), scopes)
+			}
+		})
+	}
+	close(begin)
+	wg.Wait()
+	if got := countAdmitted(out); got != 100 {
+		t.Errorf("admitted %d of 600 at rpm 100 on 3 instances, want 100", got)
+	}
+	for _, r := range out {
+		if !r.admitted && (r.limit != limitRPM || r.retryAfter < 59 || r.retryAfter > 60) {
+			t.Fatalf("refusal = %s after %d s, want rpm after 59-60 s", r.limit, r.retryAfter)
+		}
+	}
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	eventually(t, func() bool { _, open := rpmLog(t, c, fleet[0], scopes[0]); return open == 0 }, "every allowance to be settled")
+	if scores, _ := rpmLog(t, c, fleet[0], scopes[0]); len(scores) != 100 {
+		t.Errorf("rpm log holds %d entries, want 100", len(scores))
+	}
+}
+
+// TestLimitRedisAllowanceNeverRefusedUnder: permits another instance
+// reserved and will not use do not refuse a caller under the limit: the
+// request that finds the log full while that allowance is open waits for
+// it to be settled, and is admitted.
+func TestLimitRedisAllowanceNeverRefusedUnder(t *testing.T) {
+	addr := testRedisAddr(t)
+	key := keyScope("k_under", Limits{RPM: 40})
+	for _, tc := range []struct {
+		name string
+		b    limitScopes // the scopes of b's requests
+	}{
+		{"allowances", limitScopes{key}},
+		// Through a mapping with a concurrency limit, b's requests make
+		// a call each (the admit script), which waits the same way.
+		{"call per request", limitScopes{mappingScope("/under", Limits{Concurrency: 1000}), key}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := testKeyPrefix(t, addr)
+			a := newTestRedisLimiter(t, addr, prefix, 0, testLogger())
+			// A long term, so that the allowance is certainly open when b
+			// fills the log (well under leaseGrace, which bounds a
+			// refusal's wait).
+			a.leaseTerm = time.Second
+			b := newTestRedisLimiter(t, addr, prefix, 0, testLogger())
+			c := redis.NewClient(&redis.Options{Addr: addr})
+			defer c.Close()
+
+			// a admits one request and reserves 8 more permits it will
+			// not use.
+			if r := a.admit(context.Background(), limitScopes{key}); !r.admitted {
+				t.Fatalf("first request refused by %s", r.limit)
+			}
+			scores, open := rpmLog(t, c, a, key)
+			if open != 1 || len(scores) != 1+leaseMinPermits {
+				t.Fatalf("after a's request: %d entries, %d allowances open; want %d and 1", len(scores), open, 1+leaseMinPermits)
+			}
+			// b sends the other 39 of the 40: the log fills with a's
+			// reserved permits counted, yet none of b's is refused.
+			for i := range 39 {
+				began := time.Now()
+				r := b.admit(context.Background(), tc.b)
+				if !r.admitted {
+					t.Fatalf("request %d of 40 refused by %s after %d s", i+2, r.limit, r.retryAfter)
+				}
+				r.ticket.release()
+				if d := time.Since(began); d > 100*time.Millisecond {
+					t.Logf("request %d of 40 waited %v for a's allowance", i+2, d)
+				}
+			}
+			if _, open := rpmLog(t, c, a, key); open != 0 {
+				t.Errorf("%d allowances open after the log filled, want a's settled", open)
+			}
+			// The 41st is over the limit: refused once nothing is open.
+			if r := b.admit(context.Background(), tc.b); r.admitted || r.limit != limitRPM || r.retryAfter < 59 || r.retryAfter > 60 {
+				t.Errorf("41st: admitted = %v, %s after %d s; want refused by rpm after 59-60 s", r.admitted, r.limit, r.retryAfter)
+			}
+			if scores, _ := rpmLog(t, c, a, key); len(scores) != 40 {
+				t.Errorf("rpm log holds %d entries, want 40", len(scores))
+			}
+		})
+	}
+}
+
+// TestLimitRedisAllowanceSettledOnStop: an instance that stops settles
+// the allowance it holds at once, rather than leave its unused permits
+// counted.
+func TestLimitRedisAllowanceSettledOnStop(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	client := redis.NewClient(&redis.Options{Addr: addr})
+	defer client.Close()
+	l := newRedisLimiter(client, prefix, "stopping", testLogger())
+	l.leaseTerm = time.Minute // its timer would not settle it within the test
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { l.run(ctx) })
+
+	scopes := limitScopes{mappingScope("/stop", Limits{RPM: 1000})}
+	if got := countAdmitted(admitN(l, scopes, 3)); got != 3 {
+		t.Fatalf("admitted %d of 3", got)
+	}
+	if scores, open := rpmLog(t, client, l, scopes[0]); open != 1 || len(scores) != 1+leaseMinPermits {
+		t.Fatalf("before stop: %d entries, %d open; want %d and 1", len(scores), open, 1+leaseMinPermits)
+	}
+	cancel()
+	wg.Wait()
+	scores, open := rpmLog(t, client, l, scopes[0])
+	if open != 0 || len(scores) != 3 {
+		t.Errorf("after stop: %d entries, %d open; want the 3 used and none", len(scores), open)
+	}
+	members := client.ZRange(context.Background(), l.scopeKey(scopes[0], redisLimitRPMKey), 0, -1).Val()
+	for _, m := range members {
+		if !strings.HasPrefix(m, "stopping:") {
+			t.Errorf("member %q is not this instance's", m)
+		}
+	}
+}
+
+// TestLimitRedisLeaseRetry: the lease script run again for the same
+// request and allowance (go-redis retrying a call whose answer was lost)
+// answers as the first run did and reserves nothing more.
+func TestLimitRedisLeaseRetry(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	ctx := context.Background()
+	tag := prefix + "{k:k_lretry}"
+	keys := []string{tag + redisLimitRPMKey, tag + redisLimitLeaseKey}
+	args := []any{"a:1", 16, leaseMinPermits, leaseTerm.Milliseconds(), leaseGrace.Milliseconds(), "", 0, 0, 0, 1000}
+	var first []int64
+	for i := range 2 {
+		got, err := redisLimitLeaseScript.Run(ctx, c, keys, args...).Int64Slice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = got
+			if len(got) != 3 || got[0] != 1 || got[1] != 16 {
+				t.Fatalf("first run: %v, want admitted with 16 permits", got)
+			}
+		} else if fmt.Sprint(got) != fmt.Sprint(first) {
+			t.Errorf("retry answered %v, want %v as the first run", got, first)
+		}
+	}
+	if n := c.ZCard(ctx, keys[0]).Val(); n != 17 {
+		t.Errorf("rpm log holds %d, want 17 (the request and 16 reserved)", n)
+	}
+	if n := c.ZCard(ctx, keys[1]).Val(); n != 1 {
+		t.Errorf("open allowances = %d, want 1", n)
+	}
+}
