@@ -90,10 +90,7 @@ func TestLimitRedisAllowance(t *testing.T) {
 func TestLimitRedisAllowanceFleet(t *testing.T) {
 	addr := testRedisAddr(t)
 	prefix := testKeyPrefix(t, addr)
-	var fleet [3]*redisLimiter
-	for i := range fleet {
-		fleet[i] = newTestRedisLimiter(t, addr, prefix, 0, testLogger())
-	}
+	fleet := newTestRedisFleet(t, addr, prefix)
 	scopes := limitScopes{mappingScope("/allow", Limits{RPM: 100})}
 	out := make([]limitResult, 600)
 	var wg sync.WaitGroup

@@ -37,6 +37,17 @@ func newTestRedisLimiter(t testing.TB, addr, keyPrefix string, lease time.Durati
 	return l
 }
 
+// newTestRedisFleet returns three limiters of their own instances on addr
+// under keyPrefix, as newTestRedisLimiter makes them.
+func newTestRedisFleet(t testing.TB, addr, keyPrefix string) [3]*redisLimiter {
+	t.Helper()
+	var fleet [3]*redisLimiter
+	for i := range fleet {
+		fleet[i] = newTestRedisLimiter(t, addr, keyPrefix, 0, testLogger())
+	}
+	return fleet
+}
+
 func TestLimitRedisContract(t *testing.T) {
 	addr := testRedisAddr(t)
 	limiterContract(t, func(t *testing.T) limiter {
@@ -50,10 +61,7 @@ func TestLimitRedisContract(t *testing.T) {
 func TestLimitRedisFleet(t *testing.T) {
 	addr := testRedisAddr(t)
 	prefix := testKeyPrefix(t, addr)
-	var fleet [3]*redisLimiter
-	for i := range fleet {
-		fleet[i] = newTestRedisLimiter(t, addr, prefix, 0, testLogger())
-	}
+	fleet := newTestRedisFleet(t, addr, prefix)
 	burst := func(scopes limitScopes) []limitResult {
 		out := make([]limitResult, 30)
 		var wg sync.WaitGroup
@@ -309,10 +317,7 @@ func TestLimitRedisOutage(t *testing.T) {
 func TestLimitRedisBurst(t *testing.T) {
 	addr := testRedisAddr(t)
 	prefix := testKeyPrefix(t, addr)
-	var fleet [3]*redisLimiter
-	for i := range fleet {
-		fleet[i] = newTestRedisLimiter(t, addr, prefix, 0, testLogger())
-	}
+	fleet := newTestRedisFleet(t, addr, prefix)
 	scopes := limitScopes{keyScope("k_burst", Limits{RPM: 5})}
 	var admitted atomic.Int64
 	var wg sync.WaitGroup
@@ -454,10 +459,7 @@ func TestLimitRedisAdmitRetry(t *testing.T) {
 func TestLimitRedisFleetChurn(t *testing.T) {
 	addr := testRedisAddr(t)
 	prefix := testKeyPrefix(t, addr)
-	var fleet [3]*redisLimiter
-	for i := range fleet {
-		fleet[i] = newTestRedisLimiter(t, addr, prefix, 0, testLogger())
-	}
+	fleet := newTestRedisFleet(t, addr, prefix)
 	scopes := limitScopes{mappingScope("/churn", Limits{Concurrency: 2}), keyScope("k_churn", Limits{Concurrency: 5})}
 	var inflight, most, admitted atomic.Int64
 	var wg sync.WaitGroup
