@@ -16,6 +16,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -491,5 +493,47 @@ func TestStreamHandOffPipelinedClientLeaves(t *testing.T) {
 				waitCounts(t, &http.Client{}, front.URL, "/p", endpointCounts{Count: 1, ClientClosed: 1, Status: map[string]int64{}})
 			})
 		}
+	}
+}
+
+// BenchmarkStreamStart is the start and end of a short event stream (two
+// events, the first with the head) through a real loopback connection,
+// one client connection kept alive, through apiproxy (with stream hand-off
+// as configured) and, for reference, through a plain httputil proxy in
+// the same process. allocs/op and cpu-µs/op count the whole process
+// (client and upstream included), so compare the two, not the absolutes.
+// It is the per-stream cost that a burst of new streams queues on
+// (docs/performance.md, "An ordinary day").
+func BenchmarkStreamStart(b *testing.B) {
+	up := newUpstream(b, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: {\"n\":1}\n\n")
+		w.(http.Flusher).Flush()
+		io.WriteString(w, "data: [DONE]\n\n")
+	})
+	_, front := newTestServer(b, map[string]string{"/s": up.URL})
+	target, _ := url.Parse(up.URL)
+	plain := httputil.NewSingleHostReverseProxy(target)
+	plain.FlushInterval = -1
+	ref := httptest.NewServer(http.StripPrefix("/s", plain))
+	b.Cleanup(ref.Close)
+	for _, tc := range []struct{ name, url string }{{"apiproxy", front.URL}, {"httputil", ref.URL}} {
+		b.Run(tc.name, func(b *testing.B) {
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			defer client.CloseIdleConnections()
+			b.ReportAllocs()
+			cpu0 := processCPU()
+			for b.Loop() {
+				res, err := client.Post(tc.url+"/s/v1/chat/completions", "application/json", strings.NewReader(`{"stream":true}`))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n, _ := io.Copy(io.Discard, res.Body); n != int64(len("data: {\"n\":1}\n\ndata: [DONE]\n\n")) || res.StatusCode != http.StatusOK {
+					b.Fatalf("status %d, %d body bytes", res.StatusCode, n)
+				}
+				res.Body.Close()
+			}
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
+		})
 	}
 }
