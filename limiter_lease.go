@@ -81,9 +81,9 @@ const (
 //
 // Answers {1, permits reserved, grant time} when admitted; else {0, 1,
 // scope, wait, open}: scope the 1-based index of the refusing scope, wait
-// the ms until the request would be admitted, open the ms until the last
-// open allowance's term ends (0 if it ended unsettled), or -1 when none is
-// open. A call retried by go-redis after its answer was lost finds its
+// the ms until the request would be admitted, open the ms until the term
+// of the last allowance open in the scopes that refused ends (0 if it
+// ended unsettled), or -1 when none is open. A call retried by go-redis after its answer was lost finds its
 // request counted and answers as the first time did.
 var redisLimitLeaseScript = redis.NewScript(`
 local t = redis.call('TIME')
@@ -113,6 +113,7 @@ if first then
 end
 local grant = tonumber(ARGV[2])
 local wait, scope = -1, 0
+local full = {}
 for i = 1, n do
   local rk, lk = KEYS[2*i-1], KEYS[2*i]
   local rpm = tonumber(ARGV[9+i])
@@ -123,14 +124,17 @@ for i = 1, n do
     local e = redis.call('ZRANGE', rk, f(c - rpm), f(c - rpm), 'WITHSCORES')
     local w = tonumber(e[2]) + 60000 - now
     if w > wait then wait, scope = w, i end
+    full[i] = true
   end
   grant = math.min(grant, math.floor(rpm / 2) - c - 1)
 end
 if scope > 0 then
   local open = -1
   for i = 1, n do
-    local e = redis.call('ZRANGE', KEYS[2*i], -1, -1, 'WITHSCORES')
-    if #e > 0 then open = math.max(open, tonumber(e[2]) - now, 0) end
+    if full[i] then
+      local e = redis.call('ZRANGE', KEYS[2*i], -1, -1, 'WITHSCORES')
+      if #e > 0 then open = math.max(open, tonumber(e[2]) - now, 0) end
+    end
   end
   return {0, 1, scope, wait, open}
 end
@@ -180,8 +184,9 @@ type leaseSlot struct {
 	// index maps a script scope number - 1 to its index in the scopes.
 	index [2]int
 
-	mu   sync.Mutex
-	open *rpmLease // nil when none
+	mu    sync.Mutex
+	swept bool      // dropped from the limiter's slots: get the slot again
+	open  *rpmLease // nil when none
 	// calling is closed when the call in flight for this slot returns;
 	// nil when none is in flight.
 	calling chan struct{}
@@ -240,6 +245,11 @@ func (l *redisLimiter) admitLeased(ctx context.Context, scopes limitScopes) limi
 			return l.local.admit(ctx, scopes)
 		}
 		s.mu.Lock()
+		if s.swept {
+			s.mu.Unlock()
+			s = l.leaseSlot(scopes)
+			continue
+		}
 		now := time.Now()
 		if a := s.open; a != nil && len(a.used) < a.permits {
 			if since := now.Sub(a.sent); since < l.leaseTerm {
@@ -306,6 +316,9 @@ func (l *redisLimiter) leaseCall(ctx context.Context, s *leaseSlot, settle *rpmL
 	vals, err := redisLimitLeaseScript.Run(context.WithoutCancel(ctx), l.client, s.keys, args...).Int64Slice()
 	if err != nil || len(vals) < 3 || (vals[0] == 0 && len(vals) < 5) {
 		l.fallBack("admit", err)
+		if settle != nil {
+			l.keepSettle(s, settle)
+		}
 		return l.local.admit(ctx, s.scopes), nil, -1
 	}
 	if vals[0] == 1 {
@@ -366,17 +379,26 @@ func (l *redisLimiter) settleIdle(s *leaseSlot, a *rpmLease) {
 	l.settle(s, a)
 }
 
-// settle settles a alone. A failure leaves its reserved permits counted
-// until they expire, which errs on the side of refusing.
+// settle settles a alone. While Redis cannot be reached the settling is
+// kept and replayed when it is back (redisLimiter.replay), like a release:
+// until then a's unused permits count, so callers under the limit could
+// be refused.
 func (l *redisLimiter) settle(s *leaseSlot, a *rpmLease) {
 	if l.down.Load() {
+		l.keepSettle(s, a)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), limiterReleaseTimeout)
 	defer cancel()
 	if err := redisLimitLeaseScript.Run(ctx, l.client, s.keys, l.leaseArgs(s, a, "", 0)...).Err(); err != nil {
 		l.fallBack("settle allowance", err)
+		l.keepSettle(s, a)
 	}
+}
+
+// keepSettle queues the settling of a, to replay when Redis is back.
+func (l *redisLimiter) keepSettle(s *leaseSlot, a *rpmLease) {
+	l.keep(limitRelease{script: redisLimitLeaseScript, keys: s.keys, args: l.leaseArgs(s, a, "", 0)})
 }
 
 // settleAll settles every open allowance, when the instance stops: the
@@ -407,10 +429,10 @@ func (l *redisLimiter) sweepSlots() {
 	defer l.mu.Unlock()
 	for k, s := range l.slots {
 		s.mu.Lock()
-		idle := s.open == nil && s.calling == nil
-		s.mu.Unlock()
-		if idle {
+		if s.open == nil && s.calling == nil {
+			s.swept = true
 			delete(l.slots, k)
 		}
+		s.mu.Unlock()
 	}
 }

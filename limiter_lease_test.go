@@ -143,13 +143,14 @@ func TestLimitRedisAllowanceNeverRefusedUnder(t *testing.T) {
 			// A long term, so that the allowance is certainly open when b
 			// fills the log (well under leaseGrace, which bounds a
 			// refusal's wait).
-			a.leaseTerm = time.Second
+			a.leaseTerm = 1500 * time.Millisecond
 			b := newTestRedisLimiter(t, addr, prefix, 0, testLogger())
 			c := redis.NewClient(&redis.Options{Addr: addr})
 			defer c.Close()
 
 			// a admits one request and reserves 8 more permits it will
 			// not use.
+			aStart := time.Now()
 			if r := a.admit(context.Background(), limitScopes{key}); !r.admitted {
 				t.Fatalf("first request refused by %s", r.limit)
 			}
@@ -159,7 +160,11 @@ func TestLimitRedisAllowanceNeverRefusedUnder(t *testing.T) {
 			}
 			// b sends the other 39 of the 40: the log fills with a's
 			// reserved permits counted, yet none of b's is refused.
+			sawFull := false // b asked while the log was full and a's allowance open
 			for i := range 39 {
+				if scores, open := rpmLog(t, c, a, key); len(scores) == 40 && open == 1 {
+					sawFull = true
+				}
 				began := time.Now()
 				r := b.admit(context.Background(), tc.b)
 				if !r.admitted {
@@ -172,6 +177,9 @@ func TestLimitRedisAllowanceNeverRefusedUnder(t *testing.T) {
 			}
 			if _, open := rpmLog(t, c, a, key); open != 0 {
 				t.Errorf("%d allowances open after the log filled, want a's settled", open)
+			}
+			if !sawFull && time.Since(aStart) < a.leaseTerm {
+				t.Errorf("b never found the log full while a's allowance was open: the wait was not exercised")
 			}
 			// The 41st is over the limit: refused once nothing is open.
 			if r := b.admit(context.Background(), tc.b); r.admitted || r.limit != limitRPM || r.retryAfter < 59 || r.retryAfter > 60 {
@@ -199,17 +207,35 @@ func TestLimitRedisAllowanceSettledOnStop(t *testing.T) {
 	wg.Go(func() { l.run(ctx) })
 
 	scopes := limitScopes{mappingScope("/stop", Limits{RPM: 1000})}
-	if got := countAdmitted(admitN(l, scopes, 3)); got != 3 {
-		t.Fatalf("admitted %d of 3", got)
+	redisNow := func() int64 { return client.Time(context.Background()).Val().UnixMilli() }
+	granted := redisNow()
+	if !l.admit(context.Background(), scopes).admitted {
+		t.Fatal("first request refused")
+	}
+	// The other two take permits of the allowance later: once settled,
+	// their scores are when they were used, not when it was granted.
+	time.Sleep(200 * time.Millisecond)
+	later := redisNow()
+	if got := countAdmitted(admitN(l, scopes, 2)); got != 2 {
+		t.Fatalf("admitted %d of 2 more", got)
 	}
 	if scores, open := rpmLog(t, client, l, scopes[0]); open != 1 || len(scores) != 1+leaseMinPermits {
 		t.Fatalf("before stop: %d entries, %d open; want %d and 1", len(scores), open, 1+leaseMinPermits)
 	}
 	cancel()
 	wg.Wait()
+	stopped := redisNow()
 	scores, open := rpmLog(t, client, l, scopes[0])
 	if open != 0 || len(scores) != 3 {
-		t.Errorf("after stop: %d entries, %d open; want the 3 used and none", len(scores), open)
+		t.Fatalf("after stop: %d entries, %d open; want the 3 used and none", len(scores), open)
+	}
+	if scores[0] < granted || scores[0] >= later {
+		t.Errorf("first request at %d, want its own time in [%d, %d)", scores[0], granted, later)
+	}
+	for _, sc := range scores[1:] {
+		if sc < later || sc > stopped {
+			t.Errorf("permit used after %d scored %d: want its use time, in [%d, %d]", later, sc, later, stopped)
+		}
 	}
 	members := client.ZRange(context.Background(), l.scopeKey(scopes[0], redisLimitRPMKey), 0, -1).Val()
 	for _, m := range members {
@@ -251,5 +277,89 @@ func TestLimitRedisLeaseRetry(t *testing.T) {
 	}
 	if n := c.ZCard(ctx, keys[1]).Val(); n != 1 {
 		t.Errorf("open allowances = %d, want 1", n)
+	}
+	// At rpm 1 the log is full after the first run: only the replay
+	// branch answers the retry as admitted.
+	one := []string{tag + ":one" + redisLimitRPMKey, tag + ":one" + redisLimitLeaseKey}
+	args = []any{"b:1", 16, leaseMinPermits, leaseTerm.Milliseconds(), leaseGrace.Milliseconds(), "", 0, 0, 0, 1}
+	for i := range 2 {
+		got, err := redisLimitLeaseScript.Run(ctx, c, one, args...).Int64Slice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[0] != 1 || got[1] != 0 {
+			t.Errorf("run %d at rpm 1: %v, want admitted with no permits", i+1, got)
+		}
+	}
+	if n := c.ZCard(ctx, one[0]).Val(); n != 1 {
+		t.Errorf("rpm 1 log holds %d, want 1", n)
+	}
+}
+
+// TestLimitRedisAllowanceOtherScope: a request its key's rpm refuses does
+// not wait for the allowances open on its busy mapping, which did not
+// refuse it: one round trip, refused at once.
+func TestLimitRedisAllowanceOtherScope(t *testing.T) {
+	addr := testRedisAddr(t)
+	prefix := testKeyPrefix(t, addr)
+	busy := newTestRedisLimiter(t, addr, prefix, 0, testLogger())
+	busy.leaseTerm = time.Minute // its allowance stays open through the test
+	l := newTestRedisLimiter(t, addr, prefix, 0, testLogger())
+	calls := &callCounter{}
+	l.client.AddHook(calls)
+	mapping := mappingScope("/busy", Limits{RPM: 100000})
+	if !busy.admit(context.Background(), limitScopes{mapping}).admitted {
+		t.Fatal("mapping's first request refused")
+	}
+	scopes := limitScopes{mapping, keyScope("k_small", Limits{RPM: 2})}
+	if got := countAdmitted(admitN(l, scopes, 2)); got != 2 {
+		t.Fatalf("admitted %d of the key's 2", got)
+	}
+	before := calls.n.Load()
+	r := l.admit(context.Background(), scopes)
+	if r.admitted || r.limit != limitRPM || r.scope.kind != 'k' {
+		t.Fatalf("third: admitted = %v, %s in %q; want refused by the key's rpm", r.admitted, r.limit, r.scope.id())
+	}
+	if n := calls.n.Load() - before; n != 1 {
+		t.Errorf("the refusal took %d round trips, want 1 (no wait for the mapping's allowance)", n)
+	}
+}
+
+// TestLimitRedisAllowanceOutage: an allowance whose settling fails because
+// Redis is unreachable is settled once Redis is back, so its permits count
+// as used, not for the next minute as reserved.
+func TestLimitRedisAllowanceOutage(t *testing.T) {
+	rs := startRedisServerPersist(t, true)
+	c := redis.NewClient(&redis.Options{Addr: rs.addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	l := newRedisLimiter(c, redisKeyPrefix, "inst", testLogger())
+	l.probeEvery = 10 * time.Millisecond
+	l.leaseTerm = time.Minute // settled by the next call, not by its timer
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { l.run(ctx) })
+	defer func() { cancel(); wg.Wait(); c.Close() }()
+
+	// The first request's call reserves 8 permits, which the next 8 use.
+	scopes := limitScopes{keyScope("k_gone", Limits{RPM: 1000})}
+	if got := countAdmitted(admitN(l, scopes, 1+leaseMinPermits)); got != 1+leaseMinPermits {
+		t.Fatalf("admitted %d of %d", got, 1+leaseMinPermits)
+	}
+	rs.kill()
+	// The next request's call, which settles the allowance, fails: the
+	// request is admitted from the local counts and the settling is kept.
+	if !l.admit(context.Background(), scopes).admitted || !l.down.Load() {
+		t.Fatalf("redis down: want admitted from the local counts, down = %v", l.down.Load())
+	}
+	rs.start()
+	eventually(t, func() bool { return !l.down.Load() }, "the limiter to see redis back")
+	scores, open := rpmLog(t, rs.client(), l, scopes[0])
+	if open != 0 || len(scores) != 1+leaseMinPermits {
+		t.Errorf("after recovery: %d entries, %d allowances open; want the %d used and none (settling replayed)", len(scores), open, 1+leaseMinPermits)
+	}
+	now := rs.client().Time(context.Background()).Val().UnixMilli()
+	for _, sc := range scores {
+		if sc > now {
+			t.Errorf("entry at %d, after now (%d): a reserved permit left unsettled", sc, now)
+		}
 	}
 }

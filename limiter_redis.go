@@ -223,10 +223,13 @@ type redisLimiter struct {
 	slots   map[limitScopes]*leaseSlot // allowances per set of rpm-only scopes
 }
 
-// limitRelease is a release script call: the keys and arguments.
+// limitRelease is a release script call, or with script set another
+// call to replay the same way (an allowance's settling): the keys and
+// arguments. Every such call must be harmless to run twice.
 type limitRelease struct {
-	keys []string
-	args []any
+	script *redis.Script // nil: redisLimitReleaseScript
+	keys   []string
+	args   []any
 }
 
 // newRedisLimiter returns a limiter on client, keys under keyPrefix,
@@ -276,13 +279,13 @@ func (l *redisLimiter) admit(ctx context.Context, scopes limitScopes) limitResul
 // scope is open (open ≥ 0: the time until its term ends), until it should
 // be settled, so that the caller can ask again: its unused permits may be
 // what refused the request. It reports false, without waiting, when there
-// is nothing to wait for, when the waits so far (*waited) reached
-// leaseGrace or when ctx is done.
+// is nothing to wait for or the waits so far (*waited) reached leaseGrace
+// (no wait goes past it), and false when ctx is done.
 func waitOpen(ctx context.Context, open time.Duration, waited *time.Duration) bool {
 	if open < 0 || *waited >= leaseGrace {
 		return false
 	}
-	d := open + leaseRecheck
+	d := min(open+leaseRecheck, leaseGrace-*waited)
 	*waited += d
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -488,7 +491,7 @@ func (l *redisLimiter) renew(ctx context.Context) error {
 }
 
 // recover goes back to the shared counts if Redis answers: it replays the
-// releases kept meanwhile, renews the leases still held, then logs.
+// releases and settlings kept meanwhile, renews the leases still held, then logs.
 func (l *redisLimiter) recover(ctx context.Context) {
 	if err := l.client.Ping(ctx).Err(); err != nil {
 		return
@@ -516,15 +519,23 @@ func (l *redisLimiter) replay(ctx context.Context) error {
 	}
 	err := redisLimitReleaseScript.Load(ctx, l.client).Err()
 	if err == nil {
+		err = redisLimitLeaseScript.Load(ctx, l.client).Err()
+	}
+	if err == nil {
 		pipe := l.client.Pipeline()
 		for _, r := range pending {
-			redisLimitReleaseScript.EvalSha(ctx, pipe, r.keys, r.args...)
+			script := r.script
+			if script == nil {
+				script = redisLimitReleaseScript
+			}
+			script.EvalSha(ctx, pipe, r.keys, r.args...)
 		}
 		_, err = pipe.Exec(ctx)
 	}
 	if err != nil {
 		// Replaying one twice is harmless: ZREM of a member gone does
-		// nothing, and tokens counted twice only make tpm stricter.
+		// nothing, tokens counted twice only make tpm stricter, and a
+		// settling moves a permit to the same score again (ZADD XX).
 		l.mu.Lock()
 		l.pending = append(pending, l.pending...)
 		if len(l.pending) > maxPendingReleases {
