@@ -330,14 +330,8 @@ func TestLimitRedisAllowanceOtherScope(t *testing.T) {
 // as used, not for the next minute as reserved.
 func TestLimitRedisAllowanceOutage(t *testing.T) {
 	rs := startRedisServerPersist(t, true)
-	c := redis.NewClient(&redis.Options{Addr: rs.addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-	l := newRedisLimiter(c, redisKeyPrefix, "inst", testLogger())
-	l.probeEvery = 10 * time.Millisecond
+	l := newOutageLimiter(t, rs, testLogger())
 	l.leaseTerm = time.Minute // settled by the next call, not by its timer
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { l.run(ctx) })
-	defer func() { cancel(); wg.Wait(); c.Close() }()
 
 	// The first request's call reserves 8 permits, which the next 8 use.
 	scopes := limitScopes{keyScope("k_gone", Limits{RPM: 1000})}

@@ -261,13 +261,7 @@ func TestLimitRedisOutage(t *testing.T) {
 	rs := startRedisServerPersist(t, true)
 	var logs syncBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
-	c := redis.NewClient(&redis.Options{Addr: rs.addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-	l := newRedisLimiter(c, redisKeyPrefix, "inst", logger)
-	l.probeEvery = 10 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { l.run(ctx) })
-	defer func() { cancel(); wg.Wait(); c.Close() }()
+	l := newOutageLimiter(t, rs, logger)
 
 	conc := limitScopes{keyScope("k_out", Limits{Concurrency: 1})}
 	rpm := limitScopes{mappingScope("/out", Limits{RPM: 3})}
@@ -310,6 +304,21 @@ func TestLimitRedisOutage(t *testing.T) {
 	if n := strings.Count(out, "redis reachable again"); n != 1 {
 		t.Errorf("recovery logged %d times, want once:\n%s", n, out)
 	}
+}
+
+// newOutageLimiter returns a limiter on rs for tests that stop and start
+// it: no go-redis retries, a short dial timeout, Redis probed every 10 ms,
+// run started; cleanup stops run and closes the client.
+func newOutageLimiter(t testing.TB, rs *redisServer, logger *slog.Logger) *redisLimiter {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: rs.addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	l := newRedisLimiter(c, redisKeyPrefix, "inst", logger)
+	l.probeEvery = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { l.run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait(); c.Close() })
+	return l
 }
 
 // TestLimitRedisBurst: 10,000 requests against rpm 5 from three instances:
