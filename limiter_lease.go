@@ -71,10 +71,10 @@ const (
 // allowance and settles the previous one, in one call.
 //
 // KEYS: for each scope, its rpm key then its lease key. ARGV[1]: the id of
-// the new allowance (” when the call only settles); the request is its
+// the new allowance (empty when the call only settles); the request is its
 // member <id>.0. ARGV[2]: the permits wanted beyond the request's own;
 // ARGV[3]: the fewest worth reserving; ARGV[4], ARGV[5]: the term and the
-// grace (ms). ARGV[6]: the id of the allowance to settle (” for none);
+// grace (ms). ARGV[6]: the id of the allowance to settle (empty for none);
 // ARGV[7]: its permits; ARGV[8]: its grant time (ms, Redis clock);
 // ARGV[9]: u, how many of its permits were used. Then each scope's rpm,
 // then u offsets (ms after the grant) at which permits 1…u were used.
@@ -83,8 +83,9 @@ const (
 // scope, wait, open}: scope the 1-based index of the refusing scope, wait
 // the ms until the request would be admitted, open the ms until the term
 // of the last allowance open in the scopes that refused ends (0 if it
-// ended unsettled), or -1 when none is open. A call retried by go-redis after its answer was lost finds its
-// request counted and answers as the first time did.
+// ended unsettled), or -1 when none is open. A call retried by go-redis
+// after its answer was lost finds its request counted and answers as the
+// first time did.
 var redisLimitLeaseScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -106,8 +107,8 @@ if id == '' then return {1, 0, now} end
 local first = redis.call('ZSCORE', KEYS[1], id .. '.0')
 if first then
   for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    local p = string.match(m, '^(.*)#(%d+)$')
-    if p == id then return {1, tonumber(string.match(m, '#(%d+)$')), tonumber(first)} end
+    local p, k = string.match(m, '^(.*)#(%d+)$')
+    if p == id then return {1, tonumber(k), tonumber(first)} end
   end
   return {1, 0, tonumber(first)}
 end
@@ -173,6 +174,12 @@ type rpmLease struct {
 	// up: its score is granted + offset, which is no earlier than its use
 	// on Redis's clock since the grant ran after sent.
 	used []int64
+}
+
+// nextWant is how many permits the allowance after a asks for: twice what
+// a used, within leaseMinPermits and leaseMaxPermits.
+func (a *rpmLease) nextWant() int {
+	return min(max(2*len(a.used), leaseMinPermits), leaseMaxPermits)
 }
 
 // leaseSlot is the allowance of one set of scopes on this instance, and
@@ -284,7 +291,7 @@ func (l *redisLimiter) admitLeased(ctx context.Context, scopes limitScopes) limi
 			s.mu.Lock()
 			s.open, s.calling = a, nil
 			if settle != nil {
-				s.want = min(max(2*len(settle.used), leaseMinPermits), leaseMaxPermits)
+				s.want = settle.nextWant()
 			}
 			if a == nil {
 				// None granted (near the limit, or refused): for a
@@ -328,14 +335,7 @@ func (l *redisLimiter) leaseCall(ctx context.Context, s *leaseSlot, settle *rpmL
 		}
 		return limitResult{admitted: true}, a, -1
 	}
-	res := limitResult{limit: limitRPM, retryAfter: retrySeconds(time.Duration(vals[3]) * time.Millisecond)}
-	if i := vals[2] - 1; i >= 0 && i < int64(len(s.rpms)) {
-		res.scope = s.scopes[s.index[i]]
-	}
-	open := time.Duration(-1)
-	if vals[4] >= 0 {
-		open = time.Duration(vals[4]) * time.Millisecond
-	}
+	res, open := scriptRefusal(vals, s.scopes, s.index, len(s.rpms))
 	return res, nil, open
 }
 
@@ -374,7 +374,7 @@ func (l *redisLimiter) settleIdle(s *leaseSlot, a *rpmLease) {
 		return // settled by a request's call, or about to be
 	}
 	s.open = nil
-	s.want = min(max(2*len(a.used), leaseMinPermits), leaseMaxPermits)
+	s.want = a.nextWant()
 	s.mu.Unlock()
 	l.settle(s, a)
 }

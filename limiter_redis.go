@@ -3,8 +3,8 @@ package main
 // The shared limiter (SPEC §11): limits that hold exactly across every
 // instance on one Redis. One script per limited request (or, for rpm-only
 // scopes far from their limit, per allowance of requests:
-// limiter_lease.go) checks and counts all its scopes atomically, on Redis's clock (TIME), so clock skew
-// between instances does not matter. Per scope, under the hash tag of the
+// limiter_lease.go) checks and counts all its scopes atomically, on
+// Redis's clock (TIME), so clock skew between instances does not matter. Per scope, under the hash tag of the
 // scope's id:
 //
 //	apiproxy:{k:k_abc}:rpm   ZSET: one member per admission, score = its time (ms); trimmed to 60 s;
@@ -188,8 +188,8 @@ return 1`)
 // of every scope live in Redis (see the key layout above), so the limits
 // hold across the fleet. A limited request costs one script call to
 // admit (rpm-only scopes far from their limit: one per allowance) and,
-// with tpm or concurrency, one to release (which also counts its tokens); a request
-// without limits costs nothing. Leases on concurrency slots are renewed by
+// with tpm or concurrency, one to release (which also counts its tokens);
+// a request without limits costs nothing. Leases on concurrency slots are renewed by
 // run; an instance that dies stops renewing and its slots free when the
 // leases expire.
 //
@@ -340,6 +340,14 @@ func (l *redisLimiter) admitOnce(ctx context.Context, scopes limitScopes) (limit
 		}
 		return res, -1
 	}
+	return scriptRefusal(vals, scopes, index, n)
+}
+
+// scriptRefusal reads an admit script's refusal, {0, limit, scope, wait,
+// open} (redisLimitAdmitScript, redisLimitLeaseScript): the result, and
+// open as a duration, -1 when no allowance is open. index maps a script
+// scope number - 1 to its index in scopes, for the script's n scopes.
+func scriptRefusal(vals []int64, scopes limitScopes, index [2]int, n int) (limitResult, time.Duration) {
 	res := limitResult{retryAfter: retrySeconds(time.Duration(vals[3]) * time.Millisecond)}
 	switch vals[1] {
 	case 1:
