@@ -57,6 +57,11 @@ type Config struct {
 	// streams to HTTP/1.1 clients itself (stream.go, upconn.go). Off, every
 	// response goes through httputil.ReverseProxy alone.
 	StreamHandoff bool
+	// StreamHandoffAfter is STREAM_HANDOFF_AFTER, default 2s: an event
+	// stream is written through net/http for this long and handed off
+	// only if it is still running then (stream_here.go); 0 hands every
+	// stream off at once.
+	StreamHandoffAfter time.Duration
 
 	// RuntimeTuning is RUNTIME_TUNING, default on: the serving process
 	// tunes GOMAXPROCS and GOGC by load (runtime.go). Off, the Go
@@ -120,11 +125,12 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		RetryBodyLimit:        e.size("RETRY_BODY_LIMIT", "8MiB"),
 		RequestLog:            e.str("REQUEST_LOG", "off"),
 
-		StreamHandoff: e.onOff("STREAM_HANDOFF", true),
-		RuntimeTuning: e.onOff("RUNTIME_TUNING", true),
-		MemoryRelease: e.onOff("MEMORY_RELEASE", true),
-		TuneProcs:     e.str("GOMAXPROCS", "") == "",
-		TuneGC:        e.str("GOGC", "") == "",
+		StreamHandoff:      e.onOff("STREAM_HANDOFF", true),
+		StreamHandoffAfter: e.duration("STREAM_HANDOFF_AFTER", "2s", true),
+		RuntimeTuning:      e.onOff("RUNTIME_TUNING", true),
+		MemoryRelease:      e.onOff("MEMORY_RELEASE", true),
+		TuneProcs:          e.str("GOMAXPROCS", "") == "",
+		TuneGC:             e.str("GOGC", "") == "",
 	}
 	return cfg, e.err
 }
@@ -271,6 +277,8 @@ func (cfg *Config) newFlagSet(out io.Writer) (fs *flag.FlagSet, port *string, ve
 		"wait at most this for upstream response headers, 0 = no limit (UPSTREAM_RESPONSE_HEADER_TIMEOUT)")
 	fs.Var((*onOff)(&cfg.StreamHandoff), "stream-handoff",
 		"`on|off`: write event streams to HTTP/1.1 clients with the proxy's own stream writer; off serves every response with httputil.ReverseProxy (STREAM_HANDOFF)")
+	fs.DurationVar(&cfg.StreamHandoffAfter, "stream-handoff-after", cfg.StreamHandoffAfter,
+		"hand off an event stream only once it has run this long, 0 = at once (STREAM_HANDOFF_AFTER)")
 	fs.Var((*onOff)(&cfg.RuntimeTuning), "runtime-tuning",
 		"`on|off`: tune GOMAXPROCS (one processor for light work) and GOGC (room under load); off leaves the Go runtime's defaults alone (RUNTIME_TUNING)")
 	fs.Var((*onOff)(&cfg.MemoryRelease), "memory-release",
@@ -298,7 +306,7 @@ func (cfg *Config) validate() error {
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
 		return err
 	}
-	if cfg.ShutdownTimeout < 0 || cfg.ResponseHeaderTimeout < 0 {
+	if cfg.ShutdownTimeout < 0 || cfg.ResponseHeaderTimeout < 0 || cfg.StreamHandoffAfter < 0 {
 		return fmt.Errorf("timeouts must not be negative")
 	}
 	if strings.TrimSpace(cfg.RequestLog) == "" {

@@ -45,7 +45,7 @@ func testConfig(t testing.TB, env map[string]string) Config {
 		if v, ok := env[k]; ok {
 			return v
 		}
-		if k == "STREAM_HANDOFF" {
+		if k == "STREAM_HANDOFF" || k == "STREAM_HANDOFF_AFTER" {
 			return os.Getenv(k)
 		}
 		return ""
@@ -173,6 +173,11 @@ func withoutWatcher(s *Server) {
 // handoffOn reports whether s hands streams off: false when the tests run
 // with STREAM_HANDOFF=off, where the checks of its counters do not apply.
 func handoffOn(s *Server) bool { return s.proxy.streamHandoff }
+
+// handedOffAtOnce reports whether s hands event streams off as their head
+// comes (STREAM_HANDOFF_AFTER=0); otherwise a test's short streams are
+// written through net/http to their end (stream_here.go).
+func handedOffAtOnce(s *Server) bool { return s.proxy.streamHandoff && s.proxy.handoffAfter == 0 }
 
 // setMappings replaces every mapping in s's store with m and publishes the
 // new route table at once.

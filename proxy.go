@@ -74,6 +74,10 @@ type proxy struct {
 	// themselves (upconn.go). When it is false every response goes
 	// through ReverseProxy alone, and the fields below stay unused.
 	streamHandoff bool
+	// handoffAfter is STREAM_HANDOFF_AFTER: a stream is written through
+	// net/http (stream_here.go) and handed off only once it has run this
+	// long; 0 hands it off as its head comes.
+	handoffAfter time.Duration
 	// recycle gives the connections of handed-off streams back to the
 	// server (nil: they are closed at the end, announced with
 	// "Connection: close"); cancelling base cuts them at the end of a
@@ -215,6 +219,7 @@ func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, rout
 		timeout:       cfg.UpstreamTimeout,
 		routes:        routes,
 		streamHandoff: cfg.StreamHandoff,
+		handoffAfter:  cfg.StreamHandoffAfter,
 		maxInFlight:   cfg.MaxInFlight,
 		trusted:       cfg.TrustedProxies,
 
@@ -708,6 +713,9 @@ func (pr *proxyRequest) modifyResponse(res *http.Response) error {
 	if res.Body != nil && res.Body != http.NoBody && res.StatusCode != http.StatusSwitchingProtocols {
 		pr.body.reset(res)
 		res.Body = &pr.body
+		if pr.canServeHere(res) {
+			return pr.serveHere(res)
+		}
 		if pr.canHandOff(res) && pr.handOff(res) {
 			// ReverseProxy closes res.Body on this error; the stream
 			// goroutine reads the real one (pr.body).

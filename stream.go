@@ -89,6 +89,8 @@ type streamState struct {
 	raw          bool
 	rc           rawCopy
 	stopWriteCut func() bool // unregisters the raw stream's write cut
+	stopHereCut  func() bool // unregisters the write cut of a stream written through net/http (stream_here.go)
+	hereCut      bool        // that cut ran
 	// trailer is the upstream response's Trailer map, which the
 	// Transport fills in when its reader reaches the body's end:
 	// streamCopy sends it after the last chunk. Only the map is kept,
@@ -118,35 +120,12 @@ func (pr *proxyRequest) canHandOff(res *http.Response) bool {
 // returns false, with nothing written, when the connection cannot be
 // hijacked; the response then goes the ordinary way.
 func (pr *proxyRequest) handOff(res *http.Response) bool {
-	hj, ok := pr.w.rw.(http.Hijacker)
-	if !ok {
+	if !pr.hijack() {
 		return false
 	}
-	conn, brw, err := hj.Hijack()
-	if err != nil {
-		return false
-	}
-	st := &pr.st
-	st.conn = conn
-	if n := brw.Reader.Buffered(); n > 0 {
-		b, _ := brw.Reader.Peek(n)
-		st.pending = append(st.pending[:0], b...)
-	}
-	// From here the upstream request lives until the stream ends, not
-	// until the handler returns: the watcher and the shutdown cut cancel it.
-	pr.stopParent()
-	if base := pr.p.base; base != nil {
-		// Like stopParent, the cut may run after pr went back to the pool.
-		cancel := pr.cancelUp
-		st.stopCut = context.AfterFunc(base, func() {
-			cancel(errShutdownCut)
-			conn.SetWriteDeadline(longAgo) // a write blocked on a client that does not read returns
-		})
-	}
-
+	st, conn := &pr.st, pr.st.conn
 	head := pr.responseHead(res)
 	pr.rec.TTFB = time.Since(pr.rec.Start)
-	pr.p.handedOff.Add(1)
 	if up := pr.up; canReadRaw && up != nil && up.captured && !res.Uncompressed &&
 		len(res.TransferEncoding) == 1 && res.TransferEncoding[0] == "chunked" {
 		// The body bytes that came with the head (the first event, as
@@ -181,6 +160,40 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 	// buffers, are garbage once the handler returns: hold no reference.
 	pr.w.reset(nil)
 	pr.in = nil
+	return true
+}
+
+// hijack takes the client connection of a stream being handed off from
+// net/http, with the bytes the client sent after its request, and makes
+// the upstream request outlive the handler. It returns false when the
+// connection cannot be hijacked.
+func (pr *proxyRequest) hijack() bool {
+	hj, ok := pr.w.rw.(http.Hijacker)
+	if !ok {
+		return false
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return false
+	}
+	st := &pr.st
+	st.conn = conn
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		st.pending = append(st.pending[:0], b...)
+	}
+	// From here the upstream request lives until the stream ends, not
+	// until the handler returns: the watcher and the shutdown cut cancel it.
+	pr.stopParent()
+	if base := pr.p.base; base != nil {
+		// Like stopParent, the cut may run after pr went back to the pool.
+		cancel := pr.cancelUp
+		st.stopCut = context.AfterFunc(base, func() {
+			cancel(errShutdownCut)
+			conn.SetWriteDeadline(longAgo) // a write blocked on a client that does not read returns
+		})
+	}
+	pr.p.handedOff.Add(1)
 	return true
 }
 
@@ -387,7 +400,7 @@ func (pr *proxyRequest) clientEvent(gone bool) {
 // reset clears a stream's state for the pool.
 func (st *streamState) reset() {
 	st.conn, st.stopCut, st.watchDone, st.watched, st.raw = nil, nil, nil, false, false
-	st.rc, st.stopWriteCut, st.trailer = rawCopy{}, nil, nil
+	st.rc, st.stopWriteCut, st.stopHereCut, st.hereCut, st.trailer = rawCopy{}, nil, nil, false, nil
 	st.pending = st.pending[:0]
 	if cap(st.early) > 512 {
 		st.early = nil // a large one is not kept in the pool

@@ -82,7 +82,7 @@ func TestStreamHandOff(t *testing.T) {
 			// and a stream is handed off only after that read
 			// (countingBody.drained). It is then served the ordinary way,
 			// as checked above, which happens rarely but does happen.
-			if n := s.proxy.handedOff.Load(); handoffOn(s) && n != 2 && n != 1 {
+			if n := s.proxy.handedOff.Load(); handedOffAtOnce(s) && n != 2 && n != 1 {
 				t.Errorf("%d streams handed off, want 2 (or 1: see above)", n)
 			}
 			waitCounts(t, client, front.URL, "/p", endpointCounts{Count: 3, Status: map[string]int64{"2xx": 3}})
@@ -203,7 +203,7 @@ func TestStreamHandOffPipelined(t *testing.T) {
 			step <- struct{}{}
 		})
 	})
-	if n := s.proxy.handedOff.Load(); handoffOn(s) && n != 2 {
+	if n := s.proxy.handedOff.Load(); handedOffAtOnce(s) && n != 2 {
 		t.Errorf("%d streams handed off, want 2", n)
 	}
 }
@@ -238,7 +238,7 @@ func TestStreamHandOffClientLeaves(t *testing.T) {
 			}
 			client := &http.Client{}
 			waitCounts(t, client, front.URL, "/p", endpointCounts{Count: 1, ClientClosed: 1})
-			if n := s.proxy.handedOff.Load(); handoffOn(s) && n != 1 {
+			if n := s.proxy.handedOff.Load(); handedOffAtOnce(s) && n != 1 {
 				t.Errorf("%d streams handed off, want 1", n)
 			}
 		})
@@ -322,7 +322,8 @@ func TestClientClosesRightAfterResponse(t *testing.T) {
 // TestStreamHandoffSwitch: STREAM_HANDOFF=off serves event streams through
 // ReverseProxy alone: no watcher, no recycler, no upConn around dialed
 // connections, nothing handed off or read raw, and the stream still
-// reaches the client event by event. On, the same stream is handed off.
+// reaches the client event by event. On (STREAM_HANDOFF_AFTER=0), the same
+// stream is handed off.
 func TestStreamHandoffSwitch(t *testing.T) {
 	for _, on := range []bool{true, false} {
 		word := map[bool]string{true: "on", false: "off"}[on]
@@ -340,7 +341,7 @@ func TestStreamHandoffSwitch(t *testing.T) {
 				}
 				io.WriteString(w, "data: [DONE]\n\n")
 			})
-			cfg := testConfig(t, map[string]string{"STREAM_HANDOFF": word})
+			cfg := testConfig(t, map[string]string{"STREAM_HANDOFF": word, "STREAM_HANDOFF_AFTER": "0"})
 			s, front := newTestServerConfig(t, cfg, map[string]string{"/p": up.URL})
 			if (s.recycler != nil) != on || s.proxy.watcher != nil && !on || s.proxy.watcher == nil && on && canReadRaw {
 				t.Errorf("watcher %p, recycler %p; want both with the hand-off on (the watcher where epoll is), neither off", s.proxy.watcher, s.recycler)
@@ -421,7 +422,7 @@ func TestStreamHandOffManyPipelined(t *testing.T) {
 	if d := maxDepth.Load(); d > 1 {
 		t.Errorf("the connection came back to the server wrapped %d deep, want 1 at most", d)
 	}
-	if !handoffOn(s) {
+	if !handedOffAtOnce(s) {
 		return
 	}
 	if got := s.proxy.handedOff.Load(); got != n {
@@ -464,8 +465,8 @@ func TestStreamHandOffPipelinedClientLeaves(t *testing.T) {
 			t.Run(fmt.Sprintf("sharedWatch=%v/during=%v", shared, during), func(t *testing.T) {
 				up, cancelled := newIdleStreamUpstream(t)
 				s, front := newTestServer(t, map[string]string{"/p": up.URL})
-				if !handoffOn(s) && (during || !shared) {
-					t.Skip("STREAM_HANDOFF=off: net/http watches the client; see above")
+				if !handedOffAtOnce(s) && (during || !shared) {
+					t.Skip("not handed off (STREAM_HANDOFF=off, or a stream younger than STREAM_HANDOFF_AFTER): net/http watches the client; see above")
 				}
 				if !shared {
 					withoutWatcher(s)

@@ -231,6 +231,10 @@ type chunkParser struct {
 	sectionLen int
 	trailerOut []byte
 	extraLen   int
+	// trailerHdr holds the trailers of a section that was not a bare
+	// CRLF, as the Transport would read them, for a stream written
+	// through net/http (stream_here.go).
+	trailerHdr http.Header
 }
 
 var crlf = []byte("\r\n")
@@ -391,6 +395,7 @@ func (c *chunkParser) endTrailer() error {
 	http.Header(hdr).Write(&out)
 	out.Write(crlf)
 	c.state, c.sectionLen, c.trailerOut = cpDone, len(c.trailer), out.Bytes()
+	c.trailerHdr = http.Header(hdr)
 	c.extraLen = br.Buffered() + r.Len()
 	return nil
 }
@@ -447,6 +452,14 @@ func (pr *proxyRequest) streamRaw(b []byte) (complete bool) {
 	if rc.more && !st.clientGone.Load() {
 		rc.readSocket(up, b)
 	}
+	return rc.finish(up, b)
+}
+
+// finish ends a raw stream whose reading stopped, and reports whether the
+// body reached its end. The upstream connection goes back to the
+// Transport when it can serve another request.
+func (rc *rawCopy) finish(up *upConn, b []byte) (complete bool) {
+	pr, st := rc.pr, &rc.pr.st
 	// A client that leaves once it has the last chunk does not make the
 	// response incomplete; bytes after the end are the upstream's fault and
 	// go nowhere.
@@ -489,15 +502,24 @@ type rawCopy struct {
 	// end holds the bytes of the body's end read so far, until it is
 	// whole (chunkParser.scan).
 	end []byte
+	// rw is net/http's ResponseWriter while the stream is written through
+	// it (stream_here.go); nil once handed off. handOffNow is set when
+	// readSocket stopped for the hand-off.
+	rw         http.ResponseWriter
+	handOffNow bool
 }
 
 // pass writes p, the next bytes of the body as received, to the client,
 // after prefix and in the same write, then accounts their data. It
-// clears more once the body ended or the client is gone.
+// clears more once the body ended or the client is gone. A stream still
+// written through net/http (rc.rw) writes the data alone: net/http frames
+// it.
 func (rc *rawCopy) pass(prefix, p []byte) bool {
-	st := &rc.pr.st
 	before := rc.cp
 	n, held, err := rc.cp.scan(p)
+	if rc.rw != nil {
+		return rc.passHere(before, p[:held], n < len(p), err)
+	}
 	out := p[:held]
 	switch {
 	case err != nil:
@@ -516,15 +538,7 @@ func (rc *rawCopy) pass(prefix, p []byte) bool {
 	}
 	if len(out) > 0 {
 		if werr := rc.write(out); werr != nil {
-			rc.writeFailed, rc.more = true, false
-			select {
-			case <-rc.done:
-				// The write cut ended it (stream.go): the upstream
-				// request was cancelled; the client did not leave.
-				rc.err = errUpstreamCancelled
-			default:
-				st.clientGone.Store(true)
-			}
+			rc.failWrite()
 			return false
 		}
 	}
@@ -536,13 +550,31 @@ func (rc *rawCopy) pass(prefix, p []byte) bool {
 			rc.pr.body.account(data, nil)
 		}
 	}
+	rc.ended(n < len(p), err)
+	return rc.more
+}
+
+// ended notes where a pass left the body: broken (err), or at its end,
+// with bytes after it (extra) or not.
+func (rc *rawCopy) ended(extra bool, err error) {
 	switch {
 	case err != nil:
 		rc.err = err
 		rc.more = false
 	case rc.cp.done():
-		rc.extra = n < len(p) || rc.cp.extraLen > 0
+		rc.extra = extra || rc.cp.extraLen > 0
 		rc.more = false
 	}
-	return rc.more
+}
+
+// failWrite records a write to the client that failed: the client left,
+// unless the upstream request was cancelled (the write cut of stream.go).
+func (rc *rawCopy) failWrite() {
+	rc.writeFailed, rc.more = true, false
+	select {
+	case <-rc.done:
+		rc.err = errUpstreamCancelled
+	default:
+		rc.pr.st.clientGone.Store(true)
+	}
 }

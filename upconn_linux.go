@@ -71,6 +71,16 @@ func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 			up.Conn.SetReadDeadline(time.Time{})
 			continue
 		}
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && rc.rw != nil && !rc.hangup.Load() {
+			// The hand-off deadline of a stream written through net/http
+			// (stream_here.go).
+			if rc.pr.mayHandOffNow() {
+				rc.handOffNow = true
+				break
+			}
+			rc.pr.deferHandOff(up)
+			continue
+		}
 		if err != nil && rc.err == nil {
 			rc.err = err // the Transport closed it: the request was cancelled
 		}

@@ -599,10 +599,11 @@ func TestStreamRawBig(t *testing.T) {
 // undeclared but valid trailers pass as trailers, in net/http's spelling;
 // a malformed section, or a last chunk or section ending in a bare LF,
 // breaks the client's connection (no clean end) and counts as an upstream
-// error. The paths: from a plain-HTTP upstream, a raw stream (hand-off on)
-// and ReverseProxy (off); from an HTTPS upstream, HTTP/1.1 or HTTP/2, a
-// stream read through the Transport (streamCopy, on) and ReverseProxy
-// (off). An HTTP/2 upstream sends only the well-formed cases: its framing
+// error. The paths: from a plain-HTTP upstream, a raw stream handed off at
+// once (on), one written through net/http (here, stream_here.go) and
+// ReverseProxy (off); from an HTTPS upstream, HTTP/1.1 or HTTP/2, a stream
+// read through the Transport, handed off (streamCopy, on) or not (here),
+// and ReverseProxy (off). An HTTP/2 upstream sends only the well-formed cases: its framing
 // has no room for the others.
 func TestStreamRawTrailers(t *testing.T) {
 	closeConn := func(c net.Conn) { c.Close() }
@@ -631,7 +632,7 @@ func TestStreamRawTrailers(t *testing.T) {
 			var paths []string
 			var got []trailerOutcome
 			for _, upKind := range upstreams {
-				for _, mode := range []string{"on", "off"} {
+				for _, mode := range []string{"on", "here", "off"} {
 					path := upKind + " upstream, STREAM_HANDOFF=" + mode
 					read := make(chan struct{})
 					var upURL string
@@ -646,7 +647,11 @@ func TestStreamRawTrailers(t *testing.T) {
 						trust = newTLSUpstream(t, true, trailerHandler(tt.trailer, read))
 						upURL = trust.URL
 					}
-					s, front := newTestServerConfig(t, testConfig(t, map[string]string{"STREAM_HANDOFF": mode}), map[string]string{"/p": upURL})
+					env := map[string]string{"STREAM_HANDOFF": mode, "STREAM_HANDOFF_AFTER": "0"}
+					if mode == "here" {
+						env = map[string]string{"STREAM_HANDOFF": "on", "STREAM_HANDOFF_AFTER": "1h"}
+					}
+					s, front := newTestServerConfig(t, testConfig(t, env), map[string]string{"/p": upURL})
 					if trust != nil {
 						trustUpstream(t, s, trust)
 					}
@@ -662,10 +667,14 @@ func TestStreamRawTrailers(t *testing.T) {
 						out.trailer = nil
 					}
 					paths, got = append(paths, path), append(got, out)
-					if mode == "on" {
+					if mode != "off" {
 						handed, raw := s.proxy.handedOff.Load(), s.proxy.rawStreams.Load()
-						if handed != 1 {
-							t.Errorf("%s: %d streams handed off, want 1", path, handed)
+						wantHanded := int64(0)
+						if mode == "on" {
+							wantHanded = 1
+						}
+						if handed != wantHanded {
+							t.Errorf("%s: %d streams handed off, want %d", path, handed, wantHanded)
 						}
 						wantRaw := int64(0)
 						if upKind == "http" && canReadRaw {

@@ -46,6 +46,9 @@ go test -race -count=1 -timeout 20m ./...
 echo "test.sh: proxy, stream, fault and shutdown tests with STREAM_HANDOFF=off"
 STREAM_HANDOFF=off go test -race -count=1 -timeout 20m \
   -run '^(TestProxy|TestStream|TestClientCloses|TestFaults|TestShutdown|TestRun)' .
+echo "test.sh: the same with STREAM_HANDOFF_AFTER=0 (every stream handed off as its head comes)"
+STREAM_HANDOFF_AFTER=0 go test -race -count=1 -timeout 20m \
+  -run '^(TestProxy|TestStream|TestClientCloses|TestFaults|TestShutdown|TestRun|TestHalf)' .
 
 if [ -f e2e/package.json ]; then
   echo "test.sh: browser tests (e2e/)"

@@ -1,0 +1,282 @@
+package main
+
+// Streams written through net/http before their hand-off. Handing a stream
+// off (stream.go) buys memory for as long as the stream is held, and costs
+// CPU once, at its start: the hijack stops net/http's background read, the
+// stream and its watchers are registered, and at the end the connection
+// goes back to the server on a new goroutine. For a stream that ends within
+// seconds the memory is held too briefly to matter, and that CPU is most of
+// what its start costs beyond a plain ReverseProxy (docs/performance.md,
+// "An ordinary day"). So a stream that may be handed off is first written
+// here, by the handler, through net/http's ResponseWriter, which frames
+// the chunks; only a stream still running after STREAM_HANDOFF_AFTER
+// (Config.StreamHandoffAfter) is handed off, from where it stands.
+//
+// What stays the same: from a plain-HTTP/1.1 upstream the body is read from
+// the socket itself (upconn.go), one read per event; each read's data goes
+// to the client in one write, with the head for the first; trailers the
+// upstream sends pass as on every path; a client that leaves cancels the
+// upstream request (net/http's background read does it here); an upstream
+// that breaks mid-body breaks the client's connection (the handler aborts).
+// The hand-off waits for a chunk boundary of the upstream's framing, so
+// that the raw stream passes whole chunks after it. A raw stream's wait
+// ends at the hand-off time (a read deadline); a stream read through the
+// Transport is handed off after its first read past that time.
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"syscall"
+	"time"
+)
+
+// errServedHere is what modifyResponse returns for a stream written to its
+// end through net/http: handleError then writes nothing more.
+var errServedHere = errHandedOff
+
+// canServeHere reports whether res is an event stream to write here and
+// hand off later: canHandOff but for the request body, which need only be
+// sent by the time of the hand-off.
+func (pr *proxyRequest) canServeHere(res *http.Response) bool {
+	return pr.p.handoffAfter > 0 && pr.cancelUp != nil && pr.streaming && res.ContentLength < 0 &&
+		res.StatusCode >= 200 && res.StatusCode != http.StatusNoContent && res.StatusCode != http.StatusNotModified &&
+		len(res.Trailer) == 0 && res.Header["Trailer"] == nil
+}
+
+// serveHere writes res through net/http until its end, or until its
+// hand-off (serve's deferred call then starts stream). It returns
+// errServedHere, or aborts the handler when the body broke or the client
+// left, so that the client's connection is not taken for a complete
+// response.
+func (pr *proxyRequest) serveHere(res *http.Response) error {
+	p, st := pr.p, &pr.st
+	rw := pr.w.rw
+	h := rw.Header()
+	for k, vv := range res.Header {
+		h[k] = vv
+	}
+	addProxyHeaders(h, p.cors, pr.in)
+	rw.WriteHeader(res.StatusCode)
+	pr.rec.TTFB = time.Since(pr.rec.Start)
+	// ReverseProxy closes res.Body on the error returned; the stream reads
+	// the real one (pr.body).
+	res.Body = http.NoBody
+	// The upstream request's end (UPSTREAM_TIMEOUT, shutdown) must also
+	// end a write blocked on a client that does not read: the Transport's
+	// close of a raw stream's connection waits for the stream's read.
+	ctl := http.NewResponseController(rw)
+	st.stopHereCut = context.AfterFunc(res.Request.Context(), func() { ctl.SetWriteDeadline(longAgo) })
+
+	buf := p.streamBufs.Get().(*[]byte)
+	var complete, handed bool
+	if up := pr.up; canReadRaw && up != nil && up.captured && !res.Uncompressed &&
+		len(res.TransferEncoding) == 1 && res.TransferEncoding[0] == "chunked" {
+		complete, handed = pr.serveRawHere(res, up, *buf)
+	} else {
+		complete, handed = pr.serveCopyHere(res, *buf)
+	}
+	p.streamBufs.Put(buf)
+	if handed {
+		return errHandedOff
+	}
+	if !pr.stopHereCut() {
+		// The cut ran: the connection's write deadline is past, and net/http
+		// would write the body's end on it in vain. The request was
+		// cancelled; the response does not end cleanly.
+		complete = false
+	}
+	pr.body.Close()
+	if !complete {
+		if st.clientGone.Load() || pr.in.Context().Err() != nil {
+			pr.rec.Status = 499
+		}
+		pr.rec.ProxyErr = "aborted"
+		panic(http.ErrAbortHandler) // serve's deferred finish records it
+	}
+	return errServedHere
+}
+
+// serveRawHere is serveHere for a body read from the upstream socket.
+func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (complete, handed bool) {
+	p, rc := pr.p, &pr.st.rc
+	p.rawStreams.Add(1)
+	*rc = rawCopy{pr: pr, more: true, done: res.Request.Context().Done(), rw: pr.w.rw}
+	up.Conn.SetReadDeadline(time.Now().Add(p.handoffAfter))
+	// The body bytes that came with the head go with it, in one write.
+	rc.pass(nil, up.stash)
+	up.stash, up.stashBuf = nil, nil // the stream may idle for long: keep no buffer
+	for rc.more && !pr.st.clientGone.Load() {
+		rc.readSocket(up, b)
+		if !rc.handOffNow {
+			break
+		}
+		rc.handOffNow = false
+		up.Conn.SetReadDeadline(time.Time{})
+		if rc.hangup.Load() {
+			// The watcher's wake-up came while the deadline was cleared.
+			up.Conn.SetReadDeadline(longAgo)
+		}
+		if pr.stopHereCut() && pr.hijack() {
+			pr.handOffRaw(res)
+			return false, true
+		}
+		pr.cancelHandOff() // not hijacked: written here to the end
+	}
+	up.Conn.SetReadDeadline(time.Time{})
+	complete = rc.finish(up, b)
+	if complete {
+		setTrailers(pr.w.rw, rc.cp.trailerHdr)
+	}
+	return complete, false
+}
+
+// passHere writes the data of p, the body bytes a pass consumed (a stream
+// written through net/http), as one write to the client, and accounts
+// them; before is the parser's state before p. extra and err are the
+// pass's.
+func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error) bool {
+	cp, q := before, p
+	var werr error
+	for len(q) > 0 && werr == nil {
+		var data []byte
+		data, q, _ = cp.next(q)
+		if len(data) > 0 {
+			_, werr = rc.rw.Write(data)
+			rc.pr.body.account(data, nil)
+		}
+	}
+	if werr == nil {
+		werr = flushError(rc.rw)
+	}
+	if werr != nil {
+		rc.failWrite()
+		return false
+	}
+	rc.ended(extra, err)
+	return rc.more
+}
+
+// serveCopyHere is serveHere for a body read through the Transport: one
+// write per read, handed off after the first read past the hand-off time.
+func (pr *proxyRequest) serveCopyHere(res *http.Response, b []byte) (complete, handed bool) {
+	rw := pr.w.rw
+	if !pr.w.bodyAtHand {
+		// The head goes now; a body slow to come must not hold it.
+		if flushError(rw) != nil {
+			return false, false
+		}
+	}
+	due := time.Now().Add(pr.p.handoffAfter)
+	for {
+		n, err := pr.body.ReadCloser.Read(b)
+		if n > 0 {
+			_, werr := rw.Write(b[:n])
+			if werr == nil {
+				werr = flushError(rw)
+			}
+			if werr != nil {
+				pr.body.account(b[:n], nil)
+				pr.st.clientGone.Store(true)
+				return false, false
+			}
+		}
+		pr.body.account(b[:n], err)
+		if err == io.EOF {
+			setTrailers(rw, res.Trailer)
+			return true, false
+		}
+		if err != nil {
+			return false, false // the upstream broke, or the client left
+		}
+		if !due.IsZero() && time.Now().After(due) && pr.mayHandOffNow() {
+			if pr.stopHereCut() && pr.hijack() {
+				if res.Trailer == nil {
+					res.Trailer = make(http.Header) // see handOff
+				}
+				pr.st.trailer = res.Trailer
+				pr.w.reset(nil) // as handOff: hold nothing of net/http's
+				pr.in = nil
+				return false, true
+			}
+			due = time.Time{}
+		}
+	}
+}
+
+// flushError flushes what rw holds to the client and reports a failed
+// write, as http.ResponseController does, without allocating one.
+func flushError(rw http.ResponseWriter) error {
+	if f, ok := rw.(interface{ FlushError() error }); ok {
+		return f.FlushError()
+	}
+	return http.NewResponseController(rw).Flush()
+}
+
+// setTrailers sets h as trailers of the response rw writes, as
+// ReverseProxy passes an upstream's trailers.
+func setTrailers(rw http.ResponseWriter, h http.Header) {
+	for k, vv := range h {
+		k = http.TrailerPrefix + k
+		for _, v := range vv {
+			rw.Header().Add(k, v)
+		}
+	}
+}
+
+// stopHereCut unregisters the write cut of a stream written here, and
+// reports whether it had not run. (Should a hijack then fail, which
+// net/http's HTTP/1.1 connections do not, the stream goes on here with no
+// cut.)
+func (pr *proxyRequest) stopHereCut() bool {
+	if stop := pr.st.stopHereCut; stop != nil {
+		pr.st.stopHereCut = nil
+		pr.st.hereCut = !stop()
+	}
+	return !pr.st.hereCut
+}
+
+// mayHandOffNow reports whether a stream written here may be handed off at
+// once: its request body is all sent, the raw stream's framing is at a
+// chunk's start, and the request was not cancelled (its write cut not run).
+func (pr *proxyRequest) mayHandOffNow() bool {
+	if pr.st.stopHereCut == nil || pr.reqBody != nil && !pr.reqBody.drained.Load() {
+		return false
+	}
+	cp := &pr.st.rc.cp
+	return pr.st.rc.rw == nil || cp.state == cpSize && cp.digits == 0 && cp.line == 0
+}
+
+// deferHandOff moves the hand-off of a raw stream that could not be handed
+// off at its deadline to another try one hand-off time later.
+func (pr *proxyRequest) deferHandOff(up *upConn) {
+	up.Conn.SetReadDeadline(time.Now().Add(pr.p.handoffAfter))
+	if pr.st.rc.hangup.Load() {
+		up.Conn.SetReadDeadline(longAgo)
+	}
+}
+
+// cancelHandOff ends the hand-off tries of a raw stream that cannot be
+// hijacked.
+func (pr *proxyRequest) cancelHandOff() {
+	pr.up.Conn.SetReadDeadline(time.Time{})
+	if pr.st.rc.hangup.Load() {
+		pr.up.Conn.SetReadDeadline(longAgo)
+	}
+}
+
+// handOffRaw hands off a raw stream written here so far: from now on its
+// bytes pass to the client as they come (streamRaw).
+func (pr *proxyRequest) handOffRaw(res *http.Response) {
+	st := &pr.st
+	conn := st.conn
+	st.raw = true
+	st.rc.rw = nil
+	if sc, ok := socketOf(conn).(syscall.Conn); ok {
+		st.rc.client, _ = sc.SyscallConn()
+	}
+	upCtx := res.Request.Context()
+	st.stopWriteCut = context.AfterFunc(upCtx, func() { conn.SetWriteDeadline(longAgo) })
+	pr.w.reset(nil)
+	pr.in = nil
+}
