@@ -606,6 +606,13 @@ func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
 func (s *Server) httpServer() *http.Server {
 	srv := newHTTPServer(s, s.logger)
 	srv.BaseContext = func(net.Listener) context.Context { return s.base }
+	if s.proxy.streamHandoff {
+		// A stream written through net/http writes its events to the
+		// socket itself (stream_here.go).
+		srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, clientConnKey{}, c)
+		}
+	}
 	return srv
 }
 

@@ -26,10 +26,15 @@ package main
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"syscall"
 	"time"
 )
+
+// clientConnKey is the request context key of the client's connection
+// (Server.httpServer's ConnContext).
+type clientConnKey struct{}
 
 // errServedHere is what modifyResponse returns for a stream written to its
 // end through net/http: handleError then writes nothing more.
@@ -101,7 +106,15 @@ func (pr *proxyRequest) serveHere(res *http.Response) error {
 func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (complete, handed bool) {
 	p, rc := pr.p, &pr.st.rc
 	p.rawStreams.Add(1)
-	*rc = rawCopy{pr: pr, more: true, done: res.Request.Context().Done(), rw: pr.w.rw}
+	*rc = rawCopy{pr: pr, more: true, done: res.Request.Context().Done(), rw: pr.w.rw, viaRW: true}
+	// After the head, events pass to the client's socket as they came,
+	// framing included, as a handed-off raw stream passes them; net/http
+	// writes the body's end.
+	if c, ok := pr.in.Context().Value(clientConnKey{}).(net.Conn); ok {
+		if sc, ok := socketOf(c).(syscall.Conn); ok {
+			rc.client, _ = sc.SyscallConn()
+		}
+	}
 	up.Conn.SetReadDeadline(time.Now().Add(p.handoffAfter))
 	// The body bytes that came with the head go with it, in one write.
 	rc.pass(nil, up.stash)
@@ -131,23 +144,37 @@ func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (
 	return complete, false
 }
 
-// passHere writes the data of p, the body bytes a pass consumed (a stream
-// written through net/http), as one write to the client, and accounts
-// them; before is the parser's state before p. extra and err are the
-// pass's.
+// passHere writes through net/http p, the body bytes a pass consumed
+// (before is the parser's state before them; extra and err are the
+// pass's): the data of its chunks, which net/http frames, in one write,
+// with the head on the first pass. A first pass that ends inside a chunk,
+// whose rest will pass raw, writes the head alone and p raw after it, so
+// that the client's framing stays the upstream's.
 func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error) bool {
-	cp, q := before, p
+	first := rc.viaRW
+	rc.viaRW = false
 	var werr error
-	for len(q) > 0 && werr == nil {
-		var data []byte
-		data, q, _ = cp.next(q)
-		if len(data) > 0 {
-			_, werr = rc.rw.Write(data)
+	if first && rc.client != nil && err == nil && !rc.cp.done() && !rc.cp.atChunkStart() {
+		if werr = flushError(rc.rw); werr == nil && len(p) > 0 {
+			werr = rc.write(p)
+		}
+		for cp, q := before, p; len(q) > 0 && werr == nil; {
+			var data []byte
+			data, q, _ = cp.next(q)
 			rc.pr.body.account(data, nil)
 		}
-	}
-	if werr == nil {
-		werr = flushError(rc.rw)
+	} else {
+		for cp, q := before, p; len(q) > 0 && werr == nil; {
+			var data []byte
+			data, q, _ = cp.next(q)
+			if len(data) > 0 {
+				_, werr = rc.rw.Write(data)
+				rc.pr.body.account(data, nil)
+			}
+		}
+		if werr == nil {
+			werr = flushError(rc.rw)
+		}
 	}
 	if werr != nil {
 		rc.failWrite()
@@ -243,8 +270,10 @@ func (pr *proxyRequest) mayHandOffNow() bool {
 	if pr.st.stopHereCut == nil || pr.reqBody != nil && !pr.reqBody.drained.Load() {
 		return false
 	}
-	cp := &pr.st.rc.cp
-	return pr.st.rc.rw == nil || cp.state == cpSize && cp.digits == 0 && cp.line == 0
+	// A raw stream writing to the socket already passes the upstream's
+	// framing; one writing through net/http must stop between chunks.
+	rc := &pr.st.rc
+	return rc.rw == nil || rc.client != nil || rc.cp.atChunkStart()
 }
 
 // deferHandOff moves the hand-off of a raw stream that could not be handed

@@ -432,6 +432,9 @@ func (c *chunkParser) scan(p []byte) (n, held int, err error) {
 // done reports whether the body's end has been consumed.
 func (c *chunkParser) done() bool { return c.state == cpDone }
 
+// atChunkStart reports whether the next byte starts a chunk-size line.
+func (c *chunkParser) atChunkStart() bool { return c.state == cpSize && c.digits == 0 && c.line == 0 }
+
 func hexValue(b byte) (uint64, bool) {
 	switch {
 	case '0' <= b && b <= '9':
@@ -503,28 +506,35 @@ type rawCopy struct {
 	// whole (chunkParser.scan).
 	end []byte
 	// rw is net/http's ResponseWriter while the stream is written through
-	// it (stream_here.go); nil once handed off. handOffNow is set when
+	// it (stream_here.go); nil once handed off. viaRW: the next pass goes
+	// through rw (the first, with the head). handOffNow is set when
 	// readSocket stopped for the hand-off.
 	rw         http.ResponseWriter
+	viaRW      bool
 	handOffNow bool
 }
 
 // pass writes p, the next bytes of the body as received, to the client,
 // after prefix and in the same write, then accounts their data. It
 // clears more once the body ended or the client is gone. A stream still
-// written through net/http (rc.rw) writes the data alone: net/http frames
-// it.
+// written through net/http (rc.rw) leaves the body's end to net/http, and
+// writes its first pass, or every pass where it has no socket to write to,
+// through net/http (passHere).
 func (rc *rawCopy) pass(prefix, p []byte) bool {
 	before := rc.cp
 	n, held, err := rc.cp.scan(p)
-	if rc.rw != nil {
+	if err == nil && !rc.cp.done() {
+		rc.end = append(rc.end, p[held:n]...)
+	}
+	if rc.rw != nil && (rc.client == nil || rc.viaRW) {
 		return rc.passHere(before, p[:held], n < len(p), err)
 	}
 	out := p[:held]
 	switch {
-	case err != nil:
-	case !rc.cp.done():
-		rc.end = append(rc.end, p[held:n]...)
+	case err != nil, !rc.cp.done():
+	case rc.rw != nil:
+		// Written through net/http, which writes the body's end itself,
+		// with the trailers (serveRawHere).
 	case len(rc.end) == 0 && bytes.Equal(p[n-rc.cp.sectionLen:n], rc.cp.trailerOut):
 		out = p[:n] // the end came whole in p, and passes as it came
 	default:
