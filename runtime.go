@@ -403,6 +403,11 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 		}
 		garbage := max(int64(v[2])-int64(v[3]), 0)
 		if release && m.tick(allocated, cpu, v[1]+uint64(garbage), load.inFlight()) {
+			// Two collections: what a burst left in sync.Pools (net/http's
+			// buffers given back at each hijack, stream_here.go) survives
+			// the first in the pools' victim caches, and goes with the
+			// second, whose free pages FreeOSMemory then returns.
+			runtime.GC()
 			debug.FreeOSMemory()
 			read() // the next period starts after the GC it ran
 			if tuneProcs {
