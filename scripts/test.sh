@@ -4,7 +4,8 @@
 # packages), starts a throwaway redis-server on a spare loopback port, then
 # runs go vet, go test -race, the proxy, stream, fault and shutdown tests
 # once more with STREAM_HANDOFF=off (the plain ReverseProxy path must pass
-# them too), and the browser suite. CI (.ci/run) calls this.
+# them too), once more with STREAM_HANDOFF_AFTER=0 (every stream handed off
+# at once), and the browser suite. CI (.ci/run) calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
