@@ -92,7 +92,11 @@ type proxy struct {
 	// watchFailed logs, once, that the watcher stopped.
 	watchFailed sync.Once
 	handedOff   atomic.Int64 // streams handed off so far
-	rawStreams  atomic.Int64 // of which read the upstream socket themselves (upconn.go)
+	rawStreams  atomic.Int64 // streams that read the upstream socket themselves (upconn.go), handed off or not
+	// cutting is set when a shutdown's drain time is up and the requests
+	// still running are cut: a client connection closed then is not a
+	// client that left (499).
+	cutting atomic.Bool
 
 	requests    sync.Pool // *proxyRequest
 	bulkBufs    sync.Pool // *[]byte of bulkBufferSize
@@ -506,7 +510,7 @@ func (pr *proxyRequest) finish(completed bool) {
 	}
 	if !completed && pr.rec.ProxyErr == "" {
 		pr.rec.ProxyErr = "aborted"
-		if pr.in.Context().Err() != nil {
+		if pr.in.Context().Err() != nil && !p.cutting.Load() {
 			pr.rec.Status = 499
 		}
 	}

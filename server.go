@@ -548,6 +548,7 @@ func (s *Server) shutdown(srv *http.Server) {
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		logger.Warn("drain timed out; closing remaining connections", "active_requests", s.proxy.active.Load())
+		s.proxy.cutting.Store(true)
 		srv.Close()
 	}
 	// Shutdown returns without waiting for hijacked connections (WebSocket
@@ -557,6 +558,7 @@ func (s *Server) shutdown(srv *http.Server) {
 	if s.waitProxyIdle(shutdownCtx) {
 		return
 	}
+	s.proxy.cutting.Store(true)
 	s.cutRequests()
 	cutCtx, cancelCut := context.WithTimeout(context.Background(), shutdownCutWait)
 	defer cancelCut()

@@ -25,12 +25,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"syscall"
 	"time"
 )
+
+// minHandOffRetry is the least wait before a deferred hand-off is tried
+// again: a tiny STREAM_HANDOFF_AFTER must not make it spin.
+const minHandOffRetry = 10 * time.Millisecond
 
 // clientConnKey is the request context key of the client's connection
 // (Server.httpServer's ConnContext).
@@ -93,7 +98,7 @@ func (pr *proxyRequest) serveHere(res *http.Response) error {
 	}
 	pr.body.Close()
 	if !complete {
-		if st.clientGone.Load() || pr.in.Context().Err() != nil {
+		if pr.clientLeft(res.Request.Context()) {
 			pr.rec.Status = 499
 		}
 		pr.rec.ProxyErr = "aborted"
@@ -203,8 +208,9 @@ func (pr *proxyRequest) serveCopyHere(res *http.Response, b []byte) (complete, h
 				werr = flushError(rw)
 			}
 			if werr != nil {
+				// The client left, unless the write cut ended the write.
 				pr.body.account(b[:n], nil)
-				pr.st.clientGone.Store(true)
+				pr.st.clientGone.Store(res.Request.Context().Err() == nil)
 				return false, false
 			}
 		}
@@ -229,6 +235,23 @@ func (pr *proxyRequest) serveCopyHere(res *http.Response, b []byte) (complete, h
 			due = time.Time{}
 		}
 	}
+}
+
+// clientLeft reports whether a stream written here that did not end
+// cleanly ended because its client left: a write to it failed while the
+// upstream request stood, or the client's context ended, and with it the
+// upstream request (whose cause is then not UPSTREAM_TIMEOUT's), outside a
+// shutdown's cut. A write that failed also ends the client's context
+// (net/http), so that alone does not tell.
+func (pr *proxyRequest) clientLeft(upCtx context.Context) bool {
+	if pr.st.clientGone.Load() {
+		return true
+	}
+	if pr.in.Context().Err() == nil || pr.p.cutting.Load() {
+		return false
+	}
+	cause := context.Cause(upCtx)
+	return cause == nil || errors.Is(cause, context.Canceled)
 }
 
 // flushError flushes what rw holds to the client and reports a failed
@@ -277,9 +300,10 @@ func (pr *proxyRequest) mayHandOffNow() bool {
 }
 
 // deferHandOff moves the hand-off of a raw stream that could not be handed
-// off at its deadline to another try one hand-off time later.
+// off at its deadline (its request body still coming, say) to another try
+// one hand-off time later, or minHandOffRetry if that is longer.
 func (pr *proxyRequest) deferHandOff(up *upConn) {
-	up.Conn.SetReadDeadline(time.Now().Add(pr.p.handoffAfter))
+	up.Conn.SetReadDeadline(time.Now().Add(max(pr.p.handoffAfter, minHandOffRetry)))
 	if pr.st.rc.hangup.Load() {
 		up.Conn.SetReadDeadline(longAgo)
 	}

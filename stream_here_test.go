@@ -14,9 +14,10 @@ import (
 // has run that long: the client gets every event in order and a clean
 // end, its connection serves its next request, and the request counts
 // once. A raw stream (plain-HTTP upstream) is handed off while it idles,
-// at its read deadline; one read through the Transport (HTTPS upstream)
-// after its next read. A stream that ends first is never handed off, and
-// the same holds.
+// woken by its read deadline, after events written to the client's socket
+// (100ms) or at its first read (1ns); one read through the Transport
+// (HTTPS upstream) after its first read past the time. A stream that ends
+// first is never handed off, and the same holds.
 func TestStreamHandOffLater(t *testing.T) {
 	if !testConfig(t, nil).StreamHandoff {
 		t.Skip("STREAM_HANDOFF=off")
@@ -24,28 +25,32 @@ func TestStreamHandOffLater(t *testing.T) {
 	for _, tc := range []struct {
 		name, upKind, after string
 		handed              int64
+		waitHanded          bool // the hand-off comes while the stream idles
 	}{
-		{"raw, handed off", "http", "1ns", 1},
-		{"through the Transport, handed off", "https", "1ns", 1},
-		{"raw, ends first", "http", "1h", 0},
-		{"through the Transport, ends first", "https", "1h", 0},
+		{"raw, handed off while idle", "http", "100ms", 1, true},
+		{"raw, handed off at once", "http", "1ns", 1, true},
+		{"through the Transport, handed off", "https", "1ns", 1, false},
+		{"raw, ends first", "http", "1h", 0, false},
+		{"through the Transport, ends first", "https", "1h", 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			step := make(chan struct{})
+			steps := [2]chan struct{}{make(chan struct{}), make(chan struct{})}
 			h := func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path == "/plain" {
 					io.WriteString(w, "plain")
 					return
 				}
 				w.Header().Set("Content-Type", "text/event-stream")
-				io.WriteString(w, "data: 1\n\n")
-				w.(http.Flusher).Flush()
-				select {
-				case <-step:
-				case <-r.Context().Done():
-					return
+				for i, step := range steps {
+					fmt.Fprintf(w, "data: %d\n\n", i+1)
+					w.(http.Flusher).Flush()
+					select {
+					case <-step:
+					case <-r.Context().Done():
+						return
+					}
 				}
-				io.WriteString(w, "data: 2\n\n")
+				io.WriteString(w, "data: 3\n\n")
 				w.(http.Flusher).Flush()
 				io.WriteString(w, "data: [DONE]\n\n")
 			}
@@ -66,15 +71,17 @@ func TestStreamHandOffLater(t *testing.T) {
 				t.Errorf("head %v, Transfer-Encoding %v; want the proxy's headers, chunked", res.Header, res.TransferEncoding)
 			}
 			body := bufio.NewReader(res.Body)
-			if ev := readEvent(t, body); ev != "data: 1\n\n" {
-				t.Fatalf("first event %q", ev)
+			for i := range steps {
+				if ev, want := readEvent(t, body), fmt.Sprintf("data: %d\n\n", i+1); ev != want {
+					t.Fatalf("event %q, want %q", ev, want)
+				}
+				if i == 1 && tc.waitHanded {
+					eventually(t, func() bool { return s.proxy.handedOff.Load() == tc.handed }, "the stream to be handed off")
+				}
+				steps[i] <- struct{}{}
 			}
-			if tc.handed > 0 {
-				eventually(t, func() bool { return s.proxy.handedOff.Load() == tc.handed }, "the stream to be handed off")
-			}
-			step <- struct{}{}
 			rest, err := io.ReadAll(body)
-			if err != nil || string(rest) != "data: 2\n\ndata: [DONE]\n\n" {
+			if err != nil || string(rest) != "data: 3\n\ndata: [DONE]\n\n" {
 				t.Fatalf("rest of the stream %q, %v; want the last events and a clean end", rest, err)
 			}
 			res.Body.Close()
@@ -92,5 +99,47 @@ func TestStreamHandOffLater(t *testing.T) {
 			}
 			waitCounts(t, &http.Client{}, front.URL, "/p", endpointCounts{Count: 2, Status: map[string]int64{"2xx": 2}})
 		})
+	}
+}
+
+// TestStreamHereSplitChunk: the first bytes of a raw stream's body end
+// inside a chunk, the rest of which comes later. Written through net/http,
+// the head goes alone and the upstream's chunks pass as they came after
+// it, so that the client reads every event whole and a clean end, and the
+// chunk framing on the wire is the upstream's. (With the hand-off at once
+// or through ReverseProxy, the same events and end.)
+func TestStreamHereSplitChunk(t *testing.T) {
+	const head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+	const wire = "9\r\ndata: 1\n\n\r\n9;x=1\r\ndata: 2\n\n\r\n"
+	sent := make(chan struct{})
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		defer conn.Close()
+		io.WriteString(conn, head+wire[:6]) // "9\r\ndat"
+		select {
+		case <-sent:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(conn, wire[6:]+"0\r\n\r\n")
+	})
+	s, front := newTestServer(t, map[string]string{"/p": up.URL})
+	_, br, res := rawExchange(t, front.Listener.Addr().String(), "/p/stream")
+	close(sent) // the head came alone: the rest may follow
+	if !handoffOn(s) || handedOffAtOnce(s) {
+		b, err := io.ReadAll(res.Body)
+		if err != nil || string(b) != "data: 1\n\ndata: 2\n\n" {
+			t.Fatalf("body %q, %v; want both events and a clean end", b, err)
+		}
+		return
+	}
+	// Read the chunked body off the wire as it came.
+	raw, err := io.ReadAll(io.LimitReader(br, int64(len(wire)+len("0\r\n\r\n"))))
+	if err != nil || string(raw) != wire+"0\r\n\r\n" {
+		t.Errorf("on the wire %q, %v; want the upstream's chunks as sent, then the end", raw, err)
 	}
 }

@@ -251,6 +251,13 @@ func TestStreamHandOffClientLeaves(t *testing.T) {
 // handler must stay), so it is served the ordinary way, and both
 // directions arrive whole.
 func TestStreamHandOffWhileUploading(t *testing.T) {
+	// As a stream to hand off at its first read (STREAM_HANDOFF_AFTER=1ns),
+	// whose hand-off must wait for the body, and as the test runs it.
+	t.Run("after 1ns", func(t *testing.T) { testStreamWhileUploading(t, map[string]string{"STREAM_HANDOFF_AFTER": "1ns"}) })
+	t.Run("configured", func(t *testing.T) { testStreamWhileUploading(t, nil) })
+}
+
+func testStreamWhileUploading(t *testing.T, env map[string]string) {
 	const size = 1 << 20
 	got := make(chan int, 1)
 	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
@@ -262,7 +269,7 @@ func TestStreamHandOffWhileUploading(t *testing.T) {
 		got <- int(n)
 		io.WriteString(w, "data: 2\n\n")
 	})
-	_, front := newTestServer(t, map[string]string{"/p": up.URL})
+	_, front := newTestServerConfig(t, testConfig(t, env), map[string]string{"/p": up.URL})
 	pr, pw := io.Pipe()
 	go func() {
 		pw.Write(make([]byte, size/2))
