@@ -368,6 +368,11 @@ func TestShutdownTimeoutCutsStreams(t *testing.T) {
 	if got := d.Total["/p|count"]; got != streams {
 		t.Errorf("the flushed stats count %d requests, want the %d cut streams", got, streams)
 	}
+	// Cut by the proxy, not left by their clients: no 499 (the streams,
+	// younger than STREAM_HANDOFF_AFTER, are still in their handlers).
+	if got := d.Total["/p|client_closed"]; got != 0 {
+		t.Errorf("%d cut streams counted as clients that left (499), want 0", got)
+	}
 }
 
 // TestBinaryStartChecks: the binary refuses an ADMIN_TOKEN shorter than
