@@ -88,9 +88,10 @@ type streamState struct {
 	// its state.
 	raw          bool
 	rc           rawCopy
-	stopWriteCut func() bool // unregisters the raw stream's write cut
-	stopHereCut  func() bool // unregisters the write cut of a stream written through net/http (stream_here.go)
-	hereCut      bool        // that cut ran
+	stopWriteCut func() bool     // unregisters the stream's write cut (cutWrites)
+	upDone       <-chan struct{} // the upstream request's context's Done
+	stopHereCut  func() bool     // unregisters the write cut of a stream written through net/http (stream_here.go)
+	hereCut      bool            // that cut ran
 	// trailer is the upstream response's Trailer map, which the
 	// Transport fills in when its reader reaches the body's end:
 	// streamCopy sends it after the last chunk. Only the map is kept,
@@ -137,10 +138,7 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 		if sc, ok := socketOf(conn).(syscall.Conn); ok {
 			st.rc.client, _ = sc.SyscallConn()
 		}
-		// The Transport cancels the request by closing the upstream
-		// connection, which waits for the stream's read of it to return:
-		// a write blocked on a client that does not read must end too.
-		st.stopWriteCut = context.AfterFunc(upCtx, func() { conn.SetWriteDeadline(longAgo) })
+		pr.cutWrites(upCtx)
 		st.rc.pass(head.Bytes(), up.stash)
 		up.stash, up.stashBuf = nil, nil // the stream may idle for long: keep no buffer
 	} else {
@@ -152,8 +150,9 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 			res.Trailer = make(http.Header)
 		}
 		st.trailer = res.Trailer
+		pr.cutWrites(res.Request.Context())
 		if _, err := conn.Write(head.Bytes()); err != nil {
-			st.clientGone.Store(true)
+			st.clientGone.Store(!st.upEnded())
 		}
 	}
 	// net/http's request and response, and through them the connection's
@@ -161,6 +160,30 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 	pr.w.reset(nil)
 	pr.in = nil
 	return true
+}
+
+// cutWrites makes the end of the upstream request (UPSTREAM_TIMEOUT, the
+// shutdown's cut) also end a write of the handed-off stream blocked on a
+// client that does not read: else the stream would wait on that client for
+// as long as it keeps the connection open, and a raw stream's upstream
+// connection would not even close (the Transport's close of it waits for
+// the stream's read to return).
+func (pr *proxyRequest) cutWrites(upCtx context.Context) {
+	st, conn := &pr.st, pr.st.conn
+	st.upDone = upCtx.Done()
+	st.stopWriteCut = context.AfterFunc(upCtx, func() { conn.SetWriteDeadline(longAgo) })
+}
+
+// upEnded reports whether the upstream request of a handed-off stream
+// ended (its write cut ran, or runs): a write that failed then was cut,
+// and the client did not leave.
+func (st *streamState) upEnded() bool {
+	select {
+	case <-st.upDone:
+		return true
+	default:
+		return false
+	}
 }
 
 // hijack takes the client connection of a stream being handed off from
@@ -312,7 +335,7 @@ func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
 		}
 		pr.body.account(b[chunkHead:chunkHead+n], err)
 		if werr != nil {
-			st.clientGone.Store(true)
+			st.clientGone.Store(!st.upEnded())
 			break
 		}
 		if err == io.EOF {
@@ -321,7 +344,7 @@ func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
 				end = appendLastChunk(b[:0], st.trailer)
 			}
 			if _, werr := st.conn.Write(end); werr != nil {
-				st.clientGone.Store(true)
+				st.clientGone.Store(!st.upEnded())
 			} else {
 				complete = true
 			}
@@ -400,7 +423,7 @@ func (pr *proxyRequest) clientEvent(gone bool) {
 // reset clears a stream's state for the pool.
 func (st *streamState) reset() {
 	st.conn, st.stopCut, st.watchDone, st.watched, st.raw = nil, nil, nil, false, false
-	st.rc, st.stopWriteCut, st.stopHereCut, st.hereCut, st.trailer = rawCopy{}, nil, nil, false, nil
+	st.rc, st.stopWriteCut, st.upDone, st.stopHereCut, st.hereCut, st.trailer = rawCopy{}, nil, nil, nil, false, nil
 	st.pending = st.pending[:0]
 	if cap(st.early) > 512 {
 		st.early = nil // a large one is not kept in the pool

@@ -228,6 +228,7 @@ func (pr *proxyRequest) serveCopyHere(res *http.Response, b []byte) (complete, h
 					res.Trailer = make(http.Header) // see handOff
 				}
 				pr.st.trailer = res.Trailer
+				pr.cutWrites(res.Request.Context())
 				pr.w.reset(nil) // as handOff: hold nothing of net/http's
 				pr.in = nil
 				return false, true
@@ -328,8 +329,7 @@ func (pr *proxyRequest) handOffRaw(res *http.Response) {
 	if sc, ok := socketOf(conn).(syscall.Conn); ok {
 		st.rc.client, _ = sc.SyscallConn()
 	}
-	upCtx := res.Request.Context()
-	st.stopWriteCut = context.AfterFunc(upCtx, func() { conn.SetWriteDeadline(longAgo) })
+	pr.cutWrites(res.Request.Context())
 	pr.w.reset(nil)
 	pr.in = nil
 }

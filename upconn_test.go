@@ -448,7 +448,8 @@ func checkRawFraming(t *testing.T, tt rawFramingCase, upURL string, read chan<- 
 // upstream request is cancelled and the client's connection broken.
 func TestStreamRawTimeout(t *testing.T) {
 	t.Run("idle", testStreamRawTimeoutIdle)
-	t.Run("stuck client", testStreamRawTimeoutStuckClient)
+	t.Run("stuck client", func(t *testing.T) { testStreamRawTimeoutStuckClient(t, false) })
+	t.Run("stuck client, HTTPS upstream", func(t *testing.T) { testStreamRawTimeoutStuckClient(t, true) })
 }
 
 func testStreamRawTimeoutIdle(t *testing.T) {
@@ -516,10 +517,13 @@ func (c *countingConn) Write(p []byte) (int, error) {
 // testStreamRawTimeoutStuckClient: UPSTREAM_TIMEOUT also ends a raw stream
 // whose client does not read, while the stream is blocked writing to it:
 // the upstream connection closes (the Transport's close waits for the
-// stream's read of it to return).
-func testStreamRawTimeoutStuckClient(t *testing.T) {
+// stream's read of it to return). From an HTTPS upstream (read through the
+// Transport), the blocked write ends too. Either way the request is
+// recorded as cut (an error), not as a client that left (499), when the
+// proxy writes the stream itself.
+func testStreamRawTimeoutStuckClient(t *testing.T, https bool) {
 	ended := make(chan struct{}, 1)
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() { ended <- struct{}{} }()
 		w.Header().Set("Content-Type", "text/event-stream")
 		event := "data: " + strings.Repeat("x", 64<<10) + "\n\n"
@@ -532,7 +536,18 @@ func testStreamRawTimeoutStuckClient(t *testing.T) {
 			}
 		}
 	})
-	s, front := newTestServerConfig(t, testConfig(t, map[string]string{"UPSTREAM_TIMEOUT": "1s"}), map[string]string{"/p": up.URL})
+	var upURL string
+	var tlsUp *httptest.Server
+	if https {
+		tlsUp = newTLSUpstream(t, false, h)
+		upURL = tlsUp.URL
+	} else {
+		upURL = newUpstream(t, h).URL
+	}
+	s, front := newTestServerConfig(t, testConfig(t, map[string]string{"UPSTREAM_TIMEOUT": "1s"}), map[string]string{"/p": upURL})
+	if tlsUp != nil {
+		trustUpstream(t, s, tlsUp)
+	}
 	conn, err := net.Dial("tcp", front.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -546,8 +561,15 @@ func testStreamRawTimeoutStuckClient(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("the upstream was still sending after the timeout")
 	}
-	if n := s.proxy.rawStreams.Load(); handoffOn(s) && n != 1 {
+	if n := s.proxy.rawStreams.Load(); handoffOn(s) && !https && n != 1 {
 		t.Errorf("%d raw streams, want 1", n)
+	}
+	// The proxy's write ends too: the request is recorded while the
+	// client still holds its connection open. (Through ReverseProxy alone,
+	// STREAM_HANDOFF=off, nothing ends that write: net/http's server has
+	// no write timeout.)
+	if handoffOn(s) {
+		waitCounts(t, &http.Client{}, front.URL, "/p", endpointCounts{Count: 1, ErrorCount: 1, Status: map[string]int64{"2xx": 1}})
 	}
 }
 
