@@ -20,7 +20,9 @@ package main
 // stream ends, the connection goes back to the http.Server through
 // connRecycler, so keep-alive works as if net/http had served the stream.
 // What this buys is memory per held stream: a small stack and buffer
-// instead of net/http's.
+// instead of net/http's. It is bought once a stream has run
+// STREAM_HANDOFF_AFTER (stream_here.go writes it through net/http until
+// then, and hijacks it where it stands); with 0, as its head comes.
 //
 // What is not handed off stays on the ordinary ReverseProxy path: HTTP/2
 // clients (no hijacking), HTTP/1.0 clients (no chunking), HEAD, bodies of

@@ -8,20 +8,24 @@ package main
 // seconds the memory is held too briefly to matter, and that CPU is most of
 // what its start costs beyond a plain ReverseProxy (docs/performance.md,
 // "An ordinary day"). So a stream that may be handed off is first written
-// here, by the handler, through net/http's ResponseWriter, which frames
-// the chunks; only a stream still running after STREAM_HANDOFF_AFTER
-// (Config.StreamHandoffAfter) is handed off, from where it stands.
+// here, by the handler, with net/http's ResponseWriter; only a stream still
+// running after STREAM_HANDOFF_AFTER (Config.StreamHandoffAfter) is handed
+// off, from where it stands.
 //
 // What stays the same: from a plain-HTTP/1.1 upstream the body is read from
-// the socket itself (upconn.go), one read per event; each read's data goes
-// to the client in one write, with the head for the first; trailers the
-// upstream sends pass as on every path; a client that leaves cancels the
-// upstream request (net/http's background read does it here); an upstream
-// that breaks mid-body breaks the client's connection (the handler aborts).
-// The hand-off waits for a chunk boundary of the upstream's framing, so
-// that the raw stream passes whole chunks after it. A raw stream's wait
-// ends at the hand-off time (a read deadline); a stream read through the
-// Transport is handed off after its first read past that time.
+// the socket itself (upconn.go), one read per event; the head and the body
+// bytes that came with it go in one write (through net/http, which frames
+// them), and each later read passes as it came, framing included, straight
+// to the client's socket (from http.Server's ConnContext), while net/http
+// writes the body's end with the trailers; a client that leaves cancels the
+// upstream request (net/http's background read sees it here); an upstream
+// that breaks mid-body breaks the client's connection (the handler aborts);
+// the upstream request's end also ends a write blocked on a client that
+// does not read (the write cut). A raw stream's wait for its next bytes
+// ends at the hand-off time (a read deadline on the upstream socket); a
+// stream read through the Transport is handed off after its first read
+// past that time. Where there is no client socket to write to, every read
+// goes through net/http, and the hand-off waits for a chunk boundary.
 
 import (
 	"context"
