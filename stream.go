@@ -91,7 +91,7 @@ type streamState struct {
 	raw          bool
 	rc           rawCopy
 	stopWriteCut func() bool     // unregisters the stream's write cut (cutWrites)
-	upDone       <-chan struct{} // the upstream request's context's Done
+	upDone       <-chan struct{} // the upstream request's context's Done, from the stream's start (handOff, serveHere)
 	stopHereCut  func() bool     // unregisters the write cut of a stream written through net/http (stream_here.go)
 	hereCut      bool            // that cut ran
 	// trailer is the upstream response's Trailer map, which the
@@ -127,6 +127,7 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 		return false
 	}
 	st, conn := &pr.st, pr.st.conn
+	st.upDone = res.Request.Context().Done()
 	head := pr.responseHead(res)
 	pr.rec.TTFB = time.Since(pr.rec.Start)
 	if up := pr.up; canReadRaw && up != nil && up.captured && !res.Uncompressed &&
@@ -135,33 +136,51 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 		// often as not) go with it, in one write.
 		st.raw = true
 		pr.p.rawStreams.Add(1)
-		upCtx := res.Request.Context()
-		st.rc = rawCopy{pr: pr, more: true, done: upCtx.Done()}
-		if sc, ok := socketOf(conn).(syscall.Conn); ok {
-			st.rc.client, _ = sc.SyscallConn()
-		}
-		pr.cutWrites(upCtx)
+		st.rc = rawCopy{pr: pr, more: true, client: rawConnOf(conn)}
+		pr.cutWrites(res.Request.Context())
 		st.rc.pass(head.Bytes(), up.stash)
 		up.stash, up.stashBuf = nil, nil // the stream may idle for long: keep no buffer
 	} else {
-		// Trailers the upstream sends undeclared are merged into
-		// res.Trailer by the Transport (HTTP/1 and HTTP/2 alike) when the
-		// body ends; a nil Trailer would be replaced with a new map there,
-		// which the stream, holding no reference to res, would not see.
-		if res.Trailer == nil {
-			res.Trailer = make(http.Header)
-		}
-		st.trailer = res.Trailer
-		pr.cutWrites(res.Request.Context())
+		pr.handOffCopy(res)
 		if _, err := conn.Write(head.Bytes()); err != nil {
 			st.clientGone.Store(!st.upEnded())
 		}
 	}
-	// net/http's request and response, and through them the connection's
-	// buffers, are garbage once the handler returns: hold no reference.
+	pr.dropServerRefs()
+	return true
+}
+
+// handOffCopy readies a stream read through the Transport (streamCopy) for
+// its hand-off.
+func (pr *proxyRequest) handOffCopy(res *http.Response) {
+	// Trailers the upstream sends undeclared are merged into res.Trailer
+	// by the Transport (HTTP/1 and HTTP/2 alike) when the body ends; a nil
+	// Trailer would be replaced with a new map there, which the stream,
+	// holding no reference to res, would not see.
+	if res.Trailer == nil {
+		res.Trailer = make(http.Header)
+	}
+	pr.st.trailer = res.Trailer
+	pr.cutWrites(res.Request.Context())
+}
+
+// dropServerRefs lets go of net/http's request and response at a hand-off:
+// they, and through them the connection's buffers, are garbage once the
+// handler returns.
+func (pr *proxyRequest) dropServerRefs() {
 	pr.w.reset(nil)
 	pr.in = nil
-	return true
+}
+
+// rawConnOf returns the raw descriptor of c's socket for raw writes, or nil
+// when it has none (rawCopy.write then uses the connection).
+func rawConnOf(c net.Conn) syscall.RawConn {
+	if sc, ok := socketOf(c).(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			return raw
+		}
+	}
+	return nil
 }
 
 // cutWrites makes the end of the upstream request (UPSTREAM_TIMEOUT, the
@@ -172,7 +191,6 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 // the stream's read to return).
 func (pr *proxyRequest) cutWrites(upCtx context.Context) {
 	st, conn := &pr.st, pr.st.conn
-	st.upDone = upCtx.Done()
 	st.stopWriteCut = context.AfterFunc(upCtx, func() { conn.SetWriteDeadline(longAgo) })
 }
 

@@ -33,7 +33,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"syscall"
 	"time"
 )
 
@@ -79,6 +78,7 @@ func (pr *proxyRequest) serveHere(res *http.Response) error {
 	// The upstream request's end (UPSTREAM_TIMEOUT, shutdown) must also
 	// end a write blocked on a client that does not read: the Transport's
 	// close of a raw stream's connection waits for the stream's read.
+	st.upDone = res.Request.Context().Done()
 	ctl := http.NewResponseController(rw)
 	st.stopHereCut = context.AfterFunc(res.Request.Context(), func() { ctl.SetWriteDeadline(longAgo) })
 
@@ -115,14 +115,12 @@ func (pr *proxyRequest) serveHere(res *http.Response) error {
 func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (complete, handed bool) {
 	p, rc := pr.p, &pr.st.rc
 	p.rawStreams.Add(1)
-	*rc = rawCopy{pr: pr, more: true, done: res.Request.Context().Done(), rw: pr.w.rw, viaRW: true}
+	*rc = rawCopy{pr: pr, more: true, rw: pr.w.rw, viaRW: true}
 	// After the head, events pass to the client's socket as they came,
 	// framing included, as a handed-off raw stream passes them; net/http
 	// writes the body's end.
 	if c, ok := pr.in.Context().Value(clientConnKey{}).(net.Conn); ok {
-		if sc, ok := socketOf(c).(syscall.Conn); ok {
-			rc.client, _ = sc.SyscallConn()
-		}
+		rc.client = rawConnOf(c)
 	}
 	up.Conn.SetReadDeadline(time.Now().Add(p.handoffAfter))
 	// The body bytes that came with the head go with it, in one write.
@@ -134,16 +132,12 @@ func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (
 			break
 		}
 		rc.handOffNow = false
-		up.Conn.SetReadDeadline(time.Time{})
-		if rc.hangup.Load() {
-			// The watcher's wake-up came while the deadline was cleared.
-			up.Conn.SetReadDeadline(longAgo)
-		}
+		rc.setReadDeadline(up, time.Time{})
 		if pr.stopHereCut() && pr.hijack() {
 			pr.handOffRaw(res)
 			return false, true
 		}
-		pr.cancelHandOff() // not hijacked: written here to the end
+		// Not hijacked: written here to the end, its deadline cleared.
 	}
 	up.Conn.SetReadDeadline(time.Time{})
 	complete = rc.finish(up, b)
@@ -167,10 +161,8 @@ func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error)
 		if werr = flushError(rc.rw); werr == nil && len(p) > 0 {
 			werr = rc.write(p)
 		}
-		for cp, q := before, p; len(q) > 0 && werr == nil; {
-			var data []byte
-			data, q, _ = cp.next(q)
-			rc.pr.body.account(data, nil)
+		if werr == nil {
+			rc.accountData(before, p)
 		}
 	} else {
 		for cp, q := before, p; len(q) > 0 && werr == nil; {
@@ -214,7 +206,7 @@ func (pr *proxyRequest) serveCopyHere(res *http.Response, b []byte) (complete, h
 			if werr != nil {
 				// The client left, unless the write cut ended the write.
 				pr.body.account(b[:n], nil)
-				pr.st.clientGone.Store(res.Request.Context().Err() == nil)
+				pr.st.clientGone.Store(!pr.st.upEnded())
 				return false, false
 			}
 		}
@@ -228,13 +220,8 @@ func (pr *proxyRequest) serveCopyHere(res *http.Response, b []byte) (complete, h
 		}
 		if !due.IsZero() && time.Now().After(due) && pr.mayHandOffNow() {
 			if pr.stopHereCut() && pr.hijack() {
-				if res.Trailer == nil {
-					res.Trailer = make(http.Header) // see handOff
-				}
-				pr.st.trailer = res.Trailer
-				pr.cutWrites(res.Request.Context())
-				pr.w.reset(nil) // as handOff: hold nothing of net/http's
-				pr.in = nil
+				pr.handOffCopy(res)
+				pr.dropServerRefs()
 				return false, true
 			}
 			due = time.Time{}
@@ -304,22 +291,13 @@ func (pr *proxyRequest) mayHandOffNow() bool {
 	return rc.rw == nil || rc.client != nil || rc.cp.atChunkStart()
 }
 
-// deferHandOff moves the hand-off of a raw stream that could not be handed
-// off at its deadline (its request body still coming, say) to another try
-// one hand-off time later, or minHandOffRetry if that is longer.
-func (pr *proxyRequest) deferHandOff(up *upConn) {
-	up.Conn.SetReadDeadline(time.Now().Add(max(pr.p.handoffAfter, minHandOffRetry)))
-	if pr.st.rc.hangup.Load() {
+// setReadDeadline sets the upstream socket's read deadline to t, unless
+// the watcher saw a hang-up: its wake-up (a deadline in the past) stays,
+// even when it came while the deadline was being set.
+func (rc *rawCopy) setReadDeadline(up *upConn, t time.Time) {
+	up.Conn.SetReadDeadline(t)
+	if rc.hangup.Load() {
 		up.Conn.SetReadDeadline(longAgo)
-	}
-}
-
-// cancelHandOff ends the hand-off tries of a raw stream that cannot be
-// hijacked.
-func (pr *proxyRequest) cancelHandOff() {
-	pr.up.Conn.SetReadDeadline(time.Time{})
-	if pr.st.rc.hangup.Load() {
-		pr.up.Conn.SetReadDeadline(longAgo)
 	}
 }
 
@@ -327,13 +305,9 @@ func (pr *proxyRequest) cancelHandOff() {
 // bytes pass to the client as they come (streamRaw).
 func (pr *proxyRequest) handOffRaw(res *http.Response) {
 	st := &pr.st
-	conn := st.conn
 	st.raw = true
 	st.rc.rw = nil
-	if sc, ok := socketOf(conn).(syscall.Conn); ok {
-		st.rc.client, _ = sc.SyscallConn()
-	}
+	st.rc.client = rawConnOf(st.conn)
 	pr.cutWrites(res.Request.Context())
-	pr.w.reset(nil)
-	pr.in = nil
+	pr.dropServerRefs()
 }

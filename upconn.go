@@ -493,7 +493,6 @@ func (rc *rawCopy) finish(up *upConn, b []byte) (complete bool) {
 type rawCopy struct {
 	pr          *proxyRequest
 	cp          chunkParser
-	done        <-chan struct{} // the upstream request's context's
 	client      syscall.RawConn // the client connection's, if it has one
 	more        bool            // the body has not ended
 	err         error           // why the body ended before its end
@@ -552,16 +551,21 @@ func (rc *rawCopy) pass(prefix, p []byte) bool {
 			return false
 		}
 	}
-	cp, q := before, p[:held]
-	for len(q) > 0 {
+	rc.accountData(before, p[:held])
+	rc.ended(n < len(p), err)
+	return rc.more
+}
+
+// accountData accounts the data of p, body bytes the parser read from its
+// state before.
+func (rc *rawCopy) accountData(before chunkParser, p []byte) {
+	for cp, q := before, p; len(q) > 0; {
 		var data []byte
 		data, q, _ = cp.next(q)
 		if len(data) > 0 {
 			rc.pr.body.account(data, nil)
 		}
 	}
-	rc.ended(n < len(p), err)
-	return rc.more
 }
 
 // ended notes where a pass left the body: broken (err), or at its end,
@@ -581,10 +585,9 @@ func (rc *rawCopy) ended(extra bool, err error) {
 // unless the upstream request was cancelled (the write cut of stream.go).
 func (rc *rawCopy) failWrite() {
 	rc.writeFailed, rc.more = true, false
-	select {
-	case <-rc.done:
+	if rc.pr.st.upEnded() {
 		rc.err = errUpstreamCancelled
-	default:
+	} else {
 		rc.pr.st.clientGone.Store(true)
 	}
 }

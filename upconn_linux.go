@@ -35,7 +35,7 @@ func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 	read := func(fd uintptr) bool {
 		for rc.more && !st.clientGone.Load() {
 			select {
-			case <-rc.done:
+			case <-st.upDone:
 				rc.err = errUpstreamCancelled
 				return true
 			default:
@@ -78,7 +78,9 @@ func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 				rc.handOffNow = true
 				break
 			}
-			rc.pr.deferHandOff(up)
+			// Not yet (its request body is still coming, say): try again
+			// one hand-off time later, or minHandOffRetry if that is longer.
+			rc.setReadDeadline(up, time.Now().Add(max(rc.pr.p.handoffAfter, minHandOffRetry)))
 			continue
 		}
 		if err != nil && rc.err == nil {
