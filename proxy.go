@@ -105,11 +105,13 @@ type proxy struct {
 	// active counts the requests in flight, handed-off streams included.
 	// streams counts those of them that are streams (event streams,
 	// upgraded connections); peak is the most streams at once since the
-	// runtime tuner last looked, and crowd tells it when they reach
-	// procsFewStreams (runtime.go).
+	// runtime tuner last looked. oneProc is set while the tuner runs the
+	// process on one processor, and crowd then tells it that a stream
+	// started (runtime.go).
 	active  atomic.Int64
 	streams atomic.Int64
 	peak    atomic.Int64
+	oneProc atomic.Bool
 	crowd   chan struct{}
 }
 
@@ -122,7 +124,7 @@ func (p *proxy) enterStream() {
 			break
 		}
 	}
-	if n == procsFewStreams {
+	if p.oneProc.Load() {
 		select {
 		case p.crowd <- struct{}{}:
 		default:
@@ -134,6 +136,7 @@ func (p *proxy) enterStream() {
 func (p *proxy) inFlight() int64          { return p.active.Load() }
 func (p *proxy) peakStreams() int64       { return p.peak.Swap(p.streams.Load()) }
 func (p *proxy) crowded() <-chan struct{} { return p.crowd }
+func (p *proxy) oneProcessor(on bool)     { p.oneProc.Store(on) }
 
 // requestRecord is what the proxy tells its observer about one finished
 // request. It is only valid during the observer call.

@@ -67,10 +67,11 @@ const tuneEvery = time.Second
 //     then none is taken again for procsNoRaise (but for streams, below),
 //     so that a load whose clients slow down with the proxy does not swing
 //     it back and forth quickly;
-//   - more: from one, at once when procsFewStreams streams are in flight
-//     (the proxy signals it from the response that reached the count, not
-//     at the next tick), whatever the machine: their events' latency is
-//     what their users see; and after procsRaiseAfter in which the machine
+//   - more: from one, at once when a stream starts (the proxy signals it
+//     from the response that turned out to be one, not at the next tick),
+//     whatever the machine: their events' latency is what their users
+//     see, and streams come in bursts whose starts, on one processor, hold
+//     up each other's first events; and after procsRaiseAfter in which the machine
 //     had at least procsSpare CPUs idle and the process used nearly all its
 //     processors (at least n - procsSlack CPUs);
 //   - past two, one also goes after procsQuietAfter fitting in one fewer
@@ -148,8 +149,8 @@ func (p *procsTuner) restart() {
 	p.raiseFor, p.contendFor, p.tightFor, p.quietFor, p.lightFor = 0, 0, 0, 0, 0
 }
 
-// crowd is told that procsFewStreams streams are in flight, between
-// ticks, and returns the GOMAXPROCS to use.
+// crowd is told that a stream started while the process ran on one
+// processor, between ticks, and returns the GOMAXPROCS to use.
 func (p *procsTuner) crowd() int {
 	if p.mayCrowd() {
 		p.n++
@@ -279,11 +280,13 @@ func tuneRuntime(procs, gc, release bool, load requestLoad) (stop func()) {
 // requestLoad is what the tuner reads of the requests a Server serves
 // (the proxy's): how many are in flight, the most streams in flight at
 // once since the last call of peakStreams, and a channel that receives
-// when the streams in flight reach procsFewStreams.
+// when a stream starts while oneProcessor was last told true (the tuner
+// tells it whether it runs the process on one processor and may raise).
 type requestLoad interface {
 	inFlight() int64
 	peakStreams() int64
 	crowded() <-chan struct{}
+	oneProcessor(on bool)
 }
 
 // tuneSources is where tuneRuntimeFrom reads the process's and the
@@ -312,6 +315,7 @@ func tuneRuntimeFrom(src tuneSources, procs, gc, release bool, load requestLoad)
 	return func() {
 		cancel()
 		<-done
+		load.oneProcessor(false)
 		if procs {
 			runtime.SetDefaultGOMAXPROCS()
 		}
@@ -319,14 +323,16 @@ func tuneRuntimeFrom(src tuneSources, procs, gc, release bool, load requestLoad)
 }
 
 // setProcs gives the runtime the GOMAXPROCS p decided: at p's most, back
-// to the runtime's default, which p then learns.
-func setProcs(p *procsTuner, n int) {
+// to the runtime's default, which p then learns. It tells load whether a
+// stream's start is now to be signalled.
+func setProcs(p *procsTuner, n int, load requestLoad) {
 	if n < p.max {
 		runtime.GOMAXPROCS(n)
-		return
+	} else {
+		runtime.SetDefaultGOMAXPROCS()
+		p.atDefault(runtime.GOMAXPROCS(0))
 	}
-	runtime.SetDefaultGOMAXPROCS()
-	p.atDefault(runtime.GOMAXPROCS(0))
+	load.oneProcessor(p.mayCrowd())
 }
 
 // tuneLoop is tuneRuntime's loop; machine is the machine's CPU time when
@@ -369,7 +375,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 			return
 		case <-load.crowded():
 			if before := procs.n; tuneProcs && procs.crowd() != before {
-				setProcs(procs, procs.n)
+				setProcs(procs, procs.n, load)
 			}
 			continue
 		case <-tick.C:
@@ -390,7 +396,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 				used := float64(cpu) / float64(time.Since(lastTime))
 				before := procs.n
 				if n := procs.tick(used, idle, peak); n != before {
-					setProcs(procs, n)
+					setProcs(procs, n, load)
 				}
 			}
 			machine = now // zero when not ok: a period without figures is skipped, not merged into the next

@@ -377,9 +377,13 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 		t.Fatalf("GOMAXPROCS %d at start, want 2", got)
 	}
 	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 1 }, "GOMAXPROCS 1 for light work")
-	load.n.Store(procsFewStreams)
+	eventually(t, load.oneProc.Load, "the load told that a stream's start is to be signalled")
+	load.n.Store(1)
 	load.crowd <- struct{}{}
-	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 2 }, "GOMAXPROCS 2 once requests crowd in")
+	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 2 }, "GOMAXPROCS 2 once a stream starts")
+	if load.oneProc.Load() {
+		t.Error("at two processors the load is still told to signal a stream's start")
+	}
 	// The streams end; the machine is saturated.
 	load.n.Store(0)
 	saturated.Store(true)
@@ -393,45 +397,53 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 
 // testLoad is a requestLoad whose requests in flight a test sets.
 type testLoad struct {
-	n     atomic.Int64
-	crowd chan struct{}
+	n       atomic.Int64
+	crowd   chan struct{}
+	oneProc atomic.Bool
 }
 
 func (l *testLoad) inFlight() int64          { return l.n.Load() }
 func (l *testLoad) peakStreams() int64       { return l.n.Load() }
 func (l *testLoad) crowded() <-chan struct{} { return l.crowd }
+func (l *testLoad) oneProcessor(on bool)     { l.oneProc.Store(on) }
 
 // TestProxyCrowd checks what the proxy tells the runtime tuner: the most
-// streams in flight at once since it last looked, and one signal when
-// they reach procsFewStreams.
+// streams in flight at once since it last looked, and a signal when a
+// stream starts while the tuner runs the process on one processor (and
+// only then: at two, a signal per stream would wake the tuner for nothing).
 func TestProxyCrowd(t *testing.T) {
 	p := &proxy{crowd: make(chan struct{}, 1)}
-	for range procsFewStreams - 1 {
+	for range procsFewStreams {
 		p.enterStream()
 	}
 	select {
 	case <-p.crowded():
-		t.Fatalf("crowded with %d streams", procsFewStreams-1)
+		t.Fatalf("a signal with %d streams started while not on one processor", procsFewStreams)
 	default:
 	}
-	p.streams.Add(-(procsFewStreams - 2))
-	if got := p.peakStreams(); got != procsFewStreams-1 {
-		t.Errorf("peakStreams = %d, want %d", got, procsFewStreams-1)
+	p.streams.Add(-(procsFewStreams - 1))
+	if got := p.peakStreams(); got != procsFewStreams {
+		t.Errorf("peakStreams = %d, want %d", got, procsFewStreams)
 	}
 	if got := p.peakStreams(); got != 1 {
 		t.Errorf("peakStreams in a new period = %d, want the 1 in flight", got)
 	}
-	p.streams.Store(procsFewStreams - 1)
+	p.oneProcessor(true)
 	p.enterStream()
 	select {
 	case <-p.crowded():
 	default:
-		t.Fatalf("not crowded with %d streams", procsFewStreams)
+		t.Fatal("no signal for a stream started on one processor")
 	}
+	// Streams starting before the tuner took the signal do not block.
+	p.enterStream()
+	p.enterStream()
+	<-p.crowded()
+	p.oneProcessor(false)
 	p.enterStream()
 	select {
 	case <-p.crowded():
-		t.Fatalf("crowded again past %d", procsFewStreams)
+		t.Fatal("a signal after the tuner left one processor")
 	default:
 	}
 }
