@@ -465,11 +465,27 @@ func TestProcessProcessors(t *testing.T) {
 	}
 	def := strconv.Itoa(runtime.GOMAXPROCS(0))
 	bin := buildBinary(t)
+	// The tuned proxy maps /s to an upstream whose event stream waits for
+	// the test after its first event.
+	release := make(chan struct{})
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	tunedDir := t.TempDir()
+	if _, _, err := runMap(t, tunedDir, "set", "/s", up.URL); err != nil {
+		t.Fatal(err)
+	}
 	// An empty variable is unset for the runtime and for the proxy: the
 	// test's own environment does not count.
 	off := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "RUNTIME_TUNING=off", "GOMAXPROCS=", "GOGC=")
 	set := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "RUNTIME_TUNING=", "GOMAXPROCS="+def, "GOGC=")
-	tuned := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "RUNTIME_TUNING=", "GOMAXPROCS=", "GOGC=")
+	tuned := startBinary(t, bin, "DATA_DIR="+tunedDir, "RUNTIME_TUNING=", "GOMAXPROCS=", "GOGC=")
 	// Polled every 100 ms: /metrics itself costs CPU, and the proxy goes
 	// to one processor only while it uses under half a CPU.
 	deadline := time.Now().Add(procsLightAfter + testTimeout)
@@ -486,6 +502,28 @@ func TestProcessProcessors(t *testing.T) {
 	}
 	if got := gomaxprocsOf(t, set); got != def {
 		t.Errorf("GOMAXPROCS=%s set: GOMAXPROCS %s, want it kept", def, got)
+	}
+
+	// One stream starts: the second processor comes back at once, not
+	// after a tick or at 16 streams.
+	res, err := http.Post("http://"+tuned.addr+"/s/v1/chat/completions", "application/json", strings.NewReader(`{"stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	defer close(release)
+	first := make([]byte, len("data: 1\n\n"))
+	if _, err := io.ReadFull(res.Body, first); err != nil || string(first) != "data: 1\n\n" {
+		t.Fatalf("first event %q, %v", first, err)
+	}
+	// Polled every 100 ms as above, so that the polling cannot make the
+	// proxy busy enough to take the processor back by itself.
+	deadline = time.Now().Add(testTimeout)
+	for gomaxprocsOf(t, tuned) != def {
+		if time.Now().After(deadline) {
+			t.Fatalf("GOMAXPROCS still %s %v after a stream started, want the runtime's %s", gomaxprocsOf(t, tuned), testTimeout, def)
+		}
+		<-tick.C
 	}
 }
 
