@@ -143,7 +143,7 @@ func (pr *proxyRequest) handOff(res *http.Response) bool {
 	} else {
 		pr.handOffCopy(res)
 		if _, err := conn.Write(head.Bytes()); err != nil {
-			st.clientGone.Store(!st.upEnded())
+			st.writeFailed()
 		}
 	}
 	pr.dropServerRefs()
@@ -203,6 +203,16 @@ func (st *streamState) upEnded() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// writeFailed notes a failed write to the client: the client left, unless
+// the upstream request had ended (the write cut ended the write). It never
+// clears a departure the watcher already saw: the watcher ends the
+// upstream request itself when the client leaves.
+func (st *streamState) writeFailed() {
+	if !st.upEnded() {
+		st.clientGone.Store(true)
 	}
 }
 
@@ -355,7 +365,7 @@ func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
 		}
 		pr.body.account(b[chunkHead:chunkHead+n], err)
 		if werr != nil {
-			st.clientGone.Store(!st.upEnded())
+			st.writeFailed()
 			break
 		}
 		if err == io.EOF {
@@ -364,7 +374,7 @@ func (pr *proxyRequest) streamCopy(b []byte) (complete bool) {
 				end = appendLastChunk(b[:0], st.trailer)
 			}
 			if _, werr := st.conn.Write(end); werr != nil {
-				st.clientGone.Store(!st.upEnded())
+				st.writeFailed()
 			} else {
 				complete = true
 			}

@@ -204,9 +204,8 @@ func (pr *proxyRequest) serveCopyHere(res *http.Response, b []byte) (complete, h
 				werr = flushError(rw)
 			}
 			if werr != nil {
-				// The client left, unless the write cut ended the write.
 				pr.body.account(b[:n], nil)
-				pr.st.clientGone.Store(!pr.st.upEnded())
+				pr.st.writeFailed()
 				return false, false
 			}
 		}

@@ -545,3 +545,34 @@ func BenchmarkStreamStart(b *testing.B) {
 		})
 	}
 }
+
+// TestStreamWriteFailed checks what a failed write to the client records:
+// a client that left, unless the upstream request had ended (the write cut
+// ended the write); and a departure the watcher saw, which ends the
+// upstream request itself, stays recorded through the failed write after it.
+func TestStreamWriteFailed(t *testing.T) {
+	ended := make(chan struct{})
+	close(ended)
+	for _, tc := range []struct {
+		name          string
+		upEnded, seen bool
+		want          bool
+	}{
+		{"upstream request standing", false, false, true},
+		{"cut by the upstream request's end", true, false, false},
+		{"client seen leaving by the watcher", true, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var st streamState
+			st.upDone = make(chan struct{})
+			if tc.upEnded {
+				st.upDone = ended
+			}
+			st.clientGone.Store(tc.seen)
+			st.writeFailed()
+			if got := st.clientGone.Load(); got != tc.want {
+				t.Errorf("clientGone = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
