@@ -332,7 +332,18 @@ func setProcs(p *procsTuner, n int, load requestLoad) {
 		runtime.SetDefaultGOMAXPROCS()
 		p.atDefault(runtime.GOMAXPROCS(0))
 	}
-	load.oneProcessor(p.mayCrowd())
+	one := p.mayCrowd()
+	if one {
+		// A signal a stream sent while the last raise was under way (the
+		// load was still told one) is stale: dropped, so that the first
+		// wait on one processor does not end in a raise at once. No new
+		// signal comes until the load is told below.
+		select {
+		case <-load.crowded():
+		default:
+		}
+	}
+	load.oneProcessor(one)
 }
 
 // tuneLoop is tuneRuntime's loop; machine is the machine's CPU time when

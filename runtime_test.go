@@ -381,9 +381,8 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 	load.n.Store(1)
 	load.crowd <- struct{}{}
 	eventually(t, func() bool { return runtime.GOMAXPROCS(0) == 2 }, "GOMAXPROCS 2 once a stream starts")
-	if load.oneProc.Load() {
-		t.Error("at two processors the load is still told to signal a stream's start")
-	}
+	// The tuner tells the load just after it sets GOMAXPROCS.
+	eventually(t, func() bool { return !load.oneProc.Load() }, "the load told to stop signalling at two processors")
 	// The streams end; the machine is saturated.
 	load.n.Store(0)
 	saturated.Store(true)
@@ -392,6 +391,38 @@ func TestTuneRuntimeProcessors(t *testing.T) {
 	stop = nil
 	if got := runtime.GOMAXPROCS(0); got != def && os.Getenv("GOMAXPROCS") == "" {
 		t.Errorf("GOMAXPROCS %d after stop, want the default %d", got, def)
+	}
+}
+
+// TestSetProcsDropsStaleCrowd checks that going down to one processor drops
+// a stream's signal left from before (sent while the last raise was under
+// way): the tuner then waits on one processor for a new stream, rather than
+// raising at once for the old one.
+func TestSetProcsDropsStaleCrowd(t *testing.T) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Skip("GOMAXPROCS is 1: nothing to tune")
+	}
+	if os.Getenv("GOMAXPROCS") == "" {
+		defer runtime.SetDefaultGOMAXPROCS()
+	} else {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	}
+	load := &testLoad{crowd: make(chan struct{}, 1)}
+	p := procsTuner{max: 2, n: 1}
+	load.crowd <- struct{}{}
+	setProcs(&p, 1, load)
+	if !load.oneProc.Load() {
+		t.Fatal("at one processor the load is not told to signal a stream's start")
+	}
+	select {
+	case <-load.crowded():
+		t.Error("a signal sent before the lowering is still waiting: the tuner would raise at once")
+	default:
+	}
+	p.n = 2
+	setProcs(&p, 2, load)
+	if load.oneProc.Load() {
+		t.Error("at two processors the load is still told to signal a stream's start")
 	}
 }
 
