@@ -223,6 +223,23 @@ type seenRequest struct {
 	TransferEncoding         []string
 }
 
+// heldStream answers an event stream whose first event, "data: 1", is
+// flushed with the head; it then waits for release, and writes rest to end
+// the stream, or returns at once when the request ends.
+func heldStream(release <-chan struct{}, rest string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, rest)
+	}
+}
+
 // newUpstream starts a backend running h (nil: answer 200 "ok"). Cleanup
 // cuts its connections and closes it; handlers that block must also watch
 // r.Context().Done().

@@ -499,15 +499,7 @@ func TestProcessProcessors(t *testing.T) {
 	// The tuned proxy maps /s to an upstream whose event stream waits for
 	// the test after its first event.
 	release := make(chan struct{})
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		io.WriteString(w, "data: 1\n\n")
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
+	up := newUpstream(t, heldStream(release, ""))
 	tunedDir := t.TempDir()
 	if _, _, err := runMap(t, tunedDir, "set", "/s", up.URL); err != nil {
 		t.Fatal(err)
@@ -517,17 +509,22 @@ func TestProcessProcessors(t *testing.T) {
 	off := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "RUNTIME_TUNING=off", "GOMAXPROCS=", "GOGC=")
 	set := startBinary(t, bin, "DATA_DIR="+t.TempDir(), "RUNTIME_TUNING=", "GOMAXPROCS="+def, "GOGC=")
 	tuned := startBinary(t, bin, "DATA_DIR="+tunedDir, "RUNTIME_TUNING=", "GOMAXPROCS=", "GOGC=")
-	// Polled every 100 ms: /metrics itself costs CPU, and the proxy goes
-	// to one processor only while it uses under half a CPU.
-	deadline := time.Now().Add(procsLightAfter + testTimeout)
+	// The tuned proxy's GOMAXPROCS is polled every 100 ms: /metrics itself
+	// costs CPU, and the proxy goes to one processor only while it uses
+	// under half a CPU, so the polling cannot take it back by itself.
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	for gomaxprocsOf(t, tuned) != "1" {
-		if time.Now().After(deadline) {
-			t.Fatalf("an idle proxy's GOMAXPROCS is still %s after %v, want 1", gomaxprocsOf(t, tuned), procsLightAfter+testTimeout)
+	awaitProcs := func(want string, within time.Duration, when string) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for gomaxprocsOf(t, tuned) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("GOMAXPROCS still %s %v %s, want %s", gomaxprocsOf(t, tuned), within, when, want)
+			}
+			<-tick.C
 		}
-		<-tick.C
 	}
+	awaitProcs("1", procsLightAfter+testTimeout, "into an idle proxy's life")
 	if got := gomaxprocsOf(t, off); got != def {
 		t.Errorf("RUNTIME_TUNING=off: GOMAXPROCS %s, want the runtime's %s", got, def)
 	}
@@ -547,15 +544,7 @@ func TestProcessProcessors(t *testing.T) {
 	if _, err := io.ReadFull(res.Body, first); err != nil || string(first) != "data: 1\n\n" {
 		t.Fatalf("first event %q, %v", first, err)
 	}
-	// Polled every 100 ms as above, so that the polling cannot make the
-	// proxy busy enough to take the processor back by itself.
-	deadline = time.Now().Add(testTimeout)
-	for gomaxprocsOf(t, tuned) != def {
-		if time.Now().After(deadline) {
-			t.Fatalf("GOMAXPROCS still %s %v after a stream started, want the runtime's %s", gomaxprocsOf(t, tuned), testTimeout, def)
-		}
-		<-tick.C
-	}
+	awaitProcs(def, testTimeout, "after a stream started")
 }
 
 // gomaxprocsOf reads go_sched_gomaxprocs_threads from p's /metrics.

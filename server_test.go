@@ -138,17 +138,7 @@ func seedMapping(t testing.TB, cfg Config, prefix, target string) {
 // returns nil once it has.
 func TestRunGracefulShutdown(t *testing.T) {
 	release := make(chan struct{})
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		io.WriteString(w, "data: 1\n\n")
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-			return
-		}
-		io.WriteString(w, "data: 2\n\ndata: [DONE]\n\n")
-	})
+	up := newUpstream(t, heldStream(release, "data: 2\n\ndata: [DONE]\n\n"))
 	cfg := testConfig(t, nil)
 	seedMapping(t, cfg, "/slow", up.URL)
 
