@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,25 @@ const boltFileName = "apiproxy.db"
 // command that holds it for a moment, short enough that a file held for
 // good (a running server) is reported instead of waited on.
 const boltLockWait = 2 * time.Second
+
+// boltMmapSize is how much of the file bbolt maps from the start
+// (bolt.Options.InitialMmapSize). bbolt otherwise maps the file at twice
+// its size and maps it again each time it outgrows that, and a new map
+// copies out what the open transaction holds and waits for every read
+// transaction to end: on a new store the request log's commits would
+// pay it again and again as the log fills (docs/performance.md, "An
+// ordinary day"). The map only reserves address space; memory is used
+// by the pages read, as before. Not on Windows, where bbolt would grow
+// the file itself to this size.
+const boltMmapSize = 256 << 20
+
+// boltInitialMmap is boltMmapSize where the OS lets a map outrun the file.
+func boltInitialMmap() int {
+	if runtime.GOOS == "windows" {
+		return 0
+	}
+	return boltMmapSize
+}
 
 // Bucket and key names in the embedded store's bbolt file. The mappings
 // bucket holds prefix → Mapping.encodeValue, the keys bucket key id →
@@ -87,7 +107,7 @@ func openBoltStore(dir string) (*boltStore, error) {
 		created = err == nil
 		return f, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: boltLockWait, OpenFile: openFile})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: boltLockWait, OpenFile: openFile, InitialMmapSize: boltInitialMmap()})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		// Another process opened the file this call created and holds its
 		// lock: the file is that process's now.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -116,6 +117,53 @@ func TestBoltLogCountAcrossReopen(t *testing.T) {
 	w.write(t, s, testLogRecords(13, 14)...)
 	if got, want := logSeqs(readWholeLog(t, s, logQuery{Limit: 100})), descending(14, 4); !slices.Equal(got, want) {
 		t.Errorf("log = %v, want %v", got, want)
+	}
+}
+
+// TestBoltLogGrowsUnderARead: the request log's writes go on while a read
+// transaction is open (an admin page reading the log) and the file grows
+// well past its first map. bbolt maps the file again as it outgrows the
+// map, and that waits for every open read; boltMmapSize maps room enough
+// from the start.
+func TestBoltLogGrowsUnderARead(t *testing.T) {
+	s := openEmptyBoltStore(t)
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	before := tx.Size()
+	done := make(chan error, 1)
+	go func() {
+		var ids logIDs
+		for range 8 {
+			recs := testLogRecords(0, 1000)
+			for i := range recs {
+				recs[i].ID = ids.next(time.Now())
+			}
+			if err := s.writeLog(context.Background(), recs); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		tx.Rollback() // lets a write waiting on it end, then fail the test
+		<-done
+		t.Fatal("the log's writes waited for an open read transaction")
+	}
+	fi, err := os.Stat(s.db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() < 8*before {
+		t.Fatalf("the file grew from %d to %d bytes: too little to need a new map", before, fi.Size())
 	}
 }
 
