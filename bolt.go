@@ -31,8 +31,11 @@ const boltLockWait = 2 * time.Second
 // transaction to end: on a new store the request log's commits would
 // pay it again and again as the log fills (docs/performance.md, "An
 // ordinary day"). The map only reserves address space; memory is used
-// by the pages read, as before. Not on Windows, where bbolt would grow
-// the file itself to this size.
+// by the pages read, as before. With a map this size bbolt grows the file
+// in steps of its AllocSize (16 MiB, a sparse extension on Linux file
+// systems) instead of doubling it, so a new store's file reads 16 MiB
+// while it holds far less. Not on Windows, where bbolt would grow the
+// file itself to the map's size.
 const boltMmapSize = 256 << 20
 
 // boltInitialMmap is boltMmapSize where the OS lets a map outrun the file.
