@@ -102,13 +102,15 @@ type proxy struct {
 	bulkBufs    sync.Pool // *[]byte of bulkBufferSize
 	streamBufs  sync.Pool // *[]byte of streamBufferSize
 	gzipReaders sync.Pool // *gzip.Reader, to read the usage of gzip-encoded JSON
-	// active counts the requests in flight, handed-off streams included.
+	// active counts the requests in flight, handed-off streams included,
+	// and begun every request taken (the memory releaser's, runtime.go).
 	// streams counts those of them that are streams (event streams,
 	// upgraded connections); peak is the most streams at once since the
 	// runtime tuner last looked. oneProc is set while the tuner runs the
 	// process on one processor, and crowd then tells it that a stream
 	// started (runtime.go).
 	active  atomic.Int64
+	begun   atomic.Uint64
 	streams atomic.Int64
 	peak    atomic.Int64
 	oneProc atomic.Bool
@@ -134,6 +136,7 @@ func (p *proxy) enterStream() {
 
 // The proxy is the runtime tuner's requestLoad.
 func (p *proxy) inFlight() int64          { return p.active.Load() }
+func (p *proxy) requestsBegun() uint64    { return p.begun.Load() }
 func (p *proxy) peakStreams() int64       { return p.peak.Swap(p.streams.Load()) }
 func (p *proxy) crowded() <-chan struct{} { return p.crowd }
 func (p *proxy) oneProcessor(on bool)     { p.oneProc.Store(on) }
@@ -410,6 +413,7 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		pr.rp.Transport = p.transport
 		pr.target = rt.targets[0]
 	}
+	p.begun.Add(1)
 	if n := p.active.Add(1); p.maxInFlight > 0 && n > p.maxInFlight {
 		// A loop through another instance (which validation cannot see)
 		// or a flood would otherwise hold descriptors and memory until the

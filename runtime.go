@@ -237,7 +237,16 @@ func (g *gcTuner) tick(allocated, live uint64) int {
 // shows in the latency of streams whose events flow (they allocate almost
 // nothing, so only their CPU tells them apart), and the pages returned are
 // faulted back in by the next burst of requests, which costs CPU if memory
-// is returned in every quiet second between bursts.
+// is returned in every quiet second between bursts. Nor in a tuneEvery in
+// which a request began: a burst of streams that starts after a quiet
+// second is in flight at the next tick, with the last burst's garbage still
+// in the heap, and a release then (two collections and the return of the
+// pages, several milliseconds on a small machine) would hold up the
+// streams' first events, which their users wait on
+// (docs/performance.md, "The memory release at a burst's start"). So
+// while new requests keep coming in every second among idle streams,
+// their memory goes back only as the Go runtime's own scavenger returns
+// it, more slowly.
 const (
 	freeMemoryThreshold = 4 << 20
 	quietAllocs         = 1 << 20               // per tuneEvery: a few hundred small requests a second
@@ -252,17 +261,18 @@ type memoryReleaser struct {
 	quietFor time.Duration
 }
 
-// tick takes the bytes allocated and the CPU time the process used since
-// the last tick, the free and garbage bytes of the heap and the number of
-// requests in flight, and reports whether to release now.
-func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, freeAndGarbage uint64, inFlight int64) bool {
+// tick takes the bytes allocated, the CPU time the process used and the
+// requests that began since the last tick, the free and garbage bytes of
+// the heap and the number of requests in flight, and reports whether to
+// release now.
+func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, begun uint64, freeAndGarbage uint64, inFlight int64) bool {
 	quiet := allocated < quietAllocs && busy < quietCPU+time.Duration(inFlight)*quietCPUPerRequest
 	if !quiet {
 		m.quietFor = 0
 		return false
 	}
 	m.quietFor += tuneEvery
-	if freeAndGarbage <= freeMemoryThreshold {
+	if freeAndGarbage <= freeMemoryThreshold || begun > 0 {
 		return false
 	}
 	return inFlight > 0 || m.quietFor >= idleRelease
@@ -278,12 +288,14 @@ func tuneRuntime(procs, gc, release bool, load requestLoad) (stop func()) {
 }
 
 // requestLoad is what the tuner reads of the requests a Server serves
-// (the proxy's): how many are in flight, the most streams in flight at
+// (the proxy's): how many are in flight, how many began since the
+// process started, the most streams in flight at
 // once since the last call of peakStreams, and a channel that receives
 // when a stream starts while oneProcessor was last told true (the tuner
 // tells it whether it runs the process on one processor and may raise).
 type requestLoad interface {
 	inFlight() int64
+	requestsBegun() uint64
 	peakStreams() int64
 	crowded() <-chan struct{}
 	oneProcessor(on bool)
@@ -380,6 +392,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 	read()
 	load.peakStreams()
 	lastAllocs, lastBusy, lastTime := v[0], busy, time.Now()
+	lastBegun := load.requestsBegun()
 	for {
 		select {
 		case <-ctx.Done():
@@ -393,6 +406,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 		}
 		read()
 		allocated, cpu := v[0]-lastAllocs, busy-lastBusy
+		begun := load.requestsBegun()
 		peak := load.peakStreams()
 		if tuneProcs {
 			if procs.n == procs.max {
@@ -419,7 +433,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 			}
 		}
 		garbage := max(int64(v[2])-int64(v[3]), 0)
-		if release && m.tick(allocated, cpu, v[1]+uint64(garbage), load.inFlight()) {
+		if release && m.tick(allocated, cpu, begun-lastBegun, v[1]+uint64(garbage), load.inFlight()) {
 			// Two collections: what a burst left in sync.Pools (net/http's
 			// buffers given back at each hijack, stream_here.go) survives
 			// the first in the pools' victim caches, and goes with the
@@ -431,7 +445,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 				machine, _ = src.machine()
 			}
 		}
-		lastAllocs, lastBusy, lastTime = v[0], busy, time.Now()
+		lastAllocs, lastBusy, lastTime, lastBegun = v[0], busy, time.Now(), begun
 	}
 }
 

@@ -82,6 +82,35 @@ func TestMemoryReleaser(t *testing.T) {
 		steps = append(steps, step{free: 20 * mib, want: true})
 		run(t, steps)
 	})
+	t.Run("a burst after a quiet second", func(t *testing.T) {
+		// Streams that began just before the tick: the second was quiet,
+		// the last burst's garbage is still there, and a release would
+		// hold up their first events. Once they flow the process is busy;
+		// when they sit idle, with none new, the memory goes back.
+		run(t, []step{
+			{free: 20 * mib},
+			{allocated: 200 << 10, busy: 10 * time.Millisecond, begun: 50, free: 20 * mib, inFlight: 50},
+			{allocated: 100 << 10, busy: 150 * time.Millisecond, free: 20 * mib, inFlight: 50},
+			{allocated: 10 << 10, busy: 2 * time.Millisecond, free: 20 * mib, inFlight: 50, want: true},
+		})
+	})
+	t.Run("new requests among idle streams", func(t *testing.T) {
+		run(t, []step{
+			{allocated: 40 * mib, free: 30 * mib, inFlight: 1000}, // the burst
+			{allocated: 1000, begun: 1, free: 30 * mib, inFlight: 1001},
+			{allocated: 1000, begun: 2, free: 30 * mib, inFlight: 1000},
+			{allocated: 1000, free: 30 * mib, inFlight: 1000, want: true},
+		})
+	})
+	t.Run("a request at the end of the idle wait", func(t *testing.T) {
+		n := int(idleRelease / tuneEvery)
+		var steps []step
+		for i := 0; i < n-1; i++ {
+			steps = append(steps, step{free: 20 * mib})
+		}
+		steps = append(steps, step{begun: 1, free: 20 * mib}, step{free: 20 * mib, want: true})
+		run(t, steps)
+	})
 	t.Run("little free", func(t *testing.T) {
 		run(t, []step{
 			{free: freeMemoryThreshold, inFlight: 10},
@@ -94,6 +123,7 @@ func TestMemoryReleaser(t *testing.T) {
 type releaserStep struct {
 	allocated uint64        // in the last second
 	busy      time.Duration // in the last second
+	begun     uint64        // requests begun in the last second
 	free      uint64
 	inFlight  int64
 	want      bool
@@ -105,9 +135,9 @@ func runReleaser(t *testing.T, steps []releaserStep) {
 	t.Helper()
 	var m memoryReleaser
 	for i, s := range steps {
-		if got := m.tick(s.allocated, s.busy, s.free, s.inFlight); got != s.want {
-			t.Fatalf("tick %d (allocated %d KiB, busy %v, free %d MiB, in flight %d) = %v, want %v",
-				i, s.allocated>>10, s.busy, s.free>>20, s.inFlight, got, s.want)
+		if got := m.tick(s.allocated, s.busy, s.begun, s.free, s.inFlight); got != s.want {
+			t.Fatalf("tick %d (allocated %d KiB, busy %v, begun %d, free %d MiB, in flight %d) = %v, want %v",
+				i, s.allocated>>10, s.busy, s.begun, s.free>>20, s.inFlight, got, s.want)
 		}
 	}
 }
@@ -434,6 +464,7 @@ type testLoad struct {
 }
 
 func (l *testLoad) inFlight() int64          { return l.n.Load() }
+func (l *testLoad) requestsBegun() uint64    { return 0 }
 func (l *testLoad) peakStreams() int64       { return l.n.Load() }
 func (l *testLoad) crowded() <-chan struct{} { return l.crowd }
 func (l *testLoad) oneProcessor(on bool)     { l.oneProc.Store(on) }
@@ -563,4 +594,28 @@ func gomaxprocsOf(t *testing.T, p *proxyProcess) string {
 	}
 	t.Fatalf("no go_sched_gomaxprocs_threads in /metrics:\n%s", b)
 	return ""
+}
+
+// TestProxyRequestsBegun checks that the proxy counts every request it
+// takes for the memory releaser, those still in flight and those refused
+// for MAX_IN_FLIGHT included, and only those: a request to no mapping is
+// not the proxy's.
+func TestProxyRequestsBegun(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	up := newUpstream(t, heldStream(release, ""))
+	cfg := testConfig(t, nil)
+	cfg.MaxInFlight = 1
+	s, front := newTestServerConfig(t, cfg, map[string]string{"/s": up.URL})
+	held, err := http.Get(front.URL + "/s/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Body.Close()
+	res, body := rawGet(t, front.Listener.Addr().String(), "/s/more")
+	wantProxyError(t, res, body, http.StatusServiceUnavailable, "overloaded")
+	rawGet(t, front.Listener.Addr().String(), "/nowhere")
+	if got := s.proxy.requestsBegun(); got != 2 {
+		t.Errorf("requestsBegun = %d after a held stream and a refused request, want 2", got)
+	}
 }
