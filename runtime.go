@@ -259,13 +259,16 @@ const (
 // free memory; see above.
 type memoryReleaser struct {
 	quietFor time.Duration
+	begun    uint64 // requests begun, at the last tick
 }
 
-// tick takes the bytes allocated, the CPU time the process used and the
-// requests that began since the last tick, the free and garbage bytes of
-// the heap and the number of requests in flight, and reports whether to
-// release now.
-func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, begun uint64, freeAndGarbage uint64, inFlight int64) bool {
+// tick takes the bytes allocated and the CPU time the process used since
+// the last tick, the requests begun so far (requestLoad.requestsBegun),
+// the free and garbage bytes of the heap and the number of requests in
+// flight, and reports whether to release now.
+func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, begunSoFar uint64, freeAndGarbage uint64, inFlight int64) bool {
+	begun := begunSoFar - m.begun
+	m.begun = begunSoFar
 	quiet := allocated < quietAllocs && busy < quietCPU+time.Duration(inFlight)*quietCPUPerRequest
 	if !quiet {
 		m.quietFor = 0
@@ -392,7 +395,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 	read()
 	load.peakStreams()
 	lastAllocs, lastBusy, lastTime := v[0], busy, time.Now()
-	lastBegun := load.requestsBegun()
+	m.begun = load.requestsBegun()
 	for {
 		select {
 		case <-ctx.Done():
@@ -406,7 +409,6 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 		}
 		read()
 		allocated, cpu := v[0]-lastAllocs, busy-lastBusy
-		begun := load.requestsBegun()
 		peak := load.peakStreams()
 		if tuneProcs {
 			if procs.n == procs.max {
@@ -433,7 +435,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 			}
 		}
 		garbage := max(int64(v[2])-int64(v[3]), 0)
-		if release && m.tick(allocated, cpu, begun-lastBegun, v[1]+uint64(garbage), load.inFlight()) {
+		if release && m.tick(allocated, cpu, load.requestsBegun(), v[1]+uint64(garbage), load.inFlight()) {
 			// Two collections: what a burst left in sync.Pools (net/http's
 			// buffers given back at each hijack, stream_here.go) survives
 			// the first in the pools' victim caches, and goes with the
@@ -445,7 +447,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 				machine, _ = src.machine()
 			}
 		}
-		lastAllocs, lastBusy, lastTime, lastBegun = v[0], busy, time.Now(), begun
+		lastAllocs, lastBusy, lastTime = v[0], busy, time.Now()
 	}
 }
 

@@ -134,8 +134,10 @@ type releaserStep struct {
 func runReleaser(t *testing.T, steps []releaserStep) {
 	t.Helper()
 	var m memoryReleaser
+	var begun uint64
 	for i, s := range steps {
-		if got := m.tick(s.allocated, s.busy, s.begun, s.free, s.inFlight); got != s.want {
+		begun += s.begun
+		if got := m.tick(s.allocated, s.busy, begun, s.free, s.inFlight); got != s.want {
 			t.Fatalf("tick %d (allocated %d KiB, busy %v, begun %d, free %d MiB, in flight %d) = %v, want %v",
 				i, s.allocated>>10, s.busy, s.begun, s.free>>20, s.inFlight, got, s.want)
 		}
