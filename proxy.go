@@ -136,7 +136,7 @@ func (p *proxy) enterStream() {
 
 // The proxy is the runtime tuner's requestLoad.
 func (p *proxy) inFlight() int64          { return p.active.Load() }
-func (p *proxy) requestsBegun() uint64    { return p.begun.Load() }
+func (p *proxy) starts() uint64           { return p.begun.Load() + uint64(p.handedOff.Load()) }
 func (p *proxy) peakStreams() int64       { return p.peak.Swap(p.streams.Load()) }
 func (p *proxy) crowded() <-chan struct{} { return p.crowd }
 func (p *proxy) oneProcessor(on bool)     { p.oneProc.Store(on) }

@@ -238,13 +238,21 @@ func (g *gcTuner) tick(allocated, live uint64) int {
 // nothing, so only their CPU tells them apart), and the pages returned are
 // faulted back in by the next burst of requests, which costs CPU if memory
 // is returned in every quiet second between bursts. Nor in a tuneEvery in
-// which a request began: a burst of streams that starts after a quiet
-// second is in flight at the next tick, with the last burst's garbage still
-// in the heap, and a release then (two collections and the return of the
-// pages, several milliseconds on a small machine) would hold up the
-// streams' first events, which their users wait on
-// (docs/performance.md, "The memory release at a burst's start"). So
-// while new requests keep coming in every second among idle streams,
+// which a request began or a stream was handed off, that is while a burst
+// is still coming in:
+//   - a burst of streams that starts after a quiet second is in flight at
+//     the next tick, with the last burst's garbage still in the heap, and
+//     a release then (two collections and the return of the pages,
+//     several milliseconds on a small machine) would hold up the streams'
+//     first events, which their users wait on (docs/performance.md, "The
+//     memory release at a burst's start");
+//   - streams are handed off STREAM_HANDOFF_AFTER after their start, and
+//     what each leaves (net/http's buffers and the handler's stack) is in
+//     pools, not counted as free or garbage, until a collection: a release
+//     between a burst's starts and its hand-offs would return little, and
+//     none would come after them.
+//
+// So while new requests keep coming in every second among idle streams,
 // their memory goes back only as the Go runtime's own scavenger returns
 // it, more slowly.
 const (
@@ -259,23 +267,23 @@ const (
 // free memory; see above.
 type memoryReleaser struct {
 	quietFor time.Duration
-	begun    uint64 // requests begun, at the last tick
+	starts   uint64 // requestLoad.starts at the last tick
 }
 
 // tick takes the bytes allocated and the CPU time the process used since
-// the last tick, the requests begun so far (requestLoad.requestsBegun),
-// the free and garbage bytes of the heap and the number of requests in
-// flight, and reports whether to release now.
-func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, begunSoFar uint64, freeAndGarbage uint64, inFlight int64) bool {
-	begun := begunSoFar - m.begun
-	m.begun = begunSoFar
+// the last tick, the requests begun and streams handed off so far
+// (requestLoad.starts), the free and garbage bytes of the heap and the
+// number of requests in flight, and reports whether to release now.
+func (m *memoryReleaser) tick(allocated uint64, busy time.Duration, starts uint64, freeAndGarbage uint64, inFlight int64) bool {
+	started := starts - m.starts
+	m.starts = starts
 	quiet := allocated < quietAllocs && busy < quietCPU+time.Duration(inFlight)*quietCPUPerRequest
 	if !quiet {
 		m.quietFor = 0
 		return false
 	}
 	m.quietFor += tuneEvery
-	if freeAndGarbage <= freeMemoryThreshold || begun > 0 {
+	if freeAndGarbage <= freeMemoryThreshold || started > 0 {
 		return false
 	}
 	return inFlight > 0 || m.quietFor >= idleRelease
@@ -291,14 +299,14 @@ func tuneRuntime(procs, gc, release bool, load requestLoad) (stop func()) {
 }
 
 // requestLoad is what the tuner reads of the requests a Server serves
-// (the proxy's): how many are in flight, how many began since the
-// process started, the most streams in flight at
+// (the proxy's): how many are in flight, how many requests began and
+// streams were handed off since the process started, the most streams in flight at
 // once since the last call of peakStreams, and a channel that receives
 // when a stream starts while oneProcessor was last told true (the tuner
 // tells it whether it runs the process on one processor and may raise).
 type requestLoad interface {
 	inFlight() int64
-	requestsBegun() uint64
+	starts() uint64
 	peakStreams() int64
 	crowded() <-chan struct{}
 	oneProcessor(on bool)
@@ -395,7 +403,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 	read()
 	load.peakStreams()
 	lastAllocs, lastBusy, lastTime := v[0], busy, time.Now()
-	m.begun = load.requestsBegun()
+	m.starts = load.starts()
 	for {
 		select {
 		case <-ctx.Done():
@@ -435,7 +443,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 			}
 		}
 		garbage := max(int64(v[2])-int64(v[3]), 0)
-		if release && m.tick(allocated, cpu, load.requestsBegun(), v[1]+uint64(garbage), load.inFlight()) {
+		if release && m.tick(allocated, cpu, load.starts(), v[1]+uint64(garbage), load.inFlight()) {
 			// Two collections: what a burst left in sync.Pools (net/http's
 			// buffers given back at each hijack, stream_here.go) survives
 			// the first in the pools' victim caches, and goes with the

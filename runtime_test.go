@@ -23,7 +23,7 @@ func TestMemoryReleaser(t *testing.T) {
 	run := runReleaser
 	t.Run("held streams after a burst", func(t *testing.T) {
 		run(t, []step{
-			{allocated: 40 * mib, free: 30 * mib, inFlight: 1000, want: false}, // the burst itself
+			{allocated: 40 * mib, started: 1000, free: 30 * mib, inFlight: 1000, want: false}, // the burst itself
 			{allocated: 1000, free: 30 * mib, inFlight: 1000, want: true},
 		})
 	})
@@ -89,16 +89,28 @@ func TestMemoryReleaser(t *testing.T) {
 		// when they sit idle, with none new, the memory goes back.
 		run(t, []step{
 			{free: 20 * mib},
-			{allocated: 200 << 10, busy: 10 * time.Millisecond, begun: 50, free: 20 * mib, inFlight: 50},
+			{allocated: 200 << 10, busy: 10 * time.Millisecond, started: 50, free: 20 * mib, inFlight: 50},
 			{allocated: 100 << 10, busy: 150 * time.Millisecond, free: 20 * mib, inFlight: 50},
 			{allocated: 10 << 10, busy: 2 * time.Millisecond, free: 20 * mib, inFlight: 50, want: true},
+		})
+	})
+	t.Run("held streams handed off after a quiet second", func(t *testing.T) {
+		// The burst's starts, a quiet second, then its hand-offs
+		// (STREAM_HANDOFF_AFTER later): the memory they leave is there
+		// only after them, and goes then.
+		run(t, []step{
+			{allocated: 40 * mib, busy: 400 * time.Millisecond, started: 1000, free: 10 * mib, inFlight: 1000},
+			{allocated: 100 << 10, busy: 5 * time.Millisecond, free: 10 * mib, inFlight: 1000, want: true},
+			{allocated: 800 << 10, busy: 40 * time.Millisecond, started: 600, free: 13 * mib, inFlight: 1000},
+			{allocated: 500 << 10, busy: 30 * time.Millisecond, started: 400, free: 13 * mib, inFlight: 1000},
+			{free: 13 * mib, inFlight: 1000, want: true},
 		})
 	})
 	t.Run("new requests among idle streams", func(t *testing.T) {
 		run(t, []step{
 			{allocated: 40 * mib, free: 30 * mib, inFlight: 1000}, // the burst
-			{allocated: 1000, begun: 1, free: 30 * mib, inFlight: 1001},
-			{allocated: 1000, begun: 2, free: 30 * mib, inFlight: 1000},
+			{allocated: 1000, started: 1, free: 30 * mib, inFlight: 1001},
+			{allocated: 1000, started: 2, free: 30 * mib, inFlight: 1000},
 			{allocated: 1000, free: 30 * mib, inFlight: 1000, want: true},
 		})
 	})
@@ -108,7 +120,7 @@ func TestMemoryReleaser(t *testing.T) {
 		for i := 0; i < n-1; i++ {
 			steps = append(steps, step{free: 20 * mib})
 		}
-		steps = append(steps, step{begun: 1, free: 20 * mib}, step{free: 20 * mib, want: true})
+		steps = append(steps, step{started: 1, free: 20 * mib}, step{free: 20 * mib, want: true})
 		run(t, steps)
 	})
 	t.Run("little free", func(t *testing.T) {
@@ -123,7 +135,7 @@ func TestMemoryReleaser(t *testing.T) {
 type releaserStep struct {
 	allocated uint64        // in the last second
 	busy      time.Duration // in the last second
-	begun     uint64        // requests begun in the last second
+	started   uint64        // requests begun and streams handed off in the last second
 	free      uint64
 	inFlight  int64
 	want      bool
@@ -134,12 +146,12 @@ type releaserStep struct {
 func runReleaser(t *testing.T, steps []releaserStep) {
 	t.Helper()
 	var m memoryReleaser
-	var begun uint64
+	var starts uint64
 	for i, s := range steps {
-		begun += s.begun
-		if got := m.tick(s.allocated, s.busy, begun, s.free, s.inFlight); got != s.want {
-			t.Fatalf("tick %d (allocated %d KiB, busy %v, begun %d, free %d MiB, in flight %d) = %v, want %v",
-				i, s.allocated>>10, s.busy, s.begun, s.free>>20, s.inFlight, got, s.want)
+		starts += s.started
+		if got := m.tick(s.allocated, s.busy, starts, s.free, s.inFlight); got != s.want {
+			t.Fatalf("tick %d (allocated %d KiB, busy %v, started %d, free %d MiB, in flight %d) = %v, want %v",
+				i, s.allocated>>10, s.busy, s.started, s.free>>20, s.inFlight, got, s.want)
 		}
 	}
 }
@@ -466,7 +478,7 @@ type testLoad struct {
 }
 
 func (l *testLoad) inFlight() int64          { return l.n.Load() }
-func (l *testLoad) requestsBegun() uint64    { return 0 }
+func (l *testLoad) starts() uint64           { return 0 }
 func (l *testLoad) peakStreams() int64       { return l.n.Load() }
 func (l *testLoad) crowded() <-chan struct{} { return l.crowd }
 func (l *testLoad) oneProcessor(on bool)     { l.oneProc.Store(on) }
@@ -598,11 +610,11 @@ func gomaxprocsOf(t *testing.T, p *proxyProcess) string {
 	return ""
 }
 
-// TestProxyRequestsBegun checks that the proxy counts every request it
-// takes for the memory releaser, those still in flight and those refused
-// for MAX_IN_FLIGHT included, and only those: a request to no mapping is
-// not the proxy's.
-func TestProxyRequestsBegun(t *testing.T) {
+// TestProxyStarts checks what the proxy tells the memory releaser: every
+// request it takes, those still in flight and those refused for
+// MAX_IN_FLIGHT included (a request to no mapping is not the proxy's),
+// and every stream it hands off.
+func TestProxyStarts(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	up := newUpstream(t, heldStream(release, ""))
@@ -617,7 +629,11 @@ func TestProxyRequestsBegun(t *testing.T) {
 	res, body := rawGet(t, front.Listener.Addr().String(), "/s/more")
 	wantProxyError(t, res, body, http.StatusServiceUnavailable, "overloaded")
 	rawGet(t, front.Listener.Addr().String(), "/nowhere")
-	if got := s.proxy.requestsBegun(); got != 2 {
-		t.Errorf("requestsBegun = %d after a held stream and a refused request, want 2", got)
+	want := uint64(2)
+	if handedOffAtOnce(s) {
+		want++ // the held stream, once its head came
+	}
+	if got := s.proxy.starts(); got != want {
+		t.Errorf("starts = %d after a held stream and a refused request (hand-off at once: %v), want %d", got, handedOffAtOnce(s), want)
 	}
 }
