@@ -242,10 +242,10 @@ func (g *gcTuner) tick(allocated, live uint64) int {
 // is still coming in:
 //   - a burst of streams that starts after a quiet second is in flight at
 //     the next tick, with the last burst's garbage still in the heap, and
-//     a release then (two collections and the return of the pages,
-//     several milliseconds on a small machine) would hold up the streams'
-//     first events, which their users wait on (docs/performance.md, "The
-//     memory release at a burst's start");
+//     a release then (two collections and the return of the pages, which
+//     pause what runs) would hold up the streams' first events, which
+//     their users wait on (docs/performance.md, "The memory release at a
+//     burst's start");
 //   - streams are handed off STREAM_HANDOFF_AFTER after their start, and
 //     what each leaves (net/http's buffers and the handler's stack) is in
 //     pools, not counted as free or garbage, until a collection: a release
