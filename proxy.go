@@ -102,8 +102,9 @@ type proxy struct {
 	bulkBufs    sync.Pool // *[]byte of bulkBufferSize
 	streamBufs  sync.Pool // *[]byte of streamBufferSize
 	gzipReaders sync.Pool // *gzip.Reader, to read the usage of gzip-encoded JSON
-	// active counts the requests in flight, handed-off streams included,
-	// and begun every request taken (the memory releaser's, runtime.go).
+	// active counts the requests in flight, handed-off streams included;
+	// begun counts every request taken (the memory releaser reads it,
+	// runtime.go).
 	// streams counts those of them that are streams (event streams,
 	// upgraded connections); peak is the most streams at once since the
 	// runtime tuner last looked. oneProc is set while the tuner runs the
