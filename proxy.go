@@ -312,7 +312,14 @@ type proxyRequest struct {
 	st            streamState
 	// up is the plain-TCP upstream connection the request got (trace's
 	// GotConn), for a request that may be handed off; nil otherwise.
-	up    *upConn
+	up *upConn
+	// here is an event stream that modifyResponse left for serve to write
+	// through net/http (serveHere) once ReverseProxy has returned: from
+	// there the stack is about 1 KiB shallower where net/http formats the
+	// head (chunkWriter.writeHeader, itself nearly 3 KiB), which keeps a
+	// new connection's goroutine within its first 8 KiB of stack. Growing
+	// it to 16 KiB, a copy of the stack, would delay the first event.
+	here  *http.Response
 	trace httptrace.ClientTrace
 }
 
@@ -471,6 +478,10 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	}()
 	pr.forwarded = true
 	pr.rp.ServeHTTP(&pr.w, req)
+	if res := pr.here; res != nil {
+		pr.here = nil
+		pr.serveHere(res)
+	}
 	completed = true
 }
 
@@ -716,6 +727,15 @@ func (pr *proxyRequest) modifyResponse(res *http.Response) error {
 		pr.body.reset(res)
 		res.Body = &pr.body
 		if pr.canServeHere(res) {
+			if pr.reqBody == nil || pr.reqBody.drained.Load() {
+				// serve writes it once ReverseProxy has returned (see
+				// here). ReverseProxy closes res.Body on this error, and
+				// fails the request body's reads once it returns: the
+				// request body must have been sent.
+				pr.here = res
+				res.Body = http.NoBody
+				return errServedHere
+			}
 			return pr.serveHere(res)
 		}
 		if pr.canHandOff(res) && pr.handOff(res) {

@@ -125,6 +125,7 @@ func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (
 	up.Conn.SetReadDeadline(time.Now().Add(p.handoffAfter))
 	// The body bytes that came with the head go with it, in one write.
 	rc.pass(nil, up.stash)
+	rc.writeHead()
 	up.stash, up.stashBuf = nil, nil // the stream may idle for long: keep no buffer
 	for rc.more && !pr.st.clientGone.Load() {
 		rc.readSocket(up, b)
@@ -150,9 +151,10 @@ func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (
 // passHere writes through net/http p, the body bytes a pass consumed
 // (before is the parser's state before them; extra and err are the
 // pass's): the data of its chunks, which net/http frames, in one write,
-// with the head on the first pass. A first pass that ends inside a chunk,
-// whose rest will pass raw, writes the head alone and p raw after it, so
-// that the client's framing stays the upstream's.
+// with the head on the first pass (which writeHead then flushes). A first
+// pass that ends inside a chunk, whose rest will pass raw, writes the head
+// alone and p raw after it, so that the client's framing stays the
+// upstream's.
 func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error) bool {
 	first := rc.viaRW
 	rc.viaRW = false
@@ -174,7 +176,11 @@ func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error)
 			}
 		}
 		if werr == nil {
-			werr = flushError(rc.rw)
+			if first {
+				rc.headPending = true // writeHead flushes it
+			} else {
+				werr = flushError(rc.rw)
+			}
 		}
 	}
 	if werr != nil {
@@ -183,6 +189,21 @@ func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error)
 	}
 	rc.ended(extra, err)
 	return rc.more
+}
+
+// writeHead flushes what the first pass through net/http left pending:
+// the head, with the data written after it. serveRawHere calls it rather
+// than passHere, because net/http formats the head under this flush
+// (chunkWriter.writeHeader, nearly 3 KiB of stack), and from serveRawHere
+// the stack is 1 KiB shallower (see proxyRequest.here). A first pass that
+// ends inside a chunk, rarer, flushes the head itself.
+func (rc *rawCopy) writeHead() {
+	if rc.headPending {
+		rc.headPending = false
+		if flushError(rc.rw) != nil {
+			rc.failWrite()
+		}
+	}
 }
 
 // serveCopyHere is serveHere for a body read through the Transport: one

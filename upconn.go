@@ -511,6 +511,9 @@ type rawCopy struct {
 	rw         http.ResponseWriter
 	viaRW      bool
 	handOffNow bool
+	// headPending: the first pass wrote the head's data through rw,
+	// unflushed (writeHead).
+	headPending bool
 }
 
 // pass writes p, the next bytes of the body as received, to the client,
