@@ -122,11 +122,13 @@ func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (
 	if c, ok := pr.in.Context().Value(clientConnKey{}).(net.Conn); ok {
 		rc.client = rawConnOf(c)
 	}
-	up.Conn.SetReadDeadline(time.Now().Add(p.handoffAfter))
 	// The body bytes that came with the head go with it, in one write.
 	rc.pass(nil, up.stash)
 	rc.writeHead()
 	up.stash, up.stashBuf = nil, nil // the stream may idle for long: keep no buffer
+	// Set after the first write, which it does not concern, so as not to
+	// delay it.
+	up.Conn.SetReadDeadline(time.Now().Add(p.handoffAfter))
 	for rc.more && !pr.st.clientGone.Load() {
 		rc.readSocket(up, b)
 		if !rc.handOffNow {
