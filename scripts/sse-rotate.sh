@@ -19,7 +19,11 @@
 # the CPUs, as they do not in the harness. Prints, per proxy, the median
 # over rounds 2.. of its CPU (clock ticks per round), its event latency p50
 # and p99, and of the same-round ratios to the first proxy, with how many
-# rounds were at or under 1.
+# rounds were at or under 1. FIRST=1 reads the streams with the first-event
+# client instead (scripts/firstevent, built to $FIRSTEVENT, default
+# /tmp/firstevent; not with TOGETHER): its p50 is then the p50 of the
+# streams' first events, its p99 that of all events, and each round's
+# streams are on new connections, as the harness's are.
 set -euo pipefail
 BENCH=${BENCH:-/tmp/bench}
 ROUNDS=$1
@@ -46,10 +50,15 @@ done
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 n=${#names[@]}
 sse() { # sse PORT STREAMS: one bench sse round against the proxy on PORT
+  if [ -n "${FIRST:-}" ]; then
+    "${FIRSTEVENT:-/tmp/firstevent}" -url "http://127.0.0.1:$1/openai" -c "$2" -n "${N:-30}" \
+      -interval-ms "${IV:-50}" -ramp "${RAMP:-1s}" 2>&1
+    return
+  fi
   "$BENCH" sse -url "http://127.0.0.1:$1/openai" -c "$2" -n "${N:-30}" \
     -interval-ms "${IV:-50}" -rounds 1 -ramp "${RAMP:-1s}" 2>&1
 }
-lat() { awk '/lat p50/{a=$3} /lat p99/{b=$3} END{print a, b}' "$@"; }
+lat() { awk '/lat p50/{a=$3} /lat p99/{b=$3} /first_p50/{a=$7; b=$5} END{print a, b}' "$@"; }
 for r in $(seq "$ROUNDS"); do
   if [ -n "${TOGETHER:-}" ]; then
     # All proxies at once, C/n streams each: they meet the same moment of
