@@ -314,11 +314,13 @@ type proxyRequest struct {
 	// GotConn), for a request that may be handed off; nil otherwise.
 	up *upConn
 	// here is an event stream that modifyResponse left for serve to write
-	// through net/http (serveHere) once ReverseProxy has returned: from
-	// there the stack is about 1 KiB shallower where net/http formats the
-	// head (chunkWriter.writeHeader, itself nearly 3 KiB), which keeps a
-	// new connection's goroutine within its first 8 KiB of stack. Growing
-	// it to 16 KiB, a copy of the stack, would delay the first event.
+	// through net/http (serveHere) once ReverseProxy has returned. Where
+	// net/http then formats the stream's head (chunkWriter.writeHeader,
+	// nearly 3 KiB of frame), the stack is a little over 1 KiB shallower,
+	// and with writeHead's 1 KiB it stays within the 8 KiB a new
+	// connection's goroutine has by then: growing it, a copy of the stack
+	// to 16 KiB, would delay the first event (docs/performance.md, "The
+	// first event of a new connection").
 	here  *http.Response
 	trace httptrace.ClientTrace
 }
