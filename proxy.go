@@ -562,7 +562,7 @@ func (pr *proxyRequest) finish(completed bool) {
 		clear(pr.orderBuf[:len(pr.order)])
 		pr.order, pr.rec.Tries = nil, nil
 		pr.cancelUp, pr.stopParent, pr.cancelTimeout = nil, nil, nil
-		pr.up = nil
+		pr.up, pr.here = nil, nil
 		pr.st.reset()
 		pr.w.reset(nil)
 		p.requests.Put(pr)
