@@ -62,6 +62,10 @@ type Config struct {
 	// only if it is still running then (stream_here.go); 0 hands every
 	// stream off at once.
 	StreamHandoffAfter time.Duration
+	// RawIO is RAW_IO, default on: the sockets of client and upstream
+	// connections are read and written with raw system calls (rawio.go).
+	// Off, net.Conn's.
+	RawIO bool
 
 	// RuntimeTuning is RUNTIME_TUNING, default on: the serving process
 	// tunes GOMAXPROCS and GOGC by load (runtime.go). Off, the Go
@@ -127,6 +131,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 
 		StreamHandoff:      e.onOff("STREAM_HANDOFF", true),
 		StreamHandoffAfter: e.duration("STREAM_HANDOFF_AFTER", "2s", true),
+		RawIO:              e.onOff("RAW_IO", true),
 		RuntimeTuning:      e.onOff("RUNTIME_TUNING", true),
 		MemoryRelease:      e.onOff("MEMORY_RELEASE", true),
 		TuneProcs:          e.str("GOMAXPROCS", "") == "",
@@ -279,6 +284,8 @@ func (cfg *Config) newFlagSet(out io.Writer) (fs *flag.FlagSet, port *string, ve
 		"`on|off`: write event streams to HTTP/1.1 clients with the proxy's own stream writer; off serves every response with httputil.ReverseProxy (STREAM_HANDOFF)")
 	fs.DurationVar(&cfg.StreamHandoffAfter, "stream-handoff-after", cfg.StreamHandoffAfter,
 		"hand off an event stream only once it has run this long, 0 = at once (STREAM_HANDOFF_AFTER)")
+	fs.Var((*onOff)(&cfg.RawIO), "raw-io",
+		"`on|off`: read and write client and upstream sockets with raw system calls; off leaves them to net.Conn (RAW_IO)")
 	fs.Var((*onOff)(&cfg.RuntimeTuning), "runtime-tuning",
 		"`on|off`: tune GOMAXPROCS (one processor for light work) and GOGC (room under load); off leaves the Go runtime's defaults alone (RUNTIME_TUNING)")
 	fs.Var((*onOff)(&cfg.MemoryRelease), "memory-release",

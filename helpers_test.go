@@ -35,9 +35,10 @@ func testLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // testConfig returns the Config of an empty environment, changed by env
 // (getenv keys, e.g. "CORS_ALLOW_ORIGINS"), with a fresh DataDir and
-// ListenAddr 127.0.0.1:0. STREAM_HANDOFF, unless env sets it, is the test
-// process's own: `STREAM_HANDOFF=off go test` runs the tests on the plain
-// ReverseProxy path. RUNTIME_TUNING stays off: GOMAXPROCS and GOGC are the
+// ListenAddr 127.0.0.1:0. STREAM_HANDOFF, STREAM_HANDOFF_AFTER and RAW_IO,
+// unless env sets them, are the test process's own: `STREAM_HANDOFF=off go
+// test` runs the tests on the plain ReverseProxy path, `RAW_IO=off go test`
+// with net.Conn's socket I/O. RUNTIME_TUNING stays off: GOMAXPROCS and GOGC are the
 // test process's, and run (startRun) must not tune them under other tests.
 func testConfig(t testing.TB, env map[string]string) Config {
 	t.Helper()
@@ -45,7 +46,7 @@ func testConfig(t testing.TB, env map[string]string) Config {
 		if v, ok := env[k]; ok {
 			return v
 		}
-		if k == "STREAM_HANDOFF" || k == "STREAM_HANDOFF_AFTER" {
+		if k == "STREAM_HANDOFF" || k == "STREAM_HANDOFF_AFTER" || k == "RAW_IO" {
 			return os.Getenv(k)
 		}
 		return ""
@@ -101,11 +102,13 @@ func newTestServerOnly(t testing.TB, cfg Config, mappings map[string]string) *Se
 }
 
 // newFront serves s with httptest on the http.Server run builds
-// (s.httpServer), and on s's recycler as run does. Cleanup closes it.
+// (s.httpServer), through s.listener and on s's recycler as run does.
+// Cleanup closes it.
 func newFront(t testing.TB, s *Server) *httptest.Server {
 	t.Helper()
 	front := httptest.NewUnstartedServer(s)
 	front.Config = s.httpServer()
+	front.Listener = s.listener(front.Listener)
 	front.Start()
 	serveRecycled(front, s)
 	t.Cleanup(func() { closeFront(t, front) })

@@ -183,11 +183,12 @@ type requestRecord struct {
 // dial and TLS handshake, and no overall or response-header timeout unless
 // configured (a generation may stream for an hour). With the stream
 // hand-off on, the connections it dials are upConns (upconn.go), which raw
-// streams read themselves.
+// streams read themselves; with RAW_IO, they read and write with raw system
+// calls (rawio.go).
 func newTransport(cfg Config) *http.Transport {
 	dial := (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	if cfg.StreamHandoff {
-		dial = dialUp(dial)
+	if raw := cfg.RawIO && canRawIO; cfg.StreamHandoff || raw {
+		dial = dialUp(dial, cfg.StreamHandoff, raw)
 	}
 	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,

@@ -53,6 +53,9 @@ type Server struct {
 	base        context.Context
 	cutRequests context.CancelFunc
 	recycler    *connRecycler
+	// rawIO: the http.Server serves connections that do their I/O with
+	// raw system calls (RAW_IO on Linux; listener, rawio.go).
+	rawIO bool
 
 	// Admin API (admin.go). adminTokenHash is the SHA-256 of the admin
 	// token, nil until it could be read from the store.
@@ -166,6 +169,7 @@ func newServer(cfg Config, logger *slog.Logger, store Store, transport http.Roun
 	// Last, once nothing can fail: what Close must stop.
 	s.base, s.cutRequests = context.WithCancel(context.Background())
 	s.proxy.base = s.base
+	s.rawIO = cfg.RawIO && canRawIO
 	if cfg.StreamHandoff {
 		s.recycler = newConnRecycler()
 		s.proxy.recycle = s.recycler
@@ -513,7 +517,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 	}
 	srv := s.httpServer()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(s.listener(ln)) }()
 	if s.recycler != nil {
 		// Shutdown closes it with the listener.
 		go srv.Serve(s.recycler)

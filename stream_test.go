@@ -393,6 +393,7 @@ func TestStreamHandOffManyPipelined(t *testing.T) {
 	var maxDepth atomic.Int64
 	front := httptest.NewUnstartedServer(s)
 	front.Config = s.httpServer()
+	front.Listener = s.listener(front.Listener)
 	front.Config.ConnState = func(c net.Conn, state http.ConnState) {
 		if d := int64(replayDepth(c)); state == http.StateNew && d > maxDepth.Load() {
 			maxDepth.Store(d) // only the one client connection's goroutine changes it

@@ -13,7 +13,7 @@ package main
 // per event. It is not used for TLS or HTTP/2 upstreams, bodies that are
 // not chunked, streams that are not handed off (stream.go), outside Linux
 // (canReadRaw), nor at all with STREAM_HANDOFF=off, which also leaves the
-// Transport's connections unwrapped (newTransport).
+// Transport's connections without an upConn (newTransport).
 //
 // For a raw read the Transport's buffered reader must hold none of the
 // body when the response reaches the proxy. upConn, the connection the
@@ -61,22 +61,26 @@ type upConn struct {
 	stashBuf []byte // stash's storage, reused
 }
 
-// dialUp wraps the connections a net.Dialer makes.
-func dialUp(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+// dialUp wraps the TCP connections a net.Dialer makes: in an upConn if
+// up (STREAM_HANDOFF), around a rawTCPConn if raw (RAW_IO, rawio.go).
+func dialUp(dial func(ctx context.Context, network, addr string) (net.Conn, error), up, raw bool) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dial(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		tc, ok := c.(*net.TCPConn)
-		if !ok {
+		if raw {
+			c = rawTCP(c)
+		}
+		tc, ok := tcpConnOf(c)
+		if !up || !ok {
 			return c, nil
 		}
-		raw, err := tc.SyscallConn()
+		rc, err := tc.SyscallConn()
 		if err != nil {
 			return c, nil
 		}
-		return &upConn{Conn: c, raw: raw}, nil
+		return &upConn{Conn: c, raw: rc}, nil
 	}
 }
 

@@ -481,7 +481,7 @@ func newCountingFront(t *testing.T, s *Server) (*httptest.Server, *countingListe
 	}
 	counting := &countingListener{Listener: ln}
 	front := httptest.NewUnstartedServer(s)
-	front.Listener = counting
+	front.Listener = s.listener(counting)
 	front.Config = s.httpServer()
 	front.Start()
 	t.Cleanup(func() { closeFront(t, front) })

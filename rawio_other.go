@@ -1,0 +1,16 @@
+//go:build !linux
+
+package main
+
+import "net"
+
+// canRawIO: outside Linux the sockets are net.Conn's (rawio.go).
+const canRawIO = false
+
+func rawTCP(c net.Conn) net.Conn { return c }
+
+// tcpConnOf returns the TCP connection c is.
+func tcpConnOf(c net.Conn) (*net.TCPConn, bool) {
+	tc, ok := c.(*net.TCPConn)
+	return tc, ok
+}
