@@ -6,7 +6,6 @@ import (
 	"os"
 	"syscall"
 	"time"
-	"unsafe"
 )
 
 // canReadRaw: raw streams read the socket with raw system calls, and the
@@ -125,14 +124,4 @@ func (rc *rawCopy) write(p []byte) error {
 		err = werr
 	}
 	return err
-}
-
-// rawIO reads or writes (trap) the non-blocking socket fd, without telling
-// the scheduler: the call never blocks, and syscall.Read and Write, which
-// tell it, also wake its monitor thread whenever the process was idle
-// (runtime.entersyscall), which under a stream of events costs more than
-// the call itself.
-func rawIO(trap uintptr, fd uintptr, p []byte) (int, syscall.Errno) {
-	n, _, errno := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	return int(n), errno
 }

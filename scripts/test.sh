@@ -4,7 +4,9 @@
 # packages), starts a throwaway redis-server on a spare loopback port, then
 # runs go vet, go test -race, the proxy, stream, fault and shutdown tests
 # once more with STREAM_HANDOFF=off (the plain ReverseProxy path must pass
-# them too) and with RAW_IO=off (net.Conn's socket I/O), the package's
+# them too) and with RAW_IO=off (net.Conn's socket I/O), the proxy and
+# stream tests without -race (under which rawIO uses syscall.Read and
+# Write), the package's
 # tests once more with STREAM_HANDOFF_AFTER=0
 # (every stream handed off at once), and the browser suite. CI (.ci/run) calls this.
 set -euo pipefail
@@ -51,6 +53,8 @@ STREAM_HANDOFF=off go test -race -count=1 -timeout 20m \
 echo "test.sh: proxy, stream, fault and shutdown tests with RAW_IO=off"
 RAW_IO=off go test -race -count=1 -timeout 20m \
   -run '^(TestProxy|TestStream|TestClientCloses|TestFaults|TestShutdown|TestRun|TestRawIO)' .
+echo "test.sh: proxy, stream and raw I/O tests without the race detector (rawIO's own system calls)"
+go test -count=1 -timeout 20m -run '^(TestProxy|TestStream|TestRawIO|TestRawSock)' .
 echo "test.sh: every test of the package with STREAM_HANDOFF_AFTER=0 (every stream handed off as its head comes)"
 STREAM_HANDOFF_AFTER=0 go test -race -count=1 -timeout 20m .
 
