@@ -47,66 +47,74 @@ func tcpConnOf(c net.Conn) (*net.TCPConn, bool) {
 
 // rawSock reads and writes a non-blocking socket with rawIO, waiting for
 // readiness, and failing at a deadline or a close, through its RawConn.
-// One read and one write may run at once, as on a net.Conn: each
-// direction's arguments and results live here, under its own mutex, so
-// that the callbacks RawConn takes are made once per connection, not per
-// call.
+// One read and one write may run at once, as on a net.Conn.
 type rawSock struct {
-	raw syscall.RawConn
+	raw  syscall.RawConn
+	r, w rawDir
+}
 
-	rmu    sync.Mutex
-	rp     []byte
-	rn     int
-	rerr   syscall.Errno
-	readFn func(fd uintptr) bool
-
-	wmu     sync.Mutex
-	wp      []byte
-	wn      int
-	werr    syscall.Errno
-	writeFn func(fd uintptr) bool
+// rawDir is one direction of a rawSock: its call's arguments and results
+// live here, under mu, so that the callback RawConn takes (fn) is made
+// once per connection, not per call.
+type rawDir struct {
+	mu    sync.Mutex
+	p     []byte
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool
 }
 
 func newRawSock(raw syscall.RawConn) *rawSock {
 	s := &rawSock{raw: raw}
-	s.readFn, s.writeFn = s.readOnce, s.writeAll
+	s.r.fn, s.w.fn = s.r.readOnce, s.w.writeAll
 	return s
 }
 
-// readOnce reads once into rp; false (wait) if the socket is empty.
-func (s *rawSock) readOnce(fd uintptr) bool {
+// readOnce reads once into p; false (wait) if the socket is empty.
+func (d *rawDir) readOnce(fd uintptr) bool {
 	for {
-		n, errno := rawIO(syscall.SYS_READ, fd, s.rp)
+		n, errno := rawIO(syscall.SYS_READ, fd, d.p)
 		switch errno {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
 			return false
 		case 0:
-			s.rn = n
+			d.n = n
 		default:
-			s.rerr = errno
+			d.errno = errno
 		}
 		return true
 	}
 }
 
-// writeAll writes wp from wn on; false (wait) when the socket is full.
-func (s *rawSock) writeAll(fd uintptr) bool {
-	for s.wn < len(s.wp) {
-		n, errno := rawIO(syscall.SYS_WRITE, fd, s.wp[s.wn:])
+// writeAll writes p from n on; false (wait) when the socket is full.
+func (d *rawDir) writeAll(fd uintptr) bool {
+	for d.n < len(d.p) {
+		n, errno := rawIO(syscall.SYS_WRITE, fd, d.p[d.n:])
 		switch errno {
 		case 0:
-			s.wn += n
+			d.n += n
 		case syscall.EINTR:
 		case syscall.EAGAIN:
 			return false
 		default:
-			s.werr = errno
+			d.errno = errno
 			return true
 		}
 	}
 	return true
+}
+
+// do runs d.fn on p through call (the RawConn's Read or Write), and
+// returns the bytes done, the RawConn's error and the system call's.
+func (d *rawDir) do(call func(func(uintptr) bool) error, p []byte) (int, error, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.p, d.n, d.errno = p, 0, 0
+	err := call(d.fn)
+	d.p = nil
+	return d.n, err, d.errno
 }
 
 // read is net.Conn's Read on c, whose socket s is.
@@ -114,47 +122,34 @@ func (s *rawSock) read(c *net.TCPConn, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	s.rmu.Lock()
-	s.rp, s.rn, s.rerr = p, 0, 0
-	err := s.raw.Read(s.readFn)
-	n, errno := s.rn, s.rerr
-	s.rp = nil
-	s.rmu.Unlock()
-	switch {
-	case err != nil:
-		return 0, opError("read", c, err)
-	case errno != 0:
-		return 0, opError("read", c, os.NewSyscallError("read", errno))
-	case n == 0:
+	n, err, errno := s.r.do(s.raw.Read, p)
+	if err == nil && errno == 0 && n == 0 {
 		return 0, io.EOF
 	}
-	return n, nil
+	return result("read", c, n, err, errno)
 }
 
 // write is net.Conn's Write on c, whose socket s is: all of p, or an
 // error.
 func (s *rawSock) write(c *net.TCPConn, p []byte) (int, error) {
-	s.wmu.Lock()
-	s.wp, s.wn, s.werr = p, 0, 0
-	err := s.raw.Write(s.writeFn)
-	n, errno := s.wn, s.werr
-	s.wp = nil
-	s.wmu.Unlock()
-	switch {
-	case err != nil:
-		return n, opError("write", c, err)
-	case errno != 0:
-		return n, opError("write", c, os.NewSyscallError("write", errno))
-	}
-	return n, nil
+	n, err, errno := s.w.do(s.raw.Write, p)
+	return result("write", c, n, err, errno)
 }
 
-// opError returns err as net.TCPConn's Read or Write (op) would: a
-// *net.OpError around the cause (a RawConn's own errors are OpErrors of
-// "raw-read" and "raw-write").
-func opError(op string, c *net.TCPConn, err error) error {
-	if oe, ok := err.(*net.OpError); ok {
-		err = oe.Err
+// result returns what net.TCPConn's Read or Write (op) on c returns when n
+// bytes were done and the RawConn's call failed with err, or the system
+// call with errno: an error is a *net.OpError around its cause (a
+// RawConn's own errors are OpErrors of "raw-read" and "raw-write").
+func result(op string, c *net.TCPConn, n int, err error, errno syscall.Errno) (int, error) {
+	switch {
+	case err != nil:
+		if oe, ok := err.(*net.OpError); ok {
+			err = oe.Err
+		}
+	case errno != 0:
+		err = os.NewSyscallError(op, errno)
+	default:
+		return n, nil
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	return n, &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
