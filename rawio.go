@@ -11,7 +11,7 @@ package main
 // dear: at a moderate rate of small requests that monitor and those
 // hand-offs are much of the CPU a request costs. A socket is
 // non-blocking, so its reads and writes never block: rawSock makes them
-// with rawIO (upconn_linux.go), which does not tell the scheduler, inside
+// with rawIO (rawio_syscall_linux.go), which does not tell the scheduler, inside
 // a syscall.RawConn's Read or Write, which waits for readiness through the
 // runtime's poller and keeps the connection's deadlines, as net.Conn does.
 //

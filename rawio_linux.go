@@ -34,16 +34,10 @@ func rawTCP(c net.Conn) net.Conn {
 	return &rawTCPConn{TCPConn: tc, s: newRawSock(raw)}
 }
 
-// tcpConnOf returns the TCP connection c is or wraps.
-func tcpConnOf(c net.Conn) (*net.TCPConn, bool) {
-	switch c := c.(type) {
-	case *net.TCPConn:
-		return c, true
-	case *rawTCPConn:
-		return c.TCPConn, true
-	}
-	return nil, false
-}
+// SyscallConn returns the RawConn c's own reads and writes go through, so
+// that those who take one (a raw stream, its watcher, dialUp's upConn)
+// share it rather than each make another.
+func (c *rawTCPConn) SyscallConn() (syscall.RawConn, error) { return c.s.raw, nil }
 
 // rawSock reads and writes a non-blocking socket with rawIO, waiting for
 // readiness, and failing at a deadline or a close, through its RawConn.

@@ -8,9 +8,3 @@ import "net"
 const canRawIO = false
 
 func rawTCP(c net.Conn) net.Conn { return c }
-
-// tcpConnOf returns the TCP connection c is.
-func tcpConnOf(c net.Conn) (*net.TCPConn, bool) {
-	tc, ok := c.(*net.TCPConn)
-	return tc, ok
-}

@@ -72,11 +72,13 @@ func dialUp(dial func(ctx context.Context, network, addr string) (net.Conn, erro
 		if raw {
 			c = rawTCP(c)
 		}
-		tc, ok := tcpConnOf(c)
+		// A *net.TCPConn, or the rawTCPConn around one, whose RawConn
+		// the upConn then shares.
+		sc, ok := c.(syscall.Conn)
 		if !up || !ok {
 			return c, nil
 		}
-		rc, err := tc.SyscallConn()
+		rc, err := sc.SyscallConn()
 		if err != nil {
 			return c, nil
 		}
