@@ -246,10 +246,12 @@ func (l *localLimiter) admit(_ context.Context, scopes limitScopes) limitResult 
 	if !scopes.limited() {
 		return limitResult{admitted: true}
 	}
-	now := l.now()
-	nano := now.UnixNano()
+	// The clock is read under the lock, so that admits are appended in
+	// time order and no refusal waits on an admit newer than its clock.
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now := l.now()
+	nano := now.UnixNano()
 	l.sweep(now)
 	var (
 		ls   [2]*localScope
