@@ -86,6 +86,84 @@ func testReadSocketHangup(t *testing.T, reset, watched bool) {
 	}
 }
 
+// TestReadSocketWatchLater: with proxy.watchAfter set, a raw stream reads
+// unwatched (a read until the socket is empty) for its first waits and
+// has its upstream watched for a hang-up from the watchAfter-th wait on;
+// a hang-up that comes with the last bytes then still ends the stream.
+func TestReadSocketWatchLater(t *testing.T) {
+	const first, second, last = "9\r\ndata: 0\n\n\r\n", "9\r\ndata: 1\n\n\r\n", "9\r\ndata: 2\n\n\r\n"
+	upstream, upPeer := tcpPair(t)
+	client, clientPeer := tcpPair(t)
+	raw, err := upstream.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := newClientWatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	regs := func() int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.regs)
+	}
+	p := &proxy{watcher: w, watchAfter: 2}
+	pr := &proxyRequest{p: p}
+	pr.body.pr = pr
+	pr.st.conn = client
+	pr.st.rc = rawCopy{pr: pr, more: true}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pr.st.rc.readSocket(&upConn{Conn: upstream, raw: raw}, make([]byte, streamBufferSize))
+	}()
+	readN := func(want string) {
+		t.Helper()
+		got := make([]byte, len(want))
+		clientPeer.SetReadDeadline(time.Now().Add(testTimeout))
+		if _, err := io.ReadFull(clientPeer, got); err != nil || string(got) != want {
+			t.Fatalf("client got %q (%v), want %q", got, err, want)
+		}
+	}
+	io.WriteString(upPeer, first)
+	readN(first)
+	// The second wait, which registers the watch, cannot come before the
+	// second event: none yet.
+	if n := regs(); n != 0 {
+		t.Fatalf("%d registrations after the first event, want none before the second wait", n)
+	}
+	io.WriteString(upPeer, second)
+	readN(second)
+	deadline := time.Now().Add(testTimeout)
+	for regs() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the second wait did not register the hang-up watch")
+		}
+		runtime.Gosched()
+	}
+	io.WriteString(upPeer, last)
+	upPeer.Close()
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		upstream.Close()
+		<-done
+		t.Fatal("readSocket still waited after the upstream hung up")
+	}
+	if pr.st.rc.err == nil || pr.st.rc.cp.done() {
+		t.Errorf("err %v, body done %v; want an error before the body's end", pr.st.rc.err, pr.st.rc.cp.done())
+	}
+	if n := regs(); n != 0 {
+		t.Errorf("%d registrations left after the stream ended, want 0", n)
+	}
+	client.Close()
+	got, _ := io.ReadAll(clientPeer)
+	if string(got) != last {
+		t.Errorf("client got %q after the second event, want the last bytes %q", got, last)
+	}
+}
+
 // tcpPair returns the two ends of a loopback TCP connection.
 func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	t.Helper()

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # sse-rotate.sh: SSE event latency and CPU of several proxies, measured in
-# rounds whose order rotates, so that no proxy always runs right after
-# another (the bench harness's fixed order measures the proxy in the second
-# slot 3-5 % slower at p50 when both are the same program; see README,
-# Performance). Uses the bench harness's binary for the upstream, the
+# rounds whose order changes, so that no proxy always runs in one slot (the
+# bench harness's fixed order measures the proxy in the second slot 3-5 %
+# slower at p50 when both are the same program; see README, Performance).
+# ORDER=shuffle (the default) runs each round in a random order (seeded by
+# the round, SEED; the same for every run): a rotation (ORDER=rotate)
+# keeps each proxy right after the same other one in every round, and
+# that predecessor moves it too (docs/performance.md, "Lazy hang-up watch
+# (K)": a second baseline read 0.81x the first in rotation, 0.98x
+# shuffled). Uses the bench harness's binary for the upstream, the
 # baseline and the client.
 #
 #   go build -o /tmp/apiproxy . && (cd ../shared/bench && go build -o /tmp/bench .)
@@ -77,8 +82,12 @@ for r in $(seq "$ROUNDS"); do
     done
     continue
   fi
-  for j in $(seq 0 $((n - 1))); do
-    k=$(((r + j) % n))
+  if [ "${ORDER:-shuffle}" = rotate ]; then
+    order=$(seq 0 $((n - 1)) | awk -v r="$r" -v n="$n" '{print (r + $1) % n}')
+  else
+    order=$(python3 -c "import random; random.seed($r * 7919 + ${SEED:-1}); l = list(range($n)); random.shuffle(l); print(*l)")
+  fi
+  for k in $order; do
     c0=$(ticks "${procs[$k]}")
     res=$(sse "${ports[$k]}" "${C:-300}")
     c1=$(ticks "${procs[$k]}")
