@@ -42,11 +42,6 @@ const (
 	// upstreams send both at once, and one write instead of two is what makes
 	// small requests cheaper than a flush-every-write proxy.
 	headerFlushDelay = 2 * time.Millisecond
-	// rawWatchAfter is the wait for its upstream's next bytes at which a
-	// raw stream has the watcher watch the upstream for a hang-up
-	// (readSocket): past the burst its start may have come in, and never
-	// for a stream of a few events. Each wait before it costs one read.
-	rawWatchAfter = 8
 )
 
 // proxy is the streaming reverse proxy behind every mapped prefix. It wraps
@@ -94,9 +89,6 @@ type proxy struct {
 	// stops it. nil where epoll is not available: each stream then reads
 	// its client connection from a goroutine of its own.
 	watcher *clientWatcher
-	// watchAfter is the wait at which a raw stream starts the watcher's
-	// hang-up watch of its upstream (readSocket); 0: from its start.
-	watchAfter int
 	// watchFailed logs, once, that the watcher stopped.
 	watchFailed sync.Once
 	handedOff   atomic.Int64 // streams handed off so far
@@ -246,7 +238,6 @@ func newProxy(cfg Config, logger *slog.Logger, transport http.RoundTripper, rout
 		retryBodyLimit: cfg.RetryBodyLimit,
 		states:         newTargetStates(),
 		crowd:          make(chan struct{}, 1),
-		watchAfter:     rawWatchAfter,
 	}
 	p.bulkBufs.New = func() any { b := make([]byte, bulkBufferSize); return &b }
 	p.streamBufs.New = func() any { b := make([]byte, streamBufferSize); return &b }

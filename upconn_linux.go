@@ -25,30 +25,12 @@ const canReadRaw = true
 // read deadline in the past) and the socket is read to its end. Without a
 // watcher every read is followed by another until the socket is empty,
 // which finds the end too, at the cost of one more system call per event.
-//
-// The watch starts only at the stream's watchAfter-th wait (proxy.
-// watchAfter; at once when it is 0); until then each wait follows a read
-// that found the socket empty (EAGAIN), as without a watcher. A watch is
-// two epoll_ctl calls, its registration and its removal, and streams
-// start in bursts, where the CPU of each start delays the first events of
-// the others (docs/performance.md, "Lazy hang-up watch (K)"): so a stream
-// registers its watch once its start is well past, and a short one never
-// does. A registration made at a wait is never late, since the read that
-// found the socket empty found no hang-up either.
 func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 	st, watcher := &rc.pr.st, rc.pr.p.watcher
-	var reg watchReg
-	watched, waits := false, 0
-	watch := func() {
-		reg, watched = watcher.watchHangup(up.raw, func(bool) {
-			rc.hangup.Store(true)
-			up.Conn.SetReadDeadline(longAgo)
-		})
-	}
-	after := rc.pr.p.watchAfter
-	if after == 0 {
-		watch()
-	}
+	reg, watched := watcher.watchHangup(up.raw, func(bool) {
+		rc.hangup.Store(true)
+		up.Conn.SetReadDeadline(longAgo)
+	})
 	read := func(fd uintptr) bool {
 		for rc.more && !st.clientGone.Load() {
 			select {
@@ -62,9 +44,6 @@ func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 			case errno == syscall.EINTR:
 				continue
 			case errno == syscall.EAGAIN:
-				if waits++; waits == after {
-					watch() // once: a watcher that refuses is not asked again
-				}
 				return false // wait until the socket is readable
 			case errno != 0:
 				rc.err = os.NewSyscallError("read", errno)

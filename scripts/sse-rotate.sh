@@ -6,10 +6,10 @@
 # ORDER=shuffle (the default) runs each round in a random order (seeded by
 # the round, SEED; the same for every run): a rotation (ORDER=rotate)
 # keeps each proxy right after the same other one in every round, and
-# that predecessor moves it too (docs/performance.md, "Lazy hang-up watch
-# (K)": a second baseline read 0.81x the first in rotation, 0.98x
-# shuffled). Uses the bench harness's binary for the upstream, the
-# baseline and the client.
+# that predecessor moves it too (docs/performance.md, "The first event
+# under a burst, measured apart (K)": a second baseline read 0.81x the
+# first in rotation, 0.98x shuffled). Uses the bench harness's binary for
+# the upstream, the baseline and the client.
 #
 #   go build -o /tmp/apiproxy . && (cd ../shared/bench && go build -o /tmp/bench .)
 #   scripts/sse-rotate.sh 16 \
