@@ -127,13 +127,16 @@ func TestLimitRedisRollingWindow(t *testing.T) {
 		return tm.UnixMilli()
 	}
 
-	// Three admitted 59.5 s, 30 s and 1 s ago: full; the first leaves in
-	// 0.5 s, so Retry-After 1.
+	// Three admitted 50 s, 30 s and 1 s ago: full; the first leaves 10 s
+	// after now, so Retry-After is the whole seconds from the admit's own
+	// Redis time (between now and done) to then: exact however long the
+	// calls take, up to 10 s.
 	now := redisNow()
-	c.ZAdd(ctx, key, redis.Z{Score: float64(now - 59500), Member: "a"}, redis.Z{Score: float64(now - 30000), Member: "b"}, redis.Z{Score: float64(now - 1000), Member: "c"})
+	c.ZAdd(ctx, key, redis.Z{Score: float64(now - 50000), Member: "a"}, redis.Z{Score: float64(now - 30000), Member: "b"}, redis.Z{Score: float64(now - 1000), Member: "c"})
 	r := l.admit(ctx, limitScopes{scope})
-	if r.admitted || r.limit != limitRPM || r.retryAfter != 1 {
-		t.Fatalf("3 in window: admitted = %v, %s after %d s; want refused by rpm after 1 s", r.admitted, r.limit, r.retryAfter)
+	done := redisNow()
+	if lo := retrySeconds(time.Duration(now+10000-done) * time.Millisecond); r.admitted || r.limit != limitRPM || r.retryAfter < lo || r.retryAfter > 10 {
+		t.Fatalf("3 in window: admitted = %v, %s after %d s; want refused by rpm after %d-10 s", r.admitted, r.limit, r.retryAfter, lo)
 	}
 	// Moved to exactly 60 s ago (or more), the first has left: admitted,
 	// and the log holds the three in the window, the new one at Redis's now.
@@ -153,9 +156,12 @@ func TestLimitRedisRollingWindow(t *testing.T) {
 	if s := int64(zs[2].Score); s < before || s > after || !strings.HasPrefix(zs[2].Member.(string), l.instance+":") {
 		t.Errorf("new entry %v at %d, want this instance's member at Redis time in [%d, %d]", zs[2].Member, s, before, after)
 	}
-	// Retry-After is from the oldest that must leave: b, 30 s ago.
-	if r := l.admit(ctx, limitScopes{scope}); r.admitted || r.retryAfter < 30 || r.retryAfter > 31 {
-		t.Errorf("full again: admitted = %v, retry after %d; want refused, 30-31 s", r.admitted, r.retryAfter)
+	// Retry-After is from the oldest that must leave: b, which leaves at
+	// now+30 s, counted from the admit's Redis time (after .. again).
+	r = l.admit(ctx, limitScopes{scope})
+	again := redisNow()
+	if lo := retrySeconds(time.Duration(now+30000-again) * time.Millisecond); r.admitted || r.retryAfter < lo || r.retryAfter > 30 {
+		t.Errorf("full again: admitted = %v, retry after %d; want refused, %d-30 s", r.admitted, r.retryAfter, lo)
 	}
 	if ttl := c.PTTL(ctx, key).Val(); ttl <= 0 || ttl > limitWindow {
 		t.Errorf("rpm key TTL = %v, want (0, 60 s]", ttl)
@@ -173,8 +179,10 @@ func TestLimitRedisTPMBuckets(t *testing.T) {
 	ctx := context.Background()
 	scope := mappingScope("/tpm", Limits{TPM: 1000})
 	key := l.scopeKey(scope, redisLimitTPMKey)
+	// A bucket 60 s old (dropped at any later time too) and one 50 s old,
+	// which stays in the window for 10 s: room enough for slow calls.
 	sec := c.Time(ctx).Val().Unix()
-	c.HSet(ctx, key, fmt.Sprint(sec-60), 5000, fmt.Sprint(sec-59), 600)
+	c.HSet(ctx, key, fmt.Sprint(sec-60), 5000, fmt.Sprint(sec-50), 600)
 	r := l.admit(ctx, limitScopes{scope})
 	if !r.admitted {
 		t.Fatalf("600 in window: refused by %s", r.limit)
@@ -195,9 +203,12 @@ func TestLimitRedisTPMBuckets(t *testing.T) {
 		t.Errorf("buckets %v sum to %d, want 1000", h, sum)
 	}
 	r = l.admit(ctx, limitScopes{scope})
-	// The 600 of sec-59 leave at sec+1: 1 or 2 s from the admit.
-	if r.admitted || r.limit != limitTPM || r.retryAfter < 1 || r.retryAfter > 2 {
-		t.Errorf("1000 in window: admitted = %v, %s after %d s; want refused by tpm after 1-2 s", r.admitted, r.limit, r.retryAfter)
+	done := c.Time(ctx).Val()
+	// The 600 of sec-50 leave at sec+10: the admit ran between sec and
+	// done, so Retry-After lies between the seconds from done and 10.
+	lo := retrySeconds(time.Unix(sec+10, 0).Sub(done))
+	if r.admitted || r.limit != limitTPM || r.retryAfter < lo || r.retryAfter > 10 {
+		t.Errorf("1000 in window: admitted = %v, %s after %d s; want refused by tpm after %d-10 s", r.admitted, r.limit, r.retryAfter, lo)
 	}
 }
 
