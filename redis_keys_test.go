@@ -72,10 +72,11 @@ func TestRedisKeysCrossInstance(t *testing.T) {
 	waitStatus(onB(k.Key), http.StatusUnauthorized, "B to refuse a key deleted on A")
 
 	// An expiry set on A: B refuses the key once it has passed, with no
-	// further change to announce.
+	// further change to announce. A second ahead: A refuses an expiry
+	// already past when the PATCH reaches it.
 	exp := createKey(t, frontA, `{"name":"short"}`)
 	waitStatus(onB(exp.Key), http.StatusOK, "B to admit the second key")
-	at := time.Now().Add(300 * time.Millisecond).UTC()
+	at := time.Now().Add(time.Second).UTC()
 	if res, b := adminRequest(t, frontA, "PATCH", "/api/keys/"+exp.ID, `{"expires_at":"`+at.Format(time.RFC3339Nano)+`"}`); res.StatusCode != http.StatusOK {
 		t.Fatalf("set expiry on A: %d %s", res.StatusCode, b)
 	}
@@ -83,8 +84,10 @@ func TestRedisKeysCrossInstance(t *testing.T) {
 	if time.Now().Before(at) {
 		t.Errorf("B refused the key before its expiry")
 	}
-	// A key created with an expiry expires on B too.
-	at = time.Now().Add(time.Second).UTC()
+	// A key created with an expiry expires on B too. Two seconds ahead:
+	// the create and B's reload must both come before it, for B to admit
+	// the key first.
+	at = time.Now().Add(2 * time.Second).UTC()
 	born := createKey(t, frontA, `{"name":"born-short","expires_at":"`+at.Format(time.RFC3339Nano)+`"}`)
 	waitStatus(onB(born.Key), http.StatusOK, "B to admit a key created with an expiry")
 	waitStatus(onB(born.Key), http.StatusUnauthorized, "B to refuse it once expired")
