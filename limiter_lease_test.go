@@ -59,8 +59,7 @@ func TestLimitRedisAllowance(t *testing.T) {
 	l.client.AddHook(calls)
 	c := redis.NewClient(&redis.Options{Addr: addr})
 	defer c.Close()
-	ctx := context.Background()
-	redisNow := func() int64 { return c.Time(ctx).Val().UnixMilli() }
+	redisNow := func() int64 { return redisMillis(t, c) }
 
 	scope := keyScope("k_allow", Limits{RPM: 1000})
 	start := redisNow()
@@ -94,7 +93,6 @@ func TestLimitRedisAllowanceFleet(t *testing.T) {
 	fleet := newTestRedisFleet(t, addr, prefix)
 	c := redis.NewClient(&redis.Options{Addr: addr})
 	defer c.Close()
-	redisNow := func() int64 { return c.Time(context.Background()).Val().UnixMilli() }
 	scopes := limitScopes{mappingScope("/allow", Limits{RPM: 100})}
 	out := make([]limitResult, 600)
 	var wg sync.WaitGroup
@@ -107,17 +105,17 @@ func TestLimitRedisAllowanceFleet(t *testing.T) {
 			}
 		})
 	}
-	start := redisNow()
+	start := redisMillis(t, c)
 	close(begin)
 	wg.Wait()
-	end := redisNow()
+	end := redisMillis(t, c)
 	if got := countAdmitted(out); got != 100 {
 		t.Errorf("admitted %d of 600 at rpm 100 on 3 instances, want 100", got)
 	}
 	// Every admission is scored at or after start and every refusal was
 	// made by end: the oldest leaves the window no sooner than the whole
 	// seconds from end to start+60 s, however long the burst took.
-	lo := retrySeconds(time.Duration(start+60000-end) * time.Millisecond)
+	lo := retryFloor(start+60000, end)
 	for _, r := range out {
 		if !r.admitted && (r.limit != limitRPM || r.retryAfter < lo || r.retryAfter > 60) {
 			t.Fatalf("refusal = %s after %d s, want rpm after %d-60 s", r.limit, r.retryAfter, lo)
@@ -159,7 +157,7 @@ func TestLimitRedisAllowanceNeverRefusedUnder(t *testing.T) {
 			// a admits one request and reserves 8 more permits it will
 			// not use.
 			aStart := time.Now()
-			first := c.Time(context.Background()).Val().UnixMilli()
+			first := redisMillis(t, c)
 			if r := a.admit(context.Background(), limitScopes{key}); !r.admitted {
 				t.Fatalf("first request refused by %s", r.limit)
 			}
@@ -196,8 +194,7 @@ func TestLimitRedisAllowanceNeverRefusedUnder(t *testing.T) {
 			// term), so the refusal comes 1.5 s or more after first:
 			// Retry-After is bounded by the Redis time read after it.
 			r := b.admit(context.Background(), tc.b)
-			done := c.Time(context.Background()).Val().UnixMilli()
-			if lo := retrySeconds(time.Duration(first+60000-done) * time.Millisecond); r.admitted || r.limit != limitRPM || r.retryAfter < lo || r.retryAfter > 60 {
+			if lo := retryFloor(first+60000, redisMillis(t, c)); r.admitted || r.limit != limitRPM || r.retryAfter < lo || r.retryAfter > 60 {
 				t.Errorf("41st: admitted = %v, %s after %d s; want refused by rpm after %d-60 s", r.admitted, r.limit, r.retryAfter, lo)
 			}
 			if scores, _ := rpmLog(t, c, a, key); len(scores) != 40 {
@@ -222,7 +219,7 @@ func TestLimitRedisAllowanceSettledOnStop(t *testing.T) {
 	wg.Go(func() { l.run(ctx) })
 
 	scopes := limitScopes{mappingScope("/stop", Limits{RPM: 1000})}
-	redisNow := func() int64 { return client.Time(context.Background()).Val().UnixMilli() }
+	redisNow := func() int64 { return redisMillis(t, client) }
 	granted := redisNow()
 	if !l.admit(context.Background(), scopes).admitted {
 		t.Fatal("first request refused")

@@ -119,13 +119,7 @@ func TestLimitRedisRollingWindow(t *testing.T) {
 	ctx := context.Background()
 	scope := keyScope("k_roll", Limits{RPM: 3})
 	key := l.scopeKey(scope, redisLimitRPMKey)
-	redisNow := func() int64 {
-		tm, err := c.Time(ctx).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tm.UnixMilli()
-	}
+	redisNow := func() int64 { return redisMillis(t, c) }
 
 	// Three admitted 50 s, 30 s and 1 s ago: full; the first leaves 10 s
 	// after now, so Retry-After is the whole seconds from the admit's own
@@ -135,7 +129,7 @@ func TestLimitRedisRollingWindow(t *testing.T) {
 	c.ZAdd(ctx, key, redis.Z{Score: float64(now - 50000), Member: "a"}, redis.Z{Score: float64(now - 30000), Member: "b"}, redis.Z{Score: float64(now - 1000), Member: "c"})
 	r := l.admit(ctx, limitScopes{scope})
 	done := redisNow()
-	if lo := retrySeconds(time.Duration(now+10000-done) * time.Millisecond); r.admitted || r.limit != limitRPM || r.retryAfter < lo || r.retryAfter > 10 {
+	if lo := retryFloor(now+10000, done); r.admitted || r.limit != limitRPM || r.retryAfter < lo || r.retryAfter > 10 {
 		t.Fatalf("3 in window: admitted = %v, %s after %d s; want refused by rpm after %d-10 s", r.admitted, r.limit, r.retryAfter, lo)
 	}
 	// Moved to exactly 60 s ago (or more), the first has left: admitted,
@@ -160,12 +154,29 @@ func TestLimitRedisRollingWindow(t *testing.T) {
 	// now+30 s, counted from the admit's Redis time (after .. again).
 	r = l.admit(ctx, limitScopes{scope})
 	again := redisNow()
-	if lo := retrySeconds(time.Duration(now+30000-again) * time.Millisecond); r.admitted || r.retryAfter < lo || r.retryAfter > 30 {
+	if lo := retryFloor(now+30000, again); r.admitted || r.retryAfter < lo || r.retryAfter > 30 {
 		t.Errorf("full again: admitted = %v, retry after %d; want refused, %d-30 s", r.admitted, r.retryAfter, lo)
 	}
 	if ttl := c.PTTL(ctx, key).Val(); ttl <= 0 || ttl > limitWindow {
 		t.Errorf("rpm key TTL = %v, want (0, 60 s]", ttl)
 	}
+}
+
+// redisMillis is Redis's clock (TIME) in Unix milliseconds: the clock the
+// limiter's script scores and refuses by.
+func redisMillis(t testing.TB, c *redis.Client) int64 {
+	tm, err := c.Time(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tm.UnixMilli()
+}
+
+// retryFloor is the least Retry-After (whole seconds) of a refusal for an
+// entry that leaves the window at leaves, made no later than done (both
+// Redis Unix ms): a bound that holds however long the calls took.
+func retryFloor(leaves, done int64) int64 {
+	return retrySeconds(time.Duration(leaves-done) * time.Millisecond)
 }
 
 // TestLimitRedisTPMBuckets: tokens land in the bucket of Redis's second,

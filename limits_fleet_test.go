@@ -190,9 +190,9 @@ func TestLimitsFleetRPM(t *testing.T) {
 			setFleetMapping(t, fleet, m)
 
 			rc := fleet[0].s.proxy.limiter.(*redisLimiter).client
-			start := rc.Time(context.Background()).Val().UnixMilli()
+			start := redisMillis(t, rc)
 			answers := burst(t, fleet, 3*rpm, false, func(front string) *http.Request { return getReq(front + "/fleet/x") })
-			end := rc.Time(context.Background()).Val().UnixMilli()
+			end := redisMillis(t, rc)
 			if ok := checkRefusals(t, answers); ok != rpm {
 				t.Errorf("admitted %d of %d at rpm %d on 3 instances, want %d", ok, 3*rpm, rpm, rpm)
 			}
@@ -203,7 +203,7 @@ func TestLimitsFleetRPM(t *testing.T) {
 			// sooner than start+60 s, Redis time, and the refusals were
 			// made by end, so Retry-After is at least the whole seconds
 			// from end to then (59 or 60 unless the burst was slow).
-			lo := retrySeconds(time.Duration(start+60000-end) * time.Millisecond)
+			lo := retryFloor(start+60000, end)
 			for _, a := range answers {
 				if a.status == http.StatusTooManyRequests {
 					if ra, _ := strconv.Atoi(a.retryAfter); int64(ra) < lo {
