@@ -35,6 +35,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 )
@@ -59,6 +60,39 @@ type upConn struct {
 	captured bool
 	stash    []byte
 	stashBuf []byte // stash's storage, reused
+
+	// hang is the connection's hang-up watch (upconn_linux.go), which
+	// its first raw stream registers and which stays while the
+	// connection is open; closed is set by Close. Both under hangMu.
+	hangMu sync.Mutex
+	hang   *upHang
+	closed bool
+}
+
+// upHang is an upstream connection's registration with the proxy's
+// watcher (clientWatcher.watchConn), and what it saw. seen and rc are
+// under the watcher's mu, which it holds while it runs the callback.
+type upHang struct {
+	w   *clientWatcher
+	reg watchReg
+	// seen: the upstream closed or reset the connection, or the watcher
+	// stopped.
+	seen bool
+	// rc is the raw stream reading the connection now, if any: the
+	// callback ends its wait.
+	rc *rawCopy
+}
+
+// Close forgets the connection's hang-up watch, then closes it.
+func (c *upConn) Close() error {
+	c.hangMu.Lock()
+	c.closed = true
+	h := c.hang
+	c.hangMu.Unlock()
+	if h != nil {
+		h.w.forget(h.reg)
+	}
+	return c.Conn.Close()
 }
 
 // dialUp wraps the TCP connections a net.Dialer makes: in an upConn if

@@ -25,12 +25,12 @@ const canReadRaw = true
 // read deadline in the past) and the socket is read to its end. Without a
 // watcher every read is followed by another until the socket is empty,
 // which finds the end too, at the cost of one more system call per event.
+// The watch is the connection's (upConn.watchHangup): the stream only
+// attaches to it, with no system call.
 func (rc *rawCopy) readSocket(up *upConn, b []byte) {
-	st, watcher := &rc.pr.st, rc.pr.p.watcher
-	reg, watched := watcher.watchHangup(up.raw, func(bool) {
-		rc.hangup.Store(true)
-		up.Conn.SetReadDeadline(longAgo)
-	})
+	st := &rc.pr.st
+	h := up.watchHangup(rc.pr.p.watcher, rc)
+	watched := h != nil
 	read := func(fd uintptr) bool {
 		for rc.more && !st.clientGone.Load() {
 			select {
@@ -88,8 +88,68 @@ func (rc *rawCopy) readSocket(up *upConn, b []byte) {
 		break
 	}
 	if watched {
-		watcher.unwatch(reg)
+		h.detach()
 	}
+}
+
+// watchHangup attaches rc to the connection's hang-up watch, which it
+// registers with w if no stream on the connection did yet: until detach,
+// the upstream closing or resetting the connection, seen now or before,
+// ends rc's wait for the socket (hungUp). It returns nil when the
+// connection cannot be watched: no watcher, a stopped one, or a closed
+// connection.
+func (c *upConn) watchHangup(w *clientWatcher, rc *rawCopy) *upHang {
+	h := c.hangWatch(w)
+	if h == nil {
+		return nil
+	}
+	h.w.mu.Lock()
+	h.rc = rc
+	seen := h.seen
+	h.w.mu.Unlock()
+	if seen {
+		rc.hungUp(c)
+	}
+	return h
+}
+
+// hangWatch returns the connection's hang-up watch, registering it with
+// w first if need be; nil if it cannot.
+func (c *upConn) hangWatch(w *clientWatcher) *upHang {
+	c.hangMu.Lock()
+	defer c.hangMu.Unlock()
+	if c.hang != nil || c.closed || w == nil {
+		return c.hang
+	}
+	h := &upHang{w: w}
+	// The callback may run before watchConn returns: it needs only h.
+	reg, ok := w.watchConn(c.raw, func(bool) {
+		h.seen = true
+		if h.rc != nil {
+			h.rc.hungUp(c)
+		}
+	})
+	if !ok {
+		return nil
+	}
+	h.reg, c.hang = reg, h
+	return h
+}
+
+// detach ends the attachment of watchHangup: once it returns, the
+// callback no longer touches the stream.
+func (h *upHang) detach() {
+	h.w.mu.Lock()
+	h.rc = nil
+	h.w.mu.Unlock()
+}
+
+// hungUp ends the raw stream's wait for the upstream socket, whose peer
+// closed or reset it: the read deadline in the past wakes the wait, and
+// readSocket then reads the socket to its end.
+func (rc *rawCopy) hungUp(up *upConn) {
+	rc.hangup.Store(true)
+	up.Conn.SetReadDeadline(longAgo)
 }
 
 // write writes p to the client. Through the connection's raw descriptor

@@ -17,7 +17,9 @@ import (
 // pipelined; epoll only looks, and only for a hang-up: bytes the client
 // sends (its next request) stay in the socket for the server and do not
 // end the watch. It also watches the upstream connections of raw streams
-// for a hang-up (upconn_linux.go). Each registration fires at most once.
+// for a hang-up (watchConn, upconn_linux.go). A client registration fires
+// at most once; an upstream connection's stays for as long as the
+// connection is open.
 //
 // A proxy with the stream hand-off on makes one (newClientWatcher), and
 // Server.Close closes it: its goroutine returns and its descriptors are
@@ -64,7 +66,8 @@ type clientWatcher struct {
 const wakeID = 0
 
 // watchEntry is a registration's callback, and whether it is an
-// upstream's (watchHangup), which fires when the watcher stops.
+// upstream connection's (watchConn), which stays after it fired and fires
+// when the watcher stops.
 type watchEntry struct {
 	onEvent  func(gone bool)
 	upstream bool
@@ -152,20 +155,40 @@ func (w *clientWatcher) clientCount() int64 {
 	return w.clients.Load()
 }
 
-// watchHangup registers the connection of raw for its peer closing or
-// resetting it only: onEvent(true) runs once, on the watcher's goroutine.
-// Bytes that arrive do not fire it.
-func (w *clientWatcher) watchHangup(raw syscall.RawConn, onEvent func(gone bool)) (reg watchReg, ok bool) {
+// watchConn registers the connection of raw for its peer closing or
+// resetting it, for as long as the connection is open: onEvent(true)
+// runs on the watcher's goroutine at each such event (edge-triggered,
+// so once for a close and once more for a reset after it), and once
+// when the watcher stops. Bytes that arrive do not fire it. Registered
+// once per connection rather than per stream, it costs a stream no
+// epoll_ctl: the connection leaves the epoll set when it is closed, and
+// its owner calls forget then.
+func (w *clientWatcher) watchConn(raw syscall.RawConn, onEvent func(gone bool)) (reg watchReg, ok bool) {
 	if w == nil {
 		return reg, false
 	}
-	return w.register(raw, syscall.EPOLLRDHUP, onEvent, true)
+	return w.register(raw, syscall.EPOLLRDHUP|epollEdge, onEvent, true)
+}
+
+// forget ends a registration of watchConn whose connection is being
+// closed, without epoll_ctl: closing the descriptor takes it out of the
+// epoll set. Once forget returns, the callback has either run to its end
+// or will never run. Safe on nil and after the watcher stopped.
+func (w *clientWatcher) forget(reg watchReg) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	delete(w.regs, reg.id)
+	w.mu.Unlock()
 }
 
 // register adds the descriptor of raw to the epoll set. It does so, and
 // unwatch removes it, inside raw.Control, which keeps the descriptor open
 // meanwhile: once closed, its number may be another connection's.
-// upstream marks a registration that fires when the watcher stops.
+// upstream marks an upstream connection's registration (watchConn):
+// edge-triggered, it stays after it fired, and it fires when the watcher
+// stops; any other is one-shot.
 func (w *clientWatcher) register(raw syscall.RawConn, events uint32, onEvent func(gone bool), upstream bool) (reg watchReg, ok bool) {
 	w.fdMu.RLock()
 	defer w.fdMu.RUnlock()
@@ -184,7 +207,10 @@ func (w *clientWatcher) register(raw syscall.RawConn, events uint32, onEvent fun
 	id := w.next
 	w.regs[id] = watchEntry{onEvent: onEvent, upstream: upstream}
 	w.mu.Unlock()
-	ev := syscall.EpollEvent{Events: events | epollOneShot, Fd: id}
+	if !upstream {
+		events |= epollOneShot
+	}
+	ev := syscall.EpollEvent{Events: events, Fd: id}
 	var err error
 	if cerr := raw.Control(func(fd uintptr) {
 		err = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
@@ -209,8 +235,12 @@ func (w *clientWatcher) register(raw syscall.RawConn, events uint32, onEvent fun
 }
 
 // epollOneShot is EPOLLONESHOT (1<<30), which package syscall spells as a
-// negative constant on some ports.
-const epollOneShot = 1 << 30
+// negative constant on some ports; epollEdge is EPOLLET (1<<31), which it
+// spells as a negative constant.
+const (
+	epollOneShot = 1 << 30
+	epollEdge    = 1 << 31
+)
 
 // unwatch ends a registration. Once it returns, its callback has either
 // run to its end or will never run. A connection closed meanwhile left the
@@ -257,7 +287,9 @@ func (w *clientWatcher) loop() {
 			gone := ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0
 			w.mu.Lock()
 			if e, ok := w.regs[ev.Fd]; ok {
-				delete(w.regs, ev.Fd)
+				if !e.upstream {
+					delete(w.regs, ev.Fd)
+				}
 				e.onEvent(gone)
 			}
 			w.mu.Unlock()

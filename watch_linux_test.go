@@ -40,8 +40,8 @@ func TestWatcherStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	hangup := make(chan bool, 1)
-	if _, ok := w.watchHangup(raw, func(gone bool) { hangup <- gone }); !ok {
-		t.Fatal("watchHangup refused before the watcher failed")
+	if _, ok := w.watchConn(raw, func(gone bool) { hangup <- gone }); !ok {
+		t.Fatal("watchConn refused before the watcher failed")
 	}
 	clientEvent := make(chan bool, 1)
 	if _, ok := w.watch(client, func(gone bool) { clientEvent <- gone }); !ok {
@@ -66,8 +66,8 @@ func TestWatcherStops(t *testing.T) {
 	if _, ok := w.watch(client, func(bool) {}); ok {
 		t.Error("watch accepted a registration after the watcher stopped")
 	}
-	if _, ok := w.watchHangup(raw, func(bool) {}); ok {
-		t.Error("watchHangup accepted a registration after the watcher stopped")
+	if _, ok := w.watchConn(raw, func(bool) {}); ok {
+		t.Error("watchConn accepted a registration after the watcher stopped")
 	}
 	select {
 	case gone := <-clientEvent:
@@ -80,7 +80,7 @@ func TestWatcherStops(t *testing.T) {
 // its watcher (a goroutine, an epoll set and a wake pipe) in newServer,
 // and Close ends the goroutine and closes the descriptors, even with
 // registrations still in the set: a hang-up registration fires, as when
-// the watcher fails, and unwatch after Close is harmless.
+// the watcher fails, and forget after Close is harmless.
 func TestServerCloseStopsWatcher(t *testing.T) {
 	cfg := testConfig(t, map[string]string{"STREAM_HANDOFF": "on"})
 	store, err := openBoltStore(cfg.DataDir)
@@ -111,7 +111,7 @@ func TestServerCloseStopsWatcher(t *testing.T) {
 		t.Fatal(err)
 	}
 	hangup := make(chan bool, 1)
-	reg, ok := w.watchHangup(raw, func(gone bool) { hangup <- gone })
+	reg, ok := w.watchConn(raw, func(gone bool) { hangup <- gone })
 	if !ok {
 		t.Fatal("the running watcher refused a registration")
 	}
@@ -121,8 +121,8 @@ func TestServerCloseStopsWatcher(t *testing.T) {
 	}
 	waitClosed(t, w.done, "the watcher's goroutine to return")
 	waitClosed(t, hangup, "the hang-up registration to fire at Close")
-	w.unwatch(reg)
-	if _, ok := w.watchHangup(raw, func(bool) {}); ok {
+	w.forget(reg)
+	if _, ok := w.watchConn(raw, func(bool) {}); ok {
 		t.Error("the closed watcher accepted a registration")
 	}
 	waitGoroutines(t, goroutines, "after Close")

@@ -20,9 +20,11 @@ func (w *clientWatcher) close() {}
 
 func (w *clientWatcher) watch(net.Conn, func(bool)) (watchReg, bool) { return watchReg{}, false }
 
-func (w *clientWatcher) watchHangup(syscall.RawConn, func(bool)) (watchReg, bool) {
+func (w *clientWatcher) watchConn(syscall.RawConn, func(bool)) (watchReg, bool) {
 	return watchReg{}, false
 }
+
+func (w *clientWatcher) forget(watchReg) {}
 
 func (w *clientWatcher) unwatch(watchReg) {}
 
