@@ -34,7 +34,6 @@ func TestReadSocketHangup(t *testing.T) {
 func testReadSocketHangup(t *testing.T, reset, watched bool) {
 	const last = "9\r\ndata: 2\n\n\r\n"
 	upstream, upPeer := tcpPair(t)
-	client, clientPeer := tcpPair(t)
 	io.WriteString(upPeer, last)
 	if reset {
 		upPeer.(*net.TCPConn).SetLinger(0)
@@ -58,31 +57,13 @@ func testReadSocketHangup(t *testing.T, reset, watched bool) {
 		defer w.close()
 		p.watcher = w
 	}
-	pr := &proxyRequest{p: p}
-	pr.body.pr = pr
-	pr.st.conn = client
-	pr.st.rc = rawCopy{pr: pr, more: true}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		pr.st.rc.readSocket(&upConn{Conn: upstream, raw: raw}, make([]byte, streamBufferSize))
-	}()
-	select {
-	case <-done:
-	case <-time.After(testTimeout):
-		upstream.Close() // ends the read, so the test can end
-		<-done
-		t.Fatal("readSocket still waited after the upstream hung up")
+	rc, got := readSocketOnce(t, p, &upConn{Conn: upstream, raw: raw})
+	if rc.err == nil || rc.cp.done() {
+		t.Errorf("err %v, body done %v; want an error before the body's end", rc.err, rc.cp.done())
 	}
-	if pr.st.rc.err == nil || pr.st.rc.cp.done() {
-		t.Errorf("err %v, body done %v; want an error before the body's end", pr.st.rc.err, pr.st.rc.cp.done())
-	}
-	if !reset {
-		client.Close()
-		got, _ := io.ReadAll(clientPeer)
-		if string(got) != last {
-			t.Errorf("client got %q, want the last bytes %q", got, last)
-		}
+	// After a reset the kernel may drop the bytes before the read.
+	if !reset && got != last {
+		t.Errorf("client got %q, want the last bytes %q", got, last)
 	}
 }
 
@@ -248,7 +229,7 @@ func readSocketOnce(t *testing.T, p *proxy, up *upConn) (*rawCopy, string) {
 	select {
 	case <-done:
 	case <-time.After(testTimeout):
-		up.Conn.SetReadDeadline(longAgo) // ends the wait, so the test can end
+		up.Conn.Close() // ends the wait, so the test can end
 		<-done
 		t.Fatal("readSocket still waited")
 	}
