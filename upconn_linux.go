@@ -118,7 +118,10 @@ func (c *upConn) watchHangup(w *clientWatcher, rc *rawCopy) *upHang {
 func (c *upConn) hangWatch(w *clientWatcher) *upHang {
 	c.hangMu.Lock()
 	defer c.hangMu.Unlock()
-	if c.hang != nil || c.closed || w == nil {
+	if c.closed {
+		return nil
+	}
+	if c.hang != nil || w == nil {
 		return c.hang
 	}
 	h := &upHang{w: w}
