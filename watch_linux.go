@@ -256,9 +256,7 @@ func (w *clientWatcher) unwatch(reg watchReg) {
 
 // remove is unwatch with fdMu read-held.
 func (w *clientWatcher) remove(reg watchReg) {
-	w.mu.Lock()
-	delete(w.regs, reg.id)
-	w.mu.Unlock()
+	w.forget(reg)
 	if w.fdsClosed {
 		return
 	}
