@@ -17,7 +17,8 @@ package main
 // bytes that came with it go in one write (through net/http, which frames
 // them), and each later read passes as it came, framing included, straight
 // to the client's socket (from http.Server's ConnContext), while net/http
-// writes the body's end with the trailers; a client that leaves cancels the
+// writes the body's end with the trailers, and with it the data of the
+// read that reached the end (rawCopy.endsHere); a client that leaves cancels the
 // upstream request (net/http's background read sees it here); an upstream
 // that breaks mid-body breaks the client's connection (the handler aborts);
 // the upstream request's end also ends a write blocked on a client that
@@ -115,7 +116,7 @@ func (pr *proxyRequest) serveHere(res *http.Response) error {
 func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (complete, handed bool) {
 	p, rc := pr.p, &pr.st.rc
 	p.rawStreams.Add(1)
-	*rc = rawCopy{pr: pr, more: true, rw: pr.w.rw, viaRW: true}
+	*rc = rawCopy{pr: pr, more: true, rw: pr.w.rw, viaRW: true, endViaRW: pr.ticket == nil}
 	// After the head, events pass to the client's socket as they came,
 	// framing included, as a handed-off raw stream passes them; net/http
 	// writes the body's end.
@@ -156,7 +157,10 @@ func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (
 // with the head on the first pass (which writeHead then flushes). A first
 // pass that ends inside a chunk, whose rest will pass raw, writes the head
 // alone and p raw after it, so that the client's framing stays the
-// upstream's.
+// upstream's. The pass that reaches the body's end comes here too, where
+// endsHere, and is left unflushed: net/http writes it with the body's end
+// when the handler returns, in one write where there would be two (the
+// last event, then the end), and the client reads the stream's end once.
 func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error) bool {
 	first := rc.viaRW
 	rc.viaRW = false
@@ -178,9 +182,10 @@ func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error)
 			}
 		}
 		if werr == nil {
-			if first {
+			switch {
+			case first:
 				rc.headPending = true // writeHead flushes it
-			} else {
+			case !rc.endsHere(err):
 				werr = flushError(rc.rw)
 			}
 		}
@@ -202,10 +207,22 @@ func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error)
 func (rc *rawCopy) writeHead() {
 	if rc.headPending {
 		rc.headPending = false
+		if rc.endsHere(rc.err) {
+			return // the whole response came with the head: net/http writes it with its end
+		}
 		if flushError(rc.rw) != nil {
 			rc.failWrite()
 		}
 	}
+}
+
+// endsHere reports whether a pass that ended with err reached the body's
+// end, and its data is to go out with net/http's write of the end
+// (endViaRW): serveRawHere allows it when nothing the handler does after
+// the body's end may wait (a limit's release may wait on Redis), so that
+// the data is not held back.
+func (rc *rawCopy) endsHere(err error) bool {
+	return rc.endViaRW && err == nil && rc.cp.done()
 }
 
 // serveCopyHere is serveHere for a body read through the Transport: one

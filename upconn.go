@@ -554,6 +554,10 @@ type rawCopy struct {
 	// headPending: the first pass wrote the head's data through rw,
 	// unflushed (writeHead).
 	headPending bool
+	// endViaRW: the pass that reaches the body's end writes its data
+	// through rw, unflushed, so that net/http's write of the end carries
+	// it (passHere).
+	endViaRW bool
 }
 
 // pass writes p, the next bytes of the body as received, to the client,
@@ -561,14 +565,16 @@ type rawCopy struct {
 // clears more once the body ended or the client is gone. A stream still
 // written through net/http (rc.rw) leaves the body's end to net/http, and
 // writes its first pass, or every pass where it has no socket to write to,
-// through net/http (passHere).
+// through net/http (passHere), and the pass that reaches the end too where
+// it starts a chunk and endsHere (passHere leaves it for net/http's write
+// of the end).
 func (rc *rawCopy) pass(prefix, p []byte) bool {
 	before := rc.cp
 	n, held, err := rc.cp.scan(p)
 	if err == nil && !rc.cp.done() {
 		rc.end = append(rc.end, p[held:n]...)
 	}
-	if rc.rw != nil && (rc.client == nil || rc.viaRW) {
+	if rc.rw != nil && (rc.client == nil || rc.viaRW || rc.endsHere(err) && before.atChunkStart()) {
 		return rc.passHere(before, p[:held], n < len(p), err)
 	}
 	out := p[:held]

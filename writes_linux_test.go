@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// dataSegsIn returns how many segments with data c's socket has received
+// (TCP_INFO). On loopback every write of a few KiB leaves in one segment
+// at once, so it counts the writes the peer made to c.
+func dataSegsIn(c net.Conn) (uint32, error) {
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var info *unix.TCPInfo
+	if cerr := raw.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); cerr != nil {
+		return 0, cerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	return info.Data_segs_in, nil
+}
+
+type connKey struct{}
+
+// TestSmallRequestBodyOneWrite: a request whose body is small and of known
+// length reaches the upstream in one write, head and body together
+// (readSmallBody), and whole; a larger one, or one whose client waits for
+// 100 Continue, goes on as it comes, its head in a write of its own.
+func TestSmallRequestBodyOneWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		size     int
+		expect   bool
+		wantOne  bool
+		wantSegs string
+	}{
+		{"small", 100, false, true, "1"},
+		{"the largest read whole", smallBodyMax, false, true, "1"},
+		{"larger", smallBodyMax + 1, false, false, "2 or more"},
+		{"small, the client waits for 100 Continue", 100, true, false, "2 or more"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := strings.Repeat("b", tc.size)
+			// The backend answers with how many writes its connection (a
+			// new one per case) has read when the body is in.
+			up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got, err := io.ReadAll(r.Body)
+				segs, serr := dataSegsIn(r.Context().Value(connKey{}).(net.Conn))
+				if err != nil || serr != nil || string(got) != body {
+					w.WriteHeader(http.StatusBadRequest)
+					return
+				}
+				w.Header().Set("X-Segs", strconv.Itoa(int(segs)))
+			}))
+			up.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+				return context.WithValue(ctx, connKey{}, c)
+			}
+			up.Start()
+			t.Cleanup(func() {
+				up.CloseClientConnections()
+				up.Close()
+			})
+			_, front := newTestServer(t, map[string]string{"/p": up.URL})
+			req, _ := http.NewRequest("POST", front.URL+"/p/v1/chat/completions", strings.NewReader(body))
+			if tc.expect {
+				req.Header.Set("Expect", "100-continue")
+			}
+			res, err := front.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			segs, _ := strconv.Atoi(res.Header.Get("X-Segs"))
+			if res.StatusCode != http.StatusOK || (segs == 1) != tc.wantOne || segs < 1 {
+				t.Errorf("status %d, the upstream read the request in %s writes, want 200 and %s", res.StatusCode, res.Header.Get("X-Segs"), tc.wantSegs)
+			}
+		})
+	}
+}
+
+// TestStreamEndOneWrite: a raw stream written through net/http (before its
+// hand-off) whose last event comes with the body's end gives the client
+// both in one write, not the event and then the end; the events and the
+// end are as sent. Not where a limit's release follows the body's end (it
+// may wait on Redis): the last event goes at once, the end after, unless
+// the stream was handed off, which passes them as they came.
+func TestStreamEndOneWrite(t *testing.T) {
+	cfg := testConfig(t, nil)
+	if !cfg.StreamHandoff {
+		t.Skip("STREAM_HANDOFF=off: no raw stream")
+	}
+	// Handed off at once (STREAM_HANDOFF_AFTER=0), a raw stream passes
+	// what it reads as it came: the last event and the end too.
+	limitedWrites, limitedThen := uint32(3), "the last event, then the end"
+	if cfg.StreamHandoffAfter == 0 {
+		limitedWrites, limitedThen = 2, "the last event with the end, as the upstream sent them"
+	}
+	step := make(chan struct{})
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-step:
+		case <-r.Context().Done():
+			return
+		}
+		// net/http writes the rest with the body's end, in one write.
+		io.WriteString(w, "data: 2\n\ndata: [DONE]\n\n")
+	})
+	s, front := newTestServer(t, nil)
+	setMapping(t, s, targetsOf("/p", up.URL))
+	limited := targetsOf("/limited", up.URL)
+	limited.Limits.Concurrency = 5
+	setMapping(t, s, limited)
+	for _, tc := range []struct {
+		prefix string
+		writes uint32
+		then   string
+	}{
+		{"/p", 2, "the last event with the end"},
+		{"/limited", limitedWrites, limitedThen},
+	} {
+		t.Run(tc.prefix, func(t *testing.T) {
+			conn, br, res := rawExchange(t, front.Listener.Addr().String(), tc.prefix+"/stream")
+			body := bufio.NewReader(res.Body)
+			if ev := readEvent(t, body); ev != "data: 1\n\n" {
+				t.Fatalf("first event %q", ev)
+			}
+			step <- struct{}{}
+			rest, err := io.ReadAll(body)
+			if err != nil || string(rest) != "data: 2\n\ndata: [DONE]\n\n" {
+				t.Fatalf("rest of the body %q (%v)", rest, err)
+			}
+			if br.Buffered() != 0 {
+				t.Errorf("%d bytes after the body's end", br.Buffered())
+			}
+			got, err := dataSegsIn(conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.writes {
+				t.Errorf("the client read the response in %d writes, want %d (head and first event, then %s)", got, tc.writes, tc.then)
+			}
+		})
+	}
+}
