@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -299,9 +298,6 @@ type proxyRequest struct {
 	ticket *limitTicket
 	// reqBody is the wrapped request body of unknown length; nil if none.
 	reqBody *countingBody
-	// reqBytes is the request body read whole (readSmallBody), nil if it
-	// was not: the upstream request sends these.
-	reqBytes []byte
 
 	streaming bool    // the response is an event stream: small buffer, may be handed off
 	inStreams bool    // counted in the proxy's streams: an event stream or an upgrade
@@ -411,7 +407,7 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	}
 
 	pr := p.requests.Get().(*proxyRequest)
-	pr.in, pr.route, pr.rest, pr.reqBody, pr.reqBytes = req, rt, rest, nil, nil
+	pr.in, pr.route, pr.rest, pr.reqBody = req, rt, rest, nil
 	pr.w.reset(w)
 	pr.rec = requestRecord{Prefix: rt.prefix, Start: time.Now(), BytesIn: max(req.ContentLength, 0),
 		Method: req.Method, Path: rest}
@@ -446,12 +442,7 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	// A route with an idle timeout keeps its responses under
 	// ReverseProxy, whose reads the timeout watches (touchIdle).
 	handOff := p.mayHandOff(w, req) && rt.idle == 0
-	if n := req.ContentLength; n > 0 && n <= smallBodyMax && req.Header["Expect"] == nil {
-		// A client that waits for 100 Continue sends its body once the
-		// upstream asks for it: such a request goes on as it comes.
-		pr.reqBytes, req.Body = readSmallBody(req.Body, n)
-	}
-	if pr.reqBytes == nil && req.Body != nil && req.Body != http.NoBody && (req.ContentLength < 0 || handOff) {
+	if req.Body != nil && req.Body != http.NoBody && (req.ContentLength < 0 || handOff) {
 		// The Transport may read the body from its own goroutine after
 		// ServeHTTP returns, so this counter is not pooled.
 		pr.reqBody = &countingBody{ReadCloser: req.Body}
@@ -566,7 +557,7 @@ func (pr *proxyRequest) finish(completed bool) {
 	// the final stats flush (run).
 	p.active.Add(-1)
 	if completed {
-		pr.in, pr.route, pr.reqBody, pr.reqBytes = nil, nil, nil, nil
+		pr.in, pr.route, pr.reqBody = nil, nil, nil
 		pr.target, pr.keep, pr.forwarded = nil, nil, false
 		pr.key, pr.ticket = nil, nil
 		clear(pr.orderBuf[:len(pr.order)])
@@ -625,13 +616,6 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 	out := r.Out
 	pr.pointAt(out.URL, pr.target)
 	out.Host = ""
-	if pr.reqBytes != nil {
-		// The body, read whole (readSmallBody), goes from memory: the
-		// Transport then writes it with the head, and may read it after
-		// the handler returned. ReverseProxy's wrapper of the client's
-		// body, now at its end, is dropped.
-		out.Body = io.NopCloser(bytes.NewReader(pr.reqBytes))
-	}
 	out.URL.RawQuery = r.In.URL.RawQuery
 	out.URL.ForceQuery = r.In.URL.ForceQuery
 	if up, ok := out.Header["Upgrade"]; ok && !(len(up) == 1 && strings.EqualFold(up[0], "websocket")) {

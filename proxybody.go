@@ -7,7 +7,6 @@ package main
 // errors).
 
 import (
-	"bytes"
 	"compress/gzip"
 	"io"
 	"net/http"
@@ -195,41 +194,6 @@ func (b *responseBody) Close() error {
 	}
 	return b.ReadCloser.Close()
 }
-
-// smallBodyMax is the largest request body of known length that the proxy
-// reads whole before it sends the request on (readSmallBody): with a
-// typical head it fits the Transport's write buffer (newTransport), and
-// so goes in one write; a larger one would not.
-const smallBodyMax = 1 << 10
-
-// readSmallBody reads body, of length n, whole, and returns its bytes (the
-// request then goes on from them: rewrite) and the drained body. A typical
-// API request is small and comes whole with its head; the Transport writes
-// the head and an in-memory body in one write, and any other body after a
-// write of the head alone, in case the body is slow to come: the upstream
-// reads the request once, and its answer (a stream's first event) comes
-// sooner. If the read fails (the client sent less and left), it returns no
-// bytes and a body that gives what was read and then that error, as body
-// itself would have.
-func readSmallBody(body io.ReadCloser, n int64) ([]byte, io.ReadCloser) {
-	b := make([]byte, n)
-	k, err := io.ReadFull(body, b)
-	if err != nil {
-		return nil, readCloser{io.MultiReader(bytes.NewReader(b[:k]), errReader{err}), body}
-	}
-	return b, body
-}
-
-// readCloser is a body made of a reader and the original body's Close.
-type readCloser struct {
-	io.Reader
-	io.Closer
-}
-
-// errReader fails every read with err.
-type errReader struct{ err error }
-
-func (r errReader) Read([]byte) (int, error) { return 0, r.err }
 
 // countingBody counts the bytes of a request body (of unknown length, or of
 // a request that may be handed off: see drained) and

@@ -2,13 +2,9 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 
@@ -33,64 +29,6 @@ func dataSegsIn(c net.Conn) (uint32, error) {
 		return 0, err
 	}
 	return info.Data_segs_in, nil
-}
-
-type connKey struct{}
-
-// TestSmallRequestBodyOneWrite: a request whose body is small and of known
-// length reaches the upstream in one write, head and body together
-// (readSmallBody), and whole; a larger one, or one whose client waits for
-// 100 Continue, goes on as it comes, its head in a write of its own.
-func TestSmallRequestBodyOneWrite(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		size     int
-		expect   bool
-		wantOne  bool
-		wantSegs string
-	}{
-		{"small", 100, false, true, "1"},
-		{"the largest read whole", smallBodyMax, false, true, "1"},
-		{"larger", smallBodyMax + 1, false, false, "2 or more"},
-		{"small, the client waits for 100 Continue", 100, true, false, "2 or more"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			body := strings.Repeat("b", tc.size)
-			// The backend answers with how many writes its connection (a
-			// new one per case) has read when the body is in.
-			up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				got, err := io.ReadAll(r.Body)
-				segs, serr := dataSegsIn(r.Context().Value(connKey{}).(net.Conn))
-				if err != nil || serr != nil || string(got) != body {
-					w.WriteHeader(http.StatusBadRequest)
-					return
-				}
-				w.Header().Set("X-Segs", strconv.Itoa(int(segs)))
-			}))
-			up.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-				return context.WithValue(ctx, connKey{}, c)
-			}
-			up.Start()
-			t.Cleanup(func() {
-				up.CloseClientConnections()
-				up.Close()
-			})
-			_, front := newTestServer(t, map[string]string{"/p": up.URL})
-			req, _ := http.NewRequest("POST", front.URL+"/p/v1/chat/completions", strings.NewReader(body))
-			if tc.expect {
-				req.Header.Set("Expect", "100-continue")
-			}
-			res, err := front.Client().Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res.Body.Close()
-			segs, _ := strconv.Atoi(res.Header.Get("X-Segs"))
-			if res.StatusCode != http.StatusOK || (segs == 1) != tc.wantOne || segs < 1 {
-				t.Errorf("status %d, the upstream read the request in %s writes, want 200 and %s", res.StatusCode, res.Header.Get("X-Segs"), tc.wantSegs)
-			}
-		})
-	}
 }
 
 // TestStreamEndOneWrite: a raw stream written through net/http (before its
