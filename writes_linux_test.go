@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"io"
 	"net"
-	"net/http"
 	"syscall"
 	"testing"
 
@@ -48,19 +47,10 @@ func TestStreamEndOneWrite(t *testing.T) {
 	if cfg.StreamHandoffAfter == 0 {
 		limitedWrites, limitedThen = 2, "the last event with the end, as the upstream sent them"
 	}
+	// After step, the backend writes the rest unflushed and returns:
+	// net/http sends it with the body's end, in one write.
 	step := make(chan struct{})
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		io.WriteString(w, "data: 1\n\n")
-		w.(http.Flusher).Flush()
-		select {
-		case <-step:
-		case <-r.Context().Done():
-			return
-		}
-		// net/http writes the rest with the body's end, in one write.
-		io.WriteString(w, "data: 2\n\ndata: [DONE]\n\n")
-	})
+	up := newUpstream(t, heldStream(step, "data: 2\n\ndata: [DONE]\n\n"))
 	s, front := newTestServer(t, nil)
 	setMapping(t, s, targetsOf("/p", up.URL))
 	limited := targetsOf("/limited", up.URL)
