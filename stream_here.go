@@ -117,7 +117,7 @@ func (pr *proxyRequest) serveHere(res *http.Response) error {
 func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (complete, handed bool) {
 	p, rc := pr.p, &pr.st.rc
 	p.rawStreams.Add(1)
-	*rc = rawCopy{pr: pr, more: true, rw: pr.w.rw, viaRW: true, endViaRW: pr.ticket == nil}
+	*rc = rawCopy{pr: pr, more: true, rw: pr.w.rw, viaRW: true}
 	// After the head, events pass to the client's socket as they came,
 	// framing included, as a handed-off raw stream passes them; net/http
 	// writes the body's end.
@@ -218,12 +218,12 @@ func (rc *rawCopy) writeHead() {
 }
 
 // endsHere reports whether a pass that ended with err reached the body's
-// end, and its data is to go out with net/http's write of the end
-// (endViaRW): serveRawHere allows it when nothing the handler does after
-// the body's end may wait (a limit's release may wait on Redis), so that
-// the data is not held back.
+// end, and its data is to go out with net/http's write of the end: only
+// when nothing the handler does after the body's end may wait, so that the
+// data is not held back. A request holding a limit ticket releases it
+// then, which may wait on Redis.
 func (rc *rawCopy) endsHere(err error) bool {
-	return rc.endViaRW && err == nil && rc.cp.done()
+	return rc.pr.ticket == nil && err == nil && rc.cp.done()
 }
 
 // serveCopyHere is serveHere for a body read through the Transport: one

@@ -554,10 +554,6 @@ type rawCopy struct {
 	// headPending: the first pass wrote the head's data through rw,
 	// unflushed (writeHead).
 	headPending bool
-	// endViaRW: the pass that reaches the body's end writes its data
-	// through rw, unflushed, so that net/http's write of the end carries
-	// it (passHere).
-	endViaRW bool
 }
 
 // pass writes p, the next bytes of the body as received, to the client,
