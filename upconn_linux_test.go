@@ -8,7 +8,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 )
 
 // TestReadSocketHangup: the upstream's last bytes and its hang-up (FIN or
@@ -88,23 +87,16 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 }
 
 // waitPeerClosed waits until the connection of raw has seen its peer's FIN
-// or RST (TCP state CLOSE_WAIT or CLOSE, the first byte of struct
-// tcp_info).
+// or RST (TCP state CLOSE_WAIT or CLOSE, tcpInfo).
 func waitPeerClosed(t *testing.T, raw syscall.RawConn) {
 	t.Helper()
 	const tcpCloseWait, tcpClose = 8, 7
 	deadline := time.Now().Add(testTimeout)
 	for {
-		var info [256]byte
-		size := uint32(len(info))
-		var state byte
-		raw.Control(func(fd uintptr) {
-			_, _, errno := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, syscall.TCP_INFO,
-				uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&size)), 0)
-			if errno == 0 {
-				state = info[0]
-			}
-		})
+		var state uint8
+		if info, err := tcpInfo(raw); err == nil {
+			state = info.State
+		}
 		if state == tcpCloseWait || state == tcpClose {
 			return
 		}

@@ -10,6 +10,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// tcpInfo returns the TCP_INFO of raw's socket.
+func tcpInfo(raw syscall.RawConn) (*unix.TCPInfo, error) {
+	var info *unix.TCPInfo
+	var err error
+	if cerr := raw.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); cerr != nil {
+		return nil, cerr
+	}
+	return info, err
+}
+
 // dataSegsIn returns how many segments with data c's socket has received
 // (TCP_INFO). On loopback every write of a few KiB leaves in one segment
 // at once, so it counts the writes the peer made to c.
@@ -18,12 +30,7 @@ func dataSegsIn(c net.Conn) (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	var info *unix.TCPInfo
-	if cerr := raw.Control(func(fd uintptr) {
-		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	}); cerr != nil {
-		return 0, cerr
-	}
+	info, err := tcpInfo(raw)
 	if err != nil {
 		return 0, err
 	}
