@@ -106,20 +106,23 @@ type proxy struct {
 	// begun counts every request taken (the memory releaser reads it,
 	// runtime.go).
 	// streams counts those of them that are streams (event streams,
-	// upgraded connections); peak is the most streams at once since the
+	// upgraded connections), streamsBegun every stream that started (the
+	// GC room, runtime.go); peak is the most streams at once since the
 	// runtime tuner last looked. oneProc is set while the tuner runs the
 	// process on one processor, and crowd then tells it that a stream
 	// started (runtime.go).
-	active  atomic.Int64
-	begun   atomic.Uint64
-	streams atomic.Int64
-	peak    atomic.Int64
-	oneProc atomic.Bool
-	crowd   chan struct{}
+	active       atomic.Int64
+	begun        atomic.Uint64
+	streams      atomic.Int64
+	streamsBegun atomic.Uint64
+	peak         atomic.Int64
+	oneProc      atomic.Bool
+	crowd        chan struct{}
 }
 
 // enterStream counts a response that turned out to be a stream.
 func (p *proxy) enterStream() {
+	p.streamsBegun.Add(1)
 	n := p.streams.Add(1)
 	for {
 		peak := p.peak.Load()
@@ -138,6 +141,7 @@ func (p *proxy) enterStream() {
 // The proxy is the runtime tuner's requestLoad.
 func (p *proxy) inFlight() int64          { return p.active.Load() }
 func (p *proxy) starts() uint64           { return p.begun.Load() + uint64(p.handedOff.Load()) }
+func (p *proxy) streamStarts() uint64     { return p.streamsBegun.Load() }
 func (p *proxy) peakStreams() int64       { return p.peak.Swap(p.streams.Load()) }
 func (p *proxy) crowded() <-chan struct{} { return p.crowd }
 func (p *proxy) oneProcessor(on bool)     { p.oneProc.Store(on) }

@@ -653,6 +653,9 @@ func TestProxyStreamsEachChunk(t *testing.T) {
 			if got := s.proxy.peakStreams(); got != streams {
 				t.Errorf("peakStreams = %d, want %d", got, streams)
 			}
+			if got := s.proxy.streamStarts(); got != uint64(streams) {
+				t.Errorf("streamStarts = %d, want %d", got, streams)
+			}
 		})
 	}
 }

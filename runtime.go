@@ -24,17 +24,27 @@ import (
 // far more often than in a plain httputil proxy (whose 32 KiB transport
 // buffers make its live heap larger), and each cycle's fixed cost
 // (stopping the world, scanning every goroutine stack) makes small
-// requests dearer. So while the process allocates busyAllocs a second or
-// more (the GC would then run several times a second), and for gcBusyHold
-// after, GOGC is raised so that the heap may grow by about gcRoom beyond
-// what is live (gcPercent); otherwise it stays at 100. Not always, nor a
-// fixed floor under the heap (a ballast): a heap that cycles within a few
-// MiB stays in the CPU caches and in pages already touched, which keeps
-// the events of many streams quicker. An operator's GOGC environment
-// variable turns this off. GOGC is process-wide: it is set back to 100
-// when the loop ends.
+// requests dearer. Streams feel it too, though they allocate little: each
+// one's start allocates its request state, and a cycle that begins while a
+// burst of streams starts makes the goroutines starting them assist its
+// marking, which holds up their first events, and the events of the
+// streams already flowing wait behind it; the baseline's larger live heap
+// gives it room for several bursts where ours has room for one or two
+// (docs/performance.md, "GC room for bursts of streams"). So while the
+// process allocates busyAllocs a second or more (the GC would then run
+// several times a second), or while burstStreams or more streams start in
+// a tuneEvery, and for gcBusyHold after either, GOGC is raised so that the
+// heap may grow by about gcRoom beyond what is live (gcPercent); otherwise
+// it stays at 100. Not always, nor a fixed floor under the heap (a
+// ballast): a quiet process, or one holding idle streams that started long
+// ago, keeps a heap within a few MiB of what is live. Streams in flight do
+// not count, only their starts: a held stream allocates next to nothing.
+// The first burst after a quiet time starts at 100 (the raise comes at the
+// next tick). An operator's GOGC environment variable turns this off. GOGC
+// is process-wide: it is set back to 100 when the loop ends.
 const (
 	busyAllocs   = 16 << 20 // per tuneEvery: small requests by the thousand a second
+	burstStreams = procsFewStreams
 	gcBusyHold   = 30 * time.Second
 	gcRoom       = 32 << 20
 	maxGCPercent = 800
@@ -198,10 +208,10 @@ type gcTuner struct {
 	busyFor time.Duration // left of gcBusyHold
 }
 
-// tick takes the bytes allocated since the last tick and the live heap,
-// and returns the GOGC to use.
-func (g *gcTuner) tick(allocated, live uint64) int {
-	if allocated >= busyAllocs {
+// tick takes the bytes allocated and the streams started since the last
+// tick, and the live heap, and returns the GOGC to use.
+func (g *gcTuner) tick(allocated, streams, live uint64) int {
+	if allocated >= busyAllocs || streams >= burstStreams {
 		g.busyFor = gcBusyHold
 	} else if g.busyFor > 0 {
 		g.busyFor -= tuneEvery
@@ -300,7 +310,8 @@ func tuneRuntime(procs, gc, release bool, load requestLoad) (stop func()) {
 
 // requestLoad is what the tuner reads of the requests a Server serves
 // (the proxy's): how many are in flight, how many requests began and
-// streams were handed off since the process started, the most streams in
+// streams were handed off since the process started, how many streams
+// (event streams, upgraded connections) started since then, the most streams in
 // flight at once since the last call of peakStreams, and a channel that
 // receives when a stream starts while oneProcessor was last told true
 // (the tuner tells it whether it runs the process on one processor and
@@ -308,6 +319,7 @@ func tuneRuntime(procs, gc, release bool, load requestLoad) (stop func()) {
 type requestLoad interface {
 	inFlight() int64
 	starts() uint64
+	streamStarts() uint64
 	peakStreams() int64
 	crowded() <-chan struct{}
 	oneProcessor(on bool)
@@ -404,6 +416,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 	read()
 	load.peakStreams()
 	lastAllocs, lastBusy, lastTime := v[0], busy, time.Now()
+	lastStreams := load.streamStarts()
 	m.starts = load.starts()
 	for {
 		select {
@@ -437,8 +450,9 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 			}
 			machine = now // zero when not ok: a period without figures is skipped, not merged into the next
 		}
+		streams := load.streamStarts()
 		if tuneGC {
-			if pct := g.tick(allocated, v[3]); pct != gogc {
+			if pct := g.tick(allocated, streams-lastStreams, v[3]); pct != gogc {
 				debug.SetGCPercent(pct)
 				gogc = pct
 			}
@@ -456,7 +470,7 @@ func tuneLoop(ctx context.Context, src tuneSources, load requestLoad, tuneGC, tu
 				machine, _ = src.machine()
 			}
 		}
-		lastAllocs, lastBusy, lastTime = v[0], busy, time.Now()
+		lastAllocs, lastBusy, lastTime, lastStreams = v[0], busy, time.Now(), streams
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -157,8 +158,8 @@ func runReleaser(t *testing.T, steps []releaserStep) {
 }
 
 // TestGCTuner checks that GOGC is raised only while the process allocates
-// fast (small requests under load), by the room gcPercent gives, and goes
-// back to 100 gcBusyHold after the load.
+// fast (small requests under load) or streams start in bursts, by the room
+// gcPercent gives, and goes back to 100 gcBusyHold after either.
 func TestGCTuner(t *testing.T) {
 	const mib = 1 << 20
 	for _, c := range []struct {
@@ -174,24 +175,39 @@ func TestGCTuner(t *testing.T) {
 	}
 
 	var g gcTuner
-	if got := g.tick(busyAllocs-1, 2*mib); got != 100 {
+	if got := g.tick(busyAllocs-1, burstStreams-1, 2*mib); got != 100 {
 		t.Fatalf("a light load: GOGC %d, want 100", got)
 	}
-	if got := g.tick(50*mib, 2*mib); got != 800 {
+	if got := g.tick(50*mib, 0, 2*mib); got != 800 {
 		t.Fatalf("50 MiB allocated in a second: GOGC %d, want 800", got)
 	}
-	if got := g.tick(50*mib, 8*mib); got != 400 {
+	if got := g.tick(50*mib, 0, 8*mib); got != 400 {
 		t.Fatalf("under load, live 8 MiB: GOGC %d, want 400", got)
 	}
 	// The load stops: raised for gcBusyHold, then 100.
 	n := int(gcBusyHold / tuneEvery)
 	for i := 1; i < n; i++ {
-		if got := g.tick(0, 2*mib); got != 800 {
+		if got := g.tick(0, 0, 2*mib); got != 800 {
 			t.Fatalf("%d s after the load: GOGC %d, want 800", i, got)
 		}
 	}
-	if got := g.tick(0, 2*mib); got != 100 {
+	if got := g.tick(0, 0, 2*mib); got != 100 {
 		t.Fatalf("%v after the load: GOGC %d, want 100", gcBusyHold, got)
+	}
+
+	// A burst of streams starts, allocating little: raised, and held
+	// gcBusyHold after it; streams in flight that no longer start do not
+	// hold it.
+	if got := g.tick(1*mib, burstStreams, 2*mib); got != 800 {
+		t.Fatalf("%d streams started in a second: GOGC %d, want 800", burstStreams, got)
+	}
+	for i := 1; i < n; i++ {
+		if got := g.tick(0, burstStreams-1, 2*mib); got != 800 {
+			t.Fatalf("%d s after the burst: GOGC %d, want 800", i, got)
+		}
+	}
+	if got := g.tick(0, burstStreams-1, 2*mib); got != 100 {
+		t.Fatalf("%v after the burst, %d streams a second: GOGC %d, want 100", gcBusyHold, burstStreams-1, got)
 	}
 }
 
@@ -479,14 +495,16 @@ type testLoad struct {
 
 func (l *testLoad) inFlight() int64          { return l.n.Load() }
 func (l *testLoad) starts() uint64           { return 0 }
+func (l *testLoad) streamStarts() uint64     { return 0 }
 func (l *testLoad) peakStreams() int64       { return l.n.Load() }
 func (l *testLoad) crowded() <-chan struct{} { return l.crowd }
 func (l *testLoad) oneProcessor(on bool)     { l.oneProc.Store(on) }
 
-// TestProxyCrowd checks what the proxy tells the runtime tuner: the most
-// streams in flight at once since it last looked, and a signal when a
-// stream starts while the tuner runs the process on one processor (and
-// only then: at two, a signal per stream would wake the tuner for nothing).
+// TestProxyCrowd checks what the proxy tells the runtime tuner: the
+// streams started, the most streams in flight at once since it last
+// looked, and a signal when a stream starts while the tuner runs the
+// process on one processor (and only then: at two, a signal per stream
+// would wake the tuner for nothing).
 func TestProxyCrowd(t *testing.T) {
 	p := &proxy{crowd: make(chan struct{}, 1)}
 	for range procsFewStreams {
@@ -498,6 +516,9 @@ func TestProxyCrowd(t *testing.T) {
 	default:
 	}
 	p.streams.Add(-(procsFewStreams - 1))
+	if got := p.streamStarts(); got != procsFewStreams {
+		t.Errorf("streamStarts = %d, want %d", got, procsFewStreams)
+	}
 	if got := p.peakStreams(); got != procsFewStreams {
 		t.Errorf("peakStreams = %d, want %d", got, procsFewStreams)
 	}
@@ -592,8 +613,81 @@ func TestProcessProcessors(t *testing.T) {
 	awaitProcs(def, testTimeout, "after a stream started")
 }
 
+// TestProcessGCRoom checks on the real binary that a burst of streams
+// raises GOGC (go_gc_gogc_percent in /metrics) at the tuner's next tick,
+// though the streams allocate little: a test proxy's live heap is a few
+// MiB, so the room is gcPercent's most.
+func TestProcessGCRoom(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	up := newUpstream(t, heldStream(release, ""))
+	dir := t.TempDir()
+	if _, _, err := runMap(t, dir, "set", "/s", up.URL); err != nil {
+		t.Fatal(err)
+	}
+	proc := startBinary(t, buildBinary(t), "DATA_DIR="+dir, "RUNTIME_TUNING=", "GOGC=")
+	if got := metricOf(t, proc, "go_gc_gogc_percent"); got != "100" {
+		t.Fatalf("GOGC %s before any stream, want 100", got)
+	}
+	// A burst is twice burstStreams started at once: unless they take over
+	// a second to start, they cross at most one of the tuner's ticks, and
+	// one side of it sees burstStreams or more. Should a slow machine
+	// spread one over longer, another comes after two ticks.
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	burst := func() {
+		var wg sync.WaitGroup
+		errs := make(chan error, 2*burstStreams)
+		for range 2 * burstStreams {
+			wg.Go(func() {
+				res, err := client.Post("http://"+proc.addr+"/s/v1/chat/completions", "application/json", strings.NewReader(`{"stream":true}`))
+				if err != nil {
+					errs <- err
+					return
+				}
+				// Held open until the test ends (release, then Cleanup).
+				t.Cleanup(func() { res.Body.Close() })
+				first := make([]byte, len("data: 1\n\n"))
+				if _, err := io.ReadFull(res.Body, first); err != nil {
+					errs <- fmt.Errorf("first event %q: %w", first, err)
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	want := strconv.Itoa(maxGCPercent)
+	deadline := time.Now().Add(testTimeout)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	bursts, last := 0, time.Time{}
+	for ; ; <-tick.C {
+		got := metricOf(t, proc, "go_gc_gogc_percent")
+		if got == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GOGC %s after %d bursts of %d streams, want %s", got, bursts, 2*burstStreams, want)
+		}
+		if time.Since(last) > 2*tuneEvery {
+			burst()
+			bursts, last = bursts+1, time.Now()
+		}
+	}
+}
+
 // gomaxprocsOf reads go_sched_gomaxprocs_threads from p's /metrics.
 func gomaxprocsOf(t *testing.T, p *proxyProcess) string {
+	t.Helper()
+	return metricOf(t, p, "go_sched_gomaxprocs_threads")
+}
+
+// metricOf reads the value of the metric name, which has no labels, from
+// p's /metrics.
+func metricOf(t *testing.T, p *proxyProcess, name string) string {
 	t.Helper()
 	res, err := http.Get("http://" + p.addr + "/metrics")
 	if err != nil {
@@ -602,11 +696,11 @@ func gomaxprocsOf(t *testing.T, p *proxyProcess) string {
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "go_sched_gomaxprocs_threads "); ok {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			return v
 		}
 	}
-	t.Fatalf("no go_sched_gomaxprocs_threads in /metrics:\n%s", b)
+	t.Fatalf("no %s in /metrics:\n%s", name, b)
 	return ""
 }
 

@@ -22,13 +22,15 @@
 # streams each, in every round: the same moment of the machine for all,
 # which makes small differences show in fewer rounds, but they compete for
 # the CPUs, as they do not in the harness. Prints, per proxy, the median
-# over rounds 2.. of its CPU (clock ticks per round), its event latency p50
+# over rounds 2.. of its CPU (µs per round, from schedstat), its event latency p50
 # and p99, and of the same-round ratios to the first proxy, with how many
 # rounds were at or under 1. FIRST=1 reads the streams with the first-event
 # client instead (scripts/firstevent, built to $FIRSTEVENT, default
 # /tmp/firstevent; not with TOGETHER): its p50 is then the p50 of the
 # streams' first events, its p99 that of all events, and each round's
 # streams are on new connections, as the harness's are.
+# IDLE=SECONDS sleeps that long before each round: with three targets
+# and IDLE=2.5 each sees about 5 s between its rounds, as in compare.sh.
 set -euo pipefail
 BENCH=${BENCH:-/tmp/bench}
 ROUNDS=$1
@@ -52,7 +54,7 @@ for spec in "$@"; do
   "$BENCH" wait -url "http://127.0.0.1:$port/openai/small" -timeout 30s
   port=$((port + 1))
 done
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks() { cat /proc/$1/task/*/schedstat 2>/dev/null | awk "{s+=\$1} END{printf \"%d\", s/1000}"; }
 n=${#names[@]}
 sse() { # sse PORT STREAMS: one bench sse round against the proxy on PORT
   if [ -n "${FIRST:-}" ]; then
@@ -65,6 +67,7 @@ sse() { # sse PORT STREAMS: one bench sse round against the proxy on PORT
 }
 lat() { awk '/lat p50/{a=$3} /lat p99/{b=$3} /first_p50/{a=$7; b=$5} END{print a, b}' "$@"; }
 for r in $(seq "$ROUNDS"); do
+  sleep "${IDLE:-0}"
   if [ -n "${TOGETHER:-}" ]; then
     # All proxies at once, C/n streams each: they meet the same moment of
     # a noisy machine, and compete for its CPUs.
