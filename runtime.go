@@ -311,11 +311,11 @@ func tuneRuntime(procs, gc, release bool, load requestLoad) (stop func()) {
 // requestLoad is what the tuner reads of the requests a Server serves
 // (the proxy's): how many are in flight, how many requests began and
 // streams were handed off since the process started, how many streams
-// (event streams, upgraded connections) started since then, the most streams in
-// flight at once since the last call of peakStreams, and a channel that
-// receives when a stream starts while oneProcessor was last told true
-// (the tuner tells it whether it runs the process on one processor and
-// may raise).
+// (event streams, upgraded connections) started since then, the most
+// streams in flight at once since the last call of peakStreams, and a
+// channel that receives when a stream starts while oneProcessor was last
+// told true (the tuner tells it whether it runs the process on one
+// processor and may raise).
 type requestLoad interface {
 	inFlight() int64
 	starts() uint64
