@@ -17,8 +17,7 @@ package main
 // bytes that came with it go in one write (through net/http, which frames
 // them), and each later read passes as it came, framing included, straight
 // to the client's socket (from http.Server's ConnContext), while net/http
-// writes the body's end with the trailers, and with it the data of the
-// read that reached the end (rawCopy.endsHere); a client that leaves
+// writes the body's end with the trailers; a client that leaves
 // cancels the upstream request (net/http's background read sees it here);
 // an upstream that breaks mid-body breaks the client's connection (the
 // handler aborts); the upstream request's end also ends a write blocked on
@@ -158,10 +157,7 @@ func (pr *proxyRequest) serveRawHere(res *http.Response, up *upConn, b []byte) (
 // with the head on the first pass (which writeHead then flushes). A first
 // pass that ends inside a chunk, whose rest will pass raw, writes the head
 // alone and p raw after it, so that the client's framing stays the
-// upstream's. The pass that reaches the body's end comes here too, where
-// endsHere, and is left unflushed: net/http writes it with the body's end
-// when the handler returns, in one write where there would be two (the
-// last event, then the end), and the client reads the stream's end once.
+// upstream's.
 func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error) bool {
 	first := rc.viaRW
 	rc.viaRW = false
@@ -183,10 +179,9 @@ func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error)
 			}
 		}
 		if werr == nil {
-			switch {
-			case first:
+			if first {
 				rc.headPending = true // writeHead flushes it
-			case !rc.endsHere(err):
+			} else {
 				werr = flushError(rc.rw)
 			}
 		}
@@ -208,22 +203,10 @@ func (rc *rawCopy) passHere(before chunkParser, p []byte, extra bool, err error)
 func (rc *rawCopy) writeHead() {
 	if rc.headPending {
 		rc.headPending = false
-		if rc.endsHere(rc.err) {
-			return // the whole response came with the head: net/http writes it with its end
-		}
 		if flushError(rc.rw) != nil {
 			rc.failWrite()
 		}
 	}
-}
-
-// endsHere reports whether a pass that ended with err reached the body's
-// end, and its data is to go out with net/http's write of the end: only
-// when nothing the handler does after the body's end may wait, so that the
-// data is not held back. A request holding a limit ticket releases it
-// then, which may wait on Redis.
-func (rc *rawCopy) endsHere(err error) bool {
-	return rc.pr.ticket == nil && err == nil && rc.cp.done()
 }
 
 // serveCopyHere is serveHere for a body read through the Transport: one

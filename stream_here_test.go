@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 // TestStreamHandOffLater: with STREAM_HANDOFF_AFTER, an event stream is
@@ -141,5 +142,61 @@ func TestStreamHereSplitChunk(t *testing.T) {
 	raw, err := io.ReadAll(io.LimitReader(br, int64(len(wire)+len("0\r\n\r\n"))))
 	if err != nil || string(raw) != wire+"0\r\n\r\n" {
 		t.Errorf("on the wire %q, %v; want the upstream's chunks as sent, then the end", raw, err)
+	}
+}
+
+// TestStreamLastEventBeforeRecord: the read that reaches a stream's end
+// passes its events to the client at once, before the request is recorded
+// (and, for a limit, its ticket released, which may wait on Redis), not
+// with net/http's write of the body's end, which comes after both. The
+// upstream sends the last events and the end in one write, so the proxy
+// reads them together; the record waits until the client has read the
+// events.
+func TestStreamLastEventBeforeRecord(t *testing.T) {
+	const rest = "data: 2\n\ndata: [DONE]\n\n"
+	step := make(chan struct{})
+	// After step, the backend writes rest unflushed and returns: net/http
+	// sends it with the body's end, in one write.
+	up := newUpstream(t, heldStream(step, rest))
+	s, front := newTestServer(t, nil)
+	setMapping(t, s, targetsOf("/p", up.URL))
+	limited := targetsOf("/limited", up.URL)
+	limited.Limits.Concurrency = 5
+	setMapping(t, s, limited)
+	// read[prefix] is closed once the client read the last events.
+	read := map[string]chan struct{}{"/p": make(chan struct{}), "/limited": make(chan struct{})}
+	observe := s.proxy.observe
+	s.proxy.observe = func(rec *requestRecord) {
+		if ch := read[rec.Prefix]; ch != nil {
+			select {
+			case <-ch:
+			case <-time.After(testTimeout):
+				t.Errorf("%s: the request was recorded with its last events not at the client", rec.Prefix)
+			}
+		}
+		if observe != nil {
+			observe(rec)
+		}
+	}
+	for _, prefix := range []string{"/p", "/limited"} {
+		t.Run(prefix, func(t *testing.T) {
+			_, br, res := rawExchange(t, front.Listener.Addr().String(), prefix+"/stream")
+			body := bufio.NewReader(res.Body)
+			if ev := readEvent(t, body); ev != "data: 1\n\n" {
+				t.Fatalf("first event %q", ev)
+			}
+			step <- struct{}{}
+			got := readEvent(t, body) + readEvent(t, body)
+			close(read[prefix])
+			if got != rest {
+				t.Fatalf("last events %q, want %q", got, rest)
+			}
+			if b, err := io.ReadAll(body); err != nil || len(b) != 0 {
+				t.Errorf("after the last events %q (%v), want the body's end", b, err)
+			}
+			if br.Buffered() != 0 {
+				t.Errorf("%d bytes after the body's end", br.Buffered())
+			}
+		})
 	}
 }

@@ -561,16 +561,17 @@ type rawCopy struct {
 // clears more once the body ended or the client is gone. A stream still
 // written through net/http (rc.rw) leaves the body's end to net/http, and
 // writes its first pass, or every pass where it has no socket to write to,
-// through net/http (passHere), and the pass that reaches the end too where
-// it starts a chunk and endsHere (passHere leaves it for net/http's write
-// of the end).
+// through net/http (passHere). The pass that reaches the end is written at
+// once like the others, not left for net/http's write of the end: that
+// comes after the request is recorded (docs/performance.md, "The last
+// event waits for no record").
 func (rc *rawCopy) pass(prefix, p []byte) bool {
 	before := rc.cp
 	n, held, err := rc.cp.scan(p)
 	if err == nil && !rc.cp.done() {
 		rc.end = append(rc.end, p[held:n]...)
 	}
-	if rc.rw != nil && (rc.client == nil || rc.viaRW || rc.endsHere(err) && before.atChunkStart()) {
+	if rc.rw != nil && (rc.client == nil || rc.viaRW) {
 		return rc.passHere(before, p[:held], n < len(p), err)
 	}
 	out := p[:held]

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestReadSocketHangup: the upstream's last bytes and its hang-up (FIN or
@@ -228,4 +230,16 @@ func readSocketOnce(t *testing.T, p *proxy, up *upConn) (*rawCopy, string) {
 	client.Close()
 	got, _ := io.ReadAll(clientPeer)
 	return &pr.st.rc, string(got)
+}
+
+// tcpInfo returns the TCP_INFO of raw's socket.
+func tcpInfo(raw syscall.RawConn) (*unix.TCPInfo, error) {
+	var info *unix.TCPInfo
+	var err error
+	if cerr := raw.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); cerr != nil {
+		return nil, cerr
+	}
+	return info, err
 }
