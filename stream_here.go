@@ -17,16 +17,15 @@ package main
 // bytes that came with it go in one write (through net/http, which frames
 // them), and each later read passes as it came, framing included, straight
 // to the client's socket (from http.Server's ConnContext), while net/http
-// writes the body's end with the trailers; a client that leaves
-// cancels the upstream request (net/http's background read sees it here);
-// an upstream that breaks mid-body breaks the client's connection (the
-// handler aborts); the upstream request's end also ends a write blocked on
-// a client that does not read (the write cut). A raw stream's wait for its
-// next bytes ends at the hand-off time (a read deadline on the upstream
-// socket); a stream read through the Transport is handed off after its
-// first read past that time. Where there is no client socket to write to,
-// every read goes through net/http, and the hand-off waits for a chunk
-// boundary.
+// writes the body's end with the trailers; a client that leaves cancels the
+// upstream request (net/http's background read sees it here); an upstream
+// that breaks mid-body breaks the client's connection (the handler aborts);
+// the upstream request's end also ends a write blocked on a client that
+// does not read (the write cut). A raw stream's wait for its next bytes
+// ends at the hand-off time (a read deadline on the upstream socket); a
+// stream read through the Transport is handed off after its first read
+// past that time. Where there is no client socket to write to, every read
+// goes through net/http, and the hand-off waits for a chunk boundary.
 
 import (
 	"context"
