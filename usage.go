@@ -36,6 +36,12 @@ import (
 // Streamed usage is cumulative (Anthropic message_delta, Gemini chunks), so
 // for every field the last value seen counts, never the sum.
 //
+// Once a stream has named its model, an event whose data is one line and
+// holds no usage object is passed over untokenized (skippableEvent): most
+// of a stream's events are content deltas. The model is then the last one
+// named in an event that was tokenized; providers name one model per
+// stream.
+//
 // A gzip-encoded JSON body (OpenAI's SDKs ask for gzip) is kept compressed
 // as it passes, up to usageGzipLimit, and a copy is decoded by finishGzip
 // after the client has it all. Other encodings are not decoded: unknown.
@@ -304,6 +310,12 @@ func (u *usageParser) feedSSE(p []byte) {
 			if p[0] == ' ' {
 				p = p[1:]
 			}
+			if !u.inData && u.nm > 0 && skippableEvent(p) {
+				// The model is known and this event's data, all of it
+				// in p, holds no usage: its line is passed over.
+				u.line = lineSkip
+				continue
+			}
 			if u.inData {
 				// Data lines of one event are joined with a newline.
 				u.sc.feed(u, newline)
@@ -341,6 +353,41 @@ func lineEnd(p []byte) int {
 	}
 	return i
 }
+
+// skippableEvent reports whether the data line at the start of p is an
+// event's only one, ended in p by a blank line ("\n\n"), and holds no
+// usage object: no "usage" (or "usageMetadata") followed by '{'. Most
+// chunks of a stream are such (content deltas, OpenAI's "usage":null), and
+// tokenizing them cost about 0.5 µs each. Anything else (an event split
+// across reads, several data lines, "\r\n" line ends) is tokenized as
+// before: the check errs towards scanning.
+func skippableEvent(p []byte) bool {
+	e := bytes.Index(p, blankLine)
+	if e < 0 || lineEnd(p) != e {
+		return false
+	}
+	ev := p[:e]
+	for {
+		i := bytes.Index(ev, usageWord)
+		if i < 0 {
+			return true
+		}
+		ev = bytes.TrimPrefix(ev[i+len(usageWord):], metadataWord)
+		j := 0
+		for j < len(ev) && (ev[j] == '"' || ev[j] == ':' || isJSONSpace(ev[j])) {
+			j++
+		}
+		if j == len(ev) || ev[j] == '{' {
+			return false
+		}
+	}
+}
+
+var (
+	blankLine    = []byte("\n\n")
+	usageWord    = []byte("usage")
+	metadataWord = []byte("Metadata")
+)
 
 // endEvent ends an SSE event: its data is one JSON document.
 func (u *usageParser) endEvent() {

@@ -192,6 +192,19 @@ func TestUsageParser(t *testing.T) {
 		{"error body", "application/json", openAIErrorJSON, tokenUsage{}},
 		{"not json", "text/plain", openAIChatJSON, tokenUsage{}},
 		{"sse without usage", "text/event-stream", "data: {\"x\":1}\n\ndata: [DONE]\n\n", tokenUsage{}},
+		// Once the model is known, events with no usage object are passed
+		// over whole: these must not be.
+		{"sse usage in a second data line", "text/event-stream",
+			"data: {\"model\":\"m1\",\"usage\":null}\n\ndata: {\"model\":\"m1\",\ndata: \"usage\":{\"prompt_tokens\":3,\"total_tokens\":3}}\n\n",
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 3, tokTotal: 3}, Model: []byte("m1")}},
+		{"sse usage spaced", "text/event-stream",
+			"data: {\"model\":\"m1\"}\n\ndata: {\"usage\" :\t{\"prompt_tokens\":4,\"total_tokens\":4}}\n\ndata: {\"usage\":null,\"x\":\"usage\"}\n\n",
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 4, tokTotal: 4}, Model: []byte("m1")}},
+		{"sse usage after a field line", "text/event-stream",
+			"data: {\"model\":\"m1\"}\n\ndata: {\"usage\":{\"prompt_tokens\":5,\"total_tokens\":5}}\nid: 7\n\n",
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 5, tokTotal: 5}, Model: []byte("m1")}},
+		{"sse bench stream", "text/event-stream", benchSSE,
+			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 12, tokCompletion: 50, tokTotal: 62}, Model: []byte("bench")}},
 		{"malformed json", "application/json", `{"usage": {"prompt_tokens": 5,, "completion_tokens": 7}}`,
 			tokenUsage{Known: true, Tokens: tokenCounts{tokPrompt: 5, tokTotal: 5}}},
 	}
@@ -356,6 +369,7 @@ func BenchmarkUsageParser(b *testing.B) {
 		{"anthropic-sse", "text/event-stream", anthropicSSE},
 		{"gemini-sse", "text/event-stream", geminiSSE},
 		{"bench-small", "application/json", benchSmallJSON},
+		{"bench-sse", "text/event-stream", benchSSE},
 	} {
 		b.Run(bb.name, func(b *testing.B) {
 			var u usageParser
@@ -371,6 +385,18 @@ func BenchmarkUsageParser(b *testing.B) {
 		})
 	}
 }
+
+// benchSSE is a stream shaped like the bench harness's /v1/chat/completions
+// with "stream": true (shared/bench): 50 content chunks, each naming the
+// model, then the usage chunk and [DONE].
+var benchSSE = func() string {
+	var b strings.Builder
+	for i := range 50 {
+		fmt.Fprintf(&b, `data: {"id":"chatcmpl-bench-1","object":"chat.completion.chunk","model":"bench","choices":[{"index":0,"delta":{"content":"tok%d "},"finish_reason":null}],"bench_seq":%d,"bench_sent_ns":1764900000000000000}`+"\n\n", i, i)
+	}
+	b.WriteString(`data: {"id":"chatcmpl-bench-1","object":"chat.completion.chunk","model":"bench","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":50,"total_tokens":62},"bench_seq":50,"bench_sent_ns":1764900000000000000}` + "\n\ndata: [DONE]\n\n")
+	return b.String()
+}()
 
 // benchSmallJSON is the bench harness's /small body (shared/bench).
 var benchSmallJSON = `{"id":"chatcmpl-small","object":"chat.completion","model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"` +
