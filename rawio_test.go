@@ -183,7 +183,7 @@ func TestRawSockErrors(t *testing.T) {
 	a.SetReadDeadline(time.Time{})
 
 	// The peer resets: SO_LINGER 0, then close.
-	if err := b.(*rawTCPConn).SetLinger(0); err != nil {
+	if err := b.(interface{ SetLinger(int) error }).SetLinger(0); err != nil {
 		t.Fatal(err)
 	}
 	b.Close()
