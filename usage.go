@@ -310,11 +310,15 @@ func (u *usageParser) feedSSE(p []byte) {
 			if p[0] == ' ' {
 				p = p[1:]
 			}
-			if !u.inData && u.nm > 0 && skippableEvent(p) {
-				// The model is known and this event's data, all of it
-				// in p, holds no usage: its line is passed over.
-				u.line = lineSkip
-				continue
+			if !u.inData && u.nm > 0 {
+				if e := skippableEvent(p); e >= 0 {
+					// The model is known and this event's data, all of
+					// it in p, holds no usage: its line is passed over,
+					// up to the blank line that ends the event.
+					u.line = lineStart
+					p = p[e+1:]
+					continue
+				}
 			}
 			if u.inData {
 				// Data lines of one event are joined with a newline.
@@ -338,8 +342,11 @@ func (u *usageParser) feedSSE(p []byte) {
 }
 
 var (
-	newline   = []byte{'\n'}
-	openBrace = []byte{'{'}
+	newline      = []byte{'\n'}
+	openBrace    = []byte{'{'}
+	blankLine    = []byte("\n\n")
+	usageWord    = []byte("usage")
+	metadataWord = []byte("Metadata")
 )
 
 // lineEnd returns the index of the first '\n' or '\r' in p, or len(p).
@@ -354,23 +361,24 @@ func lineEnd(p []byte) int {
 	return i
 }
 
-// skippableEvent reports whether the data line at the start of p is an
-// event's only one, ended in p by a blank line ("\n\n"), and holds no
-// usage object: no "usage" (or "usageMetadata") followed by '{'. Most
+// skippableEvent returns the index of the newline that ends the data line
+// at the start of p if that line is an event's only one, ended in p by a
+// blank line ("\n\n"), and holds no usage object: no "usage" (or
+// "usageMetadata") followed by '{'; otherwise -1. Most
 // chunks of a stream are such (content deltas, OpenAI's "usage":null), so
 // tokenizing them was most of the parser's work on a stream. Anything
 // else (an event split across reads, several data lines, "\r\n" line
 // ends) is tokenized as before: the check errs towards tokenizing.
-func skippableEvent(p []byte) bool {
+func skippableEvent(p []byte) int {
 	e := bytes.Index(p, blankLine)
 	if e < 0 || lineEnd(p) != e {
-		return false
+		return -1
 	}
 	ev := p[:e]
 	for {
 		i := bytes.Index(ev, usageWord)
 		if i < 0 {
-			return true
+			return e
 		}
 		ev = bytes.TrimPrefix(ev[i+len(usageWord):], metadataWord)
 		j := 0
@@ -378,16 +386,10 @@ func skippableEvent(p []byte) bool {
 			j++
 		}
 		if j == len(ev) || ev[j] == '{' {
-			return false
+			return -1
 		}
 	}
 }
-
-var (
-	blankLine    = []byte("\n\n")
-	usageWord    = []byte("usage")
-	metadataWord = []byte("Metadata")
-)
 
 // endEvent ends an SSE event: its data is one JSON document.
 func (u *usageParser) endEvent() {
