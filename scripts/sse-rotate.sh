@@ -32,28 +32,13 @@
 # IDLE=SECONDS sleeps that long before each round: with three targets
 # and IDLE=2.5 each sees about 5 s between its rounds, as in compare.sh.
 set -euo pipefail
-BENCH=${BENCH:-/tmp/bench}
 ROUNDS=$1
 shift
+. "$(dirname "$0")/bench-lib.sh"
 UP_ADDR=127.0.0.1:${UP_PORT:-9301}
-OUT=$(mktemp)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -f "$OUT"; }
-trap cleanup EXIT
-"$BENCH" upstream -addr "$UP_ADDR" >/dev/null 2>&1 &
-pids+=($!)
-"$BENCH" wait -url "http://$UP_ADDR/small" -timeout 10s
-names=() ports=() procs=()
-port=${FIRST_PORT:-9330}
-for spec in "$@"; do
-  name=${spec%%=*} cmd=${spec#*=}
-  cmd=${cmd//\{ADDR\}/127.0.0.1:$port}
-  cmd=${cmd//\{UPSTREAM\}/http://$UP_ADDR}
-  bash -c "$cmd" >/dev/null 2>&1 &
-  pids+=($!) procs+=($!) names+=("$name") ports+=("$port")
-  "$BENCH" wait -url "http://127.0.0.1:$port/openai/small" -timeout 30s
-  port=$((port + 1))
-done
+OUT=$work/rounds
+start_upstream "$UP_ADDR"
+start_proxies "$UP_ADDR" "${FIRST_PORT:-9330}" "$@"
 ticks() { cat /proc/$1/task/*/schedstat 2>/dev/null | awk "{s+=\$1} END{printf \"%d\", s/1000}"; }
 n=${#names[@]}
 sse() { # sse PORT STREAMS: one bench sse round against the proxy on PORT

@@ -23,30 +23,15 @@
 # upstream, the client and `bench baseline` are the harness's binary
 # (BENCH, /tmp/bench).
 set -euo pipefail
-BENCH=${BENCH:-/tmp/bench}
+. "$(dirname "$0")/bench-lib.sh"
 UP_PORT=${UP_PORT:-9420}
 UP=127.0.0.1:$UP_PORT
-pids=() dir=$(mktemp -d)
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
-"$BENCH" upstream -addr "$UP" >/dev/null 2>&1 &
-pids+=($!)
-"$BENCH" wait -url "http://$UP/small" -timeout 10s
-names=() ports=()
-port=$((UP_PORT + 1))
-for spec in "$@"; do
-  name=${spec%%=*} cmd=${spec#*=}
-  cmd=${cmd//\{ADDR\}/127.0.0.1:$port}
-  cmd=${cmd//\{UPSTREAM\}/http://$UP}
-  bash -c "$cmd" >/dev/null 2>&1 &
-  pids+=($!) names+=("$name") ports+=("$port")
-  "$BENCH" wait -url "http://127.0.0.1:$port/openai/small" -timeout 30s
-  port=$((port + 1))
-done
+start_upstream "$UP"
+start_proxies "$UP" $((UP_PORT + 1)) "$@"
 streams() { "$BENCH" sse -url "http://127.0.0.1:$1/openai" -c 1 -n 2 -interval-ms 1 -rounds "$2" >/dev/null; }
 for p in "${ports[@]}"; do streams "$p" 50; done # warm the upstream pools
 filter="tcp and (tcp[tcpflags] & tcp-push != 0) and (port $UP_PORT$(printf ' or port %s' "${ports[@]}"))"
-tcpdump -i lo -n -tt --time-stamp-precision=micro -l "$filter" >"$dir/packets.txt" 2>/dev/null &
+tcpdump -i lo -n -tt --time-stamp-precision=micro -l "$filter" >"$work/packets.txt" 2>/dev/null &
 td=$!
 sleep 1 # tcpdump attaches
 for _ in $(seq "${R:-3}"); do
@@ -57,7 +42,7 @@ done
 sleep 0.5
 kill "$td"
 wait "$td" 2>/dev/null || true
-python3 - "$dir/packets.txt" "$UP_PORT" "${ports[*]}" "${names[*]}" <<'EOF'
+python3 - "$work/packets.txt" "$UP_PORT" "${ports[*]}" "${names[*]}" <<'EOF'
 import re, statistics, sys
 path, up = sys.argv[1], int(sys.argv[2])
 ports, names = list(map(int, sys.argv[3].split())), sys.argv[4].split()

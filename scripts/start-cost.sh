@@ -19,7 +19,7 @@
 # callee of FUNCTION takes. APIPROXY (/tmp/apiproxy) and BENCH (/tmp/bench)
 # name the binaries; EXTRA_ENV is added to apiproxy's environment.
 set -euo pipefail
-BENCH=${BENCH:-/tmp/bench} APIPROXY=${APIPROXY:-/tmp/apiproxy}
+APIPROXY=${APIPROXY:-/tmp/apiproxy}
 mode=${1:-cpu}
 
 if [ "$mode" = callees ]; then
@@ -49,17 +49,13 @@ for name, n in callees.most_common(25):
   exit 0
 fi
 
+. "$(dirname "$0")/bench-lib.sh"
 UP=127.0.0.1:${UP_PORT:-9400} BASE_PORT=${BASE_PORT:-9401} AP_PORT=${AP_PORT:-9402}
-pids=() dir=$(mktemp -d)
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
-"$BENCH" upstream -addr "$UP" >/dev/null 2>&1 &
-pids+=($!)
-"$BENCH" wait -url "http://$UP/small" -timeout 10s
+start_upstream "$UP"
 "$BENCH" baseline -listen "127.0.0.1:$BASE_PORT" -target "http://$UP" >/dev/null 2>&1 &
 pids+=($!) base=$!
-DATA_DIR=$dir LOG_LEVEL=warn "$APIPROXY" map set /openai "http://$UP" >/dev/null 2>&1
-env DATA_DIR="$dir" LOG_LEVEL=warn ${EXTRA_ENV:-} "$APIPROXY" -listen "127.0.0.1:$AP_PORT" >/dev/null 2>&1 &
+DATA_DIR=$work LOG_LEVEL=warn "$APIPROXY" map set /openai "http://$UP" >/dev/null 2>&1
+env DATA_DIR="$work" LOG_LEVEL=warn ${EXTRA_ENV:-} "$APIPROXY" -listen "127.0.0.1:$AP_PORT" >/dev/null 2>&1 &
 pids+=($!) ap=$!
 for port in "$BASE_PORT" "$AP_PORT"; do "$BENCH" wait -url "http://127.0.0.1:$port/openai/small" -timeout 30s; done
 
