@@ -50,14 +50,12 @@ for name, n in callees.most_common(25):
 fi
 
 . "$(dirname "$0")/bench-lib.sh"
-UP=127.0.0.1:${UP_PORT:-9400} BASE_PORT=${BASE_PORT:-9401} AP_PORT=${AP_PORT:-9402}
+UP=127.0.0.1:${UP_PORT:-9400}
 start_upstream "$UP"
-"$BENCH" baseline -listen "127.0.0.1:$BASE_PORT" -target "http://$UP" >/dev/null 2>&1 &
-pids+=($!) base=$!
-DATA_DIR=$work LOG_LEVEL=warn "$APIPROXY" map set /openai "http://$UP" >/dev/null 2>&1
-env DATA_DIR="$work" LOG_LEVEL=warn ${EXTRA_ENV:-} "$APIPROXY" -listen "127.0.0.1:$AP_PORT" >/dev/null 2>&1 &
-pids+=($!) ap=$!
-for port in "$BASE_PORT" "$AP_PORT"; do "$BENCH" wait -url "http://127.0.0.1:$port/openai/small" -timeout 30s; done
+start_proxies "$UP" "${BASE_PORT:-9401}" \
+  "baseline=exec $BENCH baseline -listen {ADDR} -target {UPSTREAM}" \
+  "apiproxy=export DATA_DIR=$work LOG_LEVEL=warn; $APIPROXY map set /openai {UPSTREAM} >/dev/null && exec env ${EXTRA_ENV:-} $APIPROXY -listen {ADDR}"
+BASE_PORT=${ports[0]} AP_PORT=${ports[1]} base=${procs[0]} ap=${procs[1]}
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 C=${C:-300} REP=${REP:-10}
