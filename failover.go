@@ -33,9 +33,12 @@ const (
 	failureCooldown = 30 * time.Second
 	// maxRetryAfter caps the cooldown an upstream's Retry-After asks for.
 	maxRetryAfter = 5 * time.Minute
-	// maxDrain bounds what is read of a failed answer's body so that its
-	// connection can be reused; past it the connection is closed.
-	maxDrain = 256 << 10
+	// maxDrain and maxDrainWait bound what is read of a failed answer's
+	// body so that its connection can be reused, and how long the next
+	// target waits for that: past either the body is closed, and its
+	// connection with it.
+	maxDrain     = 256 << 10
+	maxDrainWait = 250 * time.Millisecond
 )
 
 // errUpstreamIdle is the cause of a try cut by stream_idle_timeout.
@@ -312,12 +315,22 @@ func (pr *proxyRequest) RoundTrip(out *http.Request) (*http.Response, error) {
 		}
 		pr.addTry(t, tryRetried)
 		if res != nil {
-			io.CopyN(io.Discard, res.Body, maxDrain)
-			res.Body.Close()
+			drain(res.Body)
 		}
 		pr.endTry()
 		t = pr.order[k]
 	}
+}
+
+// drain reads a failed answer's body to its end and closes it, within
+// maxDrain and maxDrainWait: a body that stalls or trickles is closed from
+// the timer's goroutine (the Transport's response bodies take a Close
+// during a Read, which it ends).
+func drain(body io.ReadCloser) {
+	t := time.AfterFunc(maxDrainWait, func() { body.Close() })
+	io.CopyN(io.Discard, body, maxDrain)
+	t.Stop()
+	body.Close()
 }
 
 // claimNext returns the position in pr.order of the first target after

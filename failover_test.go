@@ -681,6 +681,58 @@ func TestFailoverClientLeaves(t *testing.T) {
 	}
 }
 
+// TestFailoverStalledBody: a failed answer whose body stalls after its
+// head, or trickles, does not hold the request: the next target is tried
+// after maxDrainWait and answers. (Before, the client waited for the
+// failed body's end, here the end of the test.)
+func TestFailoverStalledBody(t *testing.T) {
+	release := make(chan struct{})
+	stalled := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.(http.Flusher).Flush()
+		if r.URL.Query().Has("trickle") {
+			for {
+				select {
+				case <-release:
+					return
+				case <-r.Context().Done():
+					return
+				case <-time.After(10 * time.Millisecond):
+					io.WriteString(w, "busy ")
+					w.(http.Flusher).Flush()
+				}
+			}
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	defer close(release) // before the upstreams' own cleanup, which waits for their handlers
+	ok := statusUpstream(t, http.StatusOK, "from the second")
+	s, front := newTestServer(t, nil)
+	rec := recordRequests(s)
+	setMapping(t, s, targetsOf("/ai", stalled.URL, ok.URL))
+	for i, q := range []string{"", "?trickle"} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		req, _ := http.NewRequestWithContext(ctx, "POST", front.URL+"/ai/x"+q, strings.NewReader(`{"n":1}`))
+		res, err := front.Client().Do(req)
+		if err != nil {
+			cancel()
+			t.Fatalf("%q: %v", q, err)
+		}
+		body := readAll(t, res)
+		res.Body.Close()
+		cancel()
+		if res.StatusCode != http.StatusOK || string(body) != "from the second" {
+			t.Errorf("%q: got %d %q, want the second target's 200", q, res.StatusCode, body)
+		}
+		if got := triesString(rec.wait(t, i+1).Tries); got != "0:retried 1:ok" {
+			t.Errorf("%q: tries = %q, want 0:retried 1:ok", q, got)
+		}
+	}
+}
+
 func TestParseRetryAfter(t *testing.T) {
 	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
 	for _, tt := range []struct {

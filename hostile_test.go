@@ -425,6 +425,25 @@ func TestHostilePaths(t *testing.T) {
 	}
 }
 
+// TestBadPathRecorded: a request refused for its path matched a mapping,
+// so it is proxied in SPEC §12's sense: it leaves a record (stats,
+// metrics and the request log all take theirs from it) with its code.
+func TestBadPathRecorded(t *testing.T) {
+	up := newUpstream(t, nil)
+	s, front := newTestServer(t, map[string]string{"/p": up.URL})
+	recs := recordRequests(s)
+	res, body := rawGet(t, front.Listener.Addr().String(), "/p/a/../b")
+	wantProxyError(t, res, body, http.StatusBadRequest, "bad_path")
+	rec := recs.wait(t, 1)
+	if rec.Prefix != "/p" || rec.Status != http.StatusBadRequest || rec.ProxyErr != "bad_path" || len(rec.Tries) != 0 {
+		t.Errorf("record: prefix %q, status %d, code %q, %d tries; want /p, 400, bad_path, none",
+			rec.Prefix, rec.Status, rec.ProxyErr, len(rec.Tries))
+	}
+	if up.Hits() != 0 {
+		t.Errorf("the upstream was hit %d times", up.Hits())
+	}
+}
+
 // TestHostileDoubleSlashEscapes: a rest of the path that starts with "//"
 // (a base URL with a trailing slash) cannot go out verbatim; bytes net/url
 // will not send raw are percent-encoded, and every escape that came in,

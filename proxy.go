@@ -381,11 +381,8 @@ func (p *proxy) handleUnrouted(w http.ResponseWriter, req *http.Request) {
 // not a router's wrapper: 1xx responses, Hijack and full duplex reach it
 // directly.
 func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest string) {
-	if msg := badPath(rest); msg != "" {
-		writeError(w, http.StatusBadRequest, "bad_path", msg)
-		return
-	}
-	if p.cors.isPreflight(req) {
+	bad := badPath(rest)
+	if bad == "" && p.cors.isPreflight(req) {
 		p.cors.preflight(w, req)
 		return
 	}
@@ -433,7 +430,16 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 		pr.target = rt.targets[0]
 	}
 	p.begun.Add(1)
-	if n := p.active.Add(1); p.maxInFlight > 0 && n > p.maxInFlight {
+	n := p.active.Add(1)
+	if bad != "" {
+		// Refused, but proxied: it matched a mapping, so it is recorded
+		// (SPEC §12).
+		pr.rec.Status, pr.rec.ProxyErr = http.StatusBadRequest, "bad_path"
+		writeError(w, http.StatusBadRequest, "bad_path", bad)
+		pr.finish(true)
+		return
+	}
+	if p.maxInFlight > 0 && n > p.maxInFlight {
 		// A loop through another instance (which validation cannot see)
 		// or a flood would otherwise hold descriptors and memory until the
 		// process fails for everyone, /healthz included (issue 14).

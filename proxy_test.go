@@ -230,6 +230,37 @@ func TestProxyAddedResponseHeaders(t *testing.T) {
 	}
 }
 
+// TestProxyAddsNoContentType: a response the upstream sent without a
+// Content-Type reaches the client without one, whatever its body looks
+// like (net/http would otherwise sniff one from its first bytes), with a
+// known length or chunked.
+func TestProxyAddsNoContentType(t *testing.T) {
+	page := "<html><body>hi</body></html>"
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Content-Type"] = nil
+		if r.URL.Query().Has("chunked") {
+			io.WriteString(w, page)
+			w.(http.Flusher).Flush()
+			io.WriteString(w, page)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(page)))
+		io.WriteString(w, page)
+	})
+	_, front := newTestServer(t, map[string]string{"/p": up.URL})
+	for _, q := range []string{"", "?chunked"} {
+		res, err := front.Client().Get(front.URL + "/p/x" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if ct, ok := res.Header["Content-Type"]; ok || !strings.HasPrefix(string(body), page) {
+			t.Errorf("%q: Content-Type %q (present %v), body %q; want none, the page", q, ct, ok, body)
+		}
+	}
+}
+
 // TestProxyRawPathAndQuery checks that the rest of the path and the query
 // reach the upstream byte for byte, joined to the target's base path.
 func TestProxyRawPathAndQuery(t *testing.T) {

@@ -20,7 +20,7 @@ var (
 
 // addProxyHeaders adds to a proxied response's headers those the proxy
 // sets where the upstream did not (SPEC §3.5), and the CORS headers for
-// req's origin.
+// req's origin; nothing else.
 func addProxyHeaders(h http.Header, cors corsPolicy, req *http.Request) {
 	addIfAbsent(h, "X-Accel-Buffering", hdrNo)
 	addIfAbsent(h, "X-Content-Type-Options", hdrNosniff)
@@ -28,6 +28,10 @@ func addProxyHeaders(h http.Header, cors corsPolicy, req *http.Request) {
 	addIfAbsent(h, "Referrer-Policy", hdrNoRef)
 	addIfAbsent(h, "X-Robots-Tag", hdrNoIndex)
 	cors.addResponseHeaders(h, req)
+	// Nor is a Content-Type the upstream did not send: net/http would
+	// sniff one from the body's first bytes. A key without values is
+	// written as nothing.
+	addIfAbsent(h, "Content-Type", nil)
 }
 
 func addIfAbsent(h http.Header, key string, v []string) {
