@@ -425,19 +425,30 @@ func TestHostilePaths(t *testing.T) {
 	}
 }
 
-// TestBadPathRecorded: a request refused for its path matched a mapping,
-// so it is proxied in SPEC §12's sense: it leaves a record (stats,
-// metrics and the request log all take theirs from it) with its code.
-func TestBadPathRecorded(t *testing.T) {
+// TestTargetRefusalsRecorded: a request refused for its path, or for a
+// target too long to proxy, matched a mapping, so it is proxied in SPEC
+// §12's sense: it leaves a record (stats, metrics and the request log all
+// take theirs from it) with its code, and a long path cut short.
+func TestTargetRefusalsRecorded(t *testing.T) {
 	up := newUpstream(t, nil)
 	s, front := newTestServer(t, map[string]string{"/p": up.URL})
 	recs := recordRequests(s)
-	res, body := rawGet(t, front.Listener.Addr().String(), "/p/a/../b")
-	wantProxyError(t, res, body, http.StatusBadRequest, "bad_path")
-	rec := recs.wait(t, 1)
-	if rec.Prefix != "/p" || rec.Status != http.StatusBadRequest || rec.ProxyErr != "bad_path" || len(rec.Tries) != 0 {
-		t.Errorf("record: prefix %q, status %d, code %q, %d tries; want /p, 400, bad_path, none",
-			rec.Prefix, rec.Status, rec.ProxyErr, len(rec.Tries))
+	addr := front.Listener.Addr().String()
+	long := "/" + strings.Repeat("a", maxRequestTarget)
+	for i, tt := range []struct {
+		target, code, path string
+		status             int
+	}{
+		{"/p/a/../b", "bad_path", "/a/../b", http.StatusBadRequest},
+		{"/p" + long, "uri_too_long", long[:200] + "…", http.StatusRequestURITooLong},
+	} {
+		res, body := rawGet(t, addr, tt.target)
+		wantProxyError(t, res, body, tt.status, tt.code)
+		rec := recs.wait(t, i+1)
+		if rec.Prefix != "/p" || rec.Status != tt.status || rec.ProxyErr != tt.code || rec.Path != tt.path || len(rec.Tries) != 0 {
+			t.Errorf("record: prefix %q, status %d, code %q, path %.40q, %d tries; want /p, %d, %s, %.40q, none",
+				rec.Prefix, rec.Status, rec.ProxyErr, rec.Path, len(rec.Tries), tt.status, tt.code, tt.path)
+		}
 	}
 	if up.Hits() != 0 {
 		t.Errorf("the upstream was hit %d times", up.Hits())

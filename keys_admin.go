@@ -50,13 +50,36 @@ type keyCreateRequest struct {
 
 // keyUpdateRequest is the body of PATCH /api/keys/{id}: each field given
 // replaces the key's, the others stay. "expires_at": null clears the
-// expiry; "prefixes": [] lets the key call every keys mapping.
+// expiry; "prefixes": [] lets the key call every keys mapping. "limits"
+// is merged the same way: {"limits":{"tpm":1000}} leaves the key's rpm
+// and concurrency as they were (0 removes a limit).
 type keyUpdateRequest struct {
 	Name      *string         `json:"name"`
 	Prefixes  *[]string       `json:"prefixes"`
-	Limits    *limitsObject   `json:"limits"`
+	Limits    *limitsPatch    `json:"limits"`
 	ExpiresAt json.RawMessage `json:"expires_at"`
 	Disabled  *bool           `json:"disabled"`
+}
+
+// limitsPatch is the "limits" of a PATCH: each limit given replaces the
+// key's.
+type limitsPatch struct {
+	RPM         *int64 `json:"rpm"`
+	TPM         *int64 `json:"tpm"`
+	Concurrency *int64 `json:"concurrency"`
+}
+
+// apply sets on l the limits p gives.
+func (p *limitsPatch) apply(l *Limits) {
+	if p.RPM != nil {
+		l.RPM = *p.RPM
+	}
+	if p.TPM != nil {
+		l.TPM = *p.TPM
+	}
+	if p.Concurrency != nil {
+		l.Concurrency = *p.Concurrency
+	}
 }
 
 // object returns k as the keys API shows it, without its secret.
@@ -221,7 +244,7 @@ func (s *Server) handleUpdateKey(c *gin.Context) {
 		}
 	}
 	if body.Limits != nil {
-		k.Limits = Limits{RPM: body.Limits.RPM, TPM: body.Limits.TPM, Concurrency: body.Limits.Concurrency}
+		body.Limits.apply(&k.Limits)
 	}
 	if expiresSet {
 		k.ExpiresAt = expires

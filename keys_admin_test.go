@@ -265,8 +265,24 @@ func TestKeysAPIUpdate(t *testing.T) {
 	if res, b := patch(`{"expires_at":"2098-06-01T12:00:00+02:00"}`); res.StatusCode != http.StatusOK || !strings.Contains(string(b), `"expires_at":"2098-06-01T10:00:00Z"`) {
 		t.Errorf("expires_at set: %d %s, want it in UTC", res.StatusCode, b)
 	}
-	if res, b := patch(`{"limits":{"rpm":0,"tpm":0,"concurrency":0}}`); res.StatusCode != http.StatusOK {
-		t.Errorf("zero limits: %d %s", res.StatusCode, b)
+	// Limits merge: each one given replaces the key's, the others stay;
+	// 0 removes one.
+	for _, tt := range []struct {
+		body string
+		want Limits
+	}{
+		{`{"limits":{"rpm":60,"concurrency":4}}`, Limits{RPM: 60, Concurrency: 4}},
+		{`{"limits":{"tpm":1000}}`, Limits{RPM: 60, TPM: 1000, Concurrency: 4}},
+		{`{"limits":{}}`, Limits{RPM: 60, TPM: 1000, Concurrency: 4}},
+		{`{"limits":{"rpm":0}}`, Limits{TPM: 1000, Concurrency: 4}},
+		{`{"limits":{"rpm":0,"tpm":0,"concurrency":0}}`, Limits{}},
+	} {
+		if res, b := patch(tt.body); res.StatusCode != http.StatusOK {
+			t.Errorf("%s: %d %s", tt.body, res.StatusCode, b)
+		}
+		if got := stored().Limits; got != tt.want {
+			t.Errorf("%s: stored limits %+v, want %+v", tt.body, got, tt.want)
+		}
 	}
 	if res, b := patch(`{}`); res.StatusCode != http.StatusOK {
 		t.Errorf("an empty PATCH: %d %s, want 200 and nothing changed", res.StatusCode, b)

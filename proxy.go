@@ -358,12 +358,22 @@ func (p *proxy) newRequest() *proxyRequest {
 }
 
 // lookup returns the route for req and the escaped rest of its path, or nil
-// when no mapping matches or the request target is too long to proxy.
+// when no mapping matches.
 func (p *proxy) lookup(req *http.Request) (*route, string) {
-	if len(req.RequestURI) > maxRequestTarget {
-		return nil, ""
-	}
 	return p.routes.Load().match(requestPath(req))
+}
+
+// targetRefusal returns why a request that matched a mapping is not forwarded:
+// the status, code and message of the error it gets; status 0 when it is
+// forwarded.
+func targetRefusal(req *http.Request, rest string) (status int, code, msg string) {
+	if len(req.RequestURI) > maxRequestTarget {
+		return http.StatusRequestURITooLong, "uri_too_long", fmt.Sprintf("request target is longer than %d bytes", maxRequestTarget)
+	}
+	if msg := badPath(rest); msg != "" {
+		return http.StatusBadRequest, "bad_path", msg
+	}
+	return 0, "", ""
 }
 
 // handleUnrouted answers a request that reached no route at all: 414 when
@@ -381,8 +391,8 @@ func (p *proxy) handleUnrouted(w http.ResponseWriter, req *http.Request) {
 // not a router's wrapper: 1xx responses, Hijack and full duplex reach it
 // directly.
 func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest string) {
-	bad := badPath(rest)
-	if bad == "" && p.cors.isPreflight(req) {
+	refused, code, msg := targetRefusal(req, rest)
+	if refused == 0 && p.cors.isPreflight(req) {
 		p.cors.preflight(w, req)
 		return
 	}
@@ -431,11 +441,11 @@ func (p *proxy) serve(w http.ResponseWriter, req *http.Request, rt *route, rest 
 	}
 	p.begun.Add(1)
 	n := p.active.Add(1)
-	if bad != "" {
+	if refused != 0 {
 		// Refused, but proxied: it matched a mapping, so it is recorded
-		// (SPEC §12).
-		pr.rec.Status, pr.rec.ProxyErr = http.StatusBadRequest, "bad_path"
-		writeError(w, http.StatusBadRequest, "bad_path", bad)
+		// (SPEC §12), its path cut short if it was too long.
+		pr.rec.Status, pr.rec.ProxyErr, pr.rec.Path = refused, code, truncate(rest, 200)
+		writeError(w, refused, code, msg)
 		pr.finish(true)
 		return
 	}
