@@ -899,7 +899,7 @@ func TestAdminObjects(t *testing.T) {
 		}
 		// An answer can be sent back as it is (key_set and target are
 		// accepted on input): here, target and targets agree.
-		res, body = adminRequest(t, front, "PUT", "/api/mappings/orig", `{"targets":[{"url":"`+up.URL+`","key_set":false}]}`)
+		res, body = adminRequest(t, front, "PUT", "/api/mappings/orig", `{"target":"`+up.URL+`","targets":[{"url":"`+up.URL+`","key_set":false}]}`)
 		if res.StatusCode != http.StatusOK {
 			t.Errorf("PUT of targets with key_set = %d %s, want 200", res.StatusCode, body)
 		}
@@ -941,7 +941,7 @@ func TestAdminObjectValidation(t *testing.T) {
 		{"neither target nor targets", `"balance":"failover"`, "invalid_target", "target is required"},
 		{"targets null", `"targets":null`, "invalid_target", "target is required"},
 		{"17 targets", `"targets":` + targets(17), "invalid_target", "targets must hold 1 to 16 targets, not 17"},
-		{"target and targets", `"target":"https://a.example","targets":[{"url":"https://a.example"}]`, "invalid_target", `either "target"`},
+		{"target and targets that differ", `"target":"https://b.example","targets":[{"url":"https://a.example"}]`, "invalid_target", `either "target"`},
 		{"weight 0", `"targets":[{"url":"https://a.example","weight":0}]`, "invalid_target", "targets[0].weight must be an integer from 1 to 1000"},
 		{"weight 1001", `"targets":[{"url":"https://a.example"},{"url":"https://b.example","weight":1001}]`, "invalid_target", "targets[1].weight must be an integer from 1 to 1000"},
 		{"weight negative", `"targets":[{"url":"https://a.example","weight":-1}]`, "invalid_target", "targets[0].weight"},
@@ -1038,6 +1038,17 @@ func TestAdminTargetKeys(t *testing.T) {
 		t.Errorf("GET /api/mappings = %s, want its items to hold %s", body, wantTargets)
 	}
 	noKeyLeft(t, "the list", body)
+
+	// What GET answers, "target" and the key's hint included, can be sent
+	// back with PUT as it is: the same mapping, its key kept.
+	stored := storedObjects(t, s)
+	_, one := adminCall(t, s, "GET", "/api/mappings/k", "", bearer, "192.0.2.1:1")
+	if res, body := adminCall(t, s, "PUT", "/api/mappings/k", string(one), bearer, "192.0.2.1:1"); res.StatusCode != http.StatusOK {
+		t.Errorf("PUT of what GET answered = %d %s, want 200", res.StatusCode, body)
+	}
+	if got := storedObjects(t, s); got != stored {
+		t.Errorf("PUT of what GET answered changed the store:\n%s\nwant\n%s", got, stored)
+	}
 
 	// The key is kept: with "auth": "passthrough" the mapping it makes is
 	// refused, and the message says how to remove the key.

@@ -361,9 +361,10 @@ func keyHint(key string) string {
 
 // mapping converts o into a Mapping, which the caller then validates. An
 // error is a 400 naming the field: an explicit weight of 0, a duration
-// that is not one, both or neither of target and targets (the first of
-// convert's problems, all of them in its Fields). Keys absent from o's
-// targets are left "" (see keepKeys).
+// that is not one, neither of target and targets, or both with a target
+// that is not the first of targets (the first of convert's problems, all
+// of them in its Fields). Keys absent from o's targets are left "" (see
+// keepKeys).
 func (o mappingObject) mapping() (Mapping, error) {
 	m, fe := o.convert()
 	return m, fe.err()
@@ -377,7 +378,11 @@ func (o mappingObject) convert() (Mapping, fieldProblems) {
 	m := Mapping{Prefix: o.Prefix, Balance: o.Balance, RetryOn: o.RetryOn, Auth: o.Auth}
 	switch {
 	case o.Target != "" && o.Targets != nil:
-		fe.add("invalid_target", "targets", `give either "target" (one URL) or "targets" (a list), not both`)
+		// An answer shows both, "target" being the first of "targets"
+		// (SPEC §9): sent back as it came, it is the same mapping.
+		if len(o.Targets) == 0 || o.Targets[0].URL != o.Target {
+			fe.add("invalid_target", "targets", `give either "target" (one URL) or "targets" (a list), not both, unless target is the URL of the first of targets, as answers show them`)
+		}
 	case o.Target != "":
 		m.Targets = []Target{{URL: o.Target}}
 	case o.Targets == nil:

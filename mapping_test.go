@@ -297,7 +297,8 @@ func TestMappingObjectRoundTrip(t *testing.T) {
 
 // TestMappingObjectInput: the admin API's JSON form converts to the
 // mapping it says, with 400s naming the field for what validate cannot
-// see (an explicit weight of 0, a bad duration, target and targets both).
+// see (an explicit weight of 0, a bad duration, target and targets both,
+// but for target the first of targets, as answers show it).
 func TestMappingObjectInput(t *testing.T) {
 	var o mappingObject
 	if err := json.Unmarshal([]byte(`{"prefix":"/x","targets":[{"url":"https://a.example","weight":2},{"url":"https://b.example"}],"stream_idle_timeout":"1m30s","retry_on":[503]}`), &o); err != nil {
@@ -311,7 +312,8 @@ func TestMappingObjectInput(t *testing.T) {
 	for _, tt := range []struct{ body, want, code, field string }{
 		{`{"prefix":"/x","targets":[{"url":"https://a.example","weight":0}]}`, "integer from 1 to 1000", "invalid_target", "targets[0].weight "},
 		{`{"prefix":"/x","targets":[{"url":"https://a.example"}],"stream_idle_timeout":"soon"}`, "must be a duration", "invalid_mapping", "stream_idle_timeout "},
-		{`{"prefix":"/x","target":"https://a.example","targets":[{"url":"https://a.example"}]}`, "not both", "invalid_target", "give "},
+		{`{"prefix":"/x","target":"https://b.example","targets":[{"url":"https://a.example"},{"url":"https://b.example"}]}`, "not both", "invalid_target", "give "},
+		{`{"prefix":"/x","target":"https://a.example","targets":[]}`, "not both", "invalid_target", "give "},
 		{`{"prefix":"/x","targets":[]}`, "1 to 16 targets, not 0", "invalid_target", "targets "},
 		{`{"prefix":"/x"}`, "is required", "invalid_target", "target "},
 	} {
