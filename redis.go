@@ -486,8 +486,10 @@ func (s *redisStore) Ping(ctx context.Context) error {
 func (s *redisStore) Close() error { return s.client.Close() }
 
 // wrap names the failed operation and classifies err: errStoreClosed after
-// Close, errStoreUnavailable when Redis cannot answer now, else as is (a
-// reply error such as WRONGPASS or WRONGTYPE is a misconfiguration, 500).
+// Close, errStoreUnavailable when Redis cannot answer now,
+// errStoreNotWritable when it answers but takes no writes now, else as is
+// (a reply error such as WRONGPASS or WRONGTYPE is a misconfiguration,
+// 500).
 func (s *redisStore) wrap(op string, err error) error {
 	switch {
 	case err == nil:
@@ -497,7 +499,29 @@ func (s *redisStore) wrap(op string, err error) error {
 	case redisUnavailable(err):
 		return &unavailableError{op: op, err: err}
 	}
+	if _, ok := redisWriteRefusal(err); ok {
+		return fmt.Errorf("%s: %w: %w", op, errStoreNotWritable, err)
+	}
 	return fmt.Errorf("%s: %w", op, err)
+}
+
+// redisWriteRefusals are the error replies of a Redis that is up but
+// takes no writes now, and what the client is told of each.
+var redisWriteRefusals = []struct{ prefix, reason string }{
+	{"OOM", "Redis is out of memory (maxmemory)"},
+	{"NOREPLICAS", "Redis has too few replicas to take writes (min-replicas-to-write)"},
+	{"MISCONF", "Redis cannot save its snapshot (stop-writes-on-bgsave-error)"},
+}
+
+// redisWriteRefusal returns the reason of err when it is one of
+// redisWriteRefusals.
+func redisWriteRefusal(err error) (string, bool) {
+	for _, r := range redisWriteRefusals {
+		if redis.HasErrorPrefix(err, r.prefix) {
+			return r.reason, true
+		}
+	}
+	return "", false
 }
 
 // unavailableError is a Redis error that means "cannot be reached now". It

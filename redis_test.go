@@ -526,6 +526,36 @@ func getStatus(t testing.TB, client *http.Client, url string) (int, []byte) {
 	return res.StatusCode, readAll(t, res)
 }
 
+// TestRedisRefusesWrites: a Redis that is up but refuses writes (out of
+// memory under maxmemory) makes admin writes 503 store_unavailable with
+// the reason, not a 500, and nothing is stored; proxying goes on.
+func TestRedisRefusesWrites(t *testing.T) {
+	rs := startRedisServer(t)
+	s, front, _ := newServerOnRedis(t, rs)
+	up := newUpstream(t, nil)
+	setMapping(t, s, targetsOf("/llm", up.URL))
+	c := rs.client()
+	ctx := context.Background()
+	if err := c.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, body := adminRequest(t, front, "POST", "/api/mappings", `{"prefix":"/new","target":"https://new.example"}`)
+	wantProxyError(t, res, body, http.StatusServiceUnavailable, "store_unavailable")
+	if msg := adminErrorMessage(t, body); !strings.Contains(msg, "out of memory") {
+		t.Errorf("message %q, want it to say Redis is out of memory", msg)
+	}
+	if code, _ := getStatus(t, front.Client(), front.URL+"/llm/x"); code != http.StatusOK {
+		t.Errorf("a proxied request while Redis refuses writes = %d, want 200", code)
+	}
+	if err := c.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := s.store.Mappings(ctx)
+	if err != nil || slices.ContainsFunc(ms, func(m Mapping) bool { return m.Prefix == "/new" }) {
+		t.Errorf("stored mappings = %+v, %v; want no /new", ms, err)
+	}
+}
+
 // TestRedisOutage kills Redis under a proxy that is serving requests: no
 // proxied request fails, admin writes answer 503 store_unavailable,
 // /readyz is 503 with a reason; when Redis comes back (empty, as one
@@ -894,6 +924,7 @@ func TestRedisUnavailableClassification(t *testing.T) {
 		{redis.ErrPoolTimeout, true},
 		{redisReplyError("LOADING Redis is loading the dataset in memory"), true},
 		{redisReplyError("READONLY You can't write against a read only replica."), true},
+		{redisReplyError("OOM command not allowed when used memory > 'maxmemory'."), false},
 		{redisReplyError("WRONGPASS invalid username-password pair"), false},
 		{redisReplyError("WRONGTYPE Operation against a key holding the wrong kind of value"), false},
 	}
@@ -904,6 +935,12 @@ func TestRedisUnavailableClassification(t *testing.T) {
 		}
 		if !errors.Is(err, tt.err) {
 			t.Errorf("wrap(%v) = %v lost the cause", tt.err, err)
+		}
+	}
+	for _, reply := range []string{"OOM command not allowed when used memory > 'maxmemory'.",
+		"NOREPLICAS Not enough good replicas to write.", "MISCONF Errors writing to the AOF file"} {
+		if err := s.wrap("op", redisReplyError(reply)); !errors.Is(err, errStoreNotWritable) {
+			t.Errorf("wrap(%q) = %v, want errStoreNotWritable", reply, err)
 		}
 	}
 	if err := s.wrap("op", redis.ErrClosed); !errors.Is(err, errStoreClosed) {

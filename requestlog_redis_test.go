@@ -3,9 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -84,5 +88,61 @@ func TestRequestLogRedisOutage(t *testing.T) {
 	}, "the queued records to be written once Redis is back")
 	if n := s.reqlog.dropped(); n != 0 {
 		t.Errorf("got %d records dropped, want 0", n)
+	}
+}
+
+// TestRequestLogRedisSpill: records made while Redis is down, by an
+// instance stopped before it is back, are not lost: the final flush saves
+// them to the spill file, and the next start on the same DATA_DIR writes
+// them once Redis is back, and removes the file.
+func TestRequestLogRedisSpill(t *testing.T) {
+	rs := startRedisServerPersist(t, true)
+	up := statusUpstream(t, http.StatusOK, "ok")
+	cfg := testConfig(t, map[string]string{"ADMIN_TOKEN": testAdminToken, "API_PROXY_REDIS_URL": rs.url()})
+	open := func() Store {
+		t.Helper()
+		store, err := openStore(context.Background(), cfg, testLogger())
+		if err != nil {
+			t.Fatalf("openStore: %v", err)
+		}
+		return store
+	}
+	s, err := newServer(cfg, testLogger(), open(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	front := httptest.NewServer(s)
+	var once sync.Once
+	stop := func() { once.Do(func() { front.Close(); s.Close() }) }
+	t.Cleanup(stop)
+	setMapping(t, s, targetsOf("/a", up.URL))
+
+	rs.kill()
+	sendN(t, front, "/a/during", 3)
+	eventually(t, func() bool { return s.proxy.active.Load() == 0 }, "the requests to end")
+	stop() // as run stops: the final flush fails
+	spill := filepath.Join(cfg.DataDir, requestLogSpillFile)
+	if _, err := os.Stat(spill); err != nil {
+		t.Fatalf("no spill file after a failed final flush: %v", err)
+	}
+
+	rs.start()
+	_, front2 := newRedisTestServer(t, cfg, open())
+	eventually(t, func() bool {
+		res, body := adminRequest(t, front2, http.MethodGet, "/api/requests?prefix=/a", "")
+		var p requestsPage
+		if res.StatusCode != http.StatusOK || json.Unmarshal(body, &p) != nil || len(p.Requests) != 3 {
+			return false
+		}
+		for _, r := range p.Requests {
+			if r.Path != "/during" || r.Status != http.StatusOK {
+				t.Fatalf("record %+v, want GET /during 200", r)
+			}
+		}
+		return true
+	}, "the spilled records to be written by the next start")
+	if _, err := os.Stat(spill); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("spill file still there after its records were queued again: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,17 +24,25 @@ import (
 	"github.com/gin-gonic/gin"
 )
 
-// requestLogFlushTimeout bounds the final flush of the request log at
-// shutdown, per sink.
-const requestLogFlushTimeout = 5 * time.Second
+const (
+	// requestLogFlushTimeout bounds the final flush of the request log at
+	// shutdown, per sink.
+	requestLogFlushTimeout = 5 * time.Second
+	// requestLogSpillFile, in DATA_DIR, holds the records the final flush
+	// could not write to the store (Redis down at shutdown); the next
+	// start queues them again (SPEC §12: never silently lost).
+	requestLogSpillFile = "requestlog-unflushed.json"
+)
 
 // serverLog is a Server's request log: the queues and, when REQUEST_LOG
 // names one, the JSON-lines file that SIGHUP reopens. store is the store
-// that keeps the log, nil if the Store does not (a test's).
+// that keeps the log, nil if the Store does not (a test's); its queue is
+// queues[0].
 type serverLog struct {
 	requestLog
 	store  logStore
 	lines  *jsonLines // nil when REQUEST_LOG is off
+	spill  string     // the spill file's path; "" for none
 	logger *slog.Logger
 }
 
@@ -48,6 +58,10 @@ func newServerLog(cfg Config, store Store, logger *slog.Logger) (*serverLog, err
 			q.batch = b.logBatch()
 		}
 		l.queues = append(l.queues, q)
+		if cfg.DataDir != "" {
+			l.spill = filepath.Join(cfg.DataDir, requestLogSpillFile)
+			l.loadSpill(q)
+		}
 	}
 	if dest := strings.TrimSpace(cfg.RequestLog); dest != "" && dest != "off" {
 		j, err := openJSONLines(dest, logger)
@@ -105,23 +119,80 @@ func (l *serverLog) reopenOnSIGHUP() (stop func()) {
 }
 
 // close writes what waits, within requestLogFlushTimeout, and closes the
-// file. Records a store could not take now are lost, and counted in the
-// log line that says so.
+// file. Records the store could not take now go to the spill file; what
+// is lost even so (no DATA_DIR, an unwritable spill file, a REQUEST_LOG
+// file that failed) is counted in the log line that says so.
 func (l *serverLog) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), requestLogFlushTimeout)
 	defer cancel()
 	if err := l.flush(ctx); err != nil {
 		lost := 0
-		for _, q := range l.queues {
+		for i, q := range l.queues {
+			if i == 0 && l.store != nil && l.spillQueue(q, err) {
+				continue
+			}
 			lost += q.waiting()
 		}
-		l.logger.Error("final request log flush failed; these records are lost", "records", lost, "error", err)
+		if lost > 0 {
+			l.logger.Error("final request log flush failed; these records are lost", "records", lost, "error", err)
+		}
 	}
 	if l.lines != nil {
 		if err := l.lines.close(); err != nil {
 			l.logger.Warn("close request log", "error", err)
 		}
 	}
+}
+
+// spillQueue saves the records waiting in q, the store's queue, to the
+// spill file after the final flush failed with cause; it reports whether
+// none of them is lost.
+func (l *serverLog) spillQueue(q *logQueue, cause error) bool {
+	q.mu.Lock()
+	recs := slices.Clone(q.pending)
+	q.mu.Unlock()
+	if len(recs) == 0 {
+		return true
+	}
+	if l.spill == "" {
+		return false
+	}
+	b, err := json.Marshal(recs)
+	if err == nil {
+		err = writeFileAtomic(l.spill, b)
+	}
+	if err != nil {
+		l.logger.Error("the request log's spill file could not be written", "path", l.spill, "error", err)
+		return false
+	}
+	l.logger.Warn("final request log flush failed; records saved for the next start", "records", len(recs), "path", l.spill, "error", cause)
+	return true
+}
+
+// loadSpill queues for the store (q) the records a previous process saved
+// to the spill file, and removes it: from here they are in q, which a
+// failed final flush spills again. An unreadable file is left for the
+// operator.
+func (l *serverLog) loadSpill(q *logQueue) {
+	b, err := os.ReadFile(l.spill)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var recs []logRecord
+	if err == nil {
+		err = json.Unmarshal(b, &recs)
+	}
+	if err != nil {
+		l.logger.Warn("ignoring unreadable request log spill file", "path", l.spill, "error", err)
+		return
+	}
+	for _, r := range recs {
+		q.add(r)
+	}
+	if err := os.Remove(l.spill); err != nil {
+		l.logger.Warn("removing the request log's spill file failed; its records may be written twice", "path", l.spill, "error", err)
+	}
+	l.logger.Info("request log records of the previous run that were not written will be now", "records", len(recs), "path", l.spill)
 }
 
 // observe is the proxy's observer: it counts a finished request in the

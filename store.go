@@ -93,8 +93,9 @@ var (
 	errStoreUnavailable = errors.New("store unavailable")
 	// errStoreNotWritable marks a write that the embedded store could not
 	// make because its file system refused it: disk full, quota, read-only,
-	// I/O error (see storageRefused). The client is told 503; the cause it
-	// travels with names the path, for the log.
+	// I/O error (see storageRefused); or that Redis refused while up (out
+	// of memory, too few replicas: redisWriteRefusals). The client is told
+	// 503; the cause it travels with names the path, for the log.
 	errStoreNotWritable = errors.New("store not writable")
 )
 
@@ -134,6 +135,9 @@ func notWritableReason(err error) string {
 		return "the data directory is on a read-only file system"
 	case errors.Is(err, syscall.EIO):
 		return "the data directory's disk reports I/O errors"
+	}
+	if reason, ok := redisWriteRefusal(err); ok {
+		return reason
 	}
 	return "the data directory cannot be written"
 }
