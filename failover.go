@@ -131,7 +131,12 @@ func (s *targetState) failed(now time.Time, retryAfter time.Duration) {
 	default:
 		return
 	}
-	until := now.Add(d)
+	s.coolUntil(now.Add(d))
+}
+
+// coolUntil makes the target's cooldown last until until, if it ends
+// sooner, and tells the fleet.
+func (s *targetState) coolUntil(until time.Time) {
 	if s.extend(until.UnixNano()) && s.owner != nil && s.owner.share != nil {
 		s.owner.share(s.key, until)
 	}
@@ -286,7 +291,7 @@ func (pr *proxyRequest) RoundTrip(out *http.Request) (*http.Response, error) {
 			failed = res.StatusCode != http.StatusSwitchingProtocols
 		default:
 			failed = pr.route.retries(res.StatusCode)
-			if failed && (res.StatusCode == http.StatusTooManyRequests || res.StatusCode == http.StatusServiceUnavailable) {
+			if res.StatusCode == http.StatusTooManyRequests || res.StatusCode == http.StatusServiceUnavailable {
 				retryAfter = parseRetryAfter(res.Header.Get("Retry-After"), now)
 			}
 		}
@@ -296,6 +301,12 @@ func (pr *proxyRequest) RoundTrip(out *http.Request) (*http.Response, error) {
 					t.state.release() // the client left: nothing learnt
 				} else {
 					t.state.succeeded()
+				}
+				if retryAfter > 0 {
+					// A pause asked for is kept even when the answer is
+					// the client's (its status not in retry_on): no
+					// failure counted, the next requests go elsewhere.
+					t.state.coolUntil(now.Add(retryAfter))
 				}
 			}
 			pr.addTry(t, tryOK)

@@ -463,6 +463,36 @@ func TestCooldownRetryAfter(t *testing.T) {
 	}
 }
 
+// TestCooldownRetryAfterNotRetried: a 429 with Retry-After whose status
+// is not in retry_on goes to the client, counts no failure, and still
+// pauses its target (SPEC §9): the next requests go to the second.
+func TestCooldownRetryAfterNotRetried(t *testing.T) {
+	limited := statusUpstream(t, http.StatusTooManyRequests, "later", "Retry-After", "60")
+	ok := statusUpstream(t, http.StatusOK, "ok")
+	s, front := newTestServer(t, nil)
+	m := targetsOf("/ai", limited.URL, ok.URL)
+	m.RetryOn = []int{http.StatusInternalServerError}
+	setMapping(t, s, m)
+	before := time.Now()
+	for i, want := range []int{http.StatusTooManyRequests, http.StatusOK, http.StatusOK} {
+		res, err := front.Client().Get(front.URL + "/ai/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != want {
+			t.Fatalf("request %d: status %d, want %d", i, res.StatusCode, want)
+		}
+	}
+	st := s.routes.Load().byPrefix["/ai"].targets[0].state
+	if limited.Hits() != 1 || ok.Hits() != 2 || st.fails.Load() != 0 {
+		t.Errorf("hits = %d, %d, failures %d; want 1 (then cooling), 2, 0", limited.Hits(), ok.Hits(), st.fails.Load())
+	}
+	if until := time.Unix(0, st.until.Load()); until.Before(before.Add(time.Minute)) {
+		t.Errorf("cooldown ends at %v, want a minute after the 429 (%v or later)", until, before.Add(time.Minute))
+	}
+}
+
 // TestCooldownAfterFailures: 3 failures in a row put a target in cooldown
 // for 30 s; then one request probes it; a failed probe cools it again, a
 // success clears it.
