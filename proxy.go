@@ -655,6 +655,11 @@ func (pr *proxyRequest) rewrite(r *httputil.ProxyRequest) {
 	// gRPC); TE is hop-by-hop all the same (RFC 9110 §10.1.4, SPEC §3.3),
 	// so it goes.
 	delete(out.Header, "Te")
+	// A request's trailers are read with the end of its body, into
+	// r.In.Trailer; Out's is a copy made before, which the Transport
+	// would send with the names announced and no values. The same map
+	// is read by the goroutine that read the body's end, after it.
+	out.Trailer = r.In.Trailer
 	// Rewrite mode drops these; a transparent proxy passes them as received
 	// and adds none of its own. The X-Forwarded-For of a trusted balancer
 	// (TRUSTED_PROXIES) is the exception: it was written for this proxy

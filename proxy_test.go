@@ -261,6 +261,30 @@ func TestProxyAddsNoContentType(t *testing.T) {
 	}
 }
 
+// TestProxyRequestTrailers: the trailers of a chunked request body reach
+// the upstream with their values.
+func TestProxyRequestTrailers(t *testing.T) {
+	got := make(chan http.Header, 1)
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		got <- r.Trailer.Clone()
+	})
+	_, front := newTestServer(t, map[string]string{"/p": up.URL})
+	req, _ := http.NewRequest("POST", front.URL+"/p/x", io.MultiReader(strings.NewReader("abc")))
+	req.Trailer = http.Header{"X-Checksum": {"tv"}}
+	res, err := front.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want 200", res.StatusCode)
+	}
+	if tr := <-got; tr.Get("X-Checksum") != "tv" { // sent before the answer
+		t.Errorf("upstream got trailers %v, want X-Checksum: tv", tr)
+	}
+}
+
 // TestProxyRawPathAndQuery checks that the rest of the path and the query
 // reach the upstream byte for byte, joined to the target's base path.
 func TestProxyRawPathAndQuery(t *testing.T) {
