@@ -26,6 +26,15 @@ func sendN(t testing.TB, front *httptest.Server, url string, n int) {
 	}
 }
 
+// requestsNow is GET /api/requests?query on front, and whether it
+// answered 200 (a store just back may answer 503 a while).
+func requestsNow(t testing.TB, front *httptest.Server, query string) (requestsPage, bool) {
+	t.Helper()
+	res, body := adminRequest(t, front, http.MethodGet, "/api/requests?"+query, "")
+	var p requestsPage
+	return p, res.StatusCode == http.StatusOK && json.Unmarshal(body, &p) == nil
+}
+
 // TestRequestLogRedisFleet: a request served by instance A shows in
 // instance B's GET /api/requests: one stream for the fleet.
 func TestRequestLogRedisFleet(t *testing.T) {
@@ -70,9 +79,8 @@ func TestRequestLogRedisOutage(t *testing.T) {
 	eventually(t, func() bool {
 		// The first reads after the restart may still find the store
 		// unreachable (503): go-redis reconnects in its own time.
-		res, body := adminRequest(t, front, http.MethodGet, "/api/requests", "")
-		var p requestsPage
-		if res.StatusCode != http.StatusOK || json.Unmarshal(body, &p) != nil || len(p.Requests) != 7 {
+		p, ok := requestsNow(t, front, "")
+		if !ok || len(p.Requests) != 7 {
 			return false
 		}
 		for i, r := range p.Requests {
@@ -130,9 +138,8 @@ func TestRequestLogRedisSpill(t *testing.T) {
 	rs.start()
 	_, front2 := newRedisTestServer(t, cfg, open())
 	eventually(t, func() bool {
-		res, body := adminRequest(t, front2, http.MethodGet, "/api/requests?prefix=/a", "")
-		var p requestsPage
-		if res.StatusCode != http.StatusOK || json.Unmarshal(body, &p) != nil || len(p.Requests) != 3 {
+		p, ok := requestsNow(t, front2, "prefix=/a")
+		if !ok || len(p.Requests) != 3 {
 			return false
 		}
 		for _, r := range p.Requests {
