@@ -277,13 +277,13 @@ func (cfg *Config) newFlagSet(out io.Writer) (fs *flag.FlagSet, port *string, ve
 	fs.Var((*originList)(&cfg.CORSOrigins), "cors-allow-origins", "comma list of allowed browser `origins`, * for any (CORS_ALLOW_ORIGINS)")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json (LOG_FORMAT)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error (LOG_LEVEL)")
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long in-flight requests may drain on SIGTERM (SHUTDOWN_TIMEOUT)")
-	fs.DurationVar(&cfg.ResponseHeaderTimeout, "upstream-response-header-timeout", cfg.ResponseHeaderTimeout,
-		"wait at most this for upstream response headers, 0 = no limit (UPSTREAM_RESPONSE_HEADER_TIMEOUT)")
+	fs.Var((*durationFlag)(&cfg.ShutdownTimeout), "shutdown-timeout", "how long in-flight requests may drain on SIGTERM, a `duration` or seconds (SHUTDOWN_TIMEOUT)")
+	fs.Var((*durationFlag)(&cfg.ResponseHeaderTimeout), "upstream-response-header-timeout",
+		"wait at most this `duration` for upstream response headers, 0 = no limit (UPSTREAM_RESPONSE_HEADER_TIMEOUT)")
 	fs.Var((*onOff)(&cfg.StreamHandoff), "stream-handoff",
 		"`on|off`: write event streams to HTTP/1.1 clients with the proxy's own stream writer; off serves every response with httputil.ReverseProxy (STREAM_HANDOFF)")
-	fs.DurationVar(&cfg.StreamHandoffAfter, "stream-handoff-after", cfg.StreamHandoffAfter,
-		"hand off an event stream only once it has run this long, 0 = at once (STREAM_HANDOFF_AFTER)")
+	fs.Var((*durationFlag)(&cfg.StreamHandoffAfter), "stream-handoff-after",
+		"hand off an event stream only once it has run this `duration`, 0 = at once (STREAM_HANDOFF_AFTER)")
 	fs.Var((*onOff)(&cfg.RawIO), "raw-io",
 		"`on|off`: read and write client and upstream sockets with raw system calls; off leaves them to net.Conn (RAW_IO)")
 	fs.Var((*onOff)(&cfg.RuntimeTuning), "runtime-tuning",
@@ -316,8 +316,9 @@ func (cfg *Config) validate() error {
 	if cfg.ShutdownTimeout < 0 || cfg.ResponseHeaderTimeout < 0 || cfg.StreamHandoffAfter < 0 {
 		return fmt.Errorf("timeouts must not be negative")
 	}
-	if strings.TrimSpace(cfg.RequestLog) == "" {
-		return fmt.Errorf("REQUEST_LOG: want off, stdout or a file path")
+	switch strings.ToLower(strings.TrimSpace(cfg.RequestLog)) {
+	case "", "on", "true", "yes", "1":
+		return fmt.Errorf("REQUEST_LOG: %q names no destination: want off, stdout or a file path", cfg.RequestLog)
 	}
 	if cfg.MaxInFlight < 0 {
 		return fmt.Errorf("MAX_IN_FLIGHT: must be 0 (no cap) or more")
@@ -336,6 +337,19 @@ func (cfg *Config) validate() error {
 
 // parseDuration reads a Go duration; a bare number is taken as seconds.
 func parseDuration(s string, allowZero bool) (time.Duration, error) {
+	d, err := parseSeconds(s)
+	if err != nil {
+		return 0, err
+	}
+	if d < 0 || (d == 0 && !allowZero) {
+		return 0, fmt.Errorf("%q must be positive", s)
+	}
+	return d, nil
+}
+
+// parseSeconds reads a Go duration, or a bare number as seconds, of any
+// sign.
+func parseSeconds(s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil {
 		n, nerr := strconv.ParseFloat(s, 64)
@@ -344,10 +358,27 @@ func parseDuration(s string, allowZero bool) (time.Duration, error) {
 		}
 		d = time.Duration(n * float64(time.Second))
 	}
-	if d < 0 || (d == 0 && !allowZero) {
-		return 0, fmt.Errorf("%q must be positive", s)
-	}
 	return d, nil
+}
+
+// durationFlag is a server flag's duration, read as its variable is: Go
+// syntax or a number of seconds (validate refuses a negative one).
+type durationFlag time.Duration
+
+func (d *durationFlag) String() string {
+	if d == nil {
+		return "0s"
+	}
+	return time.Duration(*d).String()
+}
+
+func (d *durationFlag) Set(s string) error {
+	v, err := parseSeconds(strings.TrimSpace(s))
+	if err != nil {
+		return err
+	}
+	*d = durationFlag(v)
+	return nil
 }
 
 // onOff is a switch read from "on" or "off" (or a boolean as

@@ -95,6 +95,11 @@ func TestLoadConfig(t *testing.T) {
 			func(c Config) (any, any) { return c.ShutdownTimeout, time.Duration(0) }},
 		{"-shutdown-timeout flag wins", map[string]string{"SHUTDOWN_TIMEOUT": "2m"}, []string{"-shutdown-timeout", "5s"},
 			func(c Config) (any, any) { return c.ShutdownTimeout, 5 * time.Second }},
+		{"duration flags take bare seconds", nil, []string{"-shutdown-timeout", "30", "-upstream-response-header-timeout", "1.5", "-stream-handoff-after", "0"},
+			func(c Config) (any, any) {
+				return [3]time.Duration{c.ShutdownTimeout, c.ResponseHeaderTimeout, c.StreamHandoffAfter},
+					[3]time.Duration{30 * time.Second, 1500 * time.Millisecond, 0}
+			}},
 		{"UPSTREAM_RESPONSE_HEADER_TIMEOUT", map[string]string{"UPSTREAM_RESPONSE_HEADER_TIMEOUT": "90s"}, nil,
 			func(c Config) (any, any) { return c.ResponseHeaderTimeout, 90 * time.Second }},
 		{"UPSTREAM_DIAL_TIMEOUT", map[string]string{"UPSTREAM_DIAL_TIMEOUT": "3s"}, nil,
@@ -181,6 +186,10 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"unknown flag", nil, []string{"-nope"}, "nope"},
 		{"stray argument", nil, []string{"serve"}, "unexpected argument"},
 		{"negative flag timeout", nil, []string{"-shutdown-timeout", "-1s"}, "negative"},
+		{"negative flag timeout in seconds", nil, []string{"-shutdown-timeout", "-1"}, "negative"},
+		{"flag timeout not a duration", nil, []string{"-stream-handoff-after", "soon"}, "not a duration"},
+		{"REQUEST_LOG on", map[string]string{"REQUEST_LOG": "On"}, nil, "REQUEST_LOG"},
+		{"-request-log empty", nil, []string{"-request-log", ""}, "REQUEST_LOG"},
 		{"negative header timeout flag", nil, []string{"-upstream-response-header-timeout", "-1s"}, "negative"},
 	}
 	for _, tt := range tests {

@@ -63,7 +63,7 @@ func newServerLog(cfg Config, store Store, logger *slog.Logger) (*serverLog, err
 			l.loadSpill(q)
 		}
 	}
-	if dest := strings.TrimSpace(cfg.RequestLog); dest != "" && dest != "off" {
+	if dest := requestLogDest(cfg.RequestLog); dest != "" {
 		j, err := openJSONLines(dest, logger)
 		if err != nil {
 			return nil, fmt.Errorf("REQUEST_LOG: %w", err)
@@ -72,6 +72,20 @@ func newServerLog(cfg Config, store Store, logger *slog.Logger) (*serverLog, err
 		l.queues = append(l.queues, newLogQueue(j, logger))
 	}
 	return l, nil
+}
+
+// requestLogDest reads REQUEST_LOG: "" when off (off, false, no or 0, in
+// any case, as the other switches), "stdout" (in any case), else the path
+// of a file ("./off" names a file of that name).
+func requestLogDest(v string) string {
+	v = strings.TrimSpace(v)
+	switch strings.ToLower(v) {
+	case "", "off", "false", "no", "0":
+		return ""
+	case "stdout":
+		return "stdout"
+	}
+	return v
 }
 
 // on reports whether any sink takes records.
@@ -84,9 +98,11 @@ func (l *serverLog) record(rec *requestRecord) {
 }
 
 // reopen reopens the REQUEST_LOG file (SIGHUP, after logrotate renamed
-// it); a failure is logged and the old file kept.
+// it); a failure is logged and the old file kept. Without a file there is
+// nothing to do.
 func (l *serverLog) reopen() {
-	if l.lines == nil {
+	if l.lines == nil || l.lines.path == "" {
+		l.logger.Info("SIGHUP ignored: no request log file to reopen")
 		return
 	}
 	if err := l.lines.reopen(); err != nil {

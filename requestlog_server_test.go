@@ -529,6 +529,56 @@ func TestRequestLogRotate(t *testing.T) {
 	}
 }
 
+// TestRequestLogDest: REQUEST_LOG turns off as the other switches do, in
+// any case; stdout in any case; anything else is a file path.
+func TestRequestLogDest(t *testing.T) {
+	for in, want := range map[string]string{"off": "", "OFF": "", " False ": "", "no": "", "0": "",
+		"stdout": "stdout", "STDOUT": "stdout", "./off": "./off", "/var/log/requests.log": "/var/log/requests.log"} {
+		if got := requestLogDest(in); got != want {
+			t.Errorf("requestLogDest(%q) = %q, want %q", in, got, want)
+		}
+	}
+	dir := t.TempDir()
+	t.Chdir(dir)
+	l, err := newServerLog(Config{RequestLog: "Off"}, nil, testLogger())
+	if err != nil || l.on() {
+		t.Errorf("REQUEST_LOG=Off: %v, on %v; want no sink", err, l != nil && l.on())
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("REQUEST_LOG=Off made files: %v", entries)
+	}
+}
+
+// TestSIGHUPWithoutLogFile: without a REQUEST_LOG file, SIGHUP is logged
+// and ignored; the process goes on serving (Go's default for it is to
+// exit at once, with no final flush).
+func TestSIGHUPWithoutLogFile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildBinary(t)
+	p := startBinary(t, bin, "DATA_DIR="+t.TempDir())
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() bool {
+		select {
+		case <-p.exited:
+			t.Fatalf("the process exited on SIGHUP: %v\n%s", p.err, p.stderr.String())
+		default:
+		}
+		return strings.Contains(p.stderr.String(), "SIGHUP ignored")
+	}, "the SIGHUP to be logged as ignored")
+	res, err := http.Get("http://" + p.addr + "/healthz")
+	if err != nil {
+		t.Fatalf("after SIGHUP: %v", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Errorf("/healthz after SIGHUP = %d, want 200", res.StatusCode)
+	}
+}
+
 // TestStatsRecentErrors: a ranged /stats lists the request log's newest
 // non-2xx records, at most 20, without keys or clients; /stats without a
 // range does not.

@@ -504,12 +504,12 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, ready func(net.Ad
 		s.self = newSelfAddrs(ln.Addr().String(), net.InterfaceAddrs)
 	}
 	s.Start()
-	if s.reqlog.lines != nil && s.reqlog.lines.path != "" {
-		// logrotate renames the file and sends SIGHUP: new lines go to a
-		// new file at the path.
-		stopHUP := s.reqlog.reopenOnSIGHUP()
-		defer stopHUP()
-	}
+	// logrotate renames the REQUEST_LOG file and sends SIGHUP: new lines
+	// go to a new file at the path. Without a file it is ignored: a
+	// SIGHUP (a closed terminal, a postrotate left behind) must not end
+	// the process without its graceful stop.
+	stopHUP := s.reqlog.reopenOnSIGHUP()
+	defer stopHUP()
 	if cfg.RuntimeTuning || cfg.MemoryRelease {
 		stopTuning := tuneRuntime(cfg.RuntimeTuning && cfg.TuneProcs, cfg.RuntimeTuning && cfg.TuneGC,
 			cfg.MemoryRelease, s.proxy)
