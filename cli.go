@@ -102,6 +102,9 @@ func runMapCommand(ctx context.Context, getenv func(string) string, args []strin
 	switch cmd.name {
 	case "list":
 		ms, err := store.Mappings(ctx)
+		if errors.Is(err, errRedisNotSeeded) {
+			return fmt.Errorf("map list: %w: start the server on it, which writes the default mappings, or run `apiproxy init-redis`; if -redis-url (API_PROXY_REDIS_URL) names another database than the fleet's, give the right one", errRedisNotSeeded)
+		}
 		if err != nil {
 			return err
 		}
@@ -337,6 +340,8 @@ func openMapStore(ctx context.Context, cfg Config, cmd mapCommand, stderr io.Wri
 		if err != nil {
 			return nil, err
 		}
+		// list only reads, as it does an embedded store.
+		s.listOnly = cmd.name == "list"
 		return withSecrets(s, cfg)
 	}
 	path := boltPath(cfg.DataDir)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // runMap runs `apiproxy map args...` with DATA_DIR=dir and nothing else in
@@ -53,6 +55,31 @@ func TestMapListWithoutStore(t *testing.T) {
 				t.Errorf("map list created %s", dir)
 			}
 		})
+	}
+}
+
+// TestMapListRedisNeverSeeds: on a Redis database no apiproxy initialised
+// (a wrong database number), list refuses and writes nothing; set
+// initialises it, and list then shows it.
+func TestMapListRedisNeverSeeds(t *testing.T) {
+	rs := startRedisServer(t)
+	url := "redis://" + rs.addr() + "/3"
+	dir := t.TempDir()
+	_, _, err := runMap(t, dir, "-redis-url", url, "list")
+	if !errors.Is(err, errRedisNotSeeded) || !strings.Contains(err.Error(), "init-redis") {
+		t.Errorf("list on an empty database: %v, want errRedisNotSeeded naming init-redis", err)
+	}
+	db3 := redis.NewClient(&redis.Options{Addr: rs.addr(), DB: 3})
+	defer db3.Close()
+	if n, err := db3.DBSize(context.Background()).Result(); err != nil || n != 0 {
+		t.Errorf("database 3 after list: %d keys, %v; want none", n, err)
+	}
+	if _, _, err := runMap(t, dir, "-redis-url", url, "set", "/local", "http://127.0.0.1:11434"); err != nil {
+		t.Fatal(err)
+	}
+	stdout, _, err := runMap(t, dir, "-redis-url", url, "list")
+	if err != nil || !strings.Contains(stdout, "/local\thttp://127.0.0.1:11434") || !strings.Contains(stdout, "/openai") {
+		t.Errorf("list after set: %v\n%s\nwant /local and the defaults", err, stdout)
 	}
 }
 

@@ -176,6 +176,11 @@ type redisStore struct {
 	cooldownsOut chan cooldownMessage
 	cooldownsIn  func(k targetKey, until time.Time)
 
+	// listOnly is set for `map list`: a read of a Redis never initialised
+	// gives errRedisNotSeeded instead of seeding it, so that a wrong
+	// database number is not filled with the defaults by a read.
+	listOnly bool
+
 	// snapshotPath is the snapshot file; "" keeps none. source names the
 	// Redis (address, db, key prefix) in the file, so that a snapshot of
 	// another Redis is never used.
@@ -335,6 +340,9 @@ func (s *redisStore) readHash(ctx context.Context, op, name string) (map[string]
 	keys := []string{s.key(name), s.key(redisSeededKey)}
 	flat, err := redisReadScript.Run(ctx, s.client, keys).StringSlice()
 	if errors.Is(err, redis.Nil) {
+		if s.listOnly {
+			return nil, fmt.Errorf("%s: %w", op, errRedisNotSeeded)
+		}
 		if err := s.seed(ctx); err != nil {
 			return nil, err
 		}
@@ -551,6 +559,10 @@ func redisUnavailable(err error) bool {
 	}
 	return false
 }
+
+// errRedisNotSeeded is what a listOnly store's read finds in a Redis that
+// no apiproxy ever initialised.
+var errRedisNotSeeded = errors.New("no apiproxy mappings in this Redis database: never initialised")
 
 // seed initialises this Redis if it was not: with the last known hash
 // when there is one (a Redis that restarted empty gets back what the fleet
