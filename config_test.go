@@ -4,10 +4,14 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"os"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/joho/godotenv"
 )
 
 func TestLoadConfigDefaults(t *testing.T) {
@@ -202,6 +206,33 @@ func TestLoadConfigErrors(t *testing.T) {
 				t.Errorf("error = %q, want it to contain %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestEnvExample: .env.example loads as it is, and with every commented
+// setting ("# NAME=value") uncommented: each line holds its value alone.
+func TestEnvExample(t *testing.T) {
+	b, err := os.ReadFile(".env.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setting := regexp.MustCompile(`^# ([A-Z_]+=.*)$`)
+	var asIs, all []string
+	for _, line := range strings.Split(string(b), "\n") {
+		asIs = append(asIs, line)
+		if m := setting.FindStringSubmatch(line); m != nil {
+			line = m[1]
+		}
+		all = append(all, line)
+	}
+	for name, text := range map[string]string{"as is": strings.Join(asIs, "\n"), "uncommented": strings.Join(all, "\n")} {
+		env, err := godotenv.Unmarshal(text)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := loadConfig(func(k string) string { return env[k] }, nil, io.Discard); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }
 

@@ -49,7 +49,7 @@ type subcommand struct {
 func subcommands() []subcommand {
 	return []subcommand{
 		{"map", "list|set|rm ...", "edit the mappings of the configured store", runMapCommand},
-		{"init-redis", "[-force]", "seed the default mappings into Redis", runInitRedisCommand},
+		{"init-redis", "[-force] [-redis-url URL]", "seed the default mappings into Redis", runInitRedisCommand},
 		{"healthcheck", "", "exit 0 only if this machine's server answers /healthz", runHealthcheck},
 		{"version", "", "print the build information (also -version)", runVersion},
 		{"help", "", "print this help", runHelp},
