@@ -469,6 +469,12 @@ func runInitRedisCommand(ctx context.Context, getenv func(string) string, args [
 	// No snapshot file and no seeding on open: this command is the seeding.
 	store := newRedisStore(redis.NewClient(opts), redisKeyPrefix, "", newLogger(cfg, stderr))
 	defer store.Close()
+	// A PING first, as the server's start does: a Redis that wants a
+	// password says NOAUTH to it, where the seeding script's large
+	// request only gets a protocol error.
+	if err := store.Ping(ctx); err != nil {
+		return fmt.Errorf("init-redis: redis at %s: %w", redisDescription(opts), err)
+	}
 	return initRedis(ctx, store, *force, redisDescription(opts), stdout)
 }
 

@@ -1046,6 +1046,13 @@ func TestInitRedisCommand(t *testing.T) {
 	if !strings.Contains(out.String(), "12 already set") {
 		t.Errorf("output:\n%s", out.String())
 	}
+	// A Redis that wants a password, not given: the error says so.
+	if err := rs.client().ConfigSet(ctx, "requirepass", "s3cret-password").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := runInitRedisCommand(ctx, env, nil, &out, &errOut); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Errorf("init-redis without the password: %v, want NOAUTH", err)
+	}
 }
 
 // TestAdminLockoutFleet: on Redis the failure counts are the fleet's, so
