@@ -281,6 +281,9 @@ func updateKeepingKeys(ctx context.Context, store Store, m Mapping, givenKeys []
 // mapping alone (the original listing), else the URLs comma-separated,
 // then sep and the options that are not at their default. Never a key.
 func describeTargets(m Mapping, sep string) string {
+	if m.unreadable != "" {
+		return "(cannot be read: " + m.unreadable + ")"
+	}
 	if len(m.Targets) == 0 {
 		return "(a stored object this version cannot read: see the server log)"
 	}

@@ -44,6 +44,12 @@ type Mapping struct {
 	// StreamIdleTimeout cuts a response whose upstream sends nothing for
 	// that long (SPEC §9); 0 means none.
 	StreamIdleTimeout time.Duration
+
+	// unreadable says why a store could not read this mapping (a value
+	// this version cannot decode, a key this SECRET_KEY cannot open); such
+	// a mapping has its prefix and no targets (see Store.Mappings). ""
+	// for every other.
+	unreadable string
 }
 
 // Target is one upstream of a Mapping.

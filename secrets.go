@@ -149,12 +149,15 @@ func (b *secretBox) storedValue(m Mapping) string {
 
 // readMapping decodes a stored value of prefix (decodeMapping) and opens
 // its keys. A value that does not decode, or whose keys do not open,
-// gives the mapping of prefix with no targets (see Store.Mappings).
+// gives the mapping of prefix with no targets, and why (unreadable; see
+// Store.Mappings).
 func (b *secretBox) readMapping(prefix, value string) Mapping {
 	m, err := decodeMapping(prefix, value)
-	if err != nil {
-		return m
+	if err == nil {
+		m, err = b.openKeys(m)
 	}
-	m, _ = b.openKeys(m)
+	if err != nil {
+		m.unreadable = err.Error()
+	}
 	return m
 }

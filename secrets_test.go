@@ -90,6 +90,12 @@ func TestSecretKeyAtRest(t *testing.T) {
 		if table.byPrefix["/ai"] != nil || !strings.Contains(strings.Join(skipped, " "), "/ai") {
 			t.Errorf("without SECRET_KEY the sealed mapping is routed; want it skipped")
 		}
+		// Why is said: to the server's log and in `map list`.
+		for _, x := range ms {
+			if x.Prefix == "/ai" && !strings.Contains(describeTargets(x, "\t"), "SECRET_KEY is not set") {
+				t.Errorf("map list shows %q, want it to say SECRET_KEY is not set", describeTargets(x, "\t"))
+			}
+		}
 	}
 	t.Run("embedded", func(t *testing.T) {
 		cfg := testConfig(t, map[string]string{"SECRET_KEY": testSecretKey})

@@ -349,6 +349,11 @@ func (s *Server) reloadRoutes(ctx context.Context) error {
 	t, skipped := newRouteTable(m, s.self, s.proxy.states)
 	if len(skipped) > 0 {
 		s.logger.Warn("ignoring invalid stored mappings", "prefixes", skipped)
+		for _, mm := range m {
+			if mm.unreadable != "" {
+				s.logger.Warn("stored mapping cannot be read", "prefix", mm.Prefix, "reason", mm.unreadable)
+			}
+		}
 	}
 	s.routes.Store(t)
 	s.reloads.Add(1)
