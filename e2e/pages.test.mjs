@@ -2098,6 +2098,40 @@ test('dashboard: idle endpoints fold into one row that opens on click; at 375 px
   await page.close();
 });
 
+test('dashboard: endpoint rows stay rows from 721 px (the URL on one line) and cards keep their text in their cells (/stats played back)', async () => {
+  const now = Math.floor(Date.now() / 1000);
+  const limited = playedEndpoint('https://api.openai.com/v1', 8, now, 123456);
+  Object.assign(limited, { error_count: 3, rate_limited: 2, status: { '2xx': 5, '3xx': 0, '4xx': 3, '5xx': 0 } });
+  const endpoints = { '/openai-production-team': limited, '/local': playedEndpoint('http://127.0.0.1:11434', 4, now) };
+  const stats = playedStats(endpoints, []);
+  const page = await newPage();
+  await page.route(STATS_URL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(stats) }));
+  try {
+    await page.goto(origin + '/');
+    const rows = page.locator('#ep-body tr[data-prefix]');
+    await until('the endpoints', async () => (await rows.count()) === 2);
+    assert.match(await textOf(page.locator('#ep-body tr[data-prefix="/openai-production-team"]')), /2 rate-limited/);
+    for (const w of [768, 820, 900, 1000, 1280]) {
+      await page.setViewportSize({ width: w, height: 900 });
+      const heights = await rows.evaluateAll((trs) => trs.map((tr) => tr.getBoundingClientRect().height));
+      assert.ok(Math.max(...heights) <= 120, `at ${w} px endpoint rows are ${heights.join(', ')} px tall`);
+      const overflow = await overflowOf(page);
+      assert.ok(overflow <= 0, `dashboard at ${w} px scrolls sideways by ${overflow} px`);
+    }
+    for (const w of [320, 375, 414]) {
+      await page.setViewportSize({ width: w, height: 812 });
+      const spill = await page.locator('#ep-body td').evaluateAll((tds) => tds
+        .filter((td) => td.scrollWidth > td.clientWidth + 1).map((td) => td.dataset.label + ': ' + td.textContent));
+      assert.deepEqual(spill, [], `at ${w} px a card's cell spills into the next`);
+    }
+    await page.screenshot({ path: path.join(artifacts, 'dashboard-cards-414.png'), fullPage: true });
+  } finally {
+    await page.setViewportSize({ width: 1280, height: 900 });
+    await page.unroute(STATS_URL);
+    await page.close();
+  }
+});
+
 // Issue 19, items 2-5: the range selector, charts of the range's points,
 // the models table, keys per range and recent errors. Played-back answers
 // (rangeStats) carry what a server with ranges sends; one test runs
