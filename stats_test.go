@@ -313,6 +313,37 @@ func checkWindowEndpoints(t testing.TB, v *statsView, now0 time.Time) {
 	}
 }
 
+// TestStatsLatencyAllEndpoints: the top-level latency figures are all
+// requests' together, from the endpoints' histograms added up: /a's
+// requests take 1-500 ms, /b's 501-1000 ms, so the whole's p95 is near
+// 950 ms, not an average of the two p95s (about 725).
+func TestStatsLatencyAllEndpoints(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
+	st := newTestStats(t, nil, clock)
+	for i := 1; i <= 1000; i++ {
+		d := time.Duration(i) * time.Millisecond
+		prefix := "/a"
+		if i > 500 {
+			prefix = "/b"
+		}
+		st.record(&requestRecord{Prefix: prefix, Status: 200, Start: clock.Now().Add(-d), Duration: d, TTFB: d / 10})
+	}
+	v := viewOf(t, st)
+	near := func(name string, got, want float64) {
+		t.Helper()
+		if math.Abs(got-want)/want > 0.15 {
+			t.Errorf("%s = %v, want %v within 15%%", name, got, want)
+		}
+	}
+	if v.LatencyMS.Avg != 500.5 {
+		t.Errorf("latency avg = %v, want exactly 500.5", v.LatencyMS.Avg)
+	}
+	near("latency p50", v.LatencyMS.P50, 500)
+	near("latency p95", v.LatencyMS.P95, 950)
+	near("ttfb p95", v.TTFBMS.P95, 95)
+	near("/a latency p95", v.Endpoints["/a"].LatencyMS.P95, 475)
+}
+
 func TestStatsLatencyPercentiles(t *testing.T) {
 	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 30, 0, 0, time.UTC)}
 	st := newTestStats(t, nil, clock)

@@ -493,11 +493,11 @@ func (e *endpointView) addScoped(r *fieldRef, n int64) {
 			m.v.Tokens[r.i] += n
 		}
 	case fkLatSum:
-		e.latSum += n
+		e.lat.sum += n
 	case fkLatency:
-		e.latency[r.i] += n
+		e.lat.latency[r.i] += n
 	case fkTTFB:
-		e.ttfb[r.i] += n
+		e.lat.ttfb[r.i] += n
 	case fkTarget:
 		e.tries[r.i][r.fig] += n
 	}

@@ -27,7 +27,13 @@ type statsView struct {
 	Last7d       int64                    `json:"last_7d"`
 	Last30d      int64                    `json:"last_30d"`
 	Tokens       tokenView                `json:"tokens"`
-	Endpoints    map[string]*endpointView `json:"endpoints"`
+	// LatencyMS and TTFBMS are those of all requests together, over the
+	// same window as each endpoint's (the last 24 hours, or the range):
+	// from the endpoints' histograms added up, since their percentiles
+	// do not add up.
+	LatencyMS latencyView              `json:"latency_ms"`
+	TTFBMS    ttfbView                 `json:"ttfb_ms"`
+	Endpoints map[string]*endpointView `json:"endpoints"`
 	// Keys are the figures of each proxy key used (statskeys.go), by id;
 	// their requests are in the figures above too.
 	Keys        map[string]*keyView `json:"keys"`
@@ -45,6 +51,8 @@ type statsView struct {
 	// (requestlog_server.go), with a range and a store that keeps the
 	// log; absent otherwise.
 	RecentErrors *[]recentError `json:"recent_errors,omitempty"`
+
+	lat latencyHist // the endpoints' added up, for LatencyMS and TTFBMS
 }
 
 // tokenView is the token figures of a prefix or of all of them. Its JSON
@@ -155,9 +163,8 @@ type endpointView struct {
 	// order: those counted under each position, whatever URL it had then.
 	Targets []targetView `json:"targets"`
 
-	// Last 24 hours, for the latency figures.
-	latSum        int64
-	latency, ttfb [histBuckets]int64
+	// Last 24 hours (or the range), for the latency figures.
+	lat latencyHist
 	// tries holds the target figures by position (targetFigures order),
 	// of every position stored, mapped now or not.
 	tries [maxTargets][numTargetFigures]int64
@@ -249,6 +256,7 @@ func (st *Stats) viewLocked(now time.Time, rng statsRange) *statsView {
 		e.finish(rng != rangeNone)
 		v.addEndpoint(e)
 	}
+	v.LatencyMS, v.TTFBMS = v.lat.views()
 	v.finishSeries(rng, st.figuresScope)
 	// Endpoints are the current mappings; a deleted prefix's requests stay
 	// in the totals above but it has no row.
@@ -310,6 +318,7 @@ func (v *statsView) addEndpoint(e *endpointView) {
 	v.Last7d += e.Last7d
 	v.Last30d += e.Last30d
 	v.Tokens.add(&e.Tokens)
+	v.lat.add(&e.lat)
 }
 
 // targetField parses "t<index>|<figure>" (fieldTarget), index below
@@ -364,25 +373,49 @@ func percentilesMS(h *[histBuckets]int64) (p50, p95, p99 float64) {
 	return q(0.50), q(0.95), q(0.99)
 }
 
+// latencyHist is the latency figures of some requests, in microseconds:
+// their sum, how many requests it adds up (n, set by finish) and the
+// histograms of latency and time to first byte.
+type latencyHist struct {
+	sum, n        int64
+	latency, ttfb [histBuckets]int64
+}
+
+// add adds o's figures to h's.
+func (h *latencyHist) add(o *latencyHist) {
+	h.sum += o.sum
+	h.n += o.n
+	for i := range h.latency {
+		h.latency[i] += o.latency[i]
+		h.ttfb[i] += o.ttfb[i]
+	}
+}
+
+// views returns h's average and percentiles in milliseconds.
+func (h *latencyHist) views() (lat latencyView, ttfb ttfbView) {
+	if h.n > 0 {
+		lat.Avg = round2(float64(h.sum) / float64(h.n) / 1e3)
+	}
+	lat.P50, lat.P95, lat.P99 = percentilesMS(&h.latency)
+	ttfb.P50, ttfb.P95, ttfb.P99 = percentilesMS(&h.ttfb)
+	return lat, ttfb
+}
+
 // finish computes the latency figures and folds models past maxModels
 // (possible when instances saw different ones) into "other". ranged: the
 // latency figures are a range's rather than the last 24 hours'.
 func (e *endpointView) finish(ranged bool) {
-	// latSum adds up the latencies of the requests of the last 24 hours,
+	// lat.sum adds up the latencies of the requests of the last 24 hours,
 	// or, ranged, of those in the latency histogram: buckets written
 	// before days held latencies count requests without any.
-	n := e.Last24h
+	e.lat.n = e.Last24h
 	if ranged {
-		n = 0
-		for _, c := range e.latency {
-			n += c
+		e.lat.n = 0
+		for _, c := range e.lat.latency {
+			e.lat.n += c
 		}
 	}
-	if n > 0 {
-		e.LatencyMS.Avg = round2(float64(e.latSum) / float64(n) / 1e3)
-	}
-	e.LatencyMS.P50, e.LatencyMS.P95, e.LatencyMS.P99 = percentilesMS(&e.latency)
-	e.TTFBMS.P50, e.TTFBMS.P95, e.TTFBMS.P99 = percentilesMS(&e.ttfb)
+	e.LatencyMS, e.TTFBMS = e.lat.views()
 	if len(e.Models) <= maxModels {
 		return
 	}

@@ -2184,6 +2184,7 @@ function rangeStats(r, { mul = 1, endpoints = 2, models = 2, keys = 2, errors = 
   return {
     stats_enabled: true, range: r, ...(r === 'all' ? {} : { range_from: start }), scope: { figures: scope, performance: 'instance' },
     total, errors: 7 * mul, client_closed: mul, rate_limited: mul, failovers: 0, last_24h: 1, last_7d: 2, last_30d: 3,
+    latency_ms: { avg: 450 * mul, p50: 380 * mul, p95: 880 * mul, p99: 990 * mul }, ttfb_ms: { p50: 110 * mul, p95: 240 * mul, p99: 290 * mul },
     tokens: { prompt: 5000 * mul, completion: 700 * mul, total: 5700 * mul, cache_read: 300 * mul, cache_write: 20 * mul, unknown_responses: 0 },
     endpoints: eps, keys: ks, recent_errors: recent,
     series: { hourly: hourly ? points : [], daily: hourly ? [] : points, points },
@@ -2213,6 +2214,7 @@ async function figures(page) {
     return {
       head: q('#h-overview'), total: q('[data-k="total"]'), errors: q('[data-k="errors"]'), errorsSub: q('[data-k="errors_sub"]'),
       tokens: q('[data-k="tokens"]'), ttfb: q('[data-k="ttfb"]'), note: q('#h-endpoints + .range-note'),
+      latency: q('[data-k="latency"]'), latencySub: q('[data-k="latency_sub"]'),
       ep: q('#ep-body tr[data-prefix="/ep00"] td:nth-child(3) span'), model: q('#md-body tr[data-model="model-01"] td:nth-child(2)'),
       key: q('#ks-body tr[data-key="k_000"] td:nth-child(2)'),
       points: document.querySelectorAll('#chart-requests rect.hit').length,
@@ -2236,6 +2238,7 @@ test('dashboard (issue 19): the range selector changes every figure, and the add
   const day = await figures(page);
   assert.deepEqual(day, {
     head: 'Last 24 hours · all instances', total: '300', errors: '2.33 %', errorsSub: '7 errors · 1 rate-limited', tokens: '5,700', ttfb: 'p50 120 ms',
+    latency: 'avg 450 ms', latencySub: 'p95 880 ms · all endpoints',
     note: 'Last 24 hours', ep: '200', model: '4', key: '10', points: 24, errorsShown: 3,
   });
   assert.equal(await page.locator('#range [aria-pressed="true"]').getAttribute('data-range'), '24h');
@@ -2256,6 +2259,7 @@ test('dashboard (issue 19): the range selector changes every figure, and the add
   const week = await figures(page);
   assert.deepEqual(week, {
     head: 'Last 7 days · this instance', total: '900', errors: '3.33 %', errorsSub: '30 errors · 3 rate-limited', tokens: '17.1K', ttfb: 'p50 360 ms',
+    latency: 'avg 1.35 s', latencySub: 'p95 2.64 s · all endpoints',
     note: 'Last 7 days', ep: '600', model: '12', key: '30', points: 7, errorsShown: 1,
   });
   for (const k of Object.keys(day)) assert.notEqual(week[k], day[k], `${k} did not change with the range`);

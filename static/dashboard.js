@@ -293,6 +293,16 @@
     let sub = errs === 1 ? t('card.error1') : t('card.errors', { n: fmt.int(errs) });
     if (num(d.rate_limited) > 0) sub += ' · ' + t('ep.limited', { n: fmt.int(d.rate_limited) });
     card('errors_sub', sub);
+    // All requests' latency, from the server's histograms added up (an
+    // older server sends none).
+    const lat = d.latency_ms;
+    if (lat && total > 0) {
+      card('latency', t('card.latencyAvg', { v: fmt.ms(lat.avg) }));
+      card('latency_sub', t('card.latencySub', { p95: fmt.ms(lat.p95) }));
+    } else {
+      card('latency', '–');
+      card('latency_sub', '');
+    }
     card('tokens', fmt.compact(tokens.total), fmt.int(tokens.total));
     const cache = num(tokens.cache_read) + num(tokens.cache_write);
     card('tokens_sub', t('card.tokensSub', { p: fmt.compact(tokens.prompt), c: fmt.compact(tokens.completion) }) +
