@@ -336,12 +336,16 @@ func (pr *proxyRequest) RoundTrip(out *http.Request) (*http.Response, error) {
 // drain reads a failed answer's body to its end and closes it, within
 // maxDrain and maxDrainWait: a body that stalls or trickles is closed from
 // the timer's goroutine (the Transport's response bodies take a Close
-// during a Read, which it ends).
+// during a Read, which it ends). It is closed once: an HTTP/2 body's
+// every Close gives its unread bytes back to the connection's flow
+// control window, which a second would overflow.
 func drain(body io.ReadCloser) {
-	t := time.AfterFunc(maxDrainWait, func() { body.Close() })
+	var once sync.Once
+	closeBody := func() { once.Do(func() { body.Close() }) }
+	t := time.AfterFunc(maxDrainWait, closeBody)
 	io.CopyN(io.Discard, body, maxDrain)
 	t.Stop()
-	body.Close()
+	closeBody()
 }
 
 // claimNext returns the position in pr.order of the first target after

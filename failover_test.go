@@ -714,10 +714,12 @@ func TestFailoverClientLeaves(t *testing.T) {
 // TestFailoverStalledBody: a failed answer whose body stalls after its
 // head, or trickles, does not hold the request: the next target is tried
 // after maxDrainWait and answers. (Before, the client waited for the
-// failed body's end, here the end of the test.)
+// failed body's end, here the end of the test.) The same from an HTTP/2
+// upstream, whose body is closed once (a second Close would give its
+// unread bytes back to the connection's window twice).
 func TestFailoverStalledBody(t *testing.T) {
 	release := make(chan struct{})
-	stalled := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+	stall := func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		w.(http.Flusher).Flush()
 		if r.URL.Query().Has("trickle") {
@@ -737,28 +739,36 @@ func TestFailoverStalledBody(t *testing.T) {
 		case <-release:
 		case <-r.Context().Done():
 		}
-	})
+	}
+	stalled := newUpstream(t, stall)
+	stalledH2 := newTLSUpstream(t, true, stall)
 	defer close(release) // before the upstreams' own cleanup, which waits for their handlers
 	ok := statusUpstream(t, http.StatusOK, "from the second")
 	s, front := newTestServer(t, nil)
+	trustUpstream(t, s, stalledH2)
 	rec := recordRequests(s)
 	setMapping(t, s, targetsOf("/ai", stalled.URL, ok.URL))
-	for i, q := range []string{"", "?trickle"} {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		req, _ := http.NewRequestWithContext(ctx, "POST", front.URL+"/ai/x"+q, strings.NewReader(`{"n":1}`))
-		res, err := front.Client().Do(req)
-		if err != nil {
+	setMapping(t, s, targetsOf("/h2", stalledH2.URL, ok.URL))
+	n := 0
+	for _, prefix := range []string{"/ai", "/h2"} {
+		for _, q := range []string{"", "?trickle", ""} {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			req, _ := http.NewRequestWithContext(ctx, "POST", front.URL+prefix+"/x"+q, strings.NewReader(`{"n":1}`))
+			res, err := front.Client().Do(req)
+			if err != nil {
+				cancel()
+				t.Fatalf("%s%q: %v", prefix, q, err)
+			}
+			body := readAll(t, res)
+			res.Body.Close()
 			cancel()
-			t.Fatalf("%q: %v", q, err)
-		}
-		body := readAll(t, res)
-		res.Body.Close()
-		cancel()
-		if res.StatusCode != http.StatusOK || string(body) != "from the second" {
-			t.Errorf("%q: got %d %q, want the second target's 200", q, res.StatusCode, body)
-		}
-		if got := triesString(rec.wait(t, i+1).Tries); got != "0:retried 1:ok" {
-			t.Errorf("%q: tries = %q, want 0:retried 1:ok", q, got)
+			if res.StatusCode != http.StatusOK || string(body) != "from the second" {
+				t.Errorf("%s%q: got %d %q, want the second target's 200", prefix, q, res.StatusCode, body)
+			}
+			n++
+			if got := triesString(rec.wait(t, n).Tries); got != "0:retried 1:ok" {
+				t.Errorf("%s%q: tries = %q, want 0:retried 1:ok", prefix, q, got)
+			}
 		}
 	}
 }

@@ -368,7 +368,7 @@ func (p *proxy) lookup(req *http.Request) (*route, string) {
 // forwarded.
 func targetRefusal(req *http.Request, rest string) (status int, code, msg string) {
 	if len(req.RequestURI) > maxRequestTarget {
-		return http.StatusRequestURITooLong, "uri_too_long", fmt.Sprintf("request target is longer than %d bytes", maxRequestTarget)
+		return http.StatusRequestURITooLong, "uri_too_long", uriTooLongMsg
 	}
 	if msg := badPath(rest); msg != "" {
 		return http.StatusBadRequest, "bad_path", msg
@@ -376,11 +376,14 @@ func targetRefusal(req *http.Request, rest string) (status int, code, msg string
 	return 0, "", ""
 }
 
+// uriTooLongMsg is the message of a 414 uri_too_long, mapped or not.
+var uriTooLongMsg = fmt.Sprintf("request target is longer than %d bytes", maxRequestTarget)
+
 // handleUnrouted answers a request that reached no route at all: 414 when
 // its target is too long to proxy, else 404 no_mapping.
 func (p *proxy) handleUnrouted(w http.ResponseWriter, req *http.Request) {
 	if len(req.RequestURI) > maxRequestTarget {
-		writeError(w, http.StatusRequestURITooLong, "uri_too_long", fmt.Sprintf("request target is longer than %d bytes", maxRequestTarget))
+		writeError(w, http.StatusRequestURITooLong, "uri_too_long", uriTooLongMsg)
 		return
 	}
 	writeError(w, http.StatusNotFound, "no_mapping", "no mapping for path "+truncate(req.URL.Path, 200))

@@ -242,6 +242,23 @@ func (g *logIDs) next(now time.Time) string {
 	}
 }
 
+// after makes every id next returns come after id, one of a record of an
+// earlier run (a spill file): a store's duplicate check relies on ids
+// that increase (redisLogWriteScript), whatever the clock says now. An
+// id that is not one is ignored.
+func (g *logIDs) after(id string) {
+	v, err := strconv.ParseInt(id, 16, 64)
+	if err != nil || len(id) != 16 {
+		return
+	}
+	for {
+		last := g.last.Load()
+		if v <= last || g.last.CompareAndSwap(last, v) {
+			return
+		}
+	}
+}
+
 // logSink is where the request log's records go: the REQUEST_LOG writer,
 // a store. write is called from one goroutine at a time, with records in
 // the order they were queued; it must not keep recs, which the queue
@@ -277,6 +294,9 @@ type logQueue struct {
 
 	writeMu sync.Mutex // one write at a time: run and flush
 	spare   []logRecord
+	// wrote, if set, is told the size of each batch the sink took; it
+	// runs under writeMu (serverLog.loadSpill).
+	wrote func(n int)
 }
 
 // newLogQueue returns a queue of the default size writing to sink.
@@ -363,6 +383,9 @@ func (q *logQueue) flush(ctx context.Context) error {
 		q.mu.Unlock()
 		clear(batch)
 		q.spare = batch[:0]
+		if err == nil && q.wrote != nil {
+			q.wrote(n)
+		}
 		switch {
 		case err != nil:
 			if !wasFailing {

@@ -186,9 +186,11 @@ func (l *serverLog) spillQueue(q *logQueue, cause error) bool {
 }
 
 // loadSpill queues for the store (q) the records a previous process saved
-// to the spill file, and removes it: from here they are in q, which a
-// failed final flush spills again. An unreadable file is left for the
-// operator.
+// to the spill file, and removes it once q has written them (a start that
+// fails after this, or a process killed before, leaves it for the next).
+// The queue's ids are made to follow theirs. An unreadable file is moved
+// aside, for the operator, so that a spill of this run does not replace
+// it.
 func (l *serverLog) loadSpill(q *logQueue) {
 	b, err := os.ReadFile(l.spill)
 	if errors.Is(err, os.ErrNotExist) {
@@ -199,14 +201,25 @@ func (l *serverLog) loadSpill(q *logQueue) {
 		err = json.Unmarshal(b, &recs)
 	}
 	if err != nil {
-		l.logger.Warn("ignoring unreadable request log spill file", "path", l.spill, "error", err)
+		aside := l.spill + ".unreadable"
+		rerr := os.Rename(l.spill, aside)
+		l.logger.Warn("ignoring unreadable request log spill file", "path", l.spill, "moved_to", aside, "error", err, "rename_error", rerr)
 		return
 	}
 	for _, r := range recs {
+		l.ids.after(r.ID)
 		q.add(r)
 	}
-	if err := os.Remove(l.spill); err != nil {
-		l.logger.Warn("removing the request log's spill file failed; its records may be written twice", "path", l.spill, "error", err)
+	left := q.waiting() // what did not fit is counted in dropped
+	q.wrote = func(n int) {
+		if left <= 0 {
+			return
+		}
+		if left -= n; left <= 0 {
+			if err := os.Remove(l.spill); err != nil && !errors.Is(err, os.ErrNotExist) {
+				l.logger.Warn("removing the request log's spill file failed; its records may be written again at the next start", "path", l.spill, "error", err)
+			}
+		}
 	}
 	l.logger.Info("request log records of the previous run that were not written will be now", "records", len(recs), "path", l.spill)
 }

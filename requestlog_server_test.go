@@ -549,6 +549,59 @@ func TestRequestLogDest(t *testing.T) {
 	}
 }
 
+// TestRequestLogSpillLoad: the records of a spill file are queued for the
+// store at start, with the queue's ids made to follow theirs (even from a
+// clock that is behind them); the file goes once they are written. An
+// unreadable one is moved aside, not replaced by this run's.
+func TestRequestLogSpillLoad(t *testing.T) {
+	dir := t.TempDir()
+	store, err := openBoltStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var ids logIDs
+	later := time.Now().Add(time.Hour) // written by a clock an hour ahead
+	spilled := []logRecord{{ID: ids.next(later), Prefix: "/p", Method: "GET", Path: "/one", Status: 200},
+		{ID: ids.next(later), Prefix: "/p", Method: "GET", Path: "/two", Status: 200}}
+	b, _ := json.Marshal(spilled)
+	spill := filepath.Join(dir, requestLogSpillFile)
+	if err := os.WriteFile(spill, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := newServerLog(Config{DataDir: dir, RequestLog: "off"}, store, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := l.ids.next(time.Now()); id <= spilled[1].ID {
+		t.Errorf("a new record's id %s is not after the spilled ones' (%s): Redis's duplicate check would skip it", id, spilled[1].ID)
+	}
+	l.add(logRecord{Prefix: "/p", Method: "GET", Path: "/three", Status: 200}, time.Now())
+	if _, err := os.Stat(spill); err != nil {
+		t.Errorf("the spill file is gone before its records were written: %v", err)
+	}
+	if err := l.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, err := store.readLog(context.Background(), logQuery{Limit: 10})
+	if err != nil || len(recs) != 3 || recs[0].Path != "/three" {
+		t.Fatalf("stored %+v, %v; want the two spilled records and /three, newest first", recs, err)
+	}
+	if _, err := os.Stat(spill); !os.IsNotExist(err) {
+		t.Errorf("the spill file is still there after its records were written: %v", err)
+	}
+
+	if err := os.WriteFile(spill, []byte("not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newServerLog(Config{DataDir: dir, RequestLog: "off"}, store, testLogger()); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(spill + ".unreadable"); err != nil || string(b) != "not json" {
+		t.Errorf("the unreadable spill file was not moved aside: %q, %v", b, err)
+	}
+}
+
 // TestSIGHUPWithoutLogFile: without a REQUEST_LOG file, SIGHUP is logged
 // and ignored; the process goes on serving (Go's default for it is to
 // exit at once, with no final flush).

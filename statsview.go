@@ -17,16 +17,16 @@ import (
 // statsView is the JSON of GET /stats (SPEC §4). The field names are a
 // contract with the dashboard and users' scripts.
 type statsView struct {
-	StatsEnabled bool                     `json:"stats_enabled"`
-	Total        int64                    `json:"total"`
-	Errors       int64                    `json:"errors"`
-	ClientClosed int64                    `json:"client_closed"`
-	Failovers    int64                    `json:"failovers"`    // tries followed by a try of another target
-	RateLimited  int64                    `json:"rate_limited"` // requests a limit refused (SPEC §11)
-	Last24h      int64                    `json:"last_24h"`
-	Last7d       int64                    `json:"last_7d"`
-	Last30d      int64                    `json:"last_30d"`
-	Tokens       tokenView                `json:"tokens"`
+	StatsEnabled bool      `json:"stats_enabled"`
+	Total        int64     `json:"total"`
+	Errors       int64     `json:"errors"`
+	ClientClosed int64     `json:"client_closed"`
+	Failovers    int64     `json:"failovers"`    // tries followed by a try of another target
+	RateLimited  int64     `json:"rate_limited"` // requests a limit refused (SPEC §11)
+	Last24h      int64     `json:"last_24h"`
+	Last7d       int64     `json:"last_7d"`
+	Last30d      int64     `json:"last_30d"`
+	Tokens       tokenView `json:"tokens"`
 	// LatencyMS and TTFBMS are those of all requests together, over the
 	// same window as each endpoint's (the last 24 hours, or the range):
 	// from the endpoints' histograms added up, since their percentiles

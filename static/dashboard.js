@@ -296,7 +296,7 @@
     // All requests' latency, from the server's histograms added up (an
     // older server sends none).
     const lat = d.latency_ms;
-    if (lat && total > 0) {
+    if (lat && (num(lat.avg) > 0 || num(lat.p95) > 0)) {
       card('latency', t('card.latencyAvg', { v: fmt.ms(lat.avg) }));
       card('latency_sub', t('card.latencySub', { p95: fmt.ms(lat.p95) }));
     } else {
@@ -307,12 +307,15 @@
     const cache = num(tokens.cache_read) + num(tokens.cache_write);
     card('tokens_sub', t('card.tokensSub', { p: fmt.compact(tokens.prompt), c: fmt.compact(tokens.completion) }) +
       (cache > 0 ? ' · ' + t('card.cacheSub', { n: fmt.compact(cache) }) : ''));
-    // /stats has TTFB percentiles per endpoint only, and percentiles of
-    // parts do not combine into one of the whole: the card shows the
-    // busiest endpoint's, and says so. The TTFB chart has all traffic's
-    // per hour or day.
+    // All requests' TTFB when /stats has it (from the histograms added up);
+    // from an older server, which has percentiles per endpoint only (they
+    // do not combine into the whole's), the busiest endpoint's, saying so.
     const top = busiest(endpoints);
-    if (top && top[1].ttfb_ms) {
+    const ttfb = d.ttfb_ms;
+    if (ttfb && (num(ttfb.p50) > 0 || num(ttfb.p95) > 0)) {
+      card('ttfb', 'p50 ' + fmt.ms(ttfb.p50));
+      card('ttfb_sub', t('card.latencySub', { p95: fmt.ms(ttfb.p95) }), '');
+    } else if (top && top[1].ttfb_ms) {
       card('ttfb', 'p50 ' + fmt.ms(top[1].ttfb_ms.p50));
       card('ttfb_sub', t('card.ttfbSub', { p95: fmt.ms(top[1].ttfb_ms.p95), prefix: top[0] }), t('card.ttfbTitle', { prefix: top[0] }));
     } else {
