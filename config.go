@@ -316,9 +316,8 @@ func (cfg *Config) validate() error {
 	if cfg.ShutdownTimeout < 0 || cfg.ResponseHeaderTimeout < 0 || cfg.StreamHandoffAfter < 0 {
 		return fmt.Errorf("timeouts must not be negative")
 	}
-	switch strings.ToLower(strings.TrimSpace(cfg.RequestLog)) {
-	case "", "on", "true", "yes", "1":
-		return fmt.Errorf("REQUEST_LOG: %q names no destination: want off, stdout or a file path", cfg.RequestLog)
+	if _, err := requestLogDest(cfg.RequestLog); err != nil {
+		return err
 	}
 	if cfg.MaxInFlight < 0 {
 		return fmt.Errorf("MAX_IN_FLIGHT: must be 0 (no cap) or more")
@@ -333,6 +332,23 @@ func (cfg *Config) validate() error {
 		return fmt.Errorf("STATS_TOKEN: must be at least 16 characters (or unset to leave the dashboard, /stats and /metrics public)")
 	}
 	return nil
+}
+
+// requestLogDest reads REQUEST_LOG: "" when off (off, false, no or 0, in
+// any case), "stdout" (in any case), else the path of a file ("./off"
+// names a file of that name). An empty value, or one that turns it on
+// without saying where (on, true, yes or 1), is an error.
+func requestLogDest(v string) (string, error) {
+	v = strings.TrimSpace(v)
+	switch strings.ToLower(v) {
+	case "off", "false", "no", "0":
+		return "", nil
+	case "stdout":
+		return "stdout", nil
+	case "", "on", "true", "yes", "1":
+		return "", fmt.Errorf("REQUEST_LOG: %q names no destination: want off, stdout or a file path", v)
+	}
+	return v, nil
 }
 
 // parseDuration reads a Go duration; a bare number is taken as seconds.

@@ -63,7 +63,11 @@ func newServerLog(cfg Config, store Store, logger *slog.Logger) (*serverLog, err
 			l.loadSpill(q)
 		}
 	}
-	if dest := requestLogDest(cfg.RequestLog); dest != "" {
+	dest, err := requestLogDest(cfg.RequestLog)
+	if err != nil {
+		return nil, err
+	}
+	if dest != "" {
 		j, err := openJSONLines(dest, logger)
 		if err != nil {
 			return nil, fmt.Errorf("REQUEST_LOG: %w", err)
@@ -72,20 +76,6 @@ func newServerLog(cfg Config, store Store, logger *slog.Logger) (*serverLog, err
 		l.queues = append(l.queues, newLogQueue(j, logger))
 	}
 	return l, nil
-}
-
-// requestLogDest reads REQUEST_LOG: "" when off (off, false, no or 0, in
-// any case, as the other switches), "stdout" (in any case), else the path
-// of a file ("./off" names a file of that name).
-func requestLogDest(v string) string {
-	v = strings.TrimSpace(v)
-	switch strings.ToLower(v) {
-	case "", "off", "false", "no", "0":
-		return ""
-	case "stdout":
-		return "stdout"
-	}
-	return v
 }
 
 // on reports whether any sink takes records.

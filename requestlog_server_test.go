@@ -534,8 +534,8 @@ func TestRequestLogRotate(t *testing.T) {
 func TestRequestLogDest(t *testing.T) {
 	for in, want := range map[string]string{"off": "", "OFF": "", " False ": "", "no": "", "0": "",
 		"stdout": "stdout", "STDOUT": "stdout", "./off": "./off", "/var/log/requests.log": "/var/log/requests.log"} {
-		if got := requestLogDest(in); got != want {
-			t.Errorf("requestLogDest(%q) = %q, want %q", in, got, want)
+		if got, err := requestLogDest(in); got != want || err != nil {
+			t.Errorf("requestLogDest(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 	dir := t.TempDir()
